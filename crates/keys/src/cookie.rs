@@ -1,0 +1,183 @@
+//! Better Auth session cookies: `urlencode(token + "." + base64(HMAC-SHA256(secret, token)))`.
+//!
+//! The gateway never verifies a cookie (it holds no secret); it only canonicalises the value and
+//! hashes it into a [`CacheKey`]. Auth verifies with [`verify`].
+
+use std::fmt;
+
+use aws_lc_rs::digest;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+
+use crate::Secret;
+use crate::b64;
+
+/// The cookie name on plain http.
+pub const COOKIE_NAME: &str = "better-auth.session_token";
+/// The cookie name on https.
+pub const SECURE_COOKIE_NAME: &str = "__Secure-better-auth.session_token";
+/// Session lifetime and cookie `Max-Age`: 7 days.
+pub const SESSION_MAX_AGE_SECONDS: i64 = 7 * 24 * 3600;
+/// Sessions older than this since their last refresh are extended: 1 day.
+pub const SESSION_UPDATE_AGE_SECONDS: i64 = 24 * 3600;
+/// Longest cookie value accepted; Better Auth's are about 80 bytes.
+pub const MAX_COOKIE_VALUE_LEN: usize = 1024;
+
+/// JavaScript's `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// A session token (the `session.token` column). Never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// A fresh random token.
+    pub fn generate() -> Self {
+        SessionToken(crate::generate_id())
+    }
+
+    /// Accepts a token as stored by Better Auth: non-empty, printable ASCII, no `.`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 256
+            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'.');
+        ok.then(|| SessionToken(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+/// `edge:jwt:` + base64url(SHA-256(canonical cookie value)): the token cache key.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct CacheKey(String);
+
+impl CacheKey {
+    pub const PREFIX: &'static str = "edge:jwt:";
+
+    /// The key for a cookie value as a browser sent it; `None` for values no signer made.
+    pub fn for_cookie(cookie_value: &str) -> Option<Self> {
+        let canonical = canonical(cookie_value)?;
+        let hash = digest::digest(&digest::SHA256, canonical.as_bytes());
+        Some(CacheKey(format!("{}{}", Self::PREFIX, b64::url_encode(hash))))
+    }
+
+    /// Parses a key received from auth.
+    pub fn parse(s: &str) -> Option<Self> {
+        let hash = s.strip_prefix(Self::PREFIX)?;
+        (hash.len() == 43 && b64::url_decode(hash).is_some()).then(|| CacheKey(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The signed cookie value for a token, URL-encoded as Better Auth writes it.
+pub fn sign(secret: &Secret, token: &SessionToken) -> String {
+    let tag = secret.sign(token.as_str().as_bytes());
+    let raw = format!("{}.{}", token.as_str(), b64::std_encode(tag.as_ref()));
+    utf8_percent_encode(&raw, URI_COMPONENT).to_string()
+}
+
+/// The one encoding of a cookie value: decoded, then encoded like `encodeURIComponent`, so
+/// `%2B` and `+`-free spellings of the same value share a cache key.
+pub fn canonical(cookie_value: &str) -> Option<String> {
+    if cookie_value.is_empty() || cookie_value.len() > MAX_COOKIE_VALUE_LEN {
+        return None;
+    }
+    let decoded = percent_decode_str(cookie_value).decode_utf8().ok()?;
+    let (token, signature) = decoded.rsplit_once('.')?;
+    if token.is_empty() || signature.is_empty() {
+        return None;
+    }
+    Some(utf8_percent_encode(&decoded, URI_COMPONENT).to_string())
+}
+
+/// The token inside a cookie value, if its signature is valid under `secret`.
+pub fn verify(secret: &Secret, cookie_value: &str) -> Option<SessionToken> {
+    if cookie_value.len() > MAX_COOKIE_VALUE_LEN {
+        return None;
+    }
+    let decoded = percent_decode_str(cookie_value).decode_utf8().ok()?;
+    let (token, signature) = decoded.rsplit_once('.')?;
+    // A SHA-256 HMAC is 44 base64 characters with its padding.
+    if signature.len() != 44 {
+        return None;
+    }
+    let tag = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature).ok()?;
+    let token = SessionToken::parse(token)?;
+    secret.verify(token.as_str().as_bytes(), &tag).then_some(token)
+}
+
+/// The session cookie's value from a `Cookie` header, preferring the `__Secure-` name.
+pub fn from_header(header: &str) -> Option<&str> {
+    let mut plain = None;
+    for pair in header.split(';') {
+        let Some((name, value)) = pair.trim().split_once('=') else {
+            continue;
+        };
+        match name.trim() {
+            SECURE_COOKIE_NAME => return Some(value.trim()),
+            COOKIE_NAME => plain = Some(value.trim()),
+            _ => {}
+        }
+    }
+    plain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_then_verify() {
+        let secret = Secret::new("a-secret-of-some-length-0123456789");
+        let token = SessionToken::generate();
+        let value = sign(&secret, &token);
+        assert_eq!(verify(&secret, &value), Some(token.clone()));
+        assert_eq!(verify(&Secret::new("another-secret-0123456789abcdef"), &value), None);
+    }
+
+    #[test]
+    fn canonical_form_ignores_encoding_differences() {
+        let a = CacheKey::for_cookie("abc.p9OQIt%2BJ2m%2FBZHQ%3D").unwrap();
+        let b = CacheKey::for_cookie("abc.p9OQIt+J2m/BZHQ=").unwrap();
+        assert_eq!(a, b);
+        assert!(a.as_str().starts_with("edge:jwt:"));
+        assert!(!a.as_str().contains("abc"));
+        assert_eq!(CacheKey::parse(a.as_str()), Some(a));
+    }
+
+    #[test]
+    fn garbage_cookies_are_rejected() {
+        let secret = Secret::new("s");
+        for value in ["", "nodot", ".", "a.", ".b", "%ZZ.%ZZ", &"x".repeat(5000)] {
+            assert_eq!(verify(&secret, value), None, "{value}");
+        }
+        assert!(canonical("nodot").is_none());
+    }
+
+    #[test]
+    fn header_parsing_prefers_secure_name() {
+        let h = "a=1; better-auth.session_token=plain; __Secure-better-auth.session_token=secure";
+        assert_eq!(from_header(h), Some("secure"));
+        assert_eq!(from_header("better-auth.session_token=x.y"), Some("x.y"));
+        assert_eq!(from_header("other=1"), None);
+    }
+}

@@ -1,0 +1,124 @@
+//! Tokens that must be refused: alg none, HMAC confusion, unknown kid, embedded keys, time and
+//! audience rules.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::Utc;
+use edge_keys::keyset::{Claims, DEFAULT_GRACE};
+use edge_keys::{Alg, KeySet, Secret, Verifier, VerifyError};
+use serde_json::json;
+
+fn setup() -> (KeySet, Verifier) {
+    let secret = Secret::new("rejection-secret-0123456789abcdef");
+    let rows = vec![edge_keys::jwk::generate_row(Alg::RS256, &secret, Utc::now()).unwrap()];
+    let keys = KeySet::load(&rows, &secret, Utc::now(), DEFAULT_GRACE).unwrap();
+    let verifier = keys.verifier().with_issuer("https://issuer").with_audience("convex");
+    (keys, verifier)
+}
+
+fn claims(now: i64) -> Claims {
+    Claims {
+        iat: now,
+        name: "n".into(),
+        email: "e@x.y".into(),
+        email_verified: true,
+        session_id: "s".into(),
+        sub: "user1".into(),
+        exp: now + 900,
+        iss: "https://issuer".into(),
+        aud: "convex".into(),
+    }
+}
+
+fn enc(v: serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn kid_of(jwt: &str) -> String {
+    let h: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
+    h["kid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_good_token_verifies() {
+    let (keys, verifier) = setup();
+    let now = Utc::now().timestamp();
+    let t = keys.sign(Alg::RS256, &claims(now), Utc::now()).unwrap();
+    let v = verifier.verify(&t.jwt, now).unwrap();
+    assert_eq!(v.claims["sub"], "user1");
+}
+
+#[test]
+fn alg_none_in_any_case_is_refused() {
+    let (keys, verifier) = setup();
+    let now = Utc::now().timestamp();
+    let t = keys.sign(Alg::RS256, &claims(now), Utc::now()).unwrap();
+    let kid = kid_of(&t.jwt);
+    let payload = t.jwt.split('.').nth(1).unwrap();
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        for sig in ["", "AAAA"] {
+            let forged = format!("{}.{payload}.{sig}", enc(json!({"alg": alg, "kid": kid})));
+            assert!(verifier.verify(&forged, now).is_err(), "{alg}");
+        }
+    }
+}
+
+#[test]
+fn hs256_signed_with_the_public_key_is_refused() {
+    let (keys, verifier) = setup();
+    let now = Utc::now().timestamp();
+    let t = keys.sign(Alg::RS256, &claims(now), Utc::now()).unwrap();
+    let kid = kid_of(&t.jwt);
+    let jwks: serde_json::Value = serde_json::from_str(keys.jwks_json()).unwrap();
+    let public = jwks["keys"][0].to_string();
+    let header = enc(json!({"alg": "HS256", "kid": kid}));
+    let payload = t.jwt.split('.').nth(1).unwrap();
+    let signing_input = format!("{header}.{payload}");
+    let tag = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public.as_bytes()), signing_input.as_bytes());
+    let forged = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+    assert_eq!(verifier.verify(&forged, now).unwrap_err(), VerifyError::UnsupportedAlg("HS256".into()));
+}
+
+#[test]
+fn unknown_kid_missing_kid_and_embedded_keys_are_refused() {
+    let (keys, verifier) = setup();
+    let now = Utc::now().timestamp();
+    let t = keys.sign(Alg::RS256, &claims(now), Utc::now()).unwrap();
+    let kid = kid_of(&t.jwt);
+    let mut parts = t.jwt.splitn(2, '.');
+    parts.next();
+    let rest = parts.next().unwrap();
+    let with = |h: serde_json::Value| format!("{}.{rest}", enc(h));
+    assert_eq!(verifier.verify(&with(json!({"alg": "RS256", "kid": "nope"})), now).unwrap_err(), VerifyError::UnknownKid);
+    assert_eq!(verifier.verify(&with(json!({"alg": "RS256"})), now).unwrap_err(), VerifyError::MissingKid);
+    for field in ["jwk", "jku", "x5u", "x5c"] {
+        let h = json!({"alg": "RS256", "kid": kid, field: "x"});
+        assert!(matches!(verifier.verify(&with(h), now).unwrap_err(), VerifyError::ForbiddenHeader(_)));
+    }
+    // ES256 named in the header against an RSA key.
+    assert_eq!(verifier.verify(&with(json!({"alg": "ES256", "kid": kid})), now).unwrap_err(), VerifyError::AlgMismatch);
+}
+
+#[test]
+fn expired_not_yet_valid_wrong_issuer_and_audience_are_refused() {
+    let (keys, verifier) = setup();
+    let now = Utc::now().timestamp();
+    let sign = |c: &Claims| keys.sign(Alg::RS256, c, Utc::now()).unwrap().jwt;
+    let mut expired = claims(now - 2000);
+    expired.exp = now - 1;
+    assert_eq!(verifier.verify(&sign(&expired), now).unwrap_err(), VerifyError::Expired);
+    let mut wrong_iss = claims(now);
+    wrong_iss.iss = "https://evil".into();
+    assert_eq!(verifier.verify(&sign(&wrong_iss), now).unwrap_err(), VerifyError::WrongIssuer);
+    let mut wrong_aud = claims(now);
+    wrong_aud.aud = "other".into();
+    assert_eq!(verifier.verify(&sign(&wrong_aud), now).unwrap_err(), VerifyError::WrongAudience);
+    // A token checked before its nbf (time travel: verify at a time before iat with nbf = iat).
+    let t = sign(&claims(now));
+    assert!(verifier.verify(&t, now + 901).is_err());
+    // Tampered payload.
+    let mut parts: Vec<&str> = t.split('.').collect();
+    let evil = enc(json!({"sub": "admin", "iss": "https://issuer", "aud": "convex", "exp": now + 900}));
+    parts[1] = &evil;
+    assert_eq!(verifier.verify(&parts.join("."), now).unwrap_err(), VerifyError::BadSignature);
+}

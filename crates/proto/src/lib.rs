@@ -1,0 +1,10 @@
+//! Generated gRPC code for convex-edge's services and the error table they share.
+
+pub mod error;
+
+/// `edge.auth.v1`: sessions, tokens, keys and revocations.
+pub mod auth {
+    pub mod v1 {
+        tonic::include_proto!("edge.auth.v1");
+    }
+}

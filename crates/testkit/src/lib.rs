@@ -1,0 +1,68 @@
+//! Test fixtures: real Postgres and Redis, one fresh database per test, and the shared
+//! fixtures directory (`../shared` beside the checkout).
+//!
+//! Postgres is found through `DATABASE_URL`, else on 127.0.0.1:5432; if neither answers, a
+//! throwaway cluster is started from the local `initdb`/`pg_ctl` binaries. Redis likewise
+//! through `REDIS_URL`, 127.0.0.1:6379, or a throwaway `redis-server`.
+
+mod postgres;
+mod redis;
+
+use std::path::PathBuf;
+
+pub use postgres::{TestDb, test_database};
+pub use redis::{TestRedis, redis_url, spawn_redis};
+
+/// The shared fixtures directory: `CONVEX_EDGE_SHARED`, else `../shared` beside the checkout.
+pub fn shared_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CONVEX_EDGE_SHARED") {
+        return PathBuf::from(dir);
+    }
+    let root = workspace_root();
+    let beside = root.join("../shared");
+    assert!(
+        beside.join("fixtures").is_dir(),
+        "shared fixtures not found at {}: set CONVEX_EDGE_SHARED",
+        beside.display()
+    );
+    beside
+}
+
+/// The workspace root (where the top `Cargo.toml` is).
+pub fn workspace_root() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() && dir.pop() {}
+    dir
+}
+
+/// The Better Auth golden file, parsed.
+pub fn better_auth_fixture() -> serde_json::Value {
+    let path = shared_dir().join("fixtures/better-auth-1.6.15.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("fixture is JSON")
+}
+
+/// A Wycheproof vector file from `testvectors/wycheproof/`, parsed.
+pub fn wycheproof(name: &str) -> serde_json::Value {
+    let path = shared_dir().join("testvectors/wycheproof").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("vector file is JSON")
+}
+
+/// Finds `bin` on `PATH` or in the usual PostgreSQL install folders.
+pub(crate) fn find_binary(bin: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/postgresql") {
+        let mut versions: Vec<PathBuf> = entries.flatten().map(|e| e.path().join("bin")).collect();
+        versions.sort();
+        dirs.extend(versions.into_iter().rev());
+    }
+    dirs.into_iter().map(|d| d.join(bin)).find(|p| p.is_file())
+}
+
+/// A free TCP port on 127.0.0.1 (for child processes that cannot take a pre-bound listener).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("bind port 0")
+}

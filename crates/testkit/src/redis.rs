@@ -1,0 +1,57 @@
+//! Redis for tests: the shared local server, or a throwaway `redis-server` a test owns.
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The shared Redis URL: `REDIS_URL`, else 127.0.0.1:6379 if it answers; panics with what to
+/// install otherwise.
+pub fn redis_url() -> String {
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        return url;
+    }
+    if TcpStream::connect_timeout(&"127.0.0.1:6379".parse().expect("addr"), Duration::from_secs(1)).is_ok() {
+        return "redis://127.0.0.1:6379".to_owned();
+    }
+    panic!("no Redis: set REDIS_URL, run one on 127.0.0.1:6379, or install redis-server")
+}
+
+/// A `redis-server` owned by one test; killed on drop.
+#[derive(Debug)]
+pub struct TestRedis {
+    pub url: String,
+    pub port: u16,
+    child: Child,
+}
+
+impl TestRedis {
+    /// Kills the server (to simulate an outage).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts a throwaway `redis-server` on `port` (0: any free port) and waits until it accepts.
+pub fn spawn_redis(port: u16) -> anyhow::Result<TestRedis> {
+    let bin = crate::find_binary("redis-server")
+        .ok_or_else(|| anyhow::anyhow!("redis-server not found: install redis-server"))?;
+    let port = if port == 0 { crate::free_port() } else { port };
+    let child = Command::new(bin)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(TestRedis { url: format!("redis://127.0.0.1:{port}"), port, child })
+}
