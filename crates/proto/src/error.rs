@@ -37,6 +37,7 @@ codes! {
     USER_ALREADY_EXISTS = ("USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL", 422, AlreadyExists);
     INVALID_EMAIL_OR_PASSWORD = ("INVALID_EMAIL_OR_PASSWORD", 401, Unauthenticated);
     UNAUTHORIZED = ("UNAUTHORIZED", 401, Unauthenticated);
+    INVALID_ORIGIN = ("INVALID_ORIGIN", 403, PermissionDenied);
     NOT_FOUND = ("NOT_FOUND", 404, NotFound);
     TOO_MANY_REQUESTS = ("TOO_MANY_REQUESTS", 429, ResourceExhausted);
     SERVICE_UNAVAILABLE = ("SERVICE_UNAVAILABLE", 503, Unavailable);
@@ -67,7 +68,8 @@ impl ErrorCode {
             Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => {
                 Self::VALIDATION_ERROR
             }
-            Code::Unauthenticated | Code::PermissionDenied => Self::UNAUTHORIZED,
+            Code::Unauthenticated => Self::UNAUTHORIZED,
+            Code::PermissionDenied => Self::INVALID_ORIGIN,
             Code::NotFound => Self::NOT_FOUND,
             Code::AlreadyExists => Self::USER_ALREADY_EXISTS,
             Code::ResourceExhausted => Self::TOO_MANY_REQUESTS,

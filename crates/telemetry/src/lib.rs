@@ -1,4 +1,5 @@
-//! Logging and metrics shared by every service: one tracing subscriber, one Prometheus registry.
+//! What every service shares at its edges: one tracing subscriber, one Prometheus registry, and
+//! the configuration error type.
 //!
 //! Metric names are part of the external contract (DESIGN section 7); each service declares its
 //! own through [`counter`], [`int_gauge`] and [`histogram`], which register them here once.
@@ -92,3 +93,25 @@ pub fn render() -> String {
 
 /// The content type of [`render`]'s output.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4";
+
+/// An invalid environment variable. Every service reports configuration errors this way; the
+/// CLI prints it as one line and exits with code 64.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
+        ConfigError { var, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}: {}", self.var, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}

@@ -1,1 +1,103 @@
-//! placeholder
+//! The auth service: Better Auth-compatible sessions, Convex JWTs, the JWKS and the revocation
+//! log, served over gRPC (to the gateway and query) and a small HTTP server.
+//!
+//! [`Application::build`] binds the listeners (port 0 in tests) and loads everything;
+//! [`Application::run_until`] serves until a shutdown future resolves.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod keys;
+mod metrics;
+mod ratelimit;
+pub mod revocations;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use edge_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{Config, ConfigError};
+pub use service::AuthCore;
+pub use store::Store;
+
+/// A built auth service: listeners bound, store migrated, keys loaded.
+pub struct Application {
+    core: Arc<AuthCore>,
+    grpc: tokio::net::TcpListener,
+    http: std::net::TcpListener,
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        metrics::init();
+        let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
+        store.migrate().await.context("failed to apply the auth schema")?;
+        let keys = keys::KeyManager::start(config.static_jwks.as_deref(), config.alg, config.secret.clone(), store.clone())
+            .await
+            .context("failed to load signing keys")?;
+        let latest = store.latest_revocation().await.context("failed to read the revocation log")?;
+        let hub = revocations::RevocationHub::new(latest);
+        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("failed to bind AUTH_GRPC_ADDR {}", config.grpc_addr))?;
+        let http = std::net::TcpListener::bind(config.http_addr)
+            .with_context(|| format!("failed to bind AUTH_HTTP_ADDR {}", config.http_addr))?;
+        http.set_nonblocking(true)?;
+        let grpc_addr = grpc.local_addr()?;
+        let http_addr = http.local_addr()?;
+        let core = Arc::new(AuthCore::new(config, store, Arc::new(keys), hub));
+        Ok(Application { core, grpc, http, grpc_addr, http_addr })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn core(&self) -> Arc<AuthCore> {
+        self.core.clone()
+    }
+
+    /// Serves gRPC and HTTP until `shutdown` resolves, then drains in-flight requests.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let core = self.core;
+        let watcher = tokio::spawn(revocations::watch_database(
+            core.store.clone(),
+            core.revocations.clone(),
+            core.keys.clone(),
+            core.config.poll_interval,
+        ));
+        let http = http::server(core.clone(), self.http).context("failed to start the HTTP server")?;
+        let http_handle = http.handle();
+        let http_task = tokio::spawn(http);
+        tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, keys = ?core.keys.mode(), "auth serving");
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_tx.send(());
+        });
+        let grpc = tonic::transport::Server::builder()
+            .add_service(AuthServiceServer::new(grpc::GrpcApi::new(core)))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async {
+                let _ = stop_rx.await;
+            });
+        let result = grpc.await.context("gRPC server failed");
+        http_handle.stop(true).await;
+        let _ = http_task.await;
+        watcher.abort();
+        tracing::info!("auth stopped");
+        result
+    }
+}

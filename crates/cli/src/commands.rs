@@ -1,0 +1,137 @@
+//! The service and tool subcommands.
+
+use anyhow::Context;
+use base64::Engine;
+use edge_auth::Store;
+use edge_keys::KeyRow;
+use edge_telemetry::ConfigError;
+
+/// How a command failed, which decides the exit code.
+pub enum Failure {
+    Config(ConfigError),
+    Usage(String),
+    Other(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e)
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Other(e)
+    }
+}
+
+pub type Result<T = ()> = std::result::Result<T, Failure>;
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+pub async fn auth() -> Result {
+    let config = edge_auth::Config::from_env(env)?;
+    let app = edge_auth::Application::build(config).await?;
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+pub async fn gateway() -> Result {
+    let config = edge_gateway::Config::from_env(env)?;
+    let app = edge_gateway::Application::build(config).await?;
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn database_url() -> String {
+    env("DATABASE_URL").unwrap_or_else(|| edge_auth::config::DEFAULT_DATABASE_URL.to_owned())
+}
+
+pub async fn migrate() -> Result {
+    let url = database_url();
+    let store = Store::connect(&url).await.map_err(|e| ConfigError::new("DATABASE_URL", e.to_string()))?;
+    store.migrate().await.context("failed to apply the auth schema")?;
+    eprintln!("schema is up to date");
+    Ok(())
+}
+
+/// The key rows in force: the static `JWKS`, else the `jwks` table.
+async fn key_rows(config: &edge_auth::Config) -> Result<Vec<KeyRow>> {
+    if let Some(json) = &config.static_jwks {
+        return KeyRow::parse_static(json).map_err(|e| ConfigError::new("JWKS", e.to_string()).into());
+    }
+    let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
+    store.migrate().await.context("failed to apply the auth schema")?;
+    let rows = store.jwks_rows().await.context("failed to read the jwks table")?;
+    if rows.is_empty() {
+        return Err(Failure::Other(anyhow::anyhow!("the jwks table holds no key: start auth once or run `jwks rotate`")));
+    }
+    Ok(rows)
+}
+
+pub async fn jwks_export() -> Result {
+    let config = edge_auth::Config::from_env(env)?;
+    let now = chrono::Utc::now();
+    let rows: Vec<KeyRow> = key_rows(&config)
+        .await?
+        .into_iter()
+        .filter(|r| r.expires_at.is_none_or(|e| e > now))
+        .collect();
+    println!("{}", serde_json::to_string(&rows).context("failed to serialise keys")?);
+    Ok(())
+}
+
+pub async fn jwks_rotate() -> Result {
+    let config = edge_auth::Config::from_env(env)?;
+    if config.static_jwks.is_some() {
+        return Err(ConfigError::new("JWKS", "static keys are set: rotate by exporting new rows, not in the database").into());
+    }
+    let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
+    store.migrate().await.context("failed to apply the auth schema")?;
+    let row = edge_auth::keys::rotate(&store, &config.secret, config.alg).await.context("failed to rotate keys")?;
+    eprintln!("new signing key {} ({}); previous keys stay published for the grace period", row.id, config.alg);
+    Ok(())
+}
+
+pub async fn convex_auth_config() -> Result {
+    let config = edge_auth::Config::from_env(env)?;
+    let jwks = if config.static_jwks.is_some() {
+        let rows = key_rows(&config).await?;
+        let set = edge_keys::KeySet::load(&rows, &config.secret, chrono::Utc::now(), edge_keys::keyset::DEFAULT_GRACE)
+            .map_err(|e| ConfigError::new("JWKS", e.to_string()))?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(set.jwks_json());
+        format!("data:text/plain;charset=utf-8;base64,{encoded}")
+    } else {
+        format!("{}/api/auth/convex/jwks", config.issuer.trim_end_matches('/'))
+    };
+    let out = serde_json::json!({
+        "providers": [{
+            "type": "customJwt",
+            "issuer": config.issuer,
+            "applicationID": config.audience,
+            "algorithm": config.alg.as_str(),
+            "jwks": jwks,
+        }]
+    });
+    println!("{out}");
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `convex-edge dev`: auth and the gateway in one process, with a SQLite database and a dev
+//! secret kept in `./.convex-edge/` so sessions and keys survive restarts.
+
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::commands::{Result, shutdown_signal};
+
+const DATA_DIR: &str = ".convex-edge";
+
+/// The dev secret, created on first run (readable by the owner only).
+fn dev_secret(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("secret");
+    if let Ok(secret) = std::fs::read_to_string(&path) {
+        let secret = secret.trim().to_owned();
+        if secret.len() >= 32 {
+            return Ok(secret);
+        }
+    }
+    let secret = edge_keys::random_hex(32);
+    std::fs::write(&path, &secret).with_context(|| format!("failed to write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(secret)
+}
+
+pub async fn run() -> Result {
+    let dir = Path::new(DATA_DIR);
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {DATA_DIR}"))?;
+    let secret = dev_secret(dir)?;
+    let env = move |name: &str| match name {
+        "BETTER_AUTH_SECRET" => Some(std::env::var(name).unwrap_or_else(|_| secret.clone())),
+        _ => std::env::var(name).ok(),
+    };
+    let auth_config = edge_auth::Config::from_env(&env)?;
+    let auth = edge_auth::Application::build(auth_config).await?;
+    let mut gateway_config = edge_gateway::Config::from_env(&env)?;
+    gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
+    let gateway = edge_gateway::Application::build(gateway_config).await?;
+
+    println!("convex-edge dev");
+    println!("  site (gateway):  http://{}", gateway.addr());
+    println!("  auth routes:     http://{}/api/auth/get-session", gateway.addr());
+    println!("  JWKS:            http://{}/api/auth/jwks", gateway.addr());
+    println!("  auth gRPC:       http://{}", auth.grpc_addr());
+    println!("  auth HTTP:       http://{}", auth.http_addr());
+    println!("  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let auth_task = tokio::spawn(auth.run_until(stopped(stop_rx.clone())));
+    let gateway_task = tokio::spawn(gateway.run_until(stopped(stop_rx)));
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    gateway_task.await.context("gateway task failed")??;
+    auth_task.await.context("auth task failed")??;
+    Ok(())
+}

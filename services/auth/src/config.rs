@@ -1,0 +1,142 @@
+//! The auth service's configuration, parsed once from the environment without side effects.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use edge_keys::{Alg, Secret};
+
+pub use edge_telemetry::ConfigError;
+
+/// Sign-in attempts allowed per window, per account and per client address.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    pub per_account: u32,
+    pub per_address: u32,
+    pub window: Duration,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        RateLimit { per_account: 10, per_address: 100, window: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `postgres://…` or `sqlite://…`.
+    pub database_url: String,
+    pub secret: Secret,
+    /// The static `JWKS` rows (JSON text); when set no key is read from the database.
+    pub static_jwks: Option<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub alg: Alg,
+    pub token_ttl: Duration,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub sign_in_limit: RateLimit,
+    /// How often the key set and revocation log are re-checked when no notification arrives.
+    pub poll_interval: Duration,
+}
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://.convex-edge/dev.db";
+
+impl Config {
+    /// Defaults for local runs, with the given secret.
+    pub fn local(secret: Secret) -> Self {
+        Config {
+            database_url: DEFAULT_DATABASE_URL.into(),
+            secret,
+            static_jwks: None,
+            issuer: "http://localhost:8080".into(),
+            audience: "convex".into(),
+            alg: Alg::RS256,
+            token_ttl: Duration::from_secs(900),
+            grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
+            http_addr: "127.0.0.1:3001".parse().expect("valid address"),
+            sign_in_limit: RateLimit::default(),
+            poll_interval: Duration::from_secs(5),
+        }
+    }
+
+    /// Reads the variables of DESIGN section 4 through `get`.
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let secret = get("BETTER_AUTH_SECRET")
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::new("BETTER_AUTH_SECRET", "required (at least 32 characters)"))?;
+        if secret.len() < 32 {
+            return Err(ConfigError::new("BETTER_AUTH_SECRET", "must be at least 32 characters"));
+        }
+        let mut config = Config::local(Secret::new(secret));
+        if let Some(url) = get("DATABASE_URL") {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
+                return Err(ConfigError::new("DATABASE_URL", "expected postgres://… or sqlite://…"));
+            }
+            config.database_url = url;
+        }
+        config.static_jwks = get("JWKS").filter(|s| !s.trim().is_empty());
+        if let Some(v) = get("JWT_ISSUER") {
+            config.issuer = v;
+        }
+        if let Some(v) = get("JWT_AUDIENCE") {
+            config.audience = v;
+        }
+        if let Some(v) = get("JWT_ALG") {
+            config.alg = v.parse().map_err(|_| ConfigError::new("JWT_ALG", "expected RS256, ES256 or EdDSA"))?;
+        }
+        if let Some(v) = get("JWT_TTL_SECONDS") {
+            let secs: u64 = v.parse().map_err(|_| ConfigError::new("JWT_TTL_SECONDS", "expected seconds"))?;
+            if !(60..=86_400).contains(&secs) {
+                return Err(ConfigError::new("JWT_TTL_SECONDS", "must be between 60 and 86400"));
+            }
+            config.token_ttl = Duration::from_secs(secs);
+        }
+        config.grpc_addr = addr(&get, "AUTH_GRPC_ADDR", config.grpc_addr)?;
+        config.http_addr = addr(&get, "AUTH_HTTP_ADDR", config.http_addr)?;
+        if let Some(v) = get("AUTH_SIGN_IN_LIMIT_PER_ACCOUNT") {
+            config.sign_in_limit.per_account = count(&v, "AUTH_SIGN_IN_LIMIT_PER_ACCOUNT")?;
+        }
+        if let Some(v) = get("AUTH_SIGN_IN_LIMIT_PER_ADDRESS") {
+            config.sign_in_limit.per_address = count(&v, "AUTH_SIGN_IN_LIMIT_PER_ADDRESS")?;
+        }
+        Ok(config)
+    }
+}
+
+fn addr(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    default: SocketAddr,
+) -> Result<SocketAddr, ConfigError> {
+    match get(var) {
+        Some(v) => v.parse().map_err(|_| ConfigError::new(var, format!("expected host:port, got `{v}`"))),
+        None => Ok(default),
+    }
+}
+
+fn count(v: &str, var: &'static str) -> Result<u32, ConfigError> {
+    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| ConfigError::new(var, "expected a positive number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn secret_is_required_and_bad_values_name_their_variable() {
+        assert_eq!(Config::from_env(env(&[])).unwrap_err().var, "BETTER_AUTH_SECRET");
+        let s = ("BETTER_AUTH_SECRET", "0123456789abcdef0123456789abcdef");
+        assert_eq!(Config::from_env(env(&[s, ("JWT_ALG", "HS256")])).unwrap_err().var, "JWT_ALG");
+        assert_eq!(Config::from_env(env(&[s, ("AUTH_GRPC_ADDR", "nope")])).unwrap_err().var, "AUTH_GRPC_ADDR");
+        assert_eq!(Config::from_env(env(&[s, ("DATABASE_URL", "mysql://x")])).unwrap_err().var, "DATABASE_URL");
+        let c = Config::from_env(env(&[s, ("JWT_ALG", "ES256"), ("JWT_TTL_SECONDS", "600")])).unwrap();
+        assert_eq!(c.alg, Alg::ES256);
+        assert_eq!(c.token_ttl, Duration::from_secs(600));
+    }
+}

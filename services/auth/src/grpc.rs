@@ -1,0 +1,213 @@
+//! The `edge.auth.v1.AuthService` gRPC server over [`AuthCore`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_proto::auth::v1 as pb;
+use edge_proto::auth::v1::auth_service_server::AuthService;
+use edge_proto::error::ErrorCode;
+use futures_util::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::service::{AuthCore, Client, SessionInfo, js_date};
+use crate::store::{RevocationRow, Session, User};
+
+const MAX_FIELD_LEN: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct GrpcApi {
+    core: Arc<AuthCore>,
+}
+
+impl GrpcApi {
+    pub fn new(core: Arc<AuthCore>) -> Self {
+        GrpcApi { core }
+    }
+}
+
+fn user_pb(u: &User) -> pb::User {
+    pb::User {
+        id: u.id.clone(),
+        name: u.name.clone(),
+        email: u.email.clone(),
+        email_verified: u.email_verified,
+        image: u.image.clone(),
+        created_at: js_date(&u.created_at),
+        updated_at: js_date(&u.updated_at),
+    }
+}
+
+fn session_pb(s: &Session) -> pb::Session {
+    pb::Session {
+        id: s.id.clone(),
+        token: s.token.clone(),
+        user_id: s.user_id.clone(),
+        expires_at: js_date(&s.expires_at),
+        created_at: js_date(&s.created_at),
+        updated_at: js_date(&s.updated_at),
+        ip_address: s.ip_address.clone().unwrap_or_default(),
+        user_agent: s.user_agent.clone().unwrap_or_default(),
+    }
+}
+
+fn session_response(info: SessionInfo) -> pb::SessionResponse {
+    pb::SessionResponse {
+        user: Some(user_pb(&info.user)),
+        session: Some(session_pb(&info.session)),
+        cookie_value: info.cookie_value,
+        cookie_max_age_seconds: edge_keys::cookie::SESSION_MAX_AGE_SECONDS,
+    }
+}
+
+fn revocation_pb(r: &RevocationRow) -> pb::Revocation {
+    pb::Revocation {
+        sequence: r.sequence as u64,
+        session_id: r.session_id.clone(),
+        cache_key: r.cache_key.clone(),
+        reason: r.reason.clone(),
+        revoked_at_ms: r.revoked_at.timestamp_millis(),
+    }
+}
+
+fn client(c: Option<pb::ClientInfo>) -> Client {
+    let c = c.unwrap_or_default();
+    Client { ip_address: c.ip_address, user_agent: c.user_agent.chars().take(512).collect() }
+}
+
+/// Refuses oversized strings before any work is done.
+fn bounded<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
+    if value.len() > MAX_FIELD_LEN {
+        return Err(ErrorCode::VALIDATION_ERROR.to_status(format!("[body.{field}] is too long")));
+    }
+    Ok(value)
+}
+
+fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Status> {
+    if value.is_empty() {
+        return Err(ErrorCode::VALIDATION_ERROR.to_status(format!("[body.{field}] is required")));
+    }
+    bounded(field, value)
+}
+
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::Revocation, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AuthService for GrpcApi {
+    async fn sign_up(&self, request: Request<pb::SignUpRequest>) -> Result<Response<pb::SessionResponse>, Status> {
+        let r = request.into_inner();
+        let name = bounded("name", &r.name)?;
+        let email = required("email", &r.email)?;
+        let password = required("password", &r.password)?;
+        let image = r.image.filter(|i| !i.is_empty());
+        if let Some(i) = &image {
+            bounded("image", i)?;
+        }
+        let info = self.core.sign_up(name, email, password, image, &client(r.client)).await?;
+        Ok(Response::new(session_response(info)))
+    }
+
+    async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SessionResponse>, Status> {
+        let r = request.into_inner();
+        let email = required("email", &r.email)?;
+        let password = required("password", &r.password)?;
+        let info = self.core.sign_in(email, password, &client(r.client)).await?;
+        Ok(Response::new(session_response(info)))
+    }
+
+    async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+        let r = request.into_inner();
+        let row = self.core.sign_out(&r.cookie_value).await?;
+        Ok(Response::new(pb::SignOutResponse { sequence: row.sequence as u64, cache_key: row.cache_key }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::GetSessionResponse>, Status> {
+        let r = request.into_inner();
+        let info = self.core.session(&r.cookie_value).await?;
+        Ok(Response::new(pb::GetSessionResponse {
+            user: Some(user_pb(&info.user)),
+            session: Some(session_pb(&info.session)),
+            refreshed_cookie_value: info.refreshed.then(|| info.cookie_value.clone()),
+            cookie_max_age_seconds: edge_keys::cookie::SESSION_MAX_AGE_SECONDS,
+        }))
+    }
+
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::IssueTokenResponse>, Status> {
+        let r = request.into_inner();
+        let issued = self.core.issue_token(&r.cookie_value).await?;
+        Ok(Response::new(pb::IssueTokenResponse {
+            jwt: issued.token.jwt,
+            expires_at: issued.token.expires_at,
+            session_id: issued.session_id,
+            cache_key: issued.cache_key.as_str().to_owned(),
+        }))
+    }
+
+    async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json: self.core.keys.current().jwks_json().to_owned(),
+            version: self.core.keys.version(),
+        }))
+    }
+
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let after = i64::try_from(request.into_inner().after_sequence)
+            .map_err(|_| ErrorCode::VALIDATION_ERROR.to_status("after_sequence is out of range"))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        let core = self.core.clone();
+        tokio::spawn(stream_revocations(core, after, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Sends log entries after `after`, then waits for the hub to say the log moved. Ends when the
+/// client goes away.
+async fn stream_revocations(
+    core: Arc<AuthCore>,
+    mut after: i64,
+    tx: tokio::sync::mpsc::Sender<Result<pb::Revocation, Status>>,
+) {
+    let mut latest = core.revocations.subscribe();
+    loop {
+        // Mark the current value seen before reading, so a publish during the read wakes us.
+        latest.borrow_and_update();
+        match core.store.revocations_after(after, 500).await {
+            Ok(rows) => {
+                let full_page = rows.len() == 500;
+                for row in &rows {
+                    if tx.send(Ok(revocation_pb(row))).await.is_err() {
+                        return;
+                    }
+                    after = row.sequence;
+                }
+                if full_page {
+                    continue;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "revocation read failed");
+                let status = ErrorCode::SERVICE_UNAVAILABLE.to_status("revocation log unavailable");
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        }
+        tokio::select! {
+            changed = latest.changed() => if changed.is_err() { return },
+            _ = tx.closed() => return,
+            // A backstop for notifications lost between replicas.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}

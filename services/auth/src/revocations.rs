@@ -1,0 +1,80 @@
+//! Spreads "the revocation log moved" to every open WatchRevocations stream: locally through a
+//! watch channel, across replicas through Postgres `LISTEN/NOTIFY`, with a poll as the backstop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::keys::KeyManager;
+use crate::store::{JWKS_CHANNEL, REVOCATION_CHANNEL, Store};
+
+/// The newest revocation sequence this replica knows of.
+#[derive(Debug, Clone)]
+pub struct RevocationHub {
+    latest: watch::Sender<i64>,
+}
+
+impl RevocationHub {
+    pub fn new(latest: i64) -> Self {
+        RevocationHub { latest: watch::Sender::new(latest) }
+    }
+
+    /// Records that the log reached `sequence`.
+    pub fn publish(&self, sequence: i64) {
+        self.latest.send_if_modified(|current| {
+            let moved = sequence > *current;
+            if moved {
+                *current = sequence;
+            }
+            moved
+        });
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.latest.subscribe()
+    }
+}
+
+/// Listens for revocations and key rotations from other replicas until the process ends.
+/// On SQLite (one process) only the poll runs, for keys rotated by the CLI.
+pub async fn watch_database(store: Store, hub: RevocationHub, keys: Arc<KeyManager>, poll: Duration) {
+    let mut listener = match store.listener().await {
+        Ok(l) => l,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for notifications; polling only");
+            None
+        }
+    };
+    let mut ticker = tokio::time::interval(poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let channel = match listener.as_mut() {
+            Some(l) => tokio::select! {
+                n = l.recv() => match n {
+                    Ok(n) => Some(n.channel().to_owned()),
+                    Err(error) => {
+                        tracing::warn!(%error, "notification listener failed; it reconnects");
+                        None
+                    }
+                },
+                _ = ticker.tick() => None,
+            },
+            None => {
+                ticker.tick().await;
+                None
+            }
+        };
+        if channel.as_deref() != Some(REVOCATION_CHANNEL) {
+            if let Err(error) = keys.refresh_if_changed().await {
+                tracing::warn!(%error, "key set refresh failed");
+            }
+        }
+        if channel.as_deref() != Some(JWKS_CHANNEL) {
+            match store.latest_revocation().await {
+                Ok(seq) => hub.publish(seq),
+                Err(error) => tracing::warn!(%error, "revocation poll failed"),
+            }
+        }
+    }
+}

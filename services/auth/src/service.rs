@@ -1,0 +1,280 @@
+//! The auth service's operations, independent of transport: sign-up, sign-in, sign-out,
+//! sessions and tokens.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use edge_keys::cookie::{self, SESSION_MAX_AGE_SECONDS, SESSION_UPDATE_AGE_SECONDS};
+use edge_keys::{CacheKey, Claims, SessionToken, SignedToken, password};
+use edge_proto::error::ErrorCode;
+
+use crate::config::Config;
+use crate::error::AuthError;
+use crate::keys::KeyManager;
+use crate::metrics;
+use crate::ratelimit::RateLimiter;
+use crate::revocations::RevocationHub;
+use crate::store::{CredentialAccount, RevocationRow, Session, Store, User, now_ms};
+
+/// Who is asking (for rate limits and the session row).
+#[derive(Debug, Clone, Default)]
+pub struct Client {
+    pub ip_address: String,
+    pub user_agent: String,
+}
+
+/// A session just opened or looked up, with its user.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    pub session: Session,
+    pub user: User,
+    /// The signed cookie value for the session's token.
+    pub cookie_value: String,
+    /// Whether the expiry moved and the cookie should be written again.
+    pub refreshed: bool,
+}
+
+pub struct IssuedToken {
+    pub token: SignedToken,
+    pub session_id: String,
+    pub cache_key: CacheKey,
+}
+
+#[derive(Debug)]
+pub struct AuthCore {
+    pub(crate) config: Config,
+    pub(crate) store: Store,
+    pub(crate) keys: Arc<KeyManager>,
+    pub(crate) revocations: RevocationHub,
+    limiter: RateLimiter,
+}
+
+const MAX_NAME_LEN: usize = 256;
+const MAX_EMAIL_LEN: usize = 254;
+
+/// A lowercase email address that looks deliverable (what Better Auth's zod check accepts).
+fn parse_email(email: &str) -> Result<String, AuthError> {
+    let email = email.trim().to_lowercase();
+    let bad = || AuthError::invalid(ErrorCode::INVALID_EMAIL, "Invalid email");
+    if email.len() > MAX_EMAIL_LEN || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad());
+    }
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    let domain_ok = domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains("..")
+        && !domain.contains('@');
+    if local.is_empty() || !domain_ok {
+        return Err(bad());
+    }
+    Ok(email)
+}
+
+fn check_password(password: &str) -> Result<(), AuthError> {
+    let len = password.chars().count();
+    if len < password::MIN_LEN {
+        return Err(AuthError::invalid(ErrorCode::PASSWORD_TOO_SHORT, "Password too short"));
+    }
+    if len > password::MAX_LEN {
+        return Err(AuthError::invalid(ErrorCode::PASSWORD_TOO_LONG, "Password too long"));
+    }
+    Ok(())
+}
+
+/// scrypt costs tens of milliseconds: keep it off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("password hashing does not panic")
+}
+
+fn new_session(user_id: &str, client: &Client, now: DateTime<Utc>) -> Session {
+    Session {
+        id: edge_keys::generate_id(),
+        token: SessionToken::generate().as_str().to_owned(),
+        user_id: user_id.to_owned(),
+        expires_at: now + Duration::seconds(SESSION_MAX_AGE_SECONDS),
+        created_at: now,
+        updated_at: now,
+        ip_address: Some(client.ip_address.clone()),
+        user_agent: Some(client.user_agent.clone()),
+    }
+}
+
+impl AuthCore {
+    pub fn new(config: Config, store: Store, keys: Arc<KeyManager>, revocations: RevocationHub) -> Self {
+        AuthCore { config, store, keys, revocations, limiter: RateLimiter::default() }
+    }
+
+    fn cookie_for(&self, token: &str) -> String {
+        // Tokens come from our own rows; a row Better Auth wrote has the same alphabet.
+        let token = SessionToken::parse(token).unwrap_or_else(SessionToken::generate);
+        cookie::sign(&self.config.secret, &token)
+    }
+
+    pub async fn sign_up(
+        &self,
+        name: &str,
+        email: &str,
+        password: &str,
+        image: Option<String>,
+        client: &Client,
+    ) -> Result<SessionInfo, AuthError> {
+        let email = parse_email(email)?;
+        if name.chars().count() > MAX_NAME_LEN {
+            return Err(AuthError::invalid(ErrorCode::VALIDATION_ERROR, "[body.name] Name is too long"));
+        }
+        check_password(password)?;
+        if self.store.user_by_email(&email).await?.is_some() {
+            return Err(AuthError::UserExists);
+        }
+        let password = password.to_owned();
+        let hash = blocking(move || password::hash(&password)).await;
+        let now = now_ms();
+        let user = User {
+            id: edge_keys::generate_id(),
+            name: name.to_owned(),
+            email,
+            email_verified: false,
+            image,
+            created_at: now,
+            updated_at: now,
+        };
+        let account = CredentialAccount {
+            id: edge_keys::generate_id(),
+            user_id: user.id.clone(),
+            password_hash: hash,
+            created_at: now,
+        };
+        let session = new_session(&user.id, client, now);
+        self.store.create_user(&user, &account, &session).await?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "signed up");
+        let cookie_value = self.cookie_for(&session.token);
+        Ok(SessionInfo { session, user, cookie_value, refreshed: true })
+    }
+
+    pub async fn sign_in(&self, email: &str, password: &str, client: &Client) -> Result<SessionInfo, AuthError> {
+        let email = parse_email(email)?;
+        if password.is_empty() || password.chars().count() > password::MAX_LEN {
+            return Err(AuthError::InvalidCredentials);
+        }
+        let limit = &self.config.sign_in_limit;
+        for (key, max) in [
+            (format!("account:{email}"), limit.per_account),
+            (format!("address:{}", client.ip_address), limit.per_address),
+        ] {
+            if let Err(retry) = self.limiter.check(&key, max, limit.window) {
+                tracing::warn!(kind = key.split(':').next().unwrap_or(""), "sign-in rate limited");
+                return Err(AuthError::RateLimited { retry_after_secs: retry.as_secs().max(1) });
+            }
+        }
+        let user = self.store.user_by_email(&email).await?;
+        let stored = match &user {
+            Some(u) => self.store.credential_password(&u.id).await?,
+            None => None,
+        };
+        let password = password.to_owned();
+        // Hash even when there is no such user so timing does not reveal which emails exist.
+        let ok = blocking(move || match stored {
+            Some(hash) => password::verify(&hash, &password),
+            None => {
+                password::hash(&password);
+                false
+            }
+        })
+        .await;
+        let (true, Some(user)) = (ok, user) else {
+            return Err(AuthError::InvalidCredentials);
+        };
+        let session = new_session(&user.id, client, now_ms());
+        self.store.create_session(&session).await?;
+        tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
+        let cookie_value = self.cookie_for(&session.token);
+        Ok(SessionInfo { session, user, cookie_value, refreshed: true })
+    }
+
+    /// Ends the cookie's session; the revocation is in the log (and announced) on return.
+    pub async fn sign_out(&self, cookie_value: &str) -> Result<RevocationRow, AuthError> {
+        let token = cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::NoSession)?;
+        let row = self.end_session(&token, "sign-out").await?.ok_or(AuthError::NoSession)?;
+        tracing::info!(session_id = %row.session_id, sequence = row.sequence, "signed out");
+        Ok(row)
+    }
+
+    async fn end_session(&self, token: &SessionToken, reason: &str) -> Result<Option<RevocationRow>, AuthError> {
+        let cookie_value = cookie::sign(&self.config.secret, token);
+        let cache_key = CacheKey::for_cookie(&cookie_value).expect("a signed cookie is well-formed");
+        let row = self.store.end_session(token.as_str(), cache_key.as_str(), reason).await?;
+        if let Some(row) = &row {
+            self.revocations.publish(row.sequence);
+        }
+        Ok(row)
+    }
+
+    /// The session behind a cookie, refreshed when older than a day since its last refresh.
+    pub async fn session(&self, cookie_value: &str) -> Result<SessionInfo, AuthError> {
+        let token = cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::Unauthorized)?;
+        let (mut session, user) =
+            self.store.session_with_user(token.as_str()).await?.ok_or(AuthError::Unauthorized)?;
+        let now = now_ms();
+        if session.expires_at <= now {
+            self.end_session(&token, "expired").await?;
+            return Err(AuthError::Unauthorized);
+        }
+        let max_age = Duration::seconds(SESSION_MAX_AGE_SECONDS);
+        let due = session.expires_at - max_age + Duration::seconds(SESSION_UPDATE_AGE_SECONDS) <= now;
+        if due {
+            session.expires_at = now + max_age;
+            session.updated_at = now;
+            self.store.extend_session(&session.id, session.expires_at, now).await?;
+        }
+        let cookie_value = cookie::sign(&self.config.secret, &token);
+        Ok(SessionInfo { session, user, cookie_value, refreshed: due })
+    }
+
+    /// A Convex JWT for the cookie's session: one session read, no key read.
+    pub async fn issue_token(&self, cookie_value: &str) -> Result<IssuedToken, AuthError> {
+        let info = self.session(cookie_value).await?;
+        let now = Utc::now();
+        let iat = now.timestamp();
+        let claims = Claims {
+            iat,
+            name: info.user.name,
+            email: info.user.email,
+            email_verified: info.user.email_verified,
+            session_id: info.session.id.clone(),
+            sub: info.user.id,
+            exp: iat + self.config.token_ttl.as_secs() as i64,
+            iss: self.config.issuer.clone(),
+            aud: self.config.audience.clone(),
+        };
+        let token = self.keys.current().sign(self.keys.alg(), &claims, now)?;
+        metrics::TOKENS_ISSUED.inc();
+        let cache_key = CacheKey::for_cookie(&info.cookie_value).expect("a signed cookie is well-formed");
+        Ok(IssuedToken { token, session_id: info.session.id, cache_key })
+    }
+}
+
+/// RFC 3339 with milliseconds and `Z`, as JavaScript's `Date.toJSON`.
+pub fn js_date(d: &DateTime<Utc>) -> String {
+    d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(parse_email(" Ada@Example.COM ").unwrap(), "ada@example.com");
+        for bad in ["", "a", "a@b", "@b.c", "a@.c", "a@b.", "a b@c.d", "a@b..c"] {
+            assert!(parse_email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn password_bounds() {
+        assert!(check_password("1234567").is_err());
+        assert!(check_password("12345678").is_ok());
+        assert!(check_password(&"x".repeat(129)).is_err());
+    }
+}

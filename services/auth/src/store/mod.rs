@@ -1,0 +1,419 @@
+//! The auth store: Better Auth's tables on Postgres or SQLite, behind one API.
+//!
+//! Both backends run the same SQL (`$n` placeholders work in both); [`on_pool!`] expands each
+//! query once per backend so the types line up without a dynamic driver.
+
+mod schema;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use edge_keys::KeyRow;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+pub use schema::{JWKS_CHANNEL, REVOCATION_CHANNEL};
+
+use crate::metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("a user with this email already exists")]
+    UserExists,
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("invalid database url: {0}")]
+    Url(String),
+}
+
+/// A `user` row.
+#[derive(Debug, Clone, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    pub email_verified: bool,
+    pub image: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A `session` row. `token` is a secret: the type is never logged whole.
+#[derive(Clone, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+pub struct Session {
+    pub id: String,
+    pub token: String,
+    pub user_id: String,
+    pub expires_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub ip_address: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).field("user_id", &self.user_id).finish_non_exhaustive()
+    }
+}
+
+/// An `account` row for the email/password credential.
+#[derive(Debug, Clone)]
+pub struct CredentialAccount {
+    pub id: String,
+    pub user_id: String,
+    pub password_hash: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// One entry of the revocation log.
+#[derive(Debug, Clone, sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+pub struct RevocationRow {
+    pub sequence: i64,
+    pub session_id: String,
+    pub cache_key: String,
+    pub reason: String,
+    pub revoked_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct JwkRow {
+    id: String,
+    public_key: String,
+    private_key: String,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    alg: Option<String>,
+    crv: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum Store {
+    Postgres(PgPool),
+    Sqlite(SqlitePool),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Store::Postgres(_) => "Store::Postgres",
+            Store::Sqlite(_) => "Store::Sqlite",
+        })
+    }
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool the store holds.
+macro_rules! on_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match $store {
+            Store::Postgres($pool) => $body,
+            Store::Sqlite($pool) => $body,
+        }
+    };
+}
+
+/// Inserts a session row through any executor of either backend.
+macro_rules! insert_session {
+    ($executor:expr, $session:expr) => {{
+        let session = $session;
+        sqlx::query(r#"INSERT INTO "session" ("id", "expiresAt", "token", "createdAt", "updatedAt", "ipAddress", "userAgent", "userId") VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#)
+            .bind(&session.id)
+            .bind(session.expires_at)
+            .bind(&session.token)
+            .bind(session.created_at)
+            .bind(session.updated_at)
+            .bind(&session.ip_address)
+            .bind(&session.user_agent)
+            .bind(&session.user_id)
+            .execute($executor)
+            .await
+            .map(|_| ())
+    }};
+}
+
+const USER_COLUMNS: &str = r#""id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt""#;
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Dates with millisecond precision, as Better Auth (JavaScript `Date`) stores them.
+pub fn now_ms() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now)
+}
+
+impl Store {
+    /// Connects to `postgres://…` or `sqlite://…` (the SQLite file and its folder are created).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = PgPoolOptions::new()
+                .max_connections(16)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(url)
+                .await?;
+            Ok(Store::Postgres(pool))
+        } else if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Url(e.to_string()))?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true)
+                .busy_timeout(Duration::from_secs(5));
+            if let Some(parent) = options.get_filename().parent()
+                && !parent.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(parent).map_err(|e| StoreError::Url(e.to_string()))?;
+            }
+            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+            Ok(Store::Sqlite(pool))
+        } else {
+            Err(StoreError::Url("expected postgres://… or sqlite://…".into()))
+        }
+    }
+
+    /// Applies the schema; safe to run again and on an existing Better Auth database.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                // Serialise concurrent migrations from several replicas.
+                sqlx::query("SELECT pg_advisory_xact_lock(724109)").execute(&mut *tx).await?;
+                for statement in schema::POSTGRES {
+                    sqlx::query(*statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+            Store::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                for statement in schema::SQLITE {
+                    sqlx::query(*statement).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Inserts a user, its credential account and its first session in one transaction.
+    pub async fn create_user(
+        &self,
+        user: &User,
+        account: &CredentialAccount,
+        session: &Session,
+    ) -> Result<(), StoreError> {
+        let result: Result<(), sqlx::Error> = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            sqlx::query(r#"INSERT INTO "user" ("id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt") VALUES ($1, $2, $3, $4, $5, $6, $7)"#)
+                .bind(&user.id).bind(&user.name).bind(&user.email).bind(user.email_verified)
+                .bind(&user.image).bind(user.created_at).bind(user.updated_at)
+                .execute(&mut *tx).await?;
+            sqlx::query(r#"INSERT INTO "account" ("id", "accountId", "providerId", "userId", "password", "createdAt", "updatedAt") VALUES ($1, $2, 'credential', $3, $4, $5, $6)"#)
+                .bind(&account.id).bind(&account.user_id).bind(&account.user_id)
+                .bind(&account.password_hash).bind(account.created_at).bind(account.created_at)
+                .execute(&mut *tx).await?;
+            insert_session!(&mut *tx, session)?;
+            tx.commit().await
+        }.await);
+        result.map_err(|e| if is_unique_violation(&e) { StoreError::UserExists } else { e.into() })
+    }
+
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
+        const SQL: &str = r#"SELECT "id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt" FROM "user" WHERE "email" = $1"#;
+        debug_assert!(SQL.contains(USER_COLUMNS));
+        Ok(on_pool!(self, pool => sqlx::query_as::<_, User>(SQL).bind(email).fetch_optional(pool).await)?)
+    }
+
+    /// The password hash of the user's `credential` account.
+    pub async fn credential_password(&self, user_id: &str) -> Result<Option<String>, StoreError> {
+        const SQL: &str = r#"SELECT "password" FROM "account" WHERE "userId" = $1 AND "providerId" = 'credential'"#;
+        let row: Option<(Option<String>,)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(user_id).fetch_optional(pool).await)?;
+        Ok(row.and_then(|(p,)| p))
+    }
+
+    pub async fn create_session(&self, session: &Session) -> Result<(), StoreError> {
+        on_pool!(self, pool => insert_session!(pool, session))?;
+        Ok(())
+    }
+
+    /// The session with this token and its user: one database read.
+    pub async fn session_with_user(&self, token: &str) -> Result<Option<(Session, User)>, StoreError> {
+        const SQL: &str = r#"SELECT s."id", s."token", s."userId", s."expiresAt", s."createdAt", s."updatedAt", s."ipAddress", s."userAgent", u."name", u."email", u."emailVerified", u."image", u."createdAt" AS "userCreatedAt", u."updatedAt" AS "userUpdatedAt" FROM "session" s JOIN "user" u ON u."id" = s."userId" WHERE s."token" = $1"#;
+        metrics::SESSION_DB_READS.inc();
+        let row: Option<SessionUserRow> =
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(token).fetch_optional(pool).await)?;
+        Ok(row.map(SessionUserRow::split))
+    }
+
+    /// Moves a session's expiry (Better Auth's sliding refresh).
+    pub async fn extend_session(
+        &self,
+        id: &str,
+        expires_at: DateTime<Utc>,
+        updated_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        const SQL: &str = r#"UPDATE "session" SET "expiresAt" = $1, "updatedAt" = $2 WHERE "id" = $3"#;
+        on_pool!(self, pool => sqlx::query(SQL).bind(expires_at).bind(updated_at).bind(id).execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Deletes the session with `token` and records the revocation in the same transaction.
+    /// Returns the log entry, or `None` when no such session existed.
+    pub async fn end_session(
+        &self,
+        token: &str,
+        cache_key: &str,
+        reason: &str,
+    ) -> Result<Option<RevocationRow>, StoreError> {
+        const DELETE: &str = r#"DELETE FROM "session" WHERE "token" = $1 RETURNING "id""#;
+        const INSERT: &str = r#"INSERT INTO "edge_revocation" ("sessionId", "cacheKey", "reason", "revokedAt") VALUES ($1, $2, $3, $4) RETURNING "sequence", "sessionId", "cacheKey", "reason", "revokedAt""#;
+        let row = on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            let deleted: Option<(String,)> = sqlx::query_as(DELETE).bind(token).fetch_optional(&mut *tx).await?;
+            let Some((session_id,)) = deleted else {
+                return Ok::<_, sqlx::Error>(None);
+            };
+            let row: RevocationRow = sqlx::query_as(INSERT)
+                .bind(&session_id).bind(cache_key).bind(reason).bind(now_ms())
+                .fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(Some(row))
+        }.await)?;
+        if let (Some(row), Store::Postgres(pool)) = (&row, self) {
+            // Other replicas learn of it through LISTEN; they also poll, so a lost
+            // notification only delays them.
+            let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(REVOCATION_CHANNEL)
+                .bind(row.sequence.to_string())
+                .execute(pool)
+                .await;
+        }
+        Ok(row)
+    }
+
+    /// Revocation log entries after `sequence`, oldest first.
+    pub async fn revocations_after(&self, sequence: i64, limit: i64) -> Result<Vec<RevocationRow>, StoreError> {
+        const SQL: &str = r#"SELECT "sequence", "sessionId", "cacheKey", "reason", "revokedAt" FROM "edge_revocation" WHERE "sequence" > $1 ORDER BY "sequence" LIMIT $2"#;
+        Ok(on_pool!(self, pool => sqlx::query_as(SQL).bind(sequence).bind(limit).fetch_all(pool).await)?)
+    }
+
+    /// The newest sequence in the revocation log (0 when empty).
+    pub async fn latest_revocation(&self) -> Result<i64, StoreError> {
+        const SQL: &str = r#"SELECT COALESCE(MAX("sequence"), 0) FROM "edge_revocation""#;
+        let (seq,): (i64,) = on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await)?;
+        Ok(seq)
+    }
+
+    /// Every row of the `jwks` table (counted in `edge_auth_jwks_db_reads_total`).
+    pub async fn jwks_rows(&self) -> Result<Vec<KeyRow>, StoreError> {
+        const SQL: &str = r#"SELECT "id", "publicKey", "privateKey", "createdAt", "expiresAt", "alg", "crv" FROM "jwks" ORDER BY "createdAt" DESC"#;
+        metrics::JWKS_DB_READS.inc();
+        let rows: Vec<JwkRow> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| KeyRow {
+                id: r.id,
+                public_key: r.public_key,
+                private_key: r.private_key,
+                created_at: r.created_at,
+                expires_at: r.expires_at,
+                alg: r.alg,
+                crv: r.crv,
+            })
+            .collect())
+    }
+
+    /// Adds a key, optionally expiring the current ones at `expire_others_at`, and bumps the
+    /// key-set version so every replica reloads.
+    pub async fn insert_jwk(&self, row: &KeyRow, expire_others_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
+        const EXPIRE: &str = r#"UPDATE "jwks" SET "expiresAt" = $1 WHERE "expiresAt" IS NULL OR "expiresAt" > $1"#;
+        const INSERT: &str = r#"INSERT INTO "jwks" ("id", "publicKey", "privateKey", "createdAt", "expiresAt", "alg", "crv") VALUES ($1, $2, $3, $4, $5, $6, $7)"#;
+        const BUMP: &str = r#"UPDATE "edge_meta" SET "value" = "value" + 1 WHERE "key" = 'jwks_version'"#;
+        on_pool!(self, pool => async {
+            let mut tx = pool.begin().await?;
+            if let Some(at) = expire_others_at {
+                sqlx::query(EXPIRE).bind(at).execute(&mut *tx).await?;
+            }
+            sqlx::query(INSERT)
+                .bind(&row.id).bind(&row.public_key).bind(&row.private_key).bind(row.created_at)
+                .bind(row.expires_at).bind(&row.alg).bind(&row.crv)
+                .execute(&mut *tx).await?;
+            sqlx::query(BUMP).execute(&mut *tx).await?;
+            tx.commit().await
+        }.await)?;
+        if let Store::Postgres(pool) = self {
+            let _ = sqlx::query("SELECT pg_notify($1, 'rotated')").bind(JWKS_CHANNEL).execute(pool).await;
+        }
+        Ok(())
+    }
+
+    /// The key-set version (a cheap read of `edge_meta`, not of `jwks`).
+    pub async fn jwks_version(&self) -> Result<i64, StoreError> {
+        const SQL: &str = r#"SELECT "value" FROM "edge_meta" WHERE "key" = 'jwks_version'"#;
+        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_optional(pool).await)?;
+        Ok(row.map(|(v,)| v).unwrap_or(0))
+    }
+
+    /// A listener on the revocation and key channels (Postgres only).
+    pub async fn listener(&self) -> Result<Option<PgListener>, StoreError> {
+        let Store::Postgres(pool) = self else { return Ok(None) };
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen_all([REVOCATION_CHANNEL, JWKS_CHANNEL]).await?;
+        Ok(Some(listener))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+#[sqlx(rename_all = "camelCase")]
+struct SessionUserRow {
+    id: String,
+    token: String,
+    user_id: String,
+    expires_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    ip_address: Option<String>,
+    user_agent: Option<String>,
+    name: String,
+    email: String,
+    email_verified: bool,
+    image: Option<String>,
+    user_created_at: DateTime<Utc>,
+    user_updated_at: DateTime<Utc>,
+}
+
+impl SessionUserRow {
+    fn split(self) -> (Session, User) {
+        let user = User {
+            id: self.user_id.clone(),
+            name: self.name,
+            email: self.email,
+            email_verified: self.email_verified,
+            image: self.image,
+            created_at: self.user_created_at,
+            updated_at: self.user_updated_at,
+        };
+        let session = Session {
+            id: self.id,
+            token: self.token,
+            user_id: self.user_id,
+            expires_at: self.expires_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            ip_address: self.ip_address,
+            user_agent: self.user_agent,
+        };
+        (session, user)
+    }
+}

@@ -1,0 +1,56 @@
+//! The gateway's configuration, parsed once from the environment without side effects.
+
+use std::net::SocketAddr;
+
+pub use edge_telemetry::ConfigError;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    /// auth's gRPC endpoint.
+    pub auth_grpc_url: String,
+    /// query's gRPC endpoint (SSR data; used once the query service exists).
+    pub query_grpc_url: String,
+    /// Origins allowed to POST to `/api/auth/*` besides the gateway's own
+    /// (`GATEWAY_TRUSTED_ORIGINS`, comma-separated), as Better Auth's `trustedOrigins`.
+    pub trusted_origins: Vec<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// HTTP worker threads.
+    pub workers: usize,
+}
+
+impl Config {
+    pub fn local() -> Self {
+        Config {
+            http_addr: "127.0.0.1:8080".parse().expect("valid address"),
+            auth_grpc_url: "http://127.0.0.1:50051".into(),
+            query_grpc_url: "http://127.0.0.1:50052".into(),
+            trusted_origins: Vec::new(),
+            max_body_bytes: 64 * 1024,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+        }
+    }
+
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut config = Config::local();
+        if let Some(v) = get("GATEWAY_HTTP_ADDR") {
+            config.http_addr = v
+                .parse()
+                .map_err(|_| ConfigError::new("GATEWAY_HTTP_ADDR", format!("expected host:port, got `{v}`")))?;
+        }
+        for (var, slot) in [("AUTH_GRPC_URL", &mut config.auth_grpc_url), ("QUERY_GRPC_URL", &mut config.query_grpc_url)] {
+            if let Some(v) = get(var) {
+                if !(v.starts_with("http://") || v.starts_with("https://")) {
+                    return Err(ConfigError::new(var, format!("expected http://host:port, got `{v}`")));
+                }
+                *slot = v;
+            }
+        }
+        if let Some(v) = get("GATEWAY_TRUSTED_ORIGINS") {
+            config.trusted_origins =
+                v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
+        }
+        Ok(config)
+    }
+}

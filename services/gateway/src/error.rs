@@ -1,0 +1,52 @@
+//! HTTP errors in Better Auth's shape: `{"code": "…", "message": "…"}` with its statuses.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use edge_proto::error::ErrorCode;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), retry_after: None }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.code, self.message)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let code = ErrorCode::from_status(&status);
+        let message = if code == ErrorCode::SERVICE_UNAVAILABLE && status.metadata().get(edge_proto::error::ERROR_CODE_METADATA).is_none() {
+            tracing::warn!(grpc_code = ?status.code(), "auth service unavailable");
+            "Auth service unavailable".to_owned()
+        } else {
+            status.message().to_owned()
+        };
+        let retry_after = status.metadata().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        ApiError { code, message, retry_after }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(retry) = &self.retry_after {
+            response.insert_header(("X-Retry-After", retry.as_str()));
+        }
+        response.json(serde_json::json!({"code": self.code.code, "message": self.message}))
+    }
+}

@@ -1,0 +1,196 @@
+//! Better Auth-compatible `/api/auth/*` routes, answered through auth's gRPC API with Better
+//! Auth's JSON bodies, cookies and error codes.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use edge_keys::cookie::{COOKIE_NAME, SECURE_COOKIE_NAME};
+use edge_proto::auth::v1 as pb;
+use edge_proto::error::ErrorCode;
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::State;
+use crate::error::ApiError;
+use crate::routes::{is_https, session_cookie};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/auth/sign-up/email", web::post().to(sign_up))
+        .route("/api/auth/sign-in/email", web::post().to(sign_in))
+        .route("/api/auth/sign-out", web::post().to(sign_out))
+        .route("/api/auth/get-session", web::get().to(get_session))
+        .route("/api/auth/convex/token", web::get().to(token))
+        .route("/api/auth/token", web::get().to(token))
+        .route("/api/auth/convex/jwks", web::get().to(jwks))
+        .route("/api/auth/jwks", web::get().to(jwks));
+}
+
+/// Reads a JSON object body of at most `limit` bytes.
+async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Map<String, Value>, ApiError> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::new(ErrorCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"));
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| ApiError::new(ErrorCode::VALIDATION_ERROR, "Invalid request body"))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::new(ErrorCode::PAYLOAD_TOO_LARGE, format!("Request body exceeds {limit} bytes")));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, "Request body must be a JSON object")),
+        Err(e) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, format!("Malformed JSON: {e}"))),
+    }
+}
+
+/// A string field: required ones must be present, every one must be a string.
+fn string_field(body: &Map<String, Value>, name: &str, required: bool) -> Result<Option<String>, ApiError> {
+    match body.get(name) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        None | Some(Value::Null) if !required => Ok(None),
+        None | Some(Value::Null) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, format!("[body.{name}] is required"))),
+        Some(_) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, format!("[body.{name}] must be a string"))),
+    }
+}
+
+/// Refuses cross-site POSTs, as Better Auth's origin check does.
+fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
+    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let origin = origin.trim_end_matches('/');
+    let info = req.connection_info();
+    let own = format!("{}://{}", info.scheme(), info.host());
+    if origin == own || state.config.trusted_origins.iter().any(|o| o == origin) {
+        return Ok(());
+    }
+    Err(ApiError::new(ErrorCode::INVALID_ORIGIN, "Invalid origin"))
+}
+
+fn client_info(req: &HttpRequest) -> pb::ClientInfo {
+    pb::ClientInfo {
+        ip_address: req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+/// `Set-Cookie` exactly as Better Auth writes it; `max_age` 0 clears the cookie.
+fn set_cookie(req: &HttpRequest, value: &str, max_age: i64) -> String {
+    if is_https(req) {
+        format!("{SECURE_COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; Secure; SameSite=Lax")
+    } else {
+        format!("{COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax")
+    }
+}
+
+fn user_json(u: &pb::User) -> Value {
+    let mut v = json!({
+        "id": u.id, "name": u.name, "email": u.email, "emailVerified": u.email_verified,
+        "createdAt": u.created_at, "updatedAt": u.updated_at,
+    });
+    if let Some(image) = &u.image {
+        v["image"] = Value::String(image.clone());
+    }
+    v
+}
+
+fn session_json(s: &pb::Session) -> Value {
+    json!({
+        "id": s.id, "token": s.token, "userId": s.user_id, "expiresAt": s.expires_at,
+        "createdAt": s.created_at, "updatedAt": s.updated_at,
+        "ipAddress": s.ip_address, "userAgent": s.user_agent,
+    })
+}
+
+async fn sign_up(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+    let request = pb::SignUpRequest {
+        name: string_field(&body, "name", true)?.unwrap_or_default(),
+        email: string_field(&body, "email", true)?.unwrap_or_default(),
+        password: string_field(&body, "password", true)?.unwrap_or_default(),
+        image: string_field(&body, "image", false)?,
+        client: Some(client_info(&req)),
+    };
+    let r = state.auth().sign_up(request).await?.into_inner();
+    let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
+    Ok(HttpResponse::Ok()
+        .insert_header((header::SET_COOKIE, set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds)))
+        .json(json!({"token": session.token, "user": user_json(&user)})))
+}
+
+async fn sign_in(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+    let request = pb::SignInRequest {
+        email: string_field(&body, "email", true)?.unwrap_or_default(),
+        password: string_field(&body, "password", true)?.unwrap_or_default(),
+        client: Some(client_info(&req)),
+    };
+    let r = state.auth().sign_in(request).await?.into_inner();
+    let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
+    Ok(HttpResponse::Ok()
+        .insert_header((header::SET_COOKIE, set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds)))
+        .json(json!({"redirect": false, "token": session.token, "user": user_json(&user)})))
+}
+
+async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state)?;
+    let clear = set_cookie(&req, "", 0);
+    let Some(cookie_value) = session_cookie(&req) else {
+        let e = ApiError::new(ErrorCode::FAILED_TO_GET_SESSION, "Failed to get session");
+        let mut response = actix_web::ResponseError::error_response(&e);
+        response.headers_mut().insert(header::SET_COOKIE, clear.parse().expect("valid header"));
+        return Ok(response);
+    };
+    state.auth().sign_out(pb::SignOutRequest { cookie_value }).await?;
+    Ok(HttpResponse::Ok().insert_header((header::SET_COOKIE, clear)).json(json!({"success": true})))
+}
+
+async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let Some(cookie_value) = session_cookie(&req) else {
+        return Ok(HttpResponse::Ok().json(Value::Null));
+    };
+    match state.auth().get_session(pb::GetSessionRequest { cookie_value }).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let body = json!({
+                "session": session_json(&r.session.unwrap_or_default()),
+                "user": user_json(&r.user.unwrap_or_default()),
+            });
+            let mut response = HttpResponse::Ok();
+            if let Some(value) = &r.refreshed_cookie_value {
+                response.insert_header((header::SET_COOKIE, set_cookie(&req, value, r.cookie_max_age_seconds)));
+            }
+            Ok(response.json(body))
+        }
+        // A missing, garbage or ended session is `null`, as in Better Auth.
+        Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => Ok(HttpResponse::Ok().json(Value::Null)),
+        Err(status) => Err(status.into()),
+    }
+}
+
+async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let cookie_value = session_cookie(&req).ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
+    let r = state.auth().issue_token(pb::IssueTokenRequest { cookie_value }).await?.into_inner();
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({"token": r.jwt})))
+}
+
+async fn jwks(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+    let r = state.auth().get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "application/json"))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=300, stale-while-revalidate=60"))
+        .body(r.jwks_json))
+}

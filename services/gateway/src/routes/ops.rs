@@ -1,0 +1,36 @@
+//! Health, readiness and metrics.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{HttpResponse, web};
+use edge_proto::auth::v1 as pb;
+use serde_json::json;
+
+use crate::State;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when auth answers.
+async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let mut auth = state.auth();
+    let probe = tokio::time::timeout(Duration::from_secs(2), auth.get_jwks(pb::GetJwksRequest {}));
+    match probe.await {
+        Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ready"})),
+        _ => HttpResponse::ServiceUnavailable().json(json!({"status": "auth unreachable"})),
+    }
+}
+
+async fn metrics() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, edge_telemetry::METRICS_CONTENT_TYPE))
+        .body(edge_telemetry::render())
+}
