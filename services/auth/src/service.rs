@@ -101,6 +101,11 @@ fn new_session(user_id: &str, client: &Client, now: DateTime<Utc>) -> Session {
 }
 
 impl AuthCore {
+    /// The store (tests inspect its read counters).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     pub fn new(config: Config, store: Store, keys: Arc<KeyManager>, revocations: RevocationHub) -> Self {
         AuthCore { config, store, keys, revocations, limiter: RateLimiter::default() }
     }

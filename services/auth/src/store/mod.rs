@@ -6,6 +6,8 @@
 mod schema;
 
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -93,16 +95,29 @@ struct JwkRow {
 }
 
 #[derive(Clone)]
-pub enum Store {
+enum Pool {
     Postgres(PgPool),
     Sqlite(SqlitePool),
 }
 
+/// Reads of this store, beside the process-wide metrics (tests run many stores per process).
+#[derive(Debug, Default)]
+pub struct ReadCounters {
+    pub jwks: AtomicU64,
+    pub session: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+    reads: Arc<ReadCounters>,
+}
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Store::Postgres(_) => "Store::Postgres",
-            Store::Sqlite(_) => "Store::Sqlite",
+        f.write_str(match self.pool {
+            Pool::Postgres(_) => "Store::Postgres",
+            Pool::Sqlite(_) => "Store::Sqlite",
         })
     }
 }
@@ -110,9 +125,9 @@ impl std::fmt::Debug for Store {
 /// Runs `$body` with `$pool` bound to whichever pool the store holds.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
-        match $store {
-            Store::Postgres($pool) => $body,
-            Store::Sqlite($pool) => $body,
+        match &$store.pool {
+            Pool::Postgres($pool) => $body,
+            Pool::Sqlite($pool) => $body,
         }
     };
 }
@@ -149,6 +164,19 @@ pub fn now_ms() -> DateTime<Utc> {
 }
 
 impl Store {
+    fn new(pool: Pool) -> Self {
+        Store { pool, reads: Arc::default() }
+    }
+
+    /// This store's own read counts.
+    pub fn reads(&self) -> &ReadCounters {
+        &self.reads
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
     /// Connects to `postgres://…` or `sqlite://…` (the SQLite file and its folder are created).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -157,7 +185,7 @@ impl Store {
                 .acquire_timeout(Duration::from_secs(5))
                 .connect(url)
                 .await?;
-            Ok(Store::Postgres(pool))
+            Ok(Store::new(Pool::Postgres(pool)))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| StoreError::Url(e.to_string()))?
@@ -171,7 +199,7 @@ impl Store {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Url(e.to_string()))?;
             }
             let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
-            Ok(Store::Sqlite(pool))
+            Ok(Store::new(Pool::Sqlite(pool)))
         } else {
             Err(StoreError::Url("expected postgres://… or sqlite://…".into()))
         }
@@ -179,8 +207,8 @@ impl Store {
 
     /// Applies the schema; safe to run again and on an existing Better Auth database.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        match self {
-            Store::Postgres(pool) => {
+        match &self.pool {
+            Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 // Serialise concurrent migrations from several replicas.
                 sqlx::query("SELECT pg_advisory_xact_lock(724109)").execute(&mut *tx).await?;
@@ -189,7 +217,7 @@ impl Store {
                 }
                 tx.commit().await?;
             }
-            Store::Sqlite(pool) => {
+            Pool::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 for statement in schema::SQLITE {
                     sqlx::query(*statement).execute(&mut *tx).await?;
@@ -251,6 +279,7 @@ impl Store {
     pub async fn session_with_user(&self, token: &str) -> Result<Option<(Session, User)>, StoreError> {
         const SQL: &str = r#"SELECT s."id", s."token", s."userId", s."expiresAt", s."createdAt", s."updatedAt", s."ipAddress", s."userAgent", u."name", u."email", u."emailVerified", u."image", u."createdAt" AS "userCreatedAt", u."updatedAt" AS "userUpdatedAt" FROM "session" s JOIN "user" u ON u."id" = s."userId" WHERE s."token" = $1"#;
         metrics::SESSION_DB_READS.inc();
+        self.reads.session.fetch_add(1, Ordering::Relaxed);
         let row: Option<SessionUserRow> =
             on_pool!(self, pool => sqlx::query_as(SQL).bind(token).fetch_optional(pool).await)?;
         Ok(row.map(SessionUserRow::split))
@@ -290,7 +319,7 @@ impl Store {
             tx.commit().await?;
             Ok(Some(row))
         }.await)?;
-        if let (Some(row), Store::Postgres(pool)) = (&row, self) {
+        if let (Some(row), Pool::Postgres(pool)) = (&row, &self.pool) {
             // Other replicas learn of it through LISTEN; they also poll, so a lost
             // notification only delays them.
             let _ = sqlx::query("SELECT pg_notify($1, $2)")
@@ -319,6 +348,7 @@ impl Store {
     pub async fn jwks_rows(&self) -> Result<Vec<KeyRow>, StoreError> {
         const SQL: &str = r#"SELECT "id", "publicKey", "privateKey", "createdAt", "expiresAt", "alg", "crv" FROM "jwks" ORDER BY "createdAt" DESC"#;
         metrics::JWKS_DB_READS.inc();
+        self.reads.jwks.fetch_add(1, Ordering::Relaxed);
         let rows: Vec<JwkRow> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_all(pool).await)?;
         Ok(rows
             .into_iter()
@@ -352,7 +382,7 @@ impl Store {
             sqlx::query(BUMP).execute(&mut *tx).await?;
             tx.commit().await
         }.await)?;
-        if let Store::Postgres(pool) = self {
+        if let Pool::Postgres(pool) = &self.pool {
             let _ = sqlx::query("SELECT pg_notify($1, 'rotated')").bind(JWKS_CHANNEL).execute(pool).await;
         }
         Ok(())
@@ -367,7 +397,7 @@ impl Store {
 
     /// A listener on the revocation and key channels (Postgres only).
     pub async fn listener(&self) -> Result<Option<PgListener>, StoreError> {
-        let Store::Postgres(pool) = self else { return Ok(None) };
+        let Pool::Postgres(pool) = &self.pool else { return Ok(None) };
         let mut listener = PgListener::connect_with(pool).await?;
         listener.listen_all([REVOCATION_CHANNEL, JWKS_CHANNEL]).await?;
         Ok(Some(listener))
