@@ -1,1 +1,135 @@
-//! x
+//! The gateway's Better Auth routes end to end: real auth service, real Postgres, the real
+//! better-auth and jose npm packages.
+
+mod bad_input;
+mod interop;
+mod routes;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use edge_keys::Secret;
+use serde_json::Value;
+
+pub const SECRET: &str = "gateway-test-secret-0123456789abcdef";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// auth + gateway on one fresh Postgres database; both stop when dropped.
+pub struct Stack {
+    pub db: edge_testkit::TestDb,
+    pub base: String,
+    pub gateway: SocketAddr,
+    pub auth_http: SocketAddr,
+    _stops: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+pub fn auth_config(db_url: &str) -> edge_auth::Config {
+    let mut c = edge_auth::Config::local(Secret::new(SECRET));
+    c.database_url = db_url.to_owned();
+    c.grpc_addr = "127.0.0.1:0".parse().unwrap();
+    c.http_addr = "127.0.0.1:0".parse().unwrap();
+    c.poll_interval = Duration::from_millis(200);
+    c
+}
+
+fn stopper() -> (tokio::sync::oneshot::Sender<()>, impl std::future::Future<Output = ()> + Send + 'static) {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    (tx, async {
+        let _ = rx.await;
+    })
+}
+
+impl Stack {
+    pub async fn start() -> Stack {
+        let db = edge_testkit::test_database().await;
+        Self::start_on(db, |_| {}).await
+    }
+
+    pub async fn start_on(db: edge_testkit::TestDb, tweak: impl FnOnce(&mut edge_auth::Config)) -> Stack {
+        let mut config = auth_config(&db.url);
+        tweak(&mut config);
+        let auth = edge_auth::Application::build(config).await.expect("auth builds");
+        let auth_http = auth.http_addr();
+        let mut gateway_config = edge_gateway::Config::local();
+        gateway_config.http_addr = "127.0.0.1:0".parse().unwrap();
+        gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
+        gateway_config.workers = 1;
+        let gateway = edge_gateway::Application::build(gateway_config).await.expect("gateway builds");
+        let addr = gateway.addr();
+        let (stop_auth, auth_stopped) = stopper();
+        let (stop_gateway, gateway_stopped) = stopper();
+        tokio::spawn(auth.run_until(auth_stopped));
+        tokio::spawn(gateway.run_until(gateway_stopped));
+        Stack {
+            db,
+            base: format!("http://{addr}"),
+            gateway: addr,
+            auth_http,
+            _stops: vec![stop_auth, stop_gateway],
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Row counts of the tables a bad request must not touch.
+    pub async fn counts(&self) -> (i64, i64, i64) {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.db.url).await.unwrap();
+        let mut out = [0i64; 3];
+        for (i, table) in ["\"user\"", "\"session\"", "\"account\""].iter().enumerate() {
+            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            out[i] = n;
+        }
+        (out[0], out[1], out[2])
+    }
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+/// The session cookie value from a response's `Set-Cookie`.
+pub fn cookie_of(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("better-auth.session_token="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_owned())
+}
+
+pub async fn sign_up(stack: &Stack, email: &str) -> (Value, String) {
+    let r = http()
+        .post(stack.url("/api/auth/sign-up/email"))
+        .json(&serde_json::json!({"name": "Grace Hopper", "email": email, "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = cookie_of(&r).expect("sign-up sets the session cookie");
+    (r.json().await.unwrap(), cookie)
+}
+
+/// Runs a script of `tests/node` with one JSON argument (or a raw extra argument) and parses
+/// the JSON line it prints. Panics with the install command when the packages are missing.
+pub async fn node(script: &str, args: &[String]) -> Value {
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    assert!(
+        dir.join("node_modules/better-auth").is_dir(),
+        "npm packages missing: run `npm ci --prefix tests/node`"
+    );
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir).arg(script).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line)
+        .unwrap_or_else(|_| panic!("{script} printed {stdout:?}, stderr {}", String::from_utf8_lossy(&out.stderr)))
+}

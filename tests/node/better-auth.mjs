@@ -1,0 +1,76 @@
+// The real better-auth (npm) on the same Postgres database as convex-edge, driven by the Rust
+// interop tests. Usage: node better-auth.mjs <command> <json args>; prints one JSON line.
+//
+//   migrate  {databaseUrl}                         Better Auth creates its own schema
+//   sign-up  {databaseUrl, secret, email, password, name}   -> {cookie, userId, token}
+//   sign-in  {databaseUrl, secret, email, password}          -> {cookie, userId}
+//   session  {databaseUrl, secret, cookie}                   -> {userId, sessionId} or null
+import { betterAuth } from "better-auth";
+import { getMigrations } from "better-auth/db/migration";
+import { jwt } from "better-auth/plugins";
+import pg from "pg";
+
+const [command, raw] = process.argv.slice(2);
+const args = JSON.parse(raw ?? "{}");
+const pool = new pg.Pool({ connectionString: args.databaseUrl, max: 2 });
+
+const options = {
+  database: pool,
+  secret: args.secret ?? "unused-secret-for-migrations-0123456789",
+  baseURL: "http://localhost:8080",
+  emailAndPassword: { enabled: true },
+  // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
+  plugins: [
+    jwt({
+      jwks: { keyPairConfig: { alg: args.alg ?? "RS256" } },
+      jwt: { issuer: "http://localhost:8080", audience: "convex" },
+    }),
+  ],
+  telemetry: { enabled: false },
+  logger: { disabled: true },
+};
+
+function sessionCookie(headers) {
+  const setCookie = headers.get("set-cookie") ?? "";
+  const match = setCookie.match(/better-auth\.session_token=([^;]+)/);
+  if (!match) throw new Error(`no session cookie in ${setCookie}`);
+  return match[1];
+}
+
+async function main() {
+  if (command === "migrate") {
+    const { runMigrations } = await getMigrations(options);
+    await runMigrations();
+    return { migrated: true };
+  }
+  const auth = betterAuth(options);
+  if (command === "sign-up") {
+    const { headers, response } = await auth.api.signUpEmail({
+      body: { email: args.email, password: args.password, name: args.name },
+      returnHeaders: true,
+    });
+    return { cookie: sessionCookie(headers), userId: response.user.id, token: response.token };
+  }
+  if (command === "sign-in") {
+    const { headers, response } = await auth.api.signInEmail({
+      body: { email: args.email, password: args.password },
+      returnHeaders: true,
+    });
+    return { cookie: sessionCookie(headers), userId: response.user.id };
+  }
+  if (command === "session") {
+    const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
+    const session = await auth.api.getSession({ headers });
+    return session ? { userId: session.user.id, sessionId: session.session.id } : null;
+  }
+  throw new Error(`unknown command ${command}`);
+}
+
+try {
+  console.log(JSON.stringify(await main()));
+} catch (error) {
+  console.log(JSON.stringify({ error: String(error?.message ?? error), status: error?.status ?? null }));
+  process.exitCode = 1;
+} finally {
+  await pool.end();
+}
