@@ -68,8 +68,13 @@ fn database_url() -> String {
 
 pub async fn migrate() -> Result {
     let url = database_url();
-    let store = Store::connect(&url).await.map_err(|e| ConfigError::new("DATABASE_URL", e.to_string()))?;
-    store.migrate().await.context("failed to apply the auth schema")?;
+    let store = Store::connect(&url)
+        .await
+        .map_err(|e| ConfigError::new("DATABASE_URL", e.to_string()))?;
+    store
+        .migrate()
+        .await
+        .context("failed to apply the auth schema")?;
     eprintln!("schema is up to date");
     Ok(())
 }
@@ -77,13 +82,24 @@ pub async fn migrate() -> Result {
 /// The key rows in force: the static `JWKS`, else the `jwks` table.
 async fn key_rows(config: &edge_auth::Config) -> Result<Vec<KeyRow>> {
     if let Some(json) = &config.static_jwks {
-        return KeyRow::parse_static(json).map_err(|e| ConfigError::new("JWKS", e.to_string()).into());
+        return KeyRow::parse_static(json)
+            .map_err(|e| ConfigError::new("JWKS", e.to_string()).into());
     }
-    let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
-    store.migrate().await.context("failed to apply the auth schema")?;
-    let rows = store.jwks_rows().await.context("failed to read the jwks table")?;
+    let store = Store::connect(&config.database_url)
+        .await
+        .context("failed to connect to the database")?;
+    store
+        .migrate()
+        .await
+        .context("failed to apply the auth schema")?;
+    let rows = store
+        .jwks_rows()
+        .await
+        .context("failed to read the jwks table")?;
     if rows.is_empty() {
-        return Err(Failure::Other(anyhow::anyhow!("the jwks table holds no key: start auth once or run `jwks rotate`")));
+        return Err(Failure::Other(anyhow::anyhow!(
+            "the jwks table holds no key: start auth once or run `jwks rotate`"
+        )));
     }
     Ok(rows)
 }
@@ -96,19 +112,36 @@ pub async fn jwks_export() -> Result {
         .into_iter()
         .filter(|r| r.expires_at.is_none_or(|e| e > now))
         .collect();
-    println!("{}", serde_json::to_string(&rows).context("failed to serialise keys")?);
+    println!(
+        "{}",
+        serde_json::to_string(&rows).context("failed to serialise keys")?
+    );
     Ok(())
 }
 
 pub async fn jwks_rotate() -> Result {
     let config = edge_auth::Config::from_env(env)?;
     if config.static_jwks.is_some() {
-        return Err(ConfigError::new("JWKS", "static keys are set: rotate by exporting new rows, not in the database").into());
+        return Err(ConfigError::new(
+            "JWKS",
+            "static keys are set: rotate by exporting new rows, not in the database",
+        )
+        .into());
     }
-    let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
-    store.migrate().await.context("failed to apply the auth schema")?;
-    let row = edge_auth::keys::rotate(&store, &config.secret, config.alg).await.context("failed to rotate keys")?;
-    eprintln!("new signing key {} ({}); previous keys stay published for the grace period", row.id, config.alg);
+    let store = Store::connect(&config.database_url)
+        .await
+        .context("failed to connect to the database")?;
+    store
+        .migrate()
+        .await
+        .context("failed to apply the auth schema")?;
+    let row = edge_auth::keys::rotate(&store, &config.secret, config.alg)
+        .await
+        .context("failed to rotate keys")?;
+    eprintln!(
+        "new signing key {} ({}); previous keys stay published for the grace period",
+        row.id, config.alg
+    );
     Ok(())
 }
 
@@ -116,12 +149,20 @@ pub async fn convex_auth_config() -> Result {
     let config = edge_auth::Config::from_env(env)?;
     let jwks = if config.static_jwks.is_some() {
         let rows = key_rows(&config).await?;
-        let set = edge_keys::KeySet::load(&rows, &config.secret, chrono::Utc::now(), edge_keys::keyset::DEFAULT_GRACE)
-            .map_err(|e| ConfigError::new("JWKS", e.to_string()))?;
+        let set = edge_keys::KeySet::load(
+            &rows,
+            &config.secret,
+            chrono::Utc::now(),
+            edge_keys::keyset::DEFAULT_GRACE,
+        )
+        .map_err(|e| ConfigError::new("JWKS", e.to_string()))?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(set.jwks_json());
         format!("data:text/plain;charset=utf-8;base64,{encoded}")
     } else {
-        format!("{}/api/auth/convex/jwks", config.issuer.trim_end_matches('/'))
+        format!(
+            "{}/api/auth/convex/jwks",
+            config.issuer.trim_end_matches('/')
+        )
     };
     let out = serde_json::json!({
         "providers": [{

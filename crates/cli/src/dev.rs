@@ -19,7 +19,8 @@ fn dev_secret(dir: &Path) -> anyhow::Result<String> {
         }
     }
     let secret = edge_keys::random_hex(32);
-    std::fs::write(&path, &secret).with_context(|| format!("failed to write {}", path.display()))?;
+    std::fs::write(&path, &secret)
+        .with_context(|| format!("failed to write {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -44,7 +45,10 @@ pub async fn run() -> Result {
 
     println!("convex-edge dev");
     println!("  site (gateway):  http://{}", gateway.addr());
-    println!("  auth routes:     http://{}/api/auth/get-session", gateway.addr());
+    println!(
+        "  auth routes:     http://{}/api/auth/get-session",
+        gateway.addr()
+    );
     println!("  JWKS:            http://{}/api/auth/jwks", gateway.addr());
     println!("  auth gRPC:       http://{}", auth.grpc_addr());
     println!("  auth HTTP:       http://{}", auth.http_addr());

@@ -27,15 +27,24 @@ fn main() -> ExitCode {
     let words: Vec<&str> = args.iter().map(String::as_str).collect();
     if matches!(words.as_slice(), [] | ["-h" | "--help" | "help"]) {
         print!("{USAGE}");
-        return if words.is_empty() { ExitCode::from(EX_USAGE) } else { ExitCode::SUCCESS };
+        return if words.is_empty() {
+            ExitCode::from(EX_USAGE)
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let log_format = match std::env::var("LOG_FORMAT").ok().as_deref().map(str::parse) {
         None => edge_telemetry::LogFormat::Pretty,
         Some(Ok(f)) => f,
-        Some(Err(message)) => return config_error(&edge_telemetry::ConfigError::new("LOG_FORMAT", message)),
+        Some(Err(message)) => {
+            return config_error(&edge_telemetry::ConfigError::new("LOG_FORMAT", message));
+        }
     };
     edge_telemetry::init_tracing(log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: failed to start the runtime: {e}");
@@ -51,7 +60,10 @@ fn main() -> ExitCode {
             ["jwks", "export"] => commands::jwks_export().await,
             ["jwks", "rotate"] => commands::jwks_rotate().await,
             ["convex-auth-config"] => commands::convex_auth_config().await,
-            _ => Err(commands::Failure::Usage(format!("unknown command `{}`", words.join(" ")))),
+            _ => Err(commands::Failure::Usage(format!(
+                "unknown command `{}`",
+                words.join(" ")
+            ))),
         }
     });
     match result {

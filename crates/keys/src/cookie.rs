@@ -46,9 +46,8 @@ impl SessionToken {
 
     /// Accepts a token as stored by Better Auth: non-empty, printable ASCII, no `.`.
     pub fn parse(s: &str) -> Option<Self> {
-        let ok = !s.is_empty()
-            && s.len() <= 256
-            && s.bytes().all(|b| b.is_ascii_graphic() && b != b'.');
+        let ok =
+            !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_graphic() && b != b'.');
         ok.then(|| SessionToken(s.to_owned()))
     }
 
@@ -74,7 +73,11 @@ impl CacheKey {
     pub fn for_cookie(cookie_value: &str) -> Option<Self> {
         let canonical = canonical(cookie_value)?;
         let hash = digest::digest(&digest::SHA256, canonical.as_bytes());
-        Some(CacheKey(format!("{}{}", Self::PREFIX, b64::url_encode(hash))))
+        Some(CacheKey(format!(
+            "{}{}",
+            Self::PREFIX,
+            b64::url_encode(hash)
+        )))
     }
 
     /// Parses a key received from auth.
@@ -122,7 +125,9 @@ pub fn verify(secret: &Secret, cookie_value: &str) -> Option<SessionToken> {
     }
     let tag = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature).ok()?;
     let token = SessionToken::parse(token)?;
-    secret.verify(token.as_str().as_bytes(), &tag).then_some(token)
+    secret
+        .verify(token.as_str().as_bytes(), &tag)
+        .then_some(token)
 }
 
 /// The session cookie's value from a `Cookie` header, preferring the `__Secure-` name.
@@ -151,7 +156,10 @@ mod tests {
         let token = SessionToken::generate();
         let value = sign(&secret, &token);
         assert_eq!(verify(&secret, &value), Some(token.clone()));
-        assert_eq!(verify(&Secret::new("another-secret-0123456789abcdef"), &value), None);
+        assert_eq!(
+            verify(&Secret::new("another-secret-0123456789abcdef"), &value),
+            None
+        );
     }
 
     #[test]

@@ -21,8 +21,16 @@ fn write_tlv(out: &mut Vec<u8>, tag: u8, value: &[u8]) {
 }
 
 fn write_uint(out: &mut Vec<u8>, value: &[u8]) {
-    let skip = value.iter().take_while(|b| **b == 0).count().min(value.len().saturating_sub(1));
-    let trimmed = if value.is_empty() { &[0u8][..] } else { &value[skip..] };
+    let skip = value
+        .iter()
+        .take_while(|b| **b == 0)
+        .count()
+        .min(value.len().saturating_sub(1));
+    let trimmed = if value.is_empty() {
+        &[0u8][..]
+    } else {
+        &value[skip..]
+    };
     let mut body = Vec::with_capacity(trimmed.len() + 1);
     if trimmed[0] & 0x80 != 0 {
         body.push(0);
@@ -54,7 +62,9 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         if n == 0 || n > 4 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         rest = &rest[n..];
         len
     };
@@ -66,15 +76,31 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// The components of an RSA key in a PKCS#8 `PrivateKeyInfo`.
 pub fn rsa_components_from_pkcs8(der: &[u8]) -> Option<RsaComponents> {
-    let (0x30, info, _) = read_tlv(der)? else { return None };
-    let (0x02, _version, rest) = read_tlv(info)? else { return None };
-    let (0x30, _algorithm, rest) = read_tlv(rest)? else { return None };
-    let (0x04, pkcs1, _) = read_tlv(rest)? else { return None };
-    let (0x30, mut seq, _) = read_tlv(pkcs1)? else { return None };
+    let (0x30, info, _) = read_tlv(der)? else {
+        return None;
+    };
+    let (0x02, _version, rest) = read_tlv(info)? else {
+        return None;
+    };
+    let (0x30, _algorithm, rest) = read_tlv(rest)? else {
+        return None;
+    };
+    let (0x04, pkcs1, _) = read_tlv(rest)? else {
+        return None;
+    };
+    let (0x30, mut seq, _) = read_tlv(pkcs1)? else {
+        return None;
+    };
     let mut ints = Vec::with_capacity(9);
     while !seq.is_empty() && ints.len() < 9 {
-        let (0x02, value, rest) = read_tlv(seq)? else { return None };
-        let skip = value.iter().take_while(|b| **b == 0).count().min(value.len() - 1);
+        let (0x02, value, rest) = read_tlv(seq)? else {
+            return None;
+        };
+        let skip = value
+            .iter()
+            .take_while(|b| **b == 0)
+            .count()
+            .min(value.len() - 1);
         ints.push(value[skip..].to_vec());
         seq = rest;
     }

@@ -31,7 +31,10 @@ pub fn decrypt(secret: &Secret, stored: &str) -> Result<String, KeyError> {
         trimmed.to_owned()
     };
     let hex_part = match unquoted.strip_prefix("$ba$") {
-        Some(rest) => rest.split_once('$').map(|(_, h)| h).ok_or(KeyError::Decrypt)?,
+        Some(rest) => rest
+            .split_once('$')
+            .map(|(_, h)| h)
+            .ok_or(KeyError::Decrypt)?,
         None => unquoted.as_str(),
     };
     let bytes = hex::decode(hex_part).map_err(|_| KeyError::Decrypt)?;
@@ -40,7 +43,9 @@ pub fn decrypt(secret: &Secret, stored: &str) -> Result<String, KeyError> {
     }
     let (nonce, sealed) = bytes.split_at(24);
     let cipher = XChaCha20Poly1305::new(&secret.encryption_key().into());
-    let plain = cipher.decrypt(XNonce::from_slice(nonce), sealed).map_err(|_| KeyError::Decrypt)?;
+    let plain = cipher
+        .decrypt(XNonce::from_slice(nonce), sealed)
+        .map_err(|_| KeyError::Decrypt)?;
     String::from_utf8(plain).map_err(|_| KeyError::Decrypt)
 }
 

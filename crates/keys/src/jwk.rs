@@ -116,8 +116,9 @@ impl KeyRow {
 
     /// The public JWK object.
     pub fn public_jwk(&self) -> Result<Map<String, Value>, KeyError> {
-        serde_json::from_str(&self.public_key)
-            .map_err(|e| KeyError::InvalidKey(format!("key {}: publicKey is not a JWK: {e}", self.id)))
+        serde_json::from_str(&self.public_key).map_err(|e| {
+            KeyError::InvalidKey(format!("key {}: publicKey is not a JWK: {e}", self.id))
+        })
     }
 
     /// The algorithm: the row's `alg` when set, else the one its key type implies.
@@ -184,14 +185,20 @@ pub fn generate_jwk_pair(alg: Alg) -> Result<(Value, Value), KeyError> {
             Ok((public, private))
         }
         Alg::ES256 => {
-            let pair = signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
-                .map_err(|_| fail("ec"))?;
-            let d = pair.private_key().as_be_bytes().map_err(|_| fail("ec export"))?;
+            let pair =
+                signature::EcdsaKeyPair::generate(&signature::ECDSA_P256_SHA256_FIXED_SIGNING)
+                    .map_err(|_| fail("ec"))?;
+            let d = pair
+                .private_key()
+                .as_be_bytes()
+                .map_err(|_| fail("ec export"))?;
             let point = pair.public_key().as_ref();
-            let (x, y) = (b64::url_encode(&point[1..33]), b64::url_encode(&point[33..65]));
+            let (x, y) = (
+                b64::url_encode(&point[1..33]),
+                b64::url_encode(&point[33..65]),
+            );
             let public = json!({"kty": "EC", "x": x, "y": y, "crv": "P-256"});
-            let private =
-                json!({"kty": "EC", "x": x, "y": y, "crv": "P-256", "d": b64::url_encode(d.as_ref())});
+            let private = json!({"kty": "EC", "x": x, "y": y, "crv": "P-256", "d": b64::url_encode(d.as_ref())});
             Ok((public, private))
         }
         Alg::EdDSA => {
@@ -200,8 +207,7 @@ pub fn generate_jwk_pair(alg: Alg) -> Result<(Value, Value), KeyError> {
             let seed = seed.as_be_bytes().map_err(|_| fail("ed25519 export"))?;
             let x = b64::url_encode(pair.public_key().as_ref());
             let public = json!({"crv": "Ed25519", "x": x, "kty": "OKP"});
-            let private =
-                json!({"crv": "Ed25519", "d": b64::url_encode(seed.as_ref()), "x": x, "kty": "OKP"});
+            let private = json!({"crv": "Ed25519", "d": b64::url_encode(seed.as_ref()), "x": x, "kty": "OKP"});
             Ok((public, private))
         }
     }

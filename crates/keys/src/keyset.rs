@@ -40,7 +40,10 @@ pub struct SignedToken {
 
 impl fmt::Debug for SignedToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignedToken").field("kid", &self.kid).field("expires_at", &self.expires_at).finish()
+        f.debug_struct("SignedToken")
+            .field("kid", &self.kid)
+            .field("expires_at", &self.expires_at)
+            .finish()
     }
 }
 
@@ -81,8 +84,19 @@ fn load_signer(alg: Alg, private: &Map<String, Value>) -> Result<Signer, KeyErro
     let f = |name| jwk::field_bytes(private, name);
     match alg {
         Alg::RS256 => {
-            let parts = [f("n")?, f("e")?, f("d")?, f("p")?, f("q")?, f("dp")?, f("dq")?, f("qi")?];
-            Ok(Signer::Rsa(RsaKeyPair::from_der(&der::rsa_pkcs1(&parts)).map_err(reject)?))
+            let parts = [
+                f("n")?,
+                f("e")?,
+                f("d")?,
+                f("p")?,
+                f("q")?,
+                f("dp")?,
+                f("dq")?,
+                f("qi")?,
+            ];
+            Ok(Signer::Rsa(
+                RsaKeyPair::from_der(&der::rsa_pkcs1(&parts)).map_err(reject)?,
+            ))
         }
         Alg::ES256 => {
             let mut point = vec![0x04];
@@ -97,7 +111,8 @@ fn load_signer(alg: Alg, private: &Map<String, Value>) -> Result<Signer, KeyErro
             Ok(Signer::Ec(pair))
         }
         Alg::EdDSA => {
-            let pair = Ed25519KeyPair::from_seed_and_public_key(&f("d")?, &f("x")?).map_err(reject)?;
+            let pair =
+                Ed25519KeyPair::from_seed_and_public_key(&f("d")?, &f("x")?).map_err(reject)?;
             Ok(Signer::Ed(pair))
         }
     }
@@ -122,7 +137,9 @@ impl KeySet {
             let alg = row.algorithm()?;
             let mut public = row.public_jwk()?;
             if jwk::alg_for_jwk(&public)? != alg {
-                return Err(KeyError::InvalidKey(format!("key {id}: alg {alg} does not fit its key type")));
+                return Err(KeyError::InvalidKey(format!(
+                    "key {id}: alg {alg} does not fit its key type"
+                )));
             }
             let private = row.private_jwk(secret)?;
             let signer = load_signer(alg, &private)
@@ -140,10 +157,16 @@ impl KeySet {
                 signer,
             });
         }
-        keys.sort_by(|a, b| b.created_at.cmp(&a.created_at));
-        published.sort_by(|a, b| b.0.cmp(&a.0));
-        let jwks = serde_json::json!({"keys": published.into_iter().map(|(_, k)| k).collect::<Vec<_>>()});
-        Ok(KeySet { keys, jwks_json: jwks.to_string(), jwks, rng: SystemRandom::new() })
+        keys.sort_by_key(|k| std::cmp::Reverse(k.created_at));
+        published.sort_by_key(|p| std::cmp::Reverse(p.0));
+        let jwks =
+            serde_json::json!({"keys": published.into_iter().map(|(_, k)| k).collect::<Vec<_>>()});
+        Ok(KeySet {
+            keys,
+            jwks_json: jwks.to_string(),
+            jwks,
+            rng: SystemRandom::new(),
+        })
     }
 
     /// The JWKS document, `{"keys":[…]}`.
@@ -170,12 +193,21 @@ impl KeySet {
     }
 
     fn signing_key(&self, alg: Alg, now: DateTime<Utc>) -> Option<&LoadedKey> {
-        self.keys.iter().find(|k| k.alg == alg && k.expires_at.is_none_or(|e| e > now))
+        self.keys
+            .iter()
+            .find(|k| k.alg == alg && k.expires_at.is_none_or(|e| e > now))
     }
 
     /// Signs `claims` with the newest unexpired key of `alg`.
-    pub fn sign(&self, alg: Alg, claims: &Claims, now: DateTime<Utc>) -> Result<SignedToken, KeyError> {
-        let key = self.signing_key(alg, now).ok_or(KeyError::NoSigningKey(alg))?;
+    pub fn sign(
+        &self,
+        alg: Alg,
+        claims: &Claims,
+        now: DateTime<Utc>,
+    ) -> Result<SignedToken, KeyError> {
+        let key = self
+            .signing_key(alg, now)
+            .ok_or(KeyError::NoSigningKey(alg))?;
         let payload = serde_json::to_vec(claims).map_err(|_| KeyError::Sign)?;
         let mut jwt = String::with_capacity(key.header_b64.len() + payload.len() * 4 / 3 + 360);
         jwt.push_str(&key.header_b64);
@@ -184,17 +216,28 @@ impl KeySet {
         let signature = match &key.signer {
             Signer::Rsa(pair) => {
                 let mut sig = vec![0; pair.public_modulus_len()];
-                pair.sign(&signature::RSA_PKCS1_SHA256, &self.rng, jwt.as_bytes(), &mut sig)
-                    .map_err(|_| KeyError::Sign)?;
+                pair.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &self.rng,
+                    jwt.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| KeyError::Sign)?;
                 sig
             }
-            Signer::Ec(pair) => {
-                pair.sign(&self.rng, jwt.as_bytes()).map_err(|_| KeyError::Sign)?.as_ref().to_vec()
-            }
+            Signer::Ec(pair) => pair
+                .sign(&self.rng, jwt.as_bytes())
+                .map_err(|_| KeyError::Sign)?
+                .as_ref()
+                .to_vec(),
             Signer::Ed(pair) => pair.sign(jwt.as_bytes()).as_ref().to_vec(),
         };
         jwt.push('.');
         jwt.push_str(&b64::url_encode(signature));
-        Ok(SignedToken { jwt, kid: key.id.clone(), expires_at: claims.exp })
+        Ok(SignedToken {
+            jwt,
+            kid: key.id.clone(),
+            expires_at: claims.exp,
+        })
     }
 }

@@ -56,12 +56,18 @@ impl VerifyKey {
         // A key published for encryption (`use: enc`) or without `verify` in `key_ops` must
         // not verify signatures.
         if jwk.get("use").is_some_and(|u| u != "sig") {
-            return Err(KeyError::InvalidKey("key is not for signatures (`use`)".into()));
+            return Err(KeyError::InvalidKey(
+                "key is not for signatures (`use`)".into(),
+            ));
         }
         if let Some(ops) = jwk.get("key_ops")
-            && !ops.as_array().is_some_and(|ops| ops.iter().any(|o| o == "verify"))
+            && !ops
+                .as_array()
+                .is_some_and(|ops| ops.iter().any(|o| o == "verify"))
         {
-            return Err(KeyError::InvalidKey("key_ops does not allow `verify`".into()));
+            return Err(KeyError::InvalidKey(
+                "key_ops does not allow `verify`".into(),
+            ));
         }
         if let Some(alg) = jwk.get("alg").and_then(Value::as_str)
             && alg != implied.as_str()
@@ -73,11 +79,15 @@ impl VerifyKey {
             Alg::RS256 => {
                 // RSA keys below 2048 bits are refused, as Convex and NIST do.
                 if jwk::field_bytes(jwk, "n")?.len() < 256 {
-                    return Err(KeyError::InvalidKey("RSA modulus shorter than 2048 bits".into()));
+                    return Err(KeyError::InvalidKey(
+                        "RSA modulus shorter than 2048 bits".into(),
+                    ));
                 }
                 DecodingKey::from_rsa_components(field(jwk, "n")?, field(jwk, "e")?).map_err(bad)?
             }
-            Alg::ES256 => DecodingKey::from_ec_components(field(jwk, "x")?, field(jwk, "y")?).map_err(bad)?,
+            Alg::ES256 => {
+                DecodingKey::from_ec_components(field(jwk, "x")?, field(jwk, "y")?).map_err(bad)?
+            }
             Alg::EdDSA => DecodingKey::from_ed_components(field(jwk, "x")?).map_err(bad)?,
         };
         Ok(VerifyKey { alg: implied, key })
@@ -96,7 +106,8 @@ impl VerifyKey {
     /// Verifies a compact JWS against this key and returns (header, payload bytes).
     pub fn verify_jws(&self, compact: &str) -> Result<(Map<String, Value>, Vec<u8>), VerifyError> {
         let mut parts = compact.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(VerifyError::Malformed);
         };
@@ -104,8 +115,13 @@ impl VerifyKey {
             return Err(VerifyError::Malformed);
         }
         let header = parse_header(h)?;
-        let alg = header.get("alg").and_then(Value::as_str).ok_or(VerifyError::Malformed)?;
-        let alg: Alg = alg.parse().map_err(|_| VerifyError::UnsupportedAlg(alg.to_owned()))?;
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or(VerifyError::Malformed)?;
+        let alg: Alg = alg
+            .parse()
+            .map_err(|_| VerifyError::UnsupportedAlg(alg.to_owned()))?;
         if alg != self.alg {
             return Err(VerifyError::AlgMismatch);
         }
@@ -122,7 +138,8 @@ impl VerifyKey {
 
 fn parse_header(h: &str) -> Result<Map<String, Value>, VerifyError> {
     let bytes = b64::url_decode(h).ok_or(VerifyError::Malformed)?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)?;
+    let header: Map<String, Value> =
+        serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)?;
     for forbidden in ["jwk", "jku", "x5u", "x5c", "crit"] {
         if header.contains_key(forbidden) {
             return Err(VerifyError::ForbiddenHeader(forbidden));
@@ -150,7 +167,8 @@ pub struct Verifier {
 impl Verifier {
     /// From a JWKS document (`{"keys":[…]}`); every key needs a `kid`.
     pub fn from_jwks(json: &str) -> Result<Verifier, KeyError> {
-        let value: Value = serde_json::from_str(json).map_err(|e| KeyError::InvalidJwks(e.to_string()))?;
+        let value: Value =
+            serde_json::from_str(json).map_err(|e| KeyError::InvalidJwks(e.to_string()))?;
         Self::from_jwks_value(&value)
     }
 
@@ -161,11 +179,16 @@ impl Verifier {
             .ok_or_else(|| KeyError::InvalidJwks("expected {\"keys\": [...]}".into()))?;
         let mut out = HashMap::with_capacity(keys.len());
         for key in keys {
-            let jwk = key.as_object().ok_or_else(|| KeyError::InvalidJwks("a key is not an object".into()))?;
+            let jwk = key
+                .as_object()
+                .ok_or_else(|| KeyError::InvalidJwks("a key is not an object".into()))?;
             let kid = field(jwk, "kid")?.to_owned();
             out.insert(kid, VerifyKey::from_jwk(jwk)?);
         }
-        Ok(Verifier { keys: out, ..Verifier::default() })
+        Ok(Verifier {
+            keys: out,
+            ..Verifier::default()
+        })
     }
 
     /// Requires `iss` to equal `issuer`.
@@ -204,11 +227,17 @@ impl Verifier {
         let claims: Map<String, Value> =
             serde_json::from_slice(&payload).map_err(|_| VerifyError::MissingClaim("payload"))?;
         self.check_claims(&claims, now)?;
-        Ok(VerifiedToken { kid: kid.clone(), claims })
+        Ok(VerifiedToken {
+            kid: kid.clone(),
+            claims,
+        })
     }
 
     fn check_claims(&self, claims: &Map<String, Value>, now: i64) -> Result<(), VerifyError> {
-        let exp = claims.get("exp").and_then(Value::as_i64).ok_or(VerifyError::MissingClaim("exp"))?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(VerifyError::MissingClaim("exp"))?;
         if now >= exp + self.leeway_seconds {
             return Err(VerifyError::Expired);
         }
@@ -222,7 +251,10 @@ impl Verifier {
             Some(Value::String(s)) if !s.is_empty() => {}
             _ => return Err(VerifyError::MissingClaim("sub")),
         }
-        let iss = claims.get("iss").and_then(Value::as_str).ok_or(VerifyError::MissingClaim("iss"))?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(VerifyError::MissingClaim("iss"))?;
         if self.issuer.as_deref().is_some_and(|want| want != iss) {
             return Err(VerifyError::WrongIssuer);
         }

@@ -97,6 +97,9 @@ mod tests {
     #[test]
     fn unnamed_statuses_map_by_grpc_code() {
         let status = Status::unavailable("down");
-        assert_eq!(ErrorCode::from_status(&status), ErrorCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            ErrorCode::from_status(&status),
+            ErrorCode::SERVICE_UNAVAILABLE
+        );
     }
 }

@@ -46,9 +46,15 @@ fn strip_database(url: &str) -> String {
 fn reachable(url: &str) -> bool {
     let url = url.to_owned();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
         rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(3), PgConnection::connect(&url)).await.ok()?.ok()
+            tokio::time::timeout(Duration::from_secs(3), PgConnection::connect(&url))
+                .await
+                .ok()?
+                .ok()
         })
         .map(|_| ())
     })
@@ -67,14 +73,21 @@ fn start_throwaway() -> anyhow::Result<String> {
         .args(["-A", "trust", "-U", "postgres", "-D"])
         .arg(&dir)
         .output()?;
-    anyhow::ensure!(status.status.success(), "initdb failed: {}", String::from_utf8_lossy(&status.stderr));
+    anyhow::ensure!(
+        status.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let status = Command::new(pg_ctl)
         .arg("-D")
         .arg(&dir)
         .args(["-w", "-l"])
         .arg(dir.join("log"))
         .arg("-o")
-        .arg(format!("-p {port} -k {} -c listen_addresses=127.0.0.1", dir.display()))
+        .arg(format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1",
+            dir.display()
+        ))
         .arg("start")
         .output()?;
     anyhow::ensure!(status.status.success(), "pg_ctl start failed");
@@ -84,15 +97,31 @@ fn start_throwaway() -> anyhow::Result<String> {
 /// A fresh, empty database on the test server.
 pub async fn test_database() -> TestDb {
     let base = server_url().to_owned();
-    let mut admin = PgConnection::connect(&format!("{base}/postgres")).await.expect("connect to postgres");
+    let mut admin = PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("connect to postgres");
     let name = format!("edge_test_{}", random_suffix());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.expect("create test database");
-    TestDb { url: format!("{base}/{name}"), name }
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    TestDb {
+        url: format!("{base}/{name}"),
+        name,
+    }
 }
 
 fn random_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{}_{}_{}", std::process::id(), nanos % 1_000_000_000, COUNTER.fetch_add(1, Ordering::Relaxed))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

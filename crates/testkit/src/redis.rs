@@ -10,7 +10,12 @@ pub fn redis_url() -> String {
     if let Ok(url) = std::env::var("REDIS_URL") {
         return url;
     }
-    if TcpStream::connect_timeout(&"127.0.0.1:6379".parse().expect("addr"), Duration::from_secs(1)).is_ok() {
+    if TcpStream::connect_timeout(
+        &"127.0.0.1:6379".parse().expect("addr"),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+    {
         return "redis://127.0.0.1:6379".to_owned();
     }
     panic!("no Redis: set REDIS_URL, run one on 127.0.0.1:6379, or install redis-server")
@@ -44,14 +49,30 @@ pub fn spawn_redis(port: u16) -> anyhow::Result<TestRedis> {
         .ok_or_else(|| anyhow::anyhow!("redis-server not found: install redis-server"))?;
     let port = if port == 0 { crate::free_port() } else { port };
     let child = Command::new(bin)
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "redis-server did not start on port {port}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "redis-server did not start on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(TestRedis { url: format!("redis://127.0.0.1:{port}"), port, child })
+    Ok(TestRedis {
+        url: format!("redis://127.0.0.1:{port}"),
+        port,
+        child,
+    })
 }

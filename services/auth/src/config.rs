@@ -17,7 +17,11 @@ pub struct RateLimit {
 
 impl Default for RateLimit {
     fn default() -> Self {
-        RateLimit { per_account: 10, per_address: 100, window: Duration::from_secs(60) }
+        RateLimit {
+            per_account: 10,
+            per_address: 100,
+            window: Duration::from_secs(60),
+        }
     }
 }
 
@@ -63,14 +67,25 @@ impl Config {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let secret = get("BETTER_AUTH_SECRET")
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| ConfigError::new("BETTER_AUTH_SECRET", "required (at least 32 characters)"))?;
+            .ok_or_else(|| {
+                ConfigError::new("BETTER_AUTH_SECRET", "required (at least 32 characters)")
+            })?;
         if secret.len() < 32 {
-            return Err(ConfigError::new("BETTER_AUTH_SECRET", "must be at least 32 characters"));
+            return Err(ConfigError::new(
+                "BETTER_AUTH_SECRET",
+                "must be at least 32 characters",
+            ));
         }
         let mut config = Config::local(Secret::new(secret));
         if let Some(url) = get("DATABASE_URL") {
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://") || url.starts_with("sqlite:")) {
-                return Err(ConfigError::new("DATABASE_URL", "expected postgres://… or sqlite://…"));
+            if !(url.starts_with("postgres://")
+                || url.starts_with("postgresql://")
+                || url.starts_with("sqlite:"))
+            {
+                return Err(ConfigError::new(
+                    "DATABASE_URL",
+                    "expected postgres://… or sqlite://…",
+                ));
             }
             config.database_url = url;
         }
@@ -82,12 +97,19 @@ impl Config {
             config.audience = v;
         }
         if let Some(v) = get("JWT_ALG") {
-            config.alg = v.parse().map_err(|_| ConfigError::new("JWT_ALG", "expected RS256, ES256 or EdDSA"))?;
+            config.alg = v
+                .parse()
+                .map_err(|_| ConfigError::new("JWT_ALG", "expected RS256, ES256 or EdDSA"))?;
         }
         if let Some(v) = get("JWT_TTL_SECONDS") {
-            let secs: u64 = v.parse().map_err(|_| ConfigError::new("JWT_TTL_SECONDS", "expected seconds"))?;
+            let secs: u64 = v
+                .parse()
+                .map_err(|_| ConfigError::new("JWT_TTL_SECONDS", "expected seconds"))?;
             if !(60..=86_400).contains(&secs) {
-                return Err(ConfigError::new("JWT_TTL_SECONDS", "must be between 60 and 86400"));
+                return Err(ConfigError::new(
+                    "JWT_TTL_SECONDS",
+                    "must be between 60 and 86400",
+                ));
             }
             config.token_ttl = Duration::from_secs(secs);
         }
@@ -109,13 +131,18 @@ fn addr(
     default: SocketAddr,
 ) -> Result<SocketAddr, ConfigError> {
     match get(var) {
-        Some(v) => v.parse().map_err(|_| ConfigError::new(var, format!("expected host:port, got `{v}`"))),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError::new(var, format!("expected host:port, got `{v}`"))),
         None => Ok(default),
     }
 }
 
 fn count(v: &str, var: &'static str) -> Result<u32, ConfigError> {
-    v.parse().ok().filter(|n| *n > 0).ok_or_else(|| ConfigError::new(var, "expected a positive number"))
+    v.parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ConfigError::new(var, "expected a positive number"))
 }
 
 #[cfg(test)]
@@ -124,18 +151,40 @@ mod tests {
     use std::collections::HashMap;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn secret_is_required_and_bad_values_name_their_variable() {
-        assert_eq!(Config::from_env(env(&[])).unwrap_err().var, "BETTER_AUTH_SECRET");
+        assert_eq!(
+            Config::from_env(env(&[])).unwrap_err().var,
+            "BETTER_AUTH_SECRET"
+        );
         let s = ("BETTER_AUTH_SECRET", "0123456789abcdef0123456789abcdef");
-        assert_eq!(Config::from_env(env(&[s, ("JWT_ALG", "HS256")])).unwrap_err().var, "JWT_ALG");
-        assert_eq!(Config::from_env(env(&[s, ("AUTH_GRPC_ADDR", "nope")])).unwrap_err().var, "AUTH_GRPC_ADDR");
-        assert_eq!(Config::from_env(env(&[s, ("DATABASE_URL", "mysql://x")])).unwrap_err().var, "DATABASE_URL");
-        let c = Config::from_env(env(&[s, ("JWT_ALG", "ES256"), ("JWT_TTL_SECONDS", "600")])).unwrap();
+        assert_eq!(
+            Config::from_env(env(&[s, ("JWT_ALG", "HS256")]))
+                .unwrap_err()
+                .var,
+            "JWT_ALG"
+        );
+        assert_eq!(
+            Config::from_env(env(&[s, ("AUTH_GRPC_ADDR", "nope")]))
+                .unwrap_err()
+                .var,
+            "AUTH_GRPC_ADDR"
+        );
+        assert_eq!(
+            Config::from_env(env(&[s, ("DATABASE_URL", "mysql://x")]))
+                .unwrap_err()
+                .var,
+            "DATABASE_URL"
+        );
+        let c =
+            Config::from_env(env(&[s, ("JWT_ALG", "ES256"), ("JWT_TTL_SECONDS", "600")])).unwrap();
         assert_eq!(c.alg, Alg::ES256);
         assert_eq!(c.token_ttl, Duration::from_secs(600));
     }

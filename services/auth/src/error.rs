@@ -42,10 +42,12 @@ impl AuthError {
             AuthError::NoSession => ErrorCode::FAILED_TO_GET_SESSION,
             AuthError::RateLimited { .. } => ErrorCode::TOO_MANY_REQUESTS,
             AuthError::Store(StoreError::UserExists) => ErrorCode::USER_ALREADY_EXISTS,
-            AuthError::Store(StoreError::Database(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_))) => {
-                ErrorCode::SERVICE_UNAVAILABLE
+            AuthError::Store(StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
+            )) => ErrorCode::SERVICE_UNAVAILABLE,
+            AuthError::Store(_) | AuthError::Keys(_) | AuthError::Sign(_) => {
+                ErrorCode::INTERNAL_SERVER_ERROR
             }
-            AuthError::Store(_) | AuthError::Keys(_) | AuthError::Sign(_) => ErrorCode::INTERNAL_SERVER_ERROR,
         }
     }
 

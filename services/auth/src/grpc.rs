@@ -73,7 +73,10 @@ fn revocation_pb(r: &RevocationRow) -> pb::Revocation {
 
 fn client(c: Option<pb::ClientInfo>) -> Client {
     let c = c.unwrap_or_default();
-    Client { ip_address: c.ip_address, user_agent: c.user_agent.chars().take(512).collect() }
+    Client {
+        ip_address: c.ip_address,
+        user_agent: c.user_agent.chars().take(512).collect(),
+    }
 }
 
 /// Refuses oversized strings before any work is done.
@@ -95,7 +98,10 @@ type RevocationStream = Pin<Box<dyn Stream<Item = Result<pb::Revocation, Status>
 
 #[tonic::async_trait]
 impl AuthService for GrpcApi {
-    async fn sign_up(&self, request: Request<pb::SignUpRequest>) -> Result<Response<pb::SessionResponse>, Status> {
+    async fn sign_up(
+        &self,
+        request: Request<pb::SignUpRequest>,
+    ) -> Result<Response<pb::SessionResponse>, Status> {
         let r = request.into_inner();
         let name = bounded("name", &r.name)?;
         let email = required("email", &r.email)?;
@@ -104,22 +110,37 @@ impl AuthService for GrpcApi {
         if let Some(i) = &image {
             bounded("image", i)?;
         }
-        let info = self.core.sign_up(name, email, password, image, &client(r.client)).await?;
+        let info = self
+            .core
+            .sign_up(name, email, password, image, &client(r.client))
+            .await?;
         Ok(Response::new(session_response(info)))
     }
 
-    async fn sign_in(&self, request: Request<pb::SignInRequest>) -> Result<Response<pb::SessionResponse>, Status> {
+    async fn sign_in(
+        &self,
+        request: Request<pb::SignInRequest>,
+    ) -> Result<Response<pb::SessionResponse>, Status> {
         let r = request.into_inner();
         let email = required("email", &r.email)?;
         let password = required("password", &r.password)?;
-        let info = self.core.sign_in(email, password, &client(r.client)).await?;
+        let info = self
+            .core
+            .sign_in(email, password, &client(r.client))
+            .await?;
         Ok(Response::new(session_response(info)))
     }
 
-    async fn sign_out(&self, request: Request<pb::SignOutRequest>) -> Result<Response<pb::SignOutResponse>, Status> {
+    async fn sign_out(
+        &self,
+        request: Request<pb::SignOutRequest>,
+    ) -> Result<Response<pb::SignOutResponse>, Status> {
         let r = request.into_inner();
         let row = self.core.sign_out(&r.cookie_value).await?;
-        Ok(Response::new(pb::SignOutResponse { sequence: row.sequence as u64, cache_key: row.cache_key }))
+        Ok(Response::new(pb::SignOutResponse {
+            sequence: row.sequence as u64,
+            cache_key: row.cache_key,
+        }))
     }
 
     async fn get_session(
@@ -150,7 +171,10 @@ impl AuthService for GrpcApi {
         }))
     }
 
-    async fn get_jwks(&self, _: Request<pb::GetJwksRequest>) -> Result<Response<pb::GetJwksResponse>, Status> {
+    async fn get_jwks(
+        &self,
+        _: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
         Ok(Response::new(pb::GetJwksResponse {
             jwks_json: self.core.keys.current().jwks_json().to_owned(),
             version: self.core.keys.version(),

@@ -27,7 +27,8 @@ async fn readyz(core: web::Data<Arc<AuthCore>>) -> HttpResponse {
         Ok(()) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
         Err(error) => {
             tracing::warn!(%error, "not ready: database unreachable");
-            HttpResponse::ServiceUnavailable().json(serde_json::json!({"status": "database unreachable"}))
+            HttpResponse::ServiceUnavailable()
+                .json(serde_json::json!({"status": "database unreachable"}))
         }
     }
 }
@@ -39,7 +40,10 @@ async fn metrics() -> HttpResponse {
 }
 
 /// Builds (but does not start) the HTTP server on an already-bound listener.
-pub fn server(core: Arc<AuthCore>, listener: std::net::TcpListener) -> std::io::Result<actix_web::dev::Server> {
+pub fn server(
+    core: Arc<AuthCore>,
+    listener: std::net::TcpListener,
+) -> std::io::Result<actix_web::dev::Server> {
     let data = web::Data::new(core);
     Ok(HttpServer::new(move || {
         App::new()

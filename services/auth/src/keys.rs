@@ -46,24 +46,38 @@ impl KeyManager {
     ) -> Result<KeyManager, KeysError> {
         if let Some(json) = static_jwks {
             let rows = KeyRow::parse_static(json).map_err(KeysError::Static)?;
-            let set = KeySet::load(&rows, &secret, Utc::now(), DEFAULT_GRACE).map_err(KeysError::Static)?;
+            let set = KeySet::load(&rows, &secret, Utc::now(), DEFAULT_GRACE)
+                .map_err(KeysError::Static)?;
             if !set.can_sign(alg, Utc::now()) {
                 return Err(KeysError::Static(edge_keys::KeyError::NoSigningKey(alg)));
             }
             let current = RwLock::new((Arc::new(set), 0));
-            return Ok(KeyManager { mode: KeyMode::Static, alg, secret, store, current });
+            return Ok(KeyManager {
+                mode: KeyMode::Static,
+                alg,
+                secret,
+                store,
+                current,
+            });
         }
         let version = store.jwks_version().await?;
         let mut set = load(&store, &secret).await?;
         if !set.can_sign(alg, Utc::now()) {
-            let row = edge_keys::jwk::generate_row(alg, &secret, crate::store::now_ms()).map_err(KeysError::Dynamic)?;
+            let row = edge_keys::jwk::generate_row(alg, &secret, crate::store::now_ms())
+                .map_err(KeysError::Dynamic)?;
             store.insert_jwk(&row, None).await?;
             tracing::info!(kid = %row.id, %alg, "created a signing key");
             set = load(&store, &secret).await?;
         }
         let version = store.jwks_version().await.unwrap_or(version);
         let current = RwLock::new((Arc::new(set), version));
-        Ok(KeyManager { mode: KeyMode::Dynamic, alg, secret, store, current })
+        Ok(KeyManager {
+            mode: KeyMode::Dynamic,
+            alg,
+            secret,
+            store,
+            current,
+        })
     }
 
     pub fn mode(&self) -> KeyMode {
@@ -76,7 +90,11 @@ impl KeyManager {
 
     /// The key set in force; a cheap clone.
     pub fn current(&self) -> Arc<KeySet> {
-        self.current.read().unwrap_or_else(|e| e.into_inner()).0.clone()
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// A version number that changes with the key set.

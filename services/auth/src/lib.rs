@@ -21,6 +21,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use edge_proto::auth::v1::auth_service_server::AuthServiceServer;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{Config, ConfigError};
@@ -39,12 +40,25 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         metrics::init();
-        let store = Store::connect(&config.database_url).await.context("failed to connect to the database")?;
-        store.migrate().await.context("failed to apply the auth schema")?;
-        let keys = keys::KeyManager::start(config.static_jwks.as_deref(), config.alg, config.secret.clone(), store.clone())
+        let store = Store::connect(&config.database_url)
             .await
-            .context("failed to load signing keys")?;
-        let latest = store.latest_revocation().await.context("failed to read the revocation log")?;
+            .context("failed to connect to the database")?;
+        store
+            .migrate()
+            .await
+            .context("failed to apply the auth schema")?;
+        let keys = keys::KeyManager::start(
+            config.static_jwks.as_deref(),
+            config.alg,
+            config.secret.clone(),
+            store.clone(),
+        )
+        .await
+        .context("failed to load signing keys")?;
+        let latest = store
+            .latest_revocation()
+            .await
+            .context("failed to read the revocation log")?;
         let hub = revocations::RevocationHub::new(latest);
         let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
@@ -55,7 +69,13 @@ impl Application {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let core = Arc::new(AuthCore::new(config, store, Arc::new(keys), hub));
-        Ok(Application { core, grpc, http, grpc_addr, http_addr })
+        Ok(Application {
+            core,
+            grpc,
+            http,
+            grpc_addr,
+            http_addr,
+        })
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -71,7 +91,10 @@ impl Application {
     }
 
     /// Serves gRPC and HTTP until `shutdown` resolves, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let core = self.core;
         let watcher = tokio::spawn(revocations::watch_database(
             core.store.clone(),
@@ -79,7 +102,8 @@ impl Application {
             core.keys.clone(),
             core.config.poll_interval,
         ));
-        let http = http::server(core.clone(), self.http).context("failed to start the HTTP server")?;
+        let http =
+            http::server(core.clone(), self.http).context("failed to start the HTTP server")?;
         let http_handle = http.handle();
         let http_task = tokio::spawn(http);
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, keys = ?core.keys.mode(), "auth serving");
@@ -88,9 +112,15 @@ impl Application {
             shutdown.await;
             let _ = stop_tx.send(());
         });
+        // Small request/response pairs: without TCP_NODELAY, Nagle and delayed ACKs add 40 ms.
+        let incoming = TcpListenerStream::new(self.grpc).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        });
         let grpc = tonic::transport::Server::builder()
             .add_service(AuthServiceServer::new(grpc::GrpcApi::new(core)))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });
         let result = grpc.await.context("gRPC server failed");

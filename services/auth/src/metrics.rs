@@ -4,12 +4,16 @@ use std::sync::LazyLock;
 
 use edge_telemetry::prometheus::IntCounter;
 
-pub static JWKS_DB_READS: LazyLock<IntCounter> =
-    LazyLock::new(|| edge_telemetry::counter("edge_auth_jwks_db_reads_total", "reads of the jwks table"));
+pub static JWKS_DB_READS: LazyLock<IntCounter> = LazyLock::new(|| {
+    edge_telemetry::counter("edge_auth_jwks_db_reads_total", "reads of the jwks table")
+});
 pub static TOKENS_ISSUED: LazyLock<IntCounter> =
     LazyLock::new(|| edge_telemetry::counter("edge_auth_tokens_issued_total", "JWTs signed"));
 pub static SESSION_DB_READS: LazyLock<IntCounter> = LazyLock::new(|| {
-    edge_telemetry::counter("edge_auth_session_db_reads_total", "session lookups that reached the database")
+    edge_telemetry::counter(
+        "edge_auth_session_db_reads_total",
+        "session lookups that reached the database",
+    )
 });
 
 /// Registers every metric so `/metrics` lists them from the start.

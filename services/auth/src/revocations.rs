@@ -17,7 +17,9 @@ pub struct RevocationHub {
 
 impl RevocationHub {
     pub fn new(latest: i64) -> Self {
-        RevocationHub { latest: watch::Sender::new(latest) }
+        RevocationHub {
+            latest: watch::Sender::new(latest),
+        }
     }
 
     /// Records that the log reached `sequence`.
@@ -38,7 +40,12 @@ impl RevocationHub {
 
 /// Listens for revocations and key rotations from other replicas until the process ends.
 /// On SQLite (one process) only the poll runs, for keys rotated by the CLI.
-pub async fn watch_database(store: Store, hub: RevocationHub, keys: Arc<KeyManager>, poll: Duration) {
+pub async fn watch_database(
+    store: Store,
+    hub: RevocationHub,
+    keys: Arc<KeyManager>,
+    poll: Duration,
+) {
     let mut listener = match store.listener().await {
         Ok(l) => l,
         Err(error) => {
@@ -65,10 +72,10 @@ pub async fn watch_database(store: Store, hub: RevocationHub, keys: Arc<KeyManag
                 None
             }
         };
-        if channel.as_deref() != Some(REVOCATION_CHANNEL) {
-            if let Err(error) = keys.refresh_if_changed().await {
-                tracing::warn!(%error, "key set refresh failed");
-            }
+        if channel.as_deref() != Some(REVOCATION_CHANNEL)
+            && let Err(error) = keys.refresh_if_changed().await
+        {
+            tracing::warn!(%error, "key set refresh failed");
         }
         if channel.as_deref() != Some(JWKS_CHANNEL) {
             match store.latest_revocation().await {

@@ -74,17 +74,25 @@ fn parse_email(email: &str) -> Result<String, AuthError> {
 fn check_password(password: &str) -> Result<(), AuthError> {
     let len = password.chars().count();
     if len < password::MIN_LEN {
-        return Err(AuthError::invalid(ErrorCode::PASSWORD_TOO_SHORT, "Password too short"));
+        return Err(AuthError::invalid(
+            ErrorCode::PASSWORD_TOO_SHORT,
+            "Password too short",
+        ));
     }
     if len > password::MAX_LEN {
-        return Err(AuthError::invalid(ErrorCode::PASSWORD_TOO_LONG, "Password too long"));
+        return Err(AuthError::invalid(
+            ErrorCode::PASSWORD_TOO_LONG,
+            "Password too long",
+        ));
     }
     Ok(())
 }
 
 /// scrypt costs tens of milliseconds: keep it off the async workers.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("password hashing does not panic")
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("password hashing does not panic")
 }
 
 fn new_session(user_id: &str, client: &Client, now: DateTime<Utc>) -> Session {
@@ -106,8 +114,19 @@ impl AuthCore {
         &self.store
     }
 
-    pub fn new(config: Config, store: Store, keys: Arc<KeyManager>, revocations: RevocationHub) -> Self {
-        AuthCore { config, store, keys, revocations, limiter: RateLimiter::default() }
+    pub fn new(
+        config: Config,
+        store: Store,
+        keys: Arc<KeyManager>,
+        revocations: RevocationHub,
+    ) -> Self {
+        AuthCore {
+            config,
+            store,
+            keys,
+            revocations,
+            limiter: RateLimiter::default(),
+        }
     }
 
     fn cookie_for(&self, token: &str) -> String {
@@ -126,7 +145,10 @@ impl AuthCore {
     ) -> Result<SessionInfo, AuthError> {
         let email = parse_email(email)?;
         if name.chars().count() > MAX_NAME_LEN {
-            return Err(AuthError::invalid(ErrorCode::VALIDATION_ERROR, "[body.name] Name is too long"));
+            return Err(AuthError::invalid(
+                ErrorCode::VALIDATION_ERROR,
+                "[body.name] Name is too long",
+            ));
         }
         check_password(password)?;
         if self.store.user_by_email(&email).await?.is_some() {
@@ -154,10 +176,20 @@ impl AuthCore {
         self.store.create_user(&user, &account, &session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed up");
         let cookie_value = self.cookie_for(&session.token);
-        Ok(SessionInfo { session, user, cookie_value, refreshed: true })
+        Ok(SessionInfo {
+            session,
+            user,
+            cookie_value,
+            refreshed: true,
+        })
     }
 
-    pub async fn sign_in(&self, email: &str, password: &str, client: &Client) -> Result<SessionInfo, AuthError> {
+    pub async fn sign_in(
+        &self,
+        email: &str,
+        password: &str,
+        client: &Client,
+    ) -> Result<SessionInfo, AuthError> {
         let email = parse_email(email)?;
         if password.is_empty() || password.chars().count() > password::MAX_LEN {
             return Err(AuthError::InvalidCredentials);
@@ -168,8 +200,13 @@ impl AuthCore {
             (format!("address:{}", client.ip_address), limit.per_address),
         ] {
             if let Err(retry) = self.limiter.check(&key, max, limit.window) {
-                tracing::warn!(kind = key.split(':').next().unwrap_or(""), "sign-in rate limited");
-                return Err(AuthError::RateLimited { retry_after_secs: retry.as_secs().max(1) });
+                tracing::warn!(
+                    kind = key.split(':').next().unwrap_or(""),
+                    "sign-in rate limited"
+                );
+                return Err(AuthError::RateLimited {
+                    retry_after_secs: retry.as_secs().max(1),
+                });
             }
         }
         let user = self.store.user_by_email(&email).await?;
@@ -194,21 +231,38 @@ impl AuthCore {
         self.store.create_session(&session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
         let cookie_value = self.cookie_for(&session.token);
-        Ok(SessionInfo { session, user, cookie_value, refreshed: true })
+        Ok(SessionInfo {
+            session,
+            user,
+            cookie_value,
+            refreshed: true,
+        })
     }
 
     /// Ends the cookie's session; the revocation is in the log (and announced) on return.
     pub async fn sign_out(&self, cookie_value: &str) -> Result<RevocationRow, AuthError> {
-        let token = cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::NoSession)?;
-        let row = self.end_session(&token, "sign-out").await?.ok_or(AuthError::NoSession)?;
+        let token =
+            cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::NoSession)?;
+        let row = self
+            .end_session(&token, "sign-out")
+            .await?
+            .ok_or(AuthError::NoSession)?;
         tracing::info!(session_id = %row.session_id, sequence = row.sequence, "signed out");
         Ok(row)
     }
 
-    async fn end_session(&self, token: &SessionToken, reason: &str) -> Result<Option<RevocationRow>, AuthError> {
+    async fn end_session(
+        &self,
+        token: &SessionToken,
+        reason: &str,
+    ) -> Result<Option<RevocationRow>, AuthError> {
         let cookie_value = cookie::sign(&self.config.secret, token);
-        let cache_key = CacheKey::for_cookie(&cookie_value).expect("a signed cookie is well-formed");
-        let row = self.store.end_session(token.as_str(), cache_key.as_str(), reason).await?;
+        let cache_key =
+            CacheKey::for_cookie(&cookie_value).expect("a signed cookie is well-formed");
+        let row = self
+            .store
+            .end_session(token.as_str(), cache_key.as_str(), reason)
+            .await?;
         if let Some(row) = &row {
             self.revocations.publish(row.sequence);
         }
@@ -217,23 +271,35 @@ impl AuthCore {
 
     /// The session behind a cookie, refreshed when older than a day since its last refresh.
     pub async fn session(&self, cookie_value: &str) -> Result<SessionInfo, AuthError> {
-        let token = cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::Unauthorized)?;
-        let (mut session, user) =
-            self.store.session_with_user(token.as_str()).await?.ok_or(AuthError::Unauthorized)?;
+        let token =
+            cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::Unauthorized)?;
+        let (mut session, user) = self
+            .store
+            .session_with_user(token.as_str())
+            .await?
+            .ok_or(AuthError::Unauthorized)?;
         let now = now_ms();
         if session.expires_at <= now {
             self.end_session(&token, "expired").await?;
             return Err(AuthError::Unauthorized);
         }
         let max_age = Duration::seconds(SESSION_MAX_AGE_SECONDS);
-        let due = session.expires_at - max_age + Duration::seconds(SESSION_UPDATE_AGE_SECONDS) <= now;
+        let due =
+            session.expires_at - max_age + Duration::seconds(SESSION_UPDATE_AGE_SECONDS) <= now;
         if due {
             session.expires_at = now + max_age;
             session.updated_at = now;
-            self.store.extend_session(&session.id, session.expires_at, now).await?;
+            self.store
+                .extend_session(&session.id, session.expires_at, now)
+                .await?;
         }
         let cookie_value = cookie::sign(&self.config.secret, &token);
-        Ok(SessionInfo { session, user, cookie_value, refreshed: due })
+        Ok(SessionInfo {
+            session,
+            user,
+            cookie_value,
+            refreshed: due,
+        })
     }
 
     /// A Convex JWT for the cookie's session: one session read, no key read.
@@ -254,8 +320,13 @@ impl AuthCore {
         };
         let token = self.keys.current().sign(self.keys.alg(), &claims, now)?;
         metrics::TOKENS_ISSUED.inc();
-        let cache_key = CacheKey::for_cookie(&info.cookie_value).expect("a signed cookie is well-formed");
-        Ok(IssuedToken { token, session_id: info.session.id, cache_key })
+        let cache_key =
+            CacheKey::for_cookie(&info.cookie_value).expect("a signed cookie is well-formed");
+        Ok(IssuedToken {
+            token,
+            session_id: info.session.id,
+            cache_key,
+        })
     }
 }
 

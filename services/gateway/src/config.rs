@@ -28,28 +28,42 @@ impl Config {
             query_grpc_url: "http://127.0.0.1:50052".into(),
             trusted_origins: Vec::new(),
             max_body_bytes: 64 * 1024,
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
         }
     }
 
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = Config::local();
         if let Some(v) = get("GATEWAY_HTTP_ADDR") {
-            config.http_addr = v
-                .parse()
-                .map_err(|_| ConfigError::new("GATEWAY_HTTP_ADDR", format!("expected host:port, got `{v}`")))?;
+            config.http_addr = v.parse().map_err(|_| {
+                ConfigError::new(
+                    "GATEWAY_HTTP_ADDR",
+                    format!("expected host:port, got `{v}`"),
+                )
+            })?;
         }
-        for (var, slot) in [("AUTH_GRPC_URL", &mut config.auth_grpc_url), ("QUERY_GRPC_URL", &mut config.query_grpc_url)] {
+        for (var, slot) in [
+            ("AUTH_GRPC_URL", &mut config.auth_grpc_url),
+            ("QUERY_GRPC_URL", &mut config.query_grpc_url),
+        ] {
             if let Some(v) = get(var) {
                 if !(v.starts_with("http://") || v.starts_with("https://")) {
-                    return Err(ConfigError::new(var, format!("expected http://host:port, got `{v}`")));
+                    return Err(ConfigError::new(
+                        var,
+                        format!("expected http://host:port, got `{v}`"),
+                    ));
                 }
                 *slot = v;
             }
         }
         if let Some(v) = get("GATEWAY_TRUSTED_ORIGINS") {
-            config.trusted_origins =
-                v.split(',').map(|o| o.trim().trim_end_matches('/').to_owned()).filter(|o| !o.is_empty()).collect();
+            config.trusted_origins = v
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .filter(|o| !o.is_empty())
+                .collect();
         }
         Ok(config)
     }

@@ -13,7 +13,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), retry_after: None }
+        ApiError {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 }
 
@@ -26,14 +30,27 @@ impl std::fmt::Display for ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let code = ErrorCode::from_status(&status);
-        let message = if code == ErrorCode::SERVICE_UNAVAILABLE && status.metadata().get(edge_proto::error::ERROR_CODE_METADATA).is_none() {
+        let message = if code == ErrorCode::SERVICE_UNAVAILABLE
+            && status
+                .metadata()
+                .get(edge_proto::error::ERROR_CODE_METADATA)
+                .is_none()
+        {
             tracing::warn!(grpc_code = ?status.code(), "auth service unavailable");
             "Auth service unavailable".to_owned()
         } else {
             status.message().to_owned()
         };
-        let retry_after = status.metadata().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        ApiError { code, message, retry_after }
+        let retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        ApiError {
+            code,
+            message,
+            retry_after,
+        }
     }
 }
 

@@ -54,7 +54,11 @@ impl Application {
             .with_context(|| format!("failed to bind GATEWAY_HTTP_ADDR {}", config.http_addr))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
-        Ok(Application { listener, addr, state: web::Data::new(State { config, auth }) })
+        Ok(Application {
+            listener,
+            addr,
+            state: web::Data::new(State { config, auth }),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -62,7 +66,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let workers = state.config.workers;
         let server = HttpServer::new(move || {
@@ -70,11 +77,15 @@ impl Application {
                 .app_data(state.clone())
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
-                    let route = req.match_pattern().unwrap_or_else(|| "unmatched".to_owned());
+                    let route = req
+                        .match_pattern()
+                        .unwrap_or_else(|| "unmatched".to_owned());
                     let fut = srv.call(req);
                     async move {
                         let res = fut.await;
-                        metrics::REQUEST_DURATION.with_label_values(&[route.as_str()]).observe(start.elapsed().as_secs_f64());
+                        metrics::REQUEST_DURATION
+                            .with_label_values(&[route.as_str()])
+                            .observe(start.elapsed().as_secs_f64());
                         res
                     }
                 })

@@ -13,7 +13,10 @@ fn fixture() -> (Secret, Vec<Value>) {
 }
 
 fn str_of<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    path.iter().fold(v, |v, p| &v[*p]).as_str().unwrap_or_else(|| panic!("{path:?}"))
+    path.iter()
+        .fold(v, |v, p| &v[*p])
+        .as_str()
+        .unwrap_or_else(|| panic!("{path:?}"))
 }
 
 #[test]
@@ -27,7 +30,10 @@ fn signed_cookies_verify_with_the_secret() {
         // Our signature of the same token is byte-for-byte Better Auth's cookie value.
         assert_eq!(cookie::sign(&secret, &token), value);
         // And the Set-Cookie header starts with it.
-        assert!(str_of(case, &["signInSetCookie"]).starts_with(&format!("{}={value};", cookie::COOKIE_NAME)));
+        assert!(
+            str_of(case, &["signInSetCookie"])
+                .starts_with(&format!("{}={value};", cookie::COOKIE_NAME))
+        );
         assert!(cookie::verify(&Secret::new("not-the-secret"), value).is_none());
     }
 }
@@ -54,7 +60,10 @@ fn private_keys_decrypt() {
 }
 
 fn static_rows(cases: &[Value]) -> Vec<KeyRow> {
-    let rows: Vec<Value> = cases.iter().map(|c| c["tables"]["jwks"][0].clone()).collect();
+    let rows: Vec<Value> = cases
+        .iter()
+        .map(|c| c["tables"]["jwks"][0].clone())
+        .collect();
     KeyRow::parse_static(&Value::Array(rows).to_string()).unwrap()
 }
 
@@ -95,13 +104,23 @@ fn static_rows_sign_tokens_that_verify_against_better_auths_jwks() {
         ours_sorted.sort();
         theirs_sorted.sort();
         assert_eq!(ours_sorted, theirs_sorted);
-        assert_eq!(decode_part(&signed.jwt, 1).as_object().unwrap().keys().collect::<Vec<_>>(), theirs);
+        assert_eq!(
+            decode_part(&signed.jwt, 1)
+                .as_object()
+                .unwrap()
+                .keys()
+                .collect::<Vec<_>>(),
+            theirs
+        );
     }
     // Our published JWKS holds the same public keys Better Auth published.
     let ours: Value = serde_json::from_str(keys.jwks_json()).unwrap();
     for case in &cases {
         let theirs = &case["jwksResponse"]["keys"][0];
-        assert!(ours["keys"].as_array().unwrap().contains(theirs), "{theirs}");
+        assert!(
+            ours["keys"].as_array().unwrap().contains(theirs),
+            "{theirs}"
+        );
     }
 }
 
@@ -109,11 +128,16 @@ fn static_rows_sign_tokens_that_verify_against_better_auths_jwks() {
 fn better_auths_own_tokens_verify_with_our_verifier() {
     let (_, cases) = fixture();
     for case in &cases {
-        let verifier = Verifier::from_jwks_value(&case["jwksResponse"]).unwrap().with_audience("convex");
+        let verifier = Verifier::from_jwks_value(&case["jwksResponse"])
+            .unwrap()
+            .with_audience("convex");
         let jwt = case["tokenEndpointJwt"].as_str().unwrap();
         let iat = case["jwtPayload"]["iat"].as_i64().unwrap();
         verifier.verify(jwt, iat + 1).unwrap();
-        assert_eq!(verifier.verify(jwt, iat + 901).unwrap_err(), edge_keys::VerifyError::Expired);
+        assert_eq!(
+            verifier.verify(jwt, iat + 901).unwrap_err(),
+            edge_keys::VerifyError::Expired
+        );
     }
 }
 
@@ -127,7 +151,13 @@ fn static_dates_may_be_numbers_or_strings() {
     assert_eq!(rows[0].created_at.timestamp_millis(), 1_795_779_599_526);
     assert!(rows[0].expires_at.is_some());
     KeySet::load(&rows, &secret, Utc::now(), DEFAULT_GRACE).unwrap();
-    for bad in ["", "{}", "[]", "[{\"id\":\"x\"}]", "[{\"id\":\"x\",\"publicKey\":\"{}\",\"privateKey\":\"\",\"createdAt\":true}]"] {
+    for bad in [
+        "",
+        "{}",
+        "[]",
+        "[{\"id\":\"x\"}]",
+        "[{\"id\":\"x\",\"publicKey\":\"{}\",\"privateKey\":\"\",\"createdAt\":true}]",
+    ] {
         assert!(KeyRow::parse_static(bad).is_err(), "{bad}");
     }
 }
@@ -137,8 +167,17 @@ fn generated_keys_round_trip_through_better_auths_row_format() {
     let secret = Secret::new("generated-secret-0123456789abcdef");
     for alg in [Alg::RS256, Alg::ES256, Alg::EdDSA] {
         let row = edge_keys::jwk::generate_row(alg, &secret, Utc::now()).unwrap();
-        assert!(row.private_key.starts_with('"'), "stored as a JSON string like Better Auth");
-        let keys = KeySet::load(std::slice::from_ref(&row), &secret, Utc::now(), DEFAULT_GRACE).unwrap();
+        assert!(
+            row.private_key.starts_with('"'),
+            "stored as a JSON string like Better Auth"
+        );
+        let keys = KeySet::load(
+            std::slice::from_ref(&row),
+            &secret,
+            Utc::now(),
+            DEFAULT_GRACE,
+        )
+        .unwrap();
         assert!(keys.can_sign(alg, Utc::now()));
         // A wrong secret cannot load it.
         assert!(KeySet::load(&[row], &Secret::new("wrong"), Utc::now(), DEFAULT_GRACE).is_err());
@@ -148,5 +187,10 @@ fn generated_keys_round_trip_through_better_auths_row_format() {
 fn decode_part(jwt: &str, i: usize) -> Value {
     use base64::Engine;
     let part = jwt.split('.').nth(i).unwrap();
-    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(part)
+            .unwrap(),
+    )
+    .unwrap()
 }

@@ -12,7 +12,10 @@ fn setup() -> (KeySet, Verifier) {
     let secret = Secret::new("rejection-secret-0123456789abcdef");
     let rows = vec![edge_keys::jwk::generate_row(Alg::RS256, &secret, Utc::now()).unwrap()];
     let keys = KeySet::load(&rows, &secret, Utc::now(), DEFAULT_GRACE).unwrap();
-    let verifier = keys.verifier().with_issuer("https://issuer").with_audience("convex");
+    let verifier = keys
+        .verifier()
+        .with_issuer("https://issuer")
+        .with_audience("convex");
     (keys, verifier)
 }
 
@@ -35,7 +38,12 @@ fn enc(v: serde_json::Value) -> String {
 }
 
 fn kid_of(jwt: &str) -> String {
-    let h: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(jwt.split('.').next().unwrap()).unwrap()).unwrap();
+    let h: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(jwt.split('.').next().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
     h["kid"].as_str().unwrap().to_owned()
 }
 
@@ -74,9 +82,15 @@ fn hs256_signed_with_the_public_key_is_refused() {
     let header = enc(json!({"alg": "HS256", "kid": kid}));
     let payload = t.jwt.split('.').nth(1).unwrap();
     let signing_input = format!("{header}.{payload}");
-    let tag = aws_lc_rs::hmac::sign(&aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public.as_bytes()), signing_input.as_bytes());
+    let tag = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, public.as_bytes()),
+        signing_input.as_bytes(),
+    );
     let forged = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
-    assert_eq!(verifier.verify(&forged, now).unwrap_err(), VerifyError::UnsupportedAlg("HS256".into()));
+    assert_eq!(
+        verifier.verify(&forged, now).unwrap_err(),
+        VerifyError::UnsupportedAlg("HS256".into())
+    );
 }
 
 #[test]
@@ -89,14 +103,32 @@ fn unknown_kid_missing_kid_and_embedded_keys_are_refused() {
     parts.next();
     let rest = parts.next().unwrap();
     let with = |h: serde_json::Value| format!("{}.{rest}", enc(h));
-    assert_eq!(verifier.verify(&with(json!({"alg": "RS256", "kid": "nope"})), now).unwrap_err(), VerifyError::UnknownKid);
-    assert_eq!(verifier.verify(&with(json!({"alg": "RS256"})), now).unwrap_err(), VerifyError::MissingKid);
+    assert_eq!(
+        verifier
+            .verify(&with(json!({"alg": "RS256", "kid": "nope"})), now)
+            .unwrap_err(),
+        VerifyError::UnknownKid
+    );
+    assert_eq!(
+        verifier
+            .verify(&with(json!({"alg": "RS256"})), now)
+            .unwrap_err(),
+        VerifyError::MissingKid
+    );
     for field in ["jwk", "jku", "x5u", "x5c"] {
         let h = json!({"alg": "RS256", "kid": kid, field: "x"});
-        assert!(matches!(verifier.verify(&with(h), now).unwrap_err(), VerifyError::ForbiddenHeader(_)));
+        assert!(matches!(
+            verifier.verify(&with(h), now).unwrap_err(),
+            VerifyError::ForbiddenHeader(_)
+        ));
     }
     // ES256 named in the header against an RSA key.
-    assert_eq!(verifier.verify(&with(json!({"alg": "ES256", "kid": kid})), now).unwrap_err(), VerifyError::AlgMismatch);
+    assert_eq!(
+        verifier
+            .verify(&with(json!({"alg": "ES256", "kid": kid})), now)
+            .unwrap_err(),
+        VerifyError::AlgMismatch
+    );
 }
 
 #[test]
@@ -106,19 +138,32 @@ fn expired_not_yet_valid_wrong_issuer_and_audience_are_refused() {
     let sign = |c: &Claims| keys.sign(Alg::RS256, c, Utc::now()).unwrap().jwt;
     let mut expired = claims(now - 2000);
     expired.exp = now - 1;
-    assert_eq!(verifier.verify(&sign(&expired), now).unwrap_err(), VerifyError::Expired);
+    assert_eq!(
+        verifier.verify(&sign(&expired), now).unwrap_err(),
+        VerifyError::Expired
+    );
     let mut wrong_iss = claims(now);
     wrong_iss.iss = "https://evil".into();
-    assert_eq!(verifier.verify(&sign(&wrong_iss), now).unwrap_err(), VerifyError::WrongIssuer);
+    assert_eq!(
+        verifier.verify(&sign(&wrong_iss), now).unwrap_err(),
+        VerifyError::WrongIssuer
+    );
     let mut wrong_aud = claims(now);
     wrong_aud.aud = "other".into();
-    assert_eq!(verifier.verify(&sign(&wrong_aud), now).unwrap_err(), VerifyError::WrongAudience);
+    assert_eq!(
+        verifier.verify(&sign(&wrong_aud), now).unwrap_err(),
+        VerifyError::WrongAudience
+    );
     // A token checked before its nbf (time travel: verify at a time before iat with nbf = iat).
     let t = sign(&claims(now));
     assert!(verifier.verify(&t, now + 901).is_err());
     // Tampered payload.
     let mut parts: Vec<&str> = t.split('.').collect();
-    let evil = enc(json!({"sub": "admin", "iss": "https://issuer", "aud": "convex", "exp": now + 900}));
+    let evil =
+        enc(json!({"sub": "admin", "iss": "https://issuer", "aud": "convex", "exp": now + 900}));
     parts[1] = &evil;
-    assert_eq!(verifier.verify(&parts.join("."), now).unwrap_err(), VerifyError::BadSignature);
+    assert_eq!(
+        verifier.verify(&parts.join("."), now).unwrap_err(),
+        VerifyError::BadSignature
+    );
 }

@@ -19,7 +19,11 @@ fn json_web_signature_vectors() {
     let file = edge_testkit::wycheproof("json_web_signature_test.json");
     let (mut accepted, mut rejected) = (0, 0);
     for group in file["testGroups"].as_array().unwrap() {
-        let public = group.get("public").or_else(|| group.get("private")).map(object).unwrap();
+        let public = group
+            .get("public")
+            .or_else(|| group.get("private"))
+            .map(object)
+            .unwrap();
         let key = VerifyKey::from_jwk(&public).ok();
         for case in group["tests"].as_array().unwrap() {
             let id = case["tcId"].as_i64().unwrap();
@@ -34,7 +38,10 @@ fn json_web_signature_vectors() {
             if ok { accepted += 1 } else { rejected += 1 }
         }
     }
-    assert!(accepted >= 5 && rejected >= 300, "accepted {accepted}, rejected {rejected}");
+    assert!(
+        accepted >= 5 && rejected >= 300,
+        "accepted {accepted}, rejected {rejected}"
+    );
 }
 
 /// Runs raw (msg, sig) vectors through a compact JWS so the JWS path checks them.
@@ -42,9 +49,13 @@ fn raw_vectors(file: &str, alg: &str, jwk_of: impl Fn(&Value) -> Option<Map<Stri
     let file = edge_testkit::wycheproof(file);
     let mut checked = 0;
     for group in file["testGroups"].as_array().unwrap() {
-        let Some(mut jwk) = jwk_of(group) else { continue };
+        let Some(mut jwk) = jwk_of(group) else {
+            continue;
+        };
         jwk.remove("kid");
-        let Ok(key) = VerifyKey::from_jwk(&jwk) else { continue };
+        let Ok(key) = VerifyKey::from_jwk(&jwk) else {
+            continue;
+        };
         for case in group["tests"].as_array().unwrap() {
             let msg = hex::decode(case["msg"].as_str().unwrap()).unwrap();
             let sig = hex::decode(case["sig"].as_str().unwrap()).unwrap();
@@ -53,7 +64,11 @@ fn raw_vectors(file: &str, alg: &str, jwk_of: impl Fn(&Value) -> Option<Map<Stri
             let valid = case["result"] == "valid";
             let ok = key_verifies(&key, alg, &msg, &sig);
             if case["result"] != "acceptable" {
-                assert_eq!(ok, valid, "{alg} tcId {}: {}", case["tcId"], case["comment"]);
+                assert_eq!(
+                    ok, valid,
+                    "{alg} tcId {}: {}",
+                    case["tcId"], case["comment"]
+                );
             }
             checked += 1;
         }
@@ -68,12 +83,16 @@ fn key_verifies(key: &VerifyKey, alg: &str, msg: &[u8], sig: &[u8]) -> bool {
 
 #[test]
 fn ed25519_vectors() {
-    raw_vectors("ed25519_test.json", "EdDSA", |g| g.get("publicKeyJwk").map(object));
+    raw_vectors("ed25519_test.json", "EdDSA", |g| {
+        g.get("publicKeyJwk").map(object)
+    });
 }
 
 #[test]
 fn ecdsa_p256_vectors() {
-    raw_vectors("ecdsa_secp256r1_sha256_p1363_test.json", "ES256", |g| g.get("publicKeyJwk").map(object));
+    raw_vectors("ecdsa_secp256r1_sha256_p1363_test.json", "ES256", |g| {
+        g.get("publicKeyJwk").map(object)
+    });
 }
 
 #[test]
@@ -90,16 +109,33 @@ fn the_jws_path_and_the_raw_path_agree() {
     // A JWS built from an Ed25519 vector's key would need its private key; instead show that a
     // token signed by us verifies raw too, tying the two paths together.
     let secret = edge_keys::Secret::new("tie-secret");
-    let row = edge_keys::jwk::generate_row(edge_keys::Alg::EdDSA, &secret, chrono::Utc::now()).unwrap();
-    let keys = edge_keys::KeySet::load(&[row.clone()], &secret, chrono::Utc::now(), edge_keys::keyset::DEFAULT_GRACE).unwrap();
+    let row =
+        edge_keys::jwk::generate_row(edge_keys::Alg::EdDSA, &secret, chrono::Utc::now()).unwrap();
+    let keys = edge_keys::KeySet::load(
+        std::slice::from_ref(&row),
+        &secret,
+        chrono::Utc::now(),
+        edge_keys::keyset::DEFAULT_GRACE,
+    )
+    .unwrap();
     let jwks: Value = serde_json::from_str(keys.jwks_json()).unwrap();
     let key = VerifyKey::from_jwk(&object(&jwks["keys"][0])).unwrap();
     let now = chrono::Utc::now().timestamp();
     let claims = edge_keys::Claims {
-        iat: now, name: "n".into(), email: "e".into(), email_verified: false, session_id: "s".into(),
-        sub: "u".into(), exp: now + 60, iss: "i".into(), aud: "a".into(),
+        iat: now,
+        name: "n".into(),
+        email: "e".into(),
+        email_verified: false,
+        session_id: "s".into(),
+        sub: "u".into(),
+        exp: now + 60,
+        iss: "i".into(),
+        aud: "a".into(),
     };
-    let jwt = keys.sign(edge_keys::Alg::EdDSA, &claims, chrono::Utc::now()).unwrap().jwt;
+    let jwt = keys
+        .sign(edge_keys::Alg::EdDSA, &claims, chrono::Utc::now())
+        .unwrap()
+        .jwt;
     let (input, sig) = jwt.rsplit_once('.').unwrap();
     assert!(key.verify_raw(input.as_bytes(), sig));
     assert!(key.verify_jws(&jwt).is_ok());

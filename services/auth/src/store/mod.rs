@@ -58,7 +58,10 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("id", &self.id).field("user_id", &self.user_id).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +154,8 @@ macro_rules! insert_session {
     }};
 }
 
-const USER_COLUMNS: &str = r#""id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt""#;
+const USER_COLUMNS: &str =
+    r#""id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt""#;
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -165,7 +169,10 @@ pub fn now_ms() -> DateTime<Utc> {
 
 impl Store {
     fn new(pool: Pool) -> Self {
-        Store { pool, reads: Arc::default() }
+        Store {
+            pool,
+            reads: Arc::default(),
+        }
     }
 
     /// This store's own read counts.
@@ -198,10 +205,15 @@ impl Store {
             {
                 std::fs::create_dir_all(parent).map_err(|e| StoreError::Url(e.to_string()))?;
             }
-            let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await?;
             Ok(Store::new(Pool::Sqlite(pool)))
         } else {
-            Err(StoreError::Url("expected postgres://… or sqlite://…".into()))
+            Err(StoreError::Url(
+                "expected postgres://… or sqlite://…".into(),
+            ))
         }
     }
 
@@ -211,7 +223,9 @@ impl Store {
             Pool::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 // Serialise concurrent migrations from several replicas.
-                sqlx::query("SELECT pg_advisory_xact_lock(724109)").execute(&mut *tx).await?;
+                sqlx::query("SELECT pg_advisory_xact_lock(724109)")
+                    .execute(&mut *tx)
+                    .await?;
                 for statement in schema::POSTGRES {
                     sqlx::query(*statement).execute(&mut *tx).await?;
                 }
@@ -253,13 +267,21 @@ impl Store {
             insert_session!(&mut *tx, session)?;
             tx.commit().await
         }.await);
-        result.map_err(|e| if is_unique_violation(&e) { StoreError::UserExists } else { e.into() })
+        result.map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::UserExists
+            } else {
+                e.into()
+            }
+        })
     }
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         const SQL: &str = r#"SELECT "id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt" FROM "user" WHERE "email" = $1"#;
         debug_assert!(SQL.contains(USER_COLUMNS));
-        Ok(on_pool!(self, pool => sqlx::query_as::<_, User>(SQL).bind(email).fetch_optional(pool).await)?)
+        Ok(
+            on_pool!(self, pool => sqlx::query_as::<_, User>(SQL).bind(email).fetch_optional(pool).await)?,
+        )
     }
 
     /// The password hash of the user's `credential` account.
@@ -276,7 +298,10 @@ impl Store {
     }
 
     /// The session with this token and its user: one database read.
-    pub async fn session_with_user(&self, token: &str) -> Result<Option<(Session, User)>, StoreError> {
+    pub async fn session_with_user(
+        &self,
+        token: &str,
+    ) -> Result<Option<(Session, User)>, StoreError> {
         const SQL: &str = r#"SELECT s."id", s."token", s."userId", s."expiresAt", s."createdAt", s."updatedAt", s."ipAddress", s."userAgent", u."name", u."email", u."emailVerified", u."image", u."createdAt" AS "userCreatedAt", u."updatedAt" AS "userUpdatedAt" FROM "session" s JOIN "user" u ON u."id" = s."userId" WHERE s."token" = $1"#;
         metrics::SESSION_DB_READS.inc();
         self.reads.session.fetch_add(1, Ordering::Relaxed);
@@ -292,7 +317,8 @@ impl Store {
         expires_at: DateTime<Utc>,
         updated_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        const SQL: &str = r#"UPDATE "session" SET "expiresAt" = $1, "updatedAt" = $2 WHERE "id" = $3"#;
+        const SQL: &str =
+            r#"UPDATE "session" SET "expiresAt" = $1, "updatedAt" = $2 WHERE "id" = $3"#;
         on_pool!(self, pool => sqlx::query(SQL).bind(expires_at).bind(updated_at).bind(id).execute(pool).await.map(|_| ()))?;
         Ok(())
     }
@@ -332,9 +358,15 @@ impl Store {
     }
 
     /// Revocation log entries after `sequence`, oldest first.
-    pub async fn revocations_after(&self, sequence: i64, limit: i64) -> Result<Vec<RevocationRow>, StoreError> {
+    pub async fn revocations_after(
+        &self,
+        sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<RevocationRow>, StoreError> {
         const SQL: &str = r#"SELECT "sequence", "sessionId", "cacheKey", "reason", "revokedAt" FROM "edge_revocation" WHERE "sequence" > $1 ORDER BY "sequence" LIMIT $2"#;
-        Ok(on_pool!(self, pool => sqlx::query_as(SQL).bind(sequence).bind(limit).fetch_all(pool).await)?)
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(sequence).bind(limit).fetch_all(pool).await)?,
+        )
     }
 
     /// The newest sequence in the revocation log (0 when empty).
@@ -366,10 +398,16 @@ impl Store {
 
     /// Adds a key, optionally expiring the current ones at `expire_others_at`, and bumps the
     /// key-set version so every replica reloads.
-    pub async fn insert_jwk(&self, row: &KeyRow, expire_others_at: Option<DateTime<Utc>>) -> Result<(), StoreError> {
-        const EXPIRE: &str = r#"UPDATE "jwks" SET "expiresAt" = $1 WHERE "expiresAt" IS NULL OR "expiresAt" > $1"#;
+    pub async fn insert_jwk(
+        &self,
+        row: &KeyRow,
+        expire_others_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        const EXPIRE: &str =
+            r#"UPDATE "jwks" SET "expiresAt" = $1 WHERE "expiresAt" IS NULL OR "expiresAt" > $1"#;
         const INSERT: &str = r#"INSERT INTO "jwks" ("id", "publicKey", "privateKey", "createdAt", "expiresAt", "alg", "crv") VALUES ($1, $2, $3, $4, $5, $6, $7)"#;
-        const BUMP: &str = r#"UPDATE "edge_meta" SET "value" = "value" + 1 WHERE "key" = 'jwks_version'"#;
+        const BUMP: &str =
+            r#"UPDATE "edge_meta" SET "value" = "value" + 1 WHERE "key" = 'jwks_version'"#;
         on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             if let Some(at) = expire_others_at {
@@ -383,7 +421,10 @@ impl Store {
             tx.commit().await
         }.await)?;
         if let Pool::Postgres(pool) = &self.pool {
-            let _ = sqlx::query("SELECT pg_notify($1, 'rotated')").bind(JWKS_CHANNEL).execute(pool).await;
+            let _ = sqlx::query("SELECT pg_notify($1, 'rotated')")
+                .bind(JWKS_CHANNEL)
+                .execute(pool)
+                .await;
         }
         Ok(())
     }
@@ -391,15 +432,20 @@ impl Store {
     /// The key-set version (a cheap read of `edge_meta`, not of `jwks`).
     pub async fn jwks_version(&self) -> Result<i64, StoreError> {
         const SQL: &str = r#"SELECT "value" FROM "edge_meta" WHERE "key" = 'jwks_version'"#;
-        let row: Option<(i64,)> = on_pool!(self, pool => sqlx::query_as(SQL).fetch_optional(pool).await)?;
+        let row: Option<(i64,)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).fetch_optional(pool).await)?;
         Ok(row.map(|(v,)| v).unwrap_or(0))
     }
 
     /// A listener on the revocation and key channels (Postgres only).
     pub async fn listener(&self) -> Result<Option<PgListener>, StoreError> {
-        let Pool::Postgres(pool) = &self.pool else { return Ok(None) };
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(None);
+        };
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen_all([REVOCATION_CHANNEL, JWKS_CHANNEL]).await?;
+        listener
+            .listen_all([REVOCATION_CHANNEL, JWKS_CHANNEL])
+            .await?;
         Ok(Some(listener))
     }
 }

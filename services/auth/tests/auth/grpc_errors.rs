@@ -5,7 +5,13 @@ use edge_proto::error::ErrorCode;
 use tonic::Code;
 
 fn sign_up(email: &str, password: &str) -> pb::SignUpRequest {
-    pb::SignUpRequest { name: "N".into(), email: email.into(), password: password.into(), image: None, client: None }
+    pb::SignUpRequest {
+        name: "N".into(),
+        email: email.into(),
+        password: password.into(),
+        image: None,
+        client: None,
+    }
 }
 
 #[tokio::test]
@@ -13,10 +19,26 @@ async fn bad_requests_get_precise_codes() {
     let (_db, running) = crate::postgres().await;
     let mut c = running.client().await;
     let cases = [
-        (sign_up("", "correct horse"), Code::InvalidArgument, ErrorCode::VALIDATION_ERROR),
-        (sign_up("not-an-email", "correct horse"), Code::InvalidArgument, ErrorCode::INVALID_EMAIL),
-        (sign_up("a@example.com", "short"), Code::InvalidArgument, ErrorCode::PASSWORD_TOO_SHORT),
-        (sign_up("a@example.com", &"x".repeat(129)), Code::InvalidArgument, ErrorCode::PASSWORD_TOO_LONG),
+        (
+            sign_up("", "correct horse"),
+            Code::InvalidArgument,
+            ErrorCode::VALIDATION_ERROR,
+        ),
+        (
+            sign_up("not-an-email", "correct horse"),
+            Code::InvalidArgument,
+            ErrorCode::INVALID_EMAIL,
+        ),
+        (
+            sign_up("a@example.com", "short"),
+            Code::InvalidArgument,
+            ErrorCode::PASSWORD_TOO_SHORT,
+        ),
+        (
+            sign_up("a@example.com", &"x".repeat(129)),
+            Code::InvalidArgument,
+            ErrorCode::PASSWORD_TOO_LONG,
+        ),
     ];
     for (request, code, domain) in cases {
         let err = c.sign_up(request).await.unwrap_err();
@@ -25,20 +47,48 @@ async fn bad_requests_get_precise_codes() {
         assert!(!err.message().is_empty());
     }
     crate::sign_up(&mut c, "dup@example.com").await;
-    let err = c.sign_up(sign_up("DUP@example.com", "correct horse battery")).await.unwrap_err();
+    let err = c
+        .sign_up(sign_up("DUP@example.com", "correct horse battery"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
 
     let err = c
-        .sign_in(pb::SignInRequest { email: "dup@example.com".into(), password: "wrong password".into(), client: None })
+        .sign_in(pb::SignInRequest {
+            email: "dup@example.com".into(),
+            password: "wrong password".into(),
+            client: None,
+        })
         .await
         .unwrap_err();
-    assert_eq!(ErrorCode::from_status(&err), ErrorCode::INVALID_EMAIL_OR_PASSWORD);
+    assert_eq!(
+        ErrorCode::from_status(&err),
+        ErrorCode::INVALID_EMAIL_OR_PASSWORD
+    );
 
-    for cookie in ["", "garbage", "a.b", "x.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D"] {
-        let err = c.issue_token(pb::IssueTokenRequest { cookie_value: cookie.into() }).await.unwrap_err();
+    for cookie in [
+        "",
+        "garbage",
+        "a.b",
+        "x.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D",
+    ] {
+        let err = c
+            .issue_token(pb::IssueTokenRequest {
+                cookie_value: cookie.into(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{cookie}");
-        let err = c.sign_out(pb::SignOutRequest { cookie_value: cookie.into() }).await.unwrap_err();
-        assert_eq!(ErrorCode::from_status(&err), ErrorCode::FAILED_TO_GET_SESSION);
+        let err = c
+            .sign_out(pb::SignOutRequest {
+                cookie_value: cookie.into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            ErrorCode::from_status(&err),
+            ErrorCode::FAILED_TO_GET_SESSION
+        );
     }
 }
 
@@ -53,7 +103,10 @@ async fn sign_in_is_rate_limited_per_account() {
     let attempt = || pb::SignInRequest {
         email: "limited@example.com".into(),
         password: "correct horse battery staple".into(),
-        client: Some(pb::ClientInfo { ip_address: "10.0.0.1".into(), user_agent: String::new() }),
+        client: Some(pb::ClientInfo {
+            ip_address: "10.0.0.1".into(),
+            user_agent: String::new(),
+        }),
     };
     for _ in 0..3 {
         c.sign_in(attempt()).await.unwrap();

@@ -37,7 +37,9 @@ pub struct Running {
 
 impl Running {
     pub async fn client(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::connect(format!("http://{}", self.grpc)).await.expect("connect to auth")
+        AuthServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connect to auth")
     }
 }
 
@@ -48,7 +50,12 @@ pub async fn spawn(config: Config) -> Running {
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    Running { grpc, http, core, _stop: stop }
+    Running {
+        grpc,
+        http,
+        core,
+        _stop: stop,
+    }
 }
 
 pub async fn postgres() -> (edge_testkit::TestDb, Running) {
@@ -65,37 +72,18 @@ pub async fn sign_up(client: &mut AuthServiceClient<Channel>, email: &str) -> St
             email: email.into(),
             password: "correct horse battery staple".into(),
             image: None,
-            client: Some(pb::ClientInfo { ip_address: "127.0.0.1".into(), user_agent: "test".into() }),
+            client: Some(pb::ClientInfo {
+                ip_address: "127.0.0.1".into(),
+                user_agent: "test".into(),
+            }),
         })
         .await
         .expect("sign up");
     r.into_inner().cookie_value
 }
 
-pub fn sqlite_url() -> (tempdir::Dir, String) {
-    let dir = tempdir::Dir::new();
-    let url = format!("sqlite://{}/auth.db", dir.path.display());
+pub fn sqlite_url() -> (edge_testkit::TempDir, String) {
+    let dir = edge_testkit::TempDir::default();
+    let url = format!("sqlite://{}/auth.db", dir.path().display());
     (dir, url)
-}
-
-/// A temporary directory removed on drop.
-pub mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-
-    impl Dir {
-        pub fn new() -> Self {
-            let name = format!("convex-edge-test-{}-{}", std::process::id(), edge_keys::generate_id());
-            let path = std::env::temp_dir().join(name);
-            std::fs::create_dir_all(&path).unwrap();
-            Dir { path }
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
 }

@@ -22,31 +22,68 @@ async fn stream_is_ordered_resumable_and_live_across_replicas() {
     let mut cb = b.client().await;
     let c1 = crate::sign_up(&mut ca, "one@example.com").await;
     let c2 = crate::sign_up(&mut ca, "two@example.com").await;
-    let r1 = ca.sign_out(pb::SignOutRequest { cookie_value: c1.clone() }).await.unwrap().into_inner();
-    let r2 = ca.sign_out(pb::SignOutRequest { cookie_value: c2.clone() }).await.unwrap().into_inner();
+    let r1 = ca
+        .sign_out(pb::SignOutRequest {
+            cookie_value: c1.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let r2 = ca
+        .sign_out(pb::SignOutRequest {
+            cookie_value: c2.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(r2.sequence > r1.sequence);
-    assert_eq!(r1.cache_key, edge_keys::CacheKey::for_cookie(&c1).unwrap().as_str());
+    assert_eq!(
+        r1.cache_key,
+        edge_keys::CacheKey::for_cookie(&c1).unwrap().as_str()
+    );
 
     // From the start, on the other replica: both, in order.
-    let mut all = cb.watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 }).await.unwrap().into_inner();
+    let mut all = cb
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     let (e1, e2) = (next(&mut all).await, next(&mut all).await);
     assert_eq!((e1.sequence, e2.sequence), (r1.sequence, r2.sequence));
     assert_eq!(e1.reason, "sign-out");
-    assert!(!e1.cache_key.contains(&c1) && e1.cache_key.starts_with("edge:jwt:"), "never the cookie itself");
+    assert!(
+        !e1.cache_key.contains(&c1) && e1.cache_key.starts_with("edge:jwt:"),
+        "never the cookie itself"
+    );
 
     // Resumed after the first: only the second.
-    let mut resumed = cb.watch_revocations(pb::WatchRevocationsRequest { after_sequence: r1.sequence }).await.unwrap().into_inner();
+    let mut resumed = cb
+        .watch_revocations(pb::WatchRevocationsRequest {
+            after_sequence: r1.sequence,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next(&mut resumed).await.sequence, r2.sequence);
 
     // Live: a sign-out on replica A reaches a stream on replica B (LISTEN/NOTIFY).
     let c3 = crate::sign_up(&mut ca, "three@example.com").await;
-    let r3 = ca.sign_out(pb::SignOutRequest { cookie_value: c3 }).await.unwrap().into_inner();
+    let r3 = ca
+        .sign_out(pb::SignOutRequest { cookie_value: c3 })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next(&mut all).await.sequence, r3.sequence);
     assert_eq!(next(&mut resumed).await.sequence, r3.sequence);
 
     // A signed-out cookie no longer gets tokens, on either replica.
     for client in [&mut ca, &mut cb] {
-        let err = client.issue_token(pb::IssueTokenRequest { cookie_value: c1.clone() }).await.unwrap_err();
+        let err = client
+            .issue_token(pb::IssueTokenRequest {
+                cookie_value: c1.clone(),
+            })
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 }

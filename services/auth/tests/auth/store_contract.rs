@@ -46,19 +46,51 @@ async fn contract(store: Store) {
 
     // Same email again: refused, and nothing of the second attempt is left behind.
     let dup = user("ada@example.com");
-    let dup_account = CredentialAccount { user_id: dup.id.clone(), id: edge_keys::generate_id(), ..account.clone() };
-    let err = store.create_user(&dup, &dup_account, &session_for(&dup.id)).await.unwrap_err();
+    let dup_account = CredentialAccount {
+        user_id: dup.id.clone(),
+        id: edge_keys::generate_id(),
+        ..account.clone()
+    };
+    let err = store
+        .create_user(&dup, &dup_account, &session_for(&dup.id))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::UserExists), "{err:?}");
 
-    let found = store.user_by_email("ada@example.com").await.unwrap().unwrap();
+    let found = store
+        .user_by_email("ada@example.com")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.id, u.id);
-    assert_eq!(found.created_at, u.created_at, "dates keep millisecond precision");
-    assert!(store.user_by_email("nobody@example.com").await.unwrap().is_none());
-    assert_eq!(store.credential_password(&u.id).await.unwrap().as_deref(), Some("salt:hash"));
+    assert_eq!(
+        found.created_at, u.created_at,
+        "dates keep millisecond precision"
+    );
+    assert!(
+        store
+            .user_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store.credential_password(&u.id).await.unwrap().as_deref(),
+        Some("salt:hash")
+    );
 
-    let reads = store.reads().session.load(std::sync::atomic::Ordering::Relaxed);
+    let reads = store
+        .reads()
+        .session
+        .load(std::sync::atomic::Ordering::Relaxed);
     let (got_session, got_user) = store.session_with_user(&s.token).await.unwrap().unwrap();
-    assert_eq!(store.reads().session.load(std::sync::atomic::Ordering::Relaxed), reads + 1);
+    assert_eq!(
+        store
+            .reads()
+            .session
+            .load(std::sync::atomic::Ordering::Relaxed),
+        reads + 1
+    );
     assert_eq!(got_session.id, s.id);
     assert_eq!(got_session.expires_at, s.expires_at);
     assert_eq!(got_user.email, "ada@example.com");
@@ -66,20 +98,54 @@ async fn contract(store: Store) {
 
     let later = s.expires_at + Duration::days(1);
     store.extend_session(&s.id, later, now_ms()).await.unwrap();
-    assert_eq!(store.session_with_user(&s.token).await.unwrap().unwrap().0.expires_at, later);
+    assert_eq!(
+        store
+            .session_with_user(&s.token)
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .expires_at,
+        later
+    );
 
     // Ending sessions writes the revocation log in order.
     let second = session_for(&u.id);
     store.create_session(&second).await.unwrap();
     let before = store.latest_revocation().await.unwrap();
-    let r1 = store.end_session(&s.token, "edge:jwt:one", "sign-out").await.unwrap().unwrap();
-    let r2 = store.end_session(&second.token, "edge:jwt:two", "expired").await.unwrap().unwrap();
+    let r1 = store
+        .end_session(&s.token, "edge:jwt:one", "sign-out")
+        .await
+        .unwrap()
+        .unwrap();
+    let r2 = store
+        .end_session(&second.token, "edge:jwt:two", "expired")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(r2.sequence > r1.sequence && r1.sequence > before);
-    assert!(store.end_session(&s.token, "edge:jwt:one", "sign-out").await.unwrap().is_none(), "ending twice is a no-op");
+    assert!(
+        store
+            .end_session(&s.token, "edge:jwt:one", "sign-out")
+            .await
+            .unwrap()
+            .is_none(),
+        "ending twice is a no-op"
+    );
     assert!(store.session_with_user(&s.token).await.unwrap().is_none());
     let log = store.revocations_after(before, 10).await.unwrap();
-    assert_eq!(log.iter().map(|r| r.cache_key.as_str()).collect::<Vec<_>>(), ["edge:jwt:one", "edge:jwt:two"]);
-    assert_eq!(store.revocations_after(r1.sequence, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        log.iter().map(|r| r.cache_key.as_str()).collect::<Vec<_>>(),
+        ["edge:jwt:one", "edge:jwt:two"]
+    );
+    assert_eq!(
+        store
+            .revocations_after(r1.sequence, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     assert_eq!(store.latest_revocation().await.unwrap(), r2.sequence);
 
     // Keys: insert bumps the version; rotation expires the old key.
@@ -88,7 +154,12 @@ async fn contract(store: Store) {
     let k1 = edge_keys::jwk::generate_row(edge_keys::Alg::ES256, &secret, now_ms()).unwrap();
     store.insert_jwk(&k1, None).await.unwrap();
     assert_eq!(store.jwks_version().await.unwrap(), v0 + 1);
-    let k2 = edge_keys::jwk::generate_row(edge_keys::Alg::ES256, &secret, now_ms() + Duration::seconds(1)).unwrap();
+    let k2 = edge_keys::jwk::generate_row(
+        edge_keys::Alg::ES256,
+        &secret,
+        now_ms() + Duration::seconds(1),
+    )
+    .unwrap();
     store.insert_jwk(&k2, Some(now_ms())).await.unwrap();
     let rows = store.jwks_rows().await.unwrap();
     assert_eq!(rows.len(), 2);

@@ -25,43 +25,78 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Reads a JSON object body of at most `limit` bytes.
-async fn json_body(req: &HttpRequest, mut payload: web::Payload, limit: usize) -> Result<Map<String, Value>, ApiError> {
+async fn json_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     if !is_json {
-        return Err(ApiError::new(ErrorCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json"));
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json",
+        ));
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| ApiError::new(ErrorCode::VALIDATION_ERROR, "Invalid request body"))?;
+        let chunk = chunk
+            .map_err(|_| ApiError::new(ErrorCode::VALIDATION_ERROR, "Invalid request body"))?;
         if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(ErrorCode::PAYLOAD_TOO_LARGE, format!("Request body exceeds {limit} bytes")));
+            return Err(ApiError::new(
+                ErrorCode::PAYLOAD_TOO_LARGE,
+                format!("Request body exceeds {limit} bytes"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
     match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, "Request body must be a JSON object")),
-        Err(e) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, format!("Malformed JSON: {e}"))),
+        Ok(_) => Err(ApiError::new(
+            ErrorCode::VALIDATION_ERROR,
+            "Request body must be a JSON object",
+        )),
+        Err(e) => Err(ApiError::new(
+            ErrorCode::VALIDATION_ERROR,
+            format!("Malformed JSON: {e}"),
+        )),
     }
 }
 
 /// A string field: required ones must be present, every one must be a string.
-fn string_field(body: &Map<String, Value>, name: &str, required: bool) -> Result<Option<String>, ApiError> {
+fn string_field(
+    body: &Map<String, Value>,
+    name: &str,
+    required: bool,
+) -> Result<Option<String>, ApiError> {
     match body.get(name) {
         Some(Value::String(s)) => Ok(Some(s.clone())),
         None | Some(Value::Null) if !required => Ok(None),
-        None | Some(Value::Null) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, format!("[body.{name}] is required"))),
-        Some(_) => Err(ApiError::new(ErrorCode::VALIDATION_ERROR, format!("[body.{name}] must be a string"))),
+        None | Some(Value::Null) => Err(ApiError::new(
+            ErrorCode::VALIDATION_ERROR,
+            format!("[body.{name}] is required"),
+        )),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::VALIDATION_ERROR,
+            format!("[body.{name}] must be a string"),
+        )),
     }
 }
 
 /// Refuses cross-site POSTs, as Better Auth's origin check does.
 fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
-    let Some(origin) = req.headers().get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Ok(());
     };
     let origin = origin.trim_end_matches('/');
@@ -75,7 +110,10 @@ fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
 
 fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     pb::ClientInfo {
-        ip_address: req.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default(),
+        ip_address: req
+            .peer_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default(),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
@@ -88,7 +126,9 @@ fn client_info(req: &HttpRequest) -> pb::ClientInfo {
 /// `Set-Cookie` exactly as Better Auth writes it; `max_age` 0 clears the cookie.
 fn set_cookie(req: &HttpRequest, value: &str, max_age: i64) -> String {
     if is_https(req) {
-        format!("{SECURE_COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; Secure; SameSite=Lax")
+        format!(
+            "{SECURE_COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; Secure; SameSite=Lax"
+        )
     } else {
         format!("{COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax")
     }
@@ -113,7 +153,11 @@ fn session_json(s: &pb::Session) -> Value {
     })
 }
 
-async fn sign_up(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+async fn sign_up(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let body = json_body(&req, payload, state.config.max_body_bytes).await?;
     let request = pb::SignUpRequest {
@@ -126,11 +170,18 @@ async fn sign_up(req: HttpRequest, payload: web::Payload, state: web::Data<State
     let r = state.auth().sign_up(request).await?.into_inner();
     let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
     Ok(HttpResponse::Ok()
-        .insert_header((header::SET_COOKIE, set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds)))
+        .insert_header((
+            header::SET_COOKIE,
+            set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds),
+        ))
         .json(json!({"token": session.token, "user": user_json(&user)})))
 }
 
-async fn sign_in(req: HttpRequest, payload: web::Payload, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
+async fn sign_in(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
     let body = json_body(&req, payload, state.config.max_body_bytes).await?;
     let request = pb::SignInRequest {
@@ -141,7 +192,10 @@ async fn sign_in(req: HttpRequest, payload: web::Payload, state: web::Data<State
     let r = state.auth().sign_in(request).await?.into_inner();
     let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
     Ok(HttpResponse::Ok()
-        .insert_header((header::SET_COOKIE, set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds)))
+        .insert_header((
+            header::SET_COOKIE,
+            set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds),
+        ))
         .json(json!({"redirect": false, "token": session.token, "user": user_json(&user)})))
 }
 
@@ -151,18 +205,29 @@ async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpRespo
     let Some(cookie_value) = session_cookie(&req) else {
         let e = ApiError::new(ErrorCode::FAILED_TO_GET_SESSION, "Failed to get session");
         let mut response = actix_web::ResponseError::error_response(&e);
-        response.headers_mut().insert(header::SET_COOKIE, clear.parse().expect("valid header"));
+        response
+            .headers_mut()
+            .insert(header::SET_COOKIE, clear.parse().expect("valid header"));
         return Ok(response);
     };
-    state.auth().sign_out(pb::SignOutRequest { cookie_value }).await?;
-    Ok(HttpResponse::Ok().insert_header((header::SET_COOKIE, clear)).json(json!({"success": true})))
+    state
+        .auth()
+        .sign_out(pb::SignOutRequest { cookie_value })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .insert_header((header::SET_COOKIE, clear))
+        .json(json!({"success": true})))
 }
 
 async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let Some(cookie_value) = session_cookie(&req) else {
         return Ok(HttpResponse::Ok().json(Value::Null));
     };
-    match state.auth().get_session(pb::GetSessionRequest { cookie_value }).await {
+    match state
+        .auth()
+        .get_session(pb::GetSessionRequest { cookie_value })
+        .await
+    {
         Ok(r) => {
             let r = r.into_inner();
             let body = json!({
@@ -171,26 +236,45 @@ async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpRe
             });
             let mut response = HttpResponse::Ok();
             if let Some(value) = &r.refreshed_cookie_value {
-                response.insert_header((header::SET_COOKIE, set_cookie(&req, value, r.cookie_max_age_seconds)));
+                response.insert_header((
+                    header::SET_COOKIE,
+                    set_cookie(&req, value, r.cookie_max_age_seconds),
+                ));
             }
             Ok(response.json(body))
         }
         // A missing, garbage or ended session is `null`, as in Better Auth.
-        Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => Ok(HttpResponse::Ok().json(Value::Null)),
+        Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => {
+            Ok(HttpResponse::Ok().json(Value::Null))
+        }
         Err(status) => Err(status.into()),
     }
 }
 
 async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    let cookie_value = session_cookie(&req).ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
-    let r = state.auth().issue_token(pb::IssueTokenRequest { cookie_value }).await?.into_inner();
-    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({"token": r.jwt})))
+    let cookie_value = session_cookie(&req)
+        .ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
+    let r = state
+        .auth()
+        .issue_token(pb::IssueTokenRequest { cookie_value })
+        .await?
+        .into_inner();
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"token": r.jwt})))
 }
 
 async fn jwks(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    let r = state.auth().get_jwks(pb::GetJwksRequest {}).await?.into_inner();
+    let r = state
+        .auth()
+        .get_jwks(pb::GetJwksRequest {})
+        .await?
+        .into_inner();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300, stale-while-revalidate=60"))
+        .insert_header((
+            header::CACHE_CONTROL,
+            "public, max-age=300, stale-while-revalidate=60",
+        ))
         .body(r.jwks_json))
 }

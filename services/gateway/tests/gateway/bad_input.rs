@@ -18,23 +18,88 @@ async fn malformed_bodies_change_nothing() {
     let before = stack.counts().await;
     let client = http();
     let post = |path: &str, body: &'static str| {
-        client.post(stack.url(path)).header("content-type", "application/json").body(body)
+        client
+            .post(stack.url(path))
+            .header("content-type", "application/json")
+            .body(body)
     };
     for path in ["/api/auth/sign-up/email", "/api/auth/sign-in/email"] {
-        expect_error(post(path, "{not json").send().await.unwrap(), 400, "VALIDATION_ERROR").await;
-        expect_error(post(path, "[1,2]").send().await.unwrap(), 400, "VALIDATION_ERROR").await;
-        expect_error(post(path, "{}").send().await.unwrap(), 400, "VALIDATION_ERROR").await;
-        expect_error(post(path, r#"{"email": 5, "password": "x", "name": "y"}"#).send().await.unwrap(), 400, "VALIDATION_ERROR").await;
-        let r = client.post(stack.url(path)).header("content-type", "text/plain").body("email=a").send().await.unwrap();
+        expect_error(
+            post(path, "{not json").send().await.unwrap(),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        expect_error(
+            post(path, "[1,2]").send().await.unwrap(),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        expect_error(
+            post(path, "{}").send().await.unwrap(),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        expect_error(
+            post(path, r#"{"email": 5, "password": "x", "name": "y"}"#)
+                .send()
+                .await
+                .unwrap(),
+            400,
+            "VALIDATION_ERROR",
+        )
+        .await;
+        let r = client
+            .post(stack.url(path))
+            .header("content-type", "text/plain")
+            .body("email=a")
+            .send()
+            .await
+            .unwrap();
         expect_error(r, 415, "UNSUPPORTED_MEDIA_TYPE").await;
-        let huge = format!(r#"{{"name":"{}","email":"a@b.co","password":"{PASSWORD}"}}"#, "x".repeat(200_000));
-        let r = client.post(stack.url(path)).header("content-type", "application/json").body(huge).send().await.unwrap();
+        let huge = format!(
+            r#"{{"name":"{}","email":"a@b.co","password":"{PASSWORD}"}}"#,
+            "x".repeat(200_000)
+        );
+        let r = client
+            .post(stack.url(path))
+            .header("content-type", "application/json")
+            .body(huge)
+            .send()
+            .await
+            .unwrap();
         expect_error(r, 413, "PAYLOAD_TOO_LARGE").await;
     }
     let sign_up = |body: &'static str| post("/api/auth/sign-up/email", body);
-    expect_error(sign_up(r#"{"name":"a","email":"nope","password":"correct horse"}"#).send().await.unwrap(), 400, "INVALID_EMAIL").await;
-    expect_error(sign_up(r#"{"name":"a","email":"a@b.co","password":"short"}"#).send().await.unwrap(), 400, "PASSWORD_TOO_SHORT").await;
-    expect_error(sign_up(r#"{"name":"a","email":"exists@example.com","password":"correct horse"}"#).send().await.unwrap(), 422, "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL").await;
+    expect_error(
+        sign_up(r#"{"name":"a","email":"nope","password":"correct horse"}"#)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "INVALID_EMAIL",
+    )
+    .await;
+    expect_error(
+        sign_up(r#"{"name":"a","email":"a@b.co","password":"short"}"#)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "PASSWORD_TOO_SHORT",
+    )
+    .await;
+    expect_error(
+        sign_up(r#"{"name":"a","email":"exists@example.com","password":"correct horse"}"#)
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL",
+    )
+    .await;
     assert_eq!(stack.counts().await, before, "no row written");
 
     // Garbage and tampered cookies: 401 on the token route, `null` session, nothing ended.
@@ -44,19 +109,49 @@ async fn malformed_bodies_change_nothing() {
         t[0] = if t[0] == b'A' { b'B' } else { b'A' };
         format!("{}.{sig}", String::from_utf8(t).unwrap())
     };
-    let forged_sig = format!("{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D", cookie.split_once('.').unwrap().0);
+    let forged_sig = format!(
+        "{}.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D",
+        cookie.split_once('.').unwrap().0
+    );
     let long = "x".repeat(5000);
-    for bad in ["garbage", "%%%", ".", tampered.as_str(), forged_sig.as_str(), long.as_str()] {
+    for bad in [
+        "garbage",
+        "%%%",
+        ".",
+        tampered.as_str(),
+        forged_sig.as_str(),
+        long.as_str(),
+    ] {
         let header = format!("better-auth.session_token={bad}");
-        let r = client.get(stack.url("/api/auth/convex/token")).header("cookie", &header).send().await.unwrap();
+        let r = client
+            .get(stack.url("/api/auth/convex/token"))
+            .header("cookie", &header)
+            .send()
+            .await
+            .unwrap();
         expect_error(r, 401, "UNAUTHORIZED").await;
-        let r = client.get(stack.url("/api/auth/get-session")).header("cookie", &header).send().await.unwrap();
+        let r = client
+            .get(stack.url("/api/auth/get-session"))
+            .header("cookie", &header)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.json::<Value>().await.unwrap(), Value::Null);
-        let r = client.post(stack.url("/api/auth/sign-out")).header("cookie", &header).send().await.unwrap();
+        let r = client
+            .post(stack.url("/api/auth/sign-out"))
+            .header("cookie", &header)
+            .send()
+            .await
+            .unwrap();
         expect_error(r, 400, "FAILED_TO_GET_SESSION").await;
     }
     assert_eq!(stack.counts().await, before, "no row written or deleted");
     // The real cookie still works.
-    let r = client.get(stack.url("/api/auth/convex/token")).header("cookie", format!("better-auth.session_token={cookie}")).send().await.unwrap();
+    let r = client
+        .get(stack.url("/api/auth/convex/token"))
+        .header("cookie", format!("better-auth.session_token={cookie}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }

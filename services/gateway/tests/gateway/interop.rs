@@ -13,14 +13,21 @@ fn arg(v: Value) -> String {
 async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
     // Better Auth creates its own schema first: convex-edge must take the database as it is.
     let db = edge_testkit::test_database().await;
-    let migrated = crate::node("better-auth.mjs", &["migrate".into(), arg(json!({"databaseUrl": db.url}))]).await;
+    let migrated = crate::node(
+        "better-auth.mjs",
+        &["migrate".into(), arg(json!({"databaseUrl": db.url}))],
+    )
+    .await;
     assert_eq!(migrated["migrated"], true, "{migrated}");
     let by_ba = crate::node(
         "better-auth.mjs",
         &["sign-up".into(), arg(json!({"databaseUrl": db.url, "secret": SECRET, "email": "ba@example.com", "password": PASSWORD, "name": "From Better Auth"}))],
     )
     .await;
-    let ba_cookie = by_ba["cookie"].as_str().unwrap_or_else(|| panic!("{by_ba}")).to_owned();
+    let ba_cookie = by_ba["cookie"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{by_ba}"))
+        .to_owned();
 
     let stack = Stack::start_on(db, |_| {}).await;
     let client = http();
@@ -33,7 +40,10 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let jwt = r.json::<Value>().await.unwrap()["token"].as_str().unwrap().to_owned();
+    let jwt = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
 
     // ...which jose verifies under Convex's rules against our JWKS endpoint.
     let verified = crate::node(
@@ -76,7 +86,10 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
     for cookie in [&edge_cookie, &edge_cookie_of_ba_user] {
         let session = crate::node(
             "better-auth.mjs",
-            &["session".into(), arg(json!({"databaseUrl": stack.db.url, "secret": SECRET, "cookie": cookie}))],
+            &[
+                "session".into(),
+                arg(json!({"databaseUrl": stack.db.url, "secret": SECRET, "cookie": cookie})),
+            ],
         )
         .await;
         assert!(session["userId"].is_string(), "{session}");
@@ -104,7 +117,17 @@ async fn es256_tokens_verify_with_jose() {
     .await;
     assert_eq!(verified["ok"], true, "{verified}");
     assert_eq!(verified["header"]["alg"], "ES256");
-    for claim in ["iat", "exp", "iss", "aud", "sub", "sessionId", "name", "email", "emailVerified"] {
+    for claim in [
+        "iat",
+        "exp",
+        "iss",
+        "aud",
+        "sub",
+        "sessionId",
+        "name",
+        "email",
+        "emailVerified",
+    ] {
         assert!(verified["payload"].get(claim).is_some(), "{claim}");
     }
 }

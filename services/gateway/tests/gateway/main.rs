@@ -33,7 +33,10 @@ pub fn auth_config(db_url: &str) -> edge_auth::Config {
     c
 }
 
-fn stopper() -> (tokio::sync::oneshot::Sender<()>, impl std::future::Future<Output = ()> + Send + 'static) {
+fn stopper() -> (
+    tokio::sync::oneshot::Sender<()>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     (tx, async {
         let _ = rx.await;
@@ -46,16 +49,23 @@ impl Stack {
         Self::start_on(db, |_| {}).await
     }
 
-    pub async fn start_on(db: edge_testkit::TestDb, tweak: impl FnOnce(&mut edge_auth::Config)) -> Stack {
+    pub async fn start_on(
+        db: edge_testkit::TestDb,
+        tweak: impl FnOnce(&mut edge_auth::Config),
+    ) -> Stack {
         let mut config = auth_config(&db.url);
         tweak(&mut config);
-        let auth = edge_auth::Application::build(config).await.expect("auth builds");
+        let auth = edge_auth::Application::build(config)
+            .await
+            .expect("auth builds");
         let auth_http = auth.http_addr();
         let mut gateway_config = edge_gateway::Config::local();
         gateway_config.http_addr = "127.0.0.1:0".parse().unwrap();
         gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
         gateway_config.workers = 1;
-        let gateway = edge_gateway::Application::build(gateway_config).await.expect("gateway builds");
+        let gateway = edge_gateway::Application::build(gateway_config)
+            .await
+            .expect("gateway builds");
         let addr = gateway.addr();
         let (stop_auth, auth_stopped) = stopper();
         let (stop_gateway, gateway_stopped) = stopper();
@@ -79,11 +89,15 @@ impl Stack {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&self.db.url).await.unwrap();
         let mut out = [0i64; 3];
-        for (i, table) in ["\"user\"", "\"session\"", "\"account\""].iter().enumerate() {
-            let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
+        for (i, table) in ["\"user\"", "\"session\"", "\"account\""]
+            .iter()
+            .enumerate()
+        {
+            let (n,): (i64,) =
+                sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
             out[i] = n;
         }
         (out[0], out[1], out[2])
@@ -91,7 +105,10 @@ impl Stack {
 }
 
 pub fn http() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// The session cookie value from a response's `Set-Cookie`.
@@ -127,9 +144,16 @@ pub async fn node(script: &str, args: &[String]) -> Value {
     );
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir).arg(script).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.unwrap().expect("node runs");
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line)
-        .unwrap_or_else(|_| panic!("{script} printed {stdout:?}, stderr {}", String::from_utf8_lossy(&out.stderr)))
+    serde_json::from_str(line).unwrap_or_else(|_| {
+        panic!(
+            "{script} printed {stdout:?}, stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

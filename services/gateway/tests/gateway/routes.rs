@@ -11,12 +11,18 @@ async fn sign_up_sign_in_session_token_sign_out() {
     let client = http();
     let (body, cookie) = sign_up(&stack, "Grace@Example.com").await;
     let user = &body["user"];
-    assert_eq!(user["email"], "grace@example.com", "emails are lowercased like Better Auth");
+    assert_eq!(
+        user["email"], "grace@example.com",
+        "emails are lowercased like Better Auth"
+    );
     assert_eq!(user["emailVerified"], false);
     assert_eq!(body["token"].as_str().unwrap().len(), 32);
     for field in ["createdAt", "updatedAt"] {
         let s = user[field].as_str().unwrap();
-        assert!(s.ends_with('Z') && s.len() == 24, "{s}: JavaScript Date JSON");
+        assert!(
+            s.ends_with('Z') && s.len() == 24,
+            "{s}: JavaScript Date JSON"
+        );
         DateTime::parse_from_rfc3339(s).unwrap();
     }
 
@@ -27,8 +33,17 @@ async fn sign_up_sign_in_session_token_sign_out() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let set_cookie = r.headers().get("set-cookie").unwrap().to_str().unwrap().to_owned();
-    assert!(set_cookie.ends_with("; Max-Age=604800; Path=/; HttpOnly; SameSite=Lax"), "{set_cookie}");
+    let set_cookie = r
+        .headers()
+        .get("set-cookie")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        set_cookie.ends_with("; Max-Age=604800; Path=/; HttpOnly; SameSite=Lax"),
+        "{set_cookie}"
+    );
     let signed_in_cookie = cookie_of(&r).unwrap();
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["redirect"], false);
@@ -50,31 +65,96 @@ async fn sign_up_sign_in_session_token_sign_out() {
     assert_eq!(session["session"]["token"], body["token"]);
 
     // Both token routes answer {"token"} with a JWT that our JWKS verifies.
-    let jwks = client.get(stack.url("/api/auth/convex/jwks")).send().await.unwrap();
-    assert!(jwks.headers().get("cache-control").unwrap().to_str().unwrap().contains("max-age"));
+    let jwks = client
+        .get(stack.url("/api/auth/convex/jwks"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        jwks.headers()
+            .get("cache-control")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
     let jwks = jwks.text().await.unwrap();
-    assert_eq!(jwks, client.get(stack.url("/api/auth/jwks")).send().await.unwrap().text().await.unwrap());
-    let verifier = edge_keys::Verifier::from_jwks(&jwks).unwrap().with_audience("convex").with_issuer("http://localhost:8080");
+    assert_eq!(
+        jwks,
+        client
+            .get(stack.url("/api/auth/jwks"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    );
+    let verifier = edge_keys::Verifier::from_jwks(&jwks)
+        .unwrap()
+        .with_audience("convex")
+        .with_issuer("http://localhost:8080");
     for path in ["/api/auth/convex/token", "/api/auth/token"] {
-        let r: Value = client.get(stack.url(path)).header("cookie", with_cookie(&cookie)).send().await.unwrap().json().await.unwrap();
-        let claims = verifier.verify(r["token"].as_str().unwrap(), chrono::Utc::now().timestamp()).unwrap().claims;
+        let r: Value = client
+            .get(stack.url(path))
+            .header("cookie", with_cookie(&cookie))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let claims = verifier
+            .verify(r["token"].as_str().unwrap(), chrono::Utc::now().timestamp())
+            .unwrap()
+            .claims;
         assert_eq!(claims["sub"], user["id"]);
         assert_eq!(claims["email"], "grace@example.com");
         assert_eq!(claims["name"], "Grace Hopper");
     }
 
     // Sign-out clears the cookie and ends the session; the token route then refuses it.
-    let r = client.post(stack.url("/api/auth/sign-out")).header("cookie", with_cookie(&cookie)).send().await.unwrap();
+    let r = client
+        .post(stack.url("/api/auth/sign-out"))
+        .header("cookie", with_cookie(&cookie))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers().get("set-cookie").unwrap().to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        r.headers()
+            .get("set-cookie")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"success": true}));
-    let r = client.get(stack.url("/api/auth/convex/token")).header("cookie", with_cookie(&cookie)).send().await.unwrap();
+    let r = client
+        .get(stack.url("/api/auth/convex/token"))
+        .header("cookie", with_cookie(&cookie))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "UNAUTHORIZED");
-    let session: Value = client.get(stack.url("/api/auth/get-session")).header("cookie", with_cookie(&cookie)).send().await.unwrap().json().await.unwrap();
+    let session: Value = client
+        .get(stack.url("/api/auth/get-session"))
+        .header("cookie", with_cookie(&cookie))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(session, Value::Null);
     // The other session is untouched.
-    let r = client.get(stack.url("/api/auth/token")).header("cookie", with_cookie(&signed_in_cookie)).send().await.unwrap();
+    let r = client
+        .get(stack.url("/api/auth/token"))
+        .header("cookie", with_cookie(&signed_in_cookie))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -90,7 +170,10 @@ async fn errors_have_better_auths_codes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL"
+    );
     let r = client
         .post(stack.url("/api/auth/sign-in/email"))
         .json(&json!({"email": "taken@example.com", "password": "wrong password"}))
@@ -102,12 +185,27 @@ async fn errors_have_better_auths_codes() {
         r.json::<Value>().await.unwrap(),
         json!({"code": "INVALID_EMAIL_OR_PASSWORD", "message": "Invalid email or password"})
     );
-    let r = client.post(stack.url("/api/auth/sign-out")).send().await.unwrap();
+    let r = client
+        .post(stack.url("/api/auth/sign-out"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 400);
-    assert_eq!(r.json::<Value>().await.unwrap()["code"], "FAILED_TO_GET_SESSION");
-    let r = client.get(stack.url("/api/auth/get-session")).send().await.unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "FAILED_TO_GET_SESSION"
+    );
+    let r = client
+        .get(stack.url("/api/auth/get-session"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.json::<Value>().await.unwrap(), Value::Null);
-    let r = client.get(stack.url("/api/auth/nope")).send().await.unwrap();
+    let r = client
+        .get(stack.url("/api/auth/nope"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     // Cross-site sign-in attempts are refused like Better Auth's origin check.
     let r = client
@@ -138,7 +236,10 @@ async fn sign_in_is_rate_limited_with_429() {
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             assert!(r.headers().get("x-retry-after").is_some());
-            assert_eq!(r.json::<Value>().await.unwrap()["code"], "TOO_MANY_REQUESTS");
+            assert_eq!(
+                r.json::<Value>().await.unwrap()["code"],
+                "TOO_MANY_REQUESTS"
+            );
         }
     }
     assert_eq!(statuses, [401, 401, 401, 401, 429, 429]);
@@ -148,17 +249,69 @@ async fn sign_in_is_rate_limited_with_429() {
 async fn health_readiness_and_metrics() {
     let stack = Stack::start().await;
     let client = http();
-    assert_eq!(client.get(stack.url("/healthz")).send().await.unwrap().status(), 200);
-    assert_eq!(client.get(stack.url("/readyz")).send().await.unwrap().status(), 200);
-    client.get(stack.url("/api/auth/get-session")).send().await.unwrap();
-    let metrics = client.get(stack.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("edge_gateway_request_duration_seconds_bucket{route=\"/api/auth/get-session\""), "{metrics}");
+    assert_eq!(
+        client
+            .get(stack.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        client
+            .get(stack.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    client
+        .get(stack.url("/api/auth/get-session"))
+        .send()
+        .await
+        .unwrap();
+    let metrics = client
+        .get(stack.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "edge_gateway_request_duration_seconds_bucket{route=\"/api/auth/get-session\""
+        ),
+        "{metrics}"
+    );
     let auth = format!("http://{}", stack.auth_http);
     for path in ["/healthz", "/readyz", "/metrics", "/api/auth/jwks"] {
-        assert_eq!(client.get(format!("{auth}{path}")).send().await.unwrap().status(), 200, "{path}");
+        assert_eq!(
+            client
+                .get(format!("{auth}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "{path}"
+        );
     }
-    let metrics = client.get(format!("{auth}/metrics")).send().await.unwrap().text().await.unwrap();
-    for name in ["edge_auth_jwks_db_reads_total", "edge_auth_tokens_issued_total", "edge_auth_session_db_reads_total"] {
+    let metrics = client
+        .get(format!("{auth}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "edge_auth_jwks_db_reads_total",
+        "edge_auth_tokens_issued_total",
+        "edge_auth_session_db_reads_total",
+    ] {
         assert!(metrics.contains(name), "{name}");
     }
 }

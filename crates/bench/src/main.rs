@@ -1,0 +1,400 @@
+//! `edge-bench`: the token endpoint of convex-edge (auth + gateway, release binaries, Postgres)
+//! against the real better-auth (npm, Postgres, jwt plugin) on the same machine, per algorithm,
+//! in one run. Prints throughput, client-side latency and database reads per token.
+//!
+//! usage: edge-bench [--seconds N] [--connections N] [--algs RS256,ES256,EdDSA] [--no-peer]
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use sqlx::Connection;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+const PASSWORD: &str = "correct horse battery staple";
+
+struct Args {
+    seconds: u64,
+    connections: usize,
+    algs: Vec<String>,
+    peer: bool,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        seconds: 10,
+        connections: 16,
+        algs: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
+        peer: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--seconds" => args.seconds = it.next().context("--seconds N")?.parse()?,
+            "--connections" => args.connections = it.next().context("--connections N")?.parse()?,
+            "--algs" => {
+                args.algs = it
+                    .next()
+                    .context("--algs LIST")?
+                    .split(',')
+                    .map(str::to_owned)
+                    .collect()
+            }
+            "--no-peer" => args.peer = false,
+            other => bail!("unknown argument `{other}`"),
+        }
+    }
+    Ok(args)
+}
+
+/// Latency and throughput of one load run.
+struct Stats {
+    requests: usize,
+    errors: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Stats {
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let i =
+            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        self.latencies[i].as_secs_f64() * 1000.0
+    }
+}
+
+/// `connections` concurrent keep-alive clients, each with its own session, for `duration`.
+async fn load(url: &str, cookies: &[String], connections: usize, duration: Duration) -> Stats {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .build()
+        .expect("client");
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let (client, url) = (client.clone(), url.to_owned());
+        let cookie = format!("better-auth.session_token={}", cookies[i % cookies.len()]);
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = match client.get(&url).header("cookie", &cookie).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut stats = Stats {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.expect("load task");
+        stats.requests += latencies.len();
+        stats.errors += errors;
+        stats.latencies.extend(latencies);
+    }
+    stats.elapsed = start.elapsed();
+    stats.latencies.sort();
+    stats
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn server_url() -> String {
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    url.rsplit_once('/')
+        .map(|(base, _)| base.to_owned())
+        .unwrap_or(url)
+}
+
+async fn fresh_database(name: &str) -> anyhow::Result<String> {
+    let base = server_url();
+    let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .context("connect to Postgres")?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name}"
+    )))
+    .execute(&mut admin)
+    .await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    Ok(format!("{base}/{name}"))
+}
+
+async fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status() == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not become ready");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A counter's value in Prometheus text.
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+struct Row {
+    alg: String,
+    server: &'static str,
+    stats: Stats,
+    key_reads_per_token: Option<f64>,
+    db_reads_per_token: f64,
+}
+
+fn spawn_quiet(mut cmd: Command) -> anyhow::Result<Child> {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    Ok(cmd.spawn()?)
+}
+
+async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
+    let db = fresh_database(&format!("edge_bench_ours_{}", alg.to_lowercase())).await?;
+    let (grpc, http, gw) = (free_port(), free_port(), free_port());
+    let env = |cmd: &mut Command| {
+        cmd.env("BETTER_AUTH_SECRET", SECRET)
+            .env("DATABASE_URL", &db)
+            .env("JWT_ALG", alg)
+            .env("AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+            .env("AUTH_HTTP_ADDR", format!("127.0.0.1:{http}"))
+            .env("AUTH_GRPC_URL", format!("http://127.0.0.1:{grpc}"))
+            .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{gw}"))
+            .env("AUTH_SIGN_IN_LIMIT_PER_ACCOUNT", "100000")
+            .env("AUTH_SIGN_IN_LIMIT_PER_ADDRESS", "100000")
+            .env("RUST_LOG", "warn");
+    };
+    let mut auth = Command::new(bin);
+    auth.arg("auth");
+    env(&mut auth);
+    let _auth = spawn_quiet(auth)?;
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await?;
+    let mut gateway = Command::new(bin);
+    gateway.arg("gateway");
+    env(&mut gateway);
+    let _gateway = spawn_quiet(gateway)?;
+    let base = format!("http://127.0.0.1:{gw}");
+    wait_ready(&format!("{base}/readyz")).await?;
+
+    let client = reqwest::Client::new();
+    let body =
+        serde_json::json!({"name": "Bench", "email": "bench@example.com", "password": PASSWORD});
+    client
+        .post(format!("{base}/api/auth/sign-up/email"))
+        .json(&body)
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut cookies = Vec::new();
+    for _ in 0..args.connections {
+        let r = client
+            .post(format!("{base}/api/auth/sign-in/email"))
+            .json(&serde_json::json!({"email": "bench@example.com", "password": PASSWORD}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let set_cookie = r
+            .headers()
+            .get("set-cookie")
+            .context("sign-in sets a cookie")?
+            .to_str()?;
+        let value = set_cookie
+            .split(';')
+            .next()
+            .and_then(|c| c.split_once('='))
+            .context("cookie")?
+            .1;
+        cookies.push(value.to_owned());
+    }
+    let url = format!("{base}/api/auth/convex/token");
+    load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
+    let metrics_url = format!("http://127.0.0.1:{http}/metrics");
+    let before = client.get(&metrics_url).send().await?.text().await?;
+    let stats = load(
+        &url,
+        &cookies,
+        args.connections,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
+    let after = client.get(&metrics_url).send().await?.text().await?;
+    let tokens = counter(&after, "edge_auth_tokens_issued_total")
+        - counter(&before, "edge_auth_tokens_issued_total");
+    let per = |name: &str| (counter(&after, name) - counter(&before, name)) / tokens.max(1.0);
+    let key_reads = per("edge_auth_jwks_db_reads_total");
+    let session_reads = per("edge_auth_session_db_reads_total");
+    Ok(Row {
+        alg: alg.into(),
+        server: "convex-edge",
+        stats,
+        key_reads_per_token: Some(key_reads),
+        db_reads_per_token: key_reads + session_reads,
+    })
+}
+
+async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
+    let db = fresh_database(&format!("edge_bench_peer_{}", alg.to_lowercase())).await?;
+    let config = serde_json::json!({"databaseUrl": db, "secret": SECRET, "alg": alg, "sessions": args.connections});
+    let mut cmd = Command::new("node");
+    cmd.current_dir(node_dir)
+        .arg("bench-peer.mjs")
+        .arg(config.to_string());
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("start node bench-peer.mjs")?;
+    let stdout = child.stdout.take().context("peer stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(60),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .context("peer did not start")??
+    .context("peer exited")?;
+    let ready: serde_json::Value = serde_json::from_str(&line)?;
+    let port = ready["port"].as_u64().context("port")?;
+    let cookies: Vec<String> = ready["cookies"]
+        .as_array()
+        .context("cookies")?
+        .iter()
+        .filter_map(|c| c.as_str().map(str::to_owned))
+        .collect();
+    let base = format!("http://127.0.0.1:{port}");
+    let url = format!("{base}/api/auth/token");
+    load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
+    let queries = || async {
+        let v: serde_json::Value = reqwest::get(format!("{base}/__bench/queries"))
+            .await?
+            .json()
+            .await?;
+        anyhow::Ok(v["queries"].as_f64().unwrap_or(0.0))
+    };
+    let before = queries().await?;
+    let stats = load(
+        &url,
+        &cookies,
+        args.connections,
+        Duration::from_secs(args.seconds),
+    )
+    .await;
+    let after = queries().await?;
+    let per = (after - before) / (stats.requests.max(1) as f64);
+    drop(child);
+    Ok(Row {
+        alg: alg.into(),
+        server: "better-auth 1.6.15",
+        stats,
+        key_reads_per_token: None,
+        db_reads_per_token: per,
+    })
+}
+
+fn print(rows: &[Row], args: &Args) {
+    println!(
+        "\nGET token endpoint, cache off, {} connections, {} s per run (client-side latency)\n",
+        args.connections, args.seconds
+    );
+    println!(
+        "{:<6} {:<19} {:>10} {:>9} {:>9} {:>8} {:>14} {:>12}",
+        "alg", "server", "req/s", "p50 ms", "p99 ms", "errors", "DB reads/token", "vs peer"
+    );
+    for row in rows {
+        let peer = rows
+            .iter()
+            .find(|r| r.alg == row.alg && r.server != "convex-edge");
+        let ratio = match (row.server, peer) {
+            ("convex-edge", Some(p)) if p.stats.rps() > 0.0 => {
+                format!("{:.1}x", row.stats.rps() / p.stats.rps())
+            }
+            _ => "-".into(),
+        };
+        let reads = match row.key_reads_per_token {
+            Some(k) => format!("{:.2} ({k:.2} key)", row.db_reads_per_token),
+            None => format!("{:.2}", row.db_reads_per_token),
+        };
+        println!(
+            "{:<6} {:<19} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>14} {:>12}",
+            row.alg,
+            row.server,
+            row.stats.rps(),
+            row.stats.percentile_ms(0.50),
+            row.stats.percentile_ms(0.99),
+            row.stats.errors,
+            reads,
+            ratio
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let exe = std::env::current_exe()?;
+    let bin: PathBuf = exe.with_file_name("convex-edge");
+    if !bin.exists() {
+        bail!(
+            "{} not found: cargo build --release --bin convex-edge --bin edge-bench",
+            bin.display()
+        );
+    }
+    let node_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
+    if args.peer && !node_dir.join("node_modules/better-auth").is_dir() {
+        bail!("the peer needs npm packages: npm ci --prefix tests/node");
+    }
+    // One core for the load generator, leaving the other to the server under test.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut rows = Vec::new();
+        for alg in &args.algs {
+            eprintln!("running convex-edge {alg}");
+            rows.push(run_ours(&bin, alg, &args).await?);
+            if args.peer {
+                eprintln!("running better-auth {alg}");
+                rows.push(run_peer(&node_dir, alg, &args).await?);
+            }
+        }
+        print(&rows, &args);
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: installs the npm clients the tests drive, makes sure Postgres and
+# Redis answer (starting the local ones if they are down), then `cargo test` for the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ensure_postgres() {
+  if pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then return; fi
+  if [ -d /etc/postgresql ] && command -v pg_ctlcluster >/dev/null; then
+    echo "starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+  # Otherwise edge-testkit starts a throwaway cluster with initdb/pg_ctl.
+}
+
+ensure_redis() {
+  if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+  if command -v redis-server >/dev/null; then
+    echo "starting Redis"
+    mkdir -p /tmp/convex-edge-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir /tmp/convex-edge-redis --logfile /tmp/convex-edge-redis/redis.log
+  fi
+}
+
+ensure_postgres
+ensure_redis
+if ! command -v node >/dev/null; then
+  echo "node is required for the interop tests: install Node.js 20 or later" >&2
+  exit 1
+fi
+npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+
+cargo test --workspace --locked "$@"
