@@ -79,19 +79,20 @@ pub async fn migrate() -> Result {
     Ok(())
 }
 
+/// Connects to the database and brings its schema up to date.
+async fn open_store(url: &str) -> Result<Store> {
+    Ok(Store::open(url)
+        .await
+        .context("failed to open the database")?)
+}
+
 /// The key rows in force: the static `JWKS`, else the `jwks` table.
 async fn key_rows(config: &edge_auth::Config) -> Result<Vec<KeyRow>> {
     if let Some(json) = &config.static_jwks {
         return KeyRow::parse_static(json)
             .map_err(|e| ConfigError::new("JWKS", e.to_string()).into());
     }
-    let store = Store::connect(&config.database_url)
-        .await
-        .context("failed to connect to the database")?;
-    store
-        .migrate()
-        .await
-        .context("failed to apply the auth schema")?;
+    let store = open_store(&config.database_url).await?;
     let rows = store
         .jwks_rows()
         .await
@@ -128,13 +129,7 @@ pub async fn jwks_rotate() -> Result {
         )
         .into());
     }
-    let store = Store::connect(&config.database_url)
-        .await
-        .context("failed to connect to the database")?;
-    store
-        .migrate()
-        .await
-        .context("failed to apply the auth schema")?;
+    let store = open_store(&config.database_url).await?;
     let row = edge_auth::keys::rotate(&store, &config.secret, config.alg)
         .await
         .context("failed to rotate keys")?;

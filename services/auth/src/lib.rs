@@ -40,13 +40,9 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         metrics::init();
-        let store = Store::connect(&config.database_url)
+        let store = Store::open(&config.database_url)
             .await
-            .context("failed to connect to the database")?;
-        store
-            .migrate()
-            .await
-            .context("failed to apply the auth schema")?;
+            .context("failed to open the database")?;
         let keys = keys::KeyManager::start(
             config.static_jwks.as_deref(),
             config.alg,

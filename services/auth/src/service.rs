@@ -175,13 +175,18 @@ impl AuthCore {
         let session = new_session(&user.id, client, now);
         self.store.create_user(&user, &account, &session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed up");
+        Ok(self.opened(session, user))
+    }
+
+    /// A session just created: its cookie is to be set.
+    fn opened(&self, session: Session, user: User) -> SessionInfo {
         let cookie_value = self.cookie_for(&session.token);
-        Ok(SessionInfo {
+        SessionInfo {
             session,
             user,
             cookie_value,
             refreshed: true,
-        })
+        }
     }
 
     pub async fn sign_in(
@@ -230,13 +235,7 @@ impl AuthCore {
         let session = new_session(&user.id, client, now_ms());
         self.store.create_session(&session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
-        let cookie_value = self.cookie_for(&session.token);
-        Ok(SessionInfo {
-            session,
-            user,
-            cookie_value,
-            refreshed: true,
-        })
+        Ok(self.opened(session, user))
     }
 
     /// Ends the cookie's session; the revocation is in the log (and announced) on return.

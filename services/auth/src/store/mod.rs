@@ -217,6 +217,13 @@ impl Store {
         }
     }
 
+    /// Connects and applies the schema.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
     /// Applies the schema; safe to run again and on an existing Better Auth database.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match &self.pool {

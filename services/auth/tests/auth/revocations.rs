@@ -87,3 +87,80 @@ async fn stream_is_ordered_resumable_and_live_across_replicas() {
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
     }
 }
+
+#[tokio::test]
+async fn an_expired_session_is_refused_and_logged_as_expired() {
+    use sqlx::Connection;
+    let (db, running) = crate::postgres().await;
+    let mut client = running.client().await;
+    let cookie = crate::sign_up(&mut client, "old@example.com").await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(r#"UPDATE "session" SET "expiresAt" = now() - interval '1 minute'"#)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let err = client
+        .issue_token(pb::IssueTokenRequest {
+            cookie_value: cookie.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let mut stream = client
+        .watch_revocations(pb::WatchRevocationsRequest { after_sequence: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    let entry = next(&mut stream).await;
+    assert_eq!(entry.reason, "expired");
+    assert_eq!(
+        entry.cache_key,
+        edge_keys::CacheKey::for_cookie(&cookie).unwrap().as_str()
+    );
+    let (n,): (i64,) = sqlx::query_as(r#"SELECT COUNT(*) FROM "session""#)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "the expired row is gone");
+}
+
+#[tokio::test]
+async fn sessions_older_than_a_day_are_extended() {
+    use sqlx::Connection;
+    let (db, running) = crate::postgres().await;
+    let mut client = running.client().await;
+    let cookie = crate::sign_up(&mut client, "slide@example.com").await;
+    let fresh = client
+        .get_session(pb::GetSessionRequest {
+            cookie_value: cookie.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        fresh.refreshed_cookie_value.is_none(),
+        "a new session is not refreshed"
+    );
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query(r#"UPDATE "session" SET "expiresAt" = now() + interval '5 days'"#)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let refreshed = client
+        .get_session(pb::GetSessionRequest {
+            cookie_value: cookie.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        refreshed.refreshed_cookie_value.as_deref(),
+        Some(cookie.as_str())
+    );
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(&refreshed.session.unwrap().expires_at).unwrap();
+    assert!(
+        expires > chrono::Utc::now() + chrono::Duration::days(6),
+        "extended to 7 days from now"
+    );
+}

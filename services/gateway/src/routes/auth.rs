@@ -168,13 +168,20 @@ async fn sign_up(
         client: Some(client_info(&req)),
     };
     let r = state.auth().sign_up(request).await?.into_inner();
+    Ok(opened_session(&req, r, json!({})))
+}
+
+/// The response to a sign-up or sign-in: the cookie, and Better Auth's `{token, user, …}`.
+fn opened_session(req: &HttpRequest, r: pb::SessionResponse, mut body: Value) -> HttpResponse {
     let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
-    Ok(HttpResponse::Ok()
+    body["token"] = Value::String(session.token);
+    body["user"] = user_json(&user);
+    HttpResponse::Ok()
         .insert_header((
             header::SET_COOKIE,
-            set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds),
+            set_cookie(req, &r.cookie_value, r.cookie_max_age_seconds),
         ))
-        .json(json!({"token": session.token, "user": user_json(&user)})))
+        .json(body)
 }
 
 async fn sign_in(
@@ -190,13 +197,7 @@ async fn sign_in(
         client: Some(client_info(&req)),
     };
     let r = state.auth().sign_in(request).await?.into_inner();
-    let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
-    Ok(HttpResponse::Ok()
-        .insert_header((
-            header::SET_COOKIE,
-            set_cookie(&req, &r.cookie_value, r.cookie_max_age_seconds),
-        ))
-        .json(json!({"redirect": false, "token": session.token, "user": user_json(&user)})))
+    Ok(opened_session(&req, r, json!({"redirect": false})))
 }
 
 async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {

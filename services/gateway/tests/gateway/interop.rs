@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{PASSWORD, SECRET, Stack, http};
+use crate::{PASSWORD, SECRET, Stack};
 
 fn arg(v: Value) -> String {
     v.to_string()
@@ -30,15 +30,9 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
         .to_owned();
 
     let stack = Stack::start_on(db, |_| {}).await;
-    let client = http();
 
     // Better Auth's cookie gets a token from convex-edge.
-    let r = client
-        .get(stack.url("/api/auth/convex/token"))
-        .header("cookie", format!("better-auth.session_token={ba_cookie}"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/auth/convex/token", Some(&ba_cookie)).await;
     assert_eq!(r.status(), 200);
     let jwt = r.json::<Value>().await.unwrap()["token"]
         .as_str()
@@ -64,12 +58,12 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
     assert_eq!(wrong["ok"], false);
 
     // Better Auth's password hash signs in through convex-edge.
-    let r = client
-        .post(stack.url("/api/auth/sign-in/email"))
-        .json(&json!({"email": "ba@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = stack
+        .post(
+            "/api/auth/sign-in/email",
+            json!({"email": "ba@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let edge_cookie_of_ba_user = crate::cookie_of(&r).unwrap();
 
@@ -101,12 +95,9 @@ async fn es256_tokens_verify_with_jose() {
     let db = edge_testkit::test_database().await;
     let stack = Stack::start_on(db, |c| c.alg = edge_keys::Alg::ES256).await;
     let (_, cookie) = crate::sign_up(&stack, "es@example.com").await;
-    let r: Value = http()
-        .get(stack.url("/api/auth/convex/token"))
-        .header("cookie", format!("better-auth.session_token={cookie}"))
-        .send()
+    let r: Value = stack
+        .get("/api/auth/convex/token", Some(&cookie))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

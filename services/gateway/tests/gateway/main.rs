@@ -84,6 +84,25 @@ impl Stack {
         format!("{}{path}", self.base)
     }
 
+    /// POSTs a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        http()
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs with the session cookie, when given.
+    pub async fn get(&self, path: &str, cookie: Option<&str>) -> reqwest::Response {
+        let mut request = http().get(self.url(path));
+        if let Some(c) = cookie {
+            request = request.header("cookie", format!("better-auth.session_token={c}"));
+        }
+        request.send().await.unwrap()
+    }
+
     /// Row counts of the tables a bad request must not touch.
     pub async fn counts(&self) -> (i64, i64, i64) {
         use sqlx::Connection;

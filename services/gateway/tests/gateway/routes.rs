@@ -26,12 +26,12 @@ async fn sign_up_sign_in_session_token_sign_out() {
         DateTime::parse_from_rfc3339(s).unwrap();
     }
 
-    let r = client
-        .post(stack.url("/api/auth/sign-in/email"))
-        .json(&json!({"email": "grace@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = stack
+        .post(
+            "/api/auth/sign-in/email",
+            json!({"email": "grace@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let set_cookie = r
         .headers()
@@ -51,12 +51,9 @@ async fn sign_up_sign_in_session_token_sign_out() {
     assert_ne!(signed_in_cookie, cookie, "a new session");
 
     let with_cookie = |c: &str| format!("better-auth.session_token={c}");
-    let session: Value = client
-        .get(stack.url("/api/auth/get-session"))
-        .header("cookie", with_cookie(&signed_in_cookie))
-        .send()
+    let session: Value = stack
+        .get("/api/auth/get-session", Some(&signed_in_cookie))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -65,11 +62,7 @@ async fn sign_up_sign_in_session_token_sign_out() {
     assert_eq!(session["session"]["token"], body["token"]);
 
     // Both token routes answer {"token"} with a JWT that our JWKS verifies.
-    let jwks = client
-        .get(stack.url("/api/auth/convex/jwks"))
-        .send()
-        .await
-        .unwrap();
+    let jwks = stack.get("/api/auth/convex/jwks", None).await;
     assert!(
         jwks.headers()
             .get("cache-control")
@@ -81,11 +74,9 @@ async fn sign_up_sign_in_session_token_sign_out() {
     let jwks = jwks.text().await.unwrap();
     assert_eq!(
         jwks,
-        client
-            .get(stack.url("/api/auth/jwks"))
-            .send()
+        stack
+            .get("/api/auth/jwks", None)
             .await
-            .unwrap()
             .text()
             .await
             .unwrap()
@@ -130,31 +121,18 @@ async fn sign_up_sign_in_session_token_sign_out() {
             .contains("Max-Age=0")
     );
     assert_eq!(r.json::<Value>().await.unwrap(), json!({"success": true}));
-    let r = client
-        .get(stack.url("/api/auth/convex/token"))
-        .header("cookie", with_cookie(&cookie))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/auth/convex/token", Some(&cookie)).await;
     assert_eq!(r.status(), 401);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "UNAUTHORIZED");
-    let session: Value = client
-        .get(stack.url("/api/auth/get-session"))
-        .header("cookie", with_cookie(&cookie))
-        .send()
+    let session: Value = stack
+        .get("/api/auth/get-session", Some(&cookie))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(session, Value::Null);
     // The other session is untouched.
-    let r = client
-        .get(stack.url("/api/auth/token"))
-        .header("cookie", with_cookie(&signed_in_cookie))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/auth/token", Some(&signed_in_cookie)).await;
     assert_eq!(r.status(), 200);
 }
 
@@ -163,23 +141,23 @@ async fn errors_have_better_auths_codes() {
     let stack = Stack::start().await;
     let client = http();
     sign_up(&stack, "taken@example.com").await;
-    let r = client
-        .post(stack.url("/api/auth/sign-up/email"))
-        .json(&json!({"name": "X", "email": "taken@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+    let r = stack
+        .post(
+            "/api/auth/sign-up/email",
+            json!({"name": "X", "email": "taken@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(r.status(), 422);
     assert_eq!(
         r.json::<Value>().await.unwrap()["code"],
         "USER_ALREADY_EXISTS_USE_ANOTHER_EMAIL"
     );
-    let r = client
-        .post(stack.url("/api/auth/sign-in/email"))
-        .json(&json!({"email": "taken@example.com", "password": "wrong password"}))
-        .send()
-        .await
-        .unwrap();
+    let r = stack
+        .post(
+            "/api/auth/sign-in/email",
+            json!({"email": "taken@example.com", "password": "wrong password"}),
+        )
+        .await;
     assert_eq!(r.status(), 401);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -195,17 +173,9 @@ async fn errors_have_better_auths_codes() {
         r.json::<Value>().await.unwrap()["code"],
         "FAILED_TO_GET_SESSION"
     );
-    let r = client
-        .get(stack.url("/api/auth/get-session"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/auth/get-session", None).await;
     assert_eq!(r.json::<Value>().await.unwrap(), Value::Null);
-    let r = client
-        .get(stack.url("/api/auth/nope"))
-        .send()
-        .await
-        .unwrap();
+    let r = stack.get("/api/auth/nope", None).await;
     assert_eq!(r.status(), 404);
     // Cross-site sign-in attempts are refused like Better Auth's origin check.
     let r = client
@@ -224,15 +194,14 @@ async fn sign_in_is_rate_limited_with_429() {
     let db = edge_testkit::test_database().await;
     let stack = Stack::start_on(db, |c| c.sign_in_limit.per_address = 4).await;
     sign_up(&stack, "rl@example.com").await;
-    let client = http();
     let mut statuses = Vec::new();
     for _ in 0..6 {
-        let r = client
-            .post(stack.url("/api/auth/sign-in/email"))
-            .json(&json!({"email": "rl@example.com", "password": "not the password"}))
-            .send()
-            .await
-            .unwrap();
+        let r = stack
+            .post(
+                "/api/auth/sign-in/email",
+                json!({"email": "rl@example.com", "password": "not the password"}),
+            )
+            .await;
         statuses.push(r.status().as_u16());
         if r.status() == 429 {
             assert!(r.headers().get("x-retry-after").is_some());
@@ -249,37 +218,10 @@ async fn sign_in_is_rate_limited_with_429() {
 async fn health_readiness_and_metrics() {
     let stack = Stack::start().await;
     let client = http();
-    assert_eq!(
-        client
-            .get(stack.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client
-            .get(stack.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    client
-        .get(stack.url("/api/auth/get-session"))
-        .send()
-        .await
-        .unwrap();
-    let metrics = client
-        .get(stack.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    assert_eq!(stack.get("/healthz", None).await.status(), 200);
+    assert_eq!(stack.get("/readyz", None).await.status(), 200);
+    stack.get("/api/auth/get-session", None).await;
+    let metrics = stack.get("/metrics", None).await.text().await.unwrap();
     assert!(
         metrics.contains(
             "edge_gateway_request_duration_seconds_bucket{route=\"/api/auth/get-session\""

@@ -1,0 +1,141 @@
+//! Tool subcommands: migrate, jwks export/rotate, convex-auth-config, configuration errors.
+
+use base64::Engine;
+use serde_json::Value;
+
+use crate::{SECRET, run};
+
+#[test]
+fn invalid_configuration_is_one_line_and_exit_code_64() {
+    /// (arguments, environment, the variable the error must name)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (&["auth"], &[], "BETTER_AUTH_SECRET"),
+        (
+            &["auth"],
+            &[("BETTER_AUTH_SECRET", SECRET), ("JWT_ALG", "HS256")],
+            "JWT_ALG",
+        ),
+        (
+            &["auth"],
+            &[
+                ("BETTER_AUTH_SECRET", SECRET),
+                ("AUTH_GRPC_ADDR", "nowhere"),
+            ],
+            "AUTH_GRPC_ADDR",
+        ),
+        (
+            &["gateway"],
+            &[("GATEWAY_HTTP_ADDR", "x")],
+            "GATEWAY_HTTP_ADDR",
+        ),
+        (
+            &["gateway"],
+            &[("AUTH_GRPC_URL", "ftp://x")],
+            "AUTH_GRPC_URL",
+        ),
+        (
+            &["auth"],
+            &[("BETTER_AUTH_SECRET", SECRET), ("LOG_FORMAT", "xml")],
+            "LOG_FORMAT",
+        ),
+    ];
+    for (args, env, var) in cases {
+        let out = run(args, env);
+        assert_eq!(out.status.code(), Some(64), "{args:?} {env:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(var), "{stderr}");
+    }
+    let out = run(&["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(run(&["--help"], &[]).status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn migrate_is_idempotent_and_keys_export_into_a_static_jwks() {
+    let db = edge_testkit::test_database().await;
+    let env = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("BETTER_AUTH_SECRET", SECRET),
+        ("JWT_ALG", "ES256"),
+    ];
+    for _ in 0..2 {
+        let out = run(&["migrate"], &env[..1]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // No key yet: export says so.
+    assert!(!run(&["jwks", "export"], &env).status.success());
+    assert!(run(&["jwks", "rotate"], &env).status.success());
+    assert!(run(&["jwks", "rotate"], &env).status.success());
+    let out = run(&["jwks", "export"], &env);
+    assert!(out.status.success());
+    let exported = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Value> = serde_json::from_str(&exported).unwrap();
+    assert_eq!(rows.len(), 1, "only the unexpired key is exported");
+    for field in ["id", "publicKey", "privateKey", "createdAt", "alg"] {
+        assert!(rows[0].get(field).is_some(), "{field}");
+    }
+    assert!(
+        rows[0]["privateKey"].as_str().unwrap().starts_with('"'),
+        "still encrypted"
+    );
+
+    // The exported rows work as the static JWKS: convex-auth-config embeds them as a data: URI.
+    let static_env = [
+        ("BETTER_AUTH_SECRET", SECRET),
+        ("JWT_ALG", "ES256"),
+        ("JWKS", exported.trim()),
+    ];
+    let out = run(&["convex-auth-config"], &static_env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let provider = &config["providers"][0];
+    assert_eq!(provider["type"], "customJwt");
+    assert_eq!(provider["issuer"], "http://localhost:8080");
+    assert_eq!(provider["applicationID"], "convex");
+    assert_eq!(provider["algorithm"], "ES256");
+    let uri = provider["jwks"].as_str().unwrap();
+    let b64 = uri
+        .strip_prefix("data:text/plain;charset=utf-8;base64,")
+        .expect("a data: URI");
+    let jwks: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], rows[0]["id"]);
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "no private part published"
+    );
+
+    // Dynamic mode points Convex at the JWKS URL instead.
+    let out = run(&["convex-auth-config"], &env);
+    let config: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        config["providers"][0]["jwks"],
+        "http://localhost:8080/api/auth/convex/jwks"
+    );
+
+    // Rotation refuses static mode; a bad JWKS names the variable.
+    assert_eq!(
+        run(&["jwks", "rotate"], &static_env).status.code(),
+        Some(64)
+    );
+    let out = run(
+        &["convex-auth-config"],
+        &[("BETTER_AUTH_SECRET", SECRET), ("JWKS", "[{}]")],
+    );
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("JWKS"));
+}

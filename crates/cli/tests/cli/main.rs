@@ -1,0 +1,81 @@
+//! The `convex-edge` binary as users run it: processes, environment, exit codes, output.
+
+mod commands;
+mod processes;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const SECRET: &str = "cli-test-secret-0123456789abcdef0123";
+pub const BIN: &str = env!("CARGO_BIN_EXE_convex-edge");
+
+/// Runs the binary to completion with exactly `env` (plus PATH).
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("convex-edge runs")
+}
+
+/// A service process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn spawn(args: &[&str], env: &[(String, String)], cwd: Option<&std::path::Path>) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("spawn convex-edge"))
+}
+
+/// Waits until `url` answers 200.
+pub async fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = reqwest::get(url).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads stdout lines until one contains `needle`.
+pub fn read_line_containing(proc: &mut Proc, needle: &str) -> String {
+    let stdout = proc.0.stdout.take().expect("stdout piped");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("read stdout") > 0,
+            "process exited before printing {needle}"
+        );
+        if line.contains(needle) {
+            return line.trim().to_owned();
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The services as separate processes: `dev`, and `auth` + `gateway` whose process-wide
+//! `edge_auth_jwks_db_reads_total` must not move while tokens are issued.
+
+use serde_json::{Value, json};
+
+use crate::{Proc, SECRET, read_line_containing, spawn, wait_ready};
+
+fn port() -> String {
+    edge_testkit::free_port().to_string()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+struct Services {
+    base: String,
+    auth_metrics: String,
+    _procs: (Proc, Proc),
+}
+
+async fn start(extra: &[(&str, String)]) -> Services {
+    let db = edge_testkit::test_database().await;
+    let (grpc, http, gw) = (port(), port(), port());
+    let mut env: Vec<(String, String)> = vec![
+        ("BETTER_AUTH_SECRET".into(), SECRET.into()),
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("AUTH_GRPC_ADDR".into(), format!("127.0.0.1:{grpc}")),
+        ("AUTH_HTTP_ADDR".into(), format!("127.0.0.1:{http}")),
+        ("AUTH_GRPC_URL".into(), format!("http://127.0.0.1:{grpc}")),
+        ("GATEWAY_HTTP_ADDR".into(), format!("127.0.0.1:{gw}")),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let auth = spawn(&["auth"], &env, None);
+    wait_ready(&format!("http://127.0.0.1:{http}/readyz")).await;
+    let gateway = spawn(&["gateway"], &env, None);
+    let base = format!("http://127.0.0.1:{gw}");
+    wait_ready(&format!("{base}/readyz")).await;
+    Services {
+        base,
+        auth_metrics: format!("http://127.0.0.1:{http}/metrics"),
+        _procs: (auth, gateway),
+    }
+}
+
+async fn thousand_tokens_read_no_key(services: &Services) {
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{}/api/auth/sign-up/email", services.base))
+        .json(&json!({"name": "P", "email": "p@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let before = client
+        .get(&services.auth_metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for _ in 0..1000 {
+        let r = client
+            .get(format!("{}/api/auth/convex/token", services.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let after = client
+        .get(&services.auth_metrics)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&after, "edge_auth_jwks_db_reads_total"),
+        metric(&before, "edge_auth_jwks_db_reads_total")
+    );
+    assert_eq!(
+        metric(&after, "edge_auth_tokens_issued_total")
+            - metric(&before, "edge_auth_tokens_issued_total"),
+        1000.0
+    );
+    let session_reads = metric(&after, "edge_auth_session_db_reads_total")
+        - metric(&before, "edge_auth_session_db_reads_total");
+    assert!(
+        session_reads <= 1000.0,
+        "at most one session read per token: {session_reads}"
+    );
+}
+
+#[tokio::test]
+async fn dynamic_keys_process_reads_no_key_for_1000_tokens() {
+    let services = start(&[]).await;
+    thousand_tokens_read_no_key(&services).await;
+}
+
+#[tokio::test]
+async fn static_keys_process_reads_no_key_for_1000_tokens() {
+    let secret = edge_keys::Secret::new(SECRET);
+    let rows = vec![
+        edge_keys::jwk::generate_row(edge_keys::Alg::RS256, &secret, chrono::Utc::now()).unwrap(),
+    ];
+    let services = start(&[("JWKS", serde_json::to_string(&rows).unwrap())]).await;
+    let metrics = reqwest::get(&services.auth_metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(&metrics, "edge_auth_jwks_db_reads_total"),
+        0.0,
+        "static mode never reads the table"
+    );
+    thousand_tokens_read_no_key(&services).await;
+}
+
+#[tokio::test]
+async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
+    let dir = edge_testkit::TempDir::default();
+    let env: Vec<(String, String)> = vec![
+        ("GATEWAY_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+        ("AUTH_GRPC_ADDR".into(), "127.0.0.1:0".into()),
+        ("AUTH_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+    ];
+    let mut dev = spawn(&["dev"], &env, Some(dir.path()));
+    let line = read_line_containing(&mut dev, "site (gateway):");
+    let base = line.rsplit(' ').next().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("{base}/api/auth/sign-up/email"))
+        .json(&json!({"name": "Dev", "email": "dev@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token: Value = client
+        .get(format!("{base}/api/auth/convex/token"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwks = client
+        .get(format!("{base}/api/auth/jwks"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let verifier = edge_keys::Verifier::from_jwks(&jwks)
+        .unwrap()
+        .with_audience("convex");
+    verifier
+        .verify(
+            token["token"].as_str().unwrap(),
+            chrono::Utc::now().timestamp(),
+        )
+        .unwrap();
+    assert!(dir.path().join(".convex-edge/dev.db").exists());
+    let secret = std::fs::read_to_string(dir.path().join(".convex-edge/secret")).unwrap();
+    assert!(secret.len() >= 32);
+}

@@ -1,0 +1,245 @@
+//! The sync protocol: JSON text frames tagged by `type`, as Convex's client (`protocol.ts`) and
+//! server define them.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+
+/// A Convex timestamp: u64 nanoseconds, on the wire base64 (standard, padded) of its
+/// little-endian bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    pub fn encode(self) -> String {
+        STANDARD.encode(self.0.to_le_bytes())
+    }
+
+    pub fn decode(s: &str) -> Option<Timestamp> {
+        let bytes: [u8; 8] = STANDARD.decode(s).ok()?.try_into().ok()?;
+        Some(Timestamp(u64::from_le_bytes(bytes)))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.encode())
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Timestamp::decode(&s).ok_or_else(|| serde::de::Error::custom("invalid timestamp"))
+    }
+}
+
+/// The version a client holds: query set, identity and timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateVersion {
+    pub query_set: u32,
+    pub identity: u32,
+    pub ts: Timestamp,
+}
+
+/// A change to a client's query set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum QuerySetModification {
+    Add {
+        query_id: u32,
+        udf_path: String,
+        args: Vec<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        journal: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        component_path: Option<String>,
+    },
+    Remove {
+        query_id: u32,
+    },
+}
+
+/// Messages from client to server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ClientMessage {
+    Connect {
+        session_id: String,
+        #[serde(default)]
+        connection_count: u32,
+        #[serde(default)]
+        last_close_reason: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_observed_timestamp: Option<Timestamp>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_ts: Option<f64>,
+    },
+    ModifyQuerySet {
+        base_version: u32,
+        new_version: u32,
+        modifications: Vec<QuerySetModification>,
+    },
+    Mutation {
+        request_id: u32,
+        udf_path: String,
+        args: Vec<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        component_path: Option<String>,
+    },
+    Action {
+        request_id: u32,
+        udf_path: String,
+        args: Vec<Value>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        component_path: Option<String>,
+    },
+    Authenticate {
+        base_version: u32,
+        token_type: TokenType,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        value: Option<String>,
+    },
+    Event {
+        event_type: String,
+        event: Value,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TokenType {
+    User,
+    Admin,
+    None,
+}
+
+/// One change inside a transition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum StateModification {
+    QueryUpdated {
+        query_id: u32,
+        value: Value,
+        log_lines: Vec<String>,
+        journal: Option<String>,
+    },
+    QueryFailed {
+        query_id: u32,
+        error_message: String,
+        log_lines: Vec<String>,
+        journal: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_data: Option<Value>,
+    },
+    QueryRemoved {
+        query_id: u32,
+    },
+}
+
+/// Messages from server to client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+pub enum ServerMessage {
+    Transition {
+        start_version: StateVersion,
+        end_version: StateVersion,
+        modifications: Vec<StateModification>,
+    },
+    MutationResponse {
+        request_id: u32,
+        success: bool,
+        result: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ts: Option<Timestamp>,
+        log_lines: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_data: Option<Value>,
+    },
+    ActionResponse {
+        request_id: u32,
+        success: bool,
+        result: Value,
+        log_lines: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error_data: Option<Value>,
+    },
+    AuthError {
+        error: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        base_version: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth_update_attempted: Option<bool>,
+    },
+    FatalError {
+        error: String,
+    },
+    Ping,
+}
+
+impl ServerMessage {
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).expect("server messages serialise")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn timestamps_are_base64_little_endian() {
+        assert_eq!(Timestamp(1).encode(), "AQAAAAAAAAA=");
+        assert_eq!(Timestamp::decode("AQAAAAAAAAA="), Some(Timestamp(1)));
+        assert_eq!(Timestamp::decode("AQ=="), None);
+    }
+
+    #[test]
+    fn client_messages_parse_as_the_js_client_sends_them() {
+        let m: ClientMessage = serde_json::from_value(json!({
+            "type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
+            "modifications": [{"type": "Add", "queryId": 0, "udfPath": "messages:list", "args": [{"channel": "general"}]}]
+        }))
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::ModifyQuerySet { new_version: 1, .. }
+        ));
+        let m: ClientMessage = serde_json::from_value(
+            json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "None"}),
+        )
+        .unwrap();
+        assert!(matches!(
+            m,
+            ClientMessage::Authenticate {
+                token_type: TokenType::None,
+                value: None,
+                ..
+            }
+        ));
+        assert!(serde_json::from_value::<ClientMessage>(json!({"type": "Bogus"})).is_err());
+    }
+
+    #[test]
+    fn server_messages_serialise_with_camel_case_fields() {
+        let t = ServerMessage::Transition {
+            start_version: StateVersion::default(),
+            end_version: StateVersion {
+                query_set: 1,
+                identity: 0,
+                ts: Timestamp(5),
+            },
+            modifications: vec![StateModification::QueryRemoved { query_id: 3 }],
+        };
+        let v: Value = serde_json::from_str(&t.to_text()).unwrap();
+        assert_eq!(v["type"], "Transition");
+        assert_eq!(v["endVersion"]["querySet"], 1);
+        assert_eq!(
+            v["modifications"][0],
+            json!({"type": "QueryRemoved", "queryId": 3})
+        );
+        assert_eq!(ServerMessage::Ping.to_text(), r#"{"type":"Ping"}"#);
+    }
+}
