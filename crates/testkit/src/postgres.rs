@@ -125,3 +125,21 @@ fn random_suffix() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn each_call_gets_a_fresh_empty_database() {
+        use sqlx::Connection;
+        let (a, b) = (super::test_database().await, super::test_database().await);
+        assert_ne!(a.name, b.name);
+        let mut conn = sqlx::PgConnection::connect(&a.url).await.unwrap();
+        let (tables,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(tables, 0);
+    }
+}

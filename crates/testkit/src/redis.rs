@@ -76,3 +76,30 @@ pub fn spawn_redis(port: u16) -> anyhow::Result<TestRedis> {
         child,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    fn ping(url: &str) -> String {
+        let addr = url.trim_start_matches("redis://");
+        let mut stream = TcpStream::connect(addr).expect("connect to redis");
+        stream.write_all(b"PING\r\n").unwrap();
+        let mut buf = [0u8; 7];
+        stream.read_exact(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    #[test]
+    fn shared_and_throwaway_servers_answer() {
+        assert_eq!(ping(&super::redis_url()), "+PONG\r\n");
+        let mut server = super::spawn_redis(0).expect("redis-server starts");
+        assert_eq!(ping(&server.url), "+PONG\r\n");
+        server.kill();
+        assert!(
+            TcpStream::connect(("127.0.0.1", server.port)).is_err(),
+            "killed"
+        );
+    }
+}
