@@ -62,6 +62,13 @@ pub async fn gateway() -> Result {
     Ok(())
 }
 
+pub async fn devconvex() -> Result {
+    let config = edge_devconvex::Config::from_env(env)?;
+    let app = edge_devconvex::Application::build(config).await?;
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
 fn database_url() -> String {
     env("DATABASE_URL").unwrap_or_else(|| edge_auth::config::DEFAULT_DATABASE_URL.to_owned())
 }

@@ -13,6 +13,7 @@ commands:
   dev                  auth and gateway in one process on embedded defaults (SQLite, generated keys)
   auth                 the auth service (gRPC + HTTP), configured by environment
   gateway              the gateway (HTTP), configured by environment
+  devconvex            the Convex-compatible development backend (demo app)
   migrate              apply the auth schema to DATABASE_URL (idempotent)
   jwks export          print the static JWKS rows (for `npx convex env set JWKS`)
   jwks rotate          create a new signing key; old keys stay published for the grace period
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
             ["dev"] => dev::run().await,
             ["auth"] => commands::auth().await,
             ["gateway"] => commands::gateway().await,
+            ["devconvex"] => commands::devconvex().await,
             ["migrate"] => commands::migrate().await,
             ["jwks", "export"] => commands::jwks_export().await,
             ["jwks", "rotate"] => commands::jwks_rotate().await,

@@ -1,0 +1,245 @@
+//! Runs functions against the database and keeps subscriptions consistent: every evaluation of
+//! a session's queries happens on one snapshot, under one lock, and reports that snapshot's `ts`.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use edge_convex::sync::StateModification;
+use edge_convex::{UdfPath, value};
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+
+use crate::auth::{Authenticator, Identity};
+use crate::db::{Database, Snapshot, Tx};
+use crate::functions::{self, Ctx, FunctionError, Kind};
+use crate::metrics::Stats;
+
+/// One live query of one session.
+#[derive(Debug)]
+pub struct Subscription {
+    pub query_id: u32,
+    pub path: String,
+    pub args: Value,
+    reads: BTreeSet<String>,
+    /// The last result sent: the serialised value, or the error message.
+    last: Option<Result<String, String>>,
+}
+
+impl Subscription {
+    pub fn new(query_id: u32, path: String, args: Value) -> Self {
+        Subscription {
+            query_id,
+            path,
+            args,
+            reads: BTreeSet::new(),
+            last: None,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Engine {
+    db: Mutex<Database>,
+    ts: watch::Sender<u64>,
+    pub auth: Authenticator,
+    pub stats: Stats,
+}
+
+/// The arguments object of a call: one object, a valid Convex value.
+fn args_object(args: &Value) -> Result<Map<String, Value>, FunctionError> {
+    let bad = |m: String| FunctionError {
+        message: m,
+        data: None,
+    };
+    match args {
+        Value::Object(map) => {
+            value::validate(args).map_err(|e| bad(format!("ArgumentValidationError: {e}")))?;
+            Ok(map.clone())
+        }
+        _ => Err(bad("ArgumentValidationError: args must be an object".into())),
+    }
+}
+
+impl Engine {
+    pub fn new(auth: Authenticator) -> Self {
+        let db = Database::new();
+        let (ts, _) = watch::channel(db.ts());
+        Engine {
+            db: Mutex::new(db),
+            ts,
+            auth,
+            stats: Stats::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Database> {
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn ts(&self) -> u64 {
+        self.lock().ts()
+    }
+
+    /// Wakes when a commit moves the timestamp.
+    pub fn watch_ts(&self) -> watch::Receiver<u64> {
+        self.ts.subscribe()
+    }
+
+    /// The kind of the function at `path`.
+    pub fn kind(path: &str) -> Option<Kind> {
+        UdfPath::parse(path)
+            .ok()
+            .and_then(|p| functions::lookup(&p))
+            .map(|(k, _)| k)
+    }
+
+    /// Runs one function on `snapshot`; the returned transaction holds its reads and writes.
+    fn run<'s>(
+        &self,
+        snapshot: &'s Snapshot,
+        path: &str,
+        expected: Kind,
+        args: &Value,
+        identity: Option<&Identity>,
+    ) -> (Result<Value, FunctionError>, Tx<'s>) {
+        let mut tx = Tx::new(snapshot, expected == Kind::Mutation);
+        let result = (|| {
+            let udf = UdfPath::parse(path).map_err(|_| functions::not_found(path))?;
+            let (kind, handler) =
+                functions::lookup(&udf).ok_or_else(|| functions::not_found(path))?;
+            if kind != expected {
+                return Err(FunctionError {
+                    message: format!(
+                        "Trying to execute {udf} as {}, but it is defined as {}.",
+                        title(expected),
+                        title(kind)
+                    ),
+                    data: None,
+                });
+            }
+            let args = args_object(args)?;
+            self.stats.executed(udf.as_str());
+            handler(
+                &mut Ctx {
+                    db: &mut tx,
+                    identity,
+                },
+                &args,
+            )
+        })();
+        (result, tx)
+    }
+
+    /// Runs a query at the current state, or at `at` when still retained.
+    pub fn query(
+        &self,
+        path: &str,
+        args: &Value,
+        identity: Option<&Identity>,
+        at: Option<u64>,
+    ) -> Result<(Result<Value, FunctionError>, u64), String> {
+        let db = self.lock();
+        let snapshot = match at {
+            Some(ts) => db.snapshot_at(ts).ok_or("timestamp is too old")?,
+            None => db.snapshot(),
+        };
+        let (result, _) = self.run(snapshot, path, Kind::Query, args, identity);
+        Ok((result, snapshot.ts))
+    }
+
+    /// Runs a mutation and commits its writes; returns the result and the commit's `ts`.
+    pub fn mutation(
+        &self,
+        path: &str,
+        args: &Value,
+        identity: Option<&Identity>,
+    ) -> (Result<Value, FunctionError>, u64) {
+        let mut db = self.lock();
+        let snapshot = db.snapshot().clone();
+        let (result, tx) = self.run(&snapshot, path, Kind::Mutation, args, identity);
+        let writes = tx.writes;
+        let ts = match &result {
+            Ok(_) => db.commit(writes),
+            Err(_) => db.ts(),
+        };
+        drop(db);
+        self.ts.send_if_modified(|current| {
+            let moved = ts > *current;
+            if moved {
+                *current = ts;
+            }
+            moved
+        });
+        (result, ts)
+    }
+
+    /// Runs an action (the demo's actions touch no table).
+    pub fn action(
+        &self,
+        path: &str,
+        args: &Value,
+        identity: Option<&Identity>,
+    ) -> Result<Value, FunctionError> {
+        let snapshot = Snapshot::default();
+        self.run(&snapshot, path, Kind::Action, args, identity).0
+    }
+
+    /// Re-evaluates `subs` on the current snapshot: those `forced`, and those whose tables were
+    /// written after `since`. Returns the snapshot's `ts` and a modification for every result
+    /// that changed.
+    pub fn refresh<'s>(
+        &self,
+        subs: impl Iterator<Item = &'s mut Subscription>,
+        since: u64,
+        identity: Option<&Identity>,
+        forced: impl Fn(&Subscription) -> bool,
+    ) -> (u64, Vec<StateModification>) {
+        let db = self.lock();
+        let written = db.written_since(since);
+        let snapshot = db.snapshot();
+        let mut mods = Vec::new();
+        for sub in subs {
+            let stale = match &written {
+                Some(tables) => sub.reads.iter().any(|t| tables.contains(t)),
+                None => true,
+            };
+            if !(stale || forced(sub) || sub.last.is_none()) {
+                continue;
+            }
+            let (result, tx) = self.run(snapshot, &sub.path, Kind::Query, &sub.args, identity);
+            sub.reads = tx.reads;
+            let now = match &result {
+                Ok(v) => Ok(v.to_string()),
+                Err(e) => Err(e.message.clone()),
+            };
+            if sub.last.as_ref() == Some(&now) {
+                continue;
+            }
+            sub.last = Some(now);
+            mods.push(match result {
+                Ok(value) => StateModification::QueryUpdated {
+                    query_id: sub.query_id,
+                    value,
+                    log_lines: vec![],
+                    journal: None,
+                },
+                Err(e) => StateModification::QueryFailed {
+                    query_id: sub.query_id,
+                    error_message: e.message,
+                    log_lines: vec![],
+                    journal: None,
+                    error_data: e.data,
+                },
+            });
+        }
+        (snapshot.ts, mods)
+    }
+}
+
+fn title(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Query => "Query",
+        Kind::Mutation => "Mutation",
+        Kind::Action => "Action",
+    }
+}

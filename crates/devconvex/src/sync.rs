@@ -1,0 +1,346 @@
+//! The WebSocket sync protocol, one task per socket.
+//!
+//! Version rules, as Convex's client checks them: each Transition starts at the version the
+//! client holds; the query-set version moves only with `ModifyQuerySet`, the identity version by
+//! one per `Authenticate`; `ts` never goes backwards. Violations by the client end the session
+//! with `FatalError`; a bad token gets `AuthError` and the socket is closed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use edge_convex::sync::{QuerySetModification, StateModification, TokenType};
+use edge_convex::{ClientMessage, ServerMessage, StateVersion, Timestamp};
+use serde_json::Value;
+
+use crate::auth::Identity;
+use crate::engine::{Engine, Subscription};
+use crate::{AppState, functions::FunctionError};
+
+/// Why a session ends.
+enum End {
+    /// The client closed or went away.
+    Gone,
+    /// A protocol violation: `FatalError` with this message.
+    Fatal(String),
+    /// A token was refused: `AuthError`, then close.
+    Auth { error: String, base_version: u32 },
+}
+
+struct SyncSession {
+    engine: Arc<Engine>,
+    ws: Session,
+    version: StateVersion,
+    subs: BTreeMap<u32, Subscription>,
+    identity: Option<Identity>,
+    last_sent: Instant,
+}
+
+pub async fn handler(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let limit = state.config.max_message_bytes;
+    let stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    let engine = state.engine.clone();
+    let ping_interval = state.config.ping_interval;
+    actix_web::rt::spawn(async move {
+        let session = SyncSession {
+            version: StateVersion {
+                query_set: 0,
+                identity: 0,
+                ts: Timestamp(0),
+            },
+            engine,
+            ws,
+            subs: BTreeMap::new(),
+            identity: None,
+            last_sent: Instant::now(),
+        };
+        session.run(stream, ping_interval).await;
+    });
+    Ok(response)
+}
+
+impl SyncSession {
+    async fn run(
+        mut self,
+        mut stream: actix_ws::AggregatedMessageStream,
+        ping_interval: std::time::Duration,
+    ) {
+        let mut ts_changes = self.engine.watch_ts();
+        let mut ticker = tokio::time::interval(ping_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            let step = tokio::select! {
+                message = stream.recv() => match message {
+                    None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Gone),
+                    Some(Ok(AggregatedMessage::Text(text))) => self.on_text(&text).await,
+                    Some(Ok(AggregatedMessage::Ping(bytes))) => self.ws.pong(&bytes).await.map_err(|_| End::Gone),
+                    Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                    Some(Ok(AggregatedMessage::Binary(_))) => Err(End::Fatal("binary frames are not part of the sync protocol".into())),
+                    Some(Err(e)) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
+                },
+                changed = ts_changes.changed() => match changed {
+                    Ok(()) => self.transition(None, None, Vec::new(), |_| false).await,
+                    Err(_) => Err(End::Gone),
+                },
+                _ = ticker.tick() => {
+                    if self.last_sent.elapsed() >= ping_interval {
+                        self.send(&ServerMessage::Ping).await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        self.engine
+            .stats
+            .add_subscriptions(-(self.subs.len() as i64));
+        let (message, code) = match end {
+            End::Gone => (None, CloseCode::Normal),
+            End::Fatal(error) => {
+                tracing::info!(%error, "sync session ended by a protocol violation");
+                (Some(ServerMessage::FatalError { error }), CloseCode::Policy)
+            }
+            End::Auth {
+                error,
+                base_version,
+            } => (
+                Some(ServerMessage::AuthError {
+                    error,
+                    base_version: Some(base_version),
+                    auth_update_attempted: Some(true),
+                }),
+                CloseCode::Normal,
+            ),
+        };
+        if let Some(message) = message {
+            let _ = self.ws.text(message.to_text()).await;
+        }
+        let _ = self
+            .ws
+            .close(Some(CloseReason {
+                code,
+                description: None,
+            }))
+            .await;
+    }
+
+    async fn send(&mut self, message: &ServerMessage) -> Result<(), End> {
+        self.last_sent = Instant::now();
+        self.ws.text(message.to_text()).await.map_err(|_| End::Gone)
+    }
+
+    /// Sends the transition from the client's version to the current snapshot, re-running the
+    /// queries `forced` picks and those whose tables changed.
+    async fn transition(
+        &mut self,
+        query_set: Option<u32>,
+        identity_version: Option<u32>,
+        mut modifications: Vec<StateModification>,
+        forced: impl Fn(&Subscription) -> bool,
+    ) -> Result<(), End> {
+        let since = self.version.ts.0;
+        let (ts, refreshed) = self.engine.refresh(
+            self.subs.values_mut(),
+            since,
+            self.identity.as_ref(),
+            forced,
+        );
+        modifications.extend(refreshed);
+        let end = StateVersion {
+            query_set: query_set.unwrap_or(self.version.query_set),
+            identity: identity_version.unwrap_or(self.version.identity),
+            ts: Timestamp(ts.max(since)),
+        };
+        if end == self.version && modifications.is_empty() {
+            return Ok(());
+        }
+        let message = ServerMessage::Transition {
+            start_version: self.version,
+            end_version: end,
+            modifications,
+        };
+        self.version = end;
+        self.send(&message).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let message: ClientMessage = serde_json::from_str(text)
+            .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
+        match message {
+            ClientMessage::Connect { .. } | ClientMessage::Event { .. } => Ok(()),
+            ClientMessage::ModifyQuerySet {
+                base_version,
+                new_version,
+                modifications,
+            } => {
+                self.modify_query_set(base_version, new_version, modifications)
+                    .await
+            }
+            ClientMessage::Authenticate {
+                base_version,
+                token_type,
+                value,
+            } => self.authenticate(base_version, token_type, value).await,
+            ClientMessage::Mutation {
+                request_id,
+                udf_path,
+                args,
+                ..
+            } => {
+                let args = single_args(&args)?;
+                let (result, ts) = self
+                    .engine
+                    .mutation(&udf_path, &args, self.identity.as_ref());
+                let (success, result, error_data) = outcome(result);
+                let message = ServerMessage::MutationResponse {
+                    request_id,
+                    success,
+                    result,
+                    ts: success.then_some(Timestamp(ts)),
+                    log_lines: vec![],
+                    error_data,
+                };
+                self.send(&message).await
+            }
+            ClientMessage::Action {
+                request_id,
+                udf_path,
+                args,
+                ..
+            } => {
+                let args = single_args(&args)?;
+                let (success, result, error_data) =
+                    outcome(self.engine.action(&udf_path, &args, self.identity.as_ref()));
+                self.send(&ServerMessage::ActionResponse {
+                    request_id,
+                    success,
+                    result,
+                    log_lines: vec![],
+                    error_data,
+                })
+                .await
+            }
+        }
+    }
+
+    async fn modify_query_set(
+        &mut self,
+        base: u32,
+        new: u32,
+        modifications: Vec<QuerySetModification>,
+    ) -> Result<(), End> {
+        if base != self.version.query_set || new != base + 1 {
+            return Err(End::Fatal(format!(
+                "ModifyQuerySet from version {base} to {new}, but the query set is at version {}",
+                self.version.query_set
+            )));
+        }
+        let mut removed = Vec::new();
+        let mut added = BTreeSet::new();
+        for m in modifications {
+            match m {
+                QuerySetModification::Add {
+                    query_id,
+                    udf_path,
+                    args,
+                    ..
+                } => {
+                    if self.subs.contains_key(&query_id) {
+                        return Err(End::Fatal(format!(
+                            "query id {query_id} is already in the query set"
+                        )));
+                    }
+                    let args = single_args(&args)?;
+                    self.subs
+                        .insert(query_id, Subscription::new(query_id, udf_path, args));
+                    added.insert(query_id);
+                }
+                QuerySetModification::Remove { query_id } => {
+                    if self.subs.remove(&query_id).is_none() {
+                        return Err(End::Fatal(format!(
+                            "query id {query_id} is not in the query set"
+                        )));
+                    }
+                    added.remove(&query_id);
+                    removed.push(StateModification::QueryRemoved { query_id });
+                }
+            }
+        }
+        self.engine
+            .stats
+            .add_subscriptions(added.len() as i64 - removed.len() as i64);
+        self.transition(Some(new), None, removed, |s| added.contains(&s.query_id))
+            .await
+    }
+
+    async fn authenticate(
+        &mut self,
+        base: u32,
+        token_type: TokenType,
+        value: Option<String>,
+    ) -> Result<(), End> {
+        if base != self.version.identity {
+            return Err(End::Fatal(format!(
+                "Authenticate with base version {base}, but the identity is at version {}",
+                self.version.identity
+            )));
+        }
+        self.identity = match (token_type, value) {
+            (TokenType::None, _) => None,
+            (TokenType::User, Some(token)) => match self.engine.auth.verify(&token).await {
+                Ok(identity) => Some(identity),
+                Err(error) => {
+                    return Err(End::Auth {
+                        error,
+                        base_version: base,
+                    });
+                }
+            },
+            (TokenType::User, None) => {
+                return Err(End::Fatal(
+                    "Authenticate with a User token needs a value".into(),
+                ));
+            }
+            (TokenType::Admin, _) => {
+                return Err(End::Auth {
+                    error: "admin keys are not accepted by devconvex".into(),
+                    base_version: base,
+                });
+            }
+        };
+        // Every query re-runs under the new identity.
+        self.transition(None, Some(base + 1), Vec::new(), |_| true)
+            .await
+    }
+}
+
+/// The sync protocol carries arguments as a one-element array.
+fn single_args(args: &[Value]) -> Result<Value, End> {
+    match args {
+        [one] => Ok(one.clone()),
+        _ => Err(End::Fatal(format!(
+            "expected one arguments object, got {}",
+            args.len()
+        ))),
+    }
+}
+
+fn outcome(result: Result<Value, FunctionError>) -> (bool, Value, Option<Value>) {
+    match result {
+        Ok(v) => (true, v, None),
+        Err(e) => (false, Value::String(e.message), e.data),
+    }
+}
