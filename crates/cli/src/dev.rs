@@ -43,16 +43,14 @@ pub async fn run() -> Result {
     gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
     let gateway = edge_gateway::Application::build(gateway_config).await?;
 
-    println!("convex-edge dev");
-    println!("  site (gateway):  http://{}", gateway.addr());
-    println!(
-        "  auth routes:     http://{}/api/auth/get-session",
-        gateway.addr()
+    // Printed without panicking when stdout is closed (`convex-edge dev | head`).
+    let banner = format!(
+        "convex-edge dev\n  site (gateway):  http://{gw}\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
+        gw = gateway.addr(),
+        grpc = auth.grpc_addr(),
+        http = auth.http_addr(),
     );
-    println!("  JWKS:            http://{}/api/auth/jwks", gateway.addr());
-    println!("  auth gRPC:       http://{}", auth.grpc_addr());
-    println!("  auth HTTP:       http://{}", auth.http_addr());
-    println!("  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)");
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

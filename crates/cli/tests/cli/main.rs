@@ -75,6 +75,8 @@ pub fn read_line_containing(proc: &mut Proc, needle: &str) -> String {
             "process exited before printing {needle}"
         );
         if line.contains(needle) {
+            // Keep draining so the process never writes into a closed pipe.
+            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
             return line.trim().to_owned();
         }
     }
