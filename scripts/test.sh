@@ -30,5 +30,8 @@ if ! command -v node >/dev/null; then
   exit 1
 fi
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+# The demo app as real Convex functions must type-check against the convex package.
+npm ci --prefix examples/demo --no-audit --no-fund --loglevel=error
+npm run --prefix examples/demo --silent typecheck
 
 cargo test --workspace --locked "$@"

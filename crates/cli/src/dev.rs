@@ -1,4 +1,4 @@
-//! `convex-edge dev`: auth and the gateway in one process, with a SQLite database and a dev
+//! `convex-edge dev`: auth, the gateway and devconvex in one process, with a SQLite database and a dev
 //! secret kept in `./.convex-edge/` so sessions and keys survive restarts.
 
 use std::path::Path;
@@ -38,16 +38,37 @@ pub async fn run() -> Result {
         _ => std::env::var(name).ok(),
     };
     let auth_config = edge_auth::Config::from_env(&env)?;
+    let (issuer, audience, alg) = (
+        auth_config.issuer.clone(),
+        auth_config.audience.clone(),
+        auth_config.alg,
+    );
     let auth = edge_auth::Application::build(auth_config).await?;
+    // devconvex trusts exactly the tokens this auth issues, fetching its JWKS.
+    let mut devconvex_config = edge_devconvex::Config::from_env(&env)?;
+    if devconvex_config.auth_config.is_none() {
+        devconvex_config.auth_config = Some(
+            serde_json::json!({"providers": [{
+                "type": "customJwt",
+                "issuer": issuer,
+                "applicationID": audience,
+                "algorithm": alg.as_str(),
+                "jwks": format!("http://{}/api/auth/jwks", auth.http_addr()),
+            }]})
+            .to_string(),
+        );
+    }
+    let devconvex = edge_devconvex::Application::build(devconvex_config).await?;
     let mut gateway_config = edge_gateway::Config::from_env(&env)?;
     gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
     let gateway = edge_gateway::Application::build(gateway_config).await?;
 
     // Printed without panicking when stdout is closed (`convex-edge dev | head`).
     let banner = format!(
-        "convex-edge dev\n  site (gateway):  http://{gw}\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
+        "convex-edge dev\n  site (gateway):  http://{gw}\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  Convex (devconvex, demo app): http://{convex}\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
         gw = gateway.addr(),
         grpc = auth.grpc_addr(),
+        convex = devconvex.addr(),
         http = auth.http_addr(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
@@ -57,10 +78,12 @@ pub async fn run() -> Result {
         let _ = rx.wait_for(|s| *s).await;
     };
     let auth_task = tokio::spawn(auth.run_until(stopped(stop_rx.clone())));
-    let gateway_task = tokio::spawn(gateway.run_until(stopped(stop_rx)));
+    let gateway_task = tokio::spawn(gateway.run_until(stopped(stop_rx.clone())));
+    let devconvex_task = tokio::spawn(devconvex.run_until(stopped(stop_rx)));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     gateway_task.await.context("gateway task failed")??;
+    devconvex_task.await.context("devconvex task failed")??;
     auth_task.await.context("auth task failed")??;
     Ok(())
 }

@@ -10,7 +10,7 @@ const USAGE: &str = "\
 usage: convex-edge <command>
 
 commands:
-  dev                  auth and gateway in one process on embedded defaults (SQLite, generated keys)
+  dev                  auth, gateway and devconvex in one process (SQLite, generated keys)
   auth                 the auth service (gRPC + HTTP), configured by environment
   gateway              the gateway (HTTP), configured by environment
   devconvex            the Convex-compatible development backend (demo app)

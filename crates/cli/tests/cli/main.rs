@@ -63,21 +63,23 @@ pub async fn wait_ready(url: &str) {
     }
 }
 
-/// Reads stdout lines until one contains `needle`.
-pub fn read_line_containing(proc: &mut Proc, needle: &str) -> String {
+/// Reads stdout lines up to the first that contains `needle`, then keeps draining the rest
+/// in the background so the process never writes into a closed pipe.
+pub fn read_lines_until(proc: &mut Proc, needle: &str) -> Vec<String> {
     let stdout = proc.0.stdout.take().expect("stdout piped");
     let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
+    let mut lines = Vec::new();
     loop {
-        line.clear();
+        let mut line = String::new();
         assert!(
             reader.read_line(&mut line).expect("read stdout") > 0,
             "process exited before printing {needle}"
         );
-        if line.contains(needle) {
-            // Keep draining so the process never writes into a closed pipe.
+        let done = line.contains(needle);
+        lines.push(line.trim().to_owned());
+        if done {
             std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-            return line.trim().to_owned();
+            return lines;
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::{Proc, SECRET, read_line_containing, spawn, wait_ready};
+use crate::{Proc, SECRET, read_lines_until, spawn, wait_ready};
 
 fn port() -> String {
     edge_testkit::free_port().to_string()
@@ -137,10 +137,19 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
         ("GATEWAY_HTTP_ADDR".into(), "127.0.0.1:0".into()),
         ("AUTH_GRPC_ADDR".into(), "127.0.0.1:0".into()),
         ("AUTH_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+        ("DEVCONVEX_ADDR".into(), "127.0.0.1:0".into()),
     ];
     let mut dev = spawn(&["dev"], &env, Some(dir.path()));
-    let line = read_line_containing(&mut dev, "site (gateway):");
-    let base = line.rsplit(' ').next().unwrap().to_owned();
+    let lines = read_lines_until(&mut dev, "data:");
+    let url_after = |label: &str| {
+        let line = lines
+            .iter()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("{label} in {lines:?}"));
+        line.rsplit(' ').next().unwrap().to_owned()
+    };
+    let base = url_after("site (gateway):");
+    let convex = url_after("Convex (devconvex");
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/api/auth/sign-up/email"))
@@ -182,6 +191,18 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
             chrono::Utc::now().timestamp(),
         )
         .unwrap();
+    // devconvex trusts the same tokens: users:me answers with the signed-up user.
+    let me: Value = client
+        .post(format!("{convex}/api/query"))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .json(&json!({"path": "users:me", "args": {}, "format": "json"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["value"]["email"], "dev@example.com", "{me}");
     assert!(dir.path().join(".convex-edge/dev.db").exists());
     let secret = std::fs::read_to_string(dir.path().join(".convex-edge/secret")).unwrap();
     assert!(secret.len() >= 32);
