@@ -207,3 +207,25 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
     let secret = std::fs::read_to_string(dir.path().join(".convex-edge/secret")).unwrap();
     assert!(secret.len() >= 32);
 }
+
+#[tokio::test]
+async fn devconvex_serves_the_demo_app() {
+    let port = port();
+    let _proc = spawn(
+        &["devconvex"],
+        &[("DEVCONVEX_ADDR".into(), format!("127.0.0.1:{port}"))],
+        None,
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{base}/readyz")).await;
+    let r: Value = reqwest::Client::new()
+        .post(format!("{base}/api/query"))
+        .json(&json!({"path": "config:get", "args": {}, "format": "json"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["value"]["defaultChannel"], "general");
+}
