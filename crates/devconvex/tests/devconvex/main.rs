@@ -4,6 +4,7 @@
 mod http_api;
 mod npm_client;
 mod protocol;
+mod rust_client;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
