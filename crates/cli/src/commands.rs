@@ -62,6 +62,13 @@ pub async fn gateway() -> Result {
     Ok(())
 }
 
+pub async fn query() -> Result {
+    let config = edge_query::Config::from_env(env)?;
+    let app = edge_query::Application::build(config).await?;
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
 pub async fn devconvex() -> Result {
     let config = edge_devconvex::Config::from_env(env)?;
     let app = edge_devconvex::Application::build(config).await?;

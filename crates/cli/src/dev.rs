@@ -1,4 +1,4 @@
-//! `convex-edge dev`: auth, the gateway and devconvex in one process, with a SQLite database and a dev
+//! `convex-edge dev`: auth, the gateway, the query service and devconvex in one process, with a SQLite database and a dev
 //! secret kept in `./.convex-edge/` so sessions and keys survive restarts.
 
 use std::path::Path;
@@ -59,16 +59,28 @@ pub async fn run() -> Result {
         );
     }
     let devconvex = edge_devconvex::Application::build(devconvex_config).await?;
+    // The query service proxies devconvex, verifying tokens with auth's keys.
+    let convex_url = format!("http://{}", devconvex.addr());
+    let query_env = |name: &str| match name {
+        "CONVEX_URL" => Some(std::env::var(name).unwrap_or_else(|_| convex_url.clone())),
+        "AUTH_GRPC_URL" => Some(format!("http://{}", auth.grpc_addr())),
+        "QUERY_SHARED_FUNCTIONS" => {
+            Some(std::env::var(name).unwrap_or_else(|_| "messages:list,config:get".into()))
+        }
+        _ => env(name),
+    };
+    let query = edge_query::Application::build(edge_query::Config::from_env(query_env)?).await?;
     let mut gateway_config = edge_gateway::Config::from_env(&env)?;
     gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
     let gateway = edge_gateway::Application::build(gateway_config).await?;
 
     // Printed without panicking when stdout is closed (`convex-edge dev | head`).
     let banner = format!(
-        "convex-edge dev\n  site (gateway):  http://{gw}\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  Convex (devconvex, demo app): http://{convex}\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
+        "convex-edge dev\n  site (gateway):  http://{gw}\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  Convex clients (query proxy): http://{query}\n  Convex (devconvex, demo app): http://{convex}\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
         gw = gateway.addr(),
         grpc = auth.grpc_addr(),
         convex = devconvex.addr(),
+        query = query.http_addr(),
         http = auth.http_addr(),
     );
     let _ = std::io::Write::write_all(&mut std::io::stdout(), banner.as_bytes());
@@ -79,10 +91,12 @@ pub async fn run() -> Result {
     };
     let auth_task = tokio::spawn(auth.run_until(stopped(stop_rx.clone())));
     let gateway_task = tokio::spawn(gateway.run_until(stopped(stop_rx.clone())));
-    let devconvex_task = tokio::spawn(devconvex.run_until(stopped(stop_rx)));
+    let devconvex_task = tokio::spawn(devconvex.run_until(stopped(stop_rx.clone())));
+    let query_task = tokio::spawn(query.run_until(stopped(stop_rx)));
     shutdown_signal().await;
     let _ = stop_tx.send(true);
     gateway_task.await.context("gateway task failed")??;
+    query_task.await.context("query task failed")??;
     devconvex_task.await.context("devconvex task failed")??;
     auth_task.await.context("auth task failed")??;
     Ok(())

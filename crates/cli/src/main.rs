@@ -13,6 +13,7 @@ commands:
   dev                  auth, gateway and devconvex in one process (SQLite, generated keys)
   auth                 the auth service (gRPC + HTTP), configured by environment
   gateway              the gateway (HTTP), configured by environment
+  query                the query service (Convex proxy), configured by environment
   devconvex            the Convex-compatible development backend (demo app)
   migrate              apply the auth schema to DATABASE_URL (idempotent)
   jwks export          print the static JWKS rows (for `npx convex env set JWKS`)
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
             ["dev"] => dev::run().await,
             ["auth"] => commands::auth().await,
             ["gateway"] => commands::gateway().await,
+            ["query"] => commands::query().await,
             ["devconvex"] => commands::devconvex().await,
             ["migrate"] => commands::migrate().await,
             ["jwks", "export"] => commands::jwks_export().await,

@@ -8,3 +8,10 @@ pub mod auth {
         tonic::include_proto!("edge.auth.v1");
     }
 }
+
+/// `edge.query.v1`: Convex function calls for the gateway.
+pub mod query {
+    pub mod v1 {
+        tonic::include_proto!("edge.query.v1");
+    }
+}

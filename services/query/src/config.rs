@@ -1,0 +1,98 @@
+//! The query service's configuration, parsed once from the environment without side effects.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+pub use edge_telemetry::ConfigError;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    /// The upstream Convex deployment (`https://…convex.cloud`, or devconvex).
+    pub convex_url: String,
+    /// auth's gRPC endpoint, for the JWKS.
+    pub auth_grpc_url: String,
+    /// Canonical paths whose results do not depend on the caller.
+    pub shared_functions: BTreeSet<String>,
+    pub issuer: String,
+    pub audience: String,
+    /// Largest WebSocket message or HTTP body accepted.
+    pub max_message_bytes: usize,
+    /// Unanswered mutations and actions one socket may have in flight (Convex: 1000).
+    pub max_pending_requests: usize,
+    /// Upstream events queued for one socket before it counts as too slow and is cut off.
+    pub socket_queue: usize,
+    /// How long an unused upstream connection is kept.
+    pub upstream_idle: Duration,
+}
+
+impl Config {
+    pub fn local(convex_url: impl Into<String>) -> Self {
+        Config {
+            http_addr: "127.0.0.1:3210".parse().expect("valid address"),
+            grpc_addr: "127.0.0.1:50052".parse().expect("valid address"),
+            convex_url: convex_url.into(),
+            auth_grpc_url: "http://127.0.0.1:50051".into(),
+            shared_functions: BTreeSet::new(),
+            issuer: "http://localhost:8080".into(),
+            audience: "convex".into(),
+            max_message_bytes: 8 * 1024 * 1024,
+            max_pending_requests: 1000,
+            socket_queue: 1024,
+            upstream_idle: Duration::from_secs(5),
+        }
+    }
+
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let convex_url = get("CONVEX_URL")
+            .ok_or_else(|| ConfigError::new("CONVEX_URL", "required: the Convex deployment URL"))?;
+        if !(convex_url.starts_with("http://") || convex_url.starts_with("https://")) {
+            return Err(ConfigError::new(
+                "CONVEX_URL",
+                format!("expected http(s)://…, got `{convex_url}`"),
+            ));
+        }
+        let mut config = Config::local(convex_url.trim_end_matches('/'));
+        for (var, slot) in [
+            ("QUERY_HTTP_ADDR", &mut config.http_addr),
+            ("QUERY_GRPC_ADDR", &mut config.grpc_addr),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = v
+                    .parse()
+                    .map_err(|_| ConfigError::new(var, format!("expected host:port, got `{v}`")))?;
+            }
+        }
+        if let Some(v) = get("AUTH_GRPC_URL") {
+            if !(v.starts_with("http://") || v.starts_with("https://")) {
+                return Err(ConfigError::new(
+                    "AUTH_GRPC_URL",
+                    format!("expected http://host:port, got `{v}`"),
+                ));
+            }
+            config.auth_grpc_url = v;
+        }
+        if let Some(v) = get("QUERY_SHARED_FUNCTIONS") {
+            config.shared_functions =
+                parse_shared(&v).map_err(|e| ConfigError::new("QUERY_SHARED_FUNCTIONS", e))?;
+        }
+        if let Some(v) = get("JWT_ISSUER") {
+            config.issuer = v;
+        }
+        if let Some(v) = get("JWT_AUDIENCE") {
+            config.audience = v;
+        }
+        Ok(config)
+    }
+}
+
+/// `messages:list,config:get` → canonical paths.
+pub fn parse_shared(list: &str) -> Result<BTreeSet<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|p| edge_convex::UdfPath::parse(p).map(|p| p.as_str().to_owned()))
+        .collect()
+}

@@ -1,0 +1,731 @@
+//! A client's WebSocket: the sync protocol towards the client, over shared upstreams.
+//!
+//! Each socket keeps its own query ids and versions and turns upstream events into transitions
+//! that satisfy every client rule: a transition starts at the version the client holds; the
+//! query-set version moves only with the client's `ModifyQuerySet`, the identity version by one
+//! per `Authenticate`; `ts` is the minimum of the latest `ts` of the upstreams the socket uses
+//! (a consistent frontier), never beyond any of them and never backwards.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use edge_convex::sync::{QuerySetModification, TokenType};
+use edge_convex::{ClientMessage, ServerMessage, StateVersion, Timestamp};
+use serde::Serialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::AppState;
+use crate::identity::{IdentityKey, VerifiedUser};
+use crate::key::QueryKey;
+use crate::upstream::{self, Command, Event, QueryResult, RequestOutcome, Upstream, UpstreamId};
+
+/// How long one write to a client may take before the client counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+enum End {
+    Gone,
+    Fatal(String),
+    Auth { error: String, base_version: u32 },
+    TooSlow,
+}
+
+/// One client query.
+struct ClientQuery {
+    /// `None` when the path was invalid (answered locally with a failure).
+    key: Option<QueryKey>,
+    upstream: UpstreamId,
+    last: Option<Arc<QueryResult>>,
+}
+
+enum Pending {
+    Removed(u32),
+    Result(u32, Arc<QueryResult>),
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+enum OutModification<'a> {
+    QueryUpdated {
+        query_id: u32,
+        value: &'a RawValue,
+        log_lines: &'a [String],
+        journal: &'a Option<String>,
+    },
+    QueryFailed {
+        query_id: u32,
+        error_message: &'a str,
+        log_lines: &'a [String],
+        journal: &'a Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error_data: Option<&'a RawValue>,
+    },
+    QueryRemoved {
+        query_id: u32,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all_fields = "camelCase")]
+enum OutTransition<'a> {
+    Transition {
+        start_version: StateVersion,
+        end_version: StateVersion,
+        modifications: Vec<OutModification<'a>>,
+    },
+}
+
+struct Downstream {
+    state: web::Data<AppState>,
+    ws: Session,
+    version: StateVersion,
+    listener: u64,
+    events: mpsc::Sender<Event>,
+    evicted: Arc<Notify>,
+    identity: Option<VerifiedUser>,
+    /// The identity's upstream (the anonymous one when signed out).
+    main: Upstream,
+    /// The anonymous upstream, attached once a shared function is used by a signed-in socket.
+    shared: Option<Upstream>,
+    queries: BTreeMap<u32, ClientQuery>,
+    by_key: HashMap<(UpstreamId, QueryKey), BTreeSet<u32>>,
+    /// Latest `ts` seen per upstream.
+    upstream_ts: HashMap<UpstreamId, u64>,
+    in_flight: usize,
+    completions: mpsc::Sender<(u32, bool, Result<RequestOutcome, String>)>,
+}
+
+pub async fn handler(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> actix_web::Result<HttpResponse> {
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
+    let limit = state.config.max_message_bytes;
+    let stream = stream
+        .max_frame_size(limit)
+        .aggregate_continuations()
+        .max_continuation_size(limit);
+    actix_web::rt::spawn(run(state, ws, stream));
+    Ok(response)
+}
+
+async fn run(
+    state: web::Data<AppState>,
+    ws: Session,
+    mut stream: actix_ws::AggregatedMessageStream,
+) {
+    let stats = state.hub.stats.clone();
+    stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
+    let (events, mut events_rx) = mpsc::channel(state.config.socket_queue);
+    let (completions, mut completions_rx) = mpsc::channel(64);
+    let evicted = Arc::new(Notify::new());
+    let listener = upstream::next_id();
+    let attach = Command::Attach {
+        listener,
+        tx: events.clone(),
+        evicted: evicted.clone(),
+    };
+    let main = state.hub.send(&IdentityKey::Anonymous, attach).await;
+    let mut d = Downstream {
+        state,
+        ws,
+        version: StateVersion::default(),
+        listener,
+        events,
+        evicted: evicted.clone(),
+        identity: None,
+        main,
+        shared: None,
+        queries: BTreeMap::new(),
+        by_key: HashMap::new(),
+        upstream_ts: HashMap::new(),
+        in_flight: 0,
+        completions,
+    };
+    let end = loop {
+        let step = tokio::select! {
+            message = stream.recv() => match message {
+                None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Gone),
+                Some(Ok(AggregatedMessage::Text(text))) => d.on_text(&text).await,
+                Some(Ok(AggregatedMessage::Ping(bytes))) => d.ws.pong(&bytes).await.map_err(|_| End::Gone),
+                Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
+                Some(Ok(AggregatedMessage::Binary(_))) => Err(End::Fatal("binary frames are not part of the sync protocol".into())),
+                Some(Err(e)) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
+            },
+            Some(event) = events_rx.recv() => {
+                let mut batch = vec![event];
+                while let Ok(e) = events_rx.try_recv() {
+                    batch.push(e);
+                }
+                d.on_events(batch).await
+            }
+            Some((request_id, mutation, outcome)) = completions_rx.recv() => d.on_completion(request_id, mutation, outcome).await,
+            _ = evicted.notified() => Err(End::TooSlow),
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    d.close(end).await;
+    stats.downstream_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Downstream {
+    async fn close(mut self, end: End) {
+        let stats = self.state.hub.stats.clone();
+        stats
+            .downstream_subscriptions
+            .fetch_sub(self.queries.len() as i64, Ordering::Relaxed);
+        let detach = |u: &Upstream, listener| {
+            let _ = u.tx.try_send(Command::Detach { listener });
+        };
+        detach(&self.main, self.listener);
+        if let Some(shared) = &self.shared {
+            detach(shared, self.listener);
+        }
+        let (message, code) = match end {
+            End::Gone => (None, CloseCode::Normal),
+            End::TooSlow => (None, CloseCode::Again),
+            End::Fatal(error) => {
+                tracing::info!(%error, "client session ended by a protocol violation");
+                (Some(ServerMessage::FatalError { error }), CloseCode::Policy)
+            }
+            End::Auth {
+                error,
+                base_version,
+            } => (
+                Some(ServerMessage::AuthError {
+                    error,
+                    base_version: Some(base_version),
+                    auth_update_attempted: Some(true),
+                }),
+                CloseCode::Normal,
+            ),
+        };
+        if let Some(message) = message {
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.text(message.to_text())).await;
+        }
+        let _ = tokio::time::timeout(
+            SEND_TIMEOUT,
+            self.ws.close(Some(CloseReason {
+                code,
+                description: None,
+            })),
+        )
+        .await;
+    }
+
+    async fn send_text(&mut self, text: String) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.text(text)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone),
+            Err(_) => Err(End::TooSlow),
+        }
+    }
+
+    fn is_shared(&self, key: &QueryKey) -> bool {
+        self.state.config.shared_functions.contains(&key.path)
+    }
+
+    /// The upstream a key is served by, attaching the shared one on first use.
+    async fn upstream_for(&mut self, key: &QueryKey) -> Upstream {
+        if self.identity.is_none() || !self.is_shared(key) {
+            return self.main.clone();
+        }
+        if let Some(shared) = &self.shared {
+            return shared.clone();
+        }
+        let attach = Command::Attach {
+            listener: self.listener,
+            tx: self.events.clone(),
+            evicted: self.evicted.clone(),
+        };
+        let shared = self.state.hub.send(&IdentityKey::Anonymous, attach).await;
+        self.shared = Some(shared.clone());
+        shared
+    }
+
+    /// The consistent `ts`: the oldest latest-`ts` among the upstreams in use.
+    fn frontier(&self) -> Option<u64> {
+        let mut ids = vec![self.main.id];
+        if let Some(shared) = &self.shared
+            && self.queries.values().any(|q| q.upstream == shared.id)
+        {
+            ids.push(shared.id);
+        }
+        ids.iter()
+            .map(|id| self.upstream_ts.get(id).copied())
+            .collect::<Option<Vec<u64>>>()?
+            .into_iter()
+            .min()
+    }
+
+    async fn transition(
+        &mut self,
+        query_set: Option<u32>,
+        identity: Option<u32>,
+        pending: Vec<Pending>,
+    ) -> Result<(), End> {
+        let ts = self
+            .frontier()
+            .map_or(self.version.ts, |f| Timestamp(f.max(self.version.ts.0)));
+        let end = StateVersion {
+            query_set: query_set.unwrap_or(self.version.query_set),
+            identity: identity.unwrap_or(self.version.identity),
+            ts,
+        };
+        if end == self.version && pending.is_empty() {
+            return Ok(());
+        }
+        let modifications = pending
+            .iter()
+            .map(|p| match p {
+                Pending::Removed(query_id) => OutModification::QueryRemoved {
+                    query_id: *query_id,
+                },
+                Pending::Result(query_id, result) => match result.as_ref() {
+                    QueryResult::Value {
+                        value,
+                        log_lines,
+                        journal,
+                    } => OutModification::QueryUpdated {
+                        query_id: *query_id,
+                        value,
+                        log_lines,
+                        journal,
+                    },
+                    QueryResult::Failed {
+                        message,
+                        data,
+                        log_lines,
+                        journal,
+                    } => OutModification::QueryFailed {
+                        query_id: *query_id,
+                        error_message: message,
+                        log_lines,
+                        journal,
+                        error_data: data.as_deref(),
+                    },
+                },
+            })
+            .collect();
+        let text = serde_json::to_string(&OutTransition::Transition {
+            start_version: self.version,
+            end_version: end,
+            modifications,
+        })
+        .expect("transitions serialise");
+        self.version = end;
+        self.send_text(text).await
+    }
+
+    /// Applies a result to every client query on (upstream, key) whose last result differs.
+    fn apply(
+        &mut self,
+        upstream: UpstreamId,
+        key: &QueryKey,
+        result: &Arc<QueryResult>,
+        pending: &mut Vec<Pending>,
+    ) {
+        let Some(ids) = self.by_key.get(&(upstream, key.clone())) else {
+            return;
+        };
+        for id in ids {
+            let Some(q) = self.queries.get_mut(id) else {
+                continue;
+            };
+            if q.last
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, result) || last.same_as(result))
+            {
+                continue;
+            }
+            q.last = Some(result.clone());
+            pending.push(Pending::Result(*id, result.clone()));
+        }
+    }
+
+    async fn on_events(&mut self, events: Vec<Event>) -> Result<(), End> {
+        let mut pending = Vec::new();
+        for event in events {
+            match event {
+                Event::Transition {
+                    upstream,
+                    ts,
+                    updates,
+                } => {
+                    self.upstream_ts.insert(upstream, ts);
+                    for (key, result) in updates.iter() {
+                        self.apply(upstream, key, result, &mut pending);
+                    }
+                }
+                Event::Current {
+                    upstream,
+                    ts,
+                    key,
+                    result,
+                } => {
+                    let known = self.upstream_ts.entry(upstream).or_insert(ts);
+                    *known = (*known).max(ts);
+                    self.apply(upstream, &key, &result, &mut pending);
+                }
+                Event::AuthFailed { error, .. } => {
+                    return Err(End::Auth {
+                        error,
+                        base_version: self.version.identity.saturating_sub(1),
+                    });
+                }
+            }
+        }
+        self.transition(None, None, pending).await
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let message: ClientMessage = serde_json::from_str(text)
+            .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
+        match message {
+            ClientMessage::Connect { .. } | ClientMessage::Event { .. } => Ok(()),
+            ClientMessage::ModifyQuerySet {
+                base_version,
+                new_version,
+                modifications,
+            } => {
+                self.modify_query_set(base_version, new_version, modifications)
+                    .await
+            }
+            ClientMessage::Authenticate {
+                base_version,
+                token_type,
+                value,
+            } => self.authenticate(base_version, token_type, value).await,
+            ClientMessage::Mutation {
+                request_id,
+                udf_path,
+                args,
+                ..
+            } => self.request(true, request_id, udf_path, args).await,
+            ClientMessage::Action {
+                request_id,
+                udf_path,
+                args,
+                ..
+            } => self.request(false, request_id, udf_path, args).await,
+        }
+    }
+
+    async fn subscribe(&mut self, query_id: u32, key: QueryKey) {
+        let upstream = self.upstream_for(&key).await;
+        let ids = self.by_key.entry((upstream.id, key.clone())).or_default();
+        let first = ids.is_empty();
+        ids.insert(query_id);
+        self.queries.insert(
+            query_id,
+            ClientQuery {
+                key: Some(key.clone()),
+                upstream: upstream.id,
+                last: None,
+            },
+        );
+        if first {
+            let _ = upstream
+                .tx
+                .send(Command::Subscribe {
+                    listener: self.listener,
+                    key,
+                })
+                .await;
+        }
+    }
+
+    async fn unsubscribe(&mut self, query_id: u32) -> bool {
+        let Some(q) = self.queries.remove(&query_id) else {
+            return false;
+        };
+        let Some(key) = q.key else { return true };
+        let slot = (q.upstream, key.clone());
+        let now_empty = match self.by_key.get_mut(&slot) {
+            Some(ids) => {
+                ids.remove(&query_id);
+                ids.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.by_key.remove(&slot);
+            let upstream = if self.main.id == q.upstream {
+                Some(self.main.clone())
+            } else {
+                self.shared.clone()
+            };
+            if let Some(u) = upstream {
+                let _ =
+                    u.tx.send(Command::Unsubscribe {
+                        listener: self.listener,
+                        key,
+                    })
+                    .await;
+            }
+        }
+        true
+    }
+
+    async fn modify_query_set(
+        &mut self,
+        base: u32,
+        new: u32,
+        modifications: Vec<QuerySetModification>,
+    ) -> Result<(), End> {
+        if base != self.version.query_set || new != base + 1 {
+            return Err(End::Fatal(format!(
+                "ModifyQuerySet from version {base} to {new}, but the query set is at version {}",
+                self.version.query_set
+            )));
+        }
+        let stats = self.state.hub.stats.clone();
+        let mut pending = Vec::new();
+        for m in modifications {
+            match m {
+                QuerySetModification::Add {
+                    query_id,
+                    udf_path,
+                    args,
+                    journal,
+                    ..
+                } => {
+                    if self.queries.contains_key(&query_id) {
+                        return Err(End::Fatal(format!(
+                            "query id {query_id} is already in the query set"
+                        )));
+                    }
+                    let [args] = &args[..] else {
+                        return Err(End::Fatal(format!(
+                            "expected one arguments object, got {}",
+                            args.len()
+                        )));
+                    };
+                    match QueryKey::new(&udf_path, args, journal) {
+                        Ok(key) => self.subscribe(query_id, key).await,
+                        Err(message) => {
+                            let failed = Arc::new(QueryResult::Failed {
+                                message,
+                                data: None,
+                                log_lines: vec![],
+                                journal: None,
+                            });
+                            self.queries.insert(
+                                query_id,
+                                ClientQuery {
+                                    key: None,
+                                    upstream: self.main.id,
+                                    last: Some(failed.clone()),
+                                },
+                            );
+                            pending.push(Pending::Result(query_id, failed));
+                        }
+                    }
+                    stats
+                        .downstream_subscriptions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                QuerySetModification::Remove { query_id } => {
+                    if !self.unsubscribe(query_id).await {
+                        return Err(End::Fatal(format!(
+                            "query id {query_id} is not in the query set"
+                        )));
+                    }
+                    pending.retain(|p| !matches!(p, Pending::Result(id, _) if *id == query_id));
+                    pending.push(Pending::Removed(query_id));
+                    stats
+                        .downstream_subscriptions
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.transition(Some(new), None, pending).await
+    }
+
+    async fn authenticate(
+        &mut self,
+        base: u32,
+        token_type: TokenType,
+        value: Option<String>,
+    ) -> Result<(), End> {
+        if base != self.version.identity {
+            return Err(End::Fatal(format!(
+                "Authenticate with base version {base}, but the identity is at version {}",
+                self.version.identity
+            )));
+        }
+        let user = match (token_type, value) {
+            (TokenType::None, _) => None,
+            (TokenType::User, Some(token)) => match self.state.identities.verify(&token).await {
+                Ok(user) => Some(user),
+                // Refused locally: Convex never sees the token.
+                Err(error) => {
+                    return Err(End::Auth {
+                        error,
+                        base_version: base,
+                    });
+                }
+            },
+            (TokenType::User, None) => {
+                return Err(End::Fatal(
+                    "Authenticate with a User token needs a value".into(),
+                ));
+            }
+            (TokenType::Admin, _) => {
+                return Err(End::Auth {
+                    error: "admin keys are not accepted by the proxy".into(),
+                    base_version: base,
+                });
+            }
+        };
+        let new_key = user
+            .as_ref()
+            .map_or(IdentityKey::Anonymous, |u| u.key.clone());
+        let old_key = self
+            .identity
+            .as_ref()
+            .map_or(IdentityKey::Anonymous, |u| u.key.clone());
+        if new_key != old_key {
+            self.switch_identity(&new_key, user.clone()).await;
+        }
+        if let Some(u) = &user {
+            let _ = self
+                .main
+                .tx
+                .send(Command::Token {
+                    token: u.token.clone(),
+                    expires_at: u.expires_at,
+                })
+                .await;
+        }
+        self.identity = user;
+        self.transition(None, Some(base + 1), Vec::new()).await
+    }
+
+    /// Moves the identity's queries to the new identity's upstream; shared ones stay.
+    async fn switch_identity(&mut self, new_key: &IdentityKey, user: Option<VerifiedUser>) {
+        let moving: Vec<(u32, QueryKey)> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.upstream == self.main.id)
+            .filter_map(|(id, q)| q.key.clone().map(|k| (*id, k)))
+            .collect();
+        for (id, _) in &moving {
+            self.unsubscribe(*id).await;
+        }
+        let old_main = self.main.clone();
+        let attach = Command::Attach {
+            listener: self.listener,
+            tx: self.events.clone(),
+            evicted: self.evicted.clone(),
+        };
+        if *new_key == IdentityKey::Anonymous
+            && let Some(shared) = self.shared.take()
+        {
+            // Signing out: the anonymous upstream, already attached for shared queries, is main.
+            self.main = shared;
+        } else if let Some(u) = &user {
+            // The token goes first so the upstream authenticates before subscribing.
+            let token = Command::Token {
+                token: u.token.clone(),
+                expires_at: u.expires_at,
+            };
+            self.main = self.state.hub.send(new_key, token).await;
+            let _ = self.main.tx.send(attach).await;
+        } else {
+            self.main = self.state.hub.send(new_key, attach).await;
+        }
+        if old_main.id != self.main.id {
+            let _ = old_main
+                .tx
+                .send(Command::Detach {
+                    listener: self.listener,
+                })
+                .await;
+        }
+        self.identity = user;
+        for (id, key) in moving {
+            self.subscribe(id, key).await;
+        }
+    }
+
+    async fn request(
+        &mut self,
+        mutation: bool,
+        request_id: u32,
+        udf_path: String,
+        args: Vec<Value>,
+    ) -> Result<(), End> {
+        if self.in_flight >= self.state.config.max_pending_requests {
+            return Err(End::Fatal(format!(
+                "more than {} requests in flight",
+                self.state.config.max_pending_requests
+            )));
+        }
+        let [args] = <[Value; 1]>::try_from(args)
+            .map_err(|a| End::Fatal(format!("expected one arguments object, got {}", a.len())))?;
+        self.in_flight += 1;
+        let (reply, answer) = oneshot::channel();
+        let _ = self
+            .main
+            .tx
+            .send(Command::Request {
+                mutation,
+                udf_path,
+                args,
+                reply,
+            })
+            .await;
+        let completions = self.completions.clone();
+        tokio::spawn(async move {
+            let outcome = answer
+                .await
+                .unwrap_or_else(|_| Err("the connection to Convex was lost".into()));
+            let _ = completions.send((request_id, mutation, outcome)).await;
+        });
+        Ok(())
+    }
+
+    async fn on_completion(
+        &mut self,
+        request_id: u32,
+        mutation: bool,
+        outcome: Result<RequestOutcome, String>,
+    ) -> Result<(), End> {
+        self.in_flight -= 1;
+        let outcome = outcome.unwrap_or_else(|error| RequestOutcome {
+            success: false,
+            result: Value::String(error),
+            ts: None,
+            log_lines: vec![],
+            error_data: None,
+        });
+        let message = if mutation {
+            ServerMessage::MutationResponse {
+                request_id,
+                success: outcome.success,
+                result: outcome.result,
+                ts: outcome.ts,
+                log_lines: outcome.log_lines,
+                error_data: outcome.error_data,
+            }
+        } else {
+            ServerMessage::ActionResponse {
+                request_id,
+                success: outcome.success,
+                result: outcome.result,
+                log_lines: outcome.log_lines,
+                error_data: outcome.error_data,
+            }
+        };
+        self.send_text(message.to_text()).await
+    }
+}

@@ -1,0 +1,138 @@
+//! `edge.query.v1.QueryService` for the gateway: the same paths as the HTTP API.
+
+use std::sync::Arc;
+
+use edge_convex::http::Format;
+use edge_proto::error::ErrorCode;
+use edge_proto::query::v1 as pb;
+use edge_proto::query::v1::query_service_server::QueryService;
+use serde_json::{Value, json};
+use tonic::{Request, Response, Status};
+
+use crate::proxy::{Proxy, ProxyError, Reply};
+
+#[derive(Debug, Clone)]
+pub struct GrpcApi {
+    proxy: Arc<Proxy>,
+}
+
+impl GrpcApi {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        GrpcApi { proxy }
+    }
+}
+
+struct Parsed {
+    token: Option<String>,
+    path: String,
+    args: Value,
+    format: Format,
+}
+
+fn parse(call: pb::FunctionCall) -> Result<Parsed, Status> {
+    let invalid = |m: String| ErrorCode::VALIDATION_ERROR.to_status(m);
+    if call.path.is_empty() {
+        return Err(invalid("path is required".into()));
+    }
+    let args: Value = if call.args_json.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&call.args_json)
+            .map_err(|e| invalid(format!("args_json is not JSON: {e}")))?
+    };
+    let args = edge_convex::http::args_object(&args).map_err(invalid)?;
+    let format = match call.format.as_str() {
+        "" | "convex_encoded_json" => Format::ConvexEncodedJson,
+        "json" => Format::Json,
+        other => return Err(invalid(format!("unknown format `{other}`"))),
+    };
+    Ok(Parsed {
+        token: Some(call.jwt).filter(|t| !t.is_empty()),
+        path: call.path,
+        args,
+        format,
+    })
+}
+
+fn result(r: Result<Reply, ProxyError>) -> Result<pb::FunctionResult, Status> {
+    match r {
+        Ok(reply) => Ok(pb::FunctionResult {
+            result_json: String::from_utf8_lossy(&reply.body).into_owned(),
+            from_subscription: reply.from_subscription,
+        }),
+        Err(ProxyError::Unauthorized(m)) => Err(ErrorCode::UNAUTHORIZED.to_status(m)),
+        Err(e @ ProxyError::Upstream(_)) => {
+            Err(ErrorCode::SERVICE_UNAVAILABLE.to_status(e.to_string()))
+        }
+    }
+}
+
+impl GrpcApi {
+    async fn call(
+        &self,
+        kind: &'static str,
+        route: &'static str,
+        call: pb::FunctionCall,
+    ) -> Result<pb::FunctionResult, Status> {
+        let p = parse(call)?;
+        let body = json!({"path": p.path, "args": p.args, "format": p.format})
+            .to_string()
+            .into_bytes();
+        result(
+            self.proxy
+                .forward(kind, route, body, p.token.as_deref())
+                .await,
+        )
+    }
+}
+
+#[tonic::async_trait]
+impl QueryService for GrpcApi {
+    async fn query(
+        &self,
+        request: Request<pb::FunctionCall>,
+    ) -> Result<Response<pb::FunctionResult>, Status> {
+        let p = parse(request.into_inner())?;
+        result(
+            self.proxy
+                .query(p.token.as_deref(), &p.path, &p.args, p.format)
+                .await,
+        )
+        .map(Response::new)
+    }
+
+    async fn query_batch(
+        &self,
+        request: Request<pb::QueryBatchRequest>,
+    ) -> Result<Response<pb::QueryBatchResponse>, Status> {
+        let queries = request.into_inner().queries;
+        let calls = queries.into_iter().map(|q| async move {
+            let p = parse(q)?;
+            result(
+                self.proxy
+                    .query(p.token.as_deref(), &p.path, &p.args, p.format)
+                    .await,
+            )
+        });
+        let results = futures_util::future::try_join_all(calls).await?;
+        Ok(Response::new(pb::QueryBatchResponse { results }))
+    }
+
+    async fn mutation(
+        &self,
+        request: Request<pb::FunctionCall>,
+    ) -> Result<Response<pb::FunctionResult>, Status> {
+        self.call("mutation", "/api/mutation", request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn action(
+        &self,
+        request: Request<pb::FunctionCall>,
+    ) -> Result<Response<pb::FunctionResult>, Status> {
+        self.call("action", "/api/action", request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}

@@ -1,0 +1,207 @@
+//! Convex's HTTP API towards clients, over [`Proxy`].
+
+use actix_web::http::{StatusCode, header};
+use actix_web::{HttpRequest, HttpResponse, web};
+use edge_convex::http::{Format, args_object};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::proxy::{ProxyError, Reply};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/query", web::post().to(query_post))
+        .route("/api/query", web::get().to(query_get))
+        .route("/api/mutation", web::post().to(mutation))
+        .route("/api/action", web::post().to(action))
+        .route("/api/function", web::post().to(function))
+        .route("/api/query_batch", web::post().to(query_batch))
+        .route("/api/query_ts", web::post().to(query_ts))
+        .route("/api/query_at_ts", web::post().to(query_at_ts))
+        .route("/api/run/{path:.*}", web::post().to(run));
+}
+
+/// Handlers that pass the body to Convex unchanged.
+macro_rules! forwarding {
+    ($($name:ident => ($kind:literal, $route:literal);)*) => {$(
+        async fn $name(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+            forward(req, body, state, $kind, $route).await
+        }
+    )*};
+}
+
+forwarding! {
+    mutation => ("mutation", "/api/mutation");
+    action => ("action", "/api/action");
+    function => ("function", "/api/function");
+    query_batch => ("query", "/api/query_batch");
+    query_ts => ("query", "/api/query_ts");
+    query_at_ts => ("query", "/api/query_at_ts");
+}
+
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"code": code, "message": message.into()}))
+}
+
+fn reply(result: Result<Reply, ProxyError>) -> HttpResponse {
+    match result {
+        Ok(r) => {
+            HttpResponse::build(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY))
+                .content_type("application/json")
+                .body(r.body.to_vec())
+        }
+        Err(ProxyError::Unauthorized(m)) => error(StatusCode::UNAUTHORIZED, "Unauthenticated", m),
+        Err(e @ ProxyError::Upstream(_)) => {
+            tracing::warn!(error = %e, "upstream call failed");
+            error(
+                StatusCode::BAD_GATEWAY,
+                "BadGateway",
+                "Convex is unreachable",
+            )
+        }
+    }
+}
+
+/// The bearer token, or an error response for a malformed header.
+fn bearer(req: &HttpRequest) -> Result<Option<&str>, HttpResponse> {
+    match req.headers().get(header::AUTHORIZATION) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| Some(t.trim()))
+            .ok_or_else(|| {
+                error(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthenticated",
+                    "Authorization header must be `Bearer <token>`",
+                )
+            }),
+    }
+}
+
+#[derive(Deserialize)]
+struct Call {
+    path: Option<String>,
+    #[serde(default)]
+    args: Value,
+    #[serde(default)]
+    format: Option<Format>,
+}
+
+async fn run_query(req: &HttpRequest, state: &AppState, call: Call) -> HttpResponse {
+    let token = match bearer(req) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let Some(path) = call.path else {
+        return error(StatusCode::BAD_REQUEST, "BadRequest", "missing `path`");
+    };
+    let args = match args_object(&call.args) {
+        Ok(a) => a,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", e),
+    };
+    reply(
+        state
+            .proxy
+            .query(token, &path, &args, call.format.unwrap_or_default())
+            .await,
+    )
+}
+
+async fn query_post(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match serde_json::from_slice::<Call>(&body) {
+        Ok(call) => run_query(&req, &state, call).await,
+        Err(e) => error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("invalid request body: {e}"),
+        ),
+    }
+}
+
+#[derive(Deserialize)]
+struct QueryParams {
+    path: String,
+    args: Option<String>,
+    format: Option<Format>,
+}
+
+async fn query_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let params = match web::Query::<QueryParams>::from_query(req.query_string()) {
+        Ok(p) => p.into_inner(),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("invalid query string: {e}"),
+            );
+        }
+    };
+    let args = match params.args.as_deref().map(serde_json::from_str::<Value>) {
+        None => Value::Null,
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("`args` is not JSON: {e}"),
+            );
+        }
+    };
+    run_query(
+        &req,
+        &state,
+        Call {
+            path: Some(params.path),
+            args,
+            format: params.format,
+        },
+    )
+    .await
+}
+
+async fn forward(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+    kind: &'static str,
+    route: &'static str,
+) -> HttpResponse {
+    let token = match bearer(&req) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if serde_json::from_slice::<Value>(&body).is_err() && !body.is_empty() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "the request body is not JSON",
+        );
+    }
+    reply(state.proxy.forward(kind, route, body.to_vec(), token).await)
+}
+
+async fn run(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let route = format!("/api/run/{path}");
+    let token = match bearer(&req) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    reply(
+        state
+            .proxy
+            .forward("function", &route, body.to_vec(), token)
+            .await,
+    )
+}

@@ -1,0 +1,141 @@
+//! Who a token belongs to, decided locally: JWTs are verified against the JWKS from auth
+//! (`GetJwks`, cached; one refresh when a `kid` is unknown). The identity key is the verified
+//! claims without `iat`, `exp`, `nbf`, `jti`, so every token of one session shares an upstream.
+
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use edge_keys::Verifier;
+use edge_proto::auth::v1 as pb;
+use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+/// The identity a token stands for. `Anonymous` is one identity.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdentityKey {
+    Anonymous,
+    /// Canonical JSON of the claims that identify the caller.
+    User(String),
+}
+
+/// A verified token.
+#[derive(Debug, Clone)]
+pub struct VerifiedUser {
+    pub key: IdentityKey,
+    pub token: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+}
+
+pub struct Identities {
+    auth: AuthServiceClient<Channel>,
+    issuer: String,
+    audience: String,
+    verifier: RwLock<Option<Verifier>>,
+    last_refresh: std::sync::Mutex<Option<Instant>>,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identities")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Unknown kids trigger at most one JWKS fetch per this interval.
+const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Identities {
+    pub fn new(auth: AuthServiceClient<Channel>, issuer: String, audience: String) -> Self {
+        Identities {
+            auth,
+            issuer,
+            audience,
+            verifier: RwLock::new(None),
+            last_refresh: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn refresh(&self) -> Result<(), String> {
+        {
+            let mut last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL)
+                && self
+                    .verifier
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_some()
+            {
+                return Ok(());
+            }
+            *last = Some(Instant::now());
+        }
+        let jwks = self
+            .auth
+            .clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .map_err(|e| {
+                format!(
+                    "the auth service did not answer for the JWKS: {}",
+                    e.message()
+                )
+            })?
+            .into_inner()
+            .jwks_json;
+        let verifier = Verifier::from_jwks(&jwks)
+            .map_err(|e| e.to_string())?
+            .with_issuer(self.issuer.clone())
+            .with_audience(self.audience.clone());
+        *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Some(verifier);
+        Ok(())
+    }
+
+    /// Verifies `token`; the error is what the client is told.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedUser, String> {
+        let kid = kid_of(token).ok_or("Could not parse JWT")?;
+        let known = self
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|v| v.has_kid(&kid));
+        if !known {
+            self.refresh().await?;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let verified = {
+            let guard = self.verifier.read().unwrap_or_else(|e| e.into_inner());
+            let verifier = guard.as_ref().ok_or("no JWKS")?;
+            verifier
+                .verify(token, now)
+                .map_err(|e| format!("Could not verify token: {e}"))?
+        };
+        let mut claims = verified.claims;
+        let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        for volatile in ["iat", "exp", "nbf", "jti"] {
+            claims.remove(volatile);
+        }
+        let key = IdentityKey::User(edge_convex::value::canonical_string(&Value::Object(claims)));
+        Ok(VerifiedUser {
+            key,
+            token: token.to_owned(),
+            expires_at,
+        })
+    }
+}
+
+fn kid_of(token: &str) -> Option<String> {
+    use base64::Engine;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let header: Value = serde_json::from_slice(&bytes).ok()?;
+    header.get("kid")?.as_str().map(str::to_owned)
+}

@@ -1,0 +1,189 @@
+//! The query service: the Convex deployment origin for clients. It proxies Convex's HTTP API
+//! and WebSocket sync protocol to the real deployment, with one upstream socket per identity
+//! whose subscriptions every downstream socket of that identity shares, and per-function
+//! sharing across identities for functions named in `QUERY_SHARED_FUNCTIONS`.
+//!
+//! Module map: `identity` (local JWT verification), `upstream` (one Convex socket), `hub` (the
+//! upstreams by identity), `downstream` (one client socket), `proxy` (HTTP calls, served from
+//! subscriptions or coalesced), `http` and `grpc` (the APIs), `metrics`.
+
+pub mod config;
+mod downstream;
+mod grpc;
+mod http;
+pub mod hub;
+pub mod identity;
+pub mod key;
+pub mod metrics;
+pub mod proxy;
+pub mod upstream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use anyhow::Context;
+use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
+use edge_proto::query::v1::query_service_server::QueryServiceServer;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Endpoint;
+
+pub use config::{Config, ConfigError};
+
+/// What every handler shares.
+pub struct AppState {
+    pub config: Config,
+    pub hub: Arc<hub::Hub>,
+    pub identities: Arc<identity::Identities>,
+    pub proxy: Arc<proxy::Proxy>,
+}
+
+pub struct Application {
+    http: std::net::TcpListener,
+    grpc: tokio::net::TcpListener,
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let auth = AuthServiceClient::new(
+            Endpoint::from_shared(config.auth_grpc_url.clone())
+                .context("invalid AUTH_GRPC_URL")?
+                .connect_lazy(),
+        );
+        let identities = Arc::new(identity::Identities::new(
+            auth,
+            config.issuer.clone(),
+            config.audience.clone(),
+        ));
+        let stats = Arc::new(metrics::Stats::default());
+        let hub = hub::Hub::new(&config.convex_url, config.upstream_idle, stats);
+        let proxy = Arc::new(proxy::Proxy::new(
+            config.convex_url.clone(),
+            hub.clone(),
+            identities.clone(),
+            config.shared_functions.clone(),
+        ));
+        let http = std::net::TcpListener::bind(config.http_addr)
+            .with_context(|| format!("failed to bind QUERY_HTTP_ADDR {}", config.http_addr))?;
+        http.set_nonblocking(true)?;
+        let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("failed to bind QUERY_GRPC_ADDR {}", config.grpc_addr))?;
+        let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+        let state = web::Data::new(AppState {
+            config,
+            hub,
+            identities,
+            proxy,
+        });
+        Ok(Application {
+            http,
+            grpc,
+            http_addr,
+            grpc_addr,
+            state,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The per-instance metrics (tests read them).
+    pub fn stats(&self) -> Arc<metrics::Stats> {
+        self.state.hub.stats.clone()
+    }
+
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let state = self.state.clone();
+        let limit = state.config.max_message_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::PayloadConfig::new(limit))
+                .route("/api/sync", web::get().to(downstream::handler))
+                .route("/api/{version}/sync", web::get().to(downstream::handler))
+                .configure(http::configure)
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz))
+                .route("/metrics", web::get().to(metrics))
+        })
+        .workers(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+        )
+        .disable_signals()
+        .shutdown_timeout(5)
+        .listen(self.http)?
+        .run();
+        let handle = server.handle();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            shutdown.await;
+            handle.stop(true).await;
+            let _ = stop_tx.send(());
+        });
+        let incoming = TcpListenerStream::new(self.grpc).map(|stream| {
+            let stream = stream?;
+            stream.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(stream)
+        });
+        let grpc = tonic::transport::Server::builder()
+            .add_service(QueryServiceServer::new(grpc::GrpcApi::new(
+                self.state.proxy.clone(),
+            )))
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            });
+        tracing::info!(http = %self.http_addr, grpc = %self.grpc_addr, convex = %self.state.config.convex_url, "query serving");
+        let grpc_task = tokio::spawn(grpc);
+        server.await.context("query HTTP server failed")?;
+        grpc_task
+            .await
+            .context("gRPC task failed")?
+            .context("gRPC server failed")?;
+        Ok(())
+    }
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Ready when Convex answers HTTP.
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let url = format!("{}/api/query_ts", state.config.convex_url);
+    let probe = reqwest::Client::new()
+        .post(url)
+        .timeout(std::time::Duration::from_secs(2))
+        .send()
+        .await;
+    match probe {
+        Ok(_) => HttpResponse::Ok().json(serde_json::json!({"status": "ready"})),
+        Err(_) => HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "Convex unreachable"})),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(edge_telemetry::METRICS_CONTENT_TYPE)
+        .body(format!(
+            "{}{}",
+            state.hub.stats.render(),
+            edge_telemetry::render()
+        ))
+}

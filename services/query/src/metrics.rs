@@ -1,0 +1,86 @@
+//! The query service's metrics (names fixed by DESIGN section 7), per instance so that several
+//! services in one test process each report their own.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub downstream_connections: AtomicI64,
+    pub downstream_subscriptions: AtomicI64,
+    pub upstream_connections: AtomicI64,
+    pub upstream_subscriptions: AtomicI64,
+    pub upstream_queries: AtomicU64,
+    pub upstream_mutations: AtomicU64,
+    pub upstream_actions: AtomicU64,
+    pub served_from_subscription: AtomicU64,
+}
+
+impl Stats {
+    /// Counts an HTTP call to Convex of `kind`.
+    pub fn upstream_request(&self, kind: &str) {
+        let counter = match kind {
+            "mutation" => &self.upstream_mutations,
+            "action" => &self.upstream_actions,
+            _ => &self.upstream_queries,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let gauges = [
+            (
+                "edge_query_downstream_connections",
+                "client WebSocket connections",
+                &self.downstream_connections,
+            ),
+            (
+                "edge_query_downstream_subscriptions",
+                "client subscriptions",
+                &self.downstream_subscriptions,
+            ),
+            (
+                "edge_query_upstream_connections",
+                "WebSocket connections to Convex",
+                &self.upstream_connections,
+            ),
+            (
+                "edge_query_upstream_subscriptions",
+                "subscriptions held with Convex",
+                &self.upstream_subscriptions,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "edge_query_upstream_requests_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP calls to Convex\n# TYPE {name} counter"
+        );
+        for (kind, value) in [
+            ("query", &self.upstream_queries),
+            ("mutation", &self.upstream_mutations),
+            ("action", &self.upstream_actions),
+        ] {
+            let _ = writeln!(
+                out,
+                "{name}{{kind=\"{kind}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let name = "edge_query_served_from_subscription_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} HTTP and gRPC queries answered from a live subscription\n# TYPE {name} counter\n{name} {}",
+            self.served_from_subscription.load(Ordering::Relaxed)
+        );
+        out
+    }
+}

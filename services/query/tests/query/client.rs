@@ -1,0 +1,215 @@
+//! A minimal sync-protocol client that checks every rule the official client checks: each
+//! transition starts at the version it holds; it records what it sees.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// What a client has seen so far.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub version: (u64, u64, u64),
+    pub values: BTreeMap<u64, Value>,
+    pub errors: Vec<String>,
+    pub violations: Vec<String>,
+    pub auth_errors: Vec<String>,
+    pub fatal: Option<String>,
+    /// requestId → (success, result, ts)
+    pub responses: BTreeMap<u64, (bool, Value, u64)>,
+    /// For each mutation response: the value of every query at the first transition that
+    /// reached its ts.
+    pub at_completion: BTreeMap<u64, BTreeMap<u64, Value>>,
+    pub closed: bool,
+    pub transitions: usize,
+}
+
+pub struct Client {
+    out: mpsc::UnboundedSender<String>,
+    pub view: watch::Receiver<View>,
+    query_set: u32,
+    identity: u32,
+    next_request: u64,
+}
+
+fn ts_of(v: &Value) -> u64 {
+    v.as_str()
+        .and_then(edge_convex::Timestamp::decode)
+        .map(|t| t.0)
+        .unwrap_or(0)
+}
+
+impl Client {
+    pub async fn connect(base: &str) -> Client {
+        let url = format!("{}/api/1.48.0/sync", base.replacen("http://", "ws://", 1));
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connects");
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<String>();
+        let (view_tx, view) = watch::channel(View::default());
+        tokio::spawn(async move {
+            while let Some(text) = out_rx.recv().await {
+                if sink.send(Message::Text(text.into())).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut waiting: BTreeMap<u64, u64> = BTreeMap::new();
+            while let Some(Ok(m)) = stream.next().await {
+                let Message::Text(t) = m else { continue };
+                let v: Value = serde_json::from_str(&t).unwrap();
+                view_tx.send_modify(|view| match v["type"].as_str() {
+                    Some("Transition") => {
+                        let s = &v["startVersion"];
+                        let start = (
+                            s["querySet"].as_u64().unwrap(),
+                            s["identity"].as_u64().unwrap(),
+                            ts_of(&s["ts"]),
+                        );
+                        if start != view.version {
+                            view.violations
+                                .push(format!("start {start:?} != held {:?}", view.version));
+                        }
+                        let e = &v["endVersion"];
+                        view.version = (
+                            e["querySet"].as_u64().unwrap(),
+                            e["identity"].as_u64().unwrap(),
+                            ts_of(&e["ts"]),
+                        );
+                        for m in v["modifications"].as_array().unwrap() {
+                            let id = m["queryId"].as_u64().unwrap();
+                            match m["type"].as_str().unwrap() {
+                                "QueryUpdated" => {
+                                    view.values.insert(id, m["value"].clone());
+                                }
+                                "QueryFailed" => view
+                                    .errors
+                                    .push(m["errorMessage"].as_str().unwrap().to_owned()),
+                                _ => {
+                                    view.values.remove(&id);
+                                }
+                            }
+                        }
+                        view.transitions += 1;
+                        let ts = view.version.2;
+                        let done: Vec<u64> = waiting
+                            .iter()
+                            .filter(|(_, t)| **t <= ts)
+                            .map(|(r, _)| *r)
+                            .collect();
+                        for r in done {
+                            waiting.remove(&r);
+                            view.at_completion.insert(r, view.values.clone());
+                        }
+                    }
+                    Some("MutationResponse") | Some("ActionResponse") => {
+                        let id = v["requestId"].as_u64().unwrap();
+                        let ts = ts_of(&v["ts"]);
+                        if v["type"] == "MutationResponse" && v["success"] == true {
+                            if ts <= view.version.2 {
+                                view.at_completion.insert(id, view.values.clone());
+                            } else {
+                                waiting.insert(id, ts);
+                            }
+                        }
+                        view.responses.insert(
+                            id,
+                            (v["success"].as_bool().unwrap(), v["result"].clone(), ts),
+                        );
+                    }
+                    Some("AuthError") => view
+                        .auth_errors
+                        .push(v["error"].as_str().unwrap_or("").to_owned()),
+                    Some("FatalError") => {
+                        view.fatal = Some(v["error"].as_str().unwrap_or("").to_owned())
+                    }
+                    _ => {}
+                });
+            }
+            view_tx.send_modify(|view| view.closed = true);
+        });
+        let client = Client {
+            out,
+            view,
+            query_set: 0,
+            identity: 0,
+            next_request: 0,
+        };
+        client.send(json!({"type": "Connect", "sessionId": edge_keys::generate_id(), "connectionCount": 0, "lastCloseReason": null}));
+        client
+    }
+
+    pub fn send(&self, v: Value) {
+        let _ = self.out.send(v.to_string());
+    }
+
+    pub fn send_raw(&self, text: String) {
+        let _ = self.out.send(text);
+    }
+
+    pub fn subscribe(&mut self, query_id: u32, path: &str, args: Value) {
+        self.modify(json!([{"type": "Add", "queryId": query_id, "udfPath": path, "args": [args]}]));
+    }
+
+    pub fn unsubscribe(&mut self, query_id: u32) {
+        self.modify(json!([{"type": "Remove", "queryId": query_id}]));
+    }
+
+    fn modify(&mut self, modifications: Value) {
+        let base = self.query_set;
+        self.query_set += 1;
+        self.send(json!({"type": "ModifyQuerySet", "baseVersion": base, "newVersion": base + 1, "modifications": modifications}));
+    }
+
+    pub fn authenticate(&mut self, token: &str) {
+        let base = self.identity;
+        self.identity += 1;
+        self.send(json!({"type": "Authenticate", "baseVersion": base, "tokenType": "User", "value": token}));
+    }
+
+    /// Sends a mutation; returns its request id.
+    pub fn mutation(&mut self, path: &str, args: Value) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.send(json!({"type": "Mutation", "requestId": id, "udfPath": path, "args": [args]}));
+        id
+    }
+
+    pub fn action(&mut self, path: &str, args: Value) -> u64 {
+        let id = self.next_request;
+        self.next_request += 1;
+        self.send(json!({"type": "Action", "requestId": id, "udfPath": path, "args": [args]}));
+        id
+    }
+
+    pub fn view(&self) -> View {
+        self.view.borrow().clone()
+    }
+
+    /// Waits until the view satisfies `check`.
+    pub async fn until(&mut self, what: &str, check: impl Fn(&View) -> bool) -> View {
+        let result =
+            tokio::time::timeout(Duration::from_secs(20), self.view.wait_for(|v| check(v)))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .map(|v| v.clone());
+        result.unwrap_or_else(|| panic!("timed out waiting for {what}: {:?}", self.view.borrow()))
+    }
+}
+
+/// The bodies of a messages:list value.
+pub fn bodies(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m["body"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}

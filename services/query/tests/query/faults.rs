@@ -1,0 +1,146 @@
+//! Upstream loss, proxy restarts and slow clients.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::client::bodies;
+use crate::{Client, Options, Stack, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_killed_and_restarted_mid_stream_heals_without_errors() {
+    let mut stack = Stack::start().await;
+    let token = stack.token_for("w@example.com").await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        let mut c = Client::connect(&stack.query_url()).await;
+        if i % 2 == 0 {
+            c.authenticate(&token);
+        }
+        c.subscribe(0, "messages:list", json!({"channel": "general"}));
+        c.subscribe(1, "tasks:list", json!({}));
+        clients.push(c);
+    }
+    for c in &mut clients {
+        c.until("values", |v| {
+            v.values.contains_key(&0) && v.values.contains_key(&1)
+        })
+        .await;
+    }
+    // Kill devconvex mid-stream and start a fresh one on the same port.
+    let addr = stack.devconvex.addr;
+    let old = std::mem::replace(
+        &mut stack.devconvex,
+        crate::Running {
+            addr,
+            stop: None,
+            task: None,
+        },
+    );
+    old.stop().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The new backend trusts the same auth.
+    let config = crate::devconvex_config(stack.auth_http, addr);
+    let app = loop {
+        match edge_devconvex::Application::build(config.clone()).await {
+            Ok(app) => break app,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    stack.devconvex_engine = app.engine();
+    stack.devconvex = crate::run(addr, |s| app.run_until(s));
+
+    // After reconnecting, a new message must reach everyone through re-added subscriptions.
+    eventually("the proxy to re-subscribe", || {
+        stack.upstream_subscriptions() >= 1
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/mutation", stack.devconvex_url()))
+        .bearer_auth(&token)
+        .json(&json!({"path": "messages:send", "args": {"channel": "general", "body": "after restart"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for c in &mut clients {
+        let v = c
+            .until("the post-restart value", |v| {
+                bodies(v.values.get(&0)) == ["after restart"]
+            })
+            .await;
+        assert!(v.violations.is_empty(), "{:?}", v.violations);
+        assert!(
+            v.fatal.is_none() && v.errors.is_empty() && !v.closed,
+            "{v:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_and_others_keep_going() {
+    let stack = Stack::start_with(Options {
+        socket_queue: 8,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("spam@example.com").await;
+    // The slow client: subscribes, then never reads.
+    let url = format!("ws://{}/api/sync", stack.query.addr);
+    let (mut slow, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    use futures_util::SinkExt;
+    let add = json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
+        "modifications": [{"type": "Add", "queryId": 0, "udfPath": "messages:list", "args": [{"channel": "general"}]}]});
+    slow.send(tokio_tungstenite::tungstenite::Message::Text(
+        add.to_string().into(),
+    ))
+    .await
+    .unwrap();
+
+    let mut good = Client::connect(&stack.query_url()).await;
+    good.subscribe(0, "messages:list", json!({"channel": "general"}));
+    good.until("first", |v| v.values.contains_key(&0)).await;
+    eventually("both connected", || {
+        stack.stats.downstream_connections.load(Ordering::Relaxed) == 2
+    })
+    .await;
+
+    let body = "x".repeat(4000);
+    let http = reqwest::Client::new();
+    let mut i = 0;
+    while stack.stats.downstream_connections.load(Ordering::Relaxed) == 2 {
+        assert!(i < 2000, "the slow client was never cut off");
+        http.post(format!("{}/api/mutation", stack.devconvex_url()))
+            .bearer_auth(&token)
+            .json(&json!({"path": "messages:send", "args": {"channel": "general", "body": format!("{i} {body}")}}))
+            .send()
+            .await
+            .unwrap();
+        i += 1;
+    }
+    // The good client is still served, with the latest value.
+    let last = format!("{} {body}", i - 1);
+    let v = good
+        .until("the latest message", |v| {
+            bodies(v.values.get(&0)).last() == Some(&last)
+        })
+        .await;
+    assert!(!v.closed && v.violations.is_empty());
+    drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_reconnect_after_the_proxy_restarts() {
+    let mut stack = Stack::start().await;
+    let mut before = Client::connect(&stack.query_url()).await;
+    before.subscribe(0, "config:get", json!({}));
+    before.until("config", |v| v.values.contains_key(&0)).await;
+    stack.restart_query().await;
+    before.until("the old socket to close", |v| v.closed).await;
+    let mut after = Client::connect(&stack.query_url()).await;
+    after.subscribe(0, "config:get", json!({}));
+    after
+        .until("config again", |v| v.values.contains_key(&0))
+        .await;
+}

@@ -1,0 +1,293 @@
+//! The query service between real clients and devconvex: dedup, fan-out, consistency, faults.
+
+mod client;
+mod dedup;
+mod errors;
+mod faults;
+mod http_api;
+mod npm_client;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use edge_query::metrics::Stats;
+
+pub use client::Client;
+
+/// A running service that stops when dropped (or on `stop`).
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Running {
+    /// Stops the service and waits until its port is free.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn run<F>(
+    addr: SocketAddr,
+    serve: impl FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+) -> Running
+where
+    F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(Box::pin(async {
+        let _ = stopped.await;
+    })));
+    Running {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    }
+}
+
+/// auth (SQLite) + gateway + devconvex + query, wired like `convex-edge dev`.
+pub struct Stack {
+    pub auth: Arc<edge_auth::AuthCore>,
+    pub auth_grpc: SocketAddr,
+    pub auth_http: SocketAddr,
+    pub gateway: Running,
+    pub devconvex: Running,
+    pub devconvex_engine: Arc<edge_devconvex::Engine>,
+    pub query: Running,
+    pub stats: Arc<Stats>,
+    pub query_config: edge_query::Config,
+    pub query_grpc: SocketAddr,
+    _auth: Running,
+    _dir: edge_testkit::TempDir,
+}
+
+pub struct Options {
+    pub token_ttl: Duration,
+    pub socket_queue: usize,
+    /// Put a delaying TCP relay in front of devconvex.
+    pub slow_upstream: Option<Duration>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            token_ttl: Duration::from_secs(900),
+            socket_queue: 1024,
+            slow_upstream: None,
+        }
+    }
+}
+
+pub const ISSUER: &str = "http://localhost:8080";
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(options: Options) -> Stack {
+        let dir = edge_testkit::TempDir::default();
+        let mut auth_config =
+            edge_auth::Config::local(edge_keys::Secret::new("query-test-secret-0123456789abcdef"));
+        auth_config.database_url = format!("sqlite://{}/auth.db", dir.path().display());
+        auth_config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        auth_config.http_addr = "127.0.0.1:0".parse().unwrap();
+        auth_config.token_ttl = options.token_ttl;
+        auth_config.sign_in_limit.per_address = 100_000;
+        let auth = edge_auth::Application::build(auth_config).await.unwrap();
+        let (auth_core, auth_grpc, auth_http) = (auth.core(), auth.grpc_addr(), auth.http_addr());
+        let auth_running = run(auth_grpc, |s| auth.run_until(s));
+
+        let mut gw = edge_gateway::Config::local();
+        gw.http_addr = "127.0.0.1:0".parse().unwrap();
+        gw.auth_grpc_url = format!("http://{auth_grpc}");
+        gw.workers = 1;
+        let gateway = edge_gateway::Application::build(gw).await.unwrap();
+        let gateway_addr = gateway.addr();
+        let gateway = run(gateway_addr, |s| gateway.run_until(s));
+
+        let devconvex_config = devconvex_config(auth_http, "127.0.0.1:0".parse().unwrap());
+        let dc = edge_devconvex::Application::build(devconvex_config)
+            .await
+            .unwrap();
+        let (dc_addr, engine) = (dc.addr(), dc.engine());
+        let devconvex = run(dc_addr, |s| dc.run_until(s));
+
+        let upstream = match options.slow_upstream {
+            Some(delay) => relay(dc_addr, delay).await,
+            None => dc_addr,
+        };
+        let mut config = edge_query::Config::local(format!("http://{upstream}"));
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.auth_grpc_url = format!("http://{auth_grpc}");
+        config.shared_functions =
+            edge_query::config::parse_shared("messages:list,config:get").unwrap();
+        config.socket_queue = options.socket_queue;
+        config.upstream_idle = Duration::from_millis(500);
+        let query = start_query(config.clone()).await;
+        Stack {
+            auth: auth_core,
+            auth_grpc,
+            auth_http,
+            gateway,
+            devconvex,
+            devconvex_engine: engine,
+            stats: query.1,
+            query: query.0,
+            query_grpc: query.2,
+            query_config: config,
+            _auth: auth_running,
+            _dir: dir,
+        }
+    }
+
+    pub fn query_url(&self) -> String {
+        format!("http://{}", self.query.addr)
+    }
+
+    pub fn query_grpc(&self) -> SocketAddr {
+        self.query_grpc
+    }
+
+    pub fn devconvex_url(&self) -> String {
+        format!("http://{}", self.devconvex.addr)
+    }
+
+    /// Signs up `email` and returns a JWT for the new session.
+    pub async fn token_for(&self, email: &str) -> String {
+        let client = edge_auth::service::Client::default();
+        let info = self
+            .auth
+            .sign_up(
+                "Test User",
+                email,
+                "correct horse battery staple",
+                None,
+                &client,
+            )
+            .await
+            .unwrap();
+        self.auth
+            .issue_token(&info.cookie_value)
+            .await
+            .unwrap()
+            .token
+            .jwt
+    }
+
+    /// devconvex's live subscriptions.
+    pub fn upstream_subscriptions(&self) -> i64 {
+        self.devconvex_engine.stats.subscriptions()
+    }
+
+    /// Restarts the query service on the same port.
+    pub async fn restart_query(&mut self) {
+        let addr = self.query.addr;
+        let old = std::mem::replace(
+            &mut self.query,
+            Running {
+                addr,
+                stop: None,
+                task: None,
+            },
+        );
+        old.stop().await;
+        let mut config = self.query_config.clone();
+        config.http_addr = addr;
+        config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        let (running, stats, grpc) = start_query(config).await;
+        self.query = running;
+        self.stats = stats;
+        self.query_grpc = grpc;
+    }
+}
+
+pub fn devconvex_config(auth_http: SocketAddr, addr: SocketAddr) -> edge_devconvex::Config {
+    let mut c = edge_devconvex::Config::local();
+    c.addr = addr;
+    c.auth_config = Some(
+        serde_json::json!({"providers": [{
+            "type": "customJwt", "issuer": ISSUER, "applicationID": "convex", "algorithm": "RS256",
+            "jwks": format!("http://{auth_http}/api/auth/jwks"),
+        }]})
+        .to_string(),
+    );
+    c
+}
+
+async fn start_query(config: edge_query::Config) -> (Running, Arc<Stats>, SocketAddr) {
+    let mut attempts = 0;
+    let app = loop {
+        match edge_query::Application::build(config.clone()).await {
+            Ok(app) => break app,
+            // The previous instance may still hold the port for a moment.
+            Err(_) if attempts < 100 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("query builds: {e:#}"),
+        }
+    };
+    let (addr, stats, grpc) = (app.http_addr(), app.stats(), app.grpc_addr());
+    (run(addr, |s| app.run_until(s)), stats, grpc)
+}
+
+/// A TCP relay to `target` that holds each upstream→client chunk for `delay` (a slow network).
+async fn relay(target: SocketAddr, delay: Duration) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let (mut ri, mut wi) = inbound.split();
+                let (mut ro, mut wo) = outbound.split();
+                let up = tokio::io::copy(&mut ri, &mut wo);
+                let down = async {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = ro.read(&mut buf).await?;
+                        if n == 0 {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        tokio::time::sleep(delay).await;
+                        wi.write_all(&buf[..n]).await?;
+                    }
+                };
+                let _ = tokio::join!(up, down);
+            });
+        }
+    });
+    addr
+}
+
+/// Waits until `check` holds, polling; panics with `what` after 20 s.
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

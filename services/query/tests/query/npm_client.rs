@@ -1,0 +1,70 @@
+//! The official `convex` npm client through the proxy to devconvex.
+
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convex_npm_client_through_the_proxy() {
+    let mut stack = crate::Stack::start_with(crate::Options {
+        // Short tokens make the client refresh during the test.
+        token_ttl: std::time::Duration::from_secs(13),
+        ..crate::Options::default()
+    })
+    .await;
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    assert!(
+        dir.join("node_modules/convex").is_dir(),
+        "npm packages missing: run `npm ci --prefix tests/node`"
+    );
+    let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
+        .to_string();
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .arg("convex-proxy.mjs")
+        .arg(arg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdin = child.stdin.take().unwrap();
+    // The client logs to stdout too; phases are the JSON lines with a "phase".
+    let mut next_phase = async || -> serde_json::Value {
+        loop {
+            let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+                .await
+                .expect("node answers in time")
+                .unwrap()
+                .expect("node is still running");
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v.get("phase").is_some()
+            {
+                return v;
+            }
+        }
+    };
+    let first = next_phase().await;
+    assert_eq!(first["phase"], "before-restart", "{first:#}");
+    assert_eq!(first["ok"], true, "{first:#}");
+    assert_eq!(first["me"], "npm@example.com");
+    assert_eq!(
+        first["ownListAtResolve"], true,
+        "await mutation() resolved only once the list showed it"
+    );
+    assert_eq!(first["seenByOther"], true);
+    assert_eq!(first["echoInt64"], true);
+    assert!(
+        first["tokenFetches"].as_u64().unwrap() >= 2,
+        "the client refreshed its token: {first}"
+    );
+    assert_eq!(first["meAfterRefresh"], "npm@example.com");
+
+    stack.restart_query().await;
+    stdin.write_all(b"restarted\n").await.unwrap();
+    let second = next_phase().await;
+    assert_eq!(second["phase"], "after-restart", "{second:#}");
+    assert_eq!(second["ok"], true, "{second:#}");
+    assert_eq!(second["seenAfterRestart"], true);
+}
