@@ -48,6 +48,9 @@ enum Pending {
     Result(u32, Arc<QueryResult>),
 }
 
+/// A modification borrowing a shared result, so each value is serialised once per fan-out.
+/// The variant names are the wire format's.
+#[allow(clippy::enum_variant_names)]
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 enum OutModification<'a> {

@@ -24,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Handlers that pass the body to Convex unchanged.
 macro_rules! forwarding {
     ($($name:ident => ($kind:literal, $route:literal);)*) => {$(
-        async fn $name(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+        async fn $name(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResult {
             forward(req, body, state, $kind, $route).await
         }
     )*};
@@ -39,31 +39,63 @@ forwarding! {
     query_at_ts => ("query", "/api/query_at_ts");
 }
 
-fn error(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"code": code, "message": message.into()}))
+/// A request refused before reaching Convex: `{code, message}` with its status.
+#[derive(Debug)]
+struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
 }
 
-fn reply(result: Result<Reply, ProxyError>) -> HttpResponse {
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl actix_web::ResponseError for HttpError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status).json(json!({"code": self.code, "message": self.message}))
+    }
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> HttpError {
+    HttpError {
+        status,
+        code,
+        message: message.into(),
+    }
+}
+
+type HttpResult = Result<HttpResponse, HttpError>;
+
+fn reply(result: Result<Reply, ProxyError>) -> HttpResult {
     match result {
-        Ok(r) => {
-            HttpResponse::build(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY))
-                .content_type("application/json")
-                .body(r.body.to_vec())
+        Ok(r) => Ok(HttpResponse::build(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_GATEWAY),
+        )
+        .content_type("application/json")
+        .body(r.body.to_vec())),
+        Err(ProxyError::Unauthorized(m)) => {
+            Err(error(StatusCode::UNAUTHORIZED, "Unauthenticated", m))
         }
-        Err(ProxyError::Unauthorized(m)) => error(StatusCode::UNAUTHORIZED, "Unauthenticated", m),
         Err(e @ ProxyError::Upstream(_)) => {
             tracing::warn!(error = %e, "upstream call failed");
-            error(
+            Err(error(
                 StatusCode::BAD_GATEWAY,
                 "BadGateway",
                 "Convex is unreachable",
-            )
+            ))
         }
     }
 }
 
 /// The bearer token, or an error response for a malformed header.
-fn bearer(req: &HttpRequest) -> Result<Option<&str>, HttpResponse> {
+fn bearer(req: &HttpRequest) -> Result<Option<&str>, HttpError> {
     match req.headers().get(header::AUTHORIZATION) {
         None => Ok(None),
         Some(v) => v
@@ -90,18 +122,13 @@ struct Call {
     format: Option<Format>,
 }
 
-async fn run_query(req: &HttpRequest, state: &AppState, call: Call) -> HttpResponse {
-    let token = match bearer(req) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    let Some(path) = call.path else {
-        return error(StatusCode::BAD_REQUEST, "BadRequest", "missing `path`");
-    };
-    let args = match args_object(&call.args) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "BadRequest", e),
-    };
+async fn run_query(req: &HttpRequest, state: &AppState, call: Call) -> HttpResult {
+    let token = bearer(req)?;
+    let path = call
+        .path
+        .ok_or_else(|| error(StatusCode::BAD_REQUEST, "BadRequest", "missing `path`"))?;
+    let args =
+        args_object(&call.args).map_err(|e| error(StatusCode::BAD_REQUEST, "BadRequest", e))?;
     reply(
         state
             .proxy
@@ -110,19 +137,15 @@ async fn run_query(req: &HttpRequest, state: &AppState, call: Call) -> HttpRespo
     )
 }
 
-async fn query_post(
-    req: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<AppState>,
-) -> HttpResponse {
-    match serde_json::from_slice::<Call>(&body) {
-        Ok(call) => run_query(&req, &state, call).await,
-        Err(e) => error(
+async fn query_post(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResult {
+    let call = serde_json::from_slice::<Call>(&body).map_err(|e| {
+        error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             format!("invalid request body: {e}"),
-        ),
-    }
+        )
+    })?;
+    run_query(&req, &state, call).await
 }
 
 #[derive(Deserialize)]
@@ -132,26 +155,15 @@ struct QueryParams {
     format: Option<Format>,
 }
 
-async fn query_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let params = match web::Query::<QueryParams>::from_query(req.query_string()) {
-        Ok(p) => p.into_inner(),
-        Err(e) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("invalid query string: {e}"),
-            );
-        }
-    };
-    let args = match params.args.as_deref().map(serde_json::from_str::<Value>) {
+async fn query_get(req: HttpRequest, state: web::Data<AppState>) -> HttpResult {
+    let bad = |m: String| error(StatusCode::BAD_REQUEST, "BadRequest", m);
+    let params = web::Query::<QueryParams>::from_query(req.query_string())
+        .map_err(|e| bad(format!("invalid query string: {e}")))?
+        .into_inner();
+    let args = match params.args.as_deref() {
         None => Value::Null,
-        Some(Ok(v)) => v,
-        Some(Err(e)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("`args` is not JSON: {e}"),
-            );
+        Some(text) => {
+            serde_json::from_str(text).map_err(|e| bad(format!("`args` is not JSON: {e}")))?
         }
     };
     run_query(
@@ -171,18 +183,15 @@ async fn forward(
     body: web::Bytes,
     state: web::Data<AppState>,
     kind: &'static str,
-    route: &'static str,
-) -> HttpResponse {
-    let token = match bearer(&req) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    if serde_json::from_slice::<Value>(&body).is_err() && !body.is_empty() {
-        return error(
+    route: &str,
+) -> HttpResult {
+    let token = bearer(&req)?;
+    if !body.is_empty() && serde_json::from_slice::<Value>(&body).is_err() {
+        return Err(error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             "the request body is not JSON",
-        );
+        ));
     }
     reply(state.proxy.forward(kind, route, body.to_vec(), token).await)
 }
@@ -192,16 +201,7 @@ async fn run(
     path: web::Path<String>,
     body: web::Bytes,
     state: web::Data<AppState>,
-) -> HttpResponse {
+) -> HttpResult {
     let route = format!("/api/run/{path}");
-    let token = match bearer(&req) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    reply(
-        state
-            .proxy
-            .forward("function", &route, body.to_vec(), token)
-            .await,
-    )
+    forward(req, body, state, "function", &route).await
 }
