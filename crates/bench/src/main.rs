@@ -1,8 +1,15 @@
-//! `edge-bench`: the token endpoint of convex-edge (auth + gateway, release binaries, Postgres)
-//! against the real better-auth (npm, Postgres, jwt plugin) on the same machine, per algorithm,
-//! in one run. Prints throughput, client-side latency and database reads per token.
+//! `edge-bench`: benchmarks that print figures, peers side by side in one run.
 //!
-//! usage: edge-bench [--seconds N] [--connections N] [--algs RS256,ES256,EdDSA] [--no-peer]
+//! - `edge-bench tokens`: the token endpoint of convex-edge (auth + gateway, release binaries,
+//!   Postgres) against the real better-auth (npm, Postgres, jwt plugin) on the same machine, per
+//!   algorithm. Prints throughput, client-side latency and database reads per token.
+//!   Options: `--seconds N --connections N --algs RS256,ES256,EdDSA --no-peer`.
+//! - `edge-bench sync`: N WebSocket clients on one query, directly on devconvex and through the
+//!   query service: upstream subscriptions, executions per change, change-to-client latency,
+//!   resident memory per idle client; and HTTP query overhead. Options: `--clients 1000,10000
+//!   --changes N --http N`.
+
+mod sync;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,8 +20,8 @@ use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
 struct Args {
     seconds: u64,
@@ -23,14 +30,13 @@ struct Args {
     peer: bool,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
+fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut args = Args {
         seconds: 10,
         connections: 16,
         algs: vec!["RS256".into(), "ES256".into(), "EdDSA".into()],
         peer: true,
     };
-    let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
             "--seconds" => args.seconds = it.next().context("--seconds N")?.parse()?,
@@ -119,7 +125,7 @@ async fn load(url: &str, cookies: &[String], connections: usize, duration: Durat
     stats
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -150,7 +156,7 @@ async fn fresh_database(name: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-async fn wait_ready(url: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(r) = reqwest::get(url).await
@@ -166,7 +172,7 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
 }
 
 /// A counter's value in Prometheus text.
-fn counter(metrics: &str, name: &str) -> f64 {
+pub(crate) fn counter(metrics: &str, name: &str) -> f64 {
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
@@ -182,7 +188,7 @@ struct Row {
     db_reads_per_token: f64,
 }
 
-fn spawn_quiet(mut cmd: Command) -> anyhow::Result<Child> {
+pub(crate) fn spawn_quiet(mut cmd: Command) -> anyhow::Result<Child> {
     cmd.stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true);
@@ -367,34 +373,36 @@ fn print(rows: &[Row], args: &Args) {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let mut argv = std::env::args().skip(1);
+    let command = argv.next().unwrap_or_default();
     let exe = std::env::current_exe()?;
     let bin: PathBuf = exe.with_file_name("convex-edge");
     if !bin.exists() {
-        bail!(
-            "{} not found: cargo build --release --bin convex-edge --bin edge-bench",
-            bin.display()
-        );
+        bail!("{} not found: cargo build --release --bin convex-edge --bin edge-bench", bin.display());
     }
+    // One core for the load generator, leaving the other to the server under test.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match command.as_str() {
+        "tokens" => rt.block_on(tokens(&bin, parse_args(argv)?)),
+        "sync" => rt.block_on(sync::run(&bin, sync::Args::parse(argv)?)),
+        _ => bail!("usage: edge-bench tokens|sync [options] (see the crate docs)"),
+    }
+}
+
+async fn tokens(bin: &Path, args: Args) -> anyhow::Result<()> {
     let node_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
     if args.peer && !node_dir.join("node_modules/better-auth").is_dir() {
         bail!("the peer needs npm packages: npm ci --prefix tests/node");
     }
-    // One core for the load generator, leaving the other to the server under test.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let mut rows = Vec::new();
-        for alg in &args.algs {
-            eprintln!("running convex-edge {alg}");
-            rows.push(run_ours(&bin, alg, &args).await?);
-            if args.peer {
-                eprintln!("running better-auth {alg}");
-                rows.push(run_peer(&node_dir, alg, &args).await?);
-            }
+    let mut rows = Vec::new();
+    for alg in &args.algs {
+        eprintln!("running convex-edge {alg}");
+        rows.push(run_ours(bin, alg, &args).await?);
+        if args.peer {
+            eprintln!("running better-auth {alg}");
+            rows.push(run_peer(&node_dir, alg, &args).await?);
         }
-        print(&rows, &args);
-        anyhow::Ok(())
-    })
+    }
+    print(&rows, &args);
+    Ok(())
 }
