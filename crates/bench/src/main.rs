@@ -378,10 +378,15 @@ fn main() -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let bin: PathBuf = exe.with_file_name("convex-edge");
     if !bin.exists() {
-        bail!("{} not found: cargo build --release --bin convex-edge --bin edge-bench", bin.display());
+        bail!(
+            "{} not found: cargo build --release --bin convex-edge --bin edge-bench",
+            bin.display()
+        );
     }
     // One core for the load generator, leaving the other to the server under test.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     match command.as_str() {
         "tokens" => rt.block_on(tokens(&bin, parse_args(argv)?)),
         "sync" => rt.block_on(sync::run(&bin, sync::Args::parse(argv)?)),

@@ -21,11 +21,20 @@ pub struct Args {
 
 impl Args {
     pub fn parse(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
-        let mut args = Args { clients: vec![1000, 10_000], changes: 5, http: 2000 };
+        let mut args = Args {
+            clients: vec![1000, 10_000],
+            changes: 5,
+            http: 2000,
+        };
         while let Some(arg) = it.next() {
             match arg.as_str() {
                 "--clients" => {
-                    args.clients = it.next().context("--clients LIST")?.split(',').map(str::parse).collect::<Result<_, _>>()?
+                    args.clients = it
+                        .next()
+                        .context("--clients LIST")?
+                        .split(',')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()?
                 }
                 "--changes" => args.changes = it.next().context("--changes N")?.parse()?,
                 "--http" => args.http = it.next().context("--http N")?.parse()?,
@@ -40,7 +49,12 @@ impl Args {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))))
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:")
+                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -98,11 +112,19 @@ async fn client(
                 got_first = true;
                 let _ = ready.send(()).await;
             }
-            let Ok(v) = serde_json::from_str::<Value>(&text) else { continue };
-            let Some(last) = v["modifications"][0]["value"].as_array().and_then(|a| a.last()).and_then(|m| m["body"].as_str()) else {
+            let Ok(v) = serde_json::from_str::<Value>(&text) else {
                 continue;
             };
-            if let Some(i) = last.strip_prefix("change-").and_then(|i| i.parse::<usize>().ok())
+            let Some(last) = v["modifications"][0]["value"]
+                .as_array()
+                .and_then(|a| a.last())
+                .and_then(|m| m["body"].as_str())
+            else {
+                continue;
+            };
+            if let Some(i) = last
+                .strip_prefix("change-")
+                .and_then(|i| i.parse::<usize>().ok())
                 && i >= recorded
                 && let Some(Some(t0)) = sent.lock().unwrap().get(i).copied()
             {
@@ -137,12 +159,22 @@ impl Drop for TempDir {
 async fn start(bin: &Path) -> anyhow::Result<Stack> {
     let dir = std::env::temp_dir().join(format!("edge-bench-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (grpc, http, gw, dc, qh, qg) = (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+    let (grpc, http, gw, dc, qh, qg) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
     let auth_config = json!({"providers": [{"type": "customJwt", "issuer": "http://localhost:8080", "applicationID": "convex",
         "algorithm": "RS256", "jwks": format!("http://127.0.0.1:{http}/api/auth/jwks")}]});
     let env = [
         ("BETTER_AUTH_SECRET", crate::SECRET.to_owned()),
-        ("DATABASE_URL", format!("sqlite://{}/auth.db", dir.display())),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}/auth.db", dir.display()),
+        ),
         ("AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc}")),
         ("AUTH_HTTP_ADDR", format!("127.0.0.1:{http}")),
         ("AUTH_GRPC_URL", format!("http://127.0.0.1:{grpc}")),
@@ -169,7 +201,10 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         children.push(spawn_quiet(cmd)?);
         wait_ready(&ready).await?;
     }
-    let (devconvex_pid, query_pid) = (children[2].id().context("pid")?, children[3].id().context("pid")?);
+    let (devconvex_pid, query_pid) = (
+        children[2].id().context("pid")?,
+        children[3].id().context("pid")?,
+    );
     let client = reqwest::Client::new();
     let r = client
         .post(format!("http://127.0.0.1:{gw}/api/auth/sign-up/email"))
@@ -177,8 +212,22 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         .send()
         .await?
         .error_for_status()?;
-    let cookie = r.headers().get("set-cookie").context("cookie")?.to_str()?.split(';').next().context("cookie")?.to_owned();
-    let token: Value = client.get(format!("http://127.0.0.1:{gw}/api/auth/convex/token")).header("cookie", cookie).send().await?.json().await?;
+    let cookie = r
+        .headers()
+        .get("set-cookie")
+        .context("cookie")?
+        .to_str()?
+        .split(';')
+        .next()
+        .context("cookie")?
+        .to_owned();
+    let token: Value = client
+        .get(format!("http://127.0.0.1:{gw}/api/auth/convex/token"))
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .json()
+        .await?;
     Ok(Stack {
         gateway: format!("http://127.0.0.1:{gw}"),
         devconvex: format!("http://127.0.0.1:{dc}"),
@@ -195,8 +244,18 @@ async fn metrics(url: &str) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("{url}/metrics")).await?.text().await?)
 }
 
-async fn run_clients(stack: &Stack, target: &'static str, n: usize, changes: usize, offset: usize) -> anyhow::Result<Row> {
-    let (base, pid) = if target == "direct" { (&stack.devconvex, stack.devconvex_pid) } else { (&stack.query, stack.query_pid) };
+async fn run_clients(
+    stack: &Stack,
+    target: &'static str,
+    n: usize,
+    changes: usize,
+    offset: usize,
+) -> anyhow::Result<Row> {
+    let (base, pid) = if target == "direct" {
+        (&stack.devconvex, stack.devconvex_pid)
+    } else {
+        (&stack.query, stack.query_pid)
+    };
     let ws_url = format!("{}/api/1.48.0/sync", base.replacen("http://", "ws://", 1));
     let rss_before = rss_kib(pid);
     let sent: Sent = Arc::new(Mutex::new(vec![None; offset + changes]));
@@ -204,7 +263,15 @@ async fn run_clients(stack: &Stack, target: &'static str, n: usize, changes: usi
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n.max(1));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let opened = futures_util::stream::iter(0..n)
-        .map(|_| client(ws_url.clone(), sent.clone(), seen_tx.clone(), ready_tx.clone(), stop_rx.clone()))
+        .map(|_| {
+            client(
+                ws_url.clone(),
+                sent.clone(),
+                seen_tx.clone(),
+                ready_tx.clone(),
+                stop_rx.clone(),
+            )
+        })
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
@@ -212,7 +279,9 @@ async fn run_clients(stack: &Stack, target: &'static str, n: usize, changes: usi
         r?;
     }
     for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await.context("a client's first value")?;
+        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
+            .await
+            .context("a client's first value")?;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let kib_per_client = (rss_kib(pid).saturating_sub(rss_before)) as f64 / n as f64;
@@ -244,10 +313,19 @@ async fn run_clients(stack: &Stack, target: &'static str, n: usize, changes: usi
     }
     let after = metrics(&stack.devconvex).await?;
     let _ = stop_tx.send(true);
-    let executions_per_change = (counter(&after, exec_name) - counter(&before, exec_name)) / changes as f64;
+    let executions_per_change =
+        (counter(&after, exec_name) - counter(&before, exec_name)) / changes as f64;
     latencies.sort();
     let missed = n * changes - latencies.len();
-    Ok(Row { target, clients: n, upstream_subscriptions, executions_per_change, latencies, missed, kib_per_client })
+    Ok(Row {
+        target,
+        clients: n,
+        upstream_subscriptions,
+        executions_per_change,
+        latencies,
+        missed,
+        kib_per_client,
+    })
 }
 
 async fn wait_drained(stack: &Stack) -> anyhow::Result<()> {
@@ -273,7 +351,14 @@ async fn http_overhead(stack: &Stack, n: usize) -> anyhow::Result<[(f64, f64); 2
         let mut times = Vec::with_capacity(n);
         for _ in 0..n {
             let t = Instant::now();
-            client.post(&url).json(&body).send().await?.error_for_status()?.bytes().await?;
+            client
+                .post(&url)
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
             times.push(t.elapsed());
         }
         times.sort();
@@ -296,10 +381,20 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         }
     }
     let http = http_overhead(&stack, args.http).await?;
-    println!("\nOne query (messages:list), N WebSocket clients, {} changes; devconvex as the upstream (release binaries)\n", args.changes);
+    println!(
+        "\nOne query (messages:list), N WebSocket clients, {} changes; devconvex as the upstream (release binaries)\n",
+        args.changes
+    );
     println!(
         "{:<7} {:>7} {:>14} {:>16} {:>9} {:>9} {:>7} {:>13}",
-        "target", "clients", "upstream subs", "executions/chg", "p50 ms", "p99 ms", "missed", "KiB/client"
+        "target",
+        "clients",
+        "upstream subs",
+        "executions/chg",
+        "p50 ms",
+        "p99 ms",
+        "missed",
+        "KiB/client"
     );
     for r in &rows {
         println!(

@@ -43,6 +43,9 @@ struct ClientQuery {
     last: Option<Arc<QueryResult>>,
 }
 
+/// A finished mutation or action: (client request id, is a mutation, outcome).
+type Completion = (u32, bool, Result<RequestOutcome, String>);
+
 enum Pending {
     Removed(u32),
     Result(u32, Arc<QueryResult>),
@@ -100,7 +103,8 @@ struct Downstream {
     /// Latest `ts` seen per upstream.
     upstream_ts: HashMap<UpstreamId, u64>,
     in_flight: usize,
-    completions: mpsc::Sender<(u32, bool, Result<RequestOutcome, String>)>,
+    /// Finished mutations and actions, boxed so an idle socket's queue stays small.
+    completions: mpsc::Sender<Box<Completion>>,
 }
 
 pub async fn handler(
@@ -126,7 +130,7 @@ async fn run(
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
     let (events, mut events_rx) = mpsc::channel(state.config.socket_queue);
-    let (completions, mut completions_rx) = mpsc::channel(64);
+    let (completions, mut completions_rx) = mpsc::channel::<Box<Completion>>(64);
     let evicted = Arc::new(Notify::new());
     let listener = upstream::next_id();
     let attach = Command::Attach {
@@ -155,7 +159,9 @@ async fn run(
         let step = tokio::select! {
             message = stream.recv() => match message {
                 None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Gone),
-                Some(Ok(AggregatedMessage::Text(text))) => d.on_text(&text).await,
+                // Boxed so an idle socket's task stays small: only a running handler's state
+                // is allocated.
+                Some(Ok(AggregatedMessage::Text(text))) => Box::pin(d.on_text(&text)).await,
                 Some(Ok(AggregatedMessage::Ping(bytes))) => d.ws.pong(&bytes).await.map_err(|_| End::Gone),
                 Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
                 Some(Ok(AggregatedMessage::Binary(_))) => Err(End::Fatal("binary frames are not part of the sync protocol".into())),
@@ -166,9 +172,9 @@ async fn run(
                 while let Ok(e) = events_rx.try_recv() {
                     batch.push(e);
                 }
-                d.on_events(batch).await
+                Box::pin(d.on_events(batch)).await
             }
-            Some((request_id, mutation, outcome)) = completions_rx.recv() => d.on_completion(request_id, mutation, outcome).await,
+            Some(done) = completions_rx.recv() => Box::pin(d.on_completion(*done)).await,
             _ = evicted.notified() => Err(End::TooSlow),
         };
         if let Err(end) = step {
@@ -692,16 +698,16 @@ impl Downstream {
             let outcome = answer
                 .await
                 .unwrap_or_else(|_| Err("the connection to Convex was lost".into()));
-            let _ = completions.send((request_id, mutation, outcome)).await;
+            let _ = completions
+                .send(Box::new((request_id, mutation, outcome)))
+                .await;
         });
         Ok(())
     }
 
     async fn on_completion(
         &mut self,
-        request_id: u32,
-        mutation: bool,
-        outcome: Result<RequestOutcome, String>,
+        (request_id, mutation, outcome): Completion,
     ) -> Result<(), End> {
         self.in_flight -= 1;
         let outcome = outcome.unwrap_or_else(|error| RequestOutcome {
