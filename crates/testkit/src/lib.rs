@@ -103,3 +103,26 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// Runs a script of `tests/node` (the real npm clients) with `args` and parses the last line it
+/// prints as JSON. Panics with the install command when the packages are missing.
+pub async fn node(script: &str, args: &[String]) -> serde_json::Value {
+    let dir = workspace_root().join("tests/node");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "npm packages missing: run `npm ci --prefix tests/node`"
+    );
+    let mut cmd = std::process::Command::new("node");
+    cmd.current_dir(&dir).arg(script).args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .expect("node task")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
+        panic!(
+            "{script} printed {stdout:?}; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}

@@ -109,25 +109,3 @@ impl Auth {
         .to_string()
     }
 }
-
-/// Runs a `tests/node` script and parses the JSON line it prints.
-pub async fn node(script: &str, arg: serde_json::Value) -> serde_json::Value {
-    let dir = edge_testkit::workspace_root().join("tests/node");
-    assert!(
-        dir.join("node_modules/convex").is_dir(),
-        "npm packages missing: run `npm ci --prefix tests/node`"
-    );
-    let mut cmd = std::process::Command::new("node");
-    cmd.current_dir(&dir).arg(script).arg(arg.to_string());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_else(|_| {
-        panic!(
-            "{script} printed {stdout:?}; stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}

@@ -8,9 +8,9 @@ async fn convex_npm_client_subscribes_mutates_authenticates_and_round_trips_valu
     let devconvex = crate::spawn(Some(auth.convex_auth_config())).await;
     let token = auth.token_for("bee@example.com").await;
     let other = auth.token_for("cee@example.com").await;
-    let out = crate::node(
+    let out = edge_testkit::node(
         "convex-client.mjs",
-        json!({"url": devconvex.url(), "token": token, "otherToken": other}),
+        &[json!({"url": devconvex.url(), "token": token, "otherToken": other}).to_string()],
     )
     .await;
     assert_eq!(out["ok"], true, "{out:#}");

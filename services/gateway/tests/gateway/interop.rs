@@ -13,13 +13,13 @@ fn arg(v: Value) -> String {
 async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
     // Better Auth creates its own schema first: convex-edge must take the database as it is.
     let db = edge_testkit::test_database().await;
-    let migrated = crate::node(
+    let migrated = edge_testkit::node(
         "better-auth.mjs",
         &["migrate".into(), arg(json!({"databaseUrl": db.url}))],
     )
     .await;
     assert_eq!(migrated["migrated"], true, "{migrated}");
-    let by_ba = crate::node(
+    let by_ba = edge_testkit::node(
         "better-auth.mjs",
         &["sign-up".into(), arg(json!({"databaseUrl": db.url, "secret": SECRET, "email": "ba@example.com", "password": PASSWORD, "name": "From Better Auth"}))],
     )
@@ -40,7 +40,7 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
         .to_owned();
 
     // ...which jose verifies under Convex's rules against our JWKS endpoint.
-    let verified = crate::node(
+    let verified = edge_testkit::node(
         "jose-verify.mjs",
         &[arg(json!({"jwksUrl": stack.url("/api/auth/convex/jwks"), "jwt": jwt, "issuer": "http://localhost:8080", "audience": "convex"}))],
     )
@@ -50,7 +50,7 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
     assert_eq!(verified["header"]["alg"], "RS256");
     assert!(verified["header"]["kid"].is_string());
     // jose refuses the same token for another audience.
-    let wrong = crate::node(
+    let wrong = edge_testkit::node(
         "jose-verify.mjs",
         &[arg(json!({"jwksUrl": stack.url("/api/auth/convex/jwks"), "jwt": jwt, "issuer": "http://localhost:8080", "audience": "other"}))],
     )
@@ -69,7 +69,7 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
 
     // A user created by convex-edge signs in through Better Auth.
     let (body, edge_cookie) = crate::sign_up(&stack, "edge@example.com").await;
-    let by_edge = crate::node(
+    let by_edge = edge_testkit::node(
         "better-auth.mjs",
         &["sign-in".into(), arg(json!({"databaseUrl": stack.db.url, "secret": SECRET, "email": "edge@example.com", "password": PASSWORD}))],
     )
@@ -78,7 +78,7 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
 
     // And Better Auth accepts the session cookies convex-edge writes.
     for cookie in [&edge_cookie, &edge_cookie_of_ba_user] {
-        let session = crate::node(
+        let session = edge_testkit::node(
             "better-auth.mjs",
             &[
                 "session".into(),
@@ -101,7 +101,7 @@ async fn es256_tokens_verify_with_jose() {
         .json()
         .await
         .unwrap();
-    let verified = crate::node(
+    let verified = edge_testkit::node(
         "jose-verify.mjs",
         &[arg(json!({"jwksUrl": stack.url("/api/auth/jwks"), "jwt": r["token"], "issuer": "http://localhost:8080", "audience": "convex"}))],
     )

@@ -6,7 +6,6 @@ mod interop;
 mod routes;
 
 use std::net::SocketAddr;
-use std::process::Command;
 use std::time::Duration;
 
 use edge_keys::Secret;
@@ -151,28 +150,4 @@ pub async fn sign_up(stack: &Stack, email: &str) -> (Value, String) {
     assert_eq!(r.status(), 200);
     let cookie = cookie_of(&r).expect("sign-up sets the session cookie");
     (r.json().await.unwrap(), cookie)
-}
-
-/// Runs a script of `tests/node` with one JSON argument (or a raw extra argument) and parses
-/// the JSON line it prints. Panics with the install command when the packages are missing.
-pub async fn node(script: &str, args: &[String]) -> Value {
-    let dir = edge_testkit::workspace_root().join("tests/node");
-    assert!(
-        dir.join("node_modules/better-auth").is_dir(),
-        "npm packages missing: run `npm ci --prefix tests/node`"
-    );
-    let mut cmd = Command::new("node");
-    cmd.current_dir(&dir).arg(script).args(args);
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|_| {
-        panic!(
-            "{script} printed {stdout:?}, stderr {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
 }
