@@ -138,6 +138,8 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
         ("AUTH_GRPC_ADDR".into(), "127.0.0.1:0".into()),
         ("AUTH_HTTP_ADDR".into(), "127.0.0.1:0".into()),
         ("DEVCONVEX_ADDR".into(), "127.0.0.1:0".into()),
+        ("QUERY_HTTP_ADDR".into(), "127.0.0.1:0".into()),
+        ("QUERY_GRPC_ADDR".into(), "127.0.0.1:0".into()),
     ];
     let mut dev = spawn(&["dev"], &env, Some(dir.path()));
     let lines = read_lines_until(&mut dev, "data:");
@@ -150,6 +152,7 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
     };
     let base = url_after("site (gateway):");
     let convex = url_after("Convex (devconvex");
+    let proxy = url_after("Convex clients (query proxy)");
     let client = reqwest::Client::new();
     let r = client
         .post(format!("{base}/api/auth/sign-up/email"))
@@ -194,6 +197,18 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
     // devconvex trusts the same tokens: users:me answers with the signed-up user.
     let me: Value = client
         .post(format!("{convex}/api/query"))
+        .bearer_auth(token["token"].as_str().unwrap())
+        .json(&json!({"path": "users:me", "args": {}, "format": "json"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["value"]["email"], "dev@example.com", "{me}");
+    // The query service in front of it verifies the same token and proxies the call.
+    let me: Value = client
+        .post(format!("{proxy}/api/query"))
         .bearer_auth(token["token"].as_str().unwrap())
         .json(&json!({"path": "users:me", "args": {}, "format": "json"}))
         .send()
