@@ -79,8 +79,11 @@ for await (const line of lines) {
   if (line.trim() === "restarted") break;
 }
 const after = {};
+const withTimeout = (promise, what, ms = 30_000) =>
+  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms))]);
 try {
-  await client.mutation(api.messages.send, { channel: "general", body: "after restart" });
+  console.error("proxy restarted; sending a mutation");
+  await withTimeout(client.mutation(api.messages.send, { channel: "general", body: "after restart" }), "the mutation after the restart");
   await until(() => theirs.includes("after restart") && mine.includes("after restart"), "both clients after the restart");
   after.seenAfterRestart = true;
   after.ok = true;

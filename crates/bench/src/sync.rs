@@ -138,7 +138,6 @@ async fn client(
 }
 
 struct Stack {
-    gateway: String,
     devconvex: String,
     query: String,
     devconvex_pid: u32,
@@ -229,7 +228,6 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         .json()
         .await?;
     Ok(Stack {
-        gateway: format!("http://127.0.0.1:{gw}"),
         devconvex: format!("http://127.0.0.1:{dc}"),
         query: format!("http://127.0.0.1:{qh}"),
         devconvex_pid,
@@ -369,7 +367,6 @@ async fn http_overhead(stack: &Stack, n: usize) -> anyhow::Result<[(f64, f64); 2
 
 pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     let stack = start(bin).await?;
-    let _ = &stack.gateway;
     let mut rows = Vec::new();
     let mut offset = 0;
     for &n in &args.clients {

@@ -18,7 +18,7 @@ use edge_convex::{ClientMessage, ServerMessage, StateVersion, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 use crate::AppState;
 use crate::identity::{IdentityKey, VerifiedUser};
@@ -30,8 +30,13 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum End {
     Gone,
+    /// The service is shutting down: the client should reconnect.
+    Restart,
     Fatal(String),
-    Auth { error: String, base_version: u32 },
+    Auth {
+        error: String,
+        base_version: u32,
+    },
     TooSlow,
 }
 
@@ -42,9 +47,6 @@ struct ClientQuery {
     upstream: UpstreamId,
     last: Option<Arc<QueryResult>>,
 }
-
-/// A finished mutation or action: (client request id, is a mutation, outcome).
-type Completion = (u32, bool, Result<RequestOutcome, String>);
 
 enum Pending {
     Removed(u32),
@@ -103,8 +105,6 @@ struct Downstream {
     /// Latest `ts` seen per upstream.
     upstream_ts: HashMap<UpstreamId, u64>,
     in_flight: usize,
-    /// Finished mutations and actions, boxed so an idle socket's queue stays small.
-    completions: mpsc::Sender<Box<Completion>>,
 }
 
 pub async fn handler(
@@ -130,9 +130,9 @@ async fn run(
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
     let (events, mut events_rx) = mpsc::channel(state.config.socket_queue);
-    let (completions, mut completions_rx) = mpsc::channel::<Box<Completion>>(64);
     let evicted = Arc::new(Notify::new());
     let listener = upstream::next_id();
+    let mut shutting_down = state.shutting_down.clone();
     let attach = Command::Attach {
         listener,
         tx: events.clone(),
@@ -153,7 +153,6 @@ async fn run(
         by_key: HashMap::new(),
         upstream_ts: HashMap::new(),
         in_flight: 0,
-        completions,
     };
     let end = loop {
         let step = tokio::select! {
@@ -174,8 +173,8 @@ async fn run(
                 }
                 Box::pin(d.on_events(batch)).await
             }
-            Some(done) = completions_rx.recv() => Box::pin(d.on_completion(*done)).await,
             _ = evicted.notified() => Err(End::TooSlow),
+            _ = shutting_down.wait_for(|s| *s) => Err(End::Restart),
         };
         if let Err(end) = step {
             break end;
@@ -200,6 +199,7 @@ impl Downstream {
         }
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),
+            End::Restart => (None, CloseCode::Restart),
             End::TooSlow => (None, CloseCode::Again),
             End::Fatal(error) => {
                 tracing::info!(%error, "client session ended by a protocol violation");
@@ -389,6 +389,16 @@ impl Downstream {
                         error,
                         base_version: self.version.identity.saturating_sub(1),
                     });
+                }
+                Event::Response {
+                    request_id,
+                    mutation,
+                    outcome,
+                } => {
+                    // What came before the response goes first, then the response itself.
+                    self.transition(None, None, std::mem::take(&mut pending))
+                        .await?;
+                    self.respond(request_id, mutation, *outcome).await?;
                 }
             }
         }
@@ -682,34 +692,26 @@ impl Downstream {
         let [args] = <[Value; 1]>::try_from(args)
             .map_err(|a| End::Fatal(format!("expected one arguments object, got {}", a.len())))?;
         self.in_flight += 1;
-        let (reply, answer) = oneshot::channel();
-        let _ = self
-            .main
-            .tx
-            .send(Command::Request {
-                mutation,
-                udf_path,
-                args,
-                reply,
-            })
-            .await;
-        let completions = self.completions.clone();
-        tokio::spawn(async move {
-            let outcome = answer
-                .await
-                .unwrap_or_else(|_| Err("the connection to Convex was lost".into()));
-            let _ = completions
-                .send(Box::new((request_id, mutation, outcome)))
-                .await;
-        });
+        let request = Command::Request {
+            listener: self.listener,
+            request_id,
+            mutation,
+            udf_path,
+            args,
+        };
+        let _ = self.main.tx.send(request).await;
         Ok(())
     }
 
-    async fn on_completion(
+    /// Sends a mutation's or action's answer. The upstream queued it before any transition
+    /// that reaches its `ts`, so the client sees them in Convex's order.
+    async fn respond(
         &mut self,
-        (request_id, mutation, outcome): Completion,
+        request_id: u32,
+        mutation: bool,
+        outcome: Result<RequestOutcome, String>,
     ) -> Result<(), End> {
-        self.in_flight -= 1;
+        self.in_flight = self.in_flight.saturating_sub(1);
         let outcome = outcome.unwrap_or_else(|error| RequestOutcome {
             success: false,
             result: Value::String(error),

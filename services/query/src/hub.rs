@@ -50,7 +50,6 @@ impl Hub {
         });
         upstream::spawn(upstream::Settings {
             ws_url: self.ws_url.clone(),
-            identity: identity.clone(),
             idle: self.idle,
             stats: self.stats.clone(),
             retire,

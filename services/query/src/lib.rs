@@ -35,12 +35,15 @@ pub use config::{Config, ConfigError};
 /// What every handler shares.
 pub struct AppState {
     pub config: Config,
+    /// Flips to `true` when the service shuts down: client sockets close with a restart hint.
+    pub shutting_down: tokio::sync::watch::Receiver<bool>,
     pub hub: Arc<hub::Hub>,
     pub identities: Arc<identity::Identities>,
     pub proxy: Arc<proxy::Proxy>,
 }
 
 pub struct Application {
+    shutdown: tokio::sync::watch::Sender<bool>,
     http: std::net::TcpListener,
     grpc: tokio::net::TcpListener,
     http_addr: SocketAddr,
@@ -75,13 +78,16 @@ impl Application {
             .await
             .with_context(|| format!("failed to bind QUERY_GRPC_ADDR {}", config.grpc_addr))?;
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
+        let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
         let state = web::Data::new(AppState {
             config,
+            shutting_down,
             hub,
             identities,
             proxy,
         });
         Ok(Application {
+            shutdown,
             http,
             grpc,
             http_addr,
@@ -131,8 +137,11 @@ impl Application {
         .run();
         let handle = server.handle();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let close_sockets = self.shutdown;
         tokio::spawn(async move {
             shutdown.await;
+            // Sockets first (with a reconnect hint), so the HTTP drain does not wait on them.
+            let _ = close_sockets.send(true);
             handle.stop(true).await;
             let _ = stop_tx.send(());
         });

@@ -19,7 +19,6 @@ use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::identity::IdentityKey;
 use crate::key::QueryKey;
 use crate::metrics::Stats;
 
@@ -84,6 +83,14 @@ pub enum Event {
     },
     /// Convex refused this identity's token.
     AuthFailed { upstream: UpstreamId, error: String },
+    /// The answer to one of this listener's mutations or actions. It travels in the same
+    /// ordered queue as transitions, so a client always gets a `MutationResponse` before the
+    /// transition that reaches its `ts`, as Convex sends them.
+    Response {
+        request_id: u32,
+        mutation: bool,
+        outcome: Box<Result<RequestOutcome, String>>,
+    },
 }
 
 /// The answer to a mutation or action.
@@ -118,11 +125,13 @@ pub enum Command {
         token: String,
         expires_at: i64,
     },
+    /// A listener's mutation or action; the answer comes back as [`Event::Response`].
     Request {
+        listener: ListenerId,
+        request_id: u32,
         mutation: bool,
         udf_path: String,
         args: Value,
-        reply: oneshot::Sender<Result<RequestOutcome, String>>,
     },
     /// The cached result of a live subscription, if any.
     Lookup {
@@ -164,7 +173,6 @@ pub type Retire = Arc<dyn Fn(UpstreamId, &mut dyn FnMut() -> bool) -> bool + Sen
 /// Everything the task needs to know from the outside.
 pub struct Settings {
     pub ws_url: String,
-    pub identity: IdentityKey,
     pub idle: Duration,
     pub stats: Arc<Stats>,
     pub retire: Retire,
@@ -183,7 +191,8 @@ struct Task {
     version: StateVersion,
     next_query_id: u32,
     next_request_id: u32,
-    requests: HashMap<u32, oneshot::Sender<Result<RequestOutcome, String>>>,
+    /// Upstream request id → (listener, the listener's request id, is a mutation).
+    requests: HashMap<u32, (ListenerId, u32, bool)>,
     /// Query-set changes not yet sent.
     pending: Vec<QuerySetModification>,
     /// A token not yet sent on the current connection.
@@ -280,10 +289,18 @@ impl Task {
         self.version = StateVersion::default();
         self.by_query_id.clear();
         self.pending.clear();
-        for (_, reply) in self.requests.drain() {
-            let _ = reply.send(Err(
-                "the connection to Convex was lost; the request may not have run".into(),
-            ));
+        let lost: Vec<(ListenerId, u32, bool)> = self.requests.drain().map(|(_, r)| r).collect();
+        for (listener, request_id, mutation) in lost {
+            let error = "the connection to Convex was lost; the request may not have run";
+            let outcome = Box::new(Err(error.into()));
+            self.deliver(
+                listener,
+                Event::Response {
+                    request_id,
+                    mutation,
+                    outcome,
+                },
+            );
         }
     }
 
@@ -472,18 +489,26 @@ impl Task {
                 }
             }
             Command::Request {
+                listener,
+                request_id: client_request_id,
                 mutation,
                 udf_path,
                 args,
-                reply,
             } => {
                 if !self.connected {
-                    let _ = reply.send(Err("not connected to Convex; try again".into()));
+                    let outcome = Box::new(Err("not connected to Convex; try again".into()));
+                    let event = Event::Response {
+                        request_id: client_request_id,
+                        mutation,
+                        outcome,
+                    };
+                    self.deliver(listener, event);
                     return;
                 }
                 let request_id = self.next_request_id;
                 self.next_request_id += 1;
-                self.requests.insert(request_id, reply);
+                self.requests
+                    .insert(request_id, (listener, client_request_id, mutation));
                 self.flush(out);
                 out.push(if mutation {
                     ClientMessage::Mutation {
@@ -555,6 +580,19 @@ impl Task {
             for (key, n) in l.keys {
                 self.release(&key, n);
             }
+        }
+    }
+
+    fn respond(&mut self, upstream_request_id: u32, outcome: RequestOutcome) {
+        if let Some((listener, request_id, mutation)) = self.requests.remove(&upstream_request_id) {
+            self.deliver(
+                listener,
+                Event::Response {
+                    request_id,
+                    mutation,
+                    outcome: Box::new(Ok(outcome)),
+                },
+            );
         }
     }
 
@@ -648,15 +686,14 @@ impl Task {
                 log_lines,
                 error_data,
             } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Ok(RequestOutcome {
-                        success,
-                        result,
-                        ts,
-                        log_lines,
-                        error_data,
-                    }));
-                }
+                let outcome = RequestOutcome {
+                    success,
+                    result,
+                    ts,
+                    log_lines,
+                    error_data,
+                };
+                self.respond(request_id, outcome);
             }
             ServerMessage::ActionResponse {
                 request_id,
@@ -665,15 +702,14 @@ impl Task {
                 log_lines,
                 error_data,
             } => {
-                if let Some(reply) = self.requests.remove(&request_id) {
-                    let _ = reply.send(Ok(RequestOutcome {
-                        success,
-                        result,
-                        ts: None,
-                        log_lines,
-                        error_data,
-                    }));
-                }
+                let outcome = RequestOutcome {
+                    success,
+                    result,
+                    ts: None,
+                    log_lines,
+                    error_data,
+                };
+                self.respond(request_id, outcome);
             }
             ServerMessage::AuthError { error, .. } => {
                 tracing::warn!(upstream = self.id, %error, "Convex refused the token");

@@ -33,7 +33,7 @@ async fn convex_npm_client_through_the_proxy() {
     // The client logs to stdout too; phases are the JSON lines with a "phase".
     let mut next_phase = async || -> serde_json::Value {
         loop {
-            let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            let line = tokio::time::timeout(std::time::Duration::from_secs(120), lines.next_line())
                 .await
                 .expect("node answers in time")
                 .unwrap()
