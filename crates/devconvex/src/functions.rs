@@ -72,23 +72,28 @@ pub fn not_found(path: &str) -> FunctionError {
 }
 
 /// Checks the arguments object against a validator: exactly these fields, each a string.
-fn string_args<'a>(
+fn string_args<'a, const N: usize>(
     args: &'a Map<String, Value>,
-    fields: &[&str],
-) -> Result<Vec<&'a str>, FunctionError> {
+    fields: [&str; N],
+) -> Result<[&'a str; N], FunctionError> {
     if let Some(extra) = args.keys().find(|k| !fields.contains(&k.as_str())) {
         return Err(FunctionError::new(format!(
             "ArgumentValidationError: Object contains extra field `{extra}` that is not in the validator."
         )));
     }
-    fields
-        .iter()
-        .map(|f| match args.get(*f) {
+    let mut out = [""; N];
+    for (slot, f) in out.iter_mut().zip(fields) {
+        *slot = match args.get(f) {
             Some(Value::String(s)) => Ok(s.as_str()),
-            Some(other) => Err(FunctionError::new(format!("ArgumentValidationError: Value does not match validator.\nPath: .{f}\nValue: {other}\nValidator: v.string()"))),
-            None => Err(FunctionError::new(format!("ArgumentValidationError: Object is missing the required field `{f}`."))),
-        })
-        .collect()
+            Some(other) => Err(FunctionError::new(format!(
+                "ArgumentValidationError: Value does not match validator.\nPath: .{f}\nValue: {other}\nValidator: v.string()"
+            ))),
+            None => Err(FunctionError::new(format!(
+                "ArgumentValidationError: Object is missing the required field `{f}`."
+            ))),
+        }?;
+    }
+    Ok(out)
 }
 
 fn signed_in<'a>(ctx: &Ctx<'a, '_>) -> Result<&'a Identity, FunctionError> {
@@ -97,9 +102,7 @@ fn signed_in<'a>(ctx: &Ctx<'a, '_>) -> Result<&'a Identity, FunctionError> {
 }
 
 fn messages_list(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    let [channel] = string_args(args, &["channel"])?[..] else {
-        unreachable!()
-    };
+    let [channel] = string_args(args, ["channel"])?;
     let all: Vec<Value> = ctx
         .db
         .scan("messages")
@@ -111,9 +114,7 @@ fn messages_list(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Val
 }
 
 fn messages_send(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    let [channel, body] = string_args(args, &["channel", "body"])?[..] else {
-        unreachable!()
-    };
+    let [channel, body] = string_args(args, ["channel", "body"])?;
     let author = signed_in(ctx)?.display_name();
     let mut doc = Map::new();
     doc.insert("channel".into(), json!(channel));
@@ -130,7 +131,7 @@ fn owner(ctx: &Ctx<'_, '_>) -> Option<String> {
 }
 
 fn tasks_list(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    string_args(args, &[])?;
+    string_args(args, [])?;
     let Some(owner) = owner(ctx) else {
         return Ok(json!([]));
     };
@@ -145,9 +146,7 @@ fn tasks_list(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value,
 }
 
 fn tasks_add(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    let [text] = string_args(args, &["text"])?[..] else {
-        unreachable!()
-    };
+    let [text] = string_args(args, ["text"])?;
     let owner = signed_in(ctx)?.token_identifier.clone();
     let mut doc = Map::new();
     doc.insert("text".into(), json!(text));
@@ -160,9 +159,7 @@ fn tasks_add(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, 
 }
 
 fn tasks_toggle(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    let [id] = string_args(args, &["id"])?[..] else {
-        unreachable!()
-    };
+    let [id] = string_args(args, ["id"])?;
     let owner = signed_in(ctx)?.token_identifier.clone();
     let mut task = ctx
         .db
@@ -178,12 +175,12 @@ fn tasks_toggle(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Valu
 }
 
 fn users_me(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    string_args(args, &[])?;
+    string_args(args, [])?;
     Ok(ctx.identity.map(Identity::to_json).unwrap_or(Value::Null))
 }
 
 fn config_get(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
-    string_args(args, &[])?;
+    string_args(args, [])?;
     // Settings live in a table so a deployment could change them; the demo seeds none.
     let stored = ctx.db.scan("config").into_iter().next();
     Ok(stored.unwrap_or_else(|| json!({"siteName": "convex-edge demo", "defaultChannel": "general", "maxMessageLength": 1000})))
