@@ -1,0 +1,224 @@
+//! The token cache against real Redis: hits, misses, expiry, hashed keys, single-flight,
+//! invalidation and a Redis outage.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use edge_cache::{CacheConfig, Outcome, Token, TokenCache};
+use edge_keys::CacheKey;
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// A cookie value no other test uses, and its key.
+fn cookie() -> (String, CacheKey) {
+    let value = format!(
+        "{}.c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dQ%3D%3D",
+        edge_keys::generate_id()
+    );
+    let key = CacheKey::for_cookie(&value).unwrap();
+    (value, key)
+}
+
+fn token(expires_in: i64) -> Token {
+    Token {
+        jwt: format!("jwt-{}", edge_keys::generate_id()).into(),
+        expires_at: now() + expires_in,
+    }
+}
+
+fn cache(redis: Option<String>) -> TokenCache<String> {
+    TokenCache::new(CacheConfig {
+        redis_url: redis,
+        ..CacheConfig::default()
+    })
+    .unwrap()
+}
+
+async fn redis_get(url: &str, key: &str) -> Option<String> {
+    let pool = deadpool_redis::Config::from_url(url)
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    deadpool_redis::redis::Cmd::get(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn miss_then_l1_hit_then_l2_hit_in_another_gateway() {
+    let url = edge_testkit::redis_url();
+    let (a, b) = (cache(Some(url.clone())), cache(Some(url.clone())));
+    let (cookie, key) = cookie();
+    let t = token(900);
+    let issued = t.clone();
+    let (got, outcome) = a
+        .get_or_issue(&key, || async move { Ok(issued) })
+        .await
+        .unwrap();
+    assert_eq!((got, outcome), (t.clone(), Outcome::Miss));
+    let (_, outcome) = a
+        .get_or_issue(&key, || async { Err("must not issue".to_owned()) })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::L1Hit);
+    // A second gateway finds it in Redis.
+    let (got, outcome) = b
+        .get_or_issue(&key, || async { Err("must not issue".to_owned()) })
+        .await
+        .unwrap();
+    assert_eq!((got, outcome), (t.clone(), Outcome::L2Hit));
+    // The key is a hash; the raw cookie is nowhere in Redis.
+    let stored = redis_get(&url, key.as_str()).await.unwrap();
+    assert!(stored.ends_with(&*t.jwt));
+    assert!(!key.as_str().contains(cookie.split('.').next().unwrap()));
+    assert!(redis_get(&url, &cookie).await.is_none());
+}
+
+#[tokio::test]
+async fn tokens_near_expiry_are_never_stored_or_served() {
+    let url = edge_testkit::redis_url();
+    let c = cache(Some(url.clone()));
+    let (_, key) = cookie();
+    let near = token(20);
+    let issued = near.clone();
+    let (got, outcome) = c
+        .get_or_issue(&key, || async move { Ok(issued) })
+        .await
+        .unwrap();
+    assert_eq!((got, outcome), (near, Outcome::Miss));
+    assert!(
+        redis_get(&url, key.as_str()).await.is_none(),
+        "not stored in Redis"
+    );
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    c.get_or_issue(&key, move || async move {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Ok(token(900))
+    })
+    .await
+    .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "not served from L1 either");
+    // The TTL in Redis never reaches past the token's expiry.
+    let (_, key) = cookie();
+    let short = token(60);
+    let issued = short.clone();
+    c.get_or_issue(&key, || async move { Ok(issued) })
+        .await
+        .unwrap();
+    let pool = deadpool_redis::Config::from_url(url)
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let pttl: i64 = deadpool_redis::redis::cmd("PTTL")
+        .arg(key.as_str())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        pttl > 0 && pttl <= 30_000,
+        "ttl {pttl} ms <= exp - now - 30 s"
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_first_requests_make_one_issue_call() {
+    let c = Arc::new(cache(Some(edge_testkit::redis_url())));
+    let (_, key) = cookie();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (c, key, calls) = (c.clone(), key.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            c.get_or_issue(&key, move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok(token(900))
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut jwts = std::collections::HashSet::new();
+    for t in tasks {
+        jwts.insert(t.await.unwrap().0.jwt);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(jwts.len(), 1);
+}
+
+#[tokio::test]
+async fn invalidation_removes_both_tiers_and_errors_are_not_cached() {
+    let url = edge_testkit::redis_url();
+    let c = cache(Some(url.clone()));
+    let (_, key) = cookie();
+    let err = c
+        .get_or_issue(&key, || async { Err("auth said no".to_owned()) })
+        .await
+        .unwrap_err();
+    assert_eq!(err, "auth said no");
+    let t = token(900);
+    let issued = t.clone();
+    c.get_or_issue(&key, || async move { Ok(issued) })
+        .await
+        .unwrap();
+    c.invalidate(&key).await;
+    assert!(redis_get(&url, key.as_str()).await.is_none());
+    let (_, outcome) = c
+        .get_or_issue(&key, || async { Ok(token(900)) })
+        .await
+        .unwrap();
+    assert_eq!(outcome, Outcome::Miss);
+}
+
+#[tokio::test]
+async fn a_dead_redis_costs_nothing_after_the_first_failure_and_heals() {
+    let mut redis = edge_testkit::spawn_redis(0).unwrap();
+    let port = redis.port;
+    let c = cache(Some(redis.url.clone()));
+    let (_, key) = cookie();
+    c.get_or_issue(&key, || async { Ok(token(900)) })
+        .await
+        .unwrap();
+    redis.kill();
+    // Requests keep succeeding through L1 and the issuer.
+    for _ in 0..50 {
+        let (_, key) = cookie();
+        let started = std::time::Instant::now();
+        let (_, outcome) = c
+            .get_or_issue(&key, || async { Ok(token(900)) })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Miss);
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert!(c.stats().redis_errors.load(Ordering::Relaxed) >= 1);
+    // Redis back on the same port: L2 works again after the back-off.
+    let _redis = edge_testkit::spawn_redis(port).unwrap();
+    let other = cache(Some(format!("redis://127.0.0.1:{port}")));
+    let (_, key) = cookie();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut healed = false;
+    for _ in 0..50 {
+        c.get_or_issue(&key, || async { Ok(token(900)) })
+            .await
+            .unwrap();
+        if let Ok((_, Outcome::L2Hit)) = other
+            .get_or_issue(&key, || async { Err("no".to_owned()) })
+            .await
+        {
+            healed = true;
+            break;
+        }
+        c.invalidate(&key).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(healed, "the cache writes to Redis again once it is back");
+}
