@@ -18,6 +18,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// HTTP worker threads.
     pub workers: usize,
+    /// The token cache (`AUTH_CACHE_ENABLED`, `AUTH_CACHE_TTL`, `REDIS_URL`); `None`: off.
+    pub cache: Option<edge_cache::CacheConfig>,
 }
 
 impl Config {
@@ -31,6 +33,7 @@ impl Config {
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
+            cache: Some(edge_cache::CacheConfig::default()),
         }
     }
 
@@ -57,6 +60,40 @@ impl Config {
                 }
                 *slot = v;
             }
+        }
+        let enabled = match get("AUTH_CACHE_ENABLED").as_deref() {
+            None | Some("true") | Some("1") => true,
+            Some("false") | Some("0") => false,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    "AUTH_CACHE_ENABLED",
+                    format!("expected true or false, got `{other}`"),
+                ));
+            }
+        };
+        if enabled {
+            let mut cache = edge_cache::CacheConfig::default();
+            if let Some(v) = get("AUTH_CACHE_TTL") {
+                let secs: u64 = v.parse().ok().filter(|s| *s > 0).ok_or_else(|| {
+                    ConfigError::new(
+                        "AUTH_CACHE_TTL",
+                        format!("expected a positive number of seconds, got `{v}`"),
+                    )
+                })?;
+                cache.ttl = std::time::Duration::from_secs(secs);
+            }
+            if let Some(url) = get("REDIS_URL").filter(|u| !u.is_empty()) {
+                if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    return Err(ConfigError::new(
+                        "REDIS_URL",
+                        format!("expected redis://…, got `{url}`"),
+                    ));
+                }
+                cache.redis_url = Some(url);
+            }
+            config.cache = Some(cache);
+        } else {
+            config.cache = None;
         }
         if let Some(v) = get("GATEWAY_TRUSTED_ORIGINS") {
             config.trusted_origins = v

@@ -7,15 +7,19 @@
 pub mod config;
 mod error;
 mod metrics;
+mod revocations;
 mod routes;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
+use edge_cache::TokenCache;
 use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
 use edge_proto::error::ErrorCode;
 use tonic::transport::{Channel, Endpoint};
@@ -26,12 +30,28 @@ pub use config::{Config, ConfigError};
 pub struct State {
     pub config: Config,
     auth: AuthServiceClient<Channel>,
+    /// The token cache, when enabled.
+    cache: Option<Arc<TokenCache<tonic::Status>>>,
+    /// False while the revocation stream is down: the cache is bypassed, since a revocation
+    /// could be missed.
+    cache_trusted: Arc<AtomicBool>,
 }
 
 impl State {
     /// A client of auth (cheap: clones share one connection pool).
     pub fn auth(&self) -> AuthServiceClient<Channel> {
         self.auth.clone()
+    }
+
+    /// The cache if it may be used now.
+    pub(crate) fn trusted_cache(&self) -> Option<&TokenCache<tonic::Status>> {
+        self.cache
+            .as_deref()
+            .filter(|_| self.cache_trusted.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn cache(&self) -> Option<&TokenCache<tonic::Status>> {
+        self.cache.as_deref()
     }
 }
 
@@ -54,10 +74,22 @@ impl Application {
             .with_context(|| format!("failed to bind GATEWAY_HTTP_ADDR {}", config.http_addr))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let cache = match &config.cache {
+            Some(c) => Some(Arc::new(
+                TokenCache::new(c.clone()).map_err(|e| anyhow::anyhow!(e))?,
+            )),
+            None => None,
+        };
+        let state = State {
+            config,
+            auth,
+            cache,
+            cache_trusted: Arc::new(AtomicBool::new(false)),
+        };
         Ok(Application {
             listener,
             addr,
-            state: web::Data::new(State { config, auth }),
+            state: web::Data::new(state),
         })
     }
 
@@ -70,6 +102,13 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let watcher = self.state.cache.clone().map(|cache| {
+            tokio::spawn(revocations::watch(
+                self.state.auth(),
+                cache,
+                self.state.cache_trusted.clone(),
+            ))
+        });
         let state = self.state.clone();
         let workers = state.config.workers;
         let server = HttpServer::new(move || {
@@ -105,6 +144,9 @@ impl Application {
             handle.stop(true).await;
         });
         server.await.context("gateway HTTP server failed")?;
+        if let Some(w) = watcher {
+            w.abort();
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

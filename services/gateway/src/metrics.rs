@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use edge_telemetry::prometheus::HistogramVec;
+use edge_telemetry::prometheus::{HistogramVec, IntCounter, IntCounterVec};
 
 pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     edge_telemetry::histogram(
@@ -12,6 +12,23 @@ pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     )
 });
 
+pub static TOKEN_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    edge_telemetry::counter_vec(
+        "edge_gateway_token_cache_total",
+        "token cache outcomes",
+        &["result"],
+    )
+});
+
+pub static REVOCATIONS_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
+    edge_telemetry::counter(
+        "edge_gateway_revocations_applied_total",
+        "revocations applied to the cache",
+    )
+});
+
 pub fn init() {
     LazyLock::force(&REQUEST_DURATION);
+    LazyLock::force(&TOKEN_CACHE);
+    LazyLock::force(&REVOCATIONS_APPLIED);
 }

@@ -32,6 +32,8 @@ async fn start(extra: &[(&str, String)]) -> Services {
         ("AUTH_HTTP_ADDR".into(), format!("127.0.0.1:{http}")),
         ("AUTH_GRPC_URL".into(), format!("http://127.0.0.1:{grpc}")),
         ("GATEWAY_HTTP_ADDR".into(), format!("127.0.0.1:{gw}")),
+        // Every request must reach auth: this counts auth's reads per issued token.
+        ("AUTH_CACHE_ENABLED".into(), "false".into()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
     let auth = spawn(&["auth"], &env, None);

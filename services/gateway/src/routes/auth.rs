@@ -9,9 +9,11 @@ use edge_proto::error::ErrorCode;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-use crate::State;
 use crate::error::ApiError;
 use crate::routes::{is_https, session_cookie};
+use crate::{State, metrics};
+use edge_cache::{Outcome, Token};
+use edge_keys::CacheKey;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/auth/sign-up/email", web::post().to(sign_up))
@@ -211,10 +213,21 @@ async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpRespo
             .insert(header::SET_COOKIE, clear.parse().expect("valid header"));
         return Ok(response);
     };
-    state
+    let own_key = CacheKey::for_cookie(&cookie_value);
+    let r = state
         .auth()
         .sign_out(pb::SignOutRequest { cookie_value })
-        .await?;
+        .await?
+        .into_inner();
+    // Applied here before answering; other gateways learn it from the revocation stream.
+    if let Some(cache) = state.cache() {
+        for key in [CacheKey::parse(&r.cache_key), own_key]
+            .into_iter()
+            .flatten()
+        {
+            cache.invalidate(&key).await;
+        }
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::SET_COOKIE, clear))
         .json(json!({"success": true})))
@@ -255,14 +268,35 @@ async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpRe
 async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let cookie_value = session_cookie(&req)
         .ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
-    let r = state
-        .auth()
-        .issue_token(pb::IssueTokenRequest { cookie_value })
-        .await?
-        .into_inner();
+    let mut auth = state.auth();
+    let issue = move |cookie_value: String| async move {
+        let r = auth
+            .issue_token(pb::IssueTokenRequest { cookie_value })
+            .await?
+            .into_inner();
+        Ok::<_, tonic::Status>(Token {
+            jwt: r.jwt.into(),
+            expires_at: r.expires_at,
+        })
+    };
+    // The cache key hashes the cookie's canonical form; a value that cannot be canonicalised
+    // goes to auth, which refuses it.
+    let (token, outcome) = match (state.trusted_cache(), CacheKey::for_cookie(&cookie_value)) {
+        (Some(cache), Some(key)) => {
+            cache
+                .get_or_issue(&key, move || issue(cookie_value))
+                .await?
+        }
+        _ => (issue(cookie_value).await?, Outcome::Miss),
+    };
+    if state.cache().is_some() {
+        metrics::TOKEN_CACHE
+            .with_label_values(&[outcome.label()])
+            .inc();
+    }
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({"token": r.jwt})))
+        .json(json!({"token": &*token.jwt})))
 }
 
 async fn jwks(state: web::Data<State>) -> Result<HttpResponse, ApiError> {

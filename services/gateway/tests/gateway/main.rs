@@ -2,6 +2,7 @@
 //! better-auth and jose npm packages.
 
 mod bad_input;
+mod cache;
 mod interop;
 mod routes;
 
@@ -20,6 +21,8 @@ pub struct Stack {
     pub base: String,
     pub gateway: SocketAddr,
     pub auth_http: SocketAddr,
+    pub auth_grpc: SocketAddr,
+    pub auth: std::sync::Arc<edge_auth::AuthCore>,
     _stops: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -57,7 +60,7 @@ impl Stack {
         let auth = edge_auth::Application::build(config)
             .await
             .expect("auth builds");
-        let auth_http = auth.http_addr();
+        let (auth_http, auth_grpc, core) = (auth.http_addr(), auth.grpc_addr(), auth.core());
         let mut gateway_config = edge_gateway::Config::local();
         gateway_config.http_addr = "127.0.0.1:0".parse().unwrap();
         gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
@@ -75,8 +78,29 @@ impl Stack {
             base: format!("http://{addr}"),
             gateway: addr,
             auth_http,
+            auth_grpc,
+            auth: core,
             _stops: vec![stop_auth, stop_gateway],
         }
+    }
+
+    /// Another gateway on the same auth, with the token cache in Redis at `redis_url`.
+    pub async fn extra_gateway(&mut self, redis_url: &str) -> String {
+        let mut config = edge_gateway::Config::local();
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.auth_grpc_url = format!("http://{}", self.auth_grpc);
+        config.workers = 1;
+        if let Some(cache) = config.cache.as_mut() {
+            cache.redis_url = Some(redis_url.to_owned());
+        }
+        let gateway = edge_gateway::Application::build(config)
+            .await
+            .expect("gateway builds");
+        let base = format!("http://{}", gateway.addr());
+        let (stop, stopped) = stopper();
+        tokio::spawn(gateway.run_until(stopped));
+        self._stops.push(stop);
+        base
     }
 
     pub fn url(&self, path: &str) -> String {
