@@ -250,11 +250,13 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
                 }
             }
         };
-        let result = flight.await;
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(key);
+        let result = flight.clone().await;
+        // Only this flight's entry: a later one for the same key may already be in the map.
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if flights.get(key).is_some_and(|f| f.ptr_eq(&flight)) {
+            flights.remove(key);
+        }
+        drop(flights);
         result
     }
 

@@ -205,17 +205,9 @@ impl<'a> Tx<'a> {
 fn new_id() -> String {
     const ALPHABET: &[u8] = b"0123456789abcdefghjkmnpqrstvwxyz";
     let mut bytes = [0u8; 32];
-    aws_lc_rs_fill(&mut bytes);
+    edge_keys::random_bytes(&mut bytes);
     bytes
         .iter()
         .map(|b| ALPHABET[(*b & 31) as usize] as char)
         .collect()
-}
-
-fn aws_lc_rs_fill(buf: &mut [u8]) {
-    // edge-keys owns randomness; its hex helper is enough here.
-    let hex = edge_keys::random_hex(buf.len());
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[i * 2..i * 2 + 2], 16).unwrap_or(0);
-    }
 }

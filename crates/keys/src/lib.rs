@@ -62,10 +62,15 @@ pub fn generate_id() -> String {
     out
 }
 
+/// Fills `buf` from the system's secure random source.
+pub fn random_bytes(buf: &mut [u8]) {
+    aws_lc_rs::rand::fill(buf).expect("system randomness");
+}
+
 /// Random bytes as lowercase hex.
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    aws_lc_rs::rand::fill(&mut buf).expect("system randomness");
+    random_bytes(&mut buf);
     hex::encode(buf)
 }
 

@@ -35,14 +35,6 @@ impl Secret {
         out.copy_from_slice(d.as_ref());
         out
     }
-
-    pub fn len(&self) -> usize {
-        self.raw.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.raw.is_empty()
-    }
 }
 
 impl fmt::Debug for Secret {

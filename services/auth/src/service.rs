@@ -95,10 +95,15 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
         .expect("password hashing does not panic")
 }
 
-fn new_session(user_id: &str, client: &Client, now: DateTime<Utc>) -> Session {
+fn new_session(
+    user_id: &str,
+    token: &SessionToken,
+    client: &Client,
+    now: DateTime<Utc>,
+) -> Session {
     Session {
         id: edge_keys::generate_id(),
-        token: SessionToken::generate().as_str().to_owned(),
+        token: token.as_str().to_owned(),
         user_id: user_id.to_owned(),
         expires_at: now + Duration::seconds(SESSION_MAX_AGE_SECONDS),
         created_at: now,
@@ -127,12 +132,6 @@ impl AuthCore {
             revocations,
             limiter: RateLimiter::default(),
         }
-    }
-
-    fn cookie_for(&self, token: &str) -> String {
-        // Tokens come from our own rows; a row Better Auth wrote has the same alphabet.
-        let token = SessionToken::parse(token).unwrap_or_else(SessionToken::generate);
-        cookie::sign(&self.config.secret, &token)
     }
 
     pub async fn sign_up(
@@ -172,15 +171,16 @@ impl AuthCore {
             password_hash: hash,
             created_at: now,
         };
-        let session = new_session(&user.id, client, now);
+        let token = SessionToken::generate();
+        let session = new_session(&user.id, &token, client, now);
         self.store.create_user(&user, &account, &session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed up");
-        Ok(self.opened(session, user))
+        Ok(self.opened(session, user, &token))
     }
 
     /// A session just created: its cookie is to be set.
-    fn opened(&self, session: Session, user: User) -> SessionInfo {
-        let cookie_value = self.cookie_for(&session.token);
+    fn opened(&self, session: Session, user: User, token: &SessionToken) -> SessionInfo {
+        let cookie_value = cookie::sign(&self.config.secret, token);
         SessionInfo {
             session,
             user,
@@ -232,10 +232,11 @@ impl AuthCore {
         let (true, Some(user)) = (ok, user) else {
             return Err(AuthError::InvalidCredentials);
         };
-        let session = new_session(&user.id, client, now_ms());
+        let token = SessionToken::generate();
+        let session = new_session(&user.id, &token, client, now_ms());
         self.store.create_session(&session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
-        Ok(self.opened(session, user))
+        Ok(self.opened(session, user, &token))
     }
 
     /// Ends the cookie's session; the revocation is in the log (and announced) on return.

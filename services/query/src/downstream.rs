@@ -190,12 +190,22 @@ impl Downstream {
         stats
             .downstream_subscriptions
             .fetch_sub(self.queries.len() as i64, Ordering::Relaxed);
-        let detach = |u: &Upstream, listener| {
-            let _ = u.tx.try_send(Command::Detach { listener });
-        };
-        detach(&self.main, self.listener);
+        // Awaited, so a busy upstream cannot lose the detach (and keep this socket's
+        // subscriptions alive).
+        let _ = self
+            .main
+            .tx
+            .send(Command::Detach {
+                listener: self.listener,
+            })
+            .await;
         if let Some(shared) = &self.shared {
-            detach(shared, self.listener);
+            let _ = shared
+                .tx
+                .send(Command::Detach {
+                    listener: self.listener,
+                })
+                .await;
         }
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),

@@ -167,11 +167,13 @@ impl Proxy {
                 }
             }
         };
-        let result = flight.await;
-        self.flights
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&flight_key);
+        let result = flight.clone().await;
+        // Only this flight's entry: a later one for the same key may already be in the map.
+        let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+        if flights.get(&flight_key).is_some_and(|f| f.ptr_eq(&flight)) {
+            flights.remove(&flight_key);
+        }
+        drop(flights);
         result.map_err(ProxyError::Upstream)
     }
 

@@ -5,6 +5,17 @@ use serde_json::{Value, json};
 
 use crate::{Proc, SECRET, read_lines_until, spawn, wait_ready};
 
+/// A Convex HTTP query with no arguments, in the `json` format.
+async fn query(origin: &str, path: &str, jwt: Option<&str>) -> Value {
+    let mut request = reqwest::Client::new()
+        .post(format!("{origin}/api/query"))
+        .json(&json!({"path": path, "args": {}, "format": "json"}));
+    if let Some(jwt) = jwt {
+        request = request.bearer_auth(jwt);
+    }
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 fn port() -> String {
     edge_testkit::free_port().to_string()
 }
@@ -196,30 +207,13 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
             chrono::Utc::now().timestamp(),
         )
         .unwrap();
-    // devconvex trusts the same tokens: users:me answers with the signed-up user.
-    let me: Value = client
-        .post(format!("{convex}/api/query"))
-        .bearer_auth(token["token"].as_str().unwrap())
-        .json(&json!({"path": "users:me", "args": {}, "format": "json"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me["value"]["email"], "dev@example.com", "{me}");
-    // The query service in front of it verifies the same token and proxies the call.
-    let me: Value = client
-        .post(format!("{proxy}/api/query"))
-        .bearer_auth(token["token"].as_str().unwrap())
-        .json(&json!({"path": "users:me", "args": {}, "format": "json"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(me["value"]["email"], "dev@example.com", "{me}");
+    // devconvex trusts the same tokens, and the query service in front of it verifies them and
+    // proxies the call: users:me answers with the signed-up user on both.
+    let jwt = token["token"].as_str().unwrap();
+    for origin in [&convex, &proxy] {
+        let me = query(origin, "users:me", Some(jwt)).await;
+        assert_eq!(me["value"]["email"], "dev@example.com", "{origin}: {me}");
+    }
     assert!(dir.path().join(".convex-edge/dev.db").exists());
     let secret = std::fs::read_to_string(dir.path().join(".convex-edge/secret")).unwrap();
     assert!(secret.len() >= 32);
@@ -235,14 +229,6 @@ async fn devconvex_serves_the_demo_app() {
     );
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&format!("{base}/readyz")).await;
-    let r: Value = reqwest::Client::new()
-        .post(format!("{base}/api/query"))
-        .json(&json!({"path": "config:get", "args": {}, "format": "json"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = query(&base, "config:get", None).await;
     assert_eq!(r["value"]["defaultChannel"], "general");
 }

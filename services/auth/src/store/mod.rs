@@ -154,9 +154,6 @@ macro_rules! insert_session {
     }};
 }
 
-const USER_COLUMNS: &str =
-    r#""id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt""#;
-
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -285,7 +282,6 @@ impl Store {
 
     pub async fn user_by_email(&self, email: &str) -> Result<Option<User>, StoreError> {
         const SQL: &str = r#"SELECT "id", "name", "email", "emailVerified", "image", "createdAt", "updatedAt" FROM "user" WHERE "email" = $1"#;
-        debug_assert!(SQL.contains(USER_COLUMNS));
         Ok(
             on_pool!(self, pool => sqlx::query_as::<_, User>(SQL).bind(email).fetch_optional(pool).await)?,
         )
