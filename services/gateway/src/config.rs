@@ -1,6 +1,7 @@
 //! The gateway's configuration, parsed once from the environment without side effects.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 pub use edge_telemetry::ConfigError;
 
@@ -20,6 +21,28 @@ pub struct Config {
     pub workers: usize,
     /// The token cache (`AUTH_CACHE_ENABLED`, `AUTH_CACHE_TTL`, `REDIS_URL`); `None`: off.
     pub cache: Option<edge_cache::CacheConfig>,
+    /// How pages are served.
+    pub ssr: Ssr,
+    /// The query service as browsers reach it (`QUERY_PUBLIC_URL`): where page scripts connect.
+    pub query_public_url: String,
+}
+
+/// Server-side rendering: the gateway's own templates, or an existing SSR app behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ssr {
+    /// Template mode; `None` is the built-in demo (`PAGES_DIR` unset).
+    Pages(Option<PathBuf>),
+    /// Proxy mode (`SSR_UPSTREAM_URL`).
+    Proxy(ProxyConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// The SSR app's origin, e.g. `http://127.0.0.1:3000`.
+    pub upstream: String,
+    /// The header that carries the user's Convex JWT (`SSR_TOKEN_HEADER`, default
+    /// `authorization` with a `Bearer ` prefix; any other header carries the bare token).
+    pub token_header: String,
 }
 
 impl Config {
@@ -34,6 +57,8 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(2),
             cache: Some(edge_cache::CacheConfig::default()),
+            ssr: Ssr::Pages(None),
+            query_public_url: "http://localhost:3210".into(),
         }
     }
 
@@ -94,6 +119,44 @@ impl Config {
             config.cache = Some(cache);
         } else {
             config.cache = None;
+        }
+        let url = |var: &'static str, v: String| {
+            if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
+                Ok(v.trim_end_matches('/').to_owned())
+            } else {
+                Err(ConfigError::new(
+                    var,
+                    format!("expected an http:// or https:// URL, got `{v}`"),
+                ))
+            }
+        };
+        if let Some(v) = get("QUERY_PUBLIC_URL") {
+            config.query_public_url = url("QUERY_PUBLIC_URL", v)?;
+        }
+        let pages_dir = get("PAGES_DIR").filter(|v| !v.is_empty());
+        match get("SSR_UPSTREAM_URL").filter(|v| !v.is_empty()) {
+            Some(_) if pages_dir.is_some() => {
+                return Err(ConfigError::new(
+                    "SSR_UPSTREAM_URL",
+                    "set either SSR_UPSTREAM_URL (proxy mode) or PAGES_DIR (template mode), not both",
+                ));
+            }
+            Some(v) => {
+                let token_header = get("SSR_TOKEN_HEADER")
+                    .unwrap_or_else(|| "authorization".into())
+                    .to_ascii_lowercase();
+                if actix_web::http::header::HeaderName::from_bytes(token_header.as_bytes()).is_err() {
+                    return Err(ConfigError::new(
+                        "SSR_TOKEN_HEADER",
+                        format!("not a header name: `{token_header}`"),
+                    ));
+                }
+                config.ssr = Ssr::Proxy(ProxyConfig {
+                    upstream: url("SSR_UPSTREAM_URL", v)?,
+                    token_header,
+                });
+            }
+            None => config.ssr = Ssr::Pages(pages_dir.map(PathBuf::from)),
         }
         if let Some(v) = get("GATEWAY_TRUSTED_ORIGINS") {
             config.trusted_origins = v

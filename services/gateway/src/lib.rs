@@ -7,6 +7,7 @@
 pub mod config;
 mod error;
 mod metrics;
+pub mod pages;
 mod revocations;
 mod routes;
 
@@ -19,12 +20,16 @@ use std::time::Instant;
 use actix_web::dev::Service;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use anyhow::Context;
-use edge_cache::TokenCache;
+use edge_cache::{Outcome, Token, TokenCache};
+use edge_keys::CacheKey;
+use edge_proto::auth::v1 as pb;
 use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
 use edge_proto::error::ErrorCode;
 use tonic::transport::{Channel, Endpoint};
 
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, ProxyConfig, Ssr};
+use edge_proto::query::v1::query_service_client::QueryServiceClient;
+use pages::Pages;
 
 /// What every handler shares.
 pub struct State {
@@ -35,12 +40,33 @@ pub struct State {
     /// False while the revocation stream is down: the cache is bypassed, since a revocation
     /// could be missed.
     cache_trusted: Arc<AtomicBool>,
+    query: QueryServiceClient<Channel>,
+    /// Template mode's pages.
+    pages: Option<Pages>,
+    /// Proxy mode's client of the SSR app.
+    http: reqwest::Client,
 }
 
 impl State {
     /// A client of auth (cheap: clones share one connection pool).
     pub fn auth(&self) -> AuthServiceClient<Channel> {
         self.auth.clone()
+    }
+
+    /// A client of the query service.
+    pub(crate) fn query(&self) -> QueryServiceClient<Channel> {
+        self.query.clone()
+    }
+
+    pub(crate) fn proxy_config(&self) -> Option<&ProxyConfig> {
+        match &self.config.ssr {
+            Ssr::Proxy(p) => Some(p),
+            Ssr::Pages(_) => None,
+        }
+    }
+
+    pub(crate) fn http_client(&self) -> &reqwest::Client {
+        &self.http
     }
 
     /// The cache if it may be used now.
@@ -52,6 +78,38 @@ impl State {
 
     pub(crate) fn cache(&self) -> Option<&TokenCache<tonic::Status>> {
         self.cache.as_deref()
+    }
+
+    /// The Convex JWT for a session cookie: from the cache when it is trusted, else from auth
+    /// (one call per key however many requests wait). The token route and SSR both use it.
+    pub(crate) async fn token_for(&self, cookie_value: String) -> Result<Token, tonic::Status> {
+        let mut auth = self.auth();
+        let issue = move |cookie_value: String| async move {
+            let r = auth
+                .issue_token(pb::IssueTokenRequest { cookie_value })
+                .await?
+                .into_inner();
+            Ok::<_, tonic::Status>(Token {
+                jwt: r.jwt.into(),
+                expires_at: r.expires_at,
+            })
+        };
+        // The cache key hashes the cookie's canonical form; a value that cannot be
+        // canonicalised goes to auth, which refuses it.
+        let (token, outcome) = match (self.trusted_cache(), CacheKey::for_cookie(&cookie_value)) {
+            (Some(cache), Some(key)) => {
+                cache
+                    .get_or_issue(&key, move || issue(cookie_value))
+                    .await?
+            }
+            _ => (issue(cookie_value).await?, Outcome::Miss),
+        };
+        if self.cache.is_some() {
+            metrics::TOKEN_CACHE
+                .with_label_values(&[outcome.label()])
+                .inc();
+        }
+        Ok(token)
     }
 }
 
@@ -70,6 +128,26 @@ impl Application {
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         let auth = AuthServiceClient::new(endpoint.connect_lazy());
+        let query = Endpoint::from_shared(config.query_grpc_url.clone())
+            .context("invalid QUERY_GRPC_URL")?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_adaptive_window(true)
+            .connect_lazy();
+        let query = QueryServiceClient::new(query);
+        let pages = match &config.ssr {
+            Ssr::Pages(None) => Some(Pages::demo().map_err(|e| anyhow::anyhow!(e))?),
+            Ssr::Pages(Some(dir)) => {
+                Some(Pages::load(dir).map_err(|e| anyhow::anyhow!("PAGES_DIR: {e}"))?)
+            }
+            Ssr::Proxy(_) => None,
+        };
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .build()
+            .context("failed to build the SSR proxy client")?;
         let listener = std::net::TcpListener::bind(config.http_addr)
             .with_context(|| format!("failed to bind GATEWAY_HTTP_ADDR {}", config.http_addr))?;
         listener.set_nonblocking(true)?;
@@ -85,6 +163,9 @@ impl Application {
             auth,
             cache,
             cache_trusted: Arc::new(AtomicBool::new(false)),
+            query,
+            pages,
+            http,
         };
         Ok(Application {
             listener,
@@ -111,6 +192,12 @@ impl Application {
         });
         let state = self.state.clone();
         let workers = state.config.workers;
+        // Requests no route matched: the SSR app's in proxy mode.
+        let fallback_label = if state.proxy_config().is_some() {
+            "ssr_proxy"
+        } else {
+            "unmatched"
+        };
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -118,7 +205,7 @@ impl Application {
                     let start = Instant::now();
                     let route = req
                         .match_pattern()
-                        .unwrap_or_else(|| "unmatched".to_owned());
+                        .unwrap_or_else(|| fallback_label.to_owned());
                     let fut = srv.call(req);
                     async move {
                         let res = fut.await;
@@ -130,7 +217,8 @@ impl Application {
                 })
                 .configure(routes::auth::configure)
                 .configure(routes::ops::configure)
-                .default_service(web::to(not_found))
+                .configure(|cfg| configure_pages(cfg, &state))
+                .default_service(web::to(fallback))
         })
         .workers(workers)
         .disable_signals()
@@ -150,6 +238,34 @@ impl Application {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// Template mode's page routes and script.
+fn configure_pages(cfg: &mut web::ServiceConfig, state: &State) {
+    let Some(pages) = &state.pages else {
+        return;
+    };
+    cfg.route("/_edge/client.js", web::get().to(pages::client_js));
+    for (index, route) in pages.routes() {
+        cfg.service(
+            web::resource(route)
+                .app_data(web::Data::new(pages::PageIndex(index)))
+                .route(web::get().to(pages::render))
+                .route(web::head().to(pages::render)),
+        );
+    }
+}
+
+/// What no route matched: the SSR app in proxy mode, else 404.
+async fn fallback(
+    req: actix_web::HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> HttpResponse {
+    if state.proxy_config().is_some() {
+        return routes::proxy::forward(req, payload, state).await;
+    }
+    not_found().await
 }
 
 async fn not_found() -> HttpResponse {

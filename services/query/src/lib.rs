@@ -119,6 +119,13 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::PayloadConfig::new(limit))
+                // Browsers call the HTTP API from the site's origin with a bearer token (no
+                // cookies), as they call Convex: any origin may.
+                .wrap(
+                    actix_web::middleware::DefaultHeaders::new()
+                        .add(("access-control-allow-origin", "*")),
+                )
+                .route("/api/{tail:.*}", web::method(actix_web::http::Method::OPTIONS).to(preflight))
                 .route("/api/sync", web::get().to(downstream::handler))
                 .route("/api/{version}/sync", web::get().to(downstream::handler))
                 .configure(http::configure)
@@ -166,6 +173,18 @@ impl Application {
             .context("gRPC server failed")?;
         Ok(())
     }
+}
+
+/// CORS preflight of the HTTP API.
+async fn preflight() -> HttpResponse {
+    HttpResponse::NoContent()
+        .insert_header(("access-control-allow-methods", "GET, POST, OPTIONS"))
+        .insert_header((
+            "access-control-allow-headers",
+            "authorization, content-type, convex-client",
+        ))
+        .insert_header(("access-control-max-age", "86400"))
+        .finish()
 }
 
 async fn healthz() -> HttpResponse {

@@ -3,16 +3,14 @@
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use edge_keys::cookie::{COOKIE_NAME, SECURE_COOKIE_NAME};
 use edge_proto::auth::v1 as pb;
 use edge_proto::error::ErrorCode;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::routes::{is_https, session_cookie};
-use crate::{State, metrics};
-use edge_cache::{Outcome, Token};
+use crate::routes::{clear_cookie, session_cookie, set_cookie};
+use crate::State;
 use edge_keys::CacheKey;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -125,17 +123,6 @@ fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     }
 }
 
-/// `Set-Cookie` exactly as Better Auth writes it; `max_age` 0 clears the cookie.
-fn set_cookie(req: &HttpRequest, value: &str, max_age: i64) -> String {
-    if is_https(req) {
-        format!(
-            "{SECURE_COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; Secure; SameSite=Lax"
-        )
-    } else {
-        format!("{COOKIE_NAME}={value}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax")
-    }
-}
-
 fn user_json(u: &pb::User) -> Value {
     let mut v = json!({
         "id": u.id, "name": u.name, "email": u.email, "emailVerified": u.email_verified,
@@ -204,7 +191,7 @@ async fn sign_in(
 
 async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state)?;
-    let clear = set_cookie(&req, "", 0);
+    let clear = clear_cookie(&req);
     let Some(cookie_value) = session_cookie(&req) else {
         let e = ApiError::new(ErrorCode::FAILED_TO_GET_SESSION, "Failed to get session");
         let mut response = actix_web::ResponseError::error_response(&e);
@@ -268,32 +255,7 @@ async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpRe
 async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let cookie_value = session_cookie(&req)
         .ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
-    let mut auth = state.auth();
-    let issue = move |cookie_value: String| async move {
-        let r = auth
-            .issue_token(pb::IssueTokenRequest { cookie_value })
-            .await?
-            .into_inner();
-        Ok::<_, tonic::Status>(Token {
-            jwt: r.jwt.into(),
-            expires_at: r.expires_at,
-        })
-    };
-    // The cache key hashes the cookie's canonical form; a value that cannot be canonicalised
-    // goes to auth, which refuses it.
-    let (token, outcome) = match (state.trusted_cache(), CacheKey::for_cookie(&cookie_value)) {
-        (Some(cache), Some(key)) => {
-            cache
-                .get_or_issue(&key, move || issue(cookie_value))
-                .await?
-        }
-        _ => (issue(cookie_value).await?, Outcome::Miss),
-    };
-    if state.cache().is_some() {
-        metrics::TOKEN_CACHE
-            .with_label_values(&[outcome.label()])
-            .inc();
-    }
+    let token = state.token_for(cookie_value).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({"token": &*token.jwt})))
