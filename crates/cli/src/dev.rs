@@ -72,11 +72,15 @@ pub async fn run() -> Result {
     let query = edge_query::Application::build(edge_query::Config::from_env(query_env)?).await?;
     let mut gateway_config = edge_gateway::Config::from_env(&env)?;
     gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
+    gateway_config.query_grpc_url = format!("http://{}", query.grpc_addr());
+    if std::env::var("QUERY_PUBLIC_URL").is_err() {
+        gateway_config.query_public_url = format!("http://{}", query.http_addr());
+    }
     let gateway = edge_gateway::Application::build(gateway_config).await?;
 
     // Printed without panicking when stdout is closed (`convex-edge dev | head`).
     let banner = format!(
-        "convex-edge dev\n  site (gateway):  http://{gw}\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  Convex clients (query proxy): http://{query}\n  Convex (devconvex, demo app): http://{convex}\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
+        "convex-edge dev\n  site (gateway):  http://{gw}\n  (open the site: sign up, chat live, keep a private task list)\n  auth routes:     http://{gw}/api/auth/get-session\n  JWKS:            http://{gw}/api/auth/jwks\n  Convex clients (query proxy): http://{query}\n  Convex (devconvex, demo app): http://{convex}\n  auth gRPC:       http://{grpc}\n  auth HTTP:       http://{http}\n  data:            {DATA_DIR}/ (SQLite dev.db, dev secret)\n",
         gw = gateway.addr(),
         grpc = auth.grpc_addr(),
         convex = devconvex.addr(),

@@ -1,7 +1,9 @@
 //! The `convex-edge` binary as users run it: processes, environment, exit codes, output.
 
 mod commands;
+mod pages;
 mod processes;
+mod scale;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};
@@ -82,4 +84,17 @@ pub fn read_lines_until(proc: &mut Proc, needle: &str) -> Vec<String> {
             return lines;
         }
     }
+}
+
+/// A series' value in Prometheus text (`name{labels}` exactly as exported).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A series' value from a `/metrics` URL; 0 when it has not been exported yet.
+pub async fn scrape(url: &str, series: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    metric(&text, series).unwrap_or(0.0)
 }

@@ -21,10 +21,7 @@ fn port() -> String {
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
+    crate::metric(text, name).unwrap_or_else(|| panic!("{name} missing"))
 }
 
 struct Services {

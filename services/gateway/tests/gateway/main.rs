@@ -4,6 +4,7 @@
 mod bad_input;
 mod cache;
 mod interop;
+mod proxy;
 mod routes;
 
 use std::net::SocketAddr;
@@ -86,13 +87,21 @@ impl Stack {
 
     /// Another gateway on the same auth, with the token cache in Redis at `redis_url`.
     pub async fn extra_gateway(&mut self, redis_url: &str) -> String {
+        self.gateway_with(|config| {
+            if let Some(cache) = config.cache.as_mut() {
+                cache.redis_url = Some(redis_url.to_owned());
+            }
+        })
+        .await
+    }
+
+    /// Another gateway on the same auth, configured by `tweak`; returns its base URL.
+    pub async fn gateway_with(&mut self, tweak: impl FnOnce(&mut edge_gateway::Config)) -> String {
         let mut config = edge_gateway::Config::local();
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.auth_grpc_url = format!("http://{}", self.auth_grpc);
         config.workers = 1;
-        if let Some(cache) = config.cache.as_mut() {
-            cache.redis_url = Some(redis_url.to_owned());
-        }
+        tweak(&mut config);
         let gateway = edge_gateway::Application::build(config)
             .await
             .expect("gateway builds");
