@@ -27,7 +27,24 @@ pub static REVOCATIONS_APPLIED: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static REDIS_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    edge_telemetry::counter(
+        "edge_gateway_redis_errors_total",
+        "Redis calls of the token cache that failed or timed out (served from memory and auth)",
+    )
+});
+
+/// Brings the Redis error counter up to the cache's own count (read at scrape time, so the
+/// cache crate needs no metrics registry).
+pub fn sync_redis_errors(seen: u64) {
+    let exported = REDIS_ERRORS.get();
+    if seen > exported {
+        REDIS_ERRORS.inc_by(seen - exported);
+    }
+}
+
 pub fn init() {
+    LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TOKEN_CACHE);
     LazyLock::force(&REVOCATIONS_APPLIED);

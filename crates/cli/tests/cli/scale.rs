@@ -50,16 +50,18 @@ impl AuthAddrs {
 
 /// A `convex-edge gateway` process on `auth`, caching in Redis at `redis_url`.
 async fn gateway(auth: &AuthAddrs, redis_url: &str) -> (Proc, String) {
+    gateway_with(auth, redis_url, &[]).await
+}
+
+async fn gateway_with(auth: &AuthAddrs, redis_url: &str, extra: &[(&str, &str)]) -> (Proc, String) {
     let port = port();
-    let proc = spawn(
-        &["gateway"],
-        &[
-            ("GATEWAY_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
-            ("AUTH_GRPC_URL".into(), format!("http://127.0.0.1:{}", auth.grpc)),
-            ("REDIS_URL".into(), redis_url.into()),
-        ],
-        None,
-    );
+    let mut env: Vec<(String, String)> = vec![
+        ("GATEWAY_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
+        ("AUTH_GRPC_URL".into(), format!("http://127.0.0.1:{}", auth.grpc)),
+        ("REDIS_URL".into(), redis_url.into()),
+    ];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let proc = spawn(&["gateway"], &env, None);
     let base = format!("http://127.0.0.1:{port}");
     wait_ready(&format!("{base}/readyz")).await;
     (proc, base)
@@ -115,6 +117,24 @@ async fn until_cached(auths: &[&AuthAddrs], base: &str, cookie: &str) {
         assert!(Instant::now() < deadline, "{base} never served from its cache");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Opens another session for an existing user; returns its `Cookie` header value.
+async fn sign_in(base: &str, email: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/auth/sign-in/email"))
+        .json(&json!({"email": email, "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
 }
 
 async fn sign_out(base: &str, cookie: &str) {
@@ -201,11 +221,17 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
     let mut redis = edge_testkit::spawn_redis(0).expect("redis-server starts");
     let auth = AuthAddrs::new();
     let _auth = a_proc(&auth, &db.url).await;
-    let (_g1, gw1) = gateway(&auth, &redis.url).await;
-    let (_g2, gw2) = gateway(&auth, &redis.url).await;
+    // A one-second TTL keeps L1 missing, so Redis is on the path of many requests.
+    let short = [("AUTH_CACHE_TTL", "1")];
+    let (_g1, gw1) = gateway_with(&auth, &redis.url, &short).await;
+    let (_g2, gw2) = gateway_with(&auth, &redis.url, &short).await;
     let mut cookies = Vec::new();
     for i in 0..4 {
-        cookies.push(sign_up(&gw1, &format!("load{i}@example.com")).await);
+        let email = format!("load{i}@example.com");
+        cookies.push(sign_up(&gw1, &email).await);
+        for _ in 0..3 {
+            cookies.push(sign_in(&gw2, &email).await);
+        }
     }
 
     // Eight clients call the token route on both gateways for 3 s; Redis dies after 1 s.
@@ -236,6 +262,11 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
     eprintln!("under load with Redis killed: {ok} succeeded, {failed} failed");
     assert_eq!(failed, 0);
     assert!(ok > 100, "too little load to mean anything: {ok}");
+    // Both gateways saw Redis fail, and said so in a metric.
+    for base in [&gw1, &gw2] {
+        let errors = scrape(&format!("{base}/metrics"), "edge_gateway_redis_errors_total").await;
+        assert!(errors >= 1.0, "{base} reported no Redis error");
+    }
 
     // Redis back on the same port: a token one gateway cached is an L2 hit on the other.
     let _redis = edge_testkit::spawn_redis(redis.port).expect("redis-server restarts");

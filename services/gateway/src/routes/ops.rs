@@ -1,5 +1,6 @@
 //! Health, readiness and metrics.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::http::header;
@@ -29,7 +30,10 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
     }
 }
 
-async fn metrics() -> HttpResponse {
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    if let Some(cache) = state.cache() {
+        crate::metrics::sync_redis_errors(cache.stats().redis_errors.load(Ordering::Relaxed));
+    }
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, edge_telemetry::METRICS_CONTENT_TYPE))
         .body(edge_telemetry::render())
