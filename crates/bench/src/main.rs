@@ -4,11 +4,15 @@
 //!   Postgres) against the real better-auth (npm, Postgres, jwt plugin) on the same machine, per
 //!   algorithm. Prints throughput, client-side latency and database reads per token.
 //!   Options: `--seconds N --connections N --algs RS256,ES256,EdDSA --no-peer`.
+//! - `edge-bench cache`: the token endpoint and an SSR page with one authenticated query
+//!   through three gateways (token cache off, memory, Redis) with the better-auth token endpoint
+//!   as the reference. Options: `--seconds N --connections N --redis URL --no-peer`.
 //! - `edge-bench sync`: N WebSocket clients on one query, directly on devconvex and through the
 //!   query service: upstream subscriptions, executions per change, change-to-client latency,
 //!   resident memory per idle client; and HTTP query overhead. Options: `--clients 1000,10000
 //!   --changes N --http N`.
 
+mod cache;
 mod sync;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +27,7 @@ use tokio::process::{Child, Command};
 pub(crate) const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
-struct Args {
+pub(crate) struct Args {
     seconds: u64,
     connections: usize,
     algs: Vec<String>,
@@ -57,7 +61,7 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
 }
 
 /// Latency and throughput of one load run.
-struct Stats {
+pub(crate) struct Stats {
     requests: usize,
     errors: usize,
     elapsed: Duration,
@@ -65,11 +69,11 @@ struct Stats {
 }
 
 impl Stats {
-    fn rps(&self) -> f64 {
+    pub(crate) fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64()
     }
 
-    fn percentile_ms(&self, p: f64) -> f64 {
+    pub(crate) fn percentile_ms(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
         }
@@ -80,7 +84,12 @@ impl Stats {
 }
 
 /// `connections` concurrent keep-alive clients, each with its own session, for `duration`.
-async fn load(url: &str, cookies: &[String], connections: usize, duration: Duration) -> Stats {
+pub(crate) async fn load(
+    url: &str,
+    cookies: &[String],
+    connections: usize,
+    duration: Duration,
+) -> Stats {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
         .build()
@@ -140,7 +149,7 @@ fn server_url() -> String {
         .unwrap_or(url)
 }
 
-async fn fresh_database(name: &str) -> anyhow::Result<String> {
+pub(crate) async fn fresh_database(name: &str) -> anyhow::Result<String> {
     let base = server_url();
     let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
         .await
@@ -180,7 +189,7 @@ pub(crate) fn counter(metrics: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-struct Row {
+pub(crate) struct Row {
     alg: String,
     server: &'static str,
     stats: Stats,
@@ -280,7 +289,7 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
     })
 }
 
-async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
+pub(crate) async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
     let db = fresh_database(&format!("edge_bench_peer_{}", alg.to_lowercase())).await?;
     let config = serde_json::json!({"databaseUrl": db, "secret": SECRET, "alg": alg, "sessions": args.connections});
     let mut cmd = Command::new("node");
@@ -392,7 +401,8 @@ fn main() -> anyhow::Result<()> {
     match command.as_str() {
         "tokens" => rt.block_on(tokens(&bin, parse_args(argv)?)),
         "sync" => rt.block_on(sync::run(&bin, sync::Args::parse(argv)?)),
-        _ => bail!("usage: edge-bench tokens|sync [options] (see the crate docs)"),
+        "cache" => rt.block_on(cache::run(&bin, cache::Args::parse(argv)?)),
+        _ => bail!("usage: edge-bench tokens|sync|cache [options] (see the crate docs)"),
     }
 }
 

@@ -185,3 +185,25 @@ pub async fn convex_auth_config() -> Result {
     println!("{out}");
     Ok(())
 }
+
+/// `convex-edge probe <url>`: a health check for images without curl.
+pub async fn probe(url: &str) -> Result {
+    if !url.starts_with("http://") && !url.starts_with("https://") {
+        return Err(Failure::Usage(format!(
+            "probe expects an http:// URL, got `{url}`"
+        )));
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(2))
+        .build()
+        .context("failed to build the probe client")?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    if response.status() != reqwest::StatusCode::OK {
+        return Err(anyhow::anyhow!("{url} answered {}", response.status()).into());
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ const USAGE: &str = "\
 usage: convex-edge <command>
 
 commands:
-  dev                  auth, gateway and devconvex in one process (SQLite, generated keys)
+  dev                  auth, gateway, query and devconvex in one process (SQLite, generated keys)
   auth                 the auth service (gRPC + HTTP), configured by environment
   gateway              the gateway (HTTP), configured by environment
   query                the query service (Convex proxy), configured by environment
@@ -19,6 +19,7 @@ commands:
   jwks export          print the static JWKS rows (for `npx convex env set JWKS`)
   jwks rotate          create a new signing key; old keys stay published for the grace period
   convex-auth-config   print the JSON of Convex's auth.config.ts providers
+  probe <url>          exit 0 when <url> answers 200 (container health checks)
 ";
 
 /// Exit code for invalid configuration or usage (EX_USAGE).
@@ -64,6 +65,7 @@ fn main() -> ExitCode {
             ["jwks", "export"] => commands::jwks_export().await,
             ["jwks", "rotate"] => commands::jwks_rotate().await,
             ["convex-auth-config"] => commands::convex_auth_config().await,
+            ["probe", url] => commands::probe(url).await,
             _ => Err(commands::Failure::Usage(format!(
                 "unknown command `{}`",
                 words.join(" ")

@@ -77,8 +77,8 @@ pub fn int_gauge(name: &str, help: &str) -> IntGauge {
 /// Registers a histogram with labels and latency buckets from 50 µs to 5 s.
 pub fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-        1.0, 2.5, 5.0,
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 0.5, 1.0, 2.5, 5.0,
     ];
     let opts = HistogramOpts::new(name, help).buckets(buckets);
     register(HistogramVec::new(opts, labels).expect("valid metric"))

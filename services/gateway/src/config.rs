@@ -121,7 +121,8 @@ impl Config {
             config.cache = None;
         }
         let url = |var: &'static str, v: String| {
-            if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len() {
+            if (v.starts_with("http://") || v.starts_with("https://")) && v.len() > "https://".len()
+            {
                 Ok(v.trim_end_matches('/').to_owned())
             } else {
                 Err(ConfigError::new(
@@ -145,7 +146,8 @@ impl Config {
                 let token_header = get("SSR_TOKEN_HEADER")
                     .unwrap_or_else(|| "authorization".into())
                     .to_ascii_lowercase();
-                if actix_web::http::header::HeaderName::from_bytes(token_header.as_bytes()).is_err() {
+                if actix_web::http::header::HeaderName::from_bytes(token_header.as_bytes()).is_err()
+                {
                     return Err(ConfigError::new(
                         "SSR_TOKEN_HEADER",
                         format!("not a header name: `{token_header}`"),

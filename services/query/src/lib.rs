@@ -125,7 +125,10 @@ impl Application {
                     actix_web::middleware::DefaultHeaders::new()
                         .add(("access-control-allow-origin", "*")),
                 )
-                .route("/api/{tail:.*}", web::method(actix_web::http::Method::OPTIONS).to(preflight))
+                .route(
+                    "/api/{tail:.*}",
+                    web::method(actix_web::http::Method::OPTIONS).to(preflight),
+                )
                 .route("/api/sync", web::get().to(downstream::handler))
                 .route("/api/{version}/sync", web::get().to(downstream::handler))
                 .configure(http::configure)

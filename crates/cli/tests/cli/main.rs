@@ -1,6 +1,7 @@
 //! The `convex-edge` binary as users run it: processes, environment, exit codes, output.
 
 mod commands;
+mod deploy;
 mod pages;
 mod processes;
 mod scale;

@@ -89,14 +89,23 @@ async fn send(query: &str, jwt: &str, channel: &str, body: &str) {
     assert_eq!(r["status"], "success", "{r}");
 }
 
-async fn html(site: &str, path: &str, cookie: Option<&str>) -> (reqwest::header::HeaderMap, String) {
+async fn html(
+    site: &str,
+    path: &str,
+    cookie: Option<&str>,
+) -> (reqwest::header::HeaderMap, String) {
     let mut request = reqwest::Client::new().get(format!("{site}{path}"));
     if let Some(c) = cookie {
         request = request.header("cookie", c);
     }
     let r = request.send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     (r.headers().clone(), r.text().await.unwrap())
 }
 
@@ -154,7 +163,10 @@ async fn pages_hold_their_server_queries_before_any_script_runs() {
     // `server: false`: not in the HTML at all, left to the browser.
     assert!(page.contains("later absent"));
     assert!(!page.contains("only-in-the-browser"));
-    assert!(!page.contains("<b>post</b>"), "no raw markup from data, even in the embedded JSON");
+    assert!(
+        !page.contains("<b>post</b>"),
+        "no raw markup from data, even in the embedded JSON"
+    );
 
     let state = embedded_state(&page);
     assert!(state["signedIn"].as_bool().unwrap());
@@ -179,12 +191,24 @@ async fn pages_hold_their_server_queries_before_any_script_runs() {
     )
     .await;
     assert!(page.contains("anonymous / nobody"));
-    assert!(headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
     assert!(!embedded_state(&page)["signedIn"].as_bool().unwrap());
 
     // The page client is served; unknown paths are still 404.
-    let js = reqwest::get(format!("{}/_edge/client.js", dev.site)).await.unwrap();
-    assert!(js.headers()["content-type"].to_str().unwrap().starts_with("text/javascript"));
+    let js = reqwest::get(format!("{}/_edge/client.js", dev.site))
+        .await
+        .unwrap();
+    assert!(
+        js.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
     let missing = reqwest::get(format!("{}/nowhere", dev.site)).await.unwrap();
     assert_eq!(missing.status(), 404);
 }
@@ -206,7 +230,10 @@ async fn a_bad_pages_dir_stops_the_gateway_with_the_reason() {
     );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("PAGES_DIR") && stderr.contains("missing.html"), "{stderr}");
+    assert!(
+        stderr.contains("PAGES_DIR") && stderr.contains("missing.html"),
+        "{stderr}"
+    );
     // Template and proxy mode together is a configuration error.
     let out = crate::run(
         &["gateway"],
@@ -241,12 +268,23 @@ async fn the_demo_in_a_real_browser_chats_live_between_two_users() {
     // `messages` is live, `config` (subscribe: false) opens no subscription.
     assert_eq!(out["subscriptionsOnePage"], 1, "{out}");
     assert_eq!(out["subscriptionsTwoPages"], 2, "{out}");
-    assert!(out["aliceMe"].as_str().unwrap().contains("alice@example.com"));
     assert!(
-        !out["bobTasks"].as_str().unwrap().contains("water the plants"),
+        out["aliceMe"]
+            .as_str()
+            .unwrap()
+            .contains("alice@example.com")
+    );
+    assert!(
+        !out["bobTasks"]
+            .as_str()
+            .unwrap()
+            .contains("water the plants"),
         "tasks are private"
     );
     assert_eq!(out["aliceSignedOut"], true);
-    eprintln!("message live in the other browser after {} ms", out["liveMs"]);
+    eprintln!(
+        "message live in the other browser after {} ms",
+        out["liveMs"]
+    );
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000);
 }

@@ -57,7 +57,10 @@ async fn gateway_with(auth: &AuthAddrs, redis_url: &str, extra: &[(&str, &str)])
     let port = port();
     let mut env: Vec<(String, String)> = vec![
         ("GATEWAY_HTTP_ADDR".into(), format!("127.0.0.1:{port}")),
-        ("AUTH_GRPC_URL".into(), format!("http://127.0.0.1:{}", auth.grpc)),
+        (
+            "AUTH_GRPC_URL".into(),
+            format!("http://127.0.0.1:{}", auth.grpc),
+        ),
         ("REDIS_URL".into(), redis_url.into()),
     ];
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
@@ -114,7 +117,10 @@ async fn until_cached(auths: &[&AuthAddrs], base: &str, cookie: &str) {
         if session_reads(auths).await == before {
             return;
         }
-        assert!(Instant::now() < deadline, "{base} never served from its cache");
+        assert!(
+            Instant::now() < deadline,
+            "{base} never served from its cache"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -187,7 +193,10 @@ async fn three_gateways_on_two_auths_refuse_a_signed_out_cookie_and_survive_a_st
     // With its stream broken the gateway stops trusting its cache (auth is down: 503).
     let deadline = Instant::now() + Duration::from_secs(5);
     while token_status(&client, &gw3, &cookie).await == 200 {
-        assert!(Instant::now() < deadline, "cache still trusted with the stream cut");
+        assert!(
+            Instant::now() < deadline,
+            "cache still trusted with the stream cut"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     sign_out(&gw1, &cookie).await;
@@ -195,11 +204,17 @@ async fn three_gateways_on_two_auths_refuse_a_signed_out_cookie_and_survive_a_st
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let status = token_status(&client, &gw3, &cookie).await;
-        assert_ne!(status, 200, "a revoked token was served after the stream resumed");
+        assert_ne!(
+            status, 200,
+            "a revoked token was served after the stream resumed"
+        );
         if status == 401 {
             break;
         }
-        assert!(Instant::now() < deadline, "gateway never recovered: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "gateway never recovered: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // And it keeps refusing once the stream is trusted again, while live sessions are cached.
@@ -245,7 +260,11 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
             while Instant::now() < stop_at {
                 let status =
                     token_status(&client, &bases[i % 2], &cookies[i % cookies.len()]).await;
-                if status == 200 { ok += 1 } else { failed += 1 }
+                if status == 200 {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
                 i += 1;
             }
             (ok, failed)
@@ -264,7 +283,11 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
     assert!(ok > 100, "too little load to mean anything: {ok}");
     // Both gateways saw Redis fail, and said so in a metric.
     for base in [&gw1, &gw2] {
-        let errors = scrape(&format!("{base}/metrics"), "edge_gateway_redis_errors_total").await;
+        let errors = scrape(
+            &format!("{base}/metrics"),
+            "edge_gateway_redis_errors_total",
+        )
+        .await;
         assert!(errors >= 1.0, "{base} reported no Redis error");
     }
 
@@ -284,7 +307,10 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
         if scrape(&metrics, series).await > before {
             break;
         }
-        assert!(Instant::now() < deadline, "L2 never served again after Redis came back");
+        assert!(
+            Instant::now() < deadline,
+            "L2 never served again after Redis came back"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

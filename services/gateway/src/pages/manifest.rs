@@ -122,10 +122,7 @@ pub fn parse(text: &str, has_template: impl Fn(&str) -> bool) -> Result<Vec<Page
             return Err(format!("page `{route}` is declared twice"));
         }
         if !has_template(&page.template) {
-            return Err(format!(
-                "page `{route}`: no template `{}`",
-                page.template
-            ));
+            return Err(format!("page `{route}`: no template `{}`", page.template));
         }
         let params = route_params(&route);
         let mut queries = Vec::with_capacity(page.queries.len());
@@ -198,9 +195,18 @@ mod tests {
     #[test]
     fn bad_manifests_are_refused_with_the_reason() {
         let cases = [
-            (r#"{"pages":[{"route":"x","template":"a.html"}]}"#, "starts with"),
-            (r#"{"pages":[{"route":"/api/auth/x","template":"a.html"}]}"#, "itself"),
-            (r#"{"pages":[{"route":"/","template":"b.html"}]}"#, "no template"),
+            (
+                r#"{"pages":[{"route":"x","template":"a.html"}]}"#,
+                "starts with",
+            ),
+            (
+                r#"{"pages":[{"route":"/api/auth/x","template":"a.html"}]}"#,
+                "itself",
+            ),
+            (
+                r#"{"pages":[{"route":"/","template":"b.html"}]}"#,
+                "no template",
+            ),
             (
                 r#"{"pages":[{"route":"/","template":"a.html"},{"route":"/","template":"a.html"}]}"#,
                 "twice",
@@ -217,7 +223,10 @@ mod tests {
                 r#"{"pages":[{"route":"/","template":"a.html","queries":{"q":{"path":"a:b","args":{"x":"{id}"}}}}]}"#,
                 "not a parameter",
             ),
-            (r#"{"pages":[{"route":"/","template":"a.html","extra":1}]}"#, "unknown field"),
+            (
+                r#"{"pages":[{"route":"/","template":"a.html","extra":1}]}"#,
+                "unknown field",
+            ),
         ];
         for (text, reason) in cases {
             let err = parse(text, |t| t == "a.html").unwrap_err();

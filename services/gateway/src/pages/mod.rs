@@ -45,7 +45,10 @@ pub struct Pages {
 impl std::fmt::Debug for Pages {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pages")
-            .field("routes", &self.pages.iter().map(|p| &p.route).collect::<Vec<_>>())
+            .field(
+                "routes",
+                &self.pages.iter().map(|p| &p.route).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

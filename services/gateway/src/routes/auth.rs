@@ -8,9 +8,9 @@ use edge_proto::error::ErrorCode;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
+use crate::State;
 use crate::error::ApiError;
 use crate::routes::{clear_cookie, session_cookie, set_cookie};
-use crate::State;
 use edge_keys::CacheKey;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

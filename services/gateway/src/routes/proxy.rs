@@ -90,7 +90,8 @@ pub async fn forward(
             return text(StatusCode::BAD_GATEWAY, "SSR upstream unavailable");
         }
     };
-    let status = StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let status =
+        StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let mut out = HttpResponse::build(status);
     let connection = connection_names(
         response

@@ -29,7 +29,10 @@ async fn upstream(release: Arc<Notify>) -> String {
                             let release = release.clone();
                             async move {
                                 match n {
-                                    0 => Some((Ok::<_, std::io::Error>(web::Bytes::from("first;")), 1)),
+                                    0 => Some((
+                                        Ok::<_, std::io::Error>(web::Bytes::from("first;")),
+                                        1,
+                                    )),
                                     1 => {
                                         release.notified().await;
                                         Some((Ok(web::Bytes::from("second")), 2))
@@ -68,7 +71,9 @@ async fn upstream(release: Arc<Notify>) -> String {
 }
 
 async fn echo(base: &str, path: &str, cookie: Option<&str>, spoof: Option<(&str, &str)>) -> Value {
-    let mut request = reqwest::Client::new().post(format!("{base}{path}")).body("form=1");
+    let mut request = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .body("form=1");
     if let Some(c) = cookie {
         request = request.header("cookie", format!("better-auth.session_token={c}"));
     }
@@ -140,12 +145,20 @@ async fn the_ssr_app_gets_the_users_jwt_and_never_a_spoofed_one() {
 
     // A configured header name carries the bare token, and only ours.
     let named = stack.gateway_with(proxy("x-convex-token")).await;
-    let seen = echo(&named, "/", Some(&cookie), Some(("x-convex-token", "forged"))).await;
+    let seen = echo(
+        &named,
+        "/",
+        Some(&cookie),
+        Some(("x-convex-token", "forged")),
+    )
+    .await;
     let jwt = seen["headers"]["x-convex-token"].as_str().unwrap();
     assert_eq!(claims(jwt)["sub"], user_id.as_str());
 
     // The gateway's own routes are not forwarded.
-    let r = reqwest::get(format!("{gateway}/api/auth/jwks")).await.unwrap();
+    let r = reqwest::get(format!("{gateway}/api/auth/jwks"))
+        .await
+        .unwrap();
     assert!(r.text().await.unwrap().contains("\"keys\""));
 
     // Responses stream: the first chunk arrives while the app still holds the second.
