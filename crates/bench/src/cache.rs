@@ -19,6 +19,8 @@ pub struct Args {
     connections: usize,
     peer: bool,
     redis_url: String,
+    /// The query service's `QUERY_READ_LINGER_SECONDS`.
+    linger: u64,
 }
 
 impl Args {
@@ -29,6 +31,7 @@ impl Args {
             peer: true,
             redis_url: std::env::var("REDIS_URL")
                 .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+            linger: 30,
         };
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -37,6 +40,7 @@ impl Args {
                     args.connections = it.next().context("--connections N")?.parse()?
                 }
                 "--redis" => args.redis_url = it.next().context("--redis URL")?,
+                "--linger" => args.linger = it.next().context("--linger SECONDS")?.parse()?,
                 "--no-peer" => args.peer = false,
                 other => anyhow::bail!("unknown argument `{other}`"),
             }
@@ -135,6 +139,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     );
     let pages = std::env::temp_dir().join(format!("edge-bench-pages-{}", std::process::id()));
     write_pages(&pages)?;
+    let linger = args.linger.to_string();
     let base_env = |cmd: &mut Command| {
         cmd.env("BETTER_AUTH_SECRET", SECRET)
             .env("DATABASE_URL", &db)
@@ -156,6 +161,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
             .env("QUERY_GRPC_ADDR", format!("127.0.0.1:{qg}"))
             .env("QUERY_GRPC_URL", format!("http://127.0.0.1:{qg}"))
             .env("PAGES_DIR", &pages)
+            .env("QUERY_READ_LINGER_SECONDS", &linger)
             .env("RUST_LOG", "warn");
     };
     let start = |sub: &str, extra: &[(&str, &str)]| {

@@ -67,6 +67,8 @@ pub async fn run() -> Result {
         "QUERY_SHARED_FUNCTIONS" => {
             Some(std::env::var(name).unwrap_or_else(|_| "messages:list,config:get".into()))
         }
+        // SSR reads stay subscribed briefly, so the page's client subscribing next is free.
+        "QUERY_READ_LINGER_SECONDS" => Some(std::env::var(name).unwrap_or_else(|_| "30".into())),
         _ => env(name),
     };
     let query = edge_query::Application::build(edge_query::Config::from_env(query_env)?).await?;

@@ -26,6 +26,10 @@ pub struct Config {
     pub socket_queue: usize,
     /// How long an unused upstream connection is kept.
     pub upstream_idle: Duration,
+    /// `QUERY_READ_LINGER_SECONDS`: HTTP/gRPC reads with no live subscription subscribe and
+    /// keep it this long, so the reads after them (the page's client right after SSR, the next
+    /// render) cost Convex nothing. `None` (0, the default): such reads go over HTTP.
+    pub read_linger: Option<Duration>,
 }
 
 impl Config {
@@ -42,6 +46,7 @@ impl Config {
             max_pending_requests: 1000,
             socket_queue: 1024,
             upstream_idle: Duration::from_secs(5),
+            read_linger: None,
         }
     }
 
@@ -77,6 +82,15 @@ impl Config {
         if let Some(v) = get("QUERY_SHARED_FUNCTIONS") {
             config.shared_functions =
                 parse_shared(&v).map_err(|e| ConfigError::new("QUERY_SHARED_FUNCTIONS", e))?;
+        }
+        if let Some(v) = get("QUERY_READ_LINGER_SECONDS") {
+            let secs: u64 = v.parse().map_err(|_| {
+                ConfigError::new(
+                    "QUERY_READ_LINGER_SECONDS",
+                    format!("expected a number of seconds, got `{v}`"),
+                )
+            })?;
+            config.read_linger = (secs > 0).then(|| Duration::from_secs(secs));
         }
         if let Some(v) = get("JWT_ISSUER") {
             config.issuer = v;

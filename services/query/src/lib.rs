@@ -70,6 +70,7 @@ impl Application {
             hub.clone(),
             identities.clone(),
             config.shared_functions.clone(),
+            config.read_linger,
         ));
         let http = std::net::TcpListener::bind(config.http_addr)
             .with_context(|| format!("failed to bind QUERY_HTTP_ADDR {}", config.http_addr))?;

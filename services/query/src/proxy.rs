@@ -11,12 +11,14 @@ use edge_convex::value::export_json;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use serde_json::{Value, json};
-use tokio::sync::oneshot;
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::hub::Hub;
-use crate::identity::{Identities, IdentityKey};
+use crate::identity::{Identities, IdentityKey, VerifiedUser};
 use crate::key::QueryKey;
-use crate::upstream::{Command, QueryResult};
+use crate::upstream::{self, Command, Event, QueryResult};
 
 /// An HTTP answer to relay: status and body.
 /// The body is shared (cheap to clone) across coalesced callers.
@@ -45,6 +47,92 @@ pub struct Proxy {
     pub shared_functions: std::collections::BTreeSet<String>,
     http: reqwest::Client,
     flights: Mutex<HashMap<FlightKey, Flight>>,
+    /// `QUERY_READ_LINGER_SECONDS`: reads subscribe and keep the subscription this long.
+    read_linger: Option<Duration>,
+    warming: Arc<Mutex<HashMap<WarmKey, Warm>>>,
+}
+
+type Warm = Shared<BoxFuture<'static, Option<Arc<QueryResult>>>>;
+type WarmKey = (IdentityKey, QueryKey);
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Subscribes `key` for a listener of its own, returns the first result, and keeps the
+/// subscription for `linger` (draining its events) before releasing it.
+async fn warm_up(
+    hub: Arc<Hub>,
+    warming: Arc<Mutex<HashMap<WarmKey, Warm>>>,
+    warm_key: WarmKey,
+    user: Option<VerifiedUser>,
+    linger: Duration,
+) -> Option<Arc<QueryResult>> {
+    let (identity, key) = warm_key.clone();
+    let listener = upstream::next_id();
+    let (tx, mut rx) = mpsc::channel(64);
+    let attach = Command::Attach {
+        listener,
+        tx,
+        evicted: Arc::new(Notify::new()),
+    };
+    let upstream = match user {
+        // The token goes first so the upstream authenticates before subscribing.
+        Some(u) => {
+            let token = Command::Token {
+                token: u.token,
+                expires_at: u.expires_at,
+            };
+            let upstream = hub.send(&identity, token).await;
+            let _ = upstream.tx.send(attach).await;
+            upstream
+        }
+        None => hub.send(&identity, attach).await,
+    };
+    let _ = upstream
+        .tx
+        .send(Command::Subscribe {
+            listener,
+            key: key.clone(),
+        })
+        .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = rx.recv().await {
+            match event {
+                Event::Current { key: k, result, .. } if k == key => return Some(result),
+                Event::Transition { updates, .. } => {
+                    if let Some((_, r)) = updates.iter().find(|(k, _)| *k == key) {
+                        return Some(r.clone());
+                    }
+                }
+                Event::AuthFailed { .. } => return None,
+                _ => {}
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(linger, async { while rx.recv().await.is_some() {} }).await;
+        warming
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&warm_key);
+        let _ = upstream
+            .tx
+            .send(Command::Unsubscribe {
+                listener,
+                key: warm_key.1,
+            })
+            .await;
+        let _ = upstream.tx.send(Command::Detach { listener }).await;
+    });
+    first
 }
 
 impl std::fmt::Debug for Proxy {
@@ -61,6 +149,7 @@ impl Proxy {
         hub: Arc<Hub>,
         identities: Arc<Identities>,
         shared_functions: std::collections::BTreeSet<String>,
+        read_linger: Option<Duration>,
     ) -> Self {
         Proxy {
             convex_url,
@@ -69,6 +158,8 @@ impl Proxy {
             shared_functions,
             http: reqwest::Client::new(),
             flights: Mutex::new(HashMap::new()),
+            read_linger,
+            warming: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -118,31 +209,18 @@ impl Proxy {
                 .await
                 .is_ok()
                 && let Ok(Some(result)) = answer.await
-                && let QueryResult::Value {
-                    value, log_lines, ..
-                } = result.as_ref()
+                && let Some(reply) = self.served(&result, format)
             {
-                self.hub
-                    .stats
-                    .served_from_subscription
-                    .fetch_add(1, Ordering::Relaxed);
-                let value = match format {
-                    Format::Json => {
-                        export_json(&serde_json::from_str(value.get()).unwrap_or(Value::Null))
-                            .to_string()
-                    }
-                    Format::ConvexEncodedJson => value.get().to_owned(),
-                };
-                let body = format!(
-                    "{{\"status\":\"success\",\"value\":{value},\"logLines\":{}}}",
-                    serde_json::to_string(log_lines).unwrap_or_else(|_| "[]".into())
-                );
-                return Ok(Reply {
-                    status: 200,
-                    body: body.into_bytes().into(),
-                    from_subscription: true,
-                });
+                return Ok(reply);
             }
+        }
+        if let Some(linger) = self.read_linger
+            && let Some(result) = self
+                .read_through_subscription(&via, token, &key, linger)
+                .await
+            && let Some(reply) = self.served(&result, format)
+        {
+            return Ok(reply);
         }
         // Identical concurrent requests of one identity share one call (shared functions are
         // called anonymously, so every identity shares theirs).
@@ -175,6 +253,83 @@ impl Proxy {
         }
         drop(flights);
         result.map_err(ProxyError::Upstream)
+    }
+
+    /// The HTTP answer for a subscription's value (counted as served from a subscription);
+    /// `None` for a failed query, whose error Convex words over HTTP.
+    fn served(&self, result: &QueryResult, format: Format) -> Option<Reply> {
+        let QueryResult::Value {
+            value, log_lines, ..
+        } = result
+        else {
+            return None;
+        };
+        self.hub
+            .stats
+            .served_from_subscription
+            .fetch_add(1, Ordering::Relaxed);
+        let value = match format {
+            Format::Json => {
+                export_json(&serde_json::from_str(value.get()).unwrap_or(Value::Null)).to_string()
+            }
+            Format::ConvexEncodedJson => value.get().to_owned(),
+        };
+        let body = format!(
+            "{{\"status\":\"success\",\"value\":{value},\"logLines\":{}}}",
+            serde_json::to_string(log_lines).unwrap_or_else(|_| "[]".into())
+        );
+        Some(Reply {
+            status: 200,
+            body: body.into_bytes().into(),
+            from_subscription: true,
+        })
+    }
+
+    /// A read that subscribes instead of calling Convex over HTTP, and keeps the subscription
+    /// for `linger` so the next reads (the page's own client subscribing right after SSR, the
+    /// next render) are served from it. Concurrent first reads share one subscription. `None`
+    /// (the caller goes over HTTP) when the token expires too soon or no value came in time.
+    async fn read_through_subscription(
+        &self,
+        via: &IdentityKey,
+        token: Option<&str>,
+        key: &QueryKey,
+        linger: Duration,
+    ) -> Option<Arc<QueryResult>> {
+        let user = match (via, token) {
+            (IdentityKey::Anonymous, _) | (_, None) => None,
+            (_, Some(t)) => {
+                let user = self.identities.verify(t).await.ok()?;
+                let left = user.expires_at - chrono_now();
+                if left < linger.as_secs() as i64 + 60 {
+                    return None;
+                }
+                Some(user)
+            }
+        };
+        let warm_key = (via.clone(), key.clone());
+        let warm = {
+            let mut warming = self.warming.lock().unwrap_or_else(|e| e.into_inner());
+            match warming.get(&warm_key) {
+                // A finished warm-up's value may be stale: only a live lookup can be trusted.
+                Some(w) if w.peek().is_some() => return None,
+                Some(w) => w.clone(),
+                None => {
+                    let w = warm_up(
+                        self.hub.clone(),
+                        self.warming.clone(),
+                        warm_key.clone(),
+                        user,
+                        linger,
+                    )
+                    .boxed()
+                    .shared();
+                    warming.insert(warm_key, w.clone());
+                    w
+                }
+            }
+        };
+        warm.await
     }
 
     /// Sends `body` to `route` on Convex as it is.

@@ -173,3 +173,70 @@ async fn identical_concurrent_queries_make_one_upstream_call_and_mutations_are_n
         (401, Some("Unauthenticated"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_read_linger_reads_subscribe_and_the_next_ones_cost_convex_nothing() {
+    let stack = Stack::start_with(Options {
+        read_linger: Some(Duration::from_secs(3)),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("linger@example.com").await;
+    let read = |path: &'static str| {
+        let (url, token) = (format!("{}/api/query", stack.query_url()), token.clone());
+        async move {
+            post(
+                url,
+                json!({"path": path, "args": {}, "format": "json"}),
+                Some(&token),
+            )
+            .await
+        }
+    };
+    let upstream_before = stack.stats.upstream_queries.load(Ordering::Relaxed);
+    let served_before = stack.stats.served_from_subscription.load(Ordering::Relaxed);
+    // The first read subscribes (no HTTP call); the subscription stays for the next ones.
+    let (status, body) = read("tasks:list").await;
+    assert_eq!((status, &body["value"]), (200, &json!([])));
+    assert_eq!(stack.upstream_subscriptions(), 1);
+    let (_, body) = read("tasks:list").await;
+    assert_eq!(body["value"], json!([]));
+    // It stays live: a mutation shows in the next read.
+    let (_, r) = post(
+        format!("{}/api/mutation", stack.query_url()),
+        json!({"path": "tasks:add", "args": {"text": "seen"}}),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(r["status"], "success");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, body) = read("tasks:list").await;
+        if body["value"][0]["text"] == "seen" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lingering value never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Twenty concurrent first reads of another query share one subscription.
+    let reads: Vec<_> = (0..20).map(|_| tokio::spawn(read("users:me"))).collect();
+    for r in reads {
+        let (_, body) = r.await.unwrap();
+        assert_eq!(body["value"]["email"], "linger@example.com");
+    }
+    assert_eq!(stack.upstream_subscriptions(), 2);
+    assert_eq!(
+        stack.stats.upstream_queries.load(Ordering::Relaxed),
+        upstream_before,
+        "no read went over HTTP"
+    );
+    assert!(stack.stats.served_from_subscription.load(Ordering::Relaxed) >= served_before + 23);
+    // After the linger the subscriptions are released.
+    crate::eventually("lingering subscriptions released", || {
+        stack.upstream_subscriptions() == 0
+    })
+    .await;
+}

@@ -81,6 +81,7 @@ pub struct Options {
     pub socket_queue: usize,
     /// Put a delaying TCP relay in front of devconvex.
     pub slow_upstream: Option<Duration>,
+    pub read_linger: Option<Duration>,
 }
 
 impl Default for Options {
@@ -89,6 +90,7 @@ impl Default for Options {
             token_ttl: Duration::from_secs(900),
             socket_queue: 1024,
             slow_upstream: None,
+            read_linger: None,
         }
     }
 }
@@ -140,6 +142,7 @@ impl Stack {
             edge_query::config::parse_shared("messages:list,config:get").unwrap();
         config.socket_queue = options.socket_queue;
         config.upstream_idle = Duration::from_millis(500);
+        config.read_linger = options.read_linger;
         let query = start_query(config.clone()).await;
         Stack {
             auth: auth_core,
