@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs the npm clients the tests drive, makes sure Postgres and
-# Redis answer (starting the local ones if they are down), then `cargo test` for the workspace.
+# Runs the whole test suite: installs the npm clients the tests drive and Chromium for the
+# browser test, makes sure Postgres and Redis answer (starting the local ones if they are
+# down), then `cargo test` for the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,8 +24,24 @@ ensure_redis() {
   fi
 }
 
+ensure_chromium() {
+  # The page tests drive Debian's chromium with playwright-core.
+  if [ -x /usr/bin/chromium ]; then return; fi
+  if command -v apt-get >/dev/null; then
+    echo "installing chromium for the browser test"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
+  if [ ! -x /usr/bin/chromium ]; then
+    echo "the browser test needs Chromium at /usr/bin/chromium (apt-get install chromium)" >&2
+    exit 1
+  fi
+}
+
 ensure_postgres
 ensure_redis
+ensure_chromium
 if ! command -v node >/dev/null; then
   echo "node is required for the interop tests: install Node.js 20 or later" >&2
   exit 1

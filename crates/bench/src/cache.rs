@@ -14,6 +14,51 @@ use crate::{
     PASSWORD, SECRET, Stats, counter, free_port, fresh_database, load, spawn_quiet, wait_ready,
 };
 
+/// Sessions whose first request on a fresh gateway measures L2 hits.
+const L2_SESSIONS: usize = 600;
+const L2_WARMUP: usize = 100;
+
+/// One request per session (`Cookie` header values), `connections` at a time.
+async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats {
+    let client = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for chunk in sessions.chunks(sessions.len().div_ceil(connections.max(1))) {
+        let (client, url, chunk) = (client.clone(), url.to_owned(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            for cookie in chunk {
+                let t = std::time::Instant::now();
+                let ok = match client.get(&url).header("cookie", &cookie).send().await {
+                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok {
+                    latencies.push(t.elapsed());
+                } else {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut stats = Stats {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies: Vec::new(),
+    };
+    for task in tasks {
+        let (latencies, errors) = task.await.expect("request task");
+        stats.requests += latencies.len();
+        stats.errors += errors;
+        stats.latencies.extend(latencies);
+    }
+    stats.elapsed = start.elapsed();
+    stats.latencies.sort();
+    stats
+}
+
 pub struct Args {
     seconds: u64,
     connections: usize,
@@ -282,6 +327,79 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
             });
         }
     }
+    // L2 hits: sessions another Redis gateway cached, first requested on a fresh one.
+    eprintln!("running token L2 hits on a fresh Redis gateway");
+    let l2_row = {
+        let redis_base = gateways[2].1.clone();
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let _fresh = start(
+            "gateway",
+            &[
+                ("REDIS_URL", args.redis_url.as_str()),
+                ("GATEWAY_HTTP_ADDR", &addr),
+            ],
+        )?;
+        let fresh = format!("http://{addr}");
+        wait_ready(&format!("{fresh}/readyz")).await?;
+        let mut sessions = Vec::new();
+        for _ in 0..L2_SESSIONS {
+            let r = client
+                .post(format!("{site}/api/auth/sign-in/email"))
+                .json(&serde_json::json!({"email": "bench@example.com", "password": PASSWORD}))
+                .send()
+                .await?
+                .error_for_status()?;
+            let set_cookie = r
+                .headers()
+                .get("set-cookie")
+                .context("a cookie")?
+                .to_str()?;
+            let value = set_cookie.split(';').next().context("cookie")?.to_owned();
+            sessions.push(value);
+        }
+        once_each(
+            &format!("{redis_base}/api/auth/convex/token"),
+            &sessions,
+            args.connections,
+        )
+        .await;
+        // The first requests open the fresh gateway's connections (client and Redis pool).
+        let (warm, measured) = sessions.split_at(L2_WARMUP);
+        once_each(
+            &format!("{fresh}/api/auth/convex/token"),
+            warm,
+            args.connections,
+        )
+        .await;
+        let before = scrape(&format!("{fresh}/metrics")).await?;
+        let stats = once_each(
+            &format!("{fresh}/api/auth/convex/token"),
+            measured,
+            args.connections,
+        )
+        .await;
+        let after = scrape(&format!("{fresh}/metrics")).await?;
+        let outcome = |result: &str| {
+            let series = format!("edge_gateway_token_cache_total{{result=\"{result}\"}}");
+            counter(&after, &series) - counter(&before, &series)
+        };
+        let path = "/api/auth/convex/token";
+        Row {
+            what: "token",
+            cache: "redis, L2 hit",
+            server_p50: server_quantile(&before, &after, path, 0.50),
+            server_p99: server_quantile(&before, &after, path, 0.99),
+            stats,
+            outcomes: format!(
+                "{:.0}/{:.0}/{:.0}",
+                outcome("l1_hit"),
+                outcome("l2_hit"),
+                outcome("miss")
+            ),
+        }
+    };
+    rows.push(l2_row);
     let peer = if args.peer {
         eprintln!("running better-auth RS256");
         let node_dir =
@@ -323,7 +441,9 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
     let peer_rps = peer.map(|p| p.stats.rps()).filter(|r| *r > 0.0);
     for row in rows {
         let ratio = match (row.what, peer_rps) {
-            ("token", Some(p)) => format!("{:.1}x", row.stats.rps() / p),
+            ("token", Some(p)) if row.cache != "redis, L2 hit" => {
+                format!("{:.1}x", row.stats.rps() / p)
+            }
             _ => "-".into(),
         };
         println!(

@@ -62,10 +62,10 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
 
 /// Latency and throughput of one load run.
 pub(crate) struct Stats {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
+    pub(crate) requests: usize,
+    pub(crate) errors: usize,
+    pub(crate) elapsed: Duration,
+    pub(crate) latencies: Vec<Duration>,
 }
 
 impl Stats {
@@ -191,8 +191,8 @@ pub(crate) fn counter(metrics: &str, name: &str) -> f64 {
 
 pub(crate) struct Row {
     alg: String,
-    server: &'static str,
-    stats: Stats,
+    pub(crate) server: &'static str,
+    pub(crate) stats: Stats,
     key_reads_per_token: Option<f64>,
     db_reads_per_token: f64,
 }
