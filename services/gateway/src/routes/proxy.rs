@@ -101,13 +101,14 @@ pub async fn forward(
             .map(|v| v.as_bytes()),
     );
     for (name, value) in response.headers() {
-        if forwardable(name.as_str(), &connection) && name != reqwest::header::CONTENT_LENGTH {
-            if let (Ok(name), Ok(value)) = (
+        if forwardable(name.as_str(), &connection)
+            && name != reqwest::header::CONTENT_LENGTH
+            && let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_str().as_bytes()),
                 HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                out.append_header((name, value));
-            }
+            )
+        {
+            out.append_header((name, value));
         }
     }
     if clear {
