@@ -88,9 +88,40 @@ pub struct TokenCache<E: Clone + Send + Sync + 'static> {
 struct Inner {
     config: CacheConfig,
     l1: moka::future::Cache<CacheKey, Token>,
-    l2: Option<deadpool_redis::Pool>,
+    l2: Option<L2>,
     l2_skip_until: Mutex<Option<Instant>>,
     stats: CacheStats,
+}
+
+/// Redis: the pool opens and checks connections; commands then share one multiplexed
+/// connection taken out of it, so concurrent calls pipeline on one socket instead of each
+/// checking a connection out (deadpool pings every connection it hands out: a second round
+/// trip per command).
+struct L2 {
+    pool: deadpool_redis::Pool,
+    shared: Mutex<Option<redis::aio::MultiplexedConnection>>,
+}
+
+impl L2 {
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        if let Some(conn) = self
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+        {
+            return Ok(conn);
+        }
+        let conn =
+            deadpool_redis::Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// After a failure: the next call opens a fresh connection.
+    fn reset(&self) {
+        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 fn now_unix() -> i64 {
@@ -111,17 +142,20 @@ impl Inner {
         self.ttl_for(token).is_some()
     }
 
-    fn redis(&self) -> Option<&deadpool_redis::Pool> {
-        let pool = self.l2.as_ref()?;
+    fn redis(&self) -> Option<&L2> {
+        let l2 = self.l2.as_ref()?;
         let skip = self.l2_skip_until.lock().unwrap_or_else(|e| e.into_inner());
         match *skip {
             Some(until) if Instant::now() < until => None,
-            _ => Some(pool),
+            _ => Some(l2),
         }
     }
 
     fn redis_failed(&self, op: &str, error: &dyn std::fmt::Display) {
         self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(l2) = &self.l2 {
+            l2.reset();
+        }
         *self.l2_skip_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.config.redis_backoff);
         tracing::warn!(op, %error, "redis unavailable; serving from memory and auth");
@@ -129,9 +163,9 @@ impl Inner {
 
     /// Runs one Redis command within the timeout; failures open the breaker.
     async fn redis_call<T: redis::FromRedisValue>(&self, op: &str, cmd: redis::Cmd) -> Option<T> {
-        let pool = self.redis()?;
+        let l2 = self.redis()?;
         let call = async {
-            let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+            let mut conn = l2.connection().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
                 .map_err(|e| e.to_string())
@@ -177,11 +211,12 @@ impl Inner {
 impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
     pub fn new(config: CacheConfig) -> Result<Self, String> {
         let l2 = match &config.redis_url {
-            Some(url) => Some(
-                deadpool_redis::Config::from_url(url.clone())
+            Some(url) => Some(L2 {
+                pool: deadpool_redis::Config::from_url(url.clone())
                     .create_pool(Some(deadpool_redis::Runtime::Tokio1))
                     .map_err(|e| format!("invalid REDIS_URL: {e}"))?,
-            ),
+                shared: Mutex::new(None),
+            }),
             None => None,
         };
         let l1 = moka::future::Cache::builder()
