@@ -11,14 +11,15 @@ use anyhow::Context;
 use tokio::process::Command;
 
 use crate::{
-    PASSWORD, SECRET, Stats, counter, free_port, fresh_database, load, spawn_quiet, wait_ready,
+    PASSWORD, SECRET, Stats, counter, free_port, fresh_database, gather, load, sign_in_sessions,
+    spawn_quiet, timed_get, wait_ready,
 };
 
 /// Sessions whose first request on a fresh gateway measures L2 hits.
 const L2_SESSIONS: usize = 600;
 const L2_WARMUP: usize = 100;
 
-/// One request per session (`Cookie` header values), `connections` at a time.
+/// One request per session (cookie values), `connections` at a time.
 async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats {
     let client = reqwest::Client::new();
     let start = std::time::Instant::now();
@@ -26,37 +27,14 @@ async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats 
     for chunk in sessions.chunks(sessions.len().div_ceil(connections.max(1))) {
         let (client, url, chunk) = (client.clone(), url.to_owned(), chunk.to_vec());
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let mut outcomes = Vec::with_capacity(chunk.len());
             for cookie in chunk {
-                let t = std::time::Instant::now();
-                let ok = match client.get(&url).header("cookie", &cookie).send().await {
-                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
+                outcomes.push(timed_get(&client, &url, &cookie).await);
             }
-            (latencies, errors)
+            outcomes
         }));
     }
-    let mut stats = Stats {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
-    for task in tasks {
-        let (latencies, errors) = task.await.expect("request task");
-        stats.requests += latencies.len();
-        stats.errors += errors;
-        stats.latencies.extend(latencies);
-    }
-    stats.elapsed = start.elapsed();
-    stats.latencies.sort();
-    stats
+    gather(tasks, start).await
 }
 
 pub struct Args {
@@ -250,27 +228,13 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         .send()
         .await?
         .error_for_status()?;
-    let mut cookies = Vec::new();
-    for _ in 0..args.connections * gateways.len() {
-        let r = client
-            .post(format!("{site}/api/auth/sign-in/email"))
-            .json(&serde_json::json!({"email": "bench@example.com", "password": PASSWORD}))
-            .send()
-            .await?
-            .error_for_status()?;
-        let set_cookie = r
-            .headers()
-            .get("set-cookie")
-            .context("a cookie")?
-            .to_str()?;
-        let value = set_cookie
-            .split(';')
-            .next()
-            .and_then(|c| c.split_once('='))
-            .context("cookie")?
-            .1;
-        cookies.push(value.to_owned());
-    }
+    let cookies = sign_in_sessions(
+        &client,
+        site,
+        "bench@example.com",
+        args.connections * gateways.len(),
+    )
+    .await?;
     let token: serde_json::Value = client
         .get(format!("{site}/api/auth/convex/token"))
         .header(
@@ -342,22 +306,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         )?;
         let fresh = format!("http://{addr}");
         wait_ready(&format!("{fresh}/readyz")).await?;
-        let mut sessions = Vec::new();
-        for _ in 0..L2_SESSIONS {
-            let r = client
-                .post(format!("{site}/api/auth/sign-in/email"))
-                .json(&serde_json::json!({"email": "bench@example.com", "password": PASSWORD}))
-                .send()
-                .await?
-                .error_for_status()?;
-            let set_cookie = r
-                .headers()
-                .get("set-cookie")
-                .context("a cookie")?
-                .to_str()?;
-            let value = set_cookie.split(';').next().context("cookie")?.to_owned();
-            sessions.push(value);
-        }
+        let sessions = sign_in_sessions(&client, site, "bench@example.com", L2_SESSIONS).await?;
         once_each(
             &format!("{redis_base}/api/auth/convex/token"),
             &sessions,

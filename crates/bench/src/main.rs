@@ -99,24 +99,39 @@ pub(crate) async fn load(
     let mut tasks = Vec::new();
     for i in 0..connections {
         let (client, url) = (client.clone(), url.to_owned());
-        let cookie = format!("better-auth.session_token={}", cookies[i % cookies.len()]);
+        let cookie = cookies[i % cookies.len()].clone();
         tasks.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0usize);
+            let mut outcomes = Vec::new();
             while Instant::now() < deadline {
-                let t = Instant::now();
-                let ok = match client.get(&url).header("cookie", &cookie).send().await {
-                    Ok(r) => r.status() == 200 && r.bytes().await.is_ok(),
-                    Err(_) => false,
-                };
-                if ok {
-                    latencies.push(t.elapsed());
-                } else {
-                    errors += 1;
-                }
+                outcomes.push(timed_get(&client, &url, &cookie).await);
             }
-            (latencies, errors)
+            outcomes
         }));
     }
+    gather(tasks, start).await
+}
+
+/// One GET with the session cookie `value`: its latency, or `None` if it failed.
+pub(crate) async fn timed_get(
+    client: &reqwest::Client,
+    url: &str,
+    value: &str,
+) -> Option<Duration> {
+    let t = Instant::now();
+    let r = client
+        .get(url)
+        .header("cookie", format!("better-auth.session_token={value}"))
+        .send()
+        .await
+        .ok()?;
+    (r.status() == 200 && r.bytes().await.is_ok()).then(|| t.elapsed())
+}
+
+/// The outcomes of load tasks as one `Stats`, timed from `start`.
+pub(crate) async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Vec<Option<Duration>>>>,
+    start: Instant,
+) -> Stats {
     let mut stats = Stats {
         requests: 0,
         errors: 0,
@@ -124,14 +139,48 @@ pub(crate) async fn load(
         latencies: Vec::new(),
     };
     for task in tasks {
-        let (latencies, errors) = task.await.expect("load task");
-        stats.requests += latencies.len();
-        stats.errors += errors;
-        stats.latencies.extend(latencies);
+        for outcome in task.await.expect("load task") {
+            match outcome {
+                Some(latency) => stats.latencies.push(latency),
+                None => stats.errors += 1,
+            }
+        }
     }
+    stats.requests = stats.latencies.len();
     stats.elapsed = start.elapsed();
     stats.latencies.sort();
     stats
+}
+
+/// Signs `email` in `n` times through the gateway at `base`; the session cookie values.
+pub(crate) async fn sign_in_sessions(
+    client: &reqwest::Client,
+    base: &str,
+    email: &str,
+    n: usize,
+) -> anyhow::Result<Vec<String>> {
+    let mut cookies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = client
+            .post(format!("{base}/api/auth/sign-in/email"))
+            .json(&serde_json::json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await?
+            .error_for_status()?;
+        let set_cookie = r
+            .headers()
+            .get("set-cookie")
+            .context("sign-in sets a cookie")?
+            .to_str()?;
+        let value = set_cookie
+            .split(';')
+            .next()
+            .and_then(|c| c.split_once('='))
+            .context("cookie")?
+            .1;
+        cookies.push(value.to_owned());
+    }
+    Ok(cookies)
 }
 
 pub(crate) fn free_port() -> u16 {
@@ -242,27 +291,7 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
         .send()
         .await?
         .error_for_status()?;
-    let mut cookies = Vec::new();
-    for _ in 0..args.connections {
-        let r = client
-            .post(format!("{base}/api/auth/sign-in/email"))
-            .json(&serde_json::json!({"email": "bench@example.com", "password": PASSWORD}))
-            .send()
-            .await?
-            .error_for_status()?;
-        let set_cookie = r
-            .headers()
-            .get("set-cookie")
-            .context("sign-in sets a cookie")?
-            .to_str()?;
-        let value = set_cookie
-            .split(';')
-            .next()
-            .and_then(|c| c.split_once('='))
-            .context("cookie")?
-            .1;
-        cookies.push(value.to_owned());
-    }
+    let cookies = sign_in_sessions(&client, &base, "bench@example.com", args.connections).await?;
     let url = format!("{base}/api/auth/convex/token");
     load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
     let metrics_url = format!("http://127.0.0.1:{http}/metrics");

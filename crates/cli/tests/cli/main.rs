@@ -99,3 +99,26 @@ pub async fn scrape(url: &str, series: &str) -> f64 {
     let text = reqwest::get(url).await.unwrap().text().await.unwrap();
     metric(&text, series).unwrap_or(0.0)
 }
+
+/// The `Cookie` header value (`name=value`) a response's `Set-Cookie` opens.
+pub fn cookie_from(response: &reqwest::Response) -> String {
+    response.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Signs a new user up through the gateway at `base`; the `Cookie` header value.
+pub async fn sign_up(base: &str, name: &str, email: &str) -> String {
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/auth/sign-up/email"))
+        .json(&serde_json::json!({"name": name, "email": email, "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cookie_from(&r)
+}

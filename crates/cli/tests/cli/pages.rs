@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Proc, read_lines_until, spawn};
+use crate::{Proc, read_lines_until, sign_up, spawn};
 
 struct Dev {
     site: String,
@@ -42,23 +42,6 @@ fn dev(extra: &[(&str, String)]) -> Dev {
         _proc: proc,
         _dir: dir,
     }
-}
-
-async fn sign_up(site: &str, name: &str, email: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{site}/api/auth/sign-up/email"))
-        .json(&json!({"name": name, "email": email, "password": "correct horse battery staple"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
 }
 
 async fn jwt(site: &str, cookie: &str) -> String {

@@ -64,13 +64,7 @@ async fn thousand_tokens_read_no_key(services: &Services) {
         .send()
         .await
         .unwrap();
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = crate::cookie_from(&r);
     let before = client
         .get(&services.auth_metrics)
         .send()
@@ -171,13 +165,7 @@ async fn dev_serves_the_auth_routes_on_sqlite_with_generated_keys() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let cookie = r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned();
+    let cookie = crate::cookie_from(&r);
     let token: Value = client
         .get(format!("{base}/api/auth/convex/token"))
         .header("cookie", &cookie)

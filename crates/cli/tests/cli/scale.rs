@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::{Proc, SECRET, scrape, spawn, wait_ready};
+use crate::{Proc, SECRET, cookie_from, scrape, sign_up, spawn, wait_ready};
 
 fn port() -> u16 {
     edge_testkit::free_port()
@@ -89,24 +89,6 @@ async fn token_status(client: &reqwest::Client, base: &str, cookie: &str) -> u16
         .unwrap_or(0)
 }
 
-/// Signs up through `base`; returns the `Cookie` header value.
-async fn sign_up(base: &str, email: &str) -> String {
-    let r = reqwest::Client::new()
-        .post(format!("{base}/api/auth/sign-up/email"))
-        .json(&json!({"name": "Scale", "email": email, "password": "correct horse battery staple"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 /// Calls the token route on `base` until a call reads no session on any auth process.
 async fn until_cached(auths: &[&AuthAddrs], base: &str, cookie: &str) {
     let client = reqwest::Client::new();
@@ -134,13 +116,7 @@ async fn sign_in(base: &str, email: &str) -> String {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    r.headers()["set-cookie"]
-        .to_str()
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_owned()
+    cookie_from(&r)
 }
 
 async fn sign_out(base: &str, cookie: &str) {
@@ -167,7 +143,7 @@ async fn three_gateways_on_two_auths_refuse_a_signed_out_cookie_and_survive_a_st
     let client = reqwest::Client::new();
 
     // A token cached by all three; a sign-out on the first is refused everywhere within 1 s.
-    let cookie = sign_up(&gw1, "scale@example.com").await;
+    let cookie = sign_up(&gw1, "Scale", "scale@example.com").await;
     for base in [&gw1, &gw2, &gw3] {
         until_cached(&[&a, &b], base, &cookie).await;
     }
@@ -187,7 +163,7 @@ async fn three_gateways_on_two_auths_refuse_a_signed_out_cookie_and_survive_a_st
 
     // The third gateway's stream is cut (its auth dies); the session ends meanwhile; once the
     // stream resumes the token is never served again.
-    let cookie = sign_up(&gw1, "cut@example.com").await;
+    let cookie = sign_up(&gw1, "Scale", "cut@example.com").await;
     until_cached(&[&a, &b], &gw3, &cookie).await;
     drop(auth_b);
     // With its stream broken the gateway stops trusting its cache (auth is down: 503).
@@ -218,7 +194,7 @@ async fn three_gateways_on_two_auths_refuse_a_signed_out_cookie_and_survive_a_st
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // And it keeps refusing once the stream is trusted again, while live sessions are cached.
-    let fresh = sign_up(&gw3, "after@example.com").await;
+    let fresh = sign_up(&gw3, "Scale", "after@example.com").await;
     until_cached(&[&a, &b], &gw3, &fresh).await;
     assert_eq!(token_status(&client, &gw3, &cookie).await, 401);
     drop(auth_b);
@@ -243,7 +219,7 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
     let mut cookies = Vec::new();
     for i in 0..4 {
         let email = format!("load{i}@example.com");
-        cookies.push(sign_up(&gw1, &email).await);
+        cookies.push(sign_up(&gw1, "Scale", &email).await);
         for _ in 0..3 {
             cookies.push(sign_in(&gw2, &email).await);
         }
@@ -300,7 +276,7 @@ async fn redis_killed_under_load_fails_no_request_and_l2_heals() {
     let mut n = 0;
     loop {
         let before = scrape(&metrics, series).await;
-        let cookie = sign_up(&gw1, &format!("healed{n}@example.com")).await;
+        let cookie = sign_up(&gw1, "Scale", &format!("healed{n}@example.com")).await;
         n += 1;
         assert_eq!(token_status(&client, &gw1, &cookie).await, 200);
         assert_eq!(token_status(&client, &gw2, &cookie).await, 200);

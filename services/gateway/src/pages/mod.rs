@@ -27,11 +27,12 @@ use manifest::Page;
 pub const CLIENT_JS: &str = include_str!("client.js");
 
 /// The built-in demo (devconvex's demo app): chat, tasks, sign-up and sign-in.
-const DEMO: [(&str, &str); 6] = [
+const DEMO: [(&str, &str); 7] = [
     ("pages.json", include_str!("../../pages/pages.json")),
     ("layout.html", include_str!("../../pages/layout.html")),
     ("chat.html", include_str!("../../pages/chat.html")),
     ("tasks.html", include_str!("../../pages/tasks.html")),
+    ("auth-page.html", include_str!("../../pages/auth-page.html")),
     ("sign-in.html", include_str!("../../pages/sign-in.html")),
     ("sign-up.html", include_str!("../../pages/sign-up.html")),
 ];
@@ -361,9 +362,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_demo_loads() {
+    fn the_demo_loads_and_renders() {
         let pages = Pages::demo().unwrap();
         assert!(pages.routes().any(|(_, r)| r == "/"));
+        for (template, needle) in [
+            ("sign-in.html", r#"data-action="signIn""#),
+            ("sign-up.html", r#"id="name""#),
+        ] {
+            let html = pages
+                .env
+                .get_template(template)
+                .unwrap()
+                .render(minijinja::context! { convex_edge => "" })
+                .unwrap();
+            assert!(html.contains(needle), "{template}: {html}");
+            assert!(html.contains("<h1>Sign"), "{template}: {html}");
+        }
     }
 
     #[test]
