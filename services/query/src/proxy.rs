@@ -55,7 +55,7 @@ pub struct Proxy {
 type Warm = Shared<BoxFuture<'static, Option<Arc<QueryResult>>>>;
 type WarmKey = (IdentityKey, QueryKey);
 
-fn chrono_now() -> i64 {
+fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -99,7 +99,8 @@ async fn warm_up(
             key: key.clone(),
         })
         .await;
-    let first = tokio::time::timeout(Duration::from_secs(10), async {
+    // Bounded like an HTTP call would be; on timeout the read goes over HTTP.
+    let first = tokio::time::timeout(Duration::from_secs(5), async {
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Current { key: k, result, .. } if k == key => return Some(result),
@@ -300,7 +301,7 @@ impl Proxy {
             (IdentityKey::Anonymous, _) | (_, None) => None,
             (_, Some(t)) => {
                 let user = self.identities.verify(t).await.ok()?;
-                let left = user.expires_at - chrono_now();
+                let left = user.expires_at - unix_now();
                 if left < linger.as_secs() as i64 + 60 {
                     return None;
                 }
