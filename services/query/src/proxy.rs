@@ -53,6 +53,14 @@ pub struct Proxy {
 }
 
 type Warm = Shared<BoxFuture<'static, Option<Arc<QueryResult>>>>;
+
+/// What a read through a subscription found.
+enum Warmed {
+    /// The first value of the subscription this read started or joined.
+    Value(Arc<QueryResult>),
+    /// The subscription was already warm: look its live value up.
+    Live,
+}
 type WarmKey = (IdentityKey, QueryKey);
 
 fn unix_now() -> i64 {
@@ -99,8 +107,8 @@ async fn warm_up(
             key: key.clone(),
         })
         .await;
-    // Bounded like an HTTP call would be; on timeout the read goes over HTTP.
-    let first = tokio::time::timeout(Duration::from_secs(5), async {
+    // Bounded; on timeout the read goes over HTTP.
+    let first = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = rx.recv().await {
             match event {
                 Event::Current { key: k, result, .. } if k == key => return Some(result),
@@ -199,29 +207,24 @@ impl Proxy {
         } else {
             identity.clone()
         };
-        if let Some(upstream) = self.hub.get(&via) {
-            let (reply, answer) = oneshot::channel();
-            if upstream
-                .tx
-                .send(Command::Lookup {
-                    key: key.clone(),
-                    reply,
-                })
-                .await
-                .is_ok()
-                && let Ok(Some(result)) = answer.await
-                && let Some(reply) = self.served(&result, format)
-            {
-                return Ok(reply);
-            }
-        }
-        if let Some(linger) = self.read_linger
-            && let Some(result) = self
-                .read_through_subscription(&via, token, &key, linger)
-                .await
+        if let Some(result) = self.lookup(&via, &key).await
             && let Some(reply) = self.served(&result, format)
         {
             return Ok(reply);
+        }
+        if let Some(linger) = self.read_linger {
+            let result = match self
+                .read_through_subscription(&via, token, &key, linger)
+                .await
+            {
+                Some(Warmed::Value(result)) => Some(result),
+                // Subscribed since the lookup above: the live value is there now.
+                Some(Warmed::Live) => self.lookup(&via, &key).await,
+                None => None,
+            };
+            if let Some(reply) = result.and_then(|r| self.served(&r, format)) {
+                return Ok(reply);
+            }
         }
         // Identical concurrent requests of one identity share one call (shared functions are
         // called anonymously, so every identity shares theirs).
@@ -254,6 +257,21 @@ impl Proxy {
         }
         drop(flights);
         result.map_err(ProxyError::Upstream)
+    }
+
+    /// The current result of a live subscription of `key` on the upstream of `via`, if any.
+    async fn lookup(&self, via: &IdentityKey, key: &QueryKey) -> Option<Arc<QueryResult>> {
+        let upstream = self.hub.get(via)?;
+        let (reply, answer) = oneshot::channel();
+        upstream
+            .tx
+            .send(Command::Lookup {
+                key: key.clone(),
+                reply,
+            })
+            .await
+            .ok()?;
+        answer.await.ok().flatten()
     }
 
     /// The HTTP answer for a subscription's value (counted as served from a subscription);
@@ -296,7 +314,7 @@ impl Proxy {
         token: Option<&str>,
         key: &QueryKey,
         linger: Duration,
-    ) -> Option<Arc<QueryResult>> {
+    ) -> Option<Warmed> {
         let user = match (via, token) {
             (IdentityKey::Anonymous, _) | (_, None) => None,
             (_, Some(t)) => {
@@ -313,7 +331,7 @@ impl Proxy {
             let mut warming = self.warming.lock().unwrap_or_else(|e| e.into_inner());
             match warming.get(&warm_key) {
                 // A finished warm-up's value may be stale: only a live lookup can be trusted.
-                Some(w) if w.peek().is_some() => return None,
+                Some(w) if w.peek().is_some() => return Some(Warmed::Live),
                 Some(w) => w.clone(),
                 None => {
                     let w = warm_up(
@@ -330,7 +348,7 @@ impl Proxy {
                 }
             }
         };
-        warm.await
+        warm.await.map(Warmed::Value)
     }
 
     /// Sends `body` to `route` on Convex as it is.
