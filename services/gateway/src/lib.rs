@@ -34,28 +34,72 @@ use pages::Pages;
 /// What every handler shares.
 pub struct State {
     pub config: Config,
-    auth: AuthServiceClient<Channel>,
+    clients: Clients,
     /// The token cache, when enabled.
     cache: Option<Arc<TokenCache<tonic::Status>>>,
     /// False while the revocation stream is down: the cache is bypassed, since a revocation
     /// could be missed.
     cache_trusted: Arc<AtomicBool>,
-    query: QueryServiceClient<Channel>,
     /// Template mode's pages.
     pages: Option<Pages>,
     /// Proxy mode's client of the SSR app.
     http: reqwest::Client,
 }
 
+/// The gRPC clients of auth and query, one pair per thread.
+///
+/// Each actix worker runs its own single-threaded runtime. A channel made on the main runtime
+/// would move every call to another thread and back (two wake-ups per hop, most of a cached
+/// page's latency); a channel made on the worker's own runtime keeps the call on its thread.
+struct Clients {
+    /// Tells this gateway's clients apart from another's in the same process (tests).
+    id: u64,
+    auth: Endpoint,
+    query: Endpoint,
+}
+
+type ClientPair = (AuthServiceClient<Channel>, QueryServiceClient<Channel>);
+
+thread_local! {
+    static CLIENTS: std::cell::RefCell<Vec<(u64, ClientPair)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl Clients {
+    fn new(auth: Endpoint, query: Endpoint) -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        Clients {
+            id: NEXT.fetch_add(1, Ordering::Relaxed),
+            auth,
+            query,
+        }
+    }
+
+    /// This thread's clients (made lazily; must be called within a Tokio runtime).
+    fn get(&self) -> ClientPair {
+        CLIENTS.with_borrow_mut(|clients| {
+            if let Some((_, pair)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return pair.clone();
+            }
+            let pair = (
+                AuthServiceClient::new(self.auth.connect_lazy()),
+                QueryServiceClient::new(self.query.connect_lazy()),
+            );
+            clients.push((self.id, pair.clone()));
+            pair
+        })
+    }
+}
+
 impl State {
-    /// A client of auth (cheap: clones share one connection pool).
+    /// A client of auth (cheap: clones share this thread's connection).
     pub fn auth(&self) -> AuthServiceClient<Channel> {
-        self.auth.clone()
+        self.clients.get().0
     }
 
     /// A client of the query service.
     pub(crate) fn query(&self) -> QueryServiceClient<Channel> {
-        self.query.clone()
+        self.clients.get().1
     }
 
     pub(crate) fn proxy_config(&self) -> Option<&ProxyConfig> {
@@ -127,14 +171,11 @@ impl Application {
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
-        let auth = AuthServiceClient::new(endpoint.connect_lazy());
         let query = Endpoint::from_shared(config.query_grpc_url.clone())
             .context("invalid QUERY_GRPC_URL")?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
-            .http2_adaptive_window(true)
-            .connect_lazy();
-        let query = QueryServiceClient::new(query);
+            .http2_adaptive_window(true);
         let pages = match &config.ssr {
             Ssr::Pages(None) => Some(Pages::demo().map_err(|e| anyhow::anyhow!(e))?),
             Ssr::Pages(Some(dir)) => {
@@ -160,10 +201,9 @@ impl Application {
         };
         let state = State {
             config,
-            auth,
+            clients: Clients::new(endpoint, query),
             cache,
             cache_trusted: Arc::new(AtomicBool::new(false)),
-            query,
             pages,
             http,
         };

@@ -2,6 +2,7 @@
 //! (`GetJwks`, cached; one refresh when a `kid` is unknown). The identity key is the verified
 //! claims without `iat`, `exp`, `nbf`, `jti`, so every token of one session shares an upstream.
 
+use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,15 @@ pub struct Identities {
     audience: String,
     verifier: RwLock<Option<Verifier>>,
     last_refresh: std::sync::Mutex<Option<Instant>>,
+    /// Tokens already verified, until they expire or the JWKS changes: the gateway sends the
+    /// same token with every page a session renders, and a signature check is most of a
+    /// cached read's work here.
+    verified: std::sync::Mutex<HashMap<String, VerifiedUser>>,
 }
+
+/// At most this many verified tokens are remembered; when full, expired ones are dropped and,
+/// if that frees nothing, all of them.
+const VERIFIED_CAPACITY: usize = 16_384;
 
 impl std::fmt::Debug for Identities {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,6 +64,7 @@ impl Identities {
             audience,
             verifier: RwLock::new(None),
             last_refresh: std::sync::Mutex::new(None),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -90,11 +100,36 @@ impl Identities {
             .with_issuer(self.issuer.clone())
             .with_audience(self.audience.clone());
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Some(verifier);
+        // A key may have been withdrawn: what it verified is checked again.
+        self.verified_tokens().clear();
         Ok(())
+    }
+
+    fn verified_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedUser>> {
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Verifies `token`; the error is what the client is told.
     pub async fn verify(&self, token: &str) -> Result<VerifiedUser, String> {
+        let now = unix_now();
+        if let Some(user) = self.verified_tokens().get(token)
+            && user.expires_at > now
+        {
+            return Ok(user.clone());
+        }
+        let user = self.verify_signature(token, now).await?;
+        let mut verified = self.verified_tokens();
+        if verified.len() >= VERIFIED_CAPACITY {
+            verified.retain(|_, u| u.expires_at > now);
+            if verified.len() >= VERIFIED_CAPACITY {
+                verified.clear();
+            }
+        }
+        verified.insert(token.to_owned(), user.clone());
+        Ok(user)
+    }
+
+    async fn verify_signature(&self, token: &str, now: i64) -> Result<VerifiedUser, String> {
         let kid = kid_of(token).ok_or("Could not parse JWT")?;
         let known = self
             .verifier
@@ -105,10 +140,6 @@ impl Identities {
         if !known {
             self.refresh().await?;
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
         let verified = {
             let guard = self.verifier.read().unwrap_or_else(|e| e.into_inner());
             let verifier = guard.as_ref().ok_or("no JWKS")?;
@@ -128,6 +159,13 @@ impl Identities {
             expires_at,
         })
     }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 fn kid_of(token: &str) -> Option<String> {

@@ -13,7 +13,7 @@ use futures_util::future::{BoxFuture, Shared};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 
 use crate::hub::Hub;
 use crate::identity::{Identities, IdentityKey, VerifiedUser};
@@ -207,7 +207,7 @@ impl Proxy {
         } else {
             identity.clone()
         };
-        if let Some(result) = self.lookup(&via, &key).await
+        if let Some(result) = self.lookup(&via, &key)
             && let Some(reply) = self.served(&result, format)
         {
             return Ok(reply);
@@ -219,7 +219,7 @@ impl Proxy {
             {
                 Some(Warmed::Value(result)) => Some(result),
                 // Subscribed since the lookup above: the live value is there now.
-                Some(Warmed::Live) => self.lookup(&via, &key).await,
+                Some(Warmed::Live) => self.lookup(&via, &key),
                 None => None,
             };
             if let Some(reply) = result.and_then(|r| self.served(&r, format)) {
@@ -260,18 +260,8 @@ impl Proxy {
     }
 
     /// The current result of a live subscription of `key` on the upstream of `via`, if any.
-    async fn lookup(&self, via: &IdentityKey, key: &QueryKey) -> Option<Arc<QueryResult>> {
-        let upstream = self.hub.get(via)?;
-        let (reply, answer) = oneshot::channel();
-        upstream
-            .tx
-            .send(Command::Lookup {
-                key: key.clone(),
-                reply,
-            })
-            .await
-            .ok()?;
-        answer.await.ok().flatten()
+    fn lookup(&self, via: &IdentityKey, key: &QueryKey) -> Option<Arc<QueryResult>> {
+        self.hub.get(via)?.lookup(key)
     }
 
     /// The HTTP answer for a subscription's value (counted as served from a subscription);

@@ -16,7 +16,7 @@ use edge_convex::{ClientMessage, ServerMessage, StateVersion};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::key::QueryKey;
@@ -133,11 +133,6 @@ pub enum Command {
         udf_path: String,
         args: Value,
     },
-    /// The cached result of a live subscription, if any.
-    Lookup {
-        key: QueryKey,
-        reply: oneshot::Sender<Option<Arc<QueryResult>>>,
-    },
 }
 
 /// A handle on a running upstream.
@@ -145,6 +140,23 @@ pub enum Command {
 pub struct Upstream {
     pub id: UpstreamId,
     pub tx: mpsc::Sender<Command>,
+    /// The current result of every live subscription that has one.
+    values: Values,
+}
+
+/// Written only by the upstream's task; read by HTTP and gRPC reads without a round trip
+/// through the task.
+type Values = Arc<std::sync::Mutex<HashMap<QueryKey, Arc<QueryResult>>>>;
+
+impl Upstream {
+    /// The result of a live subscription, if any.
+    pub fn lookup(&self, key: &QueryKey) -> Option<Arc<QueryResult>> {
+        lock(&self.values).get(key).cloned()
+    }
+}
+
+fn lock(values: &Values) -> std::sync::MutexGuard<'_, HashMap<QueryKey, Arc<QueryResult>>> {
+    values.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Sub {
@@ -185,6 +197,8 @@ struct Task {
     id: UpstreamId,
     settings: Settings,
     subs: HashMap<QueryKey, Sub>,
+    /// `subs`' results, for [`Upstream::lookup`].
+    values: Values,
     by_query_id: HashMap<u32, QueryKey>,
     listeners: HashMap<ListenerId, Listener>,
     token: Option<(String, i64)>,
@@ -207,10 +221,12 @@ struct Task {
 pub fn spawn(settings: Settings) -> Upstream {
     let id = next_id();
     let (tx, rx) = mpsc::channel(4096);
+    let values = Values::default();
     let task = Task {
         id,
         settings,
         subs: HashMap::new(),
+        values: values.clone(),
         by_query_id: HashMap::new(),
         listeners: HashMap::new(),
         token: None,
@@ -233,7 +249,7 @@ pub fn spawn(settings: Settings) -> Upstream {
         task.run(rx).await;
         stats.upstream_connections.fetch_sub(1, Ordering::Relaxed);
     });
-    Upstream { id, tx }
+    Upstream { id, tx, values }
 }
 
 impl Task {
@@ -526,9 +542,6 @@ impl Task {
                     }
                 });
             }
-            Command::Lookup { key, reply } => {
-                let _ = reply.send(self.subs.get(&key).and_then(|s| s.result.clone()));
-            }
         }
     }
 
@@ -540,6 +553,7 @@ impl Task {
         if sub.refcount == 0 {
             let id = sub.upstream_query_id;
             self.subs.remove(key);
+            lock(&self.values).remove(key);
             self.settings
                 .stats
                 .upstream_subscriptions
@@ -666,6 +680,7 @@ impl Task {
                     }
                     let result = Arc::new(result);
                     sub.result = Some(result.clone());
+                    lock(&self.values).insert(key.clone(), result.clone());
                     updates.push((key.clone(), result));
                 }
                 let event = Event::Transition {

@@ -164,22 +164,21 @@ async fn viewer(req: &HttpRequest, state: &State) -> Result<Viewer, HttpResponse
 }
 
 /// One query's outcome while rendering.
-#[derive(Default, Clone)]
-struct Outcome {
+enum Outcome {
     /// Convex encoded JSON.
-    value: Option<Value>,
-    error: Option<String>,
+    Value(Value),
+    Error(String),
 }
 
 /// Runs the page's server queries in one batch, identical ones once.
-async fn run_queries(
+async fn run_queries<'a>(
     state: &State,
-    calls: &[(String, String)],
+    calls: &[&'a (String, String)],
     jwt: Option<&str>,
-) -> HashMap<(String, String), Outcome> {
+) -> HashMap<&'a (String, String), Outcome> {
     let mut unique: Vec<&(String, String)> = Vec::new();
     for call in calls {
-        if !unique.contains(&call) {
+        if !unique.contains(call) {
             unique.push(call);
         }
     }
@@ -201,36 +200,22 @@ async fn run_queries(
     let results = state.query().query_batch(request).await;
     match results {
         Ok(r) => {
-            for (call, result) in unique.iter().zip(r.into_inner().results) {
-                let body: Value = serde_json::from_str(&result.result_json).unwrap_or(Value::Null);
+            for (call, result) in unique.into_iter().zip(r.into_inner().results) {
+                let mut body: Value =
+                    serde_json::from_str(&result.result_json).unwrap_or(Value::Null);
                 let outcome = if body["status"] == "success" {
-                    Outcome {
-                        value: Some(body["value"].clone()),
-                        error: None,
-                    }
+                    Outcome::Value(body["value"].take())
                 } else {
-                    let message = body["errorMessage"]
-                        .as_str()
-                        .unwrap_or("query failed")
-                        .to_owned();
-                    Outcome {
-                        value: None,
-                        error: Some(message),
-                    }
+                    let message = body["errorMessage"].as_str().unwrap_or("query failed");
+                    Outcome::Error(message.to_owned())
                 };
-                out.insert((*call).clone(), outcome);
+                out.insert(call, outcome);
             }
         }
         Err(status) => {
             tracing::warn!(grpc_code = ?status.code(), "page queries failed");
             for call in unique {
-                out.insert(
-                    call.clone(),
-                    Outcome {
-                        value: None,
-                        error: Some("query service unavailable".into()),
-                    },
-                );
+                out.insert(call, Outcome::Error("query service unavailable".into()));
             }
         }
     }
@@ -239,12 +224,19 @@ async fn run_queries(
 
 /// JSON that is safe inside `<script>`: no `<`, `>`, `&` or line separators left raw.
 fn script_json(v: &Value) -> String {
-    v.to_string()
-        .replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
-        .replace('\u{2028}', "\\u2028")
-        .replace('\u{2029}', "\\u2029")
+    let json = v.to_string();
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// `GET` of a page route.
@@ -266,46 +258,44 @@ pub async fn render(
         Ok(v) => v,
         Err(response) => return response,
     };
+    // Each query's arguments, and its call as sent (path, args JSON).
+    let args: Vec<Map<String, Value>> = page.queries.iter().map(|q| q.args_for(&params)).collect();
     let calls: Vec<(String, String)> = page
         .queries
         .iter()
-        .map(|q| {
-            (
-                q.path.to_string(),
-                Value::Object(q.args_for(&params)).to_string(),
-            )
-        })
+        .zip(&args)
+        .map(|(q, a)| (q.path.to_string(), Value::Object(a.clone()).to_string()))
         .collect();
-    let server_calls: Vec<(String, String)> = page
+    let server_calls: Vec<&(String, String)> = page
         .queries
         .iter()
         .zip(&calls)
         .filter(|(q, _)| q.server)
-        .map(|(_, c)| c.clone())
+        .map(|(_, c)| c)
         .collect();
     let outcomes = run_queries(&state, &server_calls, viewer.jwt.as_deref()).await;
 
     let mut values = Map::new();
     let mut errors = Map::new();
     let mut hydration = Map::new();
-    for (q, call) in page.queries.iter().zip(&calls) {
-        let mut entry = json!({
-            "path": call.0,
-            "args": q.args_for(&params),
-            "subscribe": q.subscribe,
-            "server": q.server,
-        });
-        if let Some(outcome) = outcomes.get(call) {
-            if let Some(value) = &outcome.value {
+    for ((q, call), args) in page.queries.iter().zip(&calls).zip(args) {
+        let mut entry = Map::new();
+        entry.insert("path".into(), Value::String(call.0.clone()));
+        entry.insert("args".into(), Value::Object(args));
+        entry.insert("subscribe".into(), Value::Bool(q.subscribe));
+        entry.insert("server".into(), Value::Bool(q.server));
+        match outcomes.get(call) {
+            Some(Outcome::Value(value)) => {
                 values.insert(q.name.clone(), edge_convex::value::export_json(value));
-                entry["value"] = value.clone();
+                entry.insert("value".into(), value.clone());
             }
-            if let Some(error) = &outcome.error {
+            Some(Outcome::Error(error)) => {
                 errors.insert(q.name.clone(), Value::String(error.clone()));
-                entry["error"] = Value::String(error.clone());
+                entry.insert("error".into(), Value::String(error.clone()));
             }
+            None => {}
         }
-        hydration.insert(q.name.clone(), entry);
+        hydration.insert(q.name.clone(), Value::Object(entry));
     }
     let state_json = json!({
         "convexUrl": state.config.query_public_url,
