@@ -11,14 +11,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use actix_web::{HttpRequest, HttpResponse, web};
-use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
+use actix_web::web;
 use edge_convex::sync::{QuerySetModification, TokenType};
 use edge_convex::{ClientMessage, ServerMessage, StateVersion, Timestamp};
 use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::AppState;
 use crate::identity::{IdentityKey, VerifiedUser};
@@ -88,9 +93,12 @@ enum OutTransition<'a> {
     },
 }
 
+/// A client's socket, after the handshake (see [`crate::ws`]).
+pub type ClientSocket = WebSocketStream<TcpStream>;
+
 struct Downstream {
     state: web::Data<AppState>,
-    ws: Session,
+    ws: ClientSocket,
     version: StateVersion,
     listener: u64,
     events: mpsc::Sender<Event>,
@@ -107,26 +115,16 @@ struct Downstream {
     in_flight: usize,
 }
 
-pub async fn handler(
-    req: HttpRequest,
-    body: web::Payload,
-    state: web::Data<AppState>,
-) -> actix_web::Result<HttpResponse> {
-    let (response, ws, stream) = actix_ws::handle(&req, body)?;
-    let limit = state.config.max_message_bytes;
-    let stream = stream
-        .max_frame_size(limit)
-        .aggregate_continuations()
-        .max_continuation_size(limit);
-    actix_web::rt::spawn(run(state, ws, stream));
-    Ok(response)
+/// What woke a socket's task.
+enum Wake {
+    Client(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Events(Vec<Event>),
+    Evicted,
+    Restart,
 }
 
-async fn run(
-    state: web::Data<AppState>,
-    ws: Session,
-    mut stream: actix_ws::AggregatedMessageStream,
-) {
+/// Serves one client socket until it closes.
+pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
     let (events, mut events_rx) = mpsc::channel(state.config.socket_queue);
@@ -155,26 +153,34 @@ async fn run(
         in_flight: 0,
     };
     let end = loop {
-        let step = tokio::select! {
-            message = stream.recv() => match message {
-                None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Gone),
-                // Boxed so an idle socket's task stays small: only a running handler's state
-                // is allocated.
-                Some(Ok(AggregatedMessage::Text(text))) => Box::pin(d.on_text(&text)).await,
-                Some(Ok(AggregatedMessage::Ping(bytes))) => d.ws.pong(&bytes).await.map_err(|_| End::Gone),
-                Some(Ok(AggregatedMessage::Pong(_))) => Ok(()),
-                Some(Ok(AggregatedMessage::Binary(_))) => Err(End::Fatal("binary frames are not part of the sync protocol".into())),
-                Some(Err(e)) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
-            },
+        let wake = tokio::select! {
+            message = d.ws.next() => Wake::Client(message),
             Some(event) = events_rx.recv() => {
                 let mut batch = vec![event];
                 while let Ok(e) = events_rx.try_recv() {
                     batch.push(e);
                 }
-                Box::pin(d.on_events(batch)).await
+                Wake::Events(batch)
             }
-            _ = evicted.notified() => Err(End::TooSlow),
-            _ = shutting_down.wait_for(|s| *s) => Err(End::Restart),
+            _ = evicted.notified() => Wake::Evicted,
+            _ = shutting_down.wait_for(|s| *s) => Wake::Restart,
+        };
+        let step = match wake {
+            Wake::Client(None | Some(Ok(Message::Close(_)))) => Err(End::Gone),
+            // Boxed so an idle socket's task stays small: only a running handler's state is
+            // allocated.
+            Wake::Client(Some(Ok(Message::Text(text)))) => Box::pin(d.on_text(&text)).await,
+            // Pings are answered by the WebSocket layer itself.
+            Wake::Client(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {
+                Ok(())
+            }
+            Wake::Client(Some(Ok(Message::Binary(_)))) => Err(End::Fatal(
+                "binary frames are not part of the sync protocol".into(),
+            )),
+            Wake::Client(Some(Err(e))) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
+            Wake::Events(batch) => Box::pin(d.on_events(batch)).await,
+            Wake::Evicted => Err(End::TooSlow),
+            Wake::Restart => Err(End::Restart),
         };
         if let Err(end) = step {
             break end;
@@ -228,20 +234,18 @@ impl Downstream {
             ),
         };
         if let Some(message) = message {
-            let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.text(message.to_text())).await;
+            let text = Message::text(message.to_text());
+            let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(text)).await;
         }
-        let _ = tokio::time::timeout(
-            SEND_TIMEOUT,
-            self.ws.close(Some(CloseReason {
-                code,
-                description: None,
-            })),
-        )
-        .await;
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: "".into(),
+        }));
+        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(close)).await;
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.ws.text(text)).await {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::text(text))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(End::TooSlow),

@@ -17,12 +17,16 @@ pub mod key;
 pub mod metrics;
 pub mod proxy;
 pub mod upstream;
+mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_http::HttpService;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+use actix_web::dev::AppConfig;
+use actix_web::{App, HttpResponse, web};
 use anyhow::Context;
 use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
 use edge_proto::query::v1::query_service_server::QueryServiceServer;
@@ -116,43 +120,59 @@ impl Application {
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
         let limit = state.config.max_message_bytes;
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(state.clone())
-                .app_data(web::PayloadConfig::new(limit))
-                // Browsers call the HTTP API from the site's origin with a bearer token (no
-                // cookies), as they call Convex: any origin may.
-                .wrap(
-                    actix_web::middleware::DefaultHeaders::new()
-                        .add(("access-control-allow-origin", "*")),
-                )
-                .route(
-                    "/api/{tail:.*}",
-                    web::method(actix_web::http::Method::OPTIONS).to(preflight),
-                )
-                .route("/api/sync", web::get().to(downstream::handler))
-                .route("/api/{version}/sync", web::get().to(downstream::handler))
-                .configure(http::configure)
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-                .route("/metrics", web::get().to(metrics))
-        })
-        .workers(
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2),
-        )
-        .disable_signals()
-        .shutdown_timeout(5)
-        .listen(self.http)?
-        .run();
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        // actix-web's HttpServer, plus an upgrade service: WebSocket handshakes leave the HTTP
+        // stack (see `ws`).
+        let server = actix_server::Server::build()
+            .workers(workers)
+            .disable_signals()
+            .shutdown_timeout(5)
+            .listen("query-http", self.http, move || {
+                let app = App::new()
+                    .app_data(state.clone())
+                    .app_data(web::PayloadConfig::new(limit))
+                    // Browsers call the HTTP API from the site's origin with a bearer token (no
+                    // cookies), as they call Convex: any origin may.
+                    .wrap(
+                        actix_web::middleware::DefaultHeaders::new()
+                            .add(("access-control-allow-origin", "*")),
+                    )
+                    .route(
+                        "/api/{tail:.*}",
+                        web::method(actix_web::http::Method::OPTIONS).to(preflight),
+                    )
+                    .configure(http::configure)
+                    .route("/healthz", web::get().to(healthz))
+                    .route("/readyz", web::get().to(readyz))
+                    .route("/metrics", web::get().to(metrics))
+                    .into_factory()
+                    .map_err(|e: actix_web::Error| e.error_response());
+                let upgrade_state = state.clone();
+                HttpService::build()
+                    .upgrade(fn_service(move |(req, framed)| {
+                        ws::upgrade(upgrade_state.clone(), req, framed)
+                    }))
+                    .finish(map_config(app, |_| AppConfig::default()))
+                    .tcp()
+            })?
+            .run();
         let handle = server.handle();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let close_sockets = self.shutdown;
+        let stats = self.state.hub.stats.clone();
         tokio::spawn(async move {
             shutdown.await;
-            // Sockets first (with a reconnect hint), so the HTTP drain does not wait on them.
+            // Sockets first (with a reconnect hint); their tasks run on the HTTP workers, so the
+            // workers stop only once the sockets are closed (or after a grace period).
             let _ = close_sockets.send(true);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            while stats.downstream_connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
             handle.stop(true).await;
             let _ = stop_tx.send(());
         });
