@@ -168,7 +168,10 @@ impl Application {
             // workers stop only once the sockets are closed (or after a grace period).
             let _ = close_sockets.send(true);
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            while stats.downstream_connections.load(std::sync::atomic::Ordering::Relaxed) > 0
+            while stats
+                .downstream_connections
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
                 && tokio::time::Instant::now() < deadline
             {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -105,8 +105,12 @@ fn accept_key(req: &Request) -> Result<String, Refusal> {
         return Err(("400 Bad Request", "expected a WebSocket upgrade"));
     }
     if header("sec-websocket-version") != Some("13") {
-        return Err(("400 Bad Request", "unsupported WebSocket version (13 expected)"));
+        return Err((
+            "400 Bad Request",
+            "unsupported WebSocket version (13 expected)",
+        ));
     }
-    let key = header("sec-websocket-key").ok_or(("400 Bad Request", "missing Sec-WebSocket-Key"))?;
+    let key =
+        header("sec-websocket-key").ok_or(("400 Bad Request", "missing Sec-WebSocket-Key"))?;
     Ok(derive_accept_key(key.as_bytes()))
 }
