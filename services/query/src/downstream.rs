@@ -21,14 +21,16 @@ use serde_json::value::RawValue;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::AppState;
 use crate::identity::{IdentityKey, VerifiedUser};
 use crate::key::QueryKey;
-use crate::upstream::{self, Command, Event, QueryResult, RequestOutcome, Upstream, UpstreamId};
+use crate::upstream::{
+    self, Command, Event, QueryResult, RequestOutcome, SharedText, Upstream, UpstreamId,
+};
 
 /// How long one write to a client may take before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +45,38 @@ enum End {
         base_version: u32,
     },
     TooSlow,
+}
+
+fn out_modification(p: &Pending) -> OutModification<'_> {
+    match p {
+        Pending::Removed(query_id) => OutModification::QueryRemoved {
+            query_id: *query_id,
+        },
+        Pending::Result(query_id, result) => match result.as_ref() {
+            QueryResult::Value {
+                value,
+                log_lines,
+                journal,
+            } => OutModification::QueryUpdated {
+                query_id: *query_id,
+                value,
+                log_lines,
+                journal,
+            },
+            QueryResult::Failed {
+                message,
+                data,
+                log_lines,
+                journal,
+            } => OutModification::QueryFailed {
+                query_id: *query_id,
+                error_message: message,
+                log_lines,
+                journal,
+                error_data: data.as_deref(),
+            },
+        },
+    }
 }
 
 /// One client query.
@@ -245,7 +279,11 @@ impl Downstream {
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(Message::text(text))).await {
+        self.send(Message::text(text)).await
+    }
+
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(message)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(End::Gone),
             Err(_) => Err(End::TooSlow),
@@ -295,6 +333,18 @@ impl Downstream {
         identity: Option<u32>,
         pending: Vec<Pending>,
     ) -> Result<(), End> {
+        self.transition_shared(query_set, identity, pending, None)
+            .await
+    }
+
+    /// A transition whose text other sockets may share through `shared`.
+    async fn transition_shared(
+        &mut self,
+        query_set: Option<u32>,
+        identity: Option<u32>,
+        pending: Vec<Pending>,
+        shared: Option<&SharedText>,
+    ) -> Result<(), End> {
         let ts = self
             .frontier()
             .map_or(self.version.ts, |f| Timestamp(f.max(self.version.ts.0)));
@@ -306,46 +356,31 @@ impl Downstream {
         if end == self.version && pending.is_empty() {
             return Ok(());
         }
-        let modifications = pending
-            .iter()
-            .map(|p| match p {
-                Pending::Removed(query_id) => OutModification::QueryRemoved {
-                    query_id: *query_id,
-                },
-                Pending::Result(query_id, result) => match result.as_ref() {
-                    QueryResult::Value {
-                        value,
-                        log_lines,
-                        journal,
-                    } => OutModification::QueryUpdated {
-                        query_id: *query_id,
-                        value,
-                        log_lines,
-                        journal,
-                    },
-                    QueryResult::Failed {
-                        message,
-                        data,
-                        log_lines,
-                        journal,
-                    } => OutModification::QueryFailed {
-                        query_id: *query_id,
-                        error_message: message,
-                        log_lines,
-                        journal,
-                        error_data: data.as_deref(),
-                    },
-                },
+        let start = self.version;
+        let make = || {
+            let modifications = pending.iter().map(out_modification).collect();
+            serde_json::to_string(&OutTransition::Transition {
+                start_version: start,
+                end_version: end,
+                modifications,
             })
-            .collect();
-        let text = serde_json::to_string(&OutTransition::Transition {
-            start_version: self.version,
-            end_version: end,
-            modifications,
-        })
-        .expect("transitions serialise");
+            .expect("transitions serialise")
+        };
+        let text = match shared {
+            Some(shared) => {
+                let ids = pending
+                    .iter()
+                    .map(|p| match p {
+                        Pending::Removed(id) => (*id, 0),
+                        Pending::Result(id, result) => (*id, Arc::as_ptr(result) as usize),
+                    })
+                    .collect();
+                shared.get_or_make((start, end, ids), make)
+            }
+            None => Utf8Bytes::from(make()),
+        };
         self.version = end;
-        self.send_text(text).await
+        self.send(Message::Text(text)).await
     }
 
     /// Applies a result to every client query on (upstream, key) whose last result differs.
@@ -375,6 +410,12 @@ impl Downstream {
     }
 
     async fn on_events(&mut self, events: Vec<Event>) -> Result<(), End> {
+        // A batch of one transition (a fan-out) yields the same text on every socket in the
+        // same state.
+        let shared = match events.as_slice() {
+            [Event::Transition { text, .. }] => Some(text.clone()),
+            _ => None,
+        };
         let mut pending = Vec::new();
         for event in events {
             match event {
@@ -382,6 +423,7 @@ impl Downstream {
                     upstream,
                     ts,
                     updates,
+                    ..
                 } => {
                     self.upstream_ts.insert(upstream, ts);
                     for (key, result) in updates.iter() {
@@ -416,7 +458,8 @@ impl Downstream {
                 }
             }
         }
-        self.transition(None, None, pending).await
+        self.transition_shared(None, None, pending, shared.as_deref())
+            .await
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {

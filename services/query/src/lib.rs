@@ -143,6 +143,9 @@ impl Application {
                         "/api/{tail:.*}",
                         web::method(actix_web::http::Method::OPTIONS).to(preflight),
                     )
+                    // A sync route reached without `Connection: upgrade`.
+                    .route("/api/sync", web::get().to(not_an_upgrade))
+                    .route("/api/{version}/sync", web::get().to(not_an_upgrade))
                     .configure(http::configure)
                     .route("/healthz", web::get().to(healthz))
                     .route("/readyz", web::get().to(readyz))
@@ -212,6 +215,12 @@ async fn preflight() -> HttpResponse {
         ))
         .insert_header(("access-control-max-age", "86400"))
         .finish()
+}
+
+async fn not_an_upgrade() -> HttpResponse {
+    HttpResponse::BadRequest()
+        .content_type("text/plain; charset=utf-8")
+        .body("expected a WebSocket upgrade")
 }
 
 async fn healthz() -> HttpResponse {

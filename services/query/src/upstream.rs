@@ -17,7 +17,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::key::QueryKey;
 use crate::metrics::Stats;
@@ -65,6 +65,31 @@ impl QueryResult {
     }
 }
 
+/// One client transition's text, shared by every socket whose transition is identical (same
+/// versions, same query ids, same results): in a fan-out to many clients of one page, the
+/// text is built once and each socket sends the same bytes.
+#[derive(Debug, Default)]
+pub struct SharedText(std::sync::Mutex<Option<(TextKey, Utf8Bytes)>>);
+
+/// What a transition's text depends on: its start and end versions and, per modification,
+/// the query id and the result (by identity; results are shared and immutable).
+pub type TextKey = (StateVersion, StateVersion, Vec<(u32, usize)>);
+
+impl SharedText {
+    /// The text for `key`, made by `make` unless the last socket already made it.
+    pub fn get_or_make(&self, key: TextKey, make: impl FnOnce() -> String) -> Utf8Bytes {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, text)) = slot.as_ref()
+            && *k == key
+        {
+            return text.clone();
+        }
+        let text = Utf8Bytes::from(make());
+        *slot = Some((key, text.clone()));
+        text
+    }
+}
+
 /// What an upstream tells its listeners, in order.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -73,6 +98,9 @@ pub enum Event {
         upstream: UpstreamId,
         ts: u64,
         updates: Arc<Vec<(QueryKey, Arc<QueryResult>)>>,
+        /// The text of the last client transition made from this event alone, for the next
+        /// client that would send the same one.
+        text: Arc<SharedText>,
     },
     /// The current result of a key the listener subscribed to, after every earlier event.
     Current {
@@ -687,6 +715,7 @@ impl Task {
                     upstream: self.id,
                     ts: end_version.ts.0,
                     updates: Arc::new(updates),
+                    text: Arc::default(),
                 };
                 let ids: Vec<ListenerId> = self.listeners.keys().copied().collect();
                 for id in ids {
@@ -783,4 +812,30 @@ pub fn ws_url(convex_url: &str) -> String {
         base.to_owned()
     };
     format!("{ws}/api/sync")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_text_is_made_once_per_key() {
+        let shared = SharedText::default();
+        let version = |ts| StateVersion {
+            ts: edge_convex::Timestamp(ts),
+            ..StateVersion::default()
+        };
+        let key = |ts| (version(0), version(ts), vec![(0, 1)]);
+        let mut made = 0;
+        let mut make = |text: &str| {
+            made += 1;
+            text.to_owned()
+        };
+        let first = shared.get_or_make(key(5), || make("five"));
+        let again = shared.get_or_make(key(5), || make("never"));
+        assert_eq!((first.as_str(), again.as_str()), ("five", "five"));
+        let other = shared.get_or_make(key(6), || make("six"));
+        assert_eq!(other.as_str(), "six");
+        assert_eq!(made, 2);
+    }
 }

@@ -1,6 +1,7 @@
 //! Bad input reaches only the client that sent it.
 
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::{Client, Stack};
 
@@ -60,4 +61,78 @@ async fn bad_input_gets_an_error_for_that_client_only() {
         .until("a second query", |v| v.values.contains_key(&1))
         .await;
     assert!(v.violations.is_empty() && v.fatal.is_none() && !v.closed);
+}
+
+/// Sends a raw HTTP request to the query service and returns its response head.
+async fn response_head(stack: &Stack, request: &str) -> String {
+    let addr = stack.query_url().replacen("http://", "", 1);
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the connection closed before the response head");
+        response.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_refused_with_a_clear_status() {
+    let stack = Stack::start().await;
+    // Plain GET of a sync route.
+    let plain = reqwest::get(format!("{}/api/1.48.0/sync", stack.query_url()))
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400);
+    assert_eq!(plain.text().await.unwrap(), "expected a WebSocket upgrade");
+
+    let handshake = |path: &str, version: &str, key: bool| {
+        let key = if key {
+            "sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        } else {
+            ""
+        };
+        format!(
+            "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: Upgrade\r\n\
+             upgrade: websocket\r\nsec-websocket-version: {version}\r\n{key}\r\n"
+        )
+    };
+    // The RFC 6455 example key gets the RFC's accept value.
+    let ok = response_head(&stack, &handshake("/api/sync", "13", true)).await;
+    assert!(
+        ok.starts_with("HTTP/1.1 101 Switching Protocols\r\n"),
+        "{ok}"
+    );
+    assert!(
+        ok.contains("sec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{ok}"
+    );
+    for (request, expected) in [
+        (
+            handshake("/api/1.48.0/sync", "8", true),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            handshake("/api/1.48.0/sync", "13", false),
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            handshake("/api/elsewhere", "13", true),
+            "HTTP/1.1 404 Not Found",
+        ),
+        (
+            handshake("/api/a/b/sync", "13", true),
+            "HTTP/1.1 404 Not Found",
+        ),
+    ] {
+        let head = response_head(&stack, &request).await;
+        assert!(head.starts_with(expected), "{request} → {head}");
+    }
+
+    // The service still serves sockets afterwards.
+    let mut c = Client::connect(&stack.query_url()).await;
+    c.subscribe(0, "config:get", json!({}));
+    c.until("a value", |v| v.values.contains_key(&0)).await;
 }
