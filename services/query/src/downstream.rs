@@ -143,7 +143,8 @@ struct Downstream {
     /// The anonymous upstream, attached once a shared function is used by a signed-in socket.
     shared: Option<Upstream>,
     queries: BTreeMap<u32, ClientQuery>,
-    by_key: HashMap<(UpstreamId, QueryKey), BTreeSet<u32>>,
+    /// Client query ids by upstream and key (looked up per event without cloning the key).
+    by_key: HashMap<UpstreamId, HashMap<QueryKey, BTreeSet<u32>>>,
     /// Latest `ts` seen per upstream.
     upstream_ts: HashMap<UpstreamId, u64>,
     in_flight: usize,
@@ -247,6 +248,7 @@ impl Downstream {
                 })
                 .await;
         }
+        let too_slow = matches!(end, End::TooSlow);
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),
             End::Restart => (None, CloseCode::Restart),
@@ -267,26 +269,39 @@ impl Downstream {
                 CloseCode::Normal,
             ),
         };
+        // A client too slow to read has a full socket: it gets a moment for the close frame,
+        // not the full send timeout.
+        let wait = if too_slow {
+            Duration::from_millis(100)
+        } else {
+            SEND_TIMEOUT
+        };
         if let Some(message) = message {
             let text = Message::text(message.to_text());
-            let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(text)).await;
+            let _ = tokio::time::timeout(wait, self.ws.send(text)).await;
         }
         let close = Message::Close(Some(CloseFrame {
             code,
             reason: "".into(),
         }));
-        let _ = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(close)).await;
+        let _ = tokio::time::timeout(wait, self.ws.send(close)).await;
     }
 
     async fn send_text(&mut self, text: String) -> Result<(), End> {
         self.send(Message::text(text)).await
     }
 
+    /// Sends one message. A write blocked by a client that does not read ends when the
+    /// upstream evicts the socket (its queue filled meanwhile) or after [`SEND_TIMEOUT`].
     async fn send(&mut self, message: Message) -> Result<(), End> {
-        match tokio::time::timeout(SEND_TIMEOUT, self.ws.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone),
-            Err(_) => Err(End::TooSlow),
+        let evicted = self.evicted.clone();
+        tokio::select! {
+            sent = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::TooSlow),
+            },
+            _ = evicted.notified() => Err(End::TooSlow),
         }
     }
 
@@ -391,7 +406,7 @@ impl Downstream {
         result: &Arc<QueryResult>,
         pending: &mut Vec<Pending>,
     ) {
-        let Some(ids) = self.by_key.get(&(upstream, key.clone())) else {
+        let Some(ids) = self.by_key.get(&upstream).and_then(|keys| keys.get(key)) else {
             return;
         };
         for id in ids {
@@ -497,7 +512,12 @@ impl Downstream {
 
     async fn subscribe(&mut self, query_id: u32, key: QueryKey) {
         let upstream = self.upstream_for(&key).await;
-        let ids = self.by_key.entry((upstream.id, key.clone())).or_default();
+        let ids = self
+            .by_key
+            .entry(upstream.id)
+            .or_default()
+            .entry(key.clone())
+            .or_default();
         let first = ids.is_empty();
         ids.insert(query_id);
         self.queries.insert(
@@ -524,8 +544,8 @@ impl Downstream {
             return false;
         };
         let Some(key) = q.key else { return true };
-        let slot = (q.upstream, key.clone());
-        let now_empty = match self.by_key.get_mut(&slot) {
+        let keys = self.by_key.entry(q.upstream).or_default();
+        let now_empty = match keys.get_mut(&key) {
             Some(ids) => {
                 ids.remove(&query_id);
                 ids.is_empty()
@@ -533,7 +553,10 @@ impl Downstream {
             None => false,
         };
         if now_empty {
-            self.by_key.remove(&slot);
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_key.remove(&q.upstream);
+            }
             let upstream = if self.main.id == q.upstream {
                 Some(self.main.clone())
             } else {
