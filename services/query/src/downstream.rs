@@ -296,6 +296,8 @@ impl Downstream {
     async fn send(&mut self, message: Message) -> Result<(), End> {
         let evicted = self.evicted.clone();
         tokio::select! {
+            // The write first: one that completes at once never registers with `evicted`.
+            biased;
             sent = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(message)) => match sent {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(_)) => Err(End::Gone),
