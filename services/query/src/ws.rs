@@ -76,7 +76,6 @@ async fn handshake(
         let early = parts.read_buf.to_vec();
         WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await
     };
-    drop(parts.write_buf);
     actix_web::rt::spawn(downstream::run(state, ws));
     Ok(())
 }
