@@ -25,6 +25,10 @@ pub struct Config {
     pub ssr: Ssr,
     /// The query service as browsers reach it (`QUERY_PUBLIC_URL`): where page scripts connect.
     pub query_public_url: String,
+    /// `GATEWAY_PAGE_WATCH_SECONDS`: a page's subscribed queries stay watched this long after
+    /// the last render that used them, and renders read the watch; `None` (0): every render
+    /// asks the query service.
+    pub page_watch: Option<std::time::Duration>,
 }
 
 /// Server-side rendering: the gateway's own templates, or an existing SSR app behind it.
@@ -59,6 +63,7 @@ impl Config {
             cache: Some(edge_cache::CacheConfig::default()),
             ssr: Ssr::Pages(None),
             query_public_url: "http://localhost:3210".into(),
+            page_watch: Some(std::time::Duration::from_secs(30)),
         }
     }
 
@@ -131,6 +136,15 @@ impl Config {
                 ))
             }
         };
+        if let Some(v) = get("GATEWAY_PAGE_WATCH_SECONDS") {
+            let secs: u64 = v.parse().map_err(|_| {
+                ConfigError::new(
+                    "GATEWAY_PAGE_WATCH_SECONDS",
+                    format!("expected a number of seconds, got `{v}`"),
+                )
+            })?;
+            config.page_watch = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+        }
         if let Some(v) = get("QUERY_PUBLIC_URL") {
             config.query_public_url = url("QUERY_PUBLIC_URL", v)?;
         }

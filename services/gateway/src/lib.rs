@@ -42,6 +42,8 @@ pub struct State {
     cache_trusted: Arc<AtomicBool>,
     /// Template mode's pages.
     pages: Option<Pages>,
+    /// Template mode's live page data, when `GATEWAY_PAGE_WATCH_SECONDS` is not 0.
+    pub(crate) live: Option<Arc<pages::LiveData>>,
     /// Proxy mode's client of the SSR app.
     http: reqwest::Client,
 }
@@ -199,8 +201,13 @@ impl Application {
             )),
             None => None,
         };
+        let live = match (&pages, config.page_watch) {
+            (Some(_), Some(idle)) => Some(pages::LiveData::new(idle)),
+            _ => None,
+        };
         let state = State {
             config,
+            live,
             clients: Clients::new(endpoint, query),
             cache,
             cache_trusted: Arc::new(AtomicBool::new(false)),

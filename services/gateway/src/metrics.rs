@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use edge_telemetry::prometheus::{HistogramVec, IntCounter, IntCounterVec};
+use edge_telemetry::prometheus::{HistogramVec, IntCounter, IntCounterVec, IntGauge};
 
 pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     edge_telemetry::histogram(
@@ -17,6 +17,21 @@ pub static TOKEN_CACHE: LazyLock<IntCounterVec> = LazyLock::new(|| {
         "edge_gateway_token_cache_total",
         "token cache outcomes",
         &["result"],
+    )
+});
+
+pub static PAGE_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    edge_telemetry::counter_vec(
+        "edge_gateway_page_queries_total",
+        "server-rendered page queries by source: a live watch, or a QueryBatch fetch",
+        &["source"],
+    )
+});
+
+pub static PAGE_WATCHES: LazyLock<IntGauge> = LazyLock::new(|| {
+    edge_telemetry::int_gauge(
+        "edge_gateway_page_watches",
+        "page data watches held open on the query service (set when scraped)",
     )
 });
 
@@ -47,5 +62,7 @@ pub fn init() {
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TOKEN_CACHE);
+    LazyLock::force(&PAGE_QUERIES);
+    LazyLock::force(&PAGE_WATCHES);
     LazyLock::force(&REVOCATIONS_APPLIED);
 }

@@ -7,6 +7,7 @@ use edge_proto::error::ErrorCode;
 use edge_proto::query::v1 as pb;
 use edge_proto::query::v1::query_service_server::QueryService;
 use serde_json::{Value, json};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::proxy::{Proxy, ProxyError, Reply};
@@ -22,11 +23,11 @@ impl GrpcApi {
     }
 }
 
-struct Parsed {
-    token: Option<String>,
-    path: String,
-    args: Value,
-    format: Format,
+pub(crate) struct Parsed {
+    pub token: Option<String>,
+    pub path: String,
+    pub args: Value,
+    pub format: Format,
 }
 
 fn parse(call: pb::FunctionCall) -> Result<Parsed, Status> {
@@ -88,6 +89,8 @@ impl GrpcApi {
 
 #[tonic::async_trait]
 impl QueryService for GrpcApi {
+    type WatchStream = ReceiverStream<Result<pb::QueryBatchResponse, Status>>;
+
     async fn query(
         &self,
         request: Request<pb::FunctionCall>,
@@ -116,6 +119,20 @@ impl QueryService for GrpcApi {
         });
         let results = futures_util::future::try_join_all(calls).await?;
         Ok(Response::new(pb::QueryBatchResponse { results }))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::QueryBatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let calls = request
+            .into_inner()
+            .queries
+            .into_iter()
+            .map(parse)
+            .collect::<Result<Vec<_>, _>>()?;
+        let batches = crate::watch::start(self.proxy.clone(), calls).await?;
+        Ok(Response::new(ReceiverStream::new(batches)))
     }
 
     async fn mutation(

@@ -17,6 +17,7 @@ pub mod key;
 pub mod metrics;
 pub mod proxy;
 pub mod upstream;
+mod watch;
 mod ws;
 
 use std::future::Future;

@@ -14,6 +14,8 @@ pub struct Stats {
     pub upstream_mutations: AtomicU64,
     pub upstream_actions: AtomicU64,
     pub served_from_subscription: AtomicU64,
+    /// The gateway's page watches (gRPC `Watch` streams) open.
+    pub watches: AtomicI64,
 }
 
 impl Stats {
@@ -50,6 +52,11 @@ impl Stats {
                 "edge_query_upstream_subscriptions",
                 "subscriptions held with Convex",
                 &self.upstream_subscriptions,
+            ),
+            (
+                "edge_query_watches",
+                "gRPC Watch streams the gateways hold open for page data",
+                &self.watches,
             ),
         ];
         for (name, help, value) in gauges {

@@ -63,11 +63,48 @@ enum Warmed {
 }
 type WarmKey = (IdentityKey, QueryKey);
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// A subscription's result as Convex's HTTP API words it: `{"status":"success","value",…}` or
+/// `{"status":"error","errorMessage",…}`.
+pub(crate) fn result_body(result: &QueryResult, format: Format) -> String {
+    let log_lines = |lines: &[String]| serde_json::to_string(lines).unwrap_or_else(|_| "[]".into());
+    match result {
+        QueryResult::Value {
+            value,
+            log_lines: lines,
+            ..
+        } => {
+            let value = match format {
+                Format::Json => {
+                    export_json(&serde_json::from_str(value.get()).unwrap_or(Value::Null))
+                        .to_string()
+                }
+                Format::ConvexEncodedJson => value.get().to_owned(),
+            };
+            format!(
+                "{{\"status\":\"success\",\"value\":{value},\"logLines\":{}}}",
+                log_lines(lines)
+            )
+        }
+        QueryResult::Failed {
+            message,
+            data,
+            log_lines: lines,
+            ..
+        } => {
+            let mut body = json!({"status": "error", "errorMessage": message, "logLines": lines});
+            if let Some(data) = data {
+                body["errorData"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
+            }
+            body.to_string()
+        }
+    }
 }
 
 /// Subscribes `key` for a listener of its own, returns the first result, and keeps the
@@ -267,29 +304,16 @@ impl Proxy {
     /// The HTTP answer for a subscription's value (counted as served from a subscription);
     /// `None` for a failed query, whose error Convex words over HTTP.
     fn served(&self, result: &QueryResult, format: Format) -> Option<Reply> {
-        let QueryResult::Value {
-            value, log_lines, ..
-        } = result
-        else {
+        if !matches!(result, QueryResult::Value { .. }) {
             return None;
-        };
+        }
         self.hub
             .stats
             .served_from_subscription
             .fetch_add(1, Ordering::Relaxed);
-        let value = match format {
-            Format::Json => {
-                export_json(&serde_json::from_str(value.get()).unwrap_or(Value::Null)).to_string()
-            }
-            Format::ConvexEncodedJson => value.get().to_owned(),
-        };
-        let body = format!(
-            "{{\"status\":\"success\",\"value\":{value},\"logLines\":{}}}",
-            serde_json::to_string(log_lines).unwrap_or_else(|_| "[]".into())
-        );
         Some(Reply {
             status: 200,
-            body: body.into_bytes().into(),
+            body: result_body(result, format).into_bytes().into(),
             from_subscription: true,
         })
     }

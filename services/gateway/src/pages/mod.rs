@@ -5,6 +5,7 @@
 //! A page's queries run concurrently in one `QueryBatch`, identical ones once. `server: false`
 //! queries are left to the browser; `subscribe: false` ones are rendered but never subscribed.
 
+mod live;
 pub mod manifest;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,10 @@ use minijinja::Environment;
 use serde_json::{Map, Value, json};
 
 use crate::State;
+use crate::metrics;
 use crate::routes::{clear_cookie, session_cookie};
+use live::Identity;
+pub use live::LiveData;
 use manifest::Page;
 
 /// The script that keeps rendered pages live, served at `/_edge/client.js`.
@@ -117,43 +121,59 @@ pub struct PageIndex(pub usize);
 
 /// The identity a page renders for.
 struct Viewer {
-    jwt: Option<String>,
+    identity: Identity,
     user: Value,
     /// The cookie named a session that has ended: clear it.
     clear_cookie: bool,
 }
 
-/// The display claims of a JWT auth issued (not verified here: the gateway holds no key and
-/// got the token from auth itself).
-fn user_of(jwt: &str) -> Value {
-    let claims = jwt
-        .split('.')
-        .nth(1)
-        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-        .unwrap_or(Value::Null);
-    json!({"id": claims["sub"], "name": claims["name"], "email": claims["email"]})
+impl Viewer {
+    fn anonymous(clear_cookie: bool) -> Viewer {
+        Viewer {
+            identity: Identity {
+                key: String::new(),
+                jwt: None,
+                expires_at: i64::MAX,
+            },
+            user: Value::Null,
+            clear_cookie,
+        }
+    }
+
+    /// The viewer a JWT auth issued stands for (its claims are read, not verified: the
+    /// gateway holds no key and got the token from auth itself).
+    fn signed_in(jwt: &str, expires_at: i64) -> Viewer {
+        let mut claims = jwt
+            .split('.')
+            .nth(1)
+            .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+            .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok())
+            .unwrap_or_default();
+        let user = json!({"id": claims.get("sub"), "name": claims.get("name"), "email": claims.get("email")});
+        for volatile in ["iat", "exp", "nbf", "jti"] {
+            claims.remove(volatile);
+        }
+        Viewer {
+            identity: Identity {
+                key: edge_convex::value::canonical_string(&Value::Object(claims)),
+                jwt: Some(jwt.to_owned()),
+                expires_at,
+            },
+            user,
+            clear_cookie: false,
+        }
+    }
 }
 
 async fn viewer(req: &HttpRequest, state: &State) -> Result<Viewer, HttpResponse> {
     let Some(cookie) = session_cookie(req) else {
-        return Ok(Viewer {
-            jwt: None,
-            user: Value::Null,
-            clear_cookie: false,
-        });
+        return Ok(Viewer::anonymous(false));
     };
     match state.token_for(cookie).await {
-        Ok(token) => Ok(Viewer {
-            user: user_of(&token.jwt),
-            jwt: Some(token.jwt.to_string()),
-            clear_cookie: false,
-        }),
-        Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => Ok(Viewer {
-            jwt: None,
-            user: Value::Null,
-            clear_cookie: true,
-        }),
+        Ok(token) => Ok(Viewer::signed_in(&token.jwt, token.expires_at)),
+        Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => {
+            Ok(Viewer::anonymous(true))
+        }
         Err(status) => {
             tracing::warn!(grpc_code = ?status.code(), "page rendered without auth");
             Err(HttpResponse::ServiceUnavailable()
@@ -163,6 +183,26 @@ async fn viewer(req: &HttpRequest, state: &State) -> Result<Viewer, HttpResponse
     }
 }
 
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The query service's calls for `calls` (path, args JSON) under one token.
+fn function_calls(calls: &[&(String, String)], jwt: Option<&str>) -> Vec<qpb::FunctionCall> {
+    calls
+        .iter()
+        .map(|(path, args)| qpb::FunctionCall {
+            path: path.clone(),
+            args_json: args.clone(),
+            jwt: jwt.unwrap_or_default().to_owned(),
+            format: "convex_encoded_json".into(),
+        })
+        .collect()
+}
+
 /// One query's outcome while rendering.
 enum Outcome {
     /// Convex encoded JSON.
@@ -170,56 +210,95 @@ enum Outcome {
     Error(String),
 }
 
-/// Runs the page's server queries in one batch, identical ones once.
+impl Outcome {
+    /// From Convex's result body.
+    fn of(result_json: &str) -> Outcome {
+        let mut body: Value = serde_json::from_str(result_json).unwrap_or(Value::Null);
+        if body["status"] == "success" {
+            Outcome::Value(body["value"].take())
+        } else {
+            let message = body["errorMessage"].as_str().unwrap_or("query failed");
+            Outcome::Error(message.to_owned())
+        }
+    }
+}
+
+/// Runs the page's server queries, identical ones once: the subscribed ones from a live watch
+/// when watches are on, the rest (and all of them if no watch can serve) in one `QueryBatch`,
+/// both at once.
 async fn run_queries<'a>(
+    state: &State,
+    page: &Page,
+    calls: &'a [(String, String)],
+    identity: &Identity,
+) -> HashMap<&'a (String, String), Outcome> {
+    let mut watched: Vec<&(String, String)> = Vec::new();
+    let mut fetched: Vec<&(String, String)> = Vec::new();
+    for (q, call) in page.queries.iter().zip(calls) {
+        if !q.server || watched.contains(&call) || fetched.contains(&call) {
+            continue;
+        }
+        if q.subscribe && state.live.is_some() {
+            watched.push(call);
+        } else {
+            fetched.push(call);
+        }
+    }
+    let jwt = identity.jwt.as_deref();
+    let live = async {
+        match &state.live {
+            Some(live) if !watched.is_empty() => {
+                live.results(state.query(), identity, &watched).await
+            }
+            _ => None,
+        }
+    };
+    let (live, fetched) = futures_util::join!(live, fetch(state, &fetched, jwt));
+    let mut out: HashMap<_, _> = fetched.into_iter().collect();
+    match live {
+        Some(results) => {
+            metrics::PAGE_QUERIES
+                .with_label_values(&["watch"])
+                .inc_by(watched.len() as u64);
+            for (call, result) in watched.into_iter().zip(results.iter()) {
+                out.insert(call, Outcome::of(&result.result_json));
+            }
+        }
+        None => out.extend(fetch(state, &watched, jwt).await),
+    }
+    out
+}
+
+/// Runs `calls` in one `QueryBatch`.
+async fn fetch<'a>(
     state: &State,
     calls: &[&'a (String, String)],
     jwt: Option<&str>,
-) -> HashMap<&'a (String, String), Outcome> {
-    let mut unique: Vec<&(String, String)> = Vec::new();
-    for call in calls {
-        if !unique.contains(call) {
-            unique.push(call);
-        }
+) -> Vec<(&'a (String, String), Outcome)> {
+    if calls.is_empty() {
+        return Vec::new();
     }
-    let mut out = HashMap::new();
-    if unique.is_empty() {
-        return out;
-    }
+    metrics::PAGE_QUERIES
+        .with_label_values(&["fetch"])
+        .inc_by(calls.len() as u64);
     let request = qpb::QueryBatchRequest {
-        queries: unique
-            .iter()
-            .map(|(path, args)| qpb::FunctionCall {
-                path: path.clone(),
-                args_json: args.clone(),
-                jwt: jwt.unwrap_or_default().to_owned(),
-                format: "convex_encoded_json".into(),
-            })
-            .collect(),
+        queries: function_calls(calls, jwt),
     };
-    let results = state.query().query_batch(request).await;
-    match results {
-        Ok(r) => {
-            for (call, result) in unique.into_iter().zip(r.into_inner().results) {
-                let mut body: Value =
-                    serde_json::from_str(&result.result_json).unwrap_or(Value::Null);
-                let outcome = if body["status"] == "success" {
-                    Outcome::Value(body["value"].take())
-                } else {
-                    let message = body["errorMessage"].as_str().unwrap_or("query failed");
-                    Outcome::Error(message.to_owned())
-                };
-                out.insert(call, outcome);
-            }
-        }
+    match state.query().query_batch(request).await {
+        Ok(r) => calls
+            .iter()
+            .copied()
+            .zip(r.into_inner().results)
+            .map(|(call, result)| (call, Outcome::of(&result.result_json)))
+            .collect(),
         Err(status) => {
             tracing::warn!(grpc_code = ?status.code(), "page queries failed");
-            for call in unique {
-                out.insert(call, Outcome::Error("query service unavailable".into()));
-            }
+            calls
+                .iter()
+                .map(|call| (*call, Outcome::Error("query service unavailable".into())))
+                .collect()
         }
     }
-    out
 }
 
 /// JSON that is safe inside `<script>`: no `<`, `>`, `&` or line separators left raw.
@@ -266,14 +345,7 @@ pub async fn render(
         .zip(&args)
         .map(|(q, a)| (q.path.to_string(), Value::Object(a.clone()).to_string()))
         .collect();
-    let server_calls: Vec<&(String, String)> = page
-        .queries
-        .iter()
-        .zip(&calls)
-        .filter(|(q, _)| q.server)
-        .map(|(_, c)| c)
-        .collect();
-    let outcomes = run_queries(&state, &server_calls, viewer.jwt.as_deref()).await;
+    let outcomes = run_queries(&state, page, &calls, &viewer.identity).await;
 
     let mut values = Map::new();
     let mut errors = Map::new();
@@ -300,7 +372,7 @@ pub async fn render(
     let state_json = json!({
         "convexUrl": state.config.query_public_url,
         "tokenUrl": "/api/auth/convex/token",
-        "signedIn": viewer.jwt.is_some(),
+        "signedIn": viewer.identity.jwt.is_some(),
         "userId": viewer.user["id"],
         "queries": hydration,
     });
@@ -381,7 +453,10 @@ mod tests {
     #[test]
     fn user_claims_come_from_the_token_payload() {
         let payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"u1","name":"Ada","email":"a@x"}"#);
-        let user = user_of(&format!("h.{payload}.s"));
-        assert_eq!(user, json!({"id": "u1", "name": "Ada", "email": "a@x"}));
+        let viewer = Viewer::signed_in(&format!("h.{payload}.s"), 0);
+        assert_eq!(
+            viewer.user,
+            json!({"id": "u1", "name": "Ada", "email": "a@x"})
+        );
     }
 }

@@ -34,6 +34,9 @@ async fn metrics(state: web::Data<State>) -> HttpResponse {
     if let Some(cache) = state.cache() {
         crate::metrics::sync_redis_errors(cache.stats().redis_errors.load(Ordering::Relaxed));
     }
+    if let Some(live) = &state.live {
+        crate::metrics::PAGE_WATCHES.set(live.watches() as i64);
+    }
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, edge_telemetry::METRICS_CONTENT_TYPE))
         .body(edge_telemetry::render())

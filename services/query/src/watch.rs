@@ -1,0 +1,278 @@
+//! `Watch` for the gateway: a page's queries held live on the identity's shared upstream
+//! subscriptions, sent as one batch once every query has a result and again whenever one of
+//! them changes. The gateway renders pages from the last batch instead of asking per render.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use edge_proto::error::ErrorCode;
+use edge_proto::query::v1 as pb;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::grpc::Parsed;
+use crate::identity::IdentityKey;
+use crate::key::QueryKey;
+use crate::proxy::{self, Proxy};
+use crate::upstream::{self, Command, Event, ListenerId, QueryResult, Upstream, UpstreamId};
+
+/// The first batch (every query's first result) must come within this.
+const FIRST_BATCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the gRPC response streams.
+pub type Batches = mpsc::Receiver<Result<pb::QueryBatchResponse, Status>>;
+
+/// One watched query and its latest result.
+struct Slot {
+    upstream: UpstreamId,
+    key: QueryKey,
+    format: edge_convex::http::Format,
+    result: Option<Arc<QueryResult>>,
+}
+
+/// Checks every call, subscribes them all, and returns the stream of batches. Nothing is
+/// subscribed when a call is invalid or the token is refused.
+pub async fn start(proxy: Arc<Proxy>, calls: Vec<Parsed>) -> Result<Batches, Status> {
+    let invalid = |m: &str| ErrorCode::VALIDATION_ERROR.to_status(m.to_owned());
+    let Some(token) = calls.first().map(|c| c.token.clone()) else {
+        return Err(invalid("a watch needs at least one query"));
+    };
+    if calls.iter().any(|c| c.token != token) {
+        return Err(invalid("every query of a watch carries the same JWT"));
+    }
+    let mut keys = Vec::with_capacity(calls.len());
+    for call in &calls {
+        let key = QueryKey::new(&call.path, &call.args, None)
+            .map_err(|e| invalid(&format!("invalid path `{}`: {e}", call.path)))?;
+        keys.push(key);
+    }
+    let user = match &token {
+        Some(t) => Some(
+            proxy
+                .identities
+                .verify(t)
+                .await
+                .map_err(|m| ErrorCode::UNAUTHORIZED.to_status(m))?,
+        ),
+        None => None,
+    };
+    let identity = user
+        .as_ref()
+        .map_or(IdentityKey::Anonymous, |u| u.key.clone());
+
+    let listener = upstream::next_id();
+    let (events_tx, events) = mpsc::channel(64);
+    let evicted = Arc::new(Notify::new());
+    let mut upstreams: Vec<(IdentityKey, Upstream)> = Vec::new();
+    let mut slots = Vec::with_capacity(keys.len());
+    for (call, key) in calls.into_iter().zip(keys) {
+        // Shared functions run anonymously, as for every other read.
+        let via = if proxy.shared_functions.contains(&key.path) {
+            IdentityKey::Anonymous
+        } else {
+            identity.clone()
+        };
+        let upstream = match upstreams.iter().find(|(v, _)| *v == via) {
+            Some((_, u)) => u.clone(),
+            None => {
+                let attach = Command::Attach {
+                    listener,
+                    tx: events_tx.clone(),
+                    evicted: evicted.clone(),
+                };
+                let upstream = match (&via, &user) {
+                    // The token goes first so the upstream authenticates before subscribing.
+                    (IdentityKey::User(_), Some(u)) => {
+                        let token = Command::Token {
+                            token: u.token.clone(),
+                            expires_at: u.expires_at,
+                        };
+                        let upstream = proxy.hub.send(&via, token).await;
+                        let _ = upstream.tx.send(attach).await;
+                        upstream
+                    }
+                    _ => proxy.hub.send(&via, attach).await,
+                };
+                upstreams.push((via, upstream.clone()));
+                upstream
+            }
+        };
+        let _ = upstream
+            .tx
+            .send(Command::Subscribe {
+                listener,
+                key: key.clone(),
+            })
+            .await;
+        slots.push(Slot {
+            upstream: upstream.id,
+            key,
+            format: call.format,
+            result: None,
+        });
+    }
+    drop(events_tx);
+    let (tx, rx) = mpsc::channel(2);
+    let expires_at = user.map(|u| u.expires_at);
+    proxy.hub.stats.watches.fetch_add(1, Ordering::Relaxed);
+    let stats = proxy.hub.stats.clone();
+    tokio::spawn(async move {
+        let watch = Watch {
+            listener,
+            slots,
+            events,
+            evicted,
+            tx,
+        };
+        watch.run(expires_at, upstreams).await;
+        stats.watches.fetch_sub(1, Ordering::Relaxed);
+    });
+    Ok(rx)
+}
+
+struct Watch {
+    listener: ListenerId,
+    slots: Vec<Slot>,
+    events: mpsc::Receiver<Event>,
+    evicted: Arc<Notify>,
+    tx: mpsc::Sender<Result<pb::QueryBatchResponse, Status>>,
+}
+
+impl Watch {
+    async fn run(mut self, expires_at: Option<i64>, upstreams: Vec<(IdentityKey, Upstream)>) {
+        let first_deadline = Instant::now() + FIRST_BATCH_TIMEOUT;
+        // Convex would refuse the token from then on; the caller watches again with a newer one.
+        let expiry = expires_at.map(|exp| {
+            let left = exp - proxy::unix_now();
+            Instant::now() + Duration::from_secs(left.max(0) as u64)
+        });
+        let mut sent = false;
+        let mut changed = false;
+        let end = loop {
+            tokio::select! {
+                event = self.events.recv() => {
+                    let Some(event) = event else {
+                        break Some(ErrorCode::SERVICE_UNAVAILABLE.to_status(
+                            "the connection to Convex was lost",
+                        ));
+                    };
+                    // Everything already queued goes into one batch.
+                    let mut next = Some(event);
+                    let mut refused = None;
+                    while let Some(event) = next {
+                        match self.apply(event) {
+                            Applied::Changed => changed = true,
+                            Applied::Refused(e) => refused = Some(e),
+                            Applied::Nothing => {}
+                        }
+                        next = self.events.try_recv().ok();
+                    }
+                    if let Some(error) = refused {
+                        break Some(ErrorCode::UNAUTHORIZED.to_status(error));
+                    }
+                    if changed && self.slots.iter().all(|s| s.result.is_some()) {
+                        if self.tx.send(Ok(self.batch())).await.is_err() {
+                            break None;
+                        }
+                        sent = true;
+                        changed = false;
+                    }
+                }
+                () = self.evicted.notified() => {
+                    break Some(ErrorCode::SERVICE_UNAVAILABLE.to_status(
+                        "the watch fell behind its subscriptions",
+                    ));
+                }
+                () = self.tx.closed() => break None,
+                () = tokio::time::sleep_until(first_deadline), if !sent => {
+                    break Some(ErrorCode::SERVICE_UNAVAILABLE.to_status(
+                        "no result from Convex in time",
+                    ));
+                }
+                () = tokio::time::sleep_until(expiry.unwrap_or(first_deadline)), if expiry.is_some() => {
+                    break Some(ErrorCode::UNAUTHORIZED.to_status("the token expired"));
+                }
+            }
+        };
+        if let Some(status) = end {
+            let _ = self.tx.send(Err(status)).await;
+        }
+        for (_, upstream) in upstreams {
+            let _ = upstream
+                .tx
+                .send(Command::Detach {
+                    listener: self.listener,
+                })
+                .await;
+        }
+    }
+
+    fn apply(&mut self, event: Event) -> Applied {
+        let mut set = |upstream: UpstreamId, key: &QueryKey, result: &Arc<QueryResult>| {
+            let mut changed = false;
+            for slot in &mut self.slots {
+                if slot.upstream == upstream
+                    && slot.key == *key
+                    && slot.result.as_ref().is_none_or(|r| !r.same_as(result))
+                {
+                    slot.result = Some(result.clone());
+                    changed = true;
+                }
+            }
+            changed
+        };
+        match event {
+            Event::Transition {
+                upstream, updates, ..
+            } => {
+                let mut changed = false;
+                for (key, result) in updates.iter() {
+                    changed |= set(upstream, key, result);
+                }
+                if changed {
+                    Applied::Changed
+                } else {
+                    Applied::Nothing
+                }
+            }
+            Event::Current {
+                upstream,
+                key,
+                result,
+                ..
+            } => {
+                if set(upstream, &key, &result) {
+                    Applied::Changed
+                } else {
+                    Applied::Nothing
+                }
+            }
+            Event::AuthFailed { error, .. } => Applied::Refused(error),
+            Event::Response { .. } => Applied::Nothing,
+        }
+    }
+
+    fn batch(&self) -> pb::QueryBatchResponse {
+        let results = self
+            .slots
+            .iter()
+            .map(|slot| pb::FunctionResult {
+                result_json: slot
+                    .result
+                    .as_deref()
+                    .map(|r| proxy::result_body(r, slot.format))
+                    .unwrap_or_default(),
+                from_subscription: true,
+            })
+            .collect();
+        pb::QueryBatchResponse { results }
+    }
+}
+
+enum Applied {
+    Changed,
+    Refused(String),
+    Nothing,
+}
