@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::{Proc, read_lines_until, sign_up, spawn};
+use crate::{Proc, read_lines_until, scrape, sign_up, spawn};
 
 struct Dev {
     site: String,
@@ -194,6 +194,78 @@ async fn pages_hold_their_server_queries_before_any_script_runs() {
     );
     let missing = reqwest::get(format!("{}/nowhere", dev.site)).await.unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+/// The gateway's page-query counters: (from a live watch, fetched), and the watches open.
+async fn page_sources(site: &str) -> (f64, f64, f64) {
+    let url = format!("{site}/metrics");
+    (
+        scrape(&url, r#"edge_gateway_page_queries_total{source="watch"}"#).await,
+        scrape(&url, r#"edge_gateway_page_queries_total{source="fetch"}"#).await,
+        scrape(&url, "edge_gateway_page_watches").await,
+    )
+}
+
+#[tokio::test]
+async fn pages_follow_changes_through_a_live_watch_and_fetch_what_is_not_subscribed() {
+    let pages = edge_testkit::TempDir::default();
+    write_pages(pages.path());
+    let dev = dev(&[("PAGES_DIR", pages.path().display().to_string())]);
+    let cookie = sign_up(&dev.site, "Grace", "grace@example.com").await;
+    let token = jwt(&dev.site, &cookie).await;
+    send(&dev.query, &token, "lobby", "before").await;
+
+    let (_, page) = html(&dev.site, "/room/lobby", Some(&cookie)).await;
+    assert!(page.contains("Grace: before"), "{page}");
+    assert!(page.contains(r#"<p id="who">Grace / grace@example.com</p>"#));
+    // `live` and `again` are one call; with `me`, two watched queries. `once` (subscribe:
+    // false) is fetched; `later` (server: false) is not run.
+    assert_eq!(page_sources(&dev.site).await, (2.0, 1.0, 1.0));
+
+    // A change reaches the next renders through the watch, with no new watch.
+    send(&dev.query, &token, "lobby", "after").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut renders = 1.0;
+    loop {
+        let (_, page) = html(&dev.site, "/room/lobby", Some(&cookie)).await;
+        renders += 1.0;
+        if page.contains("Grace: after") {
+            assert!(page.contains("Grace: before"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never reached the page: {page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        page_sources(&dev.site).await,
+        (2.0 * renders, renders, 1.0)
+    );
+    // The query service holds the watch.
+    let query_metrics = format!("{}/metrics", dev.query);
+    assert_eq!(scrape(&query_metrics, "edge_query_watches").await, 1.0);
+
+    // Another identity (anonymous) has a watch of its own and sees public data only.
+    let (_, page) = html(&dev.site, "/room/lobby", None).await;
+    assert!(page.contains("Grace: after") && page.contains("anonymous / nobody"));
+    assert_eq!(page_sources(&dev.site).await.2, 2.0);
+
+    // Watches off: every render fetches every server query.
+    let off = dev_with_pages(pages.path(), &[("GATEWAY_PAGE_WATCH_SECONDS", "0")]);
+    let cookie = sign_up(&off.site, "Hopper", "hopper@example.com").await;
+    for _ in 0..2 {
+        let (_, page) = html(&off.site, "/room/lobby", Some(&cookie)).await;
+        assert!(page.contains(r#"<p id="who">Hopper / hopper@example.com</p>"#));
+    }
+    assert_eq!(page_sources(&off.site).await, (0.0, 6.0, 0.0));
+}
+
+fn dev_with_pages(pages: &Path, extra: &[(&str, &str)]) -> Dev {
+    let mut env = vec![("PAGES_DIR", pages.display().to_string())];
+    env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    dev(&env)
 }
 
 #[tokio::test]
