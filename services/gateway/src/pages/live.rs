@@ -7,8 +7,9 @@
 //! query service's own identity key — so a session's successive tokens share a watch. A watch
 //! ends when no render used it for the idle time, when the query service ends it (token expired
 //! or refused, Convex lost), or is replaced by the next render once its token has less than
-//! [`MIN_TOKEN_LEFT`] to live. A render waits once for a new watch's first batch; a watch that
-//! cannot be opened leaves the render to `QueryBatch`.
+//! [`MIN_TOKEN_LEFT`] to live. Renders wait for a new watch's first batch for at most
+//! [`FIRST_BATCH_WAIT`] after it opened; past that, or when a watch cannot be opened, they
+//! fetch with `QueryBatch`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +25,10 @@ use tonic::transport::Channel;
 const MIN_TOKEN_LEFT: i64 = 60;
 /// At most this many watches; past it, renders fetch.
 const CAPACITY: usize = 10_000;
-/// A render waits at most this for a new watch's first batch (the query service gives up
-/// after 10 s and says so).
-const FIRST_BATCH_WAIT: Duration = Duration::from_secs(11);
+/// Renders wait at most this long after a watch opened for its first batch, then fetch (the
+/// watch goes on: Convex may be slow or unreachable, and the query service gives up on a
+/// first batch after 10 s).
+const FIRST_BATCH_WAIT: Duration = Duration::from_secs(2);
 
 pub type Results = Arc<Vec<qpb::FunctionResult>>;
 
@@ -48,6 +50,8 @@ struct Entry {
     batch: watch::Receiver<Batch>,
     /// Unix seconds at which the token the watch was opened with expires.
     expires_at: i64,
+    /// Milliseconds since [`EPOCH`] when it opened.
+    opened: u64,
     /// Milliseconds since [`EPOCH`] of the last render that used it.
     last_used: AtomicU64,
 }
@@ -112,34 +116,37 @@ impl LiveData {
             calls: calls.iter().map(|c| (*c).clone()).collect(),
         };
         let now = super::unix_now();
-        let mut batch = {
+        let (mut batch, opened) = {
             let mut entries = self.entries();
             match entries.get(&key) {
                 Some(entry) if entry.usable(now) => {
                     entry.last_used.store(now_ms(), Ordering::Relaxed);
-                    entry.batch.clone()
+                    (entry.batch.clone(), entry.opened)
                 }
                 existing => {
                     if existing.is_none() && entries.len() >= CAPACITY {
                         return None;
                     }
                     let (tx, rx) = watch::channel(Batch::Pending);
+                    let opened = now_ms();
                     let entry = Arc::new(Entry {
                         batch: rx.clone(),
                         expires_at: identity.expires_at,
-                        last_used: AtomicU64::new(now_ms()),
+                        opened,
+                        last_used: AtomicU64::new(opened),
                     });
                     entries.insert(key.clone(), entry.clone());
                     let request = qpb::QueryBatchRequest {
                         queries: super::function_calls(calls, identity.jwt.as_deref()),
                     };
                     tokio::spawn(self.clone().run(client, request, tx, key, entry));
-                    rx
+                    (rx, opened)
                 }
             }
         };
+        let waited = Duration::from_millis(now_ms().saturating_sub(opened));
         let ready = tokio::time::timeout(
-            FIRST_BATCH_WAIT,
+            FIRST_BATCH_WAIT.saturating_sub(waited),
             batch.wait_for(|b| !matches!(b, Batch::Pending)),
         )
         .await;
