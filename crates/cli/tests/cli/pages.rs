@@ -239,10 +239,7 @@ async fn pages_follow_changes_through_a_live_watch_and_fetch_what_is_not_subscri
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert_eq!(
-        page_sources(&dev.site).await,
-        (2.0 * renders, renders, 1.0)
-    );
+    assert_eq!(page_sources(&dev.site).await, (2.0 * renders, renders, 1.0));
     // The query service holds the watch.
     let query_metrics = format!("{}/metrics", dev.query);
     assert_eq!(scrape(&query_metrics, "edge_query_watches").await, 1.0);

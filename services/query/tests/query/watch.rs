@@ -156,3 +156,38 @@ async fn a_watch_ends_when_its_token_expires() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_watches_share_one_connection() {
+    // A gateway thread keeps every page watch on one HTTP/2 connection: more of them than
+    // HTTP/2's customary 100–200 concurrent streams must neither wait nor stall other calls.
+    let stack = Stack::start().await;
+    let grpc = grpc(&stack).await;
+    let mut streams = Vec::new();
+    for i in 0..300 {
+        let request = pb::QueryBatchRequest {
+            queries: vec![call(
+                "messages:list",
+                &format!(r#"{{"channel":"c{i}"}}"#),
+                "",
+            )],
+        };
+        let mut batches = grpc.clone().watch(request).await.unwrap().into_inner();
+        let first = batches.message().await.unwrap().unwrap();
+        assert_eq!(value(&first.results[0]), serde_json::json!([]));
+        streams.push(batches);
+    }
+    assert_eq!(stack.stats.watches.load(Ordering::Relaxed), 300);
+    let r = grpc
+        .clone()
+        .query(call("config:get", "{}", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result_json.contains("convex-edge demo"));
+    drop(streams);
+    eventually("every watch to end", || {
+        stack.stats.watches.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
