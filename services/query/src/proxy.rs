@@ -73,12 +73,9 @@ pub(crate) fn unix_now() -> i64 {
 /// A subscription's result as Convex's HTTP API words it: `{"status":"success","value",…}` or
 /// `{"status":"error","errorMessage",…}`.
 pub(crate) fn result_body(result: &QueryResult, format: Format) -> String {
-    let log_lines = |lines: &[String]| serde_json::to_string(lines).unwrap_or_else(|_| "[]".into());
     match result {
         QueryResult::Value {
-            value,
-            log_lines: lines,
-            ..
+            value, log_lines, ..
         } => {
             let value = match format {
                 Format::Json => {
@@ -89,16 +86,17 @@ pub(crate) fn result_body(result: &QueryResult, format: Format) -> String {
             };
             format!(
                 "{{\"status\":\"success\",\"value\":{value},\"logLines\":{}}}",
-                log_lines(lines)
+                serde_json::to_string(log_lines).unwrap_or_else(|_| "[]".into())
             )
         }
         QueryResult::Failed {
             message,
             data,
-            log_lines: lines,
+            log_lines,
             ..
         } => {
-            let mut body = json!({"status": "error", "errorMessage": message, "logLines": lines});
+            let mut body =
+                json!({"status": "error", "errorMessage": message, "logLines": log_lines});
             if let Some(data) = data {
                 body["errorData"] = serde_json::from_str(data.get()).unwrap_or(Value::Null);
             }

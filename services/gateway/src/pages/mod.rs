@@ -2,7 +2,8 @@
 //! through the query service's gRPC API with the user's token (from the shared token cache),
 //! and the results embedded for the small client script (`client.js`) that keeps them live.
 //!
-//! A page's queries run concurrently in one `QueryBatch`, identical ones once. `server: false`
+//! A page's queries run concurrently, identical ones once: the subscribed ones from a live
+//! watch on the query service (`live.rs`), the others in one `QueryBatch`. `server: false`
 //! queries are left to the browser; `subscribe: false` ones are rendered but never subscribed.
 
 mod live;
