@@ -78,9 +78,11 @@ pub struct LiveData {
     entries: Mutex<HashMap<Key, Arc<Entry>>>,
 }
 
-/// Who a page renders for, as the query service keys its upstreams: `""` for anonymous.
+/// Who a page renders for.
 pub struct Identity {
-    pub key: String,
+    /// As the query service keys its upstreams (`""` for anonymous); `None` when the token's
+    /// claims cannot be read, so that no watch is shared on a guess.
+    pub key: Option<String>,
     pub jwt: Option<String>,
     /// Unix seconds; `i64::MAX` for anonymous.
     pub expires_at: i64,
@@ -112,7 +114,7 @@ impl LiveData {
         calls: &[&(String, String)],
     ) -> Option<Results> {
         let key = Key {
-            identity: identity.key.clone(),
+            identity: identity.key.clone()?,
             calls: calls.iter().map(|c| (*c).clone()).collect(),
         };
         let now = super::unix_now();

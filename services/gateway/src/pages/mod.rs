@@ -132,7 +132,7 @@ impl Viewer {
     fn anonymous(clear_cookie: bool) -> Viewer {
         Viewer {
             identity: Identity {
-                key: String::new(),
+                key: Some(String::new()),
                 jwt: None,
                 expires_at: i64::MAX,
             },
@@ -154,9 +154,13 @@ impl Viewer {
         for volatile in ["iat", "exp", "nbf", "jti"] {
             claims.remove(volatile);
         }
+        let key = claims
+            .get("sub")
+            .is_some_and(Value::is_string)
+            .then(|| edge_convex::value::canonical_string(&Value::Object(claims)));
         Viewer {
             identity: Identity {
-                key: edge_convex::value::canonical_string(&Value::Object(claims)),
+                key,
                 jwt: Some(jwt.to_owned()),
                 expires_at,
             },
@@ -452,12 +456,28 @@ mod tests {
     }
 
     #[test]
-    fn user_claims_come_from_the_token_payload() {
+    fn viewer_and_watch_identity_come_from_the_token_payload() {
         let payload = URL_SAFE_NO_PAD.encode(r#"{"sub":"u1","name":"Ada","email":"a@x"}"#);
         let viewer = Viewer::signed_in(&format!("h.{payload}.s"), 0);
         assert_eq!(
             viewer.user,
             json!({"id": "u1", "name": "Ada", "email": "a@x"})
         );
+        // Successive tokens of one session share a watch; other sessions and unreadable
+        // tokens do not.
+        let token = |claims: Value| format!("h.{}.s", URL_SAFE_NO_PAD.encode(claims.to_string()));
+        let key = |claims: Value| Viewer::signed_in(&token(claims), 0).identity.key;
+        let first = key(json!({"sub": "u1", "sessionId": "s1", "iat": 1, "exp": 900}));
+        assert!(first.is_some());
+        assert_eq!(
+            first,
+            key(json!({"exp": 960, "sessionId": "s1", "iat": 60, "sub": "u1"}))
+        );
+        assert_ne!(
+            first,
+            key(json!({"sub": "u1", "sessionId": "s2", "iat": 1, "exp": 900}))
+        );
+        assert_eq!(key(json!({"name": "no subject"})), None);
+        assert_eq!(Viewer::signed_in("not a jwt", 0).identity.key, None);
     }
 }
