@@ -15,11 +15,15 @@ use crate::proxy::{Proxy, ProxyError, Reply};
 #[derive(Debug, Clone)]
 pub struct GrpcApi {
     proxy: Arc<Proxy>,
+    shutting_down: tokio::sync::watch::Receiver<bool>,
 }
 
 impl GrpcApi {
-    pub fn new(proxy: Arc<Proxy>) -> Self {
-        GrpcApi { proxy }
+    pub fn new(proxy: Arc<Proxy>, shutting_down: tokio::sync::watch::Receiver<bool>) -> Self {
+        GrpcApi {
+            proxy,
+            shutting_down,
+        }
     }
 }
 
@@ -131,7 +135,8 @@ impl QueryService for GrpcApi {
             .into_iter()
             .map(parse)
             .collect::<Result<Vec<_>, _>>()?;
-        let batches = crate::watch::start(self.proxy.clone(), calls).await?;
+        let batches =
+            crate::watch::start(self.proxy.clone(), calls, self.shutting_down.clone()).await?;
         Ok(Response::new(ReceiverStream::new(batches)))
     }
 

@@ -40,7 +40,8 @@ pub use config::{Config, ConfigError};
 /// What every handler shares.
 pub struct AppState {
     pub config: Config,
-    /// Flips to `true` when the service shuts down: client sockets close with a restart hint.
+    /// Flips to `true` when the service shuts down: client sockets close with a restart hint,
+    /// and the gateways' watches end so that they watch again elsewhere.
     pub shutting_down: tokio::sync::watch::Receiver<bool>,
     pub hub: Arc<hub::Hub>,
     pub identities: Arc<identity::Identities>,
@@ -191,6 +192,7 @@ impl Application {
         let grpc = tonic::transport::Server::builder()
             .add_service(QueryServiceServer::new(grpc::GrpcApi::new(
                 self.state.proxy.clone(),
+                self.state.shutting_down.clone(),
             )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use edge_proto::error::ErrorCode;
 use edge_proto::query::v1 as pb;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 use tonic::Status;
 
@@ -33,8 +33,13 @@ struct Slot {
 }
 
 /// Checks every call, subscribes them all, and returns the stream of batches. Nothing is
-/// subscribed when a call is invalid or the token is refused.
-pub async fn start(proxy: Arc<Proxy>, calls: Vec<Parsed>) -> Result<Batches, Status> {
+/// subscribed when a call is invalid or the token is refused. The watch ends when
+/// `shutting_down` flips.
+pub async fn start(
+    proxy: Arc<Proxy>,
+    calls: Vec<Parsed>,
+    shutting_down: watch::Receiver<bool>,
+) -> Result<Batches, Status> {
     let invalid = |m: &str| ErrorCode::VALIDATION_ERROR.to_status(m.to_owned());
     let Some(token) = calls.first().map(|c| c.token.clone()) else {
         return Err(invalid("a watch needs at least one query"));
@@ -126,7 +131,7 @@ pub async fn start(proxy: Arc<Proxy>, calls: Vec<Parsed>) -> Result<Batches, Sta
             evicted,
             tx,
         };
-        watch.run(expires_at, upstreams).await;
+        watch.run(expires_at, upstreams, shutting_down).await;
         stats.watches.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(rx)
@@ -141,13 +146,25 @@ struct Watch {
 }
 
 impl Watch {
-    async fn run(mut self, expires_at: Option<i64>, upstreams: Vec<(IdentityKey, Upstream)>) {
+    async fn run(
+        mut self,
+        expires_at: Option<i64>,
+        upstreams: Vec<(IdentityKey, Upstream)>,
+        mut shutting_down: watch::Receiver<bool>,
+    ) {
         let first_deadline = Instant::now() + FIRST_BATCH_TIMEOUT;
         // Convex would refuse the token from then on; the caller watches again with a newer one.
         let expiry = expires_at.map(|exp| {
             let left = exp - proxy::unix_now();
             Instant::now() + Duration::from_secs(left.max(0) as u64)
         });
+        let closing = async move {
+            if shutting_down.wait_for(|closing| *closing).await.is_err() {
+                // No one can shut the service down any more.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::pin!(closing);
         let mut sent = false;
         let mut changed = false;
         let end = loop {
@@ -186,6 +203,11 @@ impl Watch {
                     ));
                 }
                 () = self.tx.closed() => break None,
+                () = &mut closing => {
+                    break Some(ErrorCode::SERVICE_UNAVAILABLE.to_status(
+                        "the query service is shutting down",
+                    ));
+                }
                 () = tokio::time::sleep_until(first_deadline), if !sent => {
                     break Some(ErrorCode::SERVICE_UNAVAILABLE.to_status(
                         "no result from Convex in time",

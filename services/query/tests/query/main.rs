@@ -200,7 +200,7 @@ impl Stack {
         self.devconvex_engine.stats.subscriptions()
     }
 
-    /// Restarts the query service on the same port.
+    /// Restarts the query service on the same ports.
     pub async fn restart_query(&mut self) {
         let addr = self.query.addr;
         let old = std::mem::replace(
@@ -214,7 +214,7 @@ impl Stack {
         old.stop().await;
         let mut config = self.query_config.clone();
         config.http_addr = addr;
-        config.grpc_addr = "127.0.0.1:0".parse().unwrap();
+        config.grpc_addr = self.query_grpc;
         let (running, stats, grpc) = start_query(config).await;
         self.query = running;
         self.stats = stats;

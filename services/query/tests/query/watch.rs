@@ -8,7 +8,7 @@ use edge_proto::query::v1::query_service_client::QueryServiceClient;
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::{Client, Options, Stack, eventually};
+use crate::{Client, Options, Stack, eventually, run};
 
 async fn grpc(stack: &Stack) -> QueryServiceClient<Channel> {
     QueryServiceClient::connect(format!("http://{}", stack.query_grpc()))
@@ -199,4 +199,66 @@ async fn hundreds_of_watches_share_one_connection() {
         stack.stats.watches.load(Ordering::Relaxed) == 0
     })
     .await;
+}
+
+/// A gateway rendering the demo's pages from this stack's query service.
+async fn gateway(stack: &Stack) -> (crate::Running, String) {
+    let mut config = edge_gateway::Config::local();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.auth_grpc_url = format!("http://{}", stack.auth_grpc);
+    config.query_grpc_url = format!("http://{}", stack.query_grpc());
+    config.workers = 1;
+    let app = edge_gateway::Application::build(config).await.unwrap();
+    let addr = app.addr();
+    (run(addr, |s| app.run_until(s)), format!("http://{addr}"))
+}
+
+async fn send(stack: &Stack, token: &str, body: &str) {
+    let mut grpc = grpc(stack).await;
+    let args = serde_json::json!({"channel": "general", "body": body}).to_string();
+    let r = grpc
+        .mutation(call("messages:send", &args, token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.result_json.contains("success"), "{}", r.result_json);
+}
+
+/// Renders `/` until it shows `text`; every render must succeed.
+async fn home_until(site: &str, text: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = reqwest::get(format!("{site}/")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page = r.text().await.unwrap();
+        if page.contains(text) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "`{text}` never reached the page: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_render_from_a_new_watch_after_the_query_service_restarts() {
+    let mut stack = Stack::start().await;
+    let (_gateway, site) = gateway(&stack).await;
+    let token = stack.token_for("restart@example.com").await;
+    send(&stack, &token, "before the restart").await;
+    home_until(&site, "before the restart").await;
+    assert_eq!(stack.stats.watches.load(Ordering::Relaxed), 1);
+
+    // The watch ends with the query service; renders fetch until a new one serves them.
+    stack.restart_query().await;
+    send(&stack, &token, "after the restart").await;
+    home_until(&site, "after the restart").await;
+    eventually("a new watch on the new query service", || {
+        stack.stats.watches.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    send(&stack, &token, "through the new watch").await;
+    home_until(&site, "through the new watch").await;
 }
