@@ -49,8 +49,7 @@ pub async fn start(
     }
     let mut keys = Vec::with_capacity(calls.len());
     for call in &calls {
-        let key = QueryKey::new(&call.path, &call.args, None)
-            .map_err(|e| invalid(&format!("invalid path `{}`: {e}", call.path)))?;
+        let key = QueryKey::new(&call.path, &call.args, None).map_err(|e| invalid(&e))?;
         keys.push(key);
     }
     let user = match &token {

@@ -111,7 +111,7 @@ async fn a_watch_with_bad_input_is_refused_and_subscribes_nothing() {
                 call("no such/path!", "{}", &token),
             ],
             tonic::Code::InvalidArgument,
-            "invalid path",
+            "invalid function path `no such/path!`",
         ),
         (
             vec![call("tasks:list", "not json", &token)],
