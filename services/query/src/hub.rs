@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::error::TrySendError;
 
-use crate::identity::IdentityKey;
+use crate::identity::{IdentityKey, VerifiedUser};
 use crate::metrics::Stats;
 use crate::upstream::{self, Command, Upstream};
 
@@ -80,6 +80,29 @@ impl Hub {
                 },
                 Err(TrySendError::Closed(c)) => command = c,
             }
+        }
+    }
+
+    /// Attaches a listener (`attach`, a [`Command::Attach`]) to the upstream of `identity`. A
+    /// signed-in listener's token goes first, so the upstream authenticates before the
+    /// listener subscribes.
+    pub async fn attach(
+        self: &Arc<Self>,
+        identity: &IdentityKey,
+        user: Option<&VerifiedUser>,
+        attach: Command,
+    ) -> Upstream {
+        match (identity, user) {
+            (IdentityKey::User(_), Some(u)) => {
+                let token = Command::Token {
+                    token: u.token.clone(),
+                    expires_at: u.expires_at,
+                };
+                let upstream = self.send(identity, token).await;
+                let _ = upstream.tx.send(attach).await;
+                upstream
+            }
+            _ => self.send(identity, attach).await,
         }
     }
 

@@ -122,19 +122,7 @@ async fn warm_up(
         tx,
         evicted: Arc::new(Notify::new()),
     };
-    let upstream = match user {
-        // The token goes first so the upstream authenticates before subscribing.
-        Some(u) => {
-            let token = Command::Token {
-                token: u.token,
-                expires_at: u.expires_at,
-            };
-            let upstream = hub.send(&identity, token).await;
-            let _ = upstream.tx.send(attach).await;
-            upstream
-        }
-        None => hub.send(&identity, attach).await,
-    };
+    let upstream = hub.attach(&identity, user.as_ref(), attach).await;
     let _ = upstream
         .tx
         .send(Command::Subscribe {

@@ -86,19 +86,7 @@ pub async fn start(
                     tx: events_tx.clone(),
                     evicted: evicted.clone(),
                 };
-                let upstream = match (&via, &user) {
-                    // The token goes first so the upstream authenticates before subscribing.
-                    (IdentityKey::User(_), Some(u)) => {
-                        let token = Command::Token {
-                            token: u.token.clone(),
-                            expires_at: u.expires_at,
-                        };
-                        let upstream = proxy.hub.send(&via, token).await;
-                        let _ = upstream.tx.send(attach).await;
-                        upstream
-                    }
-                    _ => proxy.hub.send(&via, attach).await,
-                };
+                let upstream = proxy.hub.attach(&via, user.as_ref(), attach).await;
                 upstreams.push((via, upstream.clone()));
                 upstream
             }

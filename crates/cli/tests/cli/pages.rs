@@ -130,7 +130,7 @@ fn write_pages(dir: &Path) {
 async fn pages_hold_their_server_queries_before_any_script_runs() {
     let pages = edge_testkit::TempDir::default();
     write_pages(pages.path());
-    let dev = dev(&[("PAGES_DIR", pages.path().display().to_string())]);
+    let dev = dev_with_pages(pages.path(), &[]);
     let cookie = sign_up(&dev.site, "Ada", "ada@example.com").await;
     let token = jwt(&dev.site, &cookie).await;
     send(&dev.query, &token, "lobby", "first <b>post</b>").await;
@@ -210,7 +210,7 @@ async fn page_sources(site: &str) -> (f64, f64, f64) {
 async fn pages_follow_changes_through_a_live_watch_and_fetch_what_is_not_subscribed() {
     let pages = edge_testkit::TempDir::default();
     write_pages(pages.path());
-    let dev = dev(&[("PAGES_DIR", pages.path().display().to_string())]);
+    let dev = dev_with_pages(pages.path(), &[]);
     let cookie = sign_up(&dev.site, "Grace", "grace@example.com").await;
     let token = jwt(&dev.site, &cookie).await;
     send(&dev.query, &token, "lobby", "before").await;
