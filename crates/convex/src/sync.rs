@@ -1,10 +1,62 @@
 //! The sync protocol: JSON text frames tagged by `type`, as Convex's client (`protocol.ts`) and
 //! server define them.
 
+use std::fmt;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
+
+/// Declares a protocol number: a `u32` on the wire (serde transparent), its own type in code so
+/// that a query id is never taken for a request id or a version.
+macro_rules! protocol_number {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+        )]
+        #[serde(transparent)]
+        pub struct $name(pub u32);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+protocol_number!(
+    /// A client's id for one query of its query set (`queryId`), chosen by the client.
+    QueryId
+);
+protocol_number!(
+    /// A client's id for one mutation or action (`requestId`), echoed in the response.
+    RequestId
+);
+protocol_number!(
+    /// The version of a client's query set (`querySet`): moved only by `ModifyQuerySet`.
+    QuerySetVersion
+);
+protocol_number!(
+    /// The version of a client's identity (`identity`): moved by one per `Authenticate`.
+    IdentityVersion
+);
+
+impl QuerySetVersion {
+    /// The version after this one; `None` past `u32::MAX`.
+    pub fn next(self) -> Option<QuerySetVersion> {
+        self.0.checked_add(1).map(QuerySetVersion)
+    }
+}
+
+impl IdentityVersion {
+    /// The version after this one; `None` past `u32::MAX`.
+    pub fn next(self) -> Option<IdentityVersion> {
+        self.0.checked_add(1).map(IdentityVersion)
+    }
+}
 
 /// A Convex timestamp: u64 nanoseconds, on the wire base64 (standard, padded) of its
 /// little-endian bytes.
@@ -39,8 +91,8 @@ impl<'de> Deserialize<'de> for Timestamp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StateVersion {
-    pub query_set: u32,
-    pub identity: u32,
+    pub query_set: QuerySetVersion,
+    pub identity: IdentityVersion,
     pub ts: Timestamp,
 }
 
@@ -49,7 +101,7 @@ pub struct StateVersion {
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum QuerySetModification {
     Add {
-        query_id: u32,
+        query_id: QueryId,
         udf_path: String,
         args: Vec<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,7 +110,7 @@ pub enum QuerySetModification {
         component_path: Option<String>,
     },
     Remove {
-        query_id: u32,
+        query_id: QueryId,
     },
 }
 
@@ -78,26 +130,26 @@ pub enum ClientMessage {
         client_ts: Option<f64>,
     },
     ModifyQuerySet {
-        base_version: u32,
-        new_version: u32,
+        base_version: QuerySetVersion,
+        new_version: QuerySetVersion,
         modifications: Vec<QuerySetModification>,
     },
     Mutation {
-        request_id: u32,
+        request_id: RequestId,
         udf_path: String,
         args: Vec<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         component_path: Option<String>,
     },
     Action {
-        request_id: u32,
+        request_id: RequestId,
         udf_path: String,
         args: Vec<Value>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         component_path: Option<String>,
     },
     Authenticate {
-        base_version: u32,
+        base_version: IdentityVersion,
         token_type: TokenType,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         value: Option<String>,
@@ -106,6 +158,13 @@ pub enum ClientMessage {
         event_type: String,
         event: Value,
     },
+}
+
+/// What a client request runs: the two kinds that answer by `requestId`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RequestKind {
+    Mutation,
+    Action,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,13 +179,13 @@ pub enum TokenType {
 #[serde(tag = "type", rename_all_fields = "camelCase")]
 pub enum StateModification {
     QueryUpdated {
-        query_id: u32,
+        query_id: QueryId,
         value: Value,
         log_lines: Vec<String>,
         journal: Option<String>,
     },
     QueryFailed {
-        query_id: u32,
+        query_id: QueryId,
         error_message: String,
         log_lines: Vec<String>,
         journal: Option<String>,
@@ -134,7 +193,7 @@ pub enum StateModification {
         error_data: Option<Value>,
     },
     QueryRemoved {
-        query_id: u32,
+        query_id: QueryId,
     },
 }
 
@@ -148,7 +207,7 @@ pub enum ServerMessage {
         modifications: Vec<StateModification>,
     },
     MutationResponse {
-        request_id: u32,
+        request_id: RequestId,
         success: bool,
         result: Value,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,7 +217,7 @@ pub enum ServerMessage {
         error_data: Option<Value>,
     },
     ActionResponse {
-        request_id: u32,
+        request_id: RequestId,
         success: bool,
         result: Value,
         log_lines: Vec<String>,
@@ -168,7 +227,7 @@ pub enum ServerMessage {
     AuthError {
         error: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        base_version: Option<u32>,
+        base_version: Option<IdentityVersion>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth_update_attempted: Option<bool>,
     },
@@ -205,7 +264,10 @@ mod tests {
         .unwrap();
         assert!(matches!(
             m,
-            ClientMessage::ModifyQuerySet { new_version: 1, .. }
+            ClientMessage::ModifyQuerySet {
+                new_version: QuerySetVersion(1),
+                ..
+            }
         ));
         let m: ClientMessage = serde_json::from_value(
             json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "None"}),
@@ -227,11 +289,13 @@ mod tests {
         let t = ServerMessage::Transition {
             start_version: StateVersion::default(),
             end_version: StateVersion {
-                query_set: 1,
-                identity: 0,
+                query_set: QuerySetVersion(1),
+                identity: IdentityVersion(0),
                 ts: Timestamp(5),
             },
-            modifications: vec![StateModification::QueryRemoved { query_id: 3 }],
+            modifications: vec![StateModification::QueryRemoved {
+                query_id: QueryId(3),
+            }],
         };
         let v: Value = serde_json::from_str(&t.to_text()).unwrap();
         assert_eq!(v["type"], "Transition");

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use edge_convex::sync::StateModification;
+use edge_convex::sync::{QueryId, StateModification};
 use edge_convex::{UdfPath, value};
 use serde_json::{Map, Value};
 use tokio::sync::watch;
@@ -17,7 +17,7 @@ use crate::metrics::Stats;
 /// One live query of one session.
 #[derive(Debug)]
 pub struct Subscription {
-    pub query_id: u32,
+    pub query_id: QueryId,
     pub path: String,
     pub args: Value,
     reads: BTreeSet<String>,
@@ -26,7 +26,7 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    pub fn new(query_id: u32, path: String, args: Value) -> Self {
+    pub fn new(query_id: QueryId, path: String, args: Value) -> Self {
         Subscription {
             query_id,
             path,

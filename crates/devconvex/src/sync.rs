@@ -1,9 +1,10 @@
 //! The WebSocket sync protocol, one task per socket.
 //!
-//! Version rules, as Convex's client checks them: each Transition starts at the version the
-//! client holds; the query-set version moves only with `ModifyQuerySet`, the identity version by
-//! one per `Authenticate`; `ts` never goes backwards. Violations by the client end the session
-//! with `FatalError`; a bad token gets `AuthError` and the socket is closed.
+//! The version rules are `edge_convex::versions::ClientVersion`, the copy the query service uses
+//! too: each Transition starts at the version the client holds; the query-set version moves only
+//! with `ModifyQuerySet`, the identity version by one per `Authenticate`; `ts` never goes
+//! backwards. Violations by the client end the session with `FatalError`; a bad token gets
+//! `AuthError` and the socket is closed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -12,7 +13,10 @@ use std::time::Instant;
 use actix_web::{HttpRequest, HttpResponse, web};
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, Session};
 use edge_convex::sync::{QuerySetModification, StateModification, TokenType};
-use edge_convex::{ClientMessage, ServerMessage, StateVersion, Timestamp};
+use edge_convex::versions::ClientVersion;
+use edge_convex::{
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, ServerMessage, Timestamp,
+};
 use serde_json::Value;
 
 use crate::auth::Identity;
@@ -26,14 +30,17 @@ enum End {
     /// A protocol violation: `FatalError` with this message.
     Fatal(String),
     /// A token was refused: `AuthError`, then close.
-    Auth { error: String, base_version: u32 },
+    Auth {
+        error: String,
+        base_version: IdentityVersion,
+    },
 }
 
 struct SyncSession {
     engine: Arc<Engine>,
     ws: Session,
-    version: StateVersion,
-    subs: BTreeMap<u32, Subscription>,
+    version: ClientVersion,
+    subs: BTreeMap<QueryId, Subscription>,
     identity: Option<Identity>,
     last_sent: Instant,
 }
@@ -53,11 +60,7 @@ pub async fn handler(
     let ping_interval = state.config.ping_interval;
     actix_web::rt::spawn(async move {
         let session = SyncSession {
-            version: StateVersion {
-                query_set: 0,
-                identity: 0,
-                ts: Timestamp(0),
-            },
+            version: ClientVersion::default(),
             engine,
             ws,
             subs: BTreeMap::new(),
@@ -89,7 +92,7 @@ impl SyncSession {
                     Some(Err(e)) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
                 },
                 changed = ts_changes.changed() => match changed {
-                    Ok(()) => self.transition(None, None, Vec::new(), |_| false).await,
+                    Ok(()) => self.transition(Vec::new(), |_| false).await,
                     Err(_) => Err(End::Gone),
                 },
                 _ = ticker.tick() => {
@@ -142,16 +145,14 @@ impl SyncSession {
         self.ws.text(message.to_text()).await.map_err(|_| End::Gone)
     }
 
-    /// Sends the transition from the client's version to the current snapshot, re-running the
-    /// queries `forced` picks and those whose tables changed.
+    /// Sends the transition from the client's version to the accepted versions at the current
+    /// snapshot, re-running the queries `forced` picks and those whose tables changed.
     async fn transition(
         &mut self,
-        query_set: Option<u32>,
-        identity_version: Option<u32>,
         mut modifications: Vec<StateModification>,
         forced: impl Fn(&Subscription) -> bool,
     ) -> Result<(), End> {
-        let since = self.version.ts.0;
+        let since = self.version.held().ts.0;
         let (ts, refreshed) = self.engine.refresh(
             self.subs.values_mut(),
             since,
@@ -159,20 +160,16 @@ impl SyncSession {
             forced,
         );
         modifications.extend(refreshed);
-        let end = StateVersion {
-            query_set: query_set.unwrap_or(self.version.query_set),
-            identity: identity_version.unwrap_or(self.version.identity),
-            ts: Timestamp(ts.max(since)),
-        };
-        if end == self.version && modifications.is_empty() {
+        let step = self.version.step(Timestamp(ts));
+        if step.is_still() && modifications.is_empty() {
             return Ok(());
         }
         let message = ServerMessage::Transition {
-            start_version: self.version,
-            end_version: end,
+            start_version: step.start,
+            end_version: step.end,
             modifications,
         };
-        self.version = end;
+        self.version.sent(step);
         self.send(&message).await
     }
 
@@ -238,16 +235,13 @@ impl SyncSession {
 
     async fn modify_query_set(
         &mut self,
-        base: u32,
-        new: u32,
+        base: QuerySetVersion,
+        new: QuerySetVersion,
         modifications: Vec<QuerySetModification>,
     ) -> Result<(), End> {
-        if base != self.version.query_set || new != base + 1 {
-            return Err(End::Fatal(format!(
-                "ModifyQuerySet from version {base} to {new}, but the query set is at version {}",
-                self.version.query_set
-            )));
-        }
+        self.version
+            .accept_query_set(base, new)
+            .map_err(|e| End::Fatal(e.to_string()))?;
         let mut removed = Vec::new();
         let mut added = BTreeSet::new();
         for m in modifications {
@@ -282,22 +276,21 @@ impl SyncSession {
         self.engine
             .stats
             .add_subscriptions(added.len() as i64 - removed.len() as i64);
-        self.transition(Some(new), None, removed, |s| added.contains(&s.query_id))
+        self.transition(removed, |s| added.contains(&s.query_id))
             .await
     }
 
     async fn authenticate(
         &mut self,
-        base: u32,
+        base: IdentityVersion,
         token_type: TokenType,
         value: Option<String>,
     ) -> Result<(), End> {
-        if base != self.version.identity {
-            return Err(End::Fatal(format!(
-                "Authenticate with base version {base}, but the identity is at version {}",
-                self.version.identity
-            )));
-        }
+        // Checked before the token, as Convex does; the version moves only once it is accepted.
+        let mut accepted = self.version;
+        accepted
+            .accept_identity(base)
+            .map_err(|e| End::Fatal(e.to_string()))?;
         self.identity = match (token_type, value) {
             (TokenType::None, _) => None,
             (TokenType::User, Some(token)) => match self.engine.auth.verify(&token).await {
@@ -321,9 +314,9 @@ impl SyncSession {
                 });
             }
         };
+        self.version = accepted;
         // Every query re-runs under the new identity.
-        self.transition(None, Some(base + 1), Vec::new(), |_| true)
-            .await
+        self.transition(Vec::new(), |_| true).await
     }
 }
 

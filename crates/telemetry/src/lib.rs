@@ -1,8 +1,10 @@
-//! What every service shares at its edges: one tracing subscriber, one Prometheus registry, and
-//! the configuration error type.
+//! What every service shares at its edges: one tracing subscriber, one Prometheus registry, the
+//! configuration error type, and the reconnect [`backoff`].
 //!
 //! Metric names are part of the external contract (DESIGN section 7); each service declares its
 //! own through [`counter`], [`int_gauge`] and [`histogram`], which register them here once.
+
+pub mod backoff;
 
 use std::sync::OnceLock;
 

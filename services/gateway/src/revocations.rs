@@ -23,7 +23,7 @@ pub async fn watch(
     trusted: Arc<AtomicBool>,
 ) {
     let mut after = 0u64;
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = edge_telemetry::backoff::reconnect();
     loop {
         let request = pb::WatchRevocationsRequest {
             after_sequence: after,
@@ -31,7 +31,7 @@ pub async fn watch(
         match auth.watch_revocations(request).await {
             Ok(response) => {
                 let mut stream = response.into_inner();
-                backoff = Duration::from_millis(50);
+                backoff = edge_telemetry::backoff::reconnect();
                 // Entries cached while the stream was down may be revoked: start clean.
                 cache.clear_l1();
                 let mut caught_up = false;
@@ -73,7 +73,6 @@ pub async fn watch(
             after,
             "revocation stream broken; bypassing the token cache until it resumes"
         );
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.next().unwrap_or_default()).await;
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::CallKind;
 use crate::proxy::{Proxy, ProxyError, Reply};
 
 #[derive(Debug, Clone)]
@@ -75,7 +76,7 @@ fn result(r: Result<Reply, ProxyError>) -> Result<pb::FunctionResult, Status> {
 impl GrpcApi {
     async fn call(
         &self,
-        kind: &'static str,
+        kind: CallKind,
         route: &'static str,
         call: pb::FunctionCall,
     ) -> Result<pb::FunctionResult, Status> {
@@ -144,7 +145,7 @@ impl QueryService for GrpcApi {
         &self,
         request: Request<pb::FunctionCall>,
     ) -> Result<Response<pb::FunctionResult>, Status> {
-        self.call("mutation", "/api/mutation", request.into_inner())
+        self.call(CallKind::Mutation, "/api/mutation", request.into_inner())
             .await
             .map(Response::new)
     }
@@ -153,7 +154,7 @@ impl QueryService for GrpcApi {
         &self,
         request: Request<pb::FunctionCall>,
     ) -> Result<Response<pb::FunctionResult>, Status> {
-        self.call("action", "/api/action", request.into_inner())
+        self.call(CallKind::Action, "/api/action", request.into_inner())
             .await
             .map(Response::new)
     }

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::metrics::CallKind;
 use crate::proxy::{ProxyError, Reply};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -23,7 +24,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// Handlers that pass the body to Convex unchanged.
 macro_rules! forwarding {
-    ($($name:ident => ($kind:literal, $route:literal);)*) => {$(
+    ($($name:ident => ($kind:expr, $route:literal);)*) => {$(
         async fn $name(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResult {
             forward(req, body, state, $kind, $route).await
         }
@@ -31,12 +32,12 @@ macro_rules! forwarding {
 }
 
 forwarding! {
-    mutation => ("mutation", "/api/mutation");
-    action => ("action", "/api/action");
-    function => ("function", "/api/function");
-    query_batch => ("query", "/api/query_batch");
-    query_ts => ("query", "/api/query_ts");
-    query_at_ts => ("query", "/api/query_at_ts");
+    mutation => (CallKind::Mutation, "/api/mutation");
+    action => (CallKind::Action, "/api/action");
+    function => (CallKind::Function, "/api/function");
+    query_batch => (CallKind::Query, "/api/query_batch");
+    query_ts => (CallKind::Query, "/api/query_ts");
+    query_at_ts => (CallKind::Query, "/api/query_at_ts");
 }
 
 /// A request refused before reaching Convex: `{code, message}` with its status.
@@ -182,7 +183,7 @@ async fn forward(
     req: HttpRequest,
     body: web::Bytes,
     state: web::Data<AppState>,
-    kind: &'static str,
+    kind: CallKind,
     route: &str,
 ) -> HttpResult {
     let token = bearer(&req)?;
@@ -203,5 +204,5 @@ async fn run(
     state: web::Data<AppState>,
 ) -> HttpResult {
     let route = format!("/api/run/{path}");
-    forward(req, body, state, "function", &route).await
+    forward(req, body, state, CallKind::Function, &route).await
 }

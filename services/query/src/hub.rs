@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::identity::{IdentityKey, VerifiedUser};
+use crate::listener::{Attachment, Inbox};
 use crate::metrics::Stats;
 use crate::upstream::{self, Command, Upstream};
 
@@ -57,7 +58,7 @@ impl Hub {
     }
 
     /// Delivers `command` to the upstream of `identity`, starting one if needed; returns it.
-    pub async fn send(self: &Arc<Self>, identity: &IdentityKey, mut command: Command) -> Upstream {
+    async fn send(self: &Arc<Self>, identity: &IdentityKey, mut command: Command) -> Upstream {
         loop {
             let (upstream, result) = {
                 let mut map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
@@ -83,27 +84,28 @@ impl Hub {
         }
     }
 
-    /// Attaches a listener (`attach`, a [`Command::Attach`]) to the upstream of `identity`. A
-    /// signed-in listener's token goes first, so the upstream authenticates before the
-    /// listener subscribes.
+    /// Attaches the listener of `inbox` to the upstream of `identity`. A signed-in
+    /// listener's token goes first, so the upstream authenticates before the listener
+    /// subscribes. The attachment detaches when dropped.
     pub async fn attach(
         self: &Arc<Self>,
         identity: &IdentityKey,
         user: Option<&VerifiedUser>,
-        attach: Command,
-    ) -> Upstream {
-        match (identity, user) {
+        inbox: &Inbox,
+    ) -> Attachment {
+        let upstream = match (identity, user) {
             (IdentityKey::User(_), Some(u)) => {
                 let token = Command::Token {
                     token: u.token.clone(),
                     expires_at: u.expires_at,
                 };
                 let upstream = self.send(identity, token).await;
-                let _ = upstream.tx.send(attach).await;
+                let _ = upstream.tx.send(inbox.attach_command()).await;
                 upstream
             }
-            _ => self.send(identity, attach).await,
-        }
+            _ => self.send(identity, inbox.attach_command()).await,
+        };
+        Attachment::new(inbox.listener(), upstream)
     }
 
     /// The upstream of `identity` if one is running.

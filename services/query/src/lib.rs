@@ -3,9 +3,11 @@
 //! whose subscriptions every downstream socket of that identity shares, and per-function
 //! sharing across identities for functions named in `QUERY_SHARED_FUNCTIONS`.
 //!
-//! Module map: `identity` (local JWT verification), `upstream` (one Convex socket), `hub` (the
-//! upstreams by identity), `downstream` (one client socket), `proxy` (HTTP calls, served from
-//! subscriptions or coalesced), `http` and `grpc` (the APIs), `metrics`.
+//! Module map: `identity` (local JWT verification), `upstream` (one Convex socket: its pure
+//! `state` and the `task` that drives it), `hub` (the upstreams by identity), `listener` (an
+//! attachment to an upstream, detached on drop), `downstream` (one client socket: its pure
+//! `session` and the driver), `proxy` (HTTP calls, served from subscriptions or coalesced),
+//! `watch` (the gateway's page watches), `http` and `grpc` (the APIs), `metrics`.
 
 pub mod config;
 mod downstream;
@@ -14,6 +16,7 @@ mod http;
 pub mod hub;
 pub mod identity;
 pub mod key;
+pub mod listener;
 pub mod metrics;
 pub mod proxy;
 pub mod upstream;
@@ -46,6 +49,8 @@ pub struct AppState {
     pub hub: Arc<hub::Hub>,
     pub identities: Arc<identity::Identities>,
     pub proxy: Arc<proxy::Proxy>,
+    /// `QUERY_SHARED_FUNCTIONS`, shared by every client session.
+    pub shared_functions: Arc<std::collections::BTreeSet<String>>,
 }
 
 pub struct Application {
@@ -86,12 +91,14 @@ impl Application {
             .with_context(|| format!("failed to bind QUERY_GRPC_ADDR {}", config.grpc_addr))?;
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
         let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
+        let shared_functions = Arc::new(config.shared_functions.clone());
         let state = web::Data::new(AppState {
             config,
             shutting_down,
             hub,
             identities,
             proxy,
+            shared_functions,
         });
         Ok(Application {
             shutdown,

@@ -13,18 +13,43 @@ pub struct Stats {
     pub upstream_queries: AtomicU64,
     pub upstream_mutations: AtomicU64,
     pub upstream_actions: AtomicU64,
+    /// `/api/function` and `/api/run/…`: Convex decides the kind.
+    pub upstream_functions: AtomicU64,
     pub served_from_subscription: AtomicU64,
     /// The gateway's page watches (gRPC `Watch` streams) open.
     pub watches: AtomicI64,
 }
 
+/// What an HTTP call to Convex runs, as far as the route says: the `kind` label of
+/// `edge_query_upstream_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Query,
+    Mutation,
+    Action,
+    /// `/api/function` and `/api/run/…`: any kind, decided by Convex.
+    Function,
+}
+
+impl CallKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            CallKind::Query => "query",
+            CallKind::Mutation => "mutation",
+            CallKind::Action => "action",
+            CallKind::Function => "function",
+        }
+    }
+}
+
 impl Stats {
     /// Counts an HTTP call to Convex of `kind`.
-    pub fn upstream_request(&self, kind: &str) {
+    pub fn upstream_request(&self, kind: CallKind) {
         let counter = match kind {
-            "mutation" => &self.upstream_mutations,
-            "action" => &self.upstream_actions,
-            _ => &self.upstream_queries,
+            CallKind::Query => &self.upstream_queries,
+            CallKind::Mutation => &self.upstream_mutations,
+            CallKind::Action => &self.upstream_actions,
+            CallKind::Function => &self.upstream_functions,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -72,13 +97,15 @@ impl Stats {
             "# HELP {name} HTTP calls to Convex\n# TYPE {name} counter"
         );
         for (kind, value) in [
-            ("query", &self.upstream_queries),
-            ("mutation", &self.upstream_mutations),
-            ("action", &self.upstream_actions),
+            (CallKind::Query, &self.upstream_queries),
+            (CallKind::Mutation, &self.upstream_mutations),
+            (CallKind::Action, &self.upstream_actions),
+            (CallKind::Function, &self.upstream_functions),
         ] {
             let _ = writeln!(
                 out,
-                "{name}{{kind=\"{kind}\"}} {}",
+                "{name}{{kind=\"{}\"}} {}",
+                kind.label(),
                 value.load(Ordering::Relaxed)
             );
         }

@@ -13,12 +13,12 @@ use futures_util::future::{BoxFuture, Shared};
 use serde_json::{Value, json};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
-
 use crate::hub::Hub;
 use crate::identity::{Identities, IdentityKey, VerifiedUser};
 use crate::key::QueryKey;
-use crate::upstream::{self, Command, Event, QueryResult};
+use crate::listener::Inbox;
+use crate::metrics::CallKind;
+use crate::upstream::{Event, QueryResult};
 
 /// An HTTP answer to relay: status and body.
 /// The body is shared (cheap to clone) across coalesced callers.
@@ -115,21 +115,10 @@ async fn warm_up(
     linger: Duration,
 ) -> Option<Arc<QueryResult>> {
     let (identity, key) = warm_key.clone();
-    let listener = upstream::next_id();
-    let (tx, mut rx) = mpsc::channel(64);
-    let attach = Command::Attach {
-        listener,
-        tx,
-        evicted: Arc::new(Notify::new()),
-    };
-    let upstream = hub.attach(&identity, user.as_ref(), attach).await;
-    let _ = upstream
-        .tx
-        .send(Command::Subscribe {
-            listener,
-            key: key.clone(),
-        })
-        .await;
+    let (inbox, mailbox) = Inbox::new(64);
+    let mut rx = mailbox.events;
+    let attachment = hub.attach(&identity, user.as_ref(), &inbox).await;
+    attachment.subscribe(key.clone()).await;
     // Bounded; on timeout the read goes over HTTP.
     let first = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(event) = rx.recv().await {
@@ -155,14 +144,8 @@ async fn warm_up(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&warm_key);
-        let _ = upstream
-            .tx
-            .send(Command::Unsubscribe {
-                listener,
-                key: warm_key.1,
-            })
-            .await;
-        let _ = upstream.tx.send(Command::Detach { listener }).await;
+        // Detaching releases the subscription.
+        drop(attachment);
     });
     first
 }
@@ -222,10 +205,15 @@ impl Proxy {
             // Let Convex word the error for a malformed path.
             let body = json!({"path": path, "args": args, "format": format});
             return self
-                .forward("query", "/api/query", body.to_string().into_bytes(), token)
+                .forward(
+                    CallKind::Query,
+                    "/api/query",
+                    body.to_string().into_bytes(),
+                    token,
+                )
                 .await;
         };
-        let via = if self.shared_functions.contains(&key.path) {
+        let via = if self.shared_functions.contains(key.path.as_str()) {
             IdentityKey::Anonymous
         } else {
             identity.clone()
@@ -265,7 +253,7 @@ impl Proxy {
                     } else {
                         token.map(str::to_owned)
                     };
-                    let call = self.call("query", "/api/query", body, token);
+                    let call = self.call(CallKind::Query, "/api/query", body, token);
                     let f = call.boxed().shared();
                     flights.insert(flight_key.clone(), f.clone());
                     f
@@ -354,7 +342,7 @@ impl Proxy {
     /// Sends `body` to `route` on Convex as it is.
     pub async fn forward(
         &self,
-        kind: &'static str,
+        kind: CallKind,
         route: &str,
         body: Vec<u8>,
         token: Option<&str>,
@@ -372,7 +360,7 @@ impl Proxy {
 
     fn call(
         &self,
-        kind: &'static str,
+        kind: CallKind,
         route: &str,
         body: Vec<u8>,
         token: Option<String>,

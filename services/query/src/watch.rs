@@ -15,8 +15,9 @@ use tonic::Status;
 use crate::grpc::Parsed;
 use crate::identity::IdentityKey;
 use crate::key::QueryKey;
+use crate::listener::{Attachment, Inbox};
 use crate::proxy::{self, Proxy};
-use crate::upstream::{self, Command, Event, ListenerId, QueryResult, Upstream, UpstreamId};
+use crate::upstream::{Event, QueryResult, UpstreamId};
 
 /// The first batch (every query's first result) must come within this.
 const FIRST_BATCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,66 +67,53 @@ pub async fn start(
         .as_ref()
         .map_or(IdentityKey::Anonymous, |u| u.key.clone());
 
-    let listener = upstream::next_id();
-    let (events_tx, events) = mpsc::channel(64);
-    let evicted = Arc::new(Notify::new());
-    let mut upstreams: Vec<(IdentityKey, Upstream)> = Vec::new();
+    let (inbox, mailbox) = Inbox::new(64);
+    let mut attachments: Vec<(IdentityKey, Attachment)> = Vec::new();
     let mut slots = Vec::with_capacity(keys.len());
     for (call, key) in calls.into_iter().zip(keys) {
         // Shared functions run anonymously, as for every other read.
-        let via = if proxy.shared_functions.contains(&key.path) {
+        let via = if proxy.shared_functions.contains(key.path.as_str()) {
             IdentityKey::Anonymous
         } else {
             identity.clone()
         };
-        let upstream = match upstreams.iter().find(|(v, _)| *v == via) {
-            Some((_, u)) => u.clone(),
+        let at = match attachments.iter().position(|(v, _)| *v == via) {
+            Some(at) => at,
             None => {
-                let attach = Command::Attach {
-                    listener,
-                    tx: events_tx.clone(),
-                    evicted: evicted.clone(),
-                };
-                let upstream = proxy.hub.attach(&via, user.as_ref(), attach).await;
-                upstreams.push((via, upstream.clone()));
-                upstream
+                let attachment = proxy.hub.attach(&via, user.as_ref(), &inbox).await;
+                attachments.push((via, attachment));
+                attachments.len() - 1
             }
         };
-        let _ = upstream
-            .tx
-            .send(Command::Subscribe {
-                listener,
-                key: key.clone(),
-            })
-            .await;
+        let attachment = &attachments[at].1;
+        attachment.subscribe(key.clone()).await;
         slots.push(Slot {
-            upstream: upstream.id,
+            upstream: attachment.upstream_id(),
             key,
             format: call.format,
             result: None,
         });
     }
-    drop(events_tx);
+    // Only the upstreams hold the inbox now: the event stream ends when they all go.
+    drop(inbox);
     let (tx, rx) = mpsc::channel(2);
     let expires_at = user.map(|u| u.expires_at);
     proxy.hub.stats.watches.fetch_add(1, Ordering::Relaxed);
     let stats = proxy.hub.stats.clone();
     tokio::spawn(async move {
         let watch = Watch {
-            listener,
             slots,
-            events,
-            evicted,
+            events: mailbox.events,
+            evicted: mailbox.evicted,
             tx,
         };
-        watch.run(expires_at, upstreams, shutting_down).await;
+        watch.run(expires_at, attachments, shutting_down).await;
         stats.watches.fetch_sub(1, Ordering::Relaxed);
     });
     Ok(rx)
 }
 
 struct Watch {
-    listener: ListenerId,
     slots: Vec<Slot>,
     events: mpsc::Receiver<Event>,
     evicted: Arc<Notify>,
@@ -136,7 +124,7 @@ impl Watch {
     async fn run(
         mut self,
         expires_at: Option<i64>,
-        upstreams: Vec<(IdentityKey, Upstream)>,
+        attachments: Vec<(IdentityKey, Attachment)>,
         mut shutting_down: watch::Receiver<bool>,
     ) {
         let first_deadline = Instant::now() + FIRST_BATCH_TIMEOUT;
@@ -208,14 +196,8 @@ impl Watch {
         if let Some(status) = end {
             let _ = self.tx.send(Err(status)).await;
         }
-        for (_, upstream) in upstreams {
-            let _ = upstream
-                .tx
-                .send(Command::Detach {
-                    listener: self.listener,
-                })
-                .await;
-        }
+        // Detaching releases the watch's subscriptions.
+        drop(attachments);
     }
 
     fn apply(&mut self, event: Event) -> Applied {

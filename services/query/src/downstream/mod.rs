@@ -1,0 +1,304 @@
+//! A client's WebSocket: the sync protocol towards the client, over shared upstreams.
+//!
+//! [`session`] holds the protocol state and its rules without I/O; this module is the driver:
+//! one task per socket that reads client frames and upstream events into the session, runs
+//! the [`Effect`]s it returns (frames to write, attachments to make, subscriptions and
+//! requests to forward), and closes the socket with the right message and code.
+
+pub mod frames;
+pub mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use actix_web::web;
+use edge_convex::{ClientMessage, ServerMessage};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::AppState;
+use crate::identity::IdentityKey;
+use crate::listener::{Attachment, Inbox};
+use crate::upstream::{Event, UpstreamId};
+use session::{ClientSession, Effect, End, Route};
+
+/// How long one write to a client may take before the client counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client's socket, after the handshake (see [`crate::ws`]).
+pub type ClientSocket = WebSocketStream<TcpStream>;
+
+struct Downstream {
+    state: web::Data<AppState>,
+    ws: ClientSocket,
+    inbox: Inbox,
+    evicted: Arc<tokio::sync::Notify>,
+    session: ClientSession,
+    /// The identity's upstream (the anonymous one when signed out).
+    main: Attachment,
+    /// The anonymous upstream, attached once a shared function is used by a signed-in socket.
+    shared: Option<Attachment>,
+}
+
+/// What woke a socket's task.
+enum Wake {
+    Client(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Events(Vec<Event>),
+    Evicted,
+    Restart,
+}
+
+/// Serves one client socket until it closes.
+pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
+    let stats = state.hub.stats.clone();
+    stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
+    let (inbox, mut mailbox) = Inbox::new(state.config.socket_queue);
+    let mut shutting_down = state.shutting_down.clone();
+    let main = state
+        .hub
+        .attach(&IdentityKey::Anonymous, None, &inbox)
+        .await;
+    let session = ClientSession::new(
+        state.shared_functions.clone(),
+        state.config.max_pending_requests,
+        stats.clone(),
+    );
+    let mut d = Downstream {
+        state,
+        ws,
+        inbox,
+        evicted: mailbox.evicted.clone(),
+        session,
+        main,
+        shared: None,
+    };
+    let evicted = mailbox.evicted.clone();
+    let end = loop {
+        let wake = tokio::select! {
+            message = d.ws.next() => Wake::Client(message),
+            Some(event) = mailbox.events.recv() => {
+                let mut batch = vec![event];
+                while let Ok(e) = mailbox.events.try_recv() {
+                    batch.push(e);
+                }
+                Wake::Events(batch)
+            }
+            _ = evicted.notified() => Wake::Evicted,
+            _ = shutting_down.wait_for(|s| *s) => Wake::Restart,
+        };
+        let step = match wake {
+            Wake::Client(None | Some(Ok(Message::Close(_)))) => Err(End::Gone),
+            // Boxed so an idle socket's task stays small: only a running handler's state is
+            // allocated.
+            Wake::Client(Some(Ok(Message::Text(text)))) => Box::pin(d.on_text(&text)).await,
+            // Pings are answered by the WebSocket layer itself.
+            Wake::Client(Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)))) => {
+                Ok(())
+            }
+            Wake::Client(Some(Ok(Message::Binary(_)))) => Err(End::Fatal(
+                "binary frames are not part of the sync protocol".into(),
+            )),
+            Wake::Client(Some(Err(e))) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
+            Wake::Events(batch) => Box::pin(d.on_events(batch)).await,
+            Wake::Evicted => Err(End::TooSlow),
+            Wake::Restart => Err(End::Restart),
+        };
+        if let Err(end) = step {
+            break end;
+        }
+    };
+    d.close(end).await;
+    stats.downstream_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Downstream {
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let message: ClientMessage = serde_json::from_str(text)
+            .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
+        let mut effects = Vec::new();
+        let verify = self.session.on_client(message, &mut effects);
+        self.run(effects).await?;
+        let Some(pending) = verify? else {
+            return Ok(());
+        };
+        // Refused locally: Convex never sees the token.
+        let user = self
+            .state
+            .identities
+            .verify(&pending.token)
+            .await
+            .map_err(|error| End::Auth {
+                error,
+                base_version: pending.base,
+            })?;
+        let mut effects = Vec::new();
+        let step = self
+            .session
+            .authenticated(pending.base, Some(user), &mut effects);
+        self.run(effects).await?;
+        step
+    }
+
+    async fn on_events(&mut self, events: Vec<Event>) -> Result<(), End> {
+        let routed = events.into_iter().map(|e| (self.route_of(&e), e)).collect();
+        let mut effects = Vec::new();
+        let step = self.session.on_events(routed, &mut effects);
+        self.run(effects).await?;
+        step
+    }
+
+    /// Which route an event's upstream serves now; `None` for one the socket left.
+    fn route_of(&self, event: &Event) -> Option<Route> {
+        let upstream: UpstreamId = match event {
+            Event::Transition { upstream, .. }
+            | Event::Current { upstream, .. }
+            | Event::AuthFailed { upstream, .. } => *upstream,
+            Event::Response { .. } => return None,
+        };
+        if upstream == self.main.upstream_id() {
+            Some(Route::Main)
+        } else if self
+            .shared
+            .as_ref()
+            .is_some_and(|s| s.upstream_id() == upstream)
+        {
+            Some(Route::Shared)
+        } else {
+            None
+        }
+    }
+
+    fn route(&self, route: Route) -> &Attachment {
+        match (route, &self.shared) {
+            (Route::Shared, Some(shared)) => shared,
+            _ => &self.main,
+        }
+    }
+
+    /// Runs a step's effects in order.
+    async fn run(&mut self, effects: Vec<Effect>) -> Result<(), End> {
+        // Every integration test (debug builds) checks the session's invariants on each step.
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.session.validate() {
+            panic!("client session invariant broken: {broken}");
+        }
+        for effect in effects {
+            match effect {
+                Effect::Send(text) => self.send(Message::Text(text)).await?,
+                Effect::AttachShared => {
+                    let hub = &self.state.hub;
+                    let shared = hub.attach(&IdentityKey::Anonymous, None, &self.inbox).await;
+                    self.shared = Some(shared);
+                }
+                Effect::SwitchMain { user, reuse_shared } => {
+                    let next = match (reuse_shared, self.shared.take()) {
+                        (true, Some(shared)) => shared,
+                        (_, shared) => {
+                            self.shared = shared;
+                            let key = user
+                                .as_ref()
+                                .map_or(IdentityKey::Anonymous, |u| u.key.clone());
+                            self.state
+                                .hub
+                                .attach(&key, user.as_ref(), &self.inbox)
+                                .await
+                        }
+                    };
+                    let previous = std::mem::replace(&mut self.main, next);
+                    if previous.upstream_id() == self.main.upstream_id() {
+                        // The same upstream: dropping the old handle would detach the new one.
+                        previous.keep_attached();
+                    }
+                }
+                Effect::Subscribe(route, key) => self.route(route).subscribe(key).await,
+                Effect::Unsubscribe(route, key) => self.route(route).unsubscribe(key).await,
+                Effect::Token(user) => self.main.token(&user).await,
+                Effect::Request {
+                    request_id,
+                    kind,
+                    udf_path,
+                    args,
+                } => self.main.request(request_id, kind, udf_path, args).await,
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends one message. A write blocked by a client that does not read ends when the
+    /// upstream evicts the socket (its queue filled meanwhile) or after [`SEND_TIMEOUT`].
+    async fn send(&mut self, message: Message) -> Result<(), End> {
+        let evicted = self.evicted.clone();
+        tokio::select! {
+            // The write first: one that completes at once never registers with `evicted`.
+            biased;
+            sent = tokio::time::timeout(SEND_TIMEOUT, self.ws.send(message)) => match sent {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(_)) => Err(End::Gone),
+                Err(_) => Err(End::TooSlow),
+            },
+            _ = evicted.notified() => Err(End::TooSlow),
+        }
+    }
+
+    async fn close(self, end: End) {
+        let Downstream {
+            state,
+            mut ws,
+            session,
+            main,
+            shared,
+            ..
+        } = self;
+        state
+            .hub
+            .stats
+            .downstream_subscriptions
+            .fetch_sub(session.query_count() as i64, Ordering::Relaxed);
+        // Detached first, so the socket's subscriptions end even if the client never reads
+        // the close frame.
+        drop(main);
+        drop(shared);
+        let too_slow = matches!(end, End::TooSlow);
+        let (message, code) = match end {
+            End::Gone => (None, CloseCode::Normal),
+            End::Restart => (None, CloseCode::Restart),
+            End::TooSlow => (None, CloseCode::Again),
+            End::Fatal(error) => {
+                tracing::info!(%error, "client session ended by a protocol violation");
+                (Some(ServerMessage::FatalError { error }), CloseCode::Policy)
+            }
+            End::Auth {
+                error,
+                base_version,
+            } => (
+                Some(ServerMessage::AuthError {
+                    error,
+                    base_version: Some(base_version),
+                    auth_update_attempted: Some(true),
+                }),
+                CloseCode::Normal,
+            ),
+        };
+        // A client too slow to read has a full socket: it gets a moment for the close frame,
+        // not the full send timeout.
+        let wait = if too_slow {
+            Duration::from_millis(100)
+        } else {
+            SEND_TIMEOUT
+        };
+        if let Some(message) = message {
+            let text = Message::text(message.to_text());
+            let _ = tokio::time::timeout(wait, ws.send(text)).await;
+        }
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: "".into(),
+        }));
+        let _ = tokio::time::timeout(wait, ws.send(close)).await;
+    }
+}

@@ -1,0 +1,152 @@
+//! A listener's side of an upstream: an [`Inbox`] where upstreams deliver its events, and an
+//! [`Attachment`] per upstream it listens to, which subscribes, forwards requests and tokens,
+//! and detaches when dropped (releasing every subscription it still holds).
+
+use std::sync::Arc;
+
+use edge_convex::RequestId;
+use edge_convex::sync::RequestKind;
+use serde_json::Value;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{Notify, mpsc};
+
+use crate::identity::VerifiedUser;
+use crate::key::QueryKey;
+use crate::upstream::{Command, Event, ListenerId, Upstream, UpstreamId, next_id};
+
+/// Where upstreams deliver one listener's events, in order; shared by all its attachments.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    listener: ListenerId,
+    tx: mpsc::Sender<Event>,
+    evicted: Arc<Notify>,
+}
+
+/// The receiving end of an [`Inbox`].
+#[derive(Debug)]
+pub struct Mailbox {
+    pub events: mpsc::Receiver<Event>,
+    /// Notified when an upstream evicted the listener (its queue was full).
+    pub evicted: Arc<Notify>,
+}
+
+impl Inbox {
+    /// A new listener whose queue holds `capacity` events.
+    pub fn new(capacity: usize) -> (Inbox, Mailbox) {
+        let (tx, events) = mpsc::channel(capacity);
+        let evicted = Arc::new(Notify::new());
+        let inbox = Inbox {
+            listener: next_id(),
+            tx,
+            evicted: evicted.clone(),
+        };
+        (inbox, Mailbox { events, evicted })
+    }
+
+    pub fn listener(&self) -> ListenerId {
+        self.listener
+    }
+
+    pub(crate) fn attach_command(&self) -> Command {
+        Command::Attach {
+            listener: self.listener,
+            tx: self.tx.clone(),
+            evicted: self.evicted.clone(),
+        }
+    }
+}
+
+/// One listener attached to one upstream; detaches on drop.
+#[derive(Debug)]
+pub struct Attachment {
+    listener: ListenerId,
+    upstream: Upstream,
+    /// Detach on drop (all but a handle replaced by one on the same upstream).
+    armed: bool,
+}
+
+impl Attachment {
+    pub(crate) fn new(listener: ListenerId, upstream: Upstream) -> Self {
+        Attachment {
+            listener,
+            upstream,
+            armed: true,
+        }
+    }
+
+    /// Drops this handle without detaching: another handle of the same listener on the same
+    /// upstream takes over.
+    pub fn keep_attached(mut self) {
+        self.armed = false;
+    }
+
+    pub fn upstream_id(&self) -> UpstreamId {
+        self.upstream.id
+    }
+
+    /// The upstream's current result for `key`, if it holds one.
+    pub fn lookup(&self, key: &QueryKey) -> Option<Arc<crate::upstream::QueryResult>> {
+        self.upstream.lookup(key)
+    }
+
+    pub async fn subscribe(&self, key: QueryKey) {
+        let listener = self.listener;
+        self.send(Command::Subscribe { listener, key }).await;
+    }
+
+    pub async fn unsubscribe(&self, key: QueryKey) {
+        let listener = self.listener;
+        self.send(Command::Unsubscribe { listener, key }).await;
+    }
+
+    /// A fresher token for the upstream's identity.
+    pub async fn token(&self, user: &VerifiedUser) {
+        let command = Command::Token {
+            token: user.token.clone(),
+            expires_at: user.expires_at,
+        };
+        self.send(command).await;
+    }
+
+    pub async fn request(
+        &self,
+        request_id: RequestId,
+        kind: RequestKind,
+        udf_path: String,
+        args: Value,
+    ) {
+        let command = Command::Request {
+            listener: self.listener,
+            request_id,
+            kind,
+            udf_path,
+            args,
+        };
+        self.send(command).await;
+    }
+
+    async fn send(&self, command: Command) {
+        // A closed upstream has retired: it holds nothing of ours any more.
+        let _ = self.upstream.tx.send(command).await;
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let detach = Command::Detach {
+            listener: self.listener,
+        };
+        // Never lost to a busy upstream: a full queue gets the detach from a task.
+        if let Err(TrySendError::Full(detach)) = self.upstream.tx.try_send(detach)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let tx = self.upstream.tx.clone();
+            runtime.spawn(async move {
+                let _ = tx.send(detach).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! One WebSocket to Convex per identity, shared by every listener of that identity.
+//!
+//! [`state`] holds the rules and no I/O: the reference-counted query set keyed by [`QueryKey`],
+//! upstream query and request ids, the versions sent and received, the results. [`task`] is
+//! the driver: it owns the connection, feeds the state what Convex and the listeners send, and
+//! sends and delivers what the state returns. Each Convex transition becomes one
+//! [`Event::Transition`] whose results are serialised once and shared by every listener; a
+//! listener whose queue is full is evicted. On connection loss the task reconnects with the
+//! service's one backoff and re-adds every live query; listeners stay attached and see only
+//! results that changed.
+
+pub mod state;
+mod task;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use edge_convex::sync::{RequestKind, StateVersion};
+use edge_convex::{RequestId, Timestamp};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::key::QueryKey;
+use crate::metrics::Stats;
+
+pub use task::spawn;
+
+/// Names one upstream task (unique in the process).
+pub type UpstreamId = u64;
+/// Names one listener: a client socket, a page watch, a read through a subscription.
+pub type ListenerId = u64;
+
+/// A query's result as Convex sent it, serialised once for every fan-out.
+#[derive(Debug)]
+pub enum QueryResult {
+    Value {
+        value: Box<RawValue>,
+        log_lines: Vec<String>,
+        journal: Option<String>,
+    },
+    Failed {
+        message: String,
+        data: Option<Box<RawValue>>,
+        log_lines: Vec<String>,
+        journal: Option<String>,
+    },
+}
+
+impl QueryResult {
+    /// Whether a client holding `other` needs this result sent.
+    pub fn same_as(&self, other: &QueryResult) -> bool {
+        match (self, other) {
+            (
+                QueryResult::Value {
+                    value: a,
+                    journal: ja,
+                    ..
+                },
+                QueryResult::Value {
+                    value: b,
+                    journal: jb,
+                    ..
+                },
+            ) => a.get() == b.get() && ja == jb,
+            (QueryResult::Failed { message: a, .. }, QueryResult::Failed { message: b, .. }) => {
+                a == b
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One client transition's text, shared by every socket whose transition is identical (same
+/// versions, same query ids, same results): in a fan-out to many clients of one page, the
+/// text is built once and each socket sends the same bytes.
+#[derive(Debug, Default)]
+pub struct SharedText(std::sync::Mutex<Option<(TextKey, Utf8Bytes)>>);
+
+/// What a transition's text depends on: its start and end versions and, per modification,
+/// the query id and the result (by identity; results are shared and immutable).
+pub type TextKey = (StateVersion, StateVersion, Vec<(u32, usize)>);
+
+impl SharedText {
+    /// The text for `key`, made by `make` unless the last socket already made it.
+    pub fn get_or_make(&self, key: TextKey, make: impl FnOnce() -> String) -> Utf8Bytes {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, text)) = slot.as_ref()
+            && *k == key
+        {
+            return text.clone();
+        }
+        let text = Utf8Bytes::from(make());
+        *slot = Some((key, text.clone()));
+        text
+    }
+}
+
+/// What an upstream tells its listeners, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Convex moved to `ts`; these results changed.
+    Transition {
+        upstream: UpstreamId,
+        ts: Timestamp,
+        updates: Arc<Vec<(QueryKey, Arc<QueryResult>)>>,
+        /// The text of the last client transition made from this event alone, for the next
+        /// client that would send the same one.
+        text: Arc<SharedText>,
+    },
+    /// The current result of a key the listener subscribed to, after every earlier event.
+    Current {
+        upstream: UpstreamId,
+        ts: Timestamp,
+        key: QueryKey,
+        result: Arc<QueryResult>,
+    },
+    /// Convex refused this identity's token.
+    AuthFailed { upstream: UpstreamId, error: String },
+    /// The answer to one of this listener's mutations or actions. It travels in the same
+    /// ordered queue as transitions, so a client always gets a `MutationResponse` before the
+    /// transition that reaches its `ts`, as Convex sends them.
+    Response {
+        request_id: RequestId,
+        kind: RequestKind,
+        outcome: Box<Result<RequestOutcome, String>>,
+    },
+}
+
+/// The answer to a mutation or action.
+#[derive(Debug, Clone)]
+pub struct RequestOutcome {
+    pub success: bool,
+    pub result: Value,
+    pub ts: Option<Timestamp>,
+    pub log_lines: Vec<String>,
+    pub error_data: Option<Value>,
+}
+
+/// What listeners ask of an upstream. Listeners use it through
+/// [`crate::listener::Attachment`], which detaches on drop.
+pub enum Command {
+    Attach {
+        listener: ListenerId,
+        tx: mpsc::Sender<Event>,
+        evicted: Arc<Notify>,
+    },
+    Detach {
+        listener: ListenerId,
+    },
+    Subscribe {
+        listener: ListenerId,
+        key: QueryKey,
+    },
+    Unsubscribe {
+        listener: ListenerId,
+        key: QueryKey,
+    },
+    /// A token for this identity; the freshest is used.
+    Token {
+        token: String,
+        /// Unix seconds.
+        expires_at: i64,
+    },
+    /// A listener's mutation or action; the answer comes back as [`Event::Response`].
+    Request {
+        listener: ListenerId,
+        request_id: RequestId,
+        kind: RequestKind,
+        udf_path: String,
+        args: Value,
+    },
+}
+
+/// A handle on a running upstream.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub id: UpstreamId,
+    pub tx: mpsc::Sender<Command>,
+    /// The current result of every live subscription that has one.
+    values: Values,
+}
+
+/// Written only by the upstream's state; read by HTTP and gRPC reads without a round trip
+/// through the task.
+pub type Values = Arc<std::sync::Mutex<HashMap<QueryKey, Arc<QueryResult>>>>;
+
+impl Upstream {
+    /// The result of a live subscription, if any.
+    pub fn lookup(&self, key: &QueryKey) -> Option<Arc<QueryResult>> {
+        lock(&self.values).get(key).cloned()
+    }
+}
+
+pub(crate) fn lock(
+    values: &Values,
+) -> std::sync::MutexGuard<'_, HashMap<QueryKey, Arc<QueryResult>>> {
+    values.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A process-unique id for an upstream or a listener.
+pub fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Removes the upstream from the hub if `still_idle` holds, atomically with respect to new
+/// attachments; returns whether it did.
+pub type Retire = Arc<dyn Fn(UpstreamId, &mut dyn FnMut() -> bool) -> bool + Send + Sync>;
+
+/// Everything the task needs to know from the outside.
+pub struct Settings {
+    pub ws_url: String,
+    pub idle: Duration,
+    pub stats: Arc<Stats>,
+    pub retire: Retire,
+}
+
+/// `http(s)://host` → `ws(s)://host/api/sync`.
+pub fn ws_url(convex_url: &str) -> String {
+    let base = convex_url.trim_end_matches('/');
+    let ws = if let Some(rest) = base.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if let Some(rest) = base.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else {
+        base.to_owned()
+    };
+    format!("{ws}/api/sync")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_text_is_made_once_per_key() {
+        let shared = SharedText::default();
+        let version = |ts| StateVersion {
+            ts: Timestamp(ts),
+            ..StateVersion::default()
+        };
+        let key = |ts| (version(0), version(ts), vec![(0, 1)]);
+        let mut made = 0;
+        let mut make = |text: &str| {
+            made += 1;
+            text.to_owned()
+        };
+        let first = shared.get_or_make(key(5), || make("five"));
+        let again = shared.get_or_make(key(5), || make("never"));
+        assert_eq!((first.as_str(), again.as_str()), ("five", "five"));
+        let other = shared.get_or_make(key(6), || make("six"));
+        assert_eq!(other.as_str(), "six");
+        assert_eq!(made, 2);
+    }
+
+    #[test]
+    fn ws_urls_follow_the_scheme() {
+        assert_eq!(
+            ws_url("https://a.convex.cloud/"),
+            "wss://a.convex.cloud/api/sync"
+        );
+        assert_eq!(
+            ws_url("http://127.0.0.1:3230"),
+            "ws://127.0.0.1:3230/api/sync"
+        );
+    }
+
+    #[test]
+    fn results_compare_by_value_and_journal_or_by_message() {
+        let value = |v: &str, journal: Option<&str>| QueryResult::Value {
+            value: RawValue::from_string(v.into()).unwrap(),
+            log_lines: vec!["ignored".into()],
+            journal: journal.map(str::to_owned),
+        };
+        let failed = |m: &str| QueryResult::Failed {
+            message: m.into(),
+            data: None,
+            log_lines: vec![],
+            journal: None,
+        };
+        assert!(value("[1]", None).same_as(&value("[1]", None)));
+        assert!(!value("[1]", None).same_as(&value("[2]", None)));
+        assert!(!value("[1]", Some("j1")).same_as(&value("[1]", Some("j2"))));
+        assert!(failed("boom").same_as(&failed("boom")));
+        assert!(!failed("boom").same_as(&value("[1]", None)));
+    }
+}

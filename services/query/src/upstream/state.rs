@@ -1,0 +1,589 @@
+//! The state of one upstream connection, without I/O: the reference-counted query set, the
+//! ids Convex knows, the token, the requests in flight, the results.
+//!
+//! Rules kept here (checked by [`UpstreamState::validate`] after every step in tests):
+//! - a key is subscribed upstream once, whatever the number of listeners; its refcount is the
+//!   number of (listener, subscribe) pairs still held, and it is removed upstream when that
+//!   reaches zero;
+//! - towards Convex this is a client like any other: `ModifyQuerySet` from the last version
+//!   sent to one more, `Authenticate` from the last identity version sent, the token before
+//!   any query-set change that follows it, everything re-added under fresh query ids after a
+//!   reconnect;
+//! - a transition from Convex must start where the last one ended, else the connection is
+//!   broken; only results that changed are passed on, once, to every listener;
+//! - a listener that subscribes to a key already live gets its current value at once, in
+//!   order with later events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use edge_convex::sync::{QuerySetModification, RequestKind, StateModification, TokenType};
+use edge_convex::{
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, ServerMessage,
+    StateVersion,
+};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::{Event, ListenerId, QueryResult, RequestOutcome, SharedText, UpstreamId, Values, lock};
+use crate::key::QueryKey;
+use crate::metrics::Stats;
+
+/// Who an event is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    One(ListenerId),
+    All,
+}
+
+/// What a step asks the driver to do, in order: messages for Convex, events for listeners.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub to_convex: Vec<ClientMessage>,
+    pub events: Vec<(Audience, Event)>,
+}
+
+/// One key subscribed upstream.
+#[derive(Debug)]
+struct Sub {
+    /// The query id on the current connection (`None` while disconnected).
+    query_id: Option<QueryId>,
+    refcount: usize,
+    result: Option<Arc<QueryResult>>,
+}
+
+/// A mutation or action forwarded to Convex under our own request id.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    listener: ListenerId,
+    request_id: RequestId,
+    kind: RequestKind,
+}
+
+/// The versions sent on the current connection.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    query_set: QuerySetVersion,
+    identity: IdentityVersion,
+}
+
+#[derive(Debug)]
+pub struct UpstreamState {
+    id: UpstreamId,
+    stats: Arc<Stats>,
+    subs: HashMap<QueryKey, Sub>,
+    /// `subs`' results, published for [`super::Upstream::lookup`].
+    values: Values,
+    by_query_id: HashMap<QueryId, QueryKey>,
+    /// Each listener's keys with how many times it subscribed each.
+    listeners: HashMap<ListenerId, HashMap<QueryKey, usize>>,
+    /// The freshest token and its expiry (unix seconds).
+    token: Option<(String, i64)>,
+    token_dirty: bool,
+    /// What Convex last said this connection holds.
+    version: StateVersion,
+    next_query_id: u32,
+    next_request_id: u32,
+    requests: HashMap<RequestId, InFlight>,
+    /// Query-set changes not sent yet.
+    pending: Vec<QuerySetModification>,
+    /// `Some` while connected.
+    sent: Option<Sent>,
+}
+
+impl UpstreamState {
+    pub fn new(id: UpstreamId, stats: Arc<Stats>, values: Values) -> Self {
+        UpstreamState {
+            id,
+            stats,
+            subs: HashMap::new(),
+            values,
+            by_query_id: HashMap::new(),
+            listeners: HashMap::new(),
+            token: None,
+            token_dirty: false,
+            version: StateVersion::default(),
+            next_query_id: 0,
+            next_request_id: 0,
+            requests: HashMap::new(),
+            pending: Vec::new(),
+            sent: None,
+        }
+    }
+
+    pub fn id(&self) -> UpstreamId {
+        self.id
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.sent.is_some()
+    }
+
+    /// No listener is attached.
+    pub fn is_idle(&self) -> bool {
+        self.listeners.is_empty()
+    }
+
+    /// Keys subscribed upstream.
+    pub fn subscriptions(&self) -> usize {
+        self.subs.len()
+    }
+
+    pub fn attach(&mut self, listener: ListenerId) {
+        self.listeners.entry(listener).or_default();
+    }
+
+    /// Removes a listener and releases everything it subscribed.
+    pub fn detach(&mut self, listener: ListenerId) {
+        if let Some(keys) = self.listeners.remove(&listener) {
+            for (key, n) in keys {
+                self.release(&key, n);
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, listener: ListenerId, key: QueryKey, out: &mut Outbox) {
+        let Some(keys) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        *keys.entry(key.clone()).or_default() += 1;
+        if let Some(sub) = self.subs.get_mut(&key) {
+            sub.refcount += 1;
+            // A late subscriber gets the live value at once, in order.
+            if let Some(result) = sub.result.clone() {
+                let event = Event::Current {
+                    upstream: self.id,
+                    ts: self.version.ts,
+                    key,
+                    result,
+                };
+                out.events.push((Audience::One(listener), event));
+            }
+            return;
+        }
+        let query_id = self.sent.map(|_| self.alloc_query_id(&key));
+        if let Some(query_id) = query_id {
+            self.pending.push(add(query_id, &key));
+        }
+        self.subs.insert(
+            key,
+            Sub {
+                query_id,
+                refcount: 1,
+                result: None,
+            },
+        );
+        self.stats
+            .upstream_subscriptions
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn unsubscribe(&mut self, listener: ListenerId, key: &QueryKey) {
+        let Some(keys) = self.listeners.get_mut(&listener) else {
+            return;
+        };
+        let Some(n) = keys.get_mut(key) else {
+            return;
+        };
+        *n -= 1;
+        if *n == 0 {
+            keys.remove(key);
+        }
+        self.release(key, 1);
+    }
+
+    /// Keeps the token that expires last.
+    pub fn token(&mut self, token: String, expires_at: i64) {
+        if self.token.as_ref().is_none_or(|(_, exp)| expires_at > *exp) {
+            self.token = Some((token, expires_at));
+            self.token_dirty = true;
+        }
+    }
+
+    /// Forwards a listener's mutation or action under an upstream request id; refused at once
+    /// while disconnected.
+    pub fn request(
+        &mut self,
+        listener: ListenerId,
+        request_id: RequestId,
+        kind: RequestKind,
+        udf_path: String,
+        args: Value,
+        out: &mut Outbox,
+    ) {
+        if !self.is_connected() {
+            let outcome = Box::new(Err("not connected to Convex; try again".into()));
+            let event = Event::Response {
+                request_id,
+                kind,
+                outcome,
+            };
+            out.events.push((Audience::One(listener), event));
+            return;
+        }
+        let upstream_id = RequestId(self.next_request_id);
+        self.next_request_id = self.next_request_id.wrapping_add(1);
+        self.requests.insert(
+            upstream_id,
+            InFlight {
+                listener,
+                request_id,
+                kind,
+            },
+        );
+        // What the listener did before (a token, a subscription) reaches Convex first.
+        self.flush(out);
+        let args = vec![args];
+        out.to_convex.push(match kind {
+            RequestKind::Mutation => ClientMessage::Mutation {
+                request_id: upstream_id,
+                udf_path,
+                args,
+                component_path: None,
+            },
+            RequestKind::Action => ClientMessage::Action {
+                request_id: upstream_id,
+                udf_path,
+                args,
+                component_path: None,
+            },
+        });
+    }
+
+    /// A new connection: `Connect`, the token, every live key under a fresh query id.
+    pub fn connected(&mut self, session_id: String, out: &mut Outbox) {
+        self.sent = Some(Sent::default());
+        self.version = StateVersion::default();
+        self.by_query_id.clear();
+        self.pending.clear();
+        self.next_query_id = 0;
+        self.token_dirty = self.token.is_some();
+        out.to_convex.push(ClientMessage::Connect {
+            session_id,
+            connection_count: 0,
+            last_close_reason: None,
+            max_observed_timestamp: None,
+            client_ts: None,
+        });
+        let mut keys: Vec<QueryKey> = self.subs.keys().cloned().collect();
+        keys.sort();
+        for key in keys {
+            let query_id = self.alloc_query_id(&key);
+            self.pending.push(add(query_id, &key));
+        }
+        self.flush(out);
+    }
+
+    /// The connection is gone: in-flight requests fail (they may or may not have run).
+    pub fn disconnected(&mut self, out: &mut Outbox) {
+        self.sent = None;
+        self.version = StateVersion::default();
+        self.by_query_id.clear();
+        self.pending.clear();
+        for sub in self.subs.values_mut() {
+            sub.query_id = None;
+        }
+        let mut lost: Vec<InFlight> = self.requests.drain().map(|(_, r)| r).collect();
+        lost.sort_by_key(|r| (r.listener, r.request_id));
+        for r in lost {
+            let error = "the connection to Convex was lost; the request may not have run";
+            let event = Event::Response {
+                request_id: r.request_id,
+                kind: r.kind,
+                outcome: Box::new(Err(error.into())),
+            };
+            out.events.push((Audience::One(r.listener), event));
+        }
+    }
+
+    /// Evicts a listener that cannot keep up; returns whether it was attached.
+    pub fn evict(&mut self, listener: ListenerId) -> bool {
+        let attached = self.listeners.contains_key(&listener);
+        self.detach(listener);
+        attached
+    }
+
+    /// Turns pending changes into messages: the token first, then one `ModifyQuerySet`.
+    pub fn flush(&mut self, out: &mut Outbox) {
+        let Some(sent) = self.sent.as_mut() else {
+            return;
+        };
+        if self.token_dirty {
+            if let Some((token, _)) = &self.token
+                && let Some(next) = sent.identity.next()
+            {
+                out.to_convex.push(ClientMessage::Authenticate {
+                    base_version: sent.identity,
+                    token_type: TokenType::User,
+                    value: Some(token.clone()),
+                });
+                sent.identity = next;
+            }
+            self.token_dirty = false;
+        }
+        if !self.pending.is_empty()
+            && let Some(next) = sent.query_set.next()
+        {
+            out.to_convex.push(ClientMessage::ModifyQuerySet {
+                base_version: sent.query_set,
+                new_version: next,
+                modifications: std::mem::take(&mut self.pending),
+            });
+            sent.query_set = next;
+        }
+    }
+
+    /// Applies a message from Convex; `Err` means the connection is unusable.
+    pub fn on_server_message(
+        &mut self,
+        message: ServerMessage,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        match message {
+            ServerMessage::Transition {
+                start_version,
+                end_version,
+                modifications,
+            } => self.on_transition(start_version, end_version, modifications, out)?,
+            ServerMessage::MutationResponse {
+                request_id,
+                success,
+                result,
+                ts,
+                log_lines,
+                error_data,
+            } => {
+                let outcome = RequestOutcome {
+                    success,
+                    result,
+                    ts,
+                    log_lines,
+                    error_data,
+                };
+                self.respond(request_id, outcome, out);
+            }
+            ServerMessage::ActionResponse {
+                request_id,
+                success,
+                result,
+                log_lines,
+                error_data,
+            } => {
+                let outcome = RequestOutcome {
+                    success,
+                    result,
+                    ts: None,
+                    log_lines,
+                    error_data,
+                };
+                self.respond(request_id, outcome, out);
+            }
+            ServerMessage::AuthError { error, .. } => {
+                tracing::warn!(upstream = self.id, %error, "convex refused the token");
+                let event = Event::AuthFailed {
+                    upstream: self.id,
+                    error,
+                };
+                out.events.push((Audience::All, event));
+                self.token = None;
+            }
+            ServerMessage::FatalError { error } => {
+                return Err(format!("convex fatal error: {error}"));
+            }
+            ServerMessage::Ping => {}
+        }
+        Ok(())
+    }
+
+    fn on_transition(
+        &mut self,
+        start: StateVersion,
+        end: StateVersion,
+        modifications: Vec<StateModification>,
+        out: &mut Outbox,
+    ) -> Result<(), String> {
+        if start != self.version {
+            return Err(format!(
+                "convex sent a transition from {start:?}, expected {:?}",
+                self.version
+            ));
+        }
+        self.version = end;
+        let mut updates = Vec::new();
+        for m in modifications {
+            let Some((query_id, result)) = into_result(m)? else {
+                continue;
+            };
+            let Some(key) = self.by_query_id.get(&query_id) else {
+                continue;
+            };
+            let Some(sub) = self.subs.get_mut(key) else {
+                continue;
+            };
+            if sub.result.as_ref().is_some_and(|r| r.same_as(&result)) {
+                continue;
+            }
+            let result = Arc::new(result);
+            sub.result = Some(result.clone());
+            lock(&self.values).insert(key.clone(), result.clone());
+            updates.push((key.clone(), result));
+        }
+        let event = Event::Transition {
+            upstream: self.id,
+            ts: end.ts,
+            updates: Arc::new(updates),
+            text: Arc::new(SharedText::default()),
+        };
+        out.events.push((Audience::All, event));
+        Ok(())
+    }
+
+    fn respond(&mut self, upstream_id: RequestId, outcome: RequestOutcome, out: &mut Outbox) {
+        if let Some(r) = self.requests.remove(&upstream_id) {
+            let event = Event::Response {
+                request_id: r.request_id,
+                kind: r.kind,
+                outcome: Box::new(Ok(outcome)),
+            };
+            out.events.push((Audience::One(r.listener), event));
+        }
+    }
+
+    fn alloc_query_id(&mut self, key: &QueryKey) -> QueryId {
+        let id = QueryId(self.next_query_id);
+        self.next_query_id = self.next_query_id.wrapping_add(1);
+        self.by_query_id.insert(id, key.clone());
+        if let Some(sub) = self.subs.get_mut(key) {
+            sub.query_id = Some(id);
+        }
+        id
+    }
+
+    fn release(&mut self, key: &QueryKey, n: usize) {
+        let Some(sub) = self.subs.get_mut(key) else {
+            return;
+        };
+        sub.refcount = sub.refcount.saturating_sub(n);
+        if sub.refcount > 0 {
+            return;
+        }
+        let query_id = sub.query_id;
+        self.subs.remove(key);
+        lock(&self.values).remove(key);
+        self.stats
+            .upstream_subscriptions
+            .fetch_sub(1, Ordering::Relaxed);
+        let Some(id) = query_id else { return };
+        if self.by_query_id.remove(&id).is_none() {
+            return;
+        }
+        // Dropped before it was ever sent: cancel the pending Add instead.
+        let before = self.pending.len();
+        self.pending.retain(
+            |m| !matches!(m, QuerySetModification::Add { query_id, .. } if *query_id == id),
+        );
+        if self.pending.len() == before {
+            self.pending
+                .push(QuerySetModification::Remove { query_id: id });
+        }
+    }
+
+    /// Checks the invariants; `Err` names the first one broken.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut counts: HashMap<&QueryKey, usize> = HashMap::new();
+        for keys in self.listeners.values() {
+            for (key, n) in keys {
+                if *n == 0 {
+                    return Err(format!("a listener holds {key:?} zero times"));
+                }
+                *counts.entry(key).or_default() += n;
+            }
+        }
+        if counts.len() != self.subs.len() {
+            return Err(format!(
+                "{} keys held by listeners, {} subscribed upstream",
+                counts.len(),
+                self.subs.len()
+            ));
+        }
+        for (key, sub) in &self.subs {
+            if counts.get(key) != Some(&sub.refcount) {
+                return Err(format!(
+                    "{key:?} has refcount {} but listeners hold it {:?} times",
+                    sub.refcount,
+                    counts.get(key)
+                ));
+            }
+            match (self.is_connected(), sub.query_id) {
+                (true, Some(id)) if self.by_query_id.get(&id) == Some(key) => {}
+                (false, None) => {}
+                (connected, id) => {
+                    return Err(format!(
+                        "{key:?} has query id {id:?} (connected: {connected})"
+                    ));
+                }
+            }
+        }
+        if self.by_query_id.len() != self.subs.len() && self.is_connected() {
+            return Err("query ids left for keys no longer subscribed".into());
+        }
+        let values = lock(&self.values);
+        for key in values.keys() {
+            if !self.subs.contains_key(key) {
+                return Err(format!("a published value for {key:?}, not subscribed"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn add(query_id: QueryId, key: &QueryKey) -> QuerySetModification {
+    QuerySetModification::Add {
+        query_id,
+        udf_path: key.path.as_str().to_owned(),
+        args: vec![key.args_value()],
+        journal: key.journal.clone(),
+        component_path: None,
+    }
+}
+
+/// A modification as a result to share; `None` for `QueryRemoved` (nothing to pass on).
+fn into_result(m: StateModification) -> Result<Option<(QueryId, QueryResult)>, String> {
+    let raw = |v: &Value| RawValue::from_string(v.to_string()).map_err(|e| e.to_string());
+    Ok(match m {
+        StateModification::QueryUpdated {
+            query_id,
+            value,
+            log_lines,
+            journal,
+        } => Some((
+            query_id,
+            QueryResult::Value {
+                value: raw(&value)?,
+                log_lines,
+                journal,
+            },
+        )),
+        StateModification::QueryFailed {
+            query_id,
+            error_message,
+            log_lines,
+            journal,
+            error_data,
+        } => Some((
+            query_id,
+            QueryResult::Failed {
+                message: error_message,
+                data: error_data.as_ref().map(raw).transpose()?,
+                log_lines,
+                journal,
+            },
+        )),
+        StateModification::QueryRemoved { .. } => None,
+    })
+}
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,725 @@
+//! The upstream state's rules, one test each; every step is followed by `validate`.
+
+use std::sync::Arc;
+
+use edge_convex::sync::{QuerySetModification, RequestKind, StateModification};
+use edge_convex::{
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, ServerMessage,
+    StateVersion, Timestamp,
+};
+use serde_json::{Value, json};
+
+use super::{Audience, Outbox, UpstreamState};
+use crate::key::QueryKey;
+use crate::metrics::Stats;
+use crate::upstream::{Event, Values};
+
+const A: u64 = 1;
+const B: u64 = 2;
+
+fn key(channel: &str) -> QueryKey {
+    QueryKey::new("messages:list", &json!({ "channel": channel }), None).unwrap()
+}
+
+/// A connected state with listeners `A` and `B` attached.
+fn connected() -> (UpstreamState, Outbox) {
+    let mut s = UpstreamState::new(7, Arc::new(Stats::default()), Values::default());
+    s.attach(A);
+    s.attach(B);
+    let mut out = Outbox::default();
+    s.connected("test".into(), &mut out);
+    s.validate().unwrap();
+    (s, out)
+}
+
+fn step(s: &mut UpstreamState, f: impl FnOnce(&mut UpstreamState, &mut Outbox)) -> Outbox {
+    let mut out = Outbox::default();
+    f(s, &mut out);
+    s.flush(&mut out);
+    s.validate().unwrap();
+    out
+}
+
+/// The `Add`s and `Remove`s of the `ModifyQuerySet`s in `out`, as (added ids, removed ids).
+fn query_set_changes(out: &Outbox) -> (Vec<QueryId>, Vec<QueryId>) {
+    let (mut added, mut removed) = (vec![], vec![]);
+    for m in &out.to_convex {
+        if let ClientMessage::ModifyQuerySet { modifications, .. } = m {
+            for m in modifications {
+                match m {
+                    QuerySetModification::Add { query_id, .. } => added.push(*query_id),
+                    QuerySetModification::Remove { query_id } => removed.push(*query_id),
+                }
+            }
+        }
+    }
+    (added, removed)
+}
+
+fn version(qs: u32, identity: u32, ts: u64) -> StateVersion {
+    StateVersion {
+        query_set: QuerySetVersion(qs),
+        identity: IdentityVersion(identity),
+        ts: Timestamp(ts),
+    }
+}
+
+fn transition(start: StateVersion, end: StateVersion, values: &[(u32, Value)]) -> ServerMessage {
+    ServerMessage::Transition {
+        start_version: start,
+        end_version: end,
+        modifications: values
+            .iter()
+            .map(|(id, v)| StateModification::QueryUpdated {
+                query_id: QueryId(*id),
+                value: v.clone(),
+                log_lines: vec![],
+                journal: None,
+            })
+            .collect(),
+    }
+}
+
+fn updates(out: &Outbox) -> Vec<Vec<String>> {
+    out.events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            Event::Transition { updates, .. } => Some(
+                updates
+                    .iter()
+                    .map(|(k, r)| match r.as_ref() {
+                        crate::upstream::QueryResult::Value { value, .. } => {
+                            format!("{}={}", k.args, value.get())
+                        }
+                        crate::upstream::QueryResult::Failed { message, .. } => {
+                            format!("{}!{message}", k.args)
+                        }
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn connecting_sends_connect_first() {
+    let (_, out) = connected();
+    assert!(matches!(out.to_convex[0], ClientMessage::Connect { .. }));
+    assert_eq!(out.to_convex.len(), 1, "nothing else to send yet");
+}
+
+#[test]
+fn a_key_is_subscribed_once_for_many_listeners() {
+    let (mut s, _) = connected();
+    let out = step(&mut s, |s, out| {
+        s.subscribe(A, key("x"), out);
+        s.subscribe(B, key("x"), out);
+        s.subscribe(A, key("x"), out);
+    });
+    assert_eq!(query_set_changes(&out), (vec![QueryId(0)], vec![]));
+    assert_eq!(s.subscriptions(), 1);
+}
+
+#[test]
+fn a_key_is_removed_when_its_last_holder_lets_go() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| {
+        s.subscribe(A, key("x"), out);
+        s.subscribe(B, key("x"), out);
+    });
+    let out = step(&mut s, |s, _| s.unsubscribe(A, &key("x")));
+    assert_eq!(query_set_changes(&out), (vec![], vec![]));
+    let out = step(&mut s, |s, _| s.unsubscribe(B, &key("x")));
+    assert_eq!(query_set_changes(&out), (vec![], vec![QueryId(0)]));
+    assert_eq!(s.subscriptions(), 0);
+}
+
+#[test]
+fn a_key_dropped_before_it_was_sent_is_never_sent() {
+    let (mut s, _) = connected();
+    let out = step(&mut s, |s, out| {
+        s.subscribe(A, key("x"), out);
+        s.unsubscribe(A, &key("x"));
+    });
+    assert!(out.to_convex.is_empty(), "{:?}", out.to_convex);
+}
+
+#[test]
+fn detaching_releases_every_key_of_the_listener() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| {
+        s.subscribe(A, key("x"), out);
+        s.subscribe(A, key("x"), out);
+        s.subscribe(A, key("y"), out);
+        s.subscribe(B, key("y"), out);
+    });
+    let out = step(&mut s, |s, _| s.detach(A));
+    assert_eq!(query_set_changes(&out), (vec![], vec![QueryId(0)]));
+    assert_eq!(s.subscriptions(), 1);
+}
+
+#[test]
+fn unsubscribing_more_than_subscribed_changes_nothing() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    step(&mut s, |s, _| s.unsubscribe(B, &key("x")));
+    step(&mut s, |s, _| s.unsubscribe(A, &key("y")));
+    assert_eq!(s.subscriptions(), 1);
+}
+
+#[test]
+fn unknown_listeners_cannot_subscribe() {
+    let (mut s, _) = connected();
+    let out = step(&mut s, |s, out| s.subscribe(99, key("x"), out));
+    assert!(out.to_convex.is_empty());
+    assert_eq!(s.subscriptions(), 0);
+}
+
+#[test]
+fn query_set_versions_move_by_one_per_message() {
+    let (mut s, _) = connected();
+    let first = step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    let second = step(&mut s, |s, out| s.subscribe(A, key("y"), out));
+    let versions = |out: &Outbox| match &out.to_convex[..] {
+        [
+            ClientMessage::ModifyQuerySet {
+                base_version,
+                new_version,
+                ..
+            },
+        ] => (base_version.0, new_version.0),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(versions(&first), (0, 1));
+    assert_eq!(versions(&second), (1, 2));
+}
+
+#[test]
+fn the_token_goes_before_the_query_set_change_that_follows_it() {
+    let (mut s, _) = connected();
+    let out = step(&mut s, |s, out| {
+        s.token("t1".into(), 100);
+        s.subscribe(A, key("x"), out);
+    });
+    assert!(matches!(
+        out.to_convex[0],
+        ClientMessage::Authenticate {
+            base_version: IdentityVersion(0),
+            ..
+        }
+    ));
+    assert!(matches!(
+        out.to_convex[1],
+        ClientMessage::ModifyQuerySet { .. }
+    ));
+}
+
+#[test]
+fn only_a_token_that_expires_later_replaces_the_current_one() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, _| s.token("late".into(), 200));
+    let out = step(&mut s, |s, _| s.token("early".into(), 100));
+    assert!(out.to_convex.is_empty(), "an older token is not sent");
+    let out = step(&mut s, |s, _| s.token("later".into(), 300));
+    assert!(matches!(
+        &out.to_convex[..],
+        [ClientMessage::Authenticate { base_version: IdentityVersion(1), value: Some(v), .. }] if v == "later"
+    ));
+}
+
+#[test]
+fn transitions_pass_on_only_changed_results() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| {
+        s.subscribe(A, key("x"), out);
+        s.subscribe(A, key("y"), out);
+    });
+    let t1 = transition(
+        version(0, 0, 0),
+        version(1, 0, 5),
+        &[(0, json!([1])), (1, json!([2]))],
+    );
+    let out = step(&mut s, |s, out| s.on_server_message(t1, out).unwrap());
+    assert_eq!(updates(&out)[0].len(), 2);
+    let t2 = transition(
+        version(1, 0, 5),
+        version(1, 0, 6),
+        &[(0, json!([1])), (1, json!([3]))],
+    );
+    let out = step(&mut s, |s, out| s.on_server_message(t2, out).unwrap());
+    assert_eq!(
+        updates(&out),
+        vec![vec![r#"{"channel":"y"}=[3]"#.to_owned()]]
+    );
+    assert!(matches!(out.events[0].0, Audience::All));
+}
+
+#[test]
+fn a_transition_from_the_wrong_version_breaks_the_connection() {
+    let (mut s, _) = connected();
+    let t = transition(version(0, 0, 3), version(0, 0, 5), &[]);
+    let mut out = Outbox::default();
+    let error = s.on_server_message(t, &mut out).unwrap_err();
+    assert!(error.contains("expected"), "{error}");
+}
+
+#[test]
+fn a_late_subscriber_gets_the_current_value_at_once() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    let t = transition(version(0, 0, 0), version(1, 0, 9), &[(0, json!("v"))]);
+    step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
+    let out = step(&mut s, |s, out| s.subscribe(B, key("x"), out));
+    match &out.events[..] {
+        [(Audience::One(B), Event::Current { ts, key: k, .. })] => {
+            assert_eq!((*ts, k), (Timestamp(9), &key("x")));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(out.to_convex.is_empty(), "no second subscription upstream");
+}
+
+#[test]
+fn results_are_published_for_lookups_and_withdrawn_with_the_key() {
+    let values = Values::default();
+    let mut s = UpstreamState::new(1, Arc::new(Stats::default()), values.clone());
+    s.attach(A);
+    s.connected("t".into(), &mut Outbox::default());
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    let t = transition(version(0, 0, 0), version(1, 0, 1), &[(0, json!(1))]);
+    step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
+    assert!(crate::upstream::lock(&values).contains_key(&key("x")));
+    step(&mut s, |s, _| s.detach(A));
+    assert!(crate::upstream::lock(&values).is_empty());
+}
+
+#[test]
+fn results_for_unknown_query_ids_are_ignored() {
+    let (mut s, _) = connected();
+    let t = transition(version(0, 0, 0), version(0, 0, 1), &[(42, json!(1))]);
+    let out = step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
+    assert_eq!(updates(&out), vec![Vec::<String>::new()]);
+}
+
+#[test]
+fn a_reconnect_re_adds_every_live_key_under_fresh_ids_after_the_token() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| {
+        s.token("t".into(), 100);
+        s.subscribe(A, key("x"), out);
+        s.subscribe(B, key("y"), out);
+        s.subscribe(A, key("z"), out);
+    });
+    step(&mut s, |s, _| s.unsubscribe(A, &key("z")));
+    step(&mut s, |s, out| s.disconnected(out));
+    let mut out = Outbox::default();
+    s.connected("again".into(), &mut out);
+    s.validate().unwrap();
+    assert!(matches!(out.to_convex[0], ClientMessage::Connect { .. }));
+    assert!(matches!(
+        out.to_convex[1],
+        ClientMessage::Authenticate {
+            base_version: IdentityVersion(0),
+            ..
+        }
+    ));
+    assert_eq!(
+        query_set_changes(&out),
+        (vec![QueryId(0), QueryId(1)], vec![])
+    );
+    assert!(matches!(
+        out.to_convex[2],
+        ClientMessage::ModifyQuerySet {
+            base_version: QuerySetVersion(0),
+            ..
+        }
+    ));
+}
+
+#[test]
+fn subscriptions_made_while_disconnected_are_sent_on_connect() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.disconnected(out));
+    let out = step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    assert!(out.to_convex.is_empty());
+    let mut out = Outbox::default();
+    s.connected("c".into(), &mut out);
+    assert_eq!(query_set_changes(&out), (vec![QueryId(0)], vec![]));
+}
+
+#[test]
+fn keys_released_while_disconnected_are_not_re_added() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    step(&mut s, |s, out| s.disconnected(out));
+    step(&mut s, |s, _| s.unsubscribe(A, &key("x")));
+    let mut out = Outbox::default();
+    s.connected("c".into(), &mut out);
+    assert_eq!(out.to_convex.len(), 1, "only Connect: {:?}", out.to_convex);
+}
+
+fn request(s: &mut UpstreamState, listener: u64, id: u32, kind: RequestKind) -> Outbox {
+    step(s, |s, out| {
+        s.request(
+            listener,
+            RequestId(id),
+            kind,
+            "tasks:add".into(),
+            json!({}),
+            out,
+        )
+    })
+}
+
+#[test]
+fn requests_get_upstream_ids_and_answers_go_back_to_their_listener() {
+    let (mut s, _) = connected();
+    let out = request(&mut s, A, 5, RequestKind::Mutation);
+    assert!(matches!(
+        out.to_convex[..],
+        [ClientMessage::Mutation {
+            request_id: RequestId(0),
+            ..
+        }]
+    ));
+    let out = request(&mut s, B, 5, RequestKind::Action);
+    assert!(matches!(
+        out.to_convex[..],
+        [ClientMessage::Action {
+            request_id: RequestId(1),
+            ..
+        }]
+    ));
+    let answer = ServerMessage::MutationResponse {
+        request_id: RequestId(0),
+        success: true,
+        result: Value::Null,
+        ts: Some(Timestamp(3)),
+        log_lines: vec![],
+        error_data: None,
+    };
+    let out = step(&mut s, |s, out| s.on_server_message(answer, out).unwrap());
+    match &out.events[..] {
+        [
+            (
+                Audience::One(A),
+                Event::Response {
+                    request_id,
+                    kind,
+                    outcome,
+                },
+            ),
+        ] => {
+            assert_eq!((*request_id, *kind), (RequestId(5), RequestKind::Mutation));
+            assert_eq!(outcome.as_ref().as_ref().unwrap().ts, Some(Timestamp(3)));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_request_goes_after_the_subscriptions_made_before_it() {
+    let (mut s, _) = connected();
+    let out = step(&mut s, |s, out| {
+        s.subscribe(A, key("x"), out);
+        s.request(
+            A,
+            RequestId(1),
+            RequestKind::Mutation,
+            "m:m".into(),
+            json!({}),
+            out,
+        );
+    });
+    assert!(matches!(
+        out.to_convex[0],
+        ClientMessage::ModifyQuerySet { .. }
+    ));
+    assert!(matches!(out.to_convex[1], ClientMessage::Mutation { .. }));
+}
+
+#[test]
+fn requests_fail_at_once_while_disconnected() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.disconnected(out));
+    let out = request(&mut s, A, 1, RequestKind::Mutation);
+    assert!(out.to_convex.is_empty());
+    assert!(matches!(
+        &out.events[..],
+        [(Audience::One(A), Event::Response { outcome, .. })] if outcome.is_err()
+    ));
+}
+
+#[test]
+fn requests_in_flight_fail_when_the_connection_is_lost() {
+    let (mut s, _) = connected();
+    request(&mut s, A, 1, RequestKind::Mutation);
+    request(&mut s, B, 2, RequestKind::Action);
+    let out = step(&mut s, |s, out| s.disconnected(out));
+    let failed: Vec<(u64, RequestId)> = out
+        .events
+        .iter()
+        .map(|(audience, e)| match (audience, e) {
+            (
+                Audience::One(l),
+                Event::Response {
+                    request_id,
+                    outcome,
+                    ..
+                },
+            ) => {
+                assert!(outcome.is_err());
+                (*l, *request_id)
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(failed, vec![(A, RequestId(1)), (B, RequestId(2))]);
+}
+
+#[test]
+fn an_auth_error_reaches_every_listener_and_drops_the_token() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, _| s.token("t".into(), 10));
+    let refused = ServerMessage::AuthError {
+        error: "expired".into(),
+        base_version: None,
+        auth_update_attempted: None,
+    };
+    let out = step(&mut s, |s, out| s.on_server_message(refused, out).unwrap());
+    assert!(matches!(
+        &out.events[..],
+        [(Audience::All, Event::AuthFailed { error, .. })] if error == "expired"
+    ));
+    // A new token is taken even if it expires earlier than the refused one.
+    let out = step(&mut s, |s, _| s.token("t2".into(), 5));
+    assert!(matches!(
+        out.to_convex[..],
+        [ClientMessage::Authenticate { .. }]
+    ));
+}
+
+#[test]
+fn a_fatal_error_from_convex_breaks_the_connection() {
+    let (mut s, _) = connected();
+    let mut out = Outbox::default();
+    let fatal = ServerMessage::FatalError {
+        error: "bad".into(),
+    };
+    assert!(s.on_server_message(fatal, &mut out).is_err());
+}
+
+#[test]
+fn eviction_releases_the_listener_like_a_detach() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    assert!(s.evict(A));
+    assert!(!s.evict(A), "already gone");
+    let out = step(&mut s, |_, _| {});
+    assert_eq!(query_set_changes(&out), (vec![], vec![QueryId(0)]));
+    assert!(!s.is_idle(), "B is still attached");
+    s.detach(B);
+    assert!(s.is_idle());
+}
+
+#[test]
+fn failed_results_are_shared_with_their_error_data() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    let t = ServerMessage::Transition {
+        start_version: version(0, 0, 0),
+        end_version: version(1, 0, 1),
+        modifications: vec![StateModification::QueryFailed {
+            query_id: QueryId(0),
+            error_message: "ConvexError".into(),
+            log_lines: vec![],
+            journal: None,
+            error_data: Some(json!({"code": "E"})),
+        }],
+    };
+    let out = step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
+    assert_eq!(
+        updates(&out),
+        vec![vec![r#"{"channel":"x"}!ConvexError"#.to_owned()]]
+    );
+}
+
+mod properties {
+    //! Random interleavings of listener commands, tokens, requests, Convex transitions and
+    //! reconnects, against a model of Convex's side of the protocol: every message the state
+    //! sends must be one Convex accepts, and the query set Convex holds must be exactly the
+    //! keys some listener holds.
+
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What Convex knows of this connection.
+    #[derive(Default)]
+    struct Convex {
+        query_set: QuerySetVersion,
+        identity: IdentityVersion,
+        queries: BTreeMap<QueryId, QueryKey>,
+        version: StateVersion,
+        requests: BTreeSet<RequestId>,
+    }
+
+    impl Convex {
+        fn receive(&mut self, messages: &[ClientMessage]) {
+            for m in messages {
+                match m {
+                    ClientMessage::Connect { .. } => *self = Convex::default(),
+                    ClientMessage::ModifyQuerySet {
+                        base_version,
+                        new_version,
+                        modifications,
+                    } => {
+                        assert_eq!(*base_version, self.query_set, "ModifyQuerySet base");
+                        assert_eq!(new_version.0, base_version.0 + 1);
+                        self.query_set = *new_version;
+                        for m in modifications {
+                            match m {
+                                QuerySetModification::Add {
+                                    query_id,
+                                    udf_path,
+                                    args,
+                                    ..
+                                } => {
+                                    let key = QueryKey::new(udf_path, &args[0], None).unwrap();
+                                    assert!(
+                                        self.queries.insert(*query_id, key).is_none(),
+                                        "query id {query_id} added twice"
+                                    );
+                                }
+                                QuerySetModification::Remove { query_id } => {
+                                    assert!(
+                                        self.queries.remove(query_id).is_some(),
+                                        "removed unknown {query_id}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    ClientMessage::Authenticate { base_version, .. } => {
+                        assert_eq!(*base_version, self.identity, "Authenticate base");
+                        self.identity = IdentityVersion(base_version.0 + 1);
+                    }
+                    ClientMessage::Mutation { request_id, .. }
+                    | ClientMessage::Action { request_id, .. } => {
+                        assert!(self.requests.insert(*request_id), "request id reused");
+                    }
+                    ClientMessage::Event { .. } => {}
+                }
+            }
+        }
+
+        /// A transition with a new value for every query.
+        fn transition(&mut self, ts: u64) -> ServerMessage {
+            let end = StateVersion {
+                query_set: self.query_set,
+                identity: self.identity,
+                ts: Timestamp(ts),
+            };
+            let values: Vec<(u32, Value)> =
+                self.queries.keys().map(|id| (id.0, json!(ts))).collect();
+            let t = transition(self.version, end, &values);
+            self.version = end;
+            t
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Attach(u8),
+        Detach(u8),
+        Subscribe(u8, u8),
+        Unsubscribe(u8, u8),
+        Token(u8),
+        Request(u8),
+        Transition,
+        Answer,
+        Reconnect,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            1 => (0..4u8).prop_map(Op::Attach),
+            1 => (0..4u8).prop_map(Op::Detach),
+            5 => (0..4u8, 0..5u8).prop_map(|(l, k)| Op::Subscribe(l, k)),
+            3 => (0..4u8, 0..5u8).prop_map(|(l, k)| Op::Unsubscribe(l, k)),
+            1 => (0..200u8).prop_map(Op::Token),
+            1 => (0..4u8).prop_map(Op::Request),
+            3 => Just(Op::Transition),
+            1 => Just(Op::Answer),
+            1 => Just(Op::Reconnect),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn convex_always_holds_exactly_the_keys_listeners_hold(
+            ops in proptest::collection::vec(op(), 1..80)
+        ) {
+            let mut s = UpstreamState::new(1, Arc::new(Stats::default()), Values::default());
+            let mut convex = Convex::default();
+            let mut ts = 0;
+            let mut out = Outbox::default();
+            s.connected("p".into(), &mut out);
+            convex.receive(&out.to_convex);
+            for op in ops {
+                let mut out = Outbox::default();
+                match op {
+                    Op::Attach(l) => s.attach(u64::from(l)),
+                    Op::Detach(l) => s.detach(u64::from(l)),
+                    Op::Subscribe(l, k) => s.subscribe(u64::from(l), key(&k.to_string()), &mut out),
+                    Op::Unsubscribe(l, k) => s.unsubscribe(u64::from(l), &key(&k.to_string())),
+                    Op::Token(exp) => s.token(format!("t{exp}"), i64::from(exp)),
+                    Op::Request(l) => s.request(
+                        u64::from(l),
+                        RequestId(0),
+                        RequestKind::Mutation,
+                        "m:m".into(),
+                        json!({}),
+                        &mut out,
+                    ),
+                    Op::Transition => {
+                        if s.is_connected() {
+                            ts += 1;
+                            let t = convex.transition(ts);
+                            s.on_server_message(t, &mut out).unwrap();
+                        }
+                    }
+                    Op::Answer => {
+                        if let Some(id) = convex.requests.pop_first() {
+                            let answer = ServerMessage::ActionResponse {
+                                request_id: id,
+                                success: true,
+                                result: Value::Null,
+                                log_lines: vec![],
+                                error_data: None,
+                            };
+                            s.on_server_message(answer, &mut out).unwrap();
+                        }
+                    }
+                    Op::Reconnect => {
+                        s.disconnected(&mut out);
+                        s.connected("again".into(), &mut out);
+                    }
+                }
+                s.flush(&mut out);
+                if let Err(e) = s.validate() {
+                    prop_assert!(false, "{e}");
+                }
+                convex.receive(&out.to_convex);
+                let held: BTreeSet<&QueryKey> = convex.queries.values().collect();
+                prop_assert_eq!(held.len(), convex.queries.len(), "a key subscribed twice");
+                prop_assert_eq!(held.len(), s.subscriptions());
+            }
+        }
+    }
+}

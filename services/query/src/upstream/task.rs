@@ -1,0 +1,235 @@
+//! The upstream's driver: connects to Convex, reconnects with the service's backoff, and runs
+//! one loop that reads Convex's frames and the listeners' commands into [`UpstreamState`],
+//! then sends what it returns to Convex and delivers its events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use edge_convex::ServerMessage;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Notify, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::state::{Audience, Outbox, UpstreamState};
+use super::{Command, Event, ListenerId, Settings, Upstream, Values, next_id};
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Where a listener's events go.
+struct Mailbox {
+    tx: mpsc::Sender<Event>,
+    evicted: Arc<Notify>,
+}
+
+struct Task {
+    settings: Settings,
+    state: UpstreamState,
+    mailboxes: HashMap<ListenerId, Mailbox>,
+}
+
+/// Starts an upstream task; it ends when idle (see [`super::Retire`]) or when every handle is
+/// dropped.
+pub fn spawn(settings: Settings) -> Upstream {
+    let id = next_id();
+    let (tx, rx) = mpsc::channel(4096);
+    let values = Values::default();
+    let stats = settings.stats.clone();
+    let task = Task {
+        state: UpstreamState::new(id, stats.clone(), values.clone()),
+        settings,
+        mailboxes: HashMap::new(),
+    };
+    tokio::spawn(async move {
+        stats.upstream_connections.fetch_add(1, Ordering::Relaxed);
+        task.run(rx).await;
+        stats.upstream_connections.fetch_sub(1, Ordering::Relaxed);
+    });
+    Upstream { id, tx, values }
+}
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let id = self.state.id();
+        let mut backoff = edge_telemetry::backoff::reconnect();
+        loop {
+            match tokio_tungstenite::connect_async(self.settings.ws_url.as_str()).await {
+                Ok((socket, _)) => {
+                    backoff = edge_telemetry::backoff::reconnect();
+                    match self.serve(socket, &mut rx).await {
+                        Ok(()) => return,
+                        Err(reason) => {
+                            tracing::warn!(%reason, upstream = id, "upstream connection lost; reconnecting")
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, upstream = id, "cannot reach convex; retrying")
+                }
+            }
+            let mut out = Outbox::default();
+            self.state.disconnected(&mut out);
+            self.deliver(out);
+            // Keep taking commands while waiting, so listeners never block on us.
+            let retry = tokio::time::sleep(backoff.next().unwrap_or_default());
+            tokio::pin!(retry);
+            loop {
+                tokio::select! {
+                    _ = &mut retry => break,
+                    command = rx.recv() => match command {
+                        Some(c) => {
+                            let mut out = Outbox::default();
+                            self.on_command(c, &mut out);
+                            self.deliver(out);
+                        }
+                        None => return,
+                    },
+                }
+            }
+            if self.try_retire(&mut rx) {
+                return;
+            }
+        }
+    }
+
+    /// Ends the upstream if nobody uses it and no command is waiting.
+    fn try_retire(&self, rx: &mut mpsc::Receiver<Command>) -> bool {
+        if !self.state.is_idle() {
+            return false;
+        }
+        (self.settings.retire)(self.state.id(), &mut || rx.is_empty())
+    }
+
+    /// Serves one connection until it fails (`Err`) or the upstream is done (`Ok`).
+    async fn serve(
+        &mut self,
+        socket: Socket,
+        rx: &mut mpsc::Receiver<Command>,
+    ) -> Result<(), String> {
+        let (mut sink, mut stream) = socket.split();
+        let mut out = Outbox::default();
+        let session_id = format!("edge-query-{}", self.state.id());
+        self.state.connected(session_id, &mut out);
+        self.send(&mut sink, out).await?;
+        let mut idle = tokio::time::interval(self.settings.idle);
+        idle.tick().await;
+        loop {
+            let mut out = Outbox::default();
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(Ok(Message::Text(text))) => {
+                        let message: ServerMessage = serde_json::from_str(&text)
+                            .map_err(|e| format!("unreadable message from convex: {e}"))?;
+                        self.state.on_server_message(message, &mut out)?;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Binary(_))) => return Err("binary frame from convex".into()),
+                    Some(Ok(Message::Close(_))) | None => return Err("convex closed the connection".into()),
+                    Some(Err(e)) => return Err(e.to_string()),
+                },
+                command = rx.recv() => match command {
+                    Some(c) => {
+                        self.on_command(c, &mut out);
+                        // Batch: take everything already queued before writing.
+                        while let Ok(c) = rx.try_recv() {
+                            self.on_command(c, &mut out);
+                        }
+                    }
+                    None => return Ok(()),
+                },
+                _ = idle.tick() => {
+                    if self.try_retire(rx) {
+                        return Ok(());
+                    }
+                }
+            }
+            self.state.flush(&mut out);
+            self.send(&mut sink, out).await?;
+        }
+    }
+
+    fn on_command(&mut self, command: Command, out: &mut Outbox) {
+        match command {
+            Command::Attach {
+                listener,
+                tx,
+                evicted,
+            } => {
+                self.mailboxes.insert(listener, Mailbox { tx, evicted });
+                self.state.attach(listener);
+            }
+            Command::Detach { listener } => {
+                self.mailboxes.remove(&listener);
+                self.state.detach(listener);
+            }
+            Command::Subscribe { listener, key } => self.state.subscribe(listener, key, out),
+            Command::Unsubscribe { listener, key } => self.state.unsubscribe(listener, &key),
+            Command::Token { token, expires_at } => self.state.token(token, expires_at),
+            Command::Request {
+                listener,
+                request_id,
+                kind,
+                udf_path,
+                args,
+            } => self
+                .state
+                .request(listener, request_id, kind, udf_path, args, out),
+        }
+    }
+
+    /// Delivers events; a listener whose queue is full is evicted.
+    fn deliver(&mut self, out: Outbox) {
+        // Every integration test (debug builds) checks the state's invariants on each step.
+        #[cfg(debug_assertions)]
+        if let Err(broken) = self.state.validate() {
+            panic!("upstream state invariant broken: {broken}");
+        }
+        for (audience, event) in out.events {
+            match audience {
+                Audience::One(listener) => self.deliver_to(listener, event),
+                Audience::All => {
+                    let ids: Vec<ListenerId> = self.mailboxes.keys().copied().collect();
+                    for listener in ids {
+                        self.deliver_to(listener, event.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_to(&mut self, listener: ListenerId, event: Event) {
+        let full = match self.mailboxes.get(&listener) {
+            Some(m) => m.tx.try_send(event).is_err(),
+            None => false,
+        };
+        if full && let Some(mailbox) = self.mailboxes.remove(&listener) {
+            tracing::warn!(
+                listener,
+                upstream = self.state.id(),
+                "downstream socket too slow; disconnecting it"
+            );
+            mailbox.evicted.notify_one();
+            self.state.evict(listener);
+        }
+    }
+
+    /// Delivers events, then writes the messages for Convex (evictions may add removals).
+    async fn send(
+        &mut self,
+        sink: &mut futures_util::stream::SplitSink<Socket, Message>,
+        mut out: Outbox,
+    ) -> Result<(), String> {
+        let to_convex = std::mem::take(&mut out.to_convex);
+        self.deliver(out);
+        let mut later = Outbox::default();
+        self.state.flush(&mut later);
+        for message in to_convex.into_iter().chain(later.to_convex) {
+            let text = serde_json::to_string(&message).map_err(|e| e.to_string())?;
+            sink.feed(Message::Text(text.into()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        sink.flush().await.map_err(|e| e.to_string())
+    }
+}
