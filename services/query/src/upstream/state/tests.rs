@@ -2,10 +2,10 @@
 
 use std::sync::Arc;
 
-use edge_convex::sync::{QuerySetModification, RequestKind, StateModification};
+use edge_convex::sync::{QuerySetModification, StateModification};
 use edge_convex::{
-    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, ServerMessage,
-    StateVersion, Timestamp,
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, ServerMessage, StateVersion,
+    Timestamp,
 };
 use serde_json::{Value, json};
 
@@ -14,15 +14,15 @@ use crate::key::QueryKey;
 use crate::metrics::Stats;
 use crate::upstream::{Event, Values};
 
-const A: u64 = 1;
-const B: u64 = 2;
+pub(super) const A: u64 = 1;
+pub(super) const B: u64 = 2;
 
-fn key(channel: &str) -> QueryKey {
+pub(super) fn key(channel: &str) -> QueryKey {
     QueryKey::new("messages:list", &json!({ "channel": channel }), None).unwrap()
 }
 
 /// A connected state with listeners `A` and `B` attached.
-fn connected() -> (UpstreamState, Outbox) {
+pub(super) fn connected() -> (UpstreamState, Outbox) {
     let mut s = UpstreamState::new(7, Arc::new(Stats::default()), Values::default());
     s.attach(A);
     s.attach(B);
@@ -32,7 +32,10 @@ fn connected() -> (UpstreamState, Outbox) {
     (s, out)
 }
 
-fn step(s: &mut UpstreamState, f: impl FnOnce(&mut UpstreamState, &mut Outbox)) -> Outbox {
+pub(super) fn step(
+    s: &mut UpstreamState,
+    f: impl FnOnce(&mut UpstreamState, &mut Outbox),
+) -> Outbox {
     let mut out = Outbox::default();
     f(s, &mut out);
     s.flush(&mut out);
@@ -41,7 +44,7 @@ fn step(s: &mut UpstreamState, f: impl FnOnce(&mut UpstreamState, &mut Outbox)) 
 }
 
 /// The `Add`s and `Remove`s of the `ModifyQuerySet`s in `out`, as (added ids, removed ids).
-fn query_set_changes(out: &Outbox) -> (Vec<QueryId>, Vec<QueryId>) {
+pub(super) fn query_set_changes(out: &Outbox) -> (Vec<QueryId>, Vec<QueryId>) {
     let (mut added, mut removed) = (vec![], vec![]);
     for m in &out.to_convex {
         if let ClientMessage::ModifyQuerySet { modifications, .. } = m {
@@ -56,7 +59,7 @@ fn query_set_changes(out: &Outbox) -> (Vec<QueryId>, Vec<QueryId>) {
     (added, removed)
 }
 
-fn version(qs: u32, identity: u32, ts: u64) -> StateVersion {
+pub(super) fn version(qs: u32, identity: u32, ts: u64) -> StateVersion {
     StateVersion {
         query_set: QuerySetVersion(qs),
         identity: IdentityVersion(identity),
@@ -64,7 +67,11 @@ fn version(qs: u32, identity: u32, ts: u64) -> StateVersion {
     }
 }
 
-fn transition(start: StateVersion, end: StateVersion, values: &[(u32, Value)]) -> ServerMessage {
+pub(super) fn transition(
+    start: StateVersion,
+    end: StateVersion,
+    values: &[(u32, Value)],
+) -> ServerMessage {
     ServerMessage::Transition {
         start_version: start,
         end_version: end,
@@ -80,7 +87,7 @@ fn transition(start: StateVersion, end: StateVersion, values: &[(u32, Value)]) -
     }
 }
 
-fn updates(out: &Outbox) -> Vec<Vec<String>> {
+pub(super) fn updates(out: &Outbox) -> Vec<Vec<String>> {
     out.events
         .iter()
         .filter_map(|(_, e)| match e {
@@ -359,125 +366,6 @@ fn keys_released_while_disconnected_are_not_re_added() {
     assert_eq!(out.to_convex.len(), 1, "only Connect: {:?}", out.to_convex);
 }
 
-fn request(s: &mut UpstreamState, listener: u64, id: u32, kind: RequestKind) -> Outbox {
-    step(s, |s, out| {
-        s.request(
-            listener,
-            RequestId(id),
-            kind,
-            "tasks:add".into(),
-            json!({}),
-            out,
-        )
-    })
-}
-
-#[test]
-fn requests_get_upstream_ids_and_answers_go_back_to_their_listener() {
-    let (mut s, _) = connected();
-    let out = request(&mut s, A, 5, RequestKind::Mutation);
-    assert!(matches!(
-        out.to_convex[..],
-        [ClientMessage::Mutation {
-            request_id: RequestId(0),
-            ..
-        }]
-    ));
-    let out = request(&mut s, B, 5, RequestKind::Action);
-    assert!(matches!(
-        out.to_convex[..],
-        [ClientMessage::Action {
-            request_id: RequestId(1),
-            ..
-        }]
-    ));
-    let answer = ServerMessage::MutationResponse {
-        request_id: RequestId(0),
-        success: true,
-        result: Value::Null,
-        ts: Some(Timestamp(3)),
-        log_lines: vec![],
-        error_data: None,
-    };
-    let out = step(&mut s, |s, out| s.on_server_message(answer, out).unwrap());
-    match &out.events[..] {
-        [
-            (
-                Audience::One(A),
-                Event::Response {
-                    request_id,
-                    kind,
-                    outcome,
-                },
-            ),
-        ] => {
-            assert_eq!((*request_id, *kind), (RequestId(5), RequestKind::Mutation));
-            assert_eq!(outcome.as_ref().as_ref().unwrap().ts, Some(Timestamp(3)));
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-#[test]
-fn a_request_goes_after_the_subscriptions_made_before_it() {
-    let (mut s, _) = connected();
-    let out = step(&mut s, |s, out| {
-        s.subscribe(A, key("x"), out);
-        s.request(
-            A,
-            RequestId(1),
-            RequestKind::Mutation,
-            "m:m".into(),
-            json!({}),
-            out,
-        );
-    });
-    assert!(matches!(
-        out.to_convex[0],
-        ClientMessage::ModifyQuerySet { .. }
-    ));
-    assert!(matches!(out.to_convex[1], ClientMessage::Mutation { .. }));
-}
-
-#[test]
-fn requests_fail_at_once_while_disconnected() {
-    let (mut s, _) = connected();
-    step(&mut s, |s, out| s.disconnected(out));
-    let out = request(&mut s, A, 1, RequestKind::Mutation);
-    assert!(out.to_convex.is_empty());
-    assert!(matches!(
-        &out.events[..],
-        [(Audience::One(A), Event::Response { outcome, .. })] if outcome.is_err()
-    ));
-}
-
-#[test]
-fn requests_in_flight_fail_when_the_connection_is_lost() {
-    let (mut s, _) = connected();
-    request(&mut s, A, 1, RequestKind::Mutation);
-    request(&mut s, B, 2, RequestKind::Action);
-    let out = step(&mut s, |s, out| s.disconnected(out));
-    let failed: Vec<(u64, RequestId)> = out
-        .events
-        .iter()
-        .map(|(audience, e)| match (audience, e) {
-            (
-                Audience::One(l),
-                Event::Response {
-                    request_id,
-                    outcome,
-                    ..
-                },
-            ) => {
-                assert!(outcome.is_err());
-                (*l, *request_id)
-            }
-            other => panic!("{other:?}"),
-        })
-        .collect();
-    assert_eq!(failed, vec![(A, RequestId(1)), (B, RequestId(2))]);
-}
-
 #[test]
 fn an_auth_error_reaches_every_listener_and_drops_the_token() {
     let (mut s, _) = connected();
@@ -543,183 +431,4 @@ fn failed_results_are_shared_with_their_error_data() {
         updates(&out),
         vec![vec![r#"{"channel":"x"}!ConvexError"#.to_owned()]]
     );
-}
-
-mod properties {
-    //! Random interleavings of listener commands, tokens, requests, Convex transitions and
-    //! reconnects, against a model of Convex's side of the protocol: every message the state
-    //! sends must be one Convex accepts, and the query set Convex holds must be exactly the
-    //! keys some listener holds.
-
-    use std::collections::{BTreeMap, BTreeSet};
-
-    use proptest::prelude::*;
-
-    use super::*;
-
-    /// What Convex knows of this connection.
-    #[derive(Default)]
-    struct Convex {
-        query_set: QuerySetVersion,
-        identity: IdentityVersion,
-        queries: BTreeMap<QueryId, QueryKey>,
-        version: StateVersion,
-        requests: BTreeSet<RequestId>,
-    }
-
-    impl Convex {
-        fn receive(&mut self, messages: &[ClientMessage]) {
-            for m in messages {
-                match m {
-                    ClientMessage::Connect { .. } => *self = Convex::default(),
-                    ClientMessage::ModifyQuerySet {
-                        base_version,
-                        new_version,
-                        modifications,
-                    } => {
-                        assert_eq!(*base_version, self.query_set, "ModifyQuerySet base");
-                        assert_eq!(new_version.0, base_version.0 + 1);
-                        self.query_set = *new_version;
-                        for m in modifications {
-                            match m {
-                                QuerySetModification::Add {
-                                    query_id,
-                                    udf_path,
-                                    args,
-                                    ..
-                                } => {
-                                    let key = QueryKey::new(udf_path, &args[0], None).unwrap();
-                                    assert!(
-                                        self.queries.insert(*query_id, key).is_none(),
-                                        "query id {query_id} added twice"
-                                    );
-                                }
-                                QuerySetModification::Remove { query_id } => {
-                                    assert!(
-                                        self.queries.remove(query_id).is_some(),
-                                        "removed unknown {query_id}"
-                                    );
-                                }
-                            }
-                        }
-                    }
-                    ClientMessage::Authenticate { base_version, .. } => {
-                        assert_eq!(*base_version, self.identity, "Authenticate base");
-                        self.identity = IdentityVersion(base_version.0 + 1);
-                    }
-                    ClientMessage::Mutation { request_id, .. }
-                    | ClientMessage::Action { request_id, .. } => {
-                        assert!(self.requests.insert(*request_id), "request id reused");
-                    }
-                    ClientMessage::Event { .. } => {}
-                }
-            }
-        }
-
-        /// A transition with a new value for every query.
-        fn transition(&mut self, ts: u64) -> ServerMessage {
-            let end = StateVersion {
-                query_set: self.query_set,
-                identity: self.identity,
-                ts: Timestamp(ts),
-            };
-            let values: Vec<(u32, Value)> =
-                self.queries.keys().map(|id| (id.0, json!(ts))).collect();
-            let t = transition(self.version, end, &values);
-            self.version = end;
-            t
-        }
-    }
-
-    #[derive(Debug, Clone)]
-    enum Op {
-        Attach(u8),
-        Detach(u8),
-        Subscribe(u8, u8),
-        Unsubscribe(u8, u8),
-        Token(u8),
-        Request(u8),
-        Transition,
-        Answer,
-        Reconnect,
-    }
-
-    fn op() -> impl Strategy<Value = Op> {
-        prop_oneof![
-            1 => (0..4u8).prop_map(Op::Attach),
-            1 => (0..4u8).prop_map(Op::Detach),
-            5 => (0..4u8, 0..5u8).prop_map(|(l, k)| Op::Subscribe(l, k)),
-            3 => (0..4u8, 0..5u8).prop_map(|(l, k)| Op::Unsubscribe(l, k)),
-            1 => (0..200u8).prop_map(Op::Token),
-            1 => (0..4u8).prop_map(Op::Request),
-            3 => Just(Op::Transition),
-            1 => Just(Op::Answer),
-            1 => Just(Op::Reconnect),
-        ]
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
-        #[test]
-        fn convex_always_holds_exactly_the_keys_listeners_hold(
-            ops in proptest::collection::vec(op(), 1..80)
-        ) {
-            let mut s = UpstreamState::new(1, Arc::new(Stats::default()), Values::default());
-            let mut convex = Convex::default();
-            let mut ts = 0;
-            let mut out = Outbox::default();
-            s.connected("p".into(), &mut out);
-            convex.receive(&out.to_convex);
-            for op in ops {
-                let mut out = Outbox::default();
-                match op {
-                    Op::Attach(l) => s.attach(u64::from(l)),
-                    Op::Detach(l) => s.detach(u64::from(l)),
-                    Op::Subscribe(l, k) => s.subscribe(u64::from(l), key(&k.to_string()), &mut out),
-                    Op::Unsubscribe(l, k) => s.unsubscribe(u64::from(l), &key(&k.to_string())),
-                    Op::Token(exp) => s.token(format!("t{exp}"), i64::from(exp)),
-                    Op::Request(l) => s.request(
-                        u64::from(l),
-                        RequestId(0),
-                        RequestKind::Mutation,
-                        "m:m".into(),
-                        json!({}),
-                        &mut out,
-                    ),
-                    Op::Transition => {
-                        if s.is_connected() {
-                            ts += 1;
-                            let t = convex.transition(ts);
-                            s.on_server_message(t, &mut out).unwrap();
-                        }
-                    }
-                    Op::Answer => {
-                        if let Some(id) = convex.requests.pop_first() {
-                            let answer = ServerMessage::ActionResponse {
-                                request_id: id,
-                                success: true,
-                                result: Value::Null,
-                                log_lines: vec![],
-                                error_data: None,
-                            };
-                            s.on_server_message(answer, &mut out).unwrap();
-                        }
-                    }
-                    Op::Reconnect => {
-                        s.disconnected(&mut out);
-                        s.connected("again".into(), &mut out);
-                    }
-                }
-                s.flush(&mut out);
-                if let Err(e) = s.validate() {
-                    prop_assert!(false, "{e}");
-                }
-                convex.receive(&out.to_convex);
-                let held: BTreeSet<&QueryKey> = convex.queries.values().collect();
-                prop_assert_eq!(held.len(), convex.queries.len(), "a key subscribed twice");
-                prop_assert_eq!(held.len(), s.subscriptions());
-            }
-        }
-    }
 }

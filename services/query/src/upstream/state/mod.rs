@@ -18,15 +18,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use edge_convex::sync::{QuerySetModification, RequestKind, StateModification, TokenType};
+use edge_convex::sync::{QuerySetModification, RequestKind, TokenType};
 use edge_convex::{
-    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, ServerMessage,
-    StateVersion,
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, StateVersion,
 };
 use serde_json::Value;
-use serde_json::value::RawValue;
 
-use super::{Event, ListenerId, QueryResult, RequestOutcome, SharedText, UpstreamId, Values, lock};
+use super::{Event, ListenerId, QueryResult, UpstreamId, Values, lock};
 use crate::key::QueryKey;
 use crate::metrics::Stats;
 
@@ -334,122 +332,6 @@ impl UpstreamState {
         }
     }
 
-    /// Applies a message from Convex; `Err` means the connection is unusable.
-    pub fn on_server_message(
-        &mut self,
-        message: ServerMessage,
-        out: &mut Outbox,
-    ) -> Result<(), String> {
-        match message {
-            ServerMessage::Transition {
-                start_version,
-                end_version,
-                modifications,
-            } => self.on_transition(start_version, end_version, modifications, out)?,
-            ServerMessage::MutationResponse {
-                request_id,
-                success,
-                result,
-                ts,
-                log_lines,
-                error_data,
-            } => {
-                let outcome = RequestOutcome {
-                    success,
-                    result,
-                    ts,
-                    log_lines,
-                    error_data,
-                };
-                self.respond(request_id, outcome, out);
-            }
-            ServerMessage::ActionResponse {
-                request_id,
-                success,
-                result,
-                log_lines,
-                error_data,
-            } => {
-                let outcome = RequestOutcome {
-                    success,
-                    result,
-                    ts: None,
-                    log_lines,
-                    error_data,
-                };
-                self.respond(request_id, outcome, out);
-            }
-            ServerMessage::AuthError { error, .. } => {
-                tracing::warn!(upstream = self.id, %error, "convex refused the token");
-                let event = Event::AuthFailed {
-                    upstream: self.id,
-                    error,
-                };
-                out.events.push((Audience::All, event));
-                self.token = None;
-            }
-            ServerMessage::FatalError { error } => {
-                return Err(format!("convex fatal error: {error}"));
-            }
-            ServerMessage::Ping => {}
-        }
-        Ok(())
-    }
-
-    fn on_transition(
-        &mut self,
-        start: StateVersion,
-        end: StateVersion,
-        modifications: Vec<StateModification>,
-        out: &mut Outbox,
-    ) -> Result<(), String> {
-        if start != self.version {
-            return Err(format!(
-                "convex sent a transition from {start:?}, expected {:?}",
-                self.version
-            ));
-        }
-        self.version = end;
-        let mut updates = Vec::new();
-        for m in modifications {
-            let Some((query_id, result)) = into_result(m)? else {
-                continue;
-            };
-            let Some(key) = self.by_query_id.get(&query_id) else {
-                continue;
-            };
-            let Some(sub) = self.subs.get_mut(key) else {
-                continue;
-            };
-            if sub.result.as_ref().is_some_and(|r| r.same_as(&result)) {
-                continue;
-            }
-            let result = Arc::new(result);
-            sub.result = Some(result.clone());
-            lock(&self.values).insert(key.clone(), result.clone());
-            updates.push((key.clone(), result));
-        }
-        let event = Event::Transition {
-            upstream: self.id,
-            ts: end.ts,
-            updates: Arc::new(updates),
-            text: Arc::new(SharedText::default()),
-        };
-        out.events.push((Audience::All, event));
-        Ok(())
-    }
-
-    fn respond(&mut self, upstream_id: RequestId, outcome: RequestOutcome, out: &mut Outbox) {
-        if let Some(r) = self.requests.remove(&upstream_id) {
-            let event = Event::Response {
-                request_id: r.request_id,
-                kind: r.kind,
-                outcome: Box::new(Ok(outcome)),
-            };
-            out.events.push((Audience::One(r.listener), event));
-        }
-    }
-
     fn alloc_query_id(&mut self, key: &QueryKey) -> QueryId {
         let id = QueryId(self.next_query_id);
         self.next_query_id = self.next_query_id.wrapping_add(1);
@@ -488,54 +370,6 @@ impl UpstreamState {
                 .push(QuerySetModification::Remove { query_id: id });
         }
     }
-
-    /// Checks the invariants; `Err` names the first one broken.
-    pub fn validate(&self) -> Result<(), String> {
-        let mut counts: HashMap<&QueryKey, usize> = HashMap::new();
-        for keys in self.listeners.values() {
-            for (key, n) in keys {
-                if *n == 0 {
-                    return Err(format!("a listener holds {key:?} zero times"));
-                }
-                *counts.entry(key).or_default() += n;
-            }
-        }
-        if counts.len() != self.subs.len() {
-            return Err(format!(
-                "{} keys held by listeners, {} subscribed upstream",
-                counts.len(),
-                self.subs.len()
-            ));
-        }
-        for (key, sub) in &self.subs {
-            if counts.get(key) != Some(&sub.refcount) {
-                return Err(format!(
-                    "{key:?} has refcount {} but listeners hold it {:?} times",
-                    sub.refcount,
-                    counts.get(key)
-                ));
-            }
-            match (self.is_connected(), sub.query_id) {
-                (true, Some(id)) if self.by_query_id.get(&id) == Some(key) => {}
-                (false, None) => {}
-                (connected, id) => {
-                    return Err(format!(
-                        "{key:?} has query id {id:?} (connected: {connected})"
-                    ));
-                }
-            }
-        }
-        if self.by_query_id.len() != self.subs.len() && self.is_connected() {
-            return Err("query ids left for keys no longer subscribed".into());
-        }
-        let values = lock(&self.values);
-        for key in values.keys() {
-            if !self.subs.contains_key(key) {
-                return Err(format!("a published value for {key:?}, not subscribed"));
-            }
-        }
-        Ok(())
-    }
 }
 
 fn add(query_id: QueryId, key: &QueryKey) -> QuerySetModification {
@@ -548,42 +382,11 @@ fn add(query_id: QueryId, key: &QueryKey) -> QuerySetModification {
     }
 }
 
-/// A modification as a result to share; `None` for `QueryRemoved` (nothing to pass on).
-fn into_result(m: StateModification) -> Result<Option<(QueryId, QueryResult)>, String> {
-    let raw = |v: &Value| RawValue::from_string(v.to_string()).map_err(|e| e.to_string());
-    Ok(match m {
-        StateModification::QueryUpdated {
-            query_id,
-            value,
-            log_lines,
-            journal,
-        } => Some((
-            query_id,
-            QueryResult::Value {
-                value: raw(&value)?,
-                log_lines,
-                journal,
-            },
-        )),
-        StateModification::QueryFailed {
-            query_id,
-            error_message,
-            log_lines,
-            journal,
-            error_data,
-        } => Some((
-            query_id,
-            QueryResult::Failed {
-                message: error_message,
-                data: error_data.as_ref().map(raw).transpose()?,
-                log_lines,
-                journal,
-            },
-        )),
-        StateModification::QueryRemoved { .. } => None,
-    })
-}
-
+mod from_convex;
+mod invariants;
 #[cfg(test)]
-#[path = "state_tests.rs"]
+mod properties;
+#[cfg(test)]
+mod request_tests;
+#[cfg(test)]
 mod tests;

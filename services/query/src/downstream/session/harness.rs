@@ -1,0 +1,364 @@
+//! The test harness around a client session: a simulated upstream per identity and the
+//! driver's routing. After every step the session validates its invariants and every frame
+//! passes the client model (`edge_convex::client_model`), plus the proxy's own rules: no `ts`
+//! newer than an upstream sent, no non-shared value from another identity's upstream, every
+//! mutation completes once every upstream caught up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use edge_convex::client_model::ClientModel;
+use edge_convex::sync::{QuerySetModification, RequestKind, TokenType};
+use edge_convex::{ClientMessage, QueryId, QuerySetVersion, RequestId, ServerMessage, Timestamp};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use super::{ClientSession, Effect, End, Route};
+use crate::identity::{IdentityKey, VerifiedUser};
+use crate::key::QueryKey;
+use crate::metrics::Stats;
+use crate::upstream::{Event, QueryResult, RequestOutcome, SharedText};
+
+pub const SHARED: &str = "messages:list";
+pub const PRIVATE: &str = "tasks:list";
+
+/// Who an upstream serves: `""` is anonymous.
+pub type Who = String;
+
+/// A simulated upstream per identity and the driver's routing, around a session.
+pub struct Harness {
+    pub session: ClientSession,
+    pub model: ClientModel,
+    /// The identity of the main route, and whether the shared (anonymous) route is attached.
+    pub main: Who,
+    pub shared: bool,
+    /// Keys subscribed per upstream identity (as the driver would have forwarded them).
+    pub subscribed: BTreeMap<Who, BTreeMap<QueryKey, usize>>,
+    /// Latest `ts` per upstream identity, and the newest of all.
+    pub ts: BTreeMap<Who, u64>,
+    pub newest: u64,
+    /// The client's queries: id → (path, args).
+    pub queries: BTreeMap<QueryId, (String, Value)>,
+    pub next_query_id: u32,
+    pub next_request: u32,
+    /// Whom the client is signed in as (after the last accepted `Authenticate`).
+    pub signed_in_as: Who,
+    /// Why the session ended, once it has.
+    pub ended: Option<End>,
+}
+
+pub fn user(who: &str) -> VerifiedUser {
+    VerifiedUser {
+        key: IdentityKey::User(format!("{{\"sub\":\"{who}\"}}")),
+        token: format!("token-of-{who}"),
+        expires_at: i64::MAX,
+    }
+}
+
+pub fn who_of(key: &IdentityKey) -> Who {
+    match key {
+        IdentityKey::Anonymous => String::new(),
+        IdentityKey::User(claims) => {
+            let v: Value = serde_json::from_str(claims).unwrap();
+            v["sub"].as_str().unwrap().to_owned()
+        }
+    }
+}
+
+/// The value an upstream of `who` has for a query at `ts`: tagged with whose it is.
+pub fn value(who: &str, key: &QueryKey, ts: u64) -> Arc<QueryResult> {
+    let text = json!({ "who": who, "args": key.args, "ts": ts }).to_string();
+    Arc::new(QueryResult::Value {
+        value: RawValue::from_string(text).unwrap(),
+        log_lines: vec![],
+        journal: None,
+    })
+}
+
+impl Harness {
+    pub fn new() -> Self {
+        let shared = Arc::new(BTreeSet::from([SHARED.to_owned()]));
+        Harness {
+            session: ClientSession::new(shared, 4, Arc::new(Stats::default())),
+            model: ClientModel::new(),
+            main: String::new(),
+            shared: false,
+            subscribed: BTreeMap::new(),
+            ts: BTreeMap::new(),
+            newest: 0,
+            queries: BTreeMap::new(),
+            next_query_id: 0,
+            next_request: 0,
+            signed_in_as: String::new(),
+            ended: None,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.ended.is_none()
+    }
+
+    /// Runs the driver's side of effects and checks every frame.
+    pub fn effects(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Send(text) => {
+                    let message: ServerMessage = serde_json::from_str(&text).unwrap();
+                    let newest_before = self.newest;
+                    if let ServerMessage::Transition {
+                        end_version,
+                        modifications,
+                        ..
+                    } = &message
+                    {
+                        assert!(
+                            end_version.ts.0 <= newest_before,
+                            "ts {:?} newer than any upstream's {newest_before}",
+                            end_version.ts
+                        );
+                        let json = serde_json::to_value(modifications).unwrap();
+                        for m in json.as_array().unwrap() {
+                            if m["type"] != "QueryUpdated" {
+                                continue;
+                            }
+                            let id = QueryId(m["queryId"].as_u64().unwrap() as u32);
+                            let (path, _) = &self.queries[&id];
+                            let tag: Value = m["value"].clone();
+                            let expected = if path == SHARED {
+                                ""
+                            } else {
+                                self.signed_in_as.as_str()
+                            };
+                            assert_eq!(
+                                tag["who"], expected,
+                                "query {id} ({path}) got another identity's value"
+                            );
+                        }
+                    }
+                    self.model
+                        .receive(&message)
+                        .unwrap_or_else(|e| panic!("client rule broken: {e}\n{text}"));
+                }
+                Effect::AttachShared => {
+                    assert!(!self.shared, "attached twice");
+                    self.shared = true;
+                }
+                Effect::SwitchMain { user, reuse_shared } => {
+                    let who = user.as_ref().map_or(String::new(), |u| who_of(&u.key));
+                    if reuse_shared {
+                        assert!(self.shared && who.is_empty());
+                        self.shared = false;
+                    }
+                    self.main = who;
+                }
+                Effect::Subscribe(route, key) => {
+                    let who = self.route_who(route);
+                    *self
+                        .subscribed
+                        .entry(who)
+                        .or_default()
+                        .entry(key)
+                        .or_default() += 1;
+                }
+                Effect::Unsubscribe(route, key) => {
+                    let who = self.route_who(route);
+                    let keys = self.subscribed.entry(who).or_default();
+                    let n = keys
+                        .get_mut(&key)
+                        .expect("unsubscribed a key never subscribed");
+                    *n -= 1;
+                    if *n == 0 {
+                        keys.remove(&key);
+                    }
+                }
+                Effect::Token(u) => assert_eq!(who_of(&u.key), self.main),
+                Effect::Request { request_id, .. } => {
+                    // Convex commits it on the main upstream, answers, then sends the
+                    // transition that reaches its ts.
+                    let who = self.main.clone();
+                    let ts = self.tick(&who);
+                    let outcome = RequestOutcome {
+                        success: true,
+                        result: Value::Null,
+                        ts: Some(Timestamp(ts)),
+                        log_lines: vec![],
+                        error_data: None,
+                    };
+                    let response = Event::Response {
+                        request_id,
+                        kind: RequestKind::Mutation,
+                        outcome: Box::new(Ok(outcome)),
+                    };
+                    self.deliver(vec![(None, response)]);
+                    self.upstream_transition(&who);
+                }
+            }
+        }
+        self.session.validate().unwrap();
+    }
+
+    pub fn route_who(&self, route: Route) -> Who {
+        match route {
+            Route::Main => self.main.clone(),
+            Route::Shared => {
+                assert!(self.shared, "the shared route used before it was attached");
+                String::new()
+            }
+        }
+    }
+
+    pub fn route_of(&self, who: &str) -> Option<Route> {
+        if who == self.main {
+            Some(Route::Main)
+        } else if self.shared && who.is_empty() {
+            Some(Route::Shared)
+        } else {
+            None
+        }
+    }
+
+    pub fn tick(&mut self, who: &str) -> u64 {
+        self.newest += 1;
+        self.ts.insert(who.to_owned(), self.newest);
+        self.newest
+    }
+
+    pub fn deliver(&mut self, events: Vec<(Option<Route>, Event)>) {
+        if !self.is_open() {
+            return;
+        }
+        let mut effects = Vec::new();
+        let step = self.session.on_events(events, &mut effects);
+        self.effects(effects);
+        if let Err(end) = step {
+            self.ended = Some(end);
+        }
+    }
+
+    /// The upstream of `who` moves to a new `ts` with new values for every key it holds.
+    pub fn upstream_transition(&mut self, who: &str) {
+        let ts = self.tick(who);
+        let updates = self
+            .subscribed
+            .get(who)
+            .map(|keys| {
+                keys.keys()
+                    .map(|k| (k.clone(), value(who, k, ts)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event = Event::Transition {
+            upstream: 0,
+            ts: Timestamp(ts),
+            updates: Arc::new(updates),
+            text: Arc::new(SharedText::default()),
+        };
+        let route = self.route_of(who);
+        self.deliver(vec![(route, event)]);
+    }
+
+    pub fn client(&mut self, message: ClientMessage) {
+        if !self.is_open() {
+            return;
+        }
+        self.model.send(&message).unwrap();
+        let mut effects = Vec::new();
+        let step = self.session.on_client(message, &mut effects);
+        self.effects(effects);
+        match step {
+            Ok(Some(pending)) => {
+                let who = pending.token.trim_start_matches("token-of-").to_owned();
+                let mut effects = Vec::new();
+                let step = self
+                    .session
+                    .authenticated(pending.base, Some(user(&who)), &mut effects);
+                self.signed_in_as = who;
+                self.effects(effects);
+                if let Err(end) = step {
+                    self.ended = Some(end);
+                }
+            }
+            Ok(None) => {}
+            Err(end) => self.ended = Some(end),
+        }
+    }
+
+    pub fn add(&mut self, path: &str, args: Value) -> QueryId {
+        let id = QueryId(self.next_query_id);
+        self.next_query_id += 1;
+        self.queries.insert(id, (path.to_owned(), args.clone()));
+        let base = self.last_query_set();
+        self.client(ClientMessage::ModifyQuerySet {
+            base_version: base,
+            new_version: QuerySetVersion(base.0 + 1),
+            modifications: vec![QuerySetModification::Add {
+                query_id: id,
+                udf_path: path.into(),
+                args: vec![args],
+                journal: None,
+                component_path: None,
+            }],
+        });
+        id
+    }
+
+    pub fn last_query_set(&self) -> QuerySetVersion {
+        // The client sends from its own last version; with immediate transitions it is held.
+        self.model.held().query_set
+    }
+
+    pub fn remove(&mut self, id: QueryId) {
+        let base = self.last_query_set();
+        self.client(ClientMessage::ModifyQuerySet {
+            base_version: base,
+            new_version: QuerySetVersion(base.0 + 1),
+            modifications: vec![QuerySetModification::Remove { query_id: id }],
+        });
+    }
+
+    pub fn sign_in(&mut self, who: &str) {
+        let base = self.model.held().identity;
+        let (token_type, value) = if who.is_empty() {
+            (TokenType::None, None)
+        } else {
+            (TokenType::User, Some(format!("token-of-{who}")))
+        };
+        self.client(ClientMessage::Authenticate {
+            base_version: base,
+            token_type,
+            value,
+        });
+        if who.is_empty() {
+            self.signed_in_as = String::new();
+        }
+    }
+
+    pub fn mutate(&mut self) {
+        let request_id = RequestId(self.next_request);
+        self.next_request += 1;
+        self.client(ClientMessage::Mutation {
+            request_id,
+            udf_path: "tasks:add".into(),
+            args: vec![json!({})],
+            component_path: None,
+        });
+    }
+
+    /// Every upstream the socket uses catches up past everything; then nothing is owed.
+    pub fn settle(&mut self) {
+        let main = self.main.clone();
+        self.upstream_transition(&main);
+        if self.shared {
+            self.upstream_transition("");
+            self.upstream_transition(&main);
+        }
+        if self.is_open() {
+            assert_eq!(
+                self.model.awaiting().count(),
+                0,
+                "mutations never completed"
+            );
+            assert_eq!(self.model.in_flight(), 0, "requests never answered");
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! `Authenticate`: the identity version moves by one per accepted message (checked before the
+//! token is looked at); when the identity changes, the main route's queries move to the new
+//! identity's upstream while shared ones stay on the anonymous one, and signing out makes the
+//! anonymous upstream already attached for shared queries the main route.
+
+use edge_convex::{IdentityVersion, QueryId};
+
+use super::{ClientSession, Effect, End, Route, Step, key_of};
+use crate::identity::VerifiedUser;
+use crate::key::QueryKey;
+
+impl ClientSession {
+    /// The identity of an accepted `Authenticate` (`None`: anonymous): moves the socket's
+    /// queries to that identity's upstream if it changed, then confirms with a transition.
+    pub fn authenticated(
+        &mut self,
+        base: IdentityVersion,
+        user: Option<VerifiedUser>,
+        out: &mut Vec<Effect>,
+    ) -> Step {
+        self.version
+            .accept_identity(base)
+            .map_err(|e| End::Fatal(e.to_string()))?;
+        if key_of(user.as_ref()) != key_of(self.identity.as_ref()) {
+            self.switch_identity(user.clone(), out);
+        }
+        if let Some(u) = &user {
+            out.push(Effect::Token(u.clone()));
+        }
+        self.identity = user;
+        self.transition(Vec::new(), None, out)
+    }
+
+    /// Moves the main route's queries to the new identity's upstream; shared ones stay.
+    pub(super) fn switch_identity(&mut self, user: Option<VerifiedUser>, out: &mut Vec<Effect>) {
+        let moving: Vec<(QueryId, QueryKey)> = self
+            .queries
+            .iter()
+            .filter(|(_, q)| q.route == Route::Main)
+            .filter_map(|(id, q)| q.key.clone().map(|k| (*id, k)))
+            .collect();
+        for (id, _) in &moving {
+            self.unsubscribe(*id, out);
+        }
+        // Signing out: the anonymous upstream, already attached for shared queries, is main.
+        let reuse_shared = user.is_none() && self.shared_attached;
+        out.push(Effect::SwitchMain {
+            user: user.clone(),
+            reuse_shared,
+        });
+        if reuse_shared {
+            self.shared_attached = false;
+            if let Some(keys) = self.by_key.remove(&Route::Shared) {
+                self.by_key.insert(Route::Main, keys);
+            }
+            for q in self.queries.values_mut() {
+                q.route = Route::Main;
+            }
+            match self.upstream_ts.remove(&Route::Shared) {
+                Some(ts) => self.upstream_ts.insert(Route::Main, ts),
+                None => self.upstream_ts.remove(&Route::Main),
+            };
+        } else {
+            // A new upstream: its `ts` is unknown until it sends.
+            self.upstream_ts.remove(&Route::Main);
+        }
+        self.identity = user;
+        for (id, key) in moving {
+            self.subscribe(id, key, out);
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! One client socket's protocol state, without I/O: its query ids and versions, which upstream
+//! route serves each query, and the transitions it is owed.
+//!
+//! Rules kept here (checked by [`ClientSession::validate`] after every step in tests, and by
+//! the client model on every frame in the property tests):
+//! - versions follow [`ClientVersion`]: a transition starts at what the client holds, the query
+//!   set moves only with `ModifyQuerySet`, the identity by one per `Authenticate`;
+//! - `ts` is the minimum of the latest `ts` of the routes the socket uses (a consistent
+//!   frontier), never beyond what an upstream sent and never backwards;
+//! - a query of a function not in `QUERY_SHARED_FUNCTIONS` is only ever served by the
+//!   socket's own identity's upstream (the main route); shared functions of a signed-in socket
+//!   go through the anonymous upstream (the shared route);
+//! - an upstream key is subscribed once per socket, however many query ids use it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use edge_convex::sync::{RequestKind, TokenType};
+use edge_convex::versions::ClientVersion;
+use edge_convex::{ClientMessage, IdentityVersion, QueryId, RequestId, Timestamp};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::frames::{self, Pending};
+use crate::identity::{IdentityKey, VerifiedUser};
+use crate::key::QueryKey;
+use crate::metrics::Stats;
+use crate::upstream::{Event, QueryResult, SharedText};
+
+/// Which upstream serves a query: the socket's identity's, or the anonymous one for shared
+/// functions while signed in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Route {
+    Main,
+    Shared,
+}
+
+/// What the driver does for a step, in order.
+#[derive(Debug)]
+pub enum Effect {
+    /// A text frame for the client.
+    Send(Utf8Bytes),
+    /// Attach to the anonymous upstream as the shared route (first shared query signed in).
+    AttachShared,
+    /// The identity changed: the main route becomes the upstream of `user` (anonymous when
+    /// `None`); with `reuse_shared`, the shared route's upstream (already anonymous) is it.
+    SwitchMain {
+        user: Option<VerifiedUser>,
+        reuse_shared: bool,
+    },
+    Subscribe(Route, QueryKey),
+    Unsubscribe(Route, QueryKey),
+    /// A fresher token for the main route's identity.
+    Token(VerifiedUser),
+    /// A mutation or action through the main route.
+    Request {
+        request_id: RequestId,
+        kind: RequestKind,
+        udf_path: String,
+        args: Value,
+    },
+}
+
+/// Why a session ends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum End {
+    /// The client closed or went away.
+    Gone,
+    /// The service is shutting down: the client should reconnect.
+    Restart,
+    /// A protocol violation: `FatalError` with this message.
+    Fatal(String),
+    /// A token refused: `AuthError` for the identity version it was sent at.
+    Auth {
+        error: String,
+        base_version: IdentityVersion,
+    },
+    /// The client did not read fast enough.
+    TooSlow,
+}
+
+/// An `Authenticate` whose token the driver must verify before [`ClientSession::authenticated`].
+#[derive(Debug)]
+pub struct TokenToVerify {
+    pub base: IdentityVersion,
+    pub token: String,
+}
+
+/// One client query.
+#[derive(Debug)]
+struct ClientQuery {
+    /// `None` when the path was invalid (answered locally with a failure).
+    key: Option<QueryKey>,
+    route: Route,
+    last: Option<Arc<QueryResult>>,
+}
+
+#[derive(Debug)]
+pub struct ClientSession {
+    version: ClientVersion,
+    identity: Option<VerifiedUser>,
+    shared_attached: bool,
+    shared_functions: Arc<BTreeSet<String>>,
+    queries: BTreeMap<QueryId, ClientQuery>,
+    /// Client query ids by route and key.
+    by_key: HashMap<Route, HashMap<QueryKey, BTreeSet<QueryId>>>,
+    /// Latest `ts` seen per route.
+    upstream_ts: HashMap<Route, Timestamp>,
+    /// The newest `ts` any upstream ever sent this socket: the held `ts` never passes it.
+    newest_ts: Timestamp,
+    in_flight: usize,
+    max_in_flight: usize,
+    stats: Arc<Stats>,
+}
+
+type Step = Result<(), End>;
+
+impl ClientSession {
+    pub fn new(
+        shared_functions: Arc<BTreeSet<String>>,
+        max_in_flight: usize,
+        stats: Arc<Stats>,
+    ) -> Self {
+        ClientSession {
+            version: ClientVersion::default(),
+            identity: None,
+            shared_attached: false,
+            shared_functions,
+            queries: BTreeMap::new(),
+            by_key: HashMap::new(),
+            upstream_ts: HashMap::new(),
+            newest_ts: Timestamp::default(),
+            in_flight: 0,
+            max_in_flight,
+            stats,
+        }
+    }
+
+    /// Queries in the client's set.
+    pub fn query_count(&self) -> usize {
+        self.queries.len()
+    }
+
+    /// Handles a client message. An `Authenticate` with a user token comes back as
+    /// [`TokenToVerify`]; everything else is done here.
+    pub fn on_client(
+        &mut self,
+        message: ClientMessage,
+        out: &mut Vec<Effect>,
+    ) -> Result<Option<TokenToVerify>, End> {
+        match message {
+            ClientMessage::Connect { .. } | ClientMessage::Event { .. } => {}
+            ClientMessage::ModifyQuerySet {
+                base_version,
+                new_version,
+                modifications,
+            } => self.modify_query_set(base_version, new_version, modifications, out)?,
+            ClientMessage::Authenticate {
+                base_version,
+                token_type,
+                value,
+            } => {
+                // Checked before the token is looked at; accepted once it is.
+                let mut check = self.version;
+                check
+                    .accept_identity(base_version)
+                    .map_err(|e| End::Fatal(e.to_string()))?;
+                match (token_type, value) {
+                    (TokenType::None, _) => self.authenticated(base_version, None, out)?,
+                    (TokenType::User, Some(token)) => {
+                        return Ok(Some(TokenToVerify {
+                            base: base_version,
+                            token,
+                        }));
+                    }
+                    (TokenType::User, None) => {
+                        return Err(End::Fatal(
+                            "Authenticate with a User token needs a value".into(),
+                        ));
+                    }
+                    (TokenType::Admin, _) => {
+                        return Err(End::Auth {
+                            error: "admin keys are not accepted by the proxy".into(),
+                            base_version,
+                        });
+                    }
+                }
+            }
+            ClientMessage::Mutation {
+                request_id,
+                udf_path,
+                args,
+                ..
+            } => self.request(RequestKind::Mutation, request_id, udf_path, args, out)?,
+            ClientMessage::Action {
+                request_id,
+                udf_path,
+                args,
+                ..
+            } => self.request(RequestKind::Action, request_id, udf_path, args, out)?,
+        }
+        Ok(None)
+    }
+
+    /// Applies a batch of upstream events, each with the route its upstream serves for this
+    /// socket (`None`: an upstream the socket no longer uses).
+    pub fn on_events(
+        &mut self,
+        events: Vec<(Option<Route>, Event)>,
+        out: &mut Vec<Effect>,
+    ) -> Step {
+        // A batch of one transition (a fan-out) yields the same text on every socket in the
+        // same state.
+        let shared = match events.as_slice() {
+            [(_, Event::Transition { text, .. })] => Some(text.clone()),
+            _ => None,
+        };
+        let mut pending = Vec::new();
+        for (route, event) in events {
+            match event {
+                Event::Transition { ts, updates, .. } => {
+                    let Some(route) = route else { continue };
+                    self.upstream_ts.insert(route, ts);
+                    self.newest_ts = self.newest_ts.max(ts);
+                    for (key, result) in updates.iter() {
+                        self.apply(route, key, result, &mut pending);
+                    }
+                }
+                Event::Current {
+                    ts, key, result, ..
+                } => {
+                    let Some(route) = route else { continue };
+                    let known = self.upstream_ts.entry(route).or_insert(ts);
+                    *known = (*known).max(ts);
+                    self.newest_ts = self.newest_ts.max(ts);
+                    self.apply(route, &key, &result, &mut pending);
+                }
+                Event::AuthFailed { error, .. } => {
+                    let held = self.version.held().identity;
+                    return Err(End::Auth {
+                        error,
+                        base_version: IdentityVersion(held.0.saturating_sub(1)),
+                    });
+                }
+                Event::Response {
+                    request_id,
+                    kind,
+                    outcome,
+                } => {
+                    // What came before the response goes first, then the response itself.
+                    self.transition(std::mem::take(&mut pending), None, out)?;
+                    self.respond(request_id, kind, *outcome, out);
+                }
+            }
+        }
+        self.transition(pending, shared.as_deref(), out)
+    }
+
+    fn is_shared(&self, key: &QueryKey) -> bool {
+        self.shared_functions.contains(key.path.as_str())
+    }
+
+    /// The consistent `ts`: the oldest latest-`ts` among the routes in use.
+    fn frontier(&self) -> Option<Timestamp> {
+        let shared_in_use = self.queries.values().any(|q| q.route == Route::Shared);
+        let mut frontier = *self.upstream_ts.get(&Route::Main)?;
+        if shared_in_use {
+            frontier = frontier.min(*self.upstream_ts.get(&Route::Shared)?);
+        }
+        Some(frontier)
+    }
+
+    /// Sends the transition to the accepted versions at the frontier, if it moves anything.
+    fn transition(
+        &mut self,
+        pending: Vec<Pending>,
+        shared: Option<&SharedText>,
+        out: &mut Vec<Effect>,
+    ) -> Step {
+        let held = self.version.held();
+        let step = self.version.step(self.frontier().unwrap_or(held.ts));
+        if step.is_still() && pending.is_empty() {
+            return Ok(());
+        }
+        let make = || frames::transition(step.start, step.end, &pending);
+        let text = match shared {
+            Some(shared) => {
+                shared.get_or_make((step.start, step.end, frames::text_ids(&pending)), make)
+            }
+            None => Utf8Bytes::from(make()),
+        };
+        self.version.sent(step);
+        out.push(Effect::Send(text));
+        Ok(())
+    }
+}
+
+fn key_of(user: Option<&VerifiedUser>) -> IdentityKey {
+    user.map_or(IdentityKey::Anonymous, |u| u.key.clone())
+}
+
+mod identity;
+mod invariants;
+mod query_set;
+mod requests;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod properties;
+#[cfg(test)]
+mod tests;

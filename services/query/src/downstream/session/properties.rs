@@ -1,0 +1,81 @@
+//! Property tests: random interleavings of client messages, upstream transitions, identity
+//! changes and stale events from upstreams the socket left, each step checked by the harness
+//! (the client model, isolation, the frontier) and, at the end, every mutation completed.
+
+use edge_convex::QueryId;
+use proptest::prelude::*;
+use serde_json::json;
+
+use super::harness::{Harness, PRIVATE, SHARED};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add { shared: bool, arg: u8 },
+    Remove(usize),
+    SignIn(u8),
+    SignOut,
+    Mutate,
+    Upstream(u8),
+    Stale(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<bool>(), 0..3u8).prop_map(|(shared, arg)| Op::Add { shared, arg }),
+        2 => (0..8usize).prop_map(Op::Remove),
+        1 => (0..3u8).prop_map(Op::SignIn),
+        1 => Just(Op::SignOut),
+        2 => Just(Op::Mutate),
+        4 => (0..4u8).prop_map(Op::Upstream),
+        1 => (0..3u8).prop_map(Op::Stale),
+    ]
+}
+
+const PEOPLE: [&str; 3] = ["ada", "bob", "cy"];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Any interleaving keeps every client rule, isolation and the frontier, and every
+    /// mutation completes once the upstreams catch up.
+    #[test]
+    fn every_interleaving_keeps_the_rules(ops in proptest::collection::vec(op(), 1..60)) {
+        let mut h = Harness::new();
+        for op in ops {
+            match op {
+                Op::Add { shared, arg } => {
+                    let path = if shared { SHARED } else { PRIVATE };
+                    h.add(path, json!({ "n": arg }));
+                }
+                Op::Remove(i) => {
+                    let live: Vec<QueryId> = h.model.query_set();
+                    if let Some(id) = live.get(i % live.len().max(1)) {
+                        h.remove(*id);
+                    }
+                }
+                Op::SignIn(who) => h.sign_in(PEOPLE[who as usize]),
+                Op::SignOut => h.sign_in(""),
+                Op::Mutate => {
+                    if h.model.in_flight() < 4 {
+                        h.mutate();
+                    }
+                }
+                Op::Upstream(n) => {
+                    let who = match n {
+                        0 => String::new(),
+                        _ => h.main.clone(),
+                    };
+                    h.upstream_transition(&who);
+                }
+                Op::Stale(who) => {
+                    // An upstream the socket may have left sends anyway.
+                    let who = PEOPLE[who as usize].to_owned();
+                    h.subscribed.entry(who.clone()).or_default();
+                    h.upstream_transition(&who);
+                }
+            }
+            prop_assert!(h.is_open(), "the session ended: {:?}", h.ended);
+        }
+        h.settle();
+    }
+}

@@ -1,0 +1,163 @@
+//! The client's query set: `ModifyQuerySet` adds and removes query ids; each query is routed
+//! (main route, or the shared route for a shared function while signed in), an upstream key is
+//! subscribed once per socket however many query ids use it, and results reach every query id
+//! on that route and key whose last result differs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use edge_convex::sync::QuerySetModification;
+use edge_convex::{QueryId, QuerySetVersion};
+
+use super::{ClientQuery, ClientSession, Effect, End, Route, Step};
+use crate::downstream::frames::Pending;
+use crate::key::QueryKey;
+use crate::upstream::QueryResult;
+
+impl ClientSession {
+    /// Applies a result to every client query on (route, key) whose last result differs.
+    pub(super) fn apply(
+        &mut self,
+        route: Route,
+        key: &QueryKey,
+        result: &Arc<QueryResult>,
+        pending: &mut Vec<Pending>,
+    ) {
+        let Some(ids) = self.by_key.get(&route).and_then(|keys| keys.get(key)) else {
+            return;
+        };
+        for id in ids {
+            let Some(q) = self.queries.get_mut(id) else {
+                continue;
+            };
+            if q.last
+                .as_ref()
+                .is_some_and(|last| Arc::ptr_eq(last, result) || last.same_as(result))
+            {
+                continue;
+            }
+            q.last = Some(result.clone());
+            pending.push(Pending::Result(*id, result.clone()));
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, query_id: QueryId, key: QueryKey, out: &mut Vec<Effect>) {
+        let route = if self.identity.is_some() && self.is_shared(&key) {
+            Route::Shared
+        } else {
+            Route::Main
+        };
+        if route == Route::Shared && !self.shared_attached {
+            self.shared_attached = true;
+            out.push(Effect::AttachShared);
+        }
+        let ids = self
+            .by_key
+            .entry(route)
+            .or_default()
+            .entry(key.clone())
+            .or_default();
+        let first = ids.is_empty();
+        ids.insert(query_id);
+        let query = ClientQuery {
+            key: Some(key.clone()),
+            route,
+            last: None,
+        };
+        self.queries.insert(query_id, query);
+        if first {
+            out.push(Effect::Subscribe(route, key));
+        }
+    }
+
+    /// Removes a query; `false` if it was not in the set.
+    pub(super) fn unsubscribe(&mut self, query_id: QueryId, out: &mut Vec<Effect>) -> bool {
+        let Some(q) = self.queries.remove(&query_id) else {
+            return false;
+        };
+        let Some(key) = q.key else { return true };
+        let keys = self.by_key.entry(q.route).or_default();
+        let now_empty = keys.get_mut(&key).is_some_and(|ids| {
+            ids.remove(&query_id);
+            ids.is_empty()
+        });
+        if now_empty {
+            keys.remove(&key);
+            if keys.is_empty() {
+                self.by_key.remove(&q.route);
+            }
+            out.push(Effect::Unsubscribe(q.route, key));
+        }
+        true
+    }
+
+    pub(super) fn modify_query_set(
+        &mut self,
+        base: QuerySetVersion,
+        new: QuerySetVersion,
+        modifications: Vec<QuerySetModification>,
+        out: &mut Vec<Effect>,
+    ) -> Step {
+        self.version
+            .accept_query_set(base, new)
+            .map_err(|e| End::Fatal(e.to_string()))?;
+        let mut pending = Vec::new();
+        for m in modifications {
+            match m {
+                QuerySetModification::Add {
+                    query_id,
+                    udf_path,
+                    args,
+                    journal,
+                    ..
+                } => {
+                    if self.queries.contains_key(&query_id) {
+                        return Err(End::Fatal(format!(
+                            "query id {query_id} is already in the query set"
+                        )));
+                    }
+                    let [args] = &args[..] else {
+                        return Err(End::Fatal(format!(
+                            "expected one arguments object, got {}",
+                            args.len()
+                        )));
+                    };
+                    match QueryKey::new(&udf_path, args, journal) {
+                        Ok(key) => self.subscribe(query_id, key, out),
+                        Err(message) => {
+                            let failed = Arc::new(QueryResult::Failed {
+                                message,
+                                data: None,
+                                log_lines: vec![],
+                                journal: None,
+                            });
+                            let query = ClientQuery {
+                                key: None,
+                                route: Route::Main,
+                                last: Some(failed.clone()),
+                            };
+                            self.queries.insert(query_id, query);
+                            pending.push(Pending::Result(query_id, failed));
+                        }
+                    }
+                    self.stats
+                        .downstream_subscriptions
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                QuerySetModification::Remove { query_id } => {
+                    if !self.unsubscribe(query_id, out) {
+                        return Err(End::Fatal(format!(
+                            "query id {query_id} is not in the query set"
+                        )));
+                    }
+                    pending.retain(|p| p.query_id() != query_id);
+                    pending.push(Pending::Removed(query_id));
+                    self.stats
+                        .downstream_subscriptions
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.transition(pending, None, out)
+    }
+}

@@ -1,0 +1,77 @@
+//! Mutations and actions: at most `max_pending_requests` in flight per socket (Convex's own
+//! cap), forwarded through the main route, answered in the order the upstream queued them
+//! (before the transition that reaches a mutation's `ts`, as Convex sends them).
+
+use edge_convex::RequestId;
+use edge_convex::ServerMessage;
+use edge_convex::sync::RequestKind;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::{ClientSession, Effect, End, Step};
+use crate::upstream::RequestOutcome;
+
+impl ClientSession {
+    pub(super) fn request(
+        &mut self,
+        kind: RequestKind,
+        request_id: RequestId,
+        udf_path: String,
+        args: Vec<Value>,
+        out: &mut Vec<Effect>,
+    ) -> Step {
+        if self.in_flight >= self.max_in_flight {
+            return Err(End::Fatal(format!(
+                "more than {} requests in flight",
+                self.max_in_flight
+            )));
+        }
+        let [args] = <[Value; 1]>::try_from(args)
+            .map_err(|a| End::Fatal(format!("expected one arguments object, got {}", a.len())))?;
+        self.in_flight += 1;
+        out.push(Effect::Request {
+            request_id,
+            kind,
+            udf_path,
+            args,
+        });
+        Ok(())
+    }
+
+    /// A mutation's or action's answer. The upstream queued it before any transition that
+    /// reaches its `ts`, so the client sees them in Convex's order.
+    pub(super) fn respond(
+        &mut self,
+        request_id: RequestId,
+        kind: RequestKind,
+        outcome: Result<RequestOutcome, String>,
+        out: &mut Vec<Effect>,
+    ) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let outcome = outcome.unwrap_or_else(|error| RequestOutcome {
+            success: false,
+            result: Value::String(error),
+            ts: None,
+            log_lines: vec![],
+            error_data: None,
+        });
+        let message = match kind {
+            RequestKind::Mutation => ServerMessage::MutationResponse {
+                request_id,
+                success: outcome.success,
+                result: outcome.result,
+                ts: outcome.ts,
+                log_lines: outcome.log_lines,
+                error_data: outcome.error_data,
+            },
+            RequestKind::Action => ServerMessage::ActionResponse {
+                request_id,
+                success: outcome.success,
+                result: outcome.result,
+                log_lines: outcome.log_lines,
+                error_data: outcome.error_data,
+            },
+        };
+        out.push(Effect::Send(Utf8Bytes::from(message.to_text())));
+    }
+}

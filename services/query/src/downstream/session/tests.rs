@@ -1,0 +1,297 @@
+//! The client session's rules on single sequences, one rule a test.
+
+use std::sync::Arc;
+
+use edge_convex::sync::{QuerySetModification, TokenType};
+use edge_convex::{ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, Timestamp};
+use serde_json::json;
+
+use super::harness::{Harness, PRIVATE, SHARED, value};
+use super::{Effect, End, Route};
+use crate::key::QueryKey;
+use crate::upstream::{Event, SharedText};
+
+#[test]
+fn a_new_query_gets_its_value_from_the_upstream() {
+    let mut h = Harness::new();
+    let q = h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    assert_eq!(h.model.result(q).unwrap()["who"], "");
+}
+
+#[test]
+fn two_queries_on_one_key_subscribe_upstream_once() {
+    let mut h = Harness::new();
+    h.add(PRIVATE, json!({"a": 1}));
+    h.add(PRIVATE, json!({"a": 1}));
+    assert_eq!(h.subscribed[""].values().sum::<usize>(), 1);
+    h.upstream_transition("");
+    assert_eq!(h.model.results().len(), 2);
+}
+
+#[test]
+fn removing_one_of_two_queries_on_a_key_keeps_the_subscription() {
+    let mut h = Harness::new();
+    let first = h.add(PRIVATE, json!({}));
+    h.add(PRIVATE, json!({}));
+    h.remove(first);
+    assert_eq!(h.subscribed[""].len(), 1);
+}
+
+#[test]
+fn signing_in_moves_private_queries_and_shares_shared_ones() {
+    let mut h = Harness::new();
+    let private = h.add(PRIVATE, json!({}));
+    let shared = h.add(SHARED, json!({"channel": "g"}));
+    h.sign_in("ada");
+    assert_eq!(h.main, "ada");
+    assert!(h.shared);
+    h.upstream_transition("ada");
+    h.upstream_transition("");
+    assert_eq!(h.model.result(private).unwrap()["who"], "ada");
+    assert_eq!(h.model.result(shared).unwrap()["who"], "");
+    assert!(
+        h.subscribed["ada"]
+            .keys()
+            .all(|k| k.path.as_str() == PRIVATE)
+    );
+}
+
+#[test]
+fn signing_out_reuses_the_shared_upstream_as_main() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    let private = h.add(PRIVATE, json!({}));
+    h.add(SHARED, json!({}));
+    h.sign_in("");
+    assert_eq!((h.main.as_str(), h.shared), ("", false));
+    h.upstream_transition("");
+    assert_eq!(h.model.result(private).unwrap()["who"], "");
+    assert!(
+        h.subscribed["ada"].is_empty(),
+        "the old identity holds nothing"
+    );
+}
+
+#[test]
+fn events_from_an_upstream_the_socket_left_are_ignored() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    let q = h.add(PRIVATE, json!({}));
+    h.upstream_transition("ada");
+    h.sign_in("bob");
+    // ada's upstream still sends (a queued event): it must not reach the socket.
+    h.subscribed
+        .entry("ada".into())
+        .or_default()
+        .insert(QueryKey::new(PRIVATE, &json!({}), None).unwrap(), 1);
+    h.upstream_transition("ada");
+    h.upstream_transition("bob");
+    assert_eq!(h.model.result(q).unwrap()["who"], "bob");
+}
+
+#[test]
+fn the_ts_is_the_frontier_of_the_routes_in_use() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.add(PRIVATE, json!({}));
+    h.add(SHARED, json!({}));
+    h.upstream_transition("ada");
+    let ada_ts = h.newest;
+    h.upstream_transition("");
+    // Both routes have sent: the frontier is the older of the two, ada's.
+    assert_eq!(h.model.held().ts, Timestamp(ada_ts));
+    h.upstream_transition("ada");
+    assert_eq!(
+        h.model.held().ts,
+        Timestamp(h.newest - 1),
+        "held at the shared route's ts"
+    );
+}
+
+#[test]
+fn a_mutation_completes_only_when_every_route_caught_up() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.add(SHARED, json!({}));
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.mutate();
+    assert_eq!(
+        h.model.awaiting().count(),
+        1,
+        "the shared route is behind the commit"
+    );
+    h.upstream_transition("");
+    assert_eq!(h.model.awaiting().count(), 0);
+}
+
+#[test]
+fn a_wrong_query_set_version_is_fatal() {
+    let mut h = Harness::new();
+    let mut effects = vec![];
+    let result = h.session.on_client(
+        ClientMessage::ModifyQuerySet {
+            base_version: QuerySetVersion(3),
+            new_version: QuerySetVersion(4),
+            modifications: vec![],
+        },
+        &mut effects,
+    );
+    assert!(matches!(result, Err(End::Fatal(m)) if m.contains("query set is at version 0")));
+}
+
+#[test]
+fn a_wrong_identity_version_is_fatal_before_the_token_is_looked_at() {
+    let mut h = Harness::new();
+    let mut effects = vec![];
+    let result = h.session.on_client(
+        ClientMessage::Authenticate {
+            base_version: IdentityVersion(2),
+            token_type: TokenType::User,
+            value: Some("never verified".into()),
+        },
+        &mut effects,
+    );
+    assert!(matches!(result, Err(End::Fatal(_))));
+    assert!(effects.is_empty());
+}
+
+#[test]
+fn admin_keys_are_refused_with_an_auth_error() {
+    let mut h = Harness::new();
+    let mut effects = vec![];
+    let result = h.session.on_client(
+        ClientMessage::Authenticate {
+            base_version: IdentityVersion(0),
+            token_type: TokenType::Admin,
+            value: Some("key".into()),
+        },
+        &mut effects,
+    );
+    assert!(matches!(
+        result,
+        Err(End::Auth {
+            base_version: IdentityVersion(0),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_duplicate_query_id_is_fatal() {
+    let mut h = Harness::new();
+    h.add(PRIVATE, json!({}));
+    h.next_query_id = 0;
+    h.session.validate().unwrap();
+    let mut effects = vec![];
+    let result = h.session.on_client(
+        ClientMessage::ModifyQuerySet {
+            base_version: QuerySetVersion(1),
+            new_version: QuerySetVersion(2),
+            modifications: vec![QuerySetModification::Add {
+                query_id: QueryId(0),
+                udf_path: PRIVATE.into(),
+                args: vec![json!({})],
+                journal: None,
+                component_path: None,
+            }],
+        },
+        &mut effects,
+    );
+    assert!(matches!(result, Err(End::Fatal(m)) if m.contains("already in the query set")));
+}
+
+#[test]
+fn removing_an_unknown_query_is_fatal() {
+    let mut h = Harness::new();
+    let mut effects = vec![];
+    let result = h.session.on_client(
+        ClientMessage::ModifyQuerySet {
+            base_version: QuerySetVersion(0),
+            new_version: QuerySetVersion(1),
+            modifications: vec![QuerySetModification::Remove {
+                query_id: QueryId(9),
+            }],
+        },
+        &mut effects,
+    );
+    assert!(matches!(result, Err(End::Fatal(m)) if m.contains("not in the query set")));
+}
+
+#[test]
+fn an_invalid_path_fails_locally_and_subscribes_nothing() {
+    let mut h = Harness::new();
+    let q = h.add("not a path", json!({}));
+    assert!(h.model.result(q).unwrap()["error"].is_string());
+    assert!(h.subscribed.is_empty());
+}
+
+#[test]
+fn too_many_requests_in_flight_is_fatal() {
+    let mut h = Harness::new();
+    let mut effects = vec![];
+    for id in 0..4 {
+        let m = ClientMessage::Action {
+            request_id: RequestId(id),
+            udf_path: "demo:echo".into(),
+            args: vec![json!({})],
+            component_path: None,
+        };
+        h.session.on_client(m, &mut effects).unwrap();
+    }
+    let m = ClientMessage::Action {
+        request_id: RequestId(9),
+        udf_path: "demo:echo".into(),
+        args: vec![json!({})],
+        component_path: None,
+    };
+    assert!(matches!(
+        h.session.on_client(m, &mut effects),
+        Err(End::Fatal(_))
+    ));
+}
+
+#[test]
+fn an_upstream_auth_failure_ends_the_socket_with_auth_error() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    let failed = Event::AuthFailed {
+        upstream: 0,
+        error: "expired".into(),
+    };
+    h.deliver(vec![(Some(Route::Main), failed)]);
+    assert!(matches!(
+        &h.ended,
+        Some(End::Auth { base_version: IdentityVersion(0), error }) if error == "expired"
+    ));
+}
+
+#[test]
+fn unchanged_results_are_not_sent_again() {
+    let mut h = Harness::new();
+    h.add(PRIVATE, json!({}));
+    let key = QueryKey::new(PRIVATE, &json!({}), None).unwrap();
+    let result = value("", &key, 1);
+    h.newest = 2;
+    let event = |ts| Event::Transition {
+        upstream: 0,
+        ts: Timestamp(ts),
+        updates: Arc::new(vec![(key.clone(), result.clone())]),
+        text: Arc::new(SharedText::default()),
+    };
+    let mut effects = vec![];
+    h.session
+        .on_events(vec![(Some(Route::Main), event(1))], &mut effects)
+        .unwrap();
+    h.effects(effects);
+    let mut effects = vec![];
+    h.session
+        .on_events(vec![(Some(Route::Main), event(2))], &mut effects)
+        .unwrap();
+    let frame = match &effects[..] {
+        [Effect::Send(text)] => text.to_string(),
+        other => panic!("{other:?}"),
+    };
+    assert!(frame.contains("\"modifications\":[]"), "{frame}");
+}

@@ -1,0 +1,59 @@
+//! The upstream state's invariants, checked after every step by the unit and property tests
+//! and, in debug builds, by the driver: refcounts equal what listeners hold, every key has
+//! its query id on the current connection, and only live keys have a published value.
+
+use std::collections::HashMap;
+
+use super::UpstreamState;
+use crate::key::QueryKey;
+use crate::upstream::lock;
+
+impl UpstreamState {
+    /// Checks the invariants; `Err` names the first one broken.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut counts: HashMap<&QueryKey, usize> = HashMap::new();
+        for keys in self.listeners.values() {
+            for (key, n) in keys {
+                if *n == 0 {
+                    return Err(format!("a listener holds {key:?} zero times"));
+                }
+                *counts.entry(key).or_default() += n;
+            }
+        }
+        if counts.len() != self.subs.len() {
+            return Err(format!(
+                "{} keys held by listeners, {} subscribed upstream",
+                counts.len(),
+                self.subs.len()
+            ));
+        }
+        for (key, sub) in &self.subs {
+            if counts.get(key) != Some(&sub.refcount) {
+                return Err(format!(
+                    "{key:?} has refcount {} but listeners hold it {:?} times",
+                    sub.refcount,
+                    counts.get(key)
+                ));
+            }
+            match (self.is_connected(), sub.query_id) {
+                (true, Some(id)) if self.by_query_id.get(&id) == Some(key) => {}
+                (false, None) => {}
+                (connected, id) => {
+                    return Err(format!(
+                        "{key:?} has query id {id:?} (connected: {connected})"
+                    ));
+                }
+            }
+        }
+        if self.by_query_id.len() != self.subs.len() && self.is_connected() {
+            return Err("query ids left for keys no longer subscribed".into());
+        }
+        let values = lock(&self.values);
+        for key in values.keys() {
+            if !self.subs.contains_key(key) {
+                return Err(format!("a published value for {key:?}, not subscribed"));
+            }
+        }
+        Ok(())
+    }
+}
