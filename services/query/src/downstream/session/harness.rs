@@ -106,14 +106,21 @@ impl Harness {
                     let message: ServerMessage = serde_json::from_str(&text).unwrap();
                     let newest_before = self.newest;
                     if let ServerMessage::Transition {
+                        start_version,
                         end_version,
                         modifications,
-                        ..
                     } = &message
                     {
                         assert!(
                             end_version.ts.0 <= newest_before,
                             "ts {:?} newer than any upstream's {newest_before}",
+                            end_version.ts
+                        );
+                        // The consistent frontier: no newer than the oldest route in use.
+                        let frontier = self.frontier().unwrap_or(0).max(start_version.ts.0);
+                        assert!(
+                            end_version.ts.0 <= frontier,
+                            "ts {:?} beyond the frontier {frontier} of the routes in use",
                             end_version.ts
                         );
                         let json = serde_json::to_value(modifications).unwrap();
@@ -195,6 +202,21 @@ impl Harness {
             }
         }
         self.session.validate().unwrap();
+    }
+
+    /// The oldest latest `ts` of the upstreams the socket's queries use, if all have one.
+    pub fn frontier(&self) -> Option<u64> {
+        let main = *self.ts.get(&self.main)?;
+        let shared_in_use = !self.signed_in_as.is_empty()
+            && self
+                .model
+                .query_set()
+                .iter()
+                .any(|id| self.queries[id].0 == SHARED);
+        if shared_in_use {
+            return Some(main.min(*self.ts.get("")?));
+        }
+        Some(main)
     }
 
     pub fn route_who(&self, route: Route) -> Who {

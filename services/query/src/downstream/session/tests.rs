@@ -274,6 +274,7 @@ fn unchanged_results_are_not_sent_again() {
     let key = QueryKey::new(PRIVATE, &json!({}), None).unwrap();
     let result = value("", &key, 1);
     h.newest = 2;
+    h.ts.insert(String::new(), 2);
     let event = |ts| Event::Transition {
         upstream: 0,
         ts: Timestamp(ts),
