@@ -21,12 +21,23 @@ pub enum IdentityKey {
 }
 
 /// A verified token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VerifiedUser {
     pub key: IdentityKey,
     pub token: String,
     /// Unix seconds.
     pub expires_at: i64,
+}
+
+/// The token never reaches a log.
+impl std::fmt::Debug for VerifiedUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedUser")
+            .field("key", &self.key)
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 pub struct Identities {
