@@ -112,22 +112,29 @@ impl Database {
     }
 }
 
+/// Whether a transaction may write: mutations may, queries may not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
 /// A function's view of the database: reads from one snapshot (recorded), writes buffered
 /// until commit.
 pub struct Tx<'a> {
     snapshot: &'a Snapshot,
     pub reads: BTreeSet<String>,
     pub writes: Vec<(String, String, Option<Value>)>,
-    writable: bool,
+    access: Access,
 }
 
 impl<'a> Tx<'a> {
-    pub fn new(snapshot: &'a Snapshot, writable: bool) -> Self {
+    pub fn new(snapshot: &'a Snapshot, access: Access) -> Self {
         Tx {
             snapshot,
             reads: BTreeSet::new(),
             writes: Vec::new(),
-            writable,
+            access,
         }
     }
 
@@ -171,7 +178,7 @@ impl<'a> Tx<'a> {
         table: &str,
         mut fields: Map<String, Value>,
     ) -> Result<String, String> {
-        if !self.writable {
+        if self.access == Access::ReadOnly {
             return Err("queries cannot write to the database".into());
         }
         let id = new_id();
@@ -192,7 +199,7 @@ impl<'a> Tx<'a> {
     }
 
     pub fn replace(&mut self, table: &str, id: &str, doc: Value) -> Result<(), String> {
-        if !self.writable {
+        if self.access == Access::ReadOnly {
             return Err("queries cannot write to the database".into());
         }
         self.writes

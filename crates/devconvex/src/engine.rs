@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use tokio::sync::watch;
 
 use crate::auth::{Authenticator, Identity};
-use crate::db::{Database, Snapshot, Tx};
+use crate::db::{Access, Database, Snapshot, Tx};
 use crate::functions::{self, Ctx, FunctionError, Kind};
 use crate::metrics::Stats;
 
@@ -102,7 +102,12 @@ impl Engine {
         args: &Value,
         identity: Option<&Identity>,
     ) -> (Result<Value, FunctionError>, Tx<'s>) {
-        let mut tx = Tx::new(snapshot, expected == Kind::Mutation);
+        let access = if expected == Kind::Mutation {
+            Access::ReadWrite
+        } else {
+            Access::ReadOnly
+        };
+        let mut tx = Tx::new(snapshot, access);
         let result = (|| {
             let udf = UdfPath::parse(path).map_err(|_| functions::not_found(path))?;
             let (kind, handler) =
