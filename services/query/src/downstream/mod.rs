@@ -112,7 +112,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
             break end;
         }
     };
-    d.close(end).await;
+    Box::pin(d.close(end)).await;
     stats.downstream_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
