@@ -421,6 +421,49 @@ class Topology:
             raise RuntimeError(f"{script} failed: {result.stderr}\n{result.stdout}")
         return json.loads(result.stdout.strip().splitlines()[-1])
 
+    def measure_rss(self):
+        """Resident memory of every service (its whole process tree: nginx's workers, Postgres'
+        backends), under the light load running now."""
+        children = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+
+        def rss_kib(pid):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return 0
+            own = re.search(r"VmRSS:\s+(\d+) kB", status)
+            return (int(own.group(1)) if own else 0) + sum(rss_kib(c) for c in children.get(pid, []))
+
+        figures = [f"{i} {rss_kib(p.pid) / 1024:.1f} MiB" for i, p in self.procs.items() if p.poll() is None]
+        self.event("RSS under light load: " + ", ".join(figures))
+
+    def measure_dedup(self, clients=200):
+        """Upstream subscriptions for N clients of one query on one, then two query replicas."""
+        spec = self.services["query"]
+        self.add_host("query-2")
+        self.write_resolution()
+        self.instances["query"].append("query-2")
+        self.start("query", "query-2")
+        self.healthy("query", "query-2")
+        result = self.node("compose-dedup.mjs", {
+            "clients": clients,
+            "replicas": ["http://query:3210", "http://query-2:3210"],
+            "convexMetrics": f"http://convex:{spec['environment']['CONVEX_URL'].rsplit(':', 1)[1]}/metrics",
+        })
+        for phase in result["phases"]:
+            self.event(f"dedup: {phase['clients']} clients of messages:list over {phase['replicas']} query "
+                       f"replica(s) → {phase['upstream']} upstream subscription(s) on Convex "
+                       f"(per replica: {phase['perReplica']})")
+        one, two = result["phases"]
+        if one["upstream"] != 1 or two["upstream"] != 2:
+            raise RuntimeError(f"unexpected dedup figures: {result}")
+
     def curl(self, url, instance="client"):
         return subprocess.run(self.wrap(instance, ["curl", "-fsS", "--max-time", "5", url]),
                               capture_output=True, text=True).stdout
@@ -562,22 +605,21 @@ def run(compose_bin, binary, cleanup):
         wait_for(f"{instance} to serve token requests through lb",
                  lambda: token_requests(topo.curl(f"http://{ip}:8080/metrics")) >= 50, 120)
     topo.event(f"scaled up to {len(topo.instances['gateway'])}: every new gateway serves requests through lb")
-    # nginx keeps its upstream connections: a gateway that served hundreds of requests holds
-    # a handful of connections from lb and has closed (TIME-WAIT) almost none.
-    for instance in topo.instances["gateway"]:
-        ip = topo.ip[instance]
-        served = token_requests(topo.curl(f"http://{ip}:8080/metrics"))
-        closed = len(sh("ip", "netns", "exec", f"{RUN}-{instance}", "ss", "-Htan", "state", "time-wait",
-                        "( sport = :8080 )", capture=True).stdout.splitlines())
-        topo.event(f"{instance}: {served} token requests served, {closed} connections closed by it (TIME-WAIT)")
-        if closed * 10 > served:
-            raise RuntimeError(f"{instance}: lb does not keep connections alive ({closed} closed for {served} requests)")
+    topo.measure_dedup()
+    topo.measure_rss()
     stop.write_text("")
     load.wait(timeout=60)
     final = json.loads(status.read_text())
     topo.event(f"load finished: {final['ok']} ok, {final['failed']} failed")
     if final["failed"] != 0 or not final.get("finished"):
         raise RuntimeError(f"requests failed while scaling: {final}")
+    # nginx keeps its upstream connections: had it closed one per request, each would sit in
+    # TIME-WAIT in lb's namespace (nginx closes first) for a minute.
+    closed = len(sh("ip", "netns", "exec", f"{RUN}-lb", "ss", "-Htan", "state", "time-wait",
+                    "( dport = :8080 )", capture=True).stdout.splitlines())
+    topo.event(f"lb: {closed} upstream connections closed (TIME-WAIT) for {final['ok']} requests")
+    if closed * 10 > final["ok"]:
+        raise RuntimeError(f"lb does not keep upstream connections alive ({closed} closed for {final['ok']} requests)")
 
     # --- SIGTERM of every service, dependants first ---
     for service in reversed(order):
