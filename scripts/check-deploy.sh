@@ -29,8 +29,10 @@ sed -e 's/^BETTER_AUTH_SECRET=$/BETTER_AUTH_SECRET=0123456789abcdef0123456789abc
 [ -n "${DEPLOY_RENDER_DIR:-}" ] && cp "$tmp/compose.json" "$DEPLOY_RENDER_DIR/compose.json"
 passed=$((passed + 1))
 if "$tools/compose" --project-directory . --env-file /dev/null config --quiet 2> "$tmp/err" ||
-  ! grep -q "required variable BETTER_AUTH_SECRET is missing a value: set BETTER_AUTH_SECRET in .env" "$tmp/err"; then
-  echo "check-deploy: compose rendered without BETTER_AUTH_SECRET in .env" >&2
+  ! grep -Eq "required variable (BETTER_AUTH_SECRET|CONVEX_INSTANCE_SECRET) is missing a value: set \1 in .env" "$tmp/err"; then
+  # (Compose names whichever missing variable it meets first.)
+  echo "check-deploy: compose rendered without the secrets in .env:" >&2
+  cat "$tmp/err" >&2
   exit 1
 fi
 passed=$((passed + 1))
