@@ -138,7 +138,10 @@ async fn deployment_files_render_validate_and_line_up() {
     assert_eq!(host_port(&env("auth", "DATABASE_URL")).0, "postgres");
     // One issuer: what auth signs is what query verifies and what the demo deploy tells Convex.
     assert_eq!(env("auth", "JWT_ISSUER"), env("query", "JWT_ISSUER"));
-    assert_eq!(env("auth", "JWT_ISSUER"), env("gateway", "GATEWAY_TRUSTED_ORIGINS"));
+    assert_eq!(
+        env("auth", "JWT_ISSUER"),
+        env("gateway", "GATEWAY_TRUSTED_ORIGINS")
+    );
     // The Convex backend: pinned, both origins published, matching its origins.
     let convex = &services["convex"];
     let image = convex["image"].as_str().unwrap();
@@ -217,7 +220,13 @@ async fn deployment_files_render_validate_and_line_up() {
         .find(|d| d["kind"] == "ConfigMap")
         .unwrap();
     let host = |var: &str| {
-        config["data"][var].as_str().unwrap().split('/').nth(2).unwrap().to_owned()
+        config["data"][var]
+            .as_str()
+            .unwrap()
+            .split('/')
+            .nth(2)
+            .unwrap()
+            .to_owned()
     };
     let ingress = |name: &str| {
         production
@@ -225,8 +234,14 @@ async fn deployment_files_render_validate_and_line_up() {
             .find(|d| d["kind"] == "Ingress" && d["metadata"]["name"] == name)
             .unwrap()
     };
-    assert_eq!(ingress("site")["spec"]["rules"][0]["host"], host("JWT_ISSUER"));
-    assert_eq!(ingress("query")["spec"]["rules"][0]["host"], host("QUERY_PUBLIC_URL"));
+    assert_eq!(
+        ingress("site")["spec"]["rules"][0]["host"],
+        host("JWT_ISSUER")
+    );
+    assert_eq!(
+        ingress("query")["spec"]["rules"][0]["host"],
+        host("QUERY_PUBLIC_URL")
+    );
     for d in production {
         for c in containers(d) {
             let image = c["image"].as_str().unwrap();
@@ -258,7 +273,8 @@ fn service_timings(name: &str) -> Option<(u64, u64)> {
 }
 
 fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
-    let of_kind = |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
+    let of_kind =
+        |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
     let name_of = |d: &Value| d["metadata"]["name"].as_str().unwrap().to_owned();
     let config = of_kind("ConfigMap")[0];
     let config_name = name_of(config);
@@ -270,11 +286,17 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
         check_env(var, code, &format!("{overlay} configmap"));
     }
     let namespace = &of_kind("Namespace")[0]["metadata"];
-    assert_eq!(namespace["labels"]["pod-security.kubernetes.io/enforce"], "restricted");
+    assert_eq!(
+        namespace["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
     let mut listen: BTreeMap<String, (Value, BTreeMap<String, u64>)> = BTreeMap::new();
     for d in of_kind("Deployment").into_iter().chain(of_kind("Job")) {
         let name = name_of(d);
-        assert_eq!(d["metadata"]["namespace"], namespace["name"], "{overlay} {name}");
+        assert_eq!(
+            d["metadata"]["namespace"], namespace["name"],
+            "{overlay} {name}"
+        );
         let pod = &d["spec"]["template"]["spec"];
         let labels = &d["spec"]["template"]["metadata"]["labels"];
         if d["kind"] == "Deployment" {
@@ -282,19 +304,30 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
         }
         let c = &pod["containers"][0];
         let command = c["args"][0].as_str().unwrap();
-        assert!(help.contains(&format!("\n  {command} ")), "{name}: `{command}`");
+        assert!(
+            help.contains(&format!("\n  {command} ")),
+            "{name}: `{command}`"
+        );
         let ports: BTreeMap<String, u64> = c["ports"]
             .as_array()
             .into_iter()
             .flatten()
-            .map(|p| (p["name"].as_str().unwrap().to_owned(), p["containerPort"].as_u64().unwrap()))
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_owned(),
+                    p["containerPort"].as_u64().unwrap(),
+                )
+            })
             .collect();
         for e in c["env"].as_array().into_iter().flatten() {
             let var = e["name"].as_str().unwrap();
             check_env(var, code, &name);
             if var.ends_with("_ADDR") {
                 let port = host_port(e["value"].as_str().unwrap()).1;
-                assert!(ports.values().any(|p| *p == u64::from(port)), "{name}: {var}");
+                assert!(
+                    ports.values().any(|p| *p == u64::from(port)),
+                    "{name}: {var}"
+                );
             }
         }
         for source in c["envFrom"].as_array().into_iter().flatten() {
@@ -322,13 +355,18 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
             assert!(c["resources"]["requests"]["memory"].is_string(), "{name}");
             assert!(c["resources"]["limits"]["memory"].is_string(), "{name}");
             assert!(
-                pod["topologySpreadConstraints"].as_array().is_some_and(|t| !t.is_empty()),
+                pod["topologySpreadConstraints"]
+                    .as_array()
+                    .is_some_and(|t| !t.is_empty()),
                 "{name}: spread across nodes"
             );
         }
         listen.insert(name, (labels.clone(), ports));
     }
-    assert!(listen.contains_key("migrate"), "{overlay}: migrations run as a Job");
+    assert!(
+        listen.contains_key("migrate"),
+        "{overlay}: migrations run as a Job"
+    );
     let mut service_ports = BTreeSet::new();
     for s in of_kind("Service") {
         let name = name_of(s);
@@ -338,7 +376,10 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
         }
         for p in s["spec"]["ports"].as_array().unwrap() {
             let target = p["targetPort"].as_str().unwrap();
-            assert!(ports.contains_key(target), "service {name}: no container port {target}");
+            assert!(
+                ports.contains_key(target),
+                "service {name}: no container port {target}"
+            );
             service_ports.insert((name.clone(), p["port"].as_u64().unwrap()));
         }
     }
@@ -355,42 +396,78 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
     }
     let hpas: BTreeMap<String, &Value> = of_kind("HorizontalPodAutoscaler")
         .into_iter()
-        .map(|h| (h["spec"]["scaleTargetRef"]["name"].as_str().unwrap().to_owned(), h))
+        .map(|h| {
+            (
+                h["spec"]["scaleTargetRef"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                h,
+            )
+        })
         .collect();
     for name in ["gateway", "query"] {
         assert!(hpas.contains_key(name), "{overlay}: no HPA for {name}");
-        let deployment = of_kind("Deployment").into_iter().find(|d| name_of(d) == name).unwrap();
-        assert!(deployment["spec"].get("replicas").is_none(), "the HPA owns {name}'s replicas");
+        let deployment = of_kind("Deployment")
+            .into_iter()
+            .find(|d| name_of(d) == name)
+            .unwrap();
+        assert!(
+            deployment["spec"].get("replicas").is_none(),
+            "the HPA owns {name}'s replicas"
+        );
     }
     let pdbs: BTreeSet<String> = of_kind("PodDisruptionBudget")
         .into_iter()
-        .map(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"].as_str().unwrap().to_owned())
+        .map(|p| {
+            p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(pdbs, BTreeSet::from(["auth".into(), "gateway".into(), "query".into()]));
+    assert_eq!(
+        pdbs,
+        BTreeSet::from(["auth".into(), "gateway".into(), "query".into()])
+    );
     // auth's gRPC: only gateway and query pods may connect.
     let auth_policy = of_kind("NetworkPolicy")
         .into_iter()
         .find(|p| p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "auth")
         .unwrap_or_else(|| panic!("{overlay}: no NetworkPolicy for auth"));
     for rule in auth_policy["spec"]["ingress"].as_array().unwrap() {
-        let ports: Vec<&str> =
-            rule["ports"].as_array().unwrap().iter().map(|p| p["port"].as_str().unwrap()).collect();
+        let ports: Vec<&str> = rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_str().unwrap())
+            .collect();
         if ports.contains(&"grpc") {
             let from: BTreeSet<&str> = rule["from"]
                 .as_array()
                 .expect("grpc is open to everyone")
                 .iter()
-                .map(|f| f["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str().unwrap())
+                .map(|f| {
+                    f["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+                        .as_str()
+                        .unwrap()
+                })
                 .collect();
             assert_eq!(from, BTreeSet::from(["gateway", "query"]), "{overlay}");
         }
     }
     let query_ingress = of_kind("Ingress")
         .into_iter()
-        .find(|i| i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "query")
+        .find(|i| {
+            i["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["name"] == "query"
+        })
         .unwrap_or_else(|| panic!("{overlay}: no Ingress for the query service"));
-    let timeout = query_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]
-        .as_str()
-        .unwrap();
-    assert!(timeout.parse::<u64>().unwrap() >= 3600, "WebSockets stay open");
+    let timeout =
+        query_ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/proxy-read-timeout"]
+            .as_str()
+            .unwrap();
+    assert!(
+        timeout.parse::<u64>().unwrap() >= 3600,
+        "WebSockets stay open"
+    );
 }
