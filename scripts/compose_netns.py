@@ -156,17 +156,17 @@ class Topology:
         for instance in self.ip:
             etc = Path("/etc/netns") / f"{RUN}-{instance}"
             etc.mkdir(parents=True, exist_ok=True)
-            (etc / "hosts").write_text(hosts)
+            atomic_write(etc / "hosts", hosts)
             # Docker's embedded DNS sits at 127.0.0.11 in every container; here only lb
             # resolves a name that is not in its hosts file.
             resolver = "127.0.0.11" if instance == "lb" else "127.0.0.1"
-            (etc / "resolv.conf").write_text(f"nameserver {resolver}\noptions timeout:1 attempts:1\n")
+            atomic_write(etc / "resolv.conf", f"nameserver {resolver}\noptions timeout:1 attempts:1\n")
 
     def publish_dns(self):
         live = [i for i in self.instances.get("gateway", []) if i in self.ip]
         lines = "".join(f"{ip} {name}\n" for name, ip in self.ip.items() if not name.startswith("gateway"))
         lines += "".join(f"{self.ip[i]} gateway\n" for i in live)
-        self.dns_hosts.write_text(lines)
+        atomic_write(self.dns_hosts, lines)
         if self.dnsmasq and self.dnsmasq.poll() is None:
             self.dnsmasq.send_signal(signal.SIGHUP)
         self.event(f"dns: gateway → {', '.join(self.ip[i] for i in live) or 'nothing'}")
@@ -469,6 +469,17 @@ class Topology:
                               capture_output=True, text=True).stdout
 
 
+def atomic_write(path, text):
+    """Replaces a file whole: a resolver reading it meanwhile sees the old or the new content,
+    never a truncated one (processes already running keep the file they were given, as a
+    container keeps its /etc/hosts)."""
+    # Staged beside the namespace's directory, not in it: `ip netns exec` bind-mounts every
+    # file it finds there.
+    staging = path.parent.parent / f".{path.parent.name}.{path.name}.new"
+    staging.write_text(text)
+    os.replace(staging, path)
+
+
 def met(state, condition):
     if condition == "service_started":
         return state is not None
@@ -530,10 +541,12 @@ def main():
 
 def run(compose_bin, binary, cleanup):
     tmp = cleanup.tmp
+    # A user's .env: .env.example with the two secrets filled in.
     env_file = tmp / ".env"
-    env_file.write_text(
-        f"BETTER_AUTH_SECRET={secrets.token_urlsafe(32)}\nCONVEX_INSTANCE_SECRET={secrets.token_hex(32)}\n"
-    )
+    example = (ROOT / ".env.example").read_text()
+    example = example.replace("\nBETTER_AUTH_SECRET=\n", f"\nBETTER_AUTH_SECRET={secrets.token_urlsafe(32)}\n")
+    example = example.replace("\nCONVEX_INSTANCE_SECRET=\n", f"\nCONVEX_INSTANCE_SECRET={secrets.token_hex(32)}\n")
+    env_file.write_text(example)
     rendered = subprocess.run(
         [compose_bin, "--project-directory", str(ROOT), "-f", str(ROOT / "docker-compose.yml"),
          "--env-file", str(env_file), "config", "--format", "json"],
@@ -589,6 +602,9 @@ def run(compose_bin, binary, cleanup):
     wait_for("gateway-1 alone to serve 200 more token requests",
              lambda: token_requests(topo.curl(f"http://{survivor}:8080/metrics")) >= mark + 200, 120)
     topo.event(f"one gateway: {counts()['ok']} ok, {counts()['failed']} failed")
+    lb_log = (tmp / "lb.log").read_text(errors="replace")
+    topo.event(f"lb: {lb_log.count('lb: gateway addresses now')} reload(s) so far; "
+               f"{lb_log.count('while connecting to upstream')} request(s) retried on another gateway")
 
     fresh = [f"gateway-{i}" for i in range(GATEWAY_SCALE + 1, 2 * GATEWAY_SCALE)]
     for instance in fresh:
