@@ -56,7 +56,12 @@ async fn rendered(root: &Path) -> Value {
     let out = Command::new(root.join("scripts/check-deploy.sh"))
         .env("DEPLOY_RENDER_DIR", &dir)
         .output()
-        .expect("scripts/check-deploy.sh runs");
+        .unwrap_or_else(|e| {
+            panic!(
+                "{} runs: {e}",
+                root.join("scripts/check-deploy.sh").display()
+            )
+        });
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -381,6 +386,25 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
                 "service {name}: no container port {target}"
             );
             service_ports.insert((name.clone(), p["port"].as_u64().unwrap()));
+        }
+    }
+    // devconvex (dev) trusts exactly the issuer auth signs, with keys from a Service it can reach.
+    for d in of_kind("Deployment") {
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        for e in c["env"].as_array().into_iter().flatten() {
+            if e["name"] == "DEVCONVEX_AUTH_CONFIG" {
+                let trusted: Value = serde_json::from_str(e["value"].as_str().unwrap()).unwrap();
+                let provider = &trusted["providers"][0];
+                assert_eq!(
+                    provider["issuer"], config["data"]["JWT_ISSUER"],
+                    "{overlay}"
+                );
+                let (host, port) = host_port(provider["jwks"].as_str().unwrap());
+                assert!(
+                    service_ports.contains(&(host.clone(), u64::from(port))),
+                    "{overlay}: devconvex's JWKS {host}:{port} is no Service port"
+                );
+            }
         }
     }
     for var in ["AUTH_GRPC_URL", "QUERY_GRPC_URL", "CONVEX_URL"] {
