@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs the npm clients the tests drive and Chromium for the
-# browser test, makes sure Postgres and Redis answer (starting the local ones if they are
-# down), then `cargo test` for the workspace.
+# Runs the whole test suite: installs the npm clients the tests drive, Chromium for the
+# browser test and the pinned deployment tools (scripts/deploy-tools.sh), makes sure Postgres
+# and Redis answer (starting the local ones if they are down), then `cargo test` for the
+# workspace; as root, then runs docker-compose.yml for real in network namespaces
+# (scripts/compose-netns.sh, on the release binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,9 +41,20 @@ ensure_chromium() {
   fi
 }
 
+ensure_netns_packages() {
+  # scripts/compose-netns.sh stands Debian's nginx and dnsmasq in for the compose images
+  # (RUNLEVEL=1: the package must not start an nginx of its own on the host).
+  if [ "$(id -u)" != 0 ] || { command -v nginx >/dev/null && command -v dnsmasq >/dev/null; }; then return; fi
+  echo "installing nginx and dnsmasq-base for the compose topology test"
+  apt-get update -qq >/dev/null 2>&1 || true
+  RUNLEVEL=1 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx dnsmasq-base >/dev/null
+}
+
 ensure_postgres
 ensure_redis
 ensure_chromium
+ensure_netns_packages
+./scripts/deploy-tools.sh
 if ! command -v node >/dev/null; then
   echo "node is required for the interop tests: install Node.js 20 or later" >&2
   exit 1
@@ -52,3 +65,10 @@ npm ci --prefix examples/demo --no-audit --no-fund --loglevel=error
 npm run --prefix examples/demo --silent typecheck
 
 cargo test --workspace --locked "$@"
+
+if [ "$(id -u)" = 0 ]; then
+  cargo build --release --locked --bin convex-edge
+  ./scripts/compose-netns.sh
+else
+  echo "not run: scripts/compose-netns.sh (the compose topology in network namespaces) needs root" >&2
+fi

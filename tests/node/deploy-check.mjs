@@ -1,25 +1,16 @@
-// Parses the deployment files (no Docker or Kubernetes runs here) so the Rust test can check
-// what they say: docker-compose.yml and every YAML document under deploy/k8s.
-// Usage: node deploy-check.mjs <workspace root>; prints one JSON line.
-import { readFileSync, readdirSync, statSync } from "node:fs";
-import { join, relative } from "node:path";
-import { parse, parseAllDocuments } from "yaml";
+// Reads what scripts/check-deploy.sh rendered with the real tools (`docker compose config`,
+// `kubectl kustomize` of every overlay) so the Rust test can check what the files say once
+// rendered. Usage: node deploy-check.mjs <render dir>; prints one JSON line:
+// {"compose": <compose.json>, "k8s": {"<overlay>": [documents]}}.
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
+import { parseAllDocuments } from "yaml";
 
-const root = process.argv[2];
-const yamlFiles = (dir) =>
-  readdirSync(dir).flatMap((name) => {
-    const path = join(dir, name);
-    if (statSync(path).isDirectory()) return yamlFiles(path);
-    return name.endsWith(".yaml") ? [path] : [];
-  });
-
-const out = {
-  compose: parse(readFileSync(join(root, "docker-compose.yml"), "utf8"), { merge: true }),
-  k8s: {},
-};
-for (const file of yamlFiles(join(root, "deploy/k8s"))) {
-  const docs = parseAllDocuments(readFileSync(file, "utf8"));
-  for (const d of docs) if (d.errors.length) throw new Error(`${file}: ${d.errors[0].message}`);
-  out.k8s[relative(root, file)] = docs.map((d) => d.toJSON());
+const dir = process.argv[2];
+const out = { compose: JSON.parse(readFileSync(join(dir, "compose.json"), "utf8")), k8s: {} };
+for (const name of readdirSync(dir).filter((n) => n.endsWith(".yaml"))) {
+  const docs = parseAllDocuments(readFileSync(join(dir, name), "utf8"));
+  for (const d of docs) if (d.errors.length) throw new Error(`${name}: ${d.errors[0].message}`);
+  out.k8s[name.replace(/\.yaml$/, "")] = docs.map((d) => d.toJSON()).filter(Boolean);
 }
 console.log(JSON.stringify(out));

@@ -75,6 +75,8 @@ impl Application {
                 .configure(http::configure)
                 .route("/healthz", web::get().to(ok))
                 .route("/readyz", web::get().to(ok))
+                // What Convex's own compose file health-checks on the backend.
+                .route("/version", web::get().to(version))
                 .route("/metrics", web::get().to(metrics))
         })
         .workers(2)
@@ -94,6 +96,13 @@ impl Application {
 
 async fn ok() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// The backend's `GET /version` (plain text, as the self-hosted backend answers it).
+async fn version() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(concat!("devconvex-", env!("CARGO_PKG_VERSION")))
 }
 
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
