@@ -30,6 +30,9 @@ pub struct Config {
     /// keep it this long, so the reads after them (the page's client right after SSR, the next
     /// render) cost Convex nothing. `None` (0, the default): such reads go over HTTP.
     pub read_linger: Option<Duration>,
+    /// A client socket that was sent nothing for this long gets a sync-protocol `Ping`
+    /// (Convex's heartbeat, 15 s): the official client reconnects after 60 s of silence.
+    pub ping_interval: Duration,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             socket_queue: 1024,
             upstream_idle: Duration::from_secs(5),
             read_linger: None,
+            ping_interval: Duration::from_secs(15),
         }
     }
 

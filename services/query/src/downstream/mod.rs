@@ -43,6 +43,8 @@ struct Downstream {
     main: Attachment,
     /// The anonymous upstream, attached once a shared function is used by a signed-in socket.
     shared: Option<Attachment>,
+    /// When the client was last sent anything (for the heartbeat `Ping`).
+    last_sent: tokio::time::Instant,
 }
 
 /// What woke a socket's task.
@@ -51,6 +53,8 @@ enum Wake {
     Events(Vec<Event>),
     Evicted,
     Restart,
+    /// The heartbeat timer ticked.
+    Heartbeat,
 }
 
 /// Serves one client socket until it closes.
@@ -76,8 +80,12 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
         session,
         main,
         shared: None,
+        last_sent: tokio::time::Instant::now(),
     };
     let evicted = mailbox.evicted.clone();
+    let ping = d.state.config.ping_interval;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
         let wake = tokio::select! {
             message = d.ws.next() => Wake::Client(message),
@@ -90,6 +98,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
             }
             _ = evicted.notified() => Wake::Evicted,
             _ = shutting_down.wait_for(|s| *s) => Wake::Restart,
+            _ = heartbeat.tick() => Wake::Heartbeat,
         };
         let step = match wake {
             Wake::Client(None | Some(Ok(Message::Close(_)))) => Err(End::Gone),
@@ -107,6 +116,12 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
             Wake::Events(batch) => Box::pin(d.on_events(batch)).await,
             Wake::Evicted => Err(End::TooSlow),
             Wake::Restart => Err(End::Restart),
+            // Convex pings a socket it has sent nothing for a while; so does the proxy, for the
+            // client's inactivity timer (sockets busy with transitions are never pinged).
+            Wake::Heartbeat if d.last_sent.elapsed() >= ping => {
+                Box::pin(d.send(Message::text(ServerMessage::Ping.to_text()))).await
+            }
+            Wake::Heartbeat => Ok(()),
         };
         if let Err(end) = step {
             break end;
@@ -232,6 +247,7 @@ impl Downstream {
     /// Sends one message. A write blocked by a client that does not read ends when the
     /// upstream evicts the socket (its queue filled meanwhile) or after [`SEND_TIMEOUT`].
     async fn send(&mut self, message: Message) -> Result<(), End> {
+        self.last_sent = tokio::time::Instant::now();
         let evicted = self.evicted.clone();
         tokio::select! {
             // The write first: one that completes at once never registers with `evicted`.

@@ -25,6 +25,8 @@ pub struct View {
     pub at_completion: BTreeMap<u64, BTreeMap<u64, Value>>,
     pub closed: bool,
     pub transitions: usize,
+    /// Sync-protocol `Ping`s received.
+    pub pings: usize,
 }
 
 pub struct Client {
@@ -128,6 +130,7 @@ impl Client {
                     Some("FatalError") => {
                         view.fatal = Some(v["error"].as_str().unwrap_or("").to_owned())
                     }
+                    Some("Ping") => view.pings += 1,
                     _ => {}
                 });
             }

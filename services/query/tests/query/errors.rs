@@ -136,3 +136,20 @@ async fn bad_handshakes_are_refused_with_a_clear_status() {
     c.subscribe(0, "config:get", json!({}));
     c.until("a value", |v| v.values.contains_key(&0)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_socket_gets_pings_and_stays_open() {
+    let stack = Stack::start_with(crate::Options {
+        ping_interval: std::time::Duration::from_millis(200),
+        ..crate::Options::default()
+    })
+    .await;
+    let mut client = Client::connect(&stack.query_url()).await;
+    client.subscribe(0, "config:get", json!({}));
+    client
+        .until("the first value", |v| v.values.contains_key(&0))
+        .await;
+    let view = client.until("three pings", |v| v.pings >= 3).await;
+    assert!(!view.closed && view.fatal.is_none(), "{view:?}");
+    assert!(view.violations.is_empty(), "{:?}", view.violations);
+}

@@ -83,6 +83,7 @@ pub struct Options {
     /// Put a delaying TCP relay in front of devconvex.
     pub slow_upstream: Option<Duration>,
     pub read_linger: Option<Duration>,
+    pub ping_interval: Duration,
 }
 
 impl Default for Options {
@@ -92,6 +93,7 @@ impl Default for Options {
             socket_queue: 1024,
             slow_upstream: None,
             read_linger: None,
+            ping_interval: Duration::from_secs(15),
         }
     }
 }
@@ -144,6 +146,7 @@ impl Stack {
         config.socket_queue = options.socket_queue;
         config.upstream_idle = Duration::from_millis(500);
         config.read_linger = options.read_linger;
+        config.ping_interval = options.ping_interval;
         let query = start_query(config.clone()).await;
         Stack {
             auth: auth_core,
