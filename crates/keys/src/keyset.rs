@@ -70,6 +70,8 @@ pub struct KeySet {
     jwks: Value,
     jwks_json: String,
     rng: SystemRandom,
+    /// How long a key is published before it signs (see [`KeySet::with_publish_lead`]).
+    publish_lead: Duration,
 }
 
 impl fmt::Debug for KeySet {
@@ -166,7 +168,16 @@ impl KeySet {
             jwks_json: jwks.to_string(),
             jwks,
             rng: SystemRandom::new(),
+            publish_lead: Duration::zero(),
         })
+    }
+
+    /// Verifiers cache the JWKS (Convex does not refetch on an unknown `kid`): a key signs only
+    /// once it has been published for `lead` (the JWKS cache lifetime), while an older key can
+    /// still sign. With no such older key the newest signs at once (a first key).
+    pub fn with_publish_lead(mut self, lead: Duration) -> Self {
+        self.publish_lead = lead;
+        self
     }
 
     /// The JWKS document, `{"keys":[…]}`.
@@ -193,12 +204,26 @@ impl KeySet {
     }
 
     fn signing_key(&self, alg: Alg, now: DateTime<Utc>) -> Option<&LoadedKey> {
-        self.keys
+        let mut usable = self
+            .keys
             .iter()
-            .find(|k| k.alg == alg && k.expires_at.is_none_or(|e| e > now))
+            .filter(|k| k.alg == alg && k.expires_at.is_none_or(|e| e > now));
+        let newest = usable.next()?;
+        if newest.created_at + self.publish_lead <= now {
+            return Some(newest);
+        }
+        usable
+            .find(|k| k.created_at + self.publish_lead <= now)
+            .or(Some(newest))
     }
 
-    /// Signs `claims` with the newest unexpired key of `alg`.
+    /// The id of the key that signs `alg` at `now`.
+    pub fn signing_kid(&self, alg: Alg, now: DateTime<Utc>) -> Option<&KeyId> {
+        self.signing_key(alg, now).map(|k| &k.id)
+    }
+
+    /// Signs `claims` with the newest unexpired key of `alg` published for the lead (see
+    /// [`KeySet::with_publish_lead`]).
     pub fn sign(
         &self,
         alg: Alg,
