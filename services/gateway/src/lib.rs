@@ -40,6 +40,8 @@ pub struct State {
     /// False while the revocation stream is down: the cache is bypassed, since a revocation
     /// could be missed.
     cache_trusted: Arc<AtomicBool>,
+    /// Set once the session log's backlog has been read (readiness).
+    pub(crate) log_caught_up: Arc<AtomicBool>,
     /// Template mode's pages.
     pages: Option<Pages>,
     /// Template mode's live page data, when `GATEWAY_PAGE_WATCH_SECONDS` is not 0.
@@ -223,6 +225,7 @@ impl Application {
             clients: Clients::new(endpoint, query),
             cache,
             cache_trusted: Arc::new(AtomicBool::new(false)),
+            log_caught_up: Arc::new(AtomicBool::new(false)),
             pages,
             http,
         };
@@ -247,6 +250,7 @@ impl Application {
                 self.state.auth(),
                 cache,
                 self.state.cache_trusted.clone(),
+                self.state.log_caught_up.clone(),
             ))
         });
         let state = self.state.clone();

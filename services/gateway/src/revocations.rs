@@ -26,6 +26,7 @@ pub async fn watch(
     mut auth: AuthServiceClient<Channel>,
     cache: Arc<TokenCache<tonic::Status>>,
     trusted: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
 ) {
     let mut after = 0u64;
     let mut retention = DEFAULT_RETENTION;
@@ -50,6 +51,7 @@ pub async fn watch(
                             if !trusted.swap(true, Ordering::AcqRel) {
                                 tracing::info!(position = after, "session log caught up");
                             }
+                            caught_up.store(true, Ordering::Release);
                         }
                         Ok(Some(entry)) => {
                             apply(&cache, &entry).await;

@@ -20,8 +20,13 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when auth answers.
+/// Ready when auth answers and, with a token cache, once the session log's backlog has been
+/// read (a later break of the stream only bypasses the cache).
 async fn readyz(state: web::Data<State>) -> HttpResponse {
+    if state.cache().is_some() && !state.log_caught_up.load(Ordering::Acquire) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "reading the session log"}));
+    }
     let mut auth = state.auth();
     let probe = tokio::time::timeout(Duration::from_secs(2), auth.get_jwks(pb::GetJwksRequest {}));
     match probe.await {
