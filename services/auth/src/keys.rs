@@ -144,7 +144,19 @@ impl KeyManager {
     async fn reload(&self) -> Result<(), KeysError> {
         // The version first: a change committed after this read bumps it again.
         let version = self.store.jwks_version().await?;
-        let set = load(&self.store, &self.secret, self.publish_lead).await?;
+        let mut set = load(&self.store, &self.secret, self.publish_lead).await?;
+        // A key this process publishes only now has been visible here only since now,
+        // whatever its `createdAt` says.
+        let now = Utc::now();
+        let previous = self.current();
+        let new: Vec<String> = set
+            .kids()
+            .filter(|kid| !previous.kids().any(|k| k == *kid))
+            .map(str::to_owned)
+            .collect();
+        for kid in &new {
+            set.published_since(kid, now);
+        }
         tracing::info!(version, keys = set.len(), "reloaded the key set");
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(set), version);
         Ok(())
@@ -163,17 +175,24 @@ async fn load(
 }
 
 /// Creates a new key, published at once; the current keys go on signing for `publish_lead`
-/// (one JWKS cache lifetime, so every verifier has the new key before a token names it), then
-/// expire and stay published for the grace period. Used by `convex-edge jwks rotate`.
+/// (one JWKS cache lifetime, so every verifier has the new key before a token names it) and a
+/// margin, then expire and stay published for the grace period. Used by `convex-edge jwks rotate`.
 pub async fn rotate(
     store: &Store,
     secret: &Secret,
     alg: Alg,
     publish_lead: Duration,
 ) -> Result<KeyRow, KeysError> {
+    let mut row = edge_keys::jwk::generate_row(alg, secret, crate::store::now_ms())
+        .map_err(KeysError::Dynamic)?;
+    // Published from when it is written (key generation can take a while), not before.
     let now = crate::store::now_ms();
-    let row = edge_keys::jwk::generate_row(alg, secret, now).map_err(KeysError::Dynamic)?;
-    let retire_at = now + chrono::Duration::from_std(publish_lead).unwrap_or_default();
+    row.created_at = now;
+    // The old keys may sign a little longer, for replicas that load the new key late (each
+    // counts its lead from when it publishes the key); the new key signs wherever it is ready.
+    let retire_at = now
+        + chrono::Duration::from_std(publish_lead).unwrap_or_default()
+        + chrono::Duration::seconds(30);
     store.insert_jwk(&row, Some(retire_at)).await?;
     Ok(row)
 }

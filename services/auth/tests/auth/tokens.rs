@@ -189,7 +189,13 @@ async fn a_rotated_key_signs_only_after_every_cached_jwks_has_it() {
                 .into_inner()
                 .jwt;
             if let Err(e) = verifier.verify(&jwt).await {
-                panic!("a token names a key the cached JWKS lacks: {e}");
+panic!(
+                    "a token names a key the cached JWKS lacks: {e}: kid {} new {} jwks {} age {:?}",
+                    kid(&jwt),
+                    row.id,
+                    verifier.jwks,
+                    verifier.fetched.elapsed()
+                );
             }
             if kid(&jwt) == row.id {
                 break;
