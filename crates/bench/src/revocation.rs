@@ -16,7 +16,9 @@ use anyhow::{Context, bail};
 use sqlx::Connection;
 use tokio::process::{Child, Command};
 
-use crate::{PASSWORD, SECRET, free_port, fresh_database, sign_in_sessions, spawn_quiet, wait_ready};
+use crate::{
+    PASSWORD, SECRET, free_port, fresh_database, sign_in_sessions, spawn_quiet, wait_ready,
+};
 
 pub struct Args {
     sessions: usize,
@@ -35,10 +37,7 @@ impl Args {
         };
         while let Some(arg) = it.next() {
             let mut value = || -> anyhow::Result<usize> {
-                it.next()
-                    .context("a value")?
-                    .parse()
-                    .context("a number")
+                it.next().context("a value")?.parse().context("a number")
             };
             match arg.as_str() {
                 "--sessions" => args.sessions = value()?,
@@ -113,7 +112,10 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         grpc: free_port(),
     };
     let auth_http = free_port();
-    let _auth = env.start("auth", &[("AUTH_HTTP_ADDR", format!("127.0.0.1:{auth_http}"))])?;
+    let _auth = env.start(
+        "auth",
+        &[("AUTH_HTTP_ADDR", format!("127.0.0.1:{auth_http}"))],
+    )?;
     wait_ready(&format!("http://127.0.0.1:{auth_http}/readyz")).await?;
     let (a, _ga, _) = env.gateway().await?;
     let (b, _gb, _) = env.gateway().await?;
@@ -125,13 +127,14 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         .send()
         .await?
         .error_for_status()?;
-    eprintln!(
-        "signing in {} sessions…",
-        args.sessions + args.connections
-    );
-    let cookies =
-        sign_in_sessions(&client, &a, "bench@example.com", args.sessions + args.connections)
-            .await?;
+    eprintln!("signing in {} sessions…", args.sessions + args.connections);
+    let cookies = sign_in_sessions(
+        &client,
+        &a,
+        "bench@example.com",
+        args.sessions + args.connections,
+    )
+    .await?;
     let (ending, live) = cookies.split_at(args.sessions);
     for cookie in &cookies {
         for _ in 0..2 {

@@ -49,7 +49,8 @@ struct Revoked {
 impl Revoked {
     fn blocks(&self, token: &Token) -> bool {
         let later = |m: &HashMap<Arc<str>, (u64, Instant)>, id: &Arc<str>| {
-            m.get(id).is_some_and(|(position, _)| *position > token.fence)
+            m.get(id)
+                .is_some_and(|(position, _)| *position > token.fence)
         };
         later(&self.sessions, &token.session_id) || later(&self.users, &token.user_id)
     }
@@ -219,7 +220,10 @@ impl Inner {
         }
         let until = Instant::now() + self.config.ttl;
         {
-            let mut pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pending = self
+                .pending_deletes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             for key in keys {
                 if pending.len() < MAX_PENDING_DELETES {
                     pending.insert(key, until);
@@ -239,7 +243,10 @@ impl Inner {
             tokio::time::sleep(backoff).await;
             let now = Instant::now();
             let batch: Vec<CacheKey> = {
-                let mut pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pending = self
+                    .pending_deletes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 pending.retain(|_, until| *until > now);
                 pending.keys().take(500).cloned().collect()
             };
@@ -261,11 +268,17 @@ impl Inner {
                 cmd.arg(key.as_str());
             }
             if self.redis_call::<i64>("del", cmd).await.is_some() {
-                let mut pending = self.pending_deletes.lock().unwrap_or_else(|e| e.into_inner());
+                let mut pending = self
+                    .pending_deletes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
                 for key in &batch {
                     pending.remove(key);
                 }
-                tracing::info!(keys = batch.len(), "redis confirmed deletes that had failed");
+                tracing::info!(
+                    keys = batch.len(),
+                    "redis confirmed deletes that had failed"
+                );
                 backoff = Duration::from_millis(100);
             } else {
                 backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -401,20 +414,32 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
 
     /// A session ended at log `position`: none of its tokens fenced below it is served again.
     pub fn revoke_session(&self, session_id: &str, position: u64) {
-        let mut revoked = self.inner.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut revoked = self
+            .inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         record(&mut revoked.sessions, session_id, position);
     }
 
     /// A user changed (claims) or was deleted at log `position`: likewise for their tokens.
     pub fn revoke_user(&self, user_id: &str, position: u64) {
-        let mut revoked = self.inner.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut revoked = self
+            .inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         record(&mut revoked.users, user_id, position);
     }
 
     /// Forgets entries learnt longer than `window` ago (every token they could refuse has
     /// expired by then).
     pub fn forget_revocations(&self, window: Duration) {
-        let mut revoked = self.inner.revoked.write().unwrap_or_else(|e| e.into_inner());
+        let mut revoked = self
+            .inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let fresh = |e: &mut (u64, Instant)| now.duration_since(e.1) < window;
         revoked.sessions.retain(|_, e| fresh(e));

@@ -127,7 +127,10 @@ pub async fn jwks_export() -> Result {
     let rows: Vec<KeyRow> = key_rows(&config)
         .await?
         .into_iter()
-        .filter(|r| r.expires_at.is_none_or(|e| e + edge_keys::keyset::DEFAULT_GRACE > now))
+        .filter(|r| {
+            r.expires_at
+                .is_none_or(|e| e + edge_keys::keyset::DEFAULT_GRACE > now)
+        })
         .collect();
     println!(
         "{}",

@@ -372,7 +372,8 @@ impl Store {
     /// The position just before the first entry committed at or after `since`: where a reader
     /// that needs nothing older starts.
     pub async fn window_start(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
-        const SQL: &str = r#"SELECT MIN("position") FROM "edge_session_log" WHERE "committedAt" >= $1"#;
+        const SQL: &str =
+            r#"SELECT MIN("position") FROM "edge_session_log" WHERE "committedAt" >= $1"#;
         let (first,): (Option<i64>,) =
             on_pool!(self, pool => sqlx::query_as(SQL).bind(since).fetch_one(pool).await)?;
         match first {

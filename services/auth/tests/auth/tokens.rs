@@ -159,7 +159,7 @@ async fn a_rotated_key_signs_only_after_every_cached_jwks_has_it() {
         .unwrap()
         .into_inner()
         .jwt;
-    let mut verifiers = vec![
+    let mut verifiers = [
         CachingVerifier::fetch(format!("http://{}/api/auth/jwks", a.http)).await,
         CachingVerifier::fetch(format!("http://{}/api/auth/jwks", b.http)).await,
     ];
@@ -189,13 +189,7 @@ async fn a_rotated_key_signs_only_after_every_cached_jwks_has_it() {
                 .into_inner()
                 .jwt;
             if let Err(e) = verifier.verify(&jwt).await {
-panic!(
-                    "a token names a key the cached JWKS lacks: {e}: kid {} new {} jwks {} age {:?}",
-                    kid(&jwt),
-                    row.id,
-                    verifier.jwks,
-                    verifier.fetched.elapsed()
-                );
+                panic!("a token names a key the cached JWKS lacks: {e}");
             }
             if kid(&jwt) == row.id {
                 break;

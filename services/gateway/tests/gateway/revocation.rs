@@ -50,7 +50,7 @@ async fn sign_out(base: &str, cookie: &str) -> u16 {
 }
 
 /// Waits, within the deadline, until `base` refuses `cookie` a token.
-async fn until_refused(base: &str, cookie: &str, what: &str) {
+pub async fn until_refused(base: &str, cookie: &str, what: &str) {
     let deadline = Instant::now() + DEADLINE;
     loop {
         match token_on(base, cookie).await.0 {
@@ -209,7 +209,9 @@ async fn sessions_ended_by_any_writer_get_no_token() {
     )
     .await;
     for session in &s {
-        let r = stack.get("/api/auth/get-session", Some(&session.cookie)).await;
+        let r = stack
+            .get("/api/auth/get-session", Some(&session.cookie))
+            .await;
         assert_eq!(r.json::<Value>().await.unwrap(), Value::Null);
     }
 
@@ -348,7 +350,12 @@ async fn a_redis_partition_never_brings_a_revoked_token_back() {
     warm(&[&g1, &g2], &cookies).await;
     let keys: Vec<String> = cookies
         .iter()
-        .map(|c| edge_keys::CacheKey::for_cookie(c).unwrap().as_str().to_owned())
+        .map(|c| {
+            edge_keys::CacheKey::for_cookie(c)
+                .unwrap()
+                .as_str()
+                .to_owned()
+        })
         .collect();
     for key in &keys {
         assert!(redis_exists(redis, key).await, "cached in Redis");
@@ -424,7 +431,11 @@ async fn a_token_issued_while_its_session_ends_is_never_served() {
         // Token requests on both gateways race the sign-out.
         let racers: Vec<_> = (0..6)
             .map(|n| {
-                let gateway = if n % 2 == 0 { base.clone() } else { other.clone() };
+                let gateway = if n % 2 == 0 {
+                    base.clone()
+                } else {
+                    other.clone()
+                };
                 let cookie = cookie.clone();
                 tokio::spawn(async move { token_on(&gateway, &cookie).await.0 })
             })
