@@ -494,13 +494,12 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
                     let f = async move {
                         let key = flight_key;
                         if let Some(token) = inner.l2_get(&key).await {
-                            if inner.servable(&token) {
-                                inner.l1.insert(key, token.clone()).await;
-                                return Ok((token, Outcome::L2Hit));
-                            }
                             if inner.is_revoked(&token) {
                                 // A delete that was lost, or a put that raced a revocation.
                                 inner.l2_delete(vec![key.clone()]).await;
+                            } else if inner.ttl_for(&token).is_some() {
+                                inner.l1.insert(key, token.clone()).await;
+                                return Ok((token, Outcome::L2Hit));
                             }
                         }
                         let token = issued.await?;

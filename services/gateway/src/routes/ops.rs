@@ -38,6 +38,8 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
 async fn metrics(state: web::Data<State>) -> HttpResponse {
     if let Some(cache) = state.cache() {
         crate::metrics::sync_redis_errors(cache.stats().redis_errors.load(Ordering::Relaxed));
+        crate::metrics::sync_refused(cache.stats().refused.load(Ordering::Relaxed));
+        crate::metrics::PENDING_DELETES.set(cache.pending_deletes() as i64);
     }
     if let Some(live) = &state.live {
         crate::metrics::PAGE_WATCHES.set(live.watches() as i64);
