@@ -5,6 +5,12 @@
 //   sign-up  {databaseUrl, secret, email, password, name}   -> {cookie, userId, token}
 //   sign-in  {databaseUrl, secret, email, password}          -> {cookie, userId}
 //   session  {databaseUrl, secret, cookie}                   -> {userId, sessionId} or null
+//   revoke-session         {databaseUrl, secret, cookie, token}  -> {ok}  (ends `token`'s session)
+//   revoke-other-sessions  {databaseUrl, secret, cookie}         -> {ok}
+//   change-password        {databaseUrl, secret, cookie, currentPassword, newPassword} -> {ok}
+//                          (with revokeOtherSessions)
+//   delete-user            {databaseUrl, secret, cookie, password} -> {ok}
+//   update-user            {databaseUrl, secret, cookie, name}   -> {ok}
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { jwt } from "better-auth/plugins";
@@ -19,6 +25,7 @@ const options = {
   secret: args.secret ?? "unused-secret-for-migrations-0123456789",
   baseURL: "http://localhost:8080",
   emailAndPassword: { enabled: true },
+  user: { deleteUser: { enabled: true } },
   // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
   plugins: [
     jwt({
@@ -62,6 +69,34 @@ async function main() {
     const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
     const session = await auth.api.getSession({ headers });
     return session ? { userId: session.user.id, sessionId: session.session.id } : null;
+  }
+  const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
+  if (command === "revoke-session") {
+    await auth.api.revokeSession({ body: { token: args.token }, headers });
+    return { ok: true };
+  }
+  if (command === "revoke-other-sessions") {
+    await auth.api.revokeOtherSessions({ headers });
+    return { ok: true };
+  }
+  if (command === "change-password") {
+    await auth.api.changePassword({
+      body: {
+        currentPassword: args.currentPassword,
+        newPassword: args.newPassword,
+        revokeOtherSessions: true,
+      },
+      headers,
+    });
+    return { ok: true };
+  }
+  if (command === "delete-user") {
+    await auth.api.deleteUser({ body: { password: args.password }, headers });
+    return { ok: true };
+  }
+  if (command === "update-user") {
+    await auth.api.updateUser({ body: { name: args.name }, headers });
+    return { ok: true };
   }
   throw new Error(`unknown command ${command}`);
 }

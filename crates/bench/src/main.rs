@@ -11,8 +11,12 @@
 //!   query service: upstream subscriptions, executions per change, change-to-client latency,
 //!   resident memory per idle client; and HTTP query overhead. Options: `--clients 1000,10000
 //!   --changes N --http N`.
+//! - `edge-bench revocation`: sign-outs through one gateway seen by another under load
+//!   (latency p50/p99), and gateway start-up with a large session log. Options: `--sessions N
+//!   --concurrency N --connections N --log N`.
 
 mod cache;
+mod revocation;
 mod sync;
 
 use std::path::{Path, PathBuf};
@@ -431,7 +435,8 @@ fn main() -> anyhow::Result<()> {
         "tokens" => rt.block_on(tokens(&bin, parse_args(argv)?)),
         "sync" => rt.block_on(sync::run(&bin, sync::Args::parse(argv)?)),
         "cache" => rt.block_on(cache::run(&bin, cache::Args::parse(argv)?)),
-        _ => bail!("usage: edge-bench tokens|sync|cache [options] (see the crate docs)"),
+        "revocation" => rt.block_on(revocation::run(&bin, revocation::Args::parse(argv)?)),
+        _ => bail!("usage: edge-bench tokens|sync|cache|revocation [options] (see the crate docs)"),
     }
 }
 

@@ -5,11 +5,17 @@
 //! Redis is a cache, never the source of truth: when it fails, requests go on through L1 and
 //! the issuer, each Redis call is bounded by a short timeout, and after a failure Redis is
 //! skipped for a moment so no request waits on a dead server.
+//!
+//! Nor is it trusted over the session log: every token carries its session, its user and a
+//! fence (the log position its issuer had applied when it asked for it), and nothing — from L1,
+//! from Redis, or fresh from the issuer — is served or stored while the log holds a later entry
+//! for its session or user. A lost Redis delete, or a token issued while its session was being
+//! revoked, therefore never reaches a client. Deletes that Redis did not confirm are retried.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use deadpool_redis::redis;
@@ -23,6 +29,38 @@ pub struct Token {
     pub jwt: Arc<str>,
     /// Unix seconds.
     pub expires_at: i64,
+    /// The JWT's `sessionId`.
+    pub session_id: Arc<str>,
+    /// The JWT's `sub`.
+    pub user_id: Arc<str>,
+    /// The session log position applied before the token was requested: log entries at or
+    /// below it were committed before the issuer read the session, so they are reflected.
+    pub fence: u64,
+}
+
+/// Session log entries within the retention window, by session and by user: the position of
+/// the latest, and when it was learnt (entries are forgotten after the window).
+#[derive(Debug, Default)]
+struct Revoked {
+    sessions: HashMap<Arc<str>, (u64, Instant)>,
+    users: HashMap<Arc<str>, (u64, Instant)>,
+}
+
+impl Revoked {
+    fn blocks(&self, token: &Token) -> bool {
+        let later = |m: &HashMap<Arc<str>, (u64, Instant)>, id: &Arc<str>| {
+            m.get(id)
+                .is_some_and(|(position, _)| *position > token.fence)
+        };
+        later(&self.sessions, &token.session_id) || later(&self.users, &token.user_id)
+    }
+}
+
+fn record(map: &mut HashMap<Arc<str>, (u64, Instant)>, id: &str, position: u64) {
+    let now = Instant::now();
+    map.entry(Arc::from(id))
+        .and_modify(|e| *e = (e.0.max(position), now))
+        .or_insert((position, now));
 }
 
 /// Where an answer came from.
@@ -59,6 +97,10 @@ pub struct CacheConfig {
     pub redis_backoff: Duration,
 }
 
+/// Keys whose Redis delete is not confirmed yet, bounded (the log refuses their entries
+/// meanwhile, and they expire with their TTL anyway).
+const MAX_PENDING_DELETES: usize = 100_000;
+
 impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
@@ -76,6 +118,8 @@ impl Default for CacheConfig {
 #[derive(Debug, Default)]
 pub struct CacheStats {
     pub redis_errors: AtomicU64,
+    /// Cached tokens refused because the session log revoked them (L1 or L2).
+    pub refused: AtomicU64,
 }
 
 type Flight<E> = Shared<BoxFuture<'static, Result<(Token, Outcome), E>>>;
@@ -83,6 +127,8 @@ type Flight<E> = Shared<BoxFuture<'static, Result<(Token, Outcome), E>>>;
 pub struct TokenCache<E: Clone + Send + Sync + 'static> {
     inner: Arc<Inner>,
     flights: Mutex<HashMap<CacheKey, Flight<E>>>,
+    /// The error for a token revoked while it was being issued.
+    revoked_error: fn() -> E,
 }
 
 struct Inner {
@@ -91,6 +137,12 @@ struct Inner {
     l2: Option<L2>,
     l2_skip_until: Mutex<Option<Instant>>,
     stats: CacheStats,
+    revoked: RwLock<Revoked>,
+    /// The session log position applied so far (the fence of tokens requested now).
+    applied: AtomicU64,
+    /// Redis deletes to retry until Redis confirms them, with when they stop mattering.
+    pending_deletes: Mutex<HashMap<CacheKey, Instant>>,
+    retrying: AtomicBool,
 }
 
 /// Redis: the pool opens and checks connections; commands then share one multiplexed
@@ -139,7 +191,99 @@ impl Inner {
     }
 
     fn servable(&self, token: &Token) -> bool {
-        self.ttl_for(token).is_some()
+        self.ttl_for(token).is_some() && !self.is_revoked(token)
+    }
+
+    fn is_revoked(&self, token: &Token) -> bool {
+        let revoked = self
+            .revoked
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .blocks(token);
+        if revoked {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        revoked
+    }
+
+    /// Deletes `keys` from Redis; those Redis does not confirm are retried in the background.
+    async fn l2_delete(self: &Arc<Self>, keys: Vec<CacheKey>) {
+        if self.l2.is_none() || keys.is_empty() {
+            return;
+        }
+        let mut cmd = redis::cmd("DEL");
+        for key in &keys {
+            cmd.arg(key.as_str());
+        }
+        if self.redis_call::<i64>("del", cmd).await.is_some() {
+            return;
+        }
+        let until = Instant::now() + self.config.ttl;
+        {
+            let mut pending = self
+                .pending_deletes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for key in keys {
+                if pending.len() < MAX_PENDING_DELETES {
+                    pending.insert(key, until);
+                }
+            }
+        }
+        if !self.retrying.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().retry_deletes());
+        }
+    }
+
+    /// Retries unconfirmed deletes with backoff until Redis confirms them all (or they have
+    /// outlived any entry they could remove).
+    async fn retry_deletes(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(backoff).await;
+            let now = Instant::now();
+            let batch: Vec<CacheKey> = {
+                let mut pending = self
+                    .pending_deletes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                pending.retain(|_, until| *until > now);
+                pending.keys().take(500).cloned().collect()
+            };
+            if batch.is_empty() {
+                self.retrying.store(false, Ordering::Release);
+                // A delete queued after the check above and before the flag went down.
+                let again = !self
+                    .pending_deletes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty();
+                if again && !self.retrying.swap(true, Ordering::AcqRel) {
+                    continue;
+                }
+                return;
+            }
+            let mut cmd = redis::cmd("DEL");
+            for key in &batch {
+                cmd.arg(key.as_str());
+            }
+            if self.redis_call::<i64>("del", cmd).await.is_some() {
+                let mut pending = self
+                    .pending_deletes
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                for key in &batch {
+                    pending.remove(key);
+                }
+                tracing::info!(
+                    keys = batch.len(),
+                    "redis confirmed deletes that had failed"
+                );
+                backoff = Duration::from_millis(100);
+            } else {
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 
     fn redis(&self) -> Option<&L2> {
@@ -183,22 +327,36 @@ impl Inner {
         }
     }
 
+    /// The entry under `key`, whether or not it may be served.
     async fn l2_get(&self, key: &CacheKey) -> Option<Token> {
         let value: Option<String> = self
             .redis_call("get", redis::Cmd::get(key.as_str()))
             .await?;
-        let (exp, jwt) = value?
-            .split_once(':')
-            .map(|(e, j)| (e.parse().ok(), j.to_owned()))?;
-        let token = Token {
-            jwt: jwt.into(),
-            expires_at: exp?,
-        };
-        self.servable(&token).then_some(token)
+        // `2`, exp, fence, session, user, JWT; anything else (an older format) is a miss.
+        let value = value?;
+        let mut parts = value.splitn(6, '\n');
+        if parts.next() != Some("2") {
+            return None;
+        }
+        let expires_at = parts.next()?.parse().ok()?;
+        let fence = parts.next()?.parse().ok()?;
+        let session_id = parts.next()?.into();
+        let user_id = parts.next()?.into();
+        let jwt = parts.next()?.into();
+        Some(Token {
+            jwt,
+            expires_at,
+            session_id,
+            user_id,
+            fence,
+        })
     }
 
     async fn l2_set(&self, key: &CacheKey, token: &Token, ttl: Duration) {
-        let value = format!("{}:{}", token.expires_at, token.jwt);
+        let value = format!(
+            "2\n{}\n{}\n{}\n{}\n{}",
+            token.expires_at, token.fence, token.session_id, token.user_id, token.jwt
+        );
         let mut cmd = redis::cmd("SET");
         cmd.arg(key.as_str())
             .arg(value)
@@ -209,7 +367,9 @@ impl Inner {
 }
 
 impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
-    pub fn new(config: CacheConfig) -> Result<Self, String> {
+    /// `revoked_error` is what a caller gets for a token whose session the log revoked while
+    /// it was being issued.
+    pub fn new(config: CacheConfig, revoked_error: fn() -> E) -> Result<Self, String> {
         let l2 = match &config.redis_url {
             Some(url) => Some(L2 {
                 pool: deadpool_redis::Config::from_url(url.clone())
@@ -229,11 +389,76 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
             l2,
             l2_skip_until: Mutex::new(None),
             stats: CacheStats::default(),
+            revoked: RwLock::new(Revoked::default()),
+            applied: AtomicU64::new(0),
+            pending_deletes: Mutex::new(HashMap::new()),
+            retrying: AtomicBool::new(false),
         };
         Ok(TokenCache {
             inner: Arc::new(inner),
             flights: Mutex::new(HashMap::new()),
+            revoked_error,
         })
+    }
+
+    /// The fence for a token requested now: the session log position applied so far.
+    pub fn fence(&self) -> u64 {
+        self.inner.applied.load(Ordering::Acquire)
+    }
+
+    /// Records that the session log has been applied up to `position` (in order, with no
+    /// gap: only the reader of the log calls this).
+    pub fn set_applied(&self, position: u64) {
+        self.inner.applied.fetch_max(position, Ordering::AcqRel);
+    }
+
+    /// A session ended at log `position`: none of its tokens fenced below it is served again.
+    pub fn revoke_session(&self, session_id: &str, position: u64) {
+        let mut revoked = self
+            .inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        record(&mut revoked.sessions, session_id, position);
+    }
+
+    /// A user changed (claims) or was deleted at log `position`: likewise for their tokens.
+    pub fn revoke_user(&self, user_id: &str, position: u64) {
+        let mut revoked = self
+            .inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        record(&mut revoked.users, user_id, position);
+    }
+
+    /// Forgets entries learnt longer than `window` ago (every token they could refuse has
+    /// expired by then).
+    pub fn forget_revocations(&self, window: Duration) {
+        let mut revoked = self
+            .inner
+            .revoked
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let fresh = |e: &mut (u64, Instant)| now.duration_since(e.1) < window;
+        revoked.sessions.retain(|_, e| fresh(e));
+        revoked.users.retain(|_, e| fresh(e));
+    }
+
+    /// How many sessions and users the log currently refuses.
+    pub fn revoked_len(&self) -> (usize, usize) {
+        let revoked = self.inner.revoked.read().unwrap_or_else(|e| e.into_inner());
+        (revoked.sessions.len(), revoked.users.len())
+    }
+
+    /// Keys whose Redis delete is still being retried.
+    pub fn pending_deletes(&self) -> usize {
+        self.inner
+            .pending_deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     pub fn stats(&self) -> &CacheStats {
@@ -265,13 +490,23 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
                     let inner = self.inner.clone();
                     let flight_key = key.clone();
                     let issued = issue();
+                    let revoked_error = self.revoked_error;
                     let f = async move {
                         let key = flight_key;
                         if let Some(token) = inner.l2_get(&key).await {
-                            inner.l1.insert(key, token.clone()).await;
-                            return Ok((token, Outcome::L2Hit));
+                            if inner.is_revoked(&token) {
+                                // A delete that was lost, or a put that raced a revocation.
+                                inner.l2_delete(vec![key.clone()]).await;
+                            } else if inner.ttl_for(&token).is_some() {
+                                inner.l1.insert(key, token.clone()).await;
+                                return Ok((token, Outcome::L2Hit));
+                            }
                         }
                         let token = issued.await?;
+                        // Revoked while the issue was in flight: neither cached nor served.
+                        if inner.is_revoked(&token) {
+                            return Err(revoked_error());
+                        }
                         if let Some(ttl) = inner.ttl_for(&token) {
                             inner.l1.insert(key.clone(), token.clone()).await;
                             inner.l2_set(&key, &token, ttl).await;
@@ -292,16 +527,18 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
             flights.remove(key);
         }
         drop(flights);
-        result
+        match result {
+            // A revocation applied while this caller waited on the flight.
+            Ok((token, _)) if self.inner.is_revoked(&token) => Err((self.revoked_error)()),
+            other => other,
+        }
     }
 
-    /// Drops `key` from L1 and L2 (a revoked session).
+    /// Drops `key` from L1 and L2 (a revoked session); a Redis delete that fails is retried
+    /// until Redis confirms it.
     pub async fn invalidate(&self, key: &CacheKey) {
         self.inner.l1.invalidate(key).await;
-        let _: Option<i64> = self
-            .inner
-            .redis_call("del", redis::Cmd::del(key.as_str()))
-            .await;
+        self.inner.l2_delete(vec![key.clone()]).await;
     }
 
     /// Drops every L1 entry (the revocation stream broke: L1 can no longer be trusted).

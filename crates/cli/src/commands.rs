@@ -122,10 +122,15 @@ async fn key_rows(config: &edge_auth::Config) -> Result<Vec<KeyRow>> {
 pub async fn jwks_export() -> Result {
     let config = edge_auth::Config::from_env(env)?;
     let now = chrono::Utc::now();
+    // Every key still published (expired ones stay for the grace period, so tokens they signed
+    // still verify), as the JWKS endpoint serves them.
     let rows: Vec<KeyRow> = key_rows(&config)
         .await?
         .into_iter()
-        .filter(|r| r.expires_at.is_none_or(|e| e > now))
+        .filter(|r| {
+            r.expires_at
+                .is_none_or(|e| e + edge_keys::keyset::DEFAULT_GRACE > now)
+        })
         .collect();
     println!(
         "{}",
@@ -144,12 +149,15 @@ pub async fn jwks_rotate() -> Result {
         .into());
     }
     let store = open_store(&config.database_url).await?;
-    let row = edge_auth::keys::rotate(&store, &config.secret, config.alg)
+    let lead = config.key_publish_lead();
+    let row = edge_auth::keys::rotate(&store, &config.secret, config.alg, lead)
         .await
         .context("failed to rotate keys")?;
     eprintln!(
-        "new signing key {} ({}); previous keys stay published for the grace period",
-        row.id, config.alg
+        "new key {} ({}) published now, signing in {} s (one JWKS cache lifetime); previous keys sign until then and stay published for the grace period",
+        row.id,
+        config.alg,
+        lead.as_secs()
     );
     Ok(())
 }

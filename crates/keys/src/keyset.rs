@@ -57,6 +57,9 @@ struct LoadedKey {
     id: KeyId,
     alg: Alg,
     created_at: DateTime<Utc>,
+    /// Since when verifiers can have it: its `createdAt`, or later if this process first
+    /// published it later (see [`KeySet::published_since`]).
+    published_at: DateTime<Utc>,
     expires_at: Option<DateTime<Utc>>,
     signer: Signer,
     /// base64url of `{"alg":…,"kid":…}`.
@@ -70,6 +73,8 @@ pub struct KeySet {
     jwks: Value,
     jwks_json: String,
     rng: SystemRandom,
+    /// How long a key is published before it signs (see [`KeySet::with_publish_lead`]).
+    publish_lead: Duration,
 }
 
 impl fmt::Debug for KeySet {
@@ -153,6 +158,7 @@ impl KeySet {
                 id,
                 alg,
                 created_at: row.created_at,
+                published_at: row.created_at,
                 expires_at: row.expires_at,
                 signer,
             });
@@ -166,7 +172,17 @@ impl KeySet {
             jwks_json: jwks.to_string(),
             jwks,
             rng: SystemRandom::new(),
+            publish_lead: Duration::zero(),
         })
+    }
+
+    /// Verifiers cache the JWKS (Convex does not refetch on an unknown `kid`): a key signs only
+    /// once it has been published for `lead` (the JWKS cache lifetime), while an older key can
+    /// still sign. When no key has been published that long, the longest published signs (a
+    /// first key signs at once).
+    pub fn with_publish_lead(mut self, lead: Duration) -> Self {
+        self.publish_lead = lead;
+        self
     }
 
     /// The JWKS document, `{"keys":[…]}`.
@@ -193,12 +209,38 @@ impl KeySet {
     }
 
     fn signing_key(&self, alg: Alg, now: DateTime<Utc>) -> Option<&LoadedKey> {
-        self.keys
-            .iter()
-            .find(|k| k.alg == alg && k.expires_at.is_none_or(|e| e > now))
+        let usable = || {
+            self.keys
+                .iter()
+                .filter(move |k| k.alg == alg && k.expires_at.is_none_or(|e| e > now))
+        };
+        // The newest published for the lead; else the longest published (a verifier that has
+        // any of them has that one), which is the newest when there is only one.
+        usable()
+            .find(|k| k.published_at + self.publish_lead <= now)
+            .or_else(|| usable().min_by_key(|k| k.published_at))
     }
 
-    /// Signs `claims` with the newest unexpired key of `alg`.
+    /// Records that this process publishes `kid` only from `at` (a key loaded after its
+    /// `createdAt`: verifiers reading this process's JWKS cannot have had it before).
+    pub fn published_since(&mut self, kid: &str, at: DateTime<Utc>) {
+        for key in self.keys.iter_mut().filter(|k| k.id.as_str() == kid) {
+            key.published_at = key.published_at.max(at);
+        }
+    }
+
+    /// The ids of the loaded keys.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.id.as_str())
+    }
+
+    /// The id of the key that signs `alg` at `now`.
+    pub fn signing_kid(&self, alg: Alg, now: DateTime<Utc>) -> Option<&KeyId> {
+        self.signing_key(alg, now).map(|k| &k.id)
+    }
+
+    /// Signs `claims` with the newest unexpired key of `alg` published for the lead (see
+    /// [`KeySet::with_publish_lead`]).
     pub fn sign(
         &self,
         alg: Alg,

@@ -41,9 +41,27 @@ pub struct Config {
     pub sign_in_limit: RateLimit,
     /// How often the key set and revocation log are re-checked when no notification arrives.
     pub poll_interval: Duration,
+    /// `JWKS_MAX_AGE_SECONDS`: how long verifiers may cache the JWKS.
+    pub jwks_max_age: Duration,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.convex-edge/dev.db";
+
+/// Kept beyond the token lifetime before a log entry is pruned.
+pub const REVOCATION_MARGIN: Duration = Duration::from_secs(300);
+
+fn stale_while_revalidate(max_age: Duration) -> Duration {
+    max_age / 5
+}
+
+/// `public, max-age=N, stale-while-revalidate=N/5`.
+pub fn jwks_cache_control(max_age: Duration) -> String {
+    format!(
+        "public, max-age={}, stale-while-revalidate={}",
+        max_age.as_secs(),
+        stale_while_revalidate(max_age).as_secs()
+    )
+}
 
 impl Config {
     /// Defaults for local runs, with the given secret.
@@ -60,7 +78,25 @@ impl Config {
             http_addr: "127.0.0.1:3001".parse().expect("valid address"),
             sign_in_limit: RateLimit::default(),
             poll_interval: Duration::from_secs(5),
+            jwks_max_age: Duration::from_secs(300),
         }
+    }
+
+    /// `Cache-Control` of JWKS responses.
+    pub fn jwks_cache_control(&self) -> String {
+        jwks_cache_control(self.jwks_max_age)
+    }
+
+    /// How long a new key is published before it signs: the longest a verifier may keep an
+    /// older JWKS (max-age plus stale-while-revalidate).
+    pub fn key_publish_lead(&self) -> Duration {
+        self.jwks_max_age + stale_while_revalidate(self.jwks_max_age)
+    }
+
+    /// How long a session log entry matters: the longest token lifetime plus a margin for
+    /// clocks and tokens in flight. Older entries are pruned.
+    pub fn revocation_retention(&self) -> Duration {
+        self.token_ttl + REVOCATION_MARGIN
     }
 
     /// Reads the variables of DESIGN section 4 through `get`.
@@ -112,6 +148,18 @@ impl Config {
                 ));
             }
             config.token_ttl = Duration::from_secs(secs);
+        }
+        if let Some(v) = get("JWKS_MAX_AGE_SECONDS") {
+            let secs: u64 = v
+                .parse()
+                .map_err(|_| ConfigError::new("JWKS_MAX_AGE_SECONDS", "expected seconds"))?;
+            if secs > 86_400 {
+                return Err(ConfigError::new(
+                    "JWKS_MAX_AGE_SECONDS",
+                    "must be at most 86400",
+                ));
+            }
+            config.jwks_max_age = Duration::from_secs(secs);
         }
         config.grpc_addr = addr(&get, "AUTH_GRPC_ADDR", config.grpc_addr)?;
         config.http_addr = addr(&get, "AUTH_HTTP_ADDR", config.http_addr)?;

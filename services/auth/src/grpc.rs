@@ -63,11 +63,14 @@ fn session_response(info: SessionInfo) -> pb::SessionResponse {
 
 fn revocation_pb(r: &RevocationRow) -> pb::Revocation {
     pb::Revocation {
-        sequence: r.sequence as u64,
-        session_id: r.session_id.clone(),
-        cache_key: r.cache_key.clone(),
+        sequence: r.position as u64,
+        session_id: r.session_id.clone().unwrap_or_default(),
+        cache_key: r.cache_key.clone().unwrap_or_default(),
         reason: r.reason.clone(),
         revoked_at_ms: r.revoked_at.timestamp_millis(),
+        user_id: r.user_id.clone().unwrap_or_default(),
+        end_of_backlog: false,
+        retention_seconds: 0,
     }
 }
 
@@ -138,8 +141,10 @@ impl AuthService for GrpcApi {
         let r = request.into_inner();
         let row = self.core.sign_out(&r.cookie_value).await?;
         Ok(Response::new(pb::SignOutResponse {
-            sequence: row.sequence as u64,
-            cache_key: row.cache_key,
+            sequence: row.position as u64,
+            cache_key: row.cache_key.unwrap_or_default(),
+            session_id: row.session_id.unwrap_or_default(),
+            user_id: row.user_id.unwrap_or_default(),
         }))
     }
 
@@ -168,6 +173,7 @@ impl AuthService for GrpcApi {
             expires_at: issued.token.expires_at,
             session_id: issued.session_id,
             cache_key: issued.cache_key.as_str().to_owned(),
+            user_id: issued.user_id,
         }))
     }
 
@@ -178,6 +184,7 @@ impl AuthService for GrpcApi {
         Ok(Response::new(pb::GetJwksResponse {
             jwks_json: self.core.keys.current().jwks_json().to_owned(),
             version: self.core.keys.version(),
+            max_age_seconds: self.core.config.jwks_max_age.as_secs(),
         }))
     }
 
@@ -196,34 +203,65 @@ impl AuthService for GrpcApi {
     }
 }
 
-/// Sends log entries after `after`, then waits for the hub to say the log moved. Ends when the
+/// Sends log entries after `after` (from the retention window when 0), the end-of-backlog
+/// mark once they are all out, then live entries as the hub says the log moved. Ends when the
 /// client goes away.
 async fn stream_revocations(
     core: Arc<AuthCore>,
-    mut after: i64,
+    after: i64,
     tx: tokio::sync::mpsc::Sender<Result<pb::Revocation, Status>>,
 ) {
+    const PAGE: i64 = 5000;
+    let retention = core.config.revocation_retention();
+    let fail = |error: crate::store::StoreError| {
+        tracing::warn!(%error, "revocation read failed");
+        ErrorCode::SERVICE_UNAVAILABLE.to_status("revocation log unavailable")
+    };
     let mut latest = core.revocations.subscribe();
+    let mut after = if after == 0 {
+        let since = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::zero());
+        match core.store.window_start(since).await {
+            Ok(start) => start,
+            Err(error) => {
+                let _ = tx.send(Err(fail(error))).await;
+                return;
+            }
+        }
+    } else {
+        after
+    };
+    let mut backlog = true;
     loop {
         // Mark the current value seen before reading, so a publish during the read wakes us.
         latest.borrow_and_update();
-        match core.store.revocations_after(after, 500).await {
+        match core.store.revocations_after(after, PAGE).await {
             Ok(rows) => {
-                let full_page = rows.len() == 500;
+                let full_page = rows.len() as i64 == PAGE;
                 for row in &rows {
                     if tx.send(Ok(revocation_pb(row))).await.is_err() {
                         return;
                     }
-                    after = row.sequence;
+                    after = row.position;
                 }
                 if full_page {
                     continue;
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, "revocation read failed");
-                let status = ErrorCode::SERVICE_UNAVAILABLE.to_status("revocation log unavailable");
-                let _ = tx.send(Err(status)).await;
+                let _ = tx.send(Err(fail(error))).await;
+                return;
+            }
+        }
+        if backlog {
+            backlog = false;
+            let mark = pb::Revocation {
+                sequence: after.max(0) as u64,
+                end_of_backlog: true,
+                retention_seconds: retention.as_secs(),
+                ..Default::default()
+            };
+            if tx.send(Ok(mark)).await.is_err() {
                 return;
             }
         }

@@ -7,14 +7,13 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::service::AuthCore;
 
-/// `Cache-Control` of JWKS responses: verifiers may cache for five minutes; a verifier that
-/// meets an unknown `kid` refetches (rotation keeps old keys published meanwhile).
-pub const JWKS_CACHE_CONTROL: &str = "public, max-age=300, stale-while-revalidate=60";
-
+/// The JWKS, cacheable for `JWKS_MAX_AGE_SECONDS`: a rotated key signs only after being
+/// published that long (plus stale-while-revalidate), so a verifier that never refetches on
+/// an unknown `kid` (Convex) still knows every key it meets.
 async fn jwks(core: web::Data<Arc<AuthCore>>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))
-        .insert_header((header::CACHE_CONTROL, JWKS_CACHE_CONTROL))
+        .insert_header((header::CACHE_CONTROL, core.config.jwks_cache_control()))
         .body(core.keys.current().jwks_json().to_owned())
 }
 

@@ -2,6 +2,7 @@
 //! reloaded only when the key-set version changes. No token operation reads the database.
 
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use chrono::Utc;
 use edge_keys::keyset::DEFAULT_GRACE;
@@ -33,21 +34,29 @@ pub struct KeyManager {
     alg: Alg,
     secret: Secret,
     store: Store,
+    publish_lead: chrono::Duration,
     current: RwLock<(Arc<KeySet>, i64)>,
+    /// One key creation at a time in this process.
+    creating: tokio::sync::Mutex<()>,
 }
 
 impl KeyManager {
     /// Loads the key set. In dynamic mode a key of `alg` is created when none can sign.
+    /// A key signs once published for `publish_lead` (see [`KeySet::with_publish_lead`]).
     pub async fn start(
         static_jwks: Option<&str>,
         alg: Alg,
         secret: Secret,
         store: Store,
+        publish_lead: Duration,
     ) -> Result<KeyManager, KeysError> {
+        let publish_lead =
+            chrono::Duration::from_std(publish_lead).unwrap_or(chrono::Duration::zero());
         if let Some(json) = static_jwks {
             let rows = KeyRow::parse_static(json).map_err(KeysError::Static)?;
             let set = KeySet::load(&rows, &secret, Utc::now(), DEFAULT_GRACE)
-                .map_err(KeysError::Static)?;
+                .map_err(KeysError::Static)?
+                .with_publish_lead(publish_lead);
             if !set.can_sign(alg, Utc::now()) {
                 return Err(KeysError::Static(edge_keys::KeyError::NoSigningKey(alg)));
             }
@@ -57,27 +66,44 @@ impl KeyManager {
                 alg,
                 secret,
                 store,
+                publish_lead,
                 current,
+                creating: tokio::sync::Mutex::new(()),
             });
         }
         let version = store.jwks_version().await?;
-        let mut set = load(&store, &secret).await?;
-        if !set.can_sign(alg, Utc::now()) {
-            let row = edge_keys::jwk::generate_row(alg, &secret, crate::store::now_ms())
-                .map_err(KeysError::Dynamic)?;
-            store.insert_jwk(&row, None).await?;
-            tracing::info!(kid = %row.id, %alg, "created a signing key");
-            set = load(&store, &secret).await?;
-        }
-        let version = store.jwks_version().await.unwrap_or(version);
-        let current = RwLock::new((Arc::new(set), version));
-        Ok(KeyManager {
+        let set = load(&store, &secret, publish_lead).await?;
+        let manager = KeyManager {
             mode: KeyMode::Dynamic,
             alg,
             secret,
             store,
-            current,
-        })
+            publish_lead,
+            current: RwLock::new((Arc::new(set), version)),
+            creating: tokio::sync::Mutex::new(()),
+        };
+        manager.ensure_signing_key().await?;
+        Ok(manager)
+    }
+
+    /// Dynamic mode: makes sure a key of `alg` can sign now, whoever wrote the `jwks` table
+    /// (the Better Auth app may have rotated to another algorithm, or let keys expire):
+    /// reloads, and creates a key when none can. Returns whether the set changed.
+    pub async fn ensure_signing_key(&self) -> Result<bool, KeysError> {
+        if self.mode == KeyMode::Static || self.current().can_sign(self.alg, Utc::now()) {
+            return Ok(false);
+        }
+        let _one = self.creating.lock().await;
+        let mut changed = self.refresh_if_changed().await?;
+        if !self.current().can_sign(self.alg, Utc::now()) {
+            let row = edge_keys::jwk::generate_row(self.alg, &self.secret, crate::store::now_ms())
+                .map_err(KeysError::Dynamic)?;
+            self.store.insert_jwk(&row, None).await?;
+            tracing::info!(kid = %row.id, alg = %self.alg, "created a signing key");
+            self.reload().await?;
+            changed = true;
+        }
+        Ok(changed)
     }
 
     pub fn mode(&self) -> KeyMode {
@@ -111,23 +137,62 @@ impl KeyManager {
         if version == self.current.read().unwrap_or_else(|e| e.into_inner()).1 {
             return Ok(false);
         }
-        let set = load(&self.store, &self.secret).await?;
+        self.reload().await?;
+        Ok(true)
+    }
+
+    async fn reload(&self) -> Result<(), KeysError> {
+        // The version first: a change committed after this read bumps it again.
+        let version = self.store.jwks_version().await?;
+        let mut set = load(&self.store, &self.secret, self.publish_lead).await?;
+        // A key this process publishes only now has been visible here only since now,
+        // whatever its `createdAt` says.
+        let now = Utc::now();
+        let previous = self.current();
+        let new: Vec<String> = set
+            .kids()
+            .filter(|kid| !previous.kids().any(|k| k == *kid))
+            .map(str::to_owned)
+            .collect();
+        for kid in &new {
+            set.published_since(kid, now);
+        }
         tracing::info!(version, keys = set.len(), "reloaded the key set");
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = (Arc::new(set), version);
-        Ok(true)
+        Ok(())
     }
 }
 
-async fn load(store: &Store, secret: &Secret) -> Result<KeySet, KeysError> {
+async fn load(
+    store: &Store,
+    secret: &Secret,
+    publish_lead: chrono::Duration,
+) -> Result<KeySet, KeysError> {
     let rows = store.jwks_rows().await?;
-    KeySet::load(&rows, secret, Utc::now(), DEFAULT_GRACE).map_err(KeysError::Dynamic)
+    Ok(KeySet::load(&rows, secret, Utc::now(), DEFAULT_GRACE)
+        .map_err(KeysError::Dynamic)?
+        .with_publish_lead(publish_lead))
 }
 
-/// Creates a new signing key and expires the current ones now; they stay published for the
-/// grace period. Used by `convex-edge jwks rotate`.
-pub async fn rotate(store: &Store, secret: &Secret, alg: Alg) -> Result<KeyRow, KeysError> {
+/// Creates a new key, published at once; the current keys go on signing for `publish_lead`
+/// (one JWKS cache lifetime, so every verifier has the new key before a token names it) and a
+/// margin, then expire and stay published for the grace period. Used by `convex-edge jwks rotate`.
+pub async fn rotate(
+    store: &Store,
+    secret: &Secret,
+    alg: Alg,
+    publish_lead: Duration,
+) -> Result<KeyRow, KeysError> {
+    let mut row = edge_keys::jwk::generate_row(alg, secret, crate::store::now_ms())
+        .map_err(KeysError::Dynamic)?;
+    // Published from when it is written (key generation can take a while), not before.
     let now = crate::store::now_ms();
-    let row = edge_keys::jwk::generate_row(alg, secret, now).map_err(KeysError::Dynamic)?;
-    store.insert_jwk(&row, Some(now)).await?;
+    row.created_at = now;
+    // The old keys may sign a little longer, for replicas that load the new key late (each
+    // counts its lead from when it publishes the key); the new key signs wherever it is ready.
+    let retire_at = now
+        + chrono::Duration::from_std(publish_lead).unwrap_or_default()
+        + chrono::Duration::seconds(30);
+    store.insert_jwk(&row, Some(retire_at)).await?;
     Ok(row)
 }

@@ -48,6 +48,7 @@ impl Application {
             config.alg,
             config.secret.clone(),
             store.clone(),
+            config.key_publish_lead(),
         )
         .await
         .context("failed to load signing keys")?;
@@ -98,6 +99,11 @@ impl Application {
             core.keys.clone(),
             core.config.poll_interval,
         ));
+        let pruner = tokio::spawn(revocations::prune(
+            core.store.clone(),
+            core.config.revocation_retention(),
+            std::time::Duration::from_secs(60),
+        ));
         let http =
             http::server(core.clone(), self.http).context("failed to start the HTTP server")?;
         let http_handle = http.handle();
@@ -123,6 +129,7 @@ impl Application {
         http_handle.stop(true).await;
         let _ = http_task.await;
         watcher.abort();
+        pruner.abort();
         tracing::info!("auth stopped");
         result
     }

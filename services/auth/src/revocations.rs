@@ -38,6 +38,23 @@ impl RevocationHub {
     }
 }
 
+/// Drops session log entries older than `retention` (the longest token lifetime plus a
+/// margin) every `every`, until the process ends.
+pub async fn prune(store: Store, retention: Duration, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let before = chrono::Utc::now()
+            - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::zero());
+        match store.prune_revocations(before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned the session log"),
+            Err(error) => tracing::warn!(%error, "session log pruning failed"),
+        }
+    }
+}
+
 /// Listens for revocations and key rotations from other replicas until the process ends.
 /// On SQLite (one process) only the poll runs, for keys rotated by the CLI.
 pub async fn watch_database(
@@ -72,10 +89,13 @@ pub async fn watch_database(
                 None
             }
         };
-        if channel.as_deref() != Some(REVOCATION_CHANNEL)
-            && let Err(error) = keys.refresh_if_changed().await
-        {
-            tracing::warn!(%error, "key set refresh failed");
+        if channel.as_deref() != Some(REVOCATION_CHANNEL) {
+            // A reload, then a key of our algorithm if the new set has none that can sign.
+            if let Err(error) = keys.refresh_if_changed().await {
+                tracing::warn!(%error, "key set refresh failed");
+            } else if let Err(error) = keys.ensure_signing_key().await {
+                tracing::warn!(%error, "no signing key could be made");
+            }
         }
         if channel.as_deref() != Some(JWKS_CHANNEL) {
             match store.latest_revocation().await {

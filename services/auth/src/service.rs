@@ -37,6 +37,7 @@ pub struct SessionInfo {
 pub struct IssuedToken {
     pub token: SignedToken,
     pub session_id: String,
+    pub user_id: String,
     pub cache_key: CacheKey,
 }
 
@@ -247,7 +248,11 @@ impl AuthCore {
             .end_session(&token, "sign-out")
             .await?
             .ok_or(AuthError::NoSession)?;
-        tracing::info!(session_id = %row.session_id, sequence = row.sequence, "signed out");
+        tracing::info!(
+            session_id = row.session_id.as_deref().unwrap_or_default(),
+            position = row.position,
+            "signed out"
+        );
         Ok(row)
     }
 
@@ -264,7 +269,7 @@ impl AuthCore {
             .end_session(token.as_str(), cache_key.as_str(), reason)
             .await?;
         if let Some(row) = &row {
-            self.revocations.publish(row.sequence);
+            self.revocations.publish(row.position);
         }
         Ok(row)
     }
@@ -313,18 +318,28 @@ impl AuthCore {
             email: info.user.email,
             email_verified: info.user.email_verified,
             session_id: info.session.id.clone(),
-            sub: info.user.id,
+            sub: info.user.id.clone(),
             exp: iat + self.config.token_ttl.as_secs() as i64,
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
         };
-        let token = self.keys.current().sign(self.keys.alg(), &claims, now)?;
+        let token = match self.keys.current().sign(self.keys.alg(), &claims, now) {
+            Ok(token) => token,
+            // The key set changed under us (another writer of the `jwks` table, or the last
+            // key expired): auth always finds or makes a signing key.
+            Err(edge_keys::KeyError::NoSigningKey(_)) => {
+                self.keys.ensure_signing_key().await?;
+                self.keys.current().sign(self.keys.alg(), &claims, now)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         metrics::TOKENS_ISSUED.inc();
         let cache_key =
             CacheKey::for_cookie(&info.cookie_value).expect("a signed cookie is well-formed");
         Ok(IssuedToken {
             token,
             session_id: info.session.id,
+            user_id: info.user.id,
             cache_key,
         })
     }

@@ -40,6 +40,8 @@ pub struct State {
     /// False while the revocation stream is down: the cache is bypassed, since a revocation
     /// could be missed.
     cache_trusted: Arc<AtomicBool>,
+    /// Set once the session log's backlog has been read (readiness).
+    pub(crate) log_caught_up: Arc<AtomicBool>,
     /// Template mode's pages.
     pages: Option<Pages>,
     /// Template mode's live page data, when `GATEWAY_PAGE_WATCH_SECONDS` is not 0.
@@ -130,6 +132,9 @@ impl State {
     /// (one call per key however many requests wait). The token route and SSR both use it.
     pub(crate) async fn token_for(&self, cookie_value: String) -> Result<Token, tonic::Status> {
         let mut auth = self.auth();
+        // Read before the request goes out: every log entry at or below it was committed
+        // before auth reads the session, so the token reflects it.
+        let fence = self.cache.as_ref().map_or(0, |c| c.fence());
         let issue = move |cookie_value: String| async move {
             let r = auth
                 .issue_token(pb::IssueTokenRequest { cookie_value })
@@ -138,6 +143,9 @@ impl State {
             Ok::<_, tonic::Status>(Token {
                 jwt: r.jwt.into(),
                 expires_at: r.expires_at,
+                session_id: r.session_id.into(),
+                user_id: r.user_id.into(),
+                fence,
             })
         };
         // The cache key hashes the cookie's canonical form; a value that cannot be
@@ -157,6 +165,12 @@ impl State {
         }
         Ok(token)
     }
+}
+
+/// What a caller gets for a token whose session ended while it was being issued: what auth
+/// says for an ended session.
+fn revoked_status() -> tonic::Status {
+    ErrorCode::UNAUTHORIZED.to_status("Unauthorized")
 }
 
 pub struct Application {
@@ -197,7 +211,7 @@ impl Application {
         let addr = listener.local_addr()?;
         let cache = match &config.cache {
             Some(c) => Some(Arc::new(
-                TokenCache::new(c.clone()).map_err(|e| anyhow::anyhow!(e))?,
+                TokenCache::new(c.clone(), revoked_status).map_err(|e| anyhow::anyhow!(e))?,
             )),
             None => None,
         };
@@ -211,6 +225,7 @@ impl Application {
             clients: Clients::new(endpoint, query),
             cache,
             cache_trusted: Arc::new(AtomicBool::new(false)),
+            log_caught_up: Arc::new(AtomicBool::new(false)),
             pages,
             http,
         };
@@ -235,6 +250,7 @@ impl Application {
                 self.state.auth(),
                 cache,
                 self.state.cache_trusted.clone(),
+                self.state.log_caught_up.clone(),
             ))
         });
         let state = self.state.clone();

@@ -49,6 +49,28 @@ pub static REDIS_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static REVOKED_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    edge_telemetry::counter(
+        "edge_gateway_revoked_tokens_refused_total",
+        "cached or just-issued tokens refused because the session log revoked them",
+    )
+});
+
+pub static PENDING_DELETES: LazyLock<IntGauge> = LazyLock::new(|| {
+    edge_telemetry::int_gauge(
+        "edge_gateway_redis_pending_deletes",
+        "token cache deletes Redis has not confirmed yet, being retried (set when scraped)",
+    )
+});
+
+/// Brings the refused-token counter up to the cache's own count (read at scrape time).
+pub fn sync_refused(seen: u64) {
+    let exported = REVOKED_REFUSED.get();
+    if seen > exported {
+        REVOKED_REFUSED.inc_by(seen - exported);
+    }
+}
+
 /// Brings the Redis error counter up to the cache's own count (read at scrape time, so the
 /// cache crate needs no metrics registry).
 pub fn sync_redis_errors(seen: u64) {
@@ -65,4 +87,6 @@ pub fn init() {
     LazyLock::force(&PAGE_QUERIES);
     LazyLock::force(&PAGE_WATCHES);
     LazyLock::force(&REVOCATIONS_APPLIED);
+    LazyLock::force(&REVOKED_REFUSED);
+    LazyLock::force(&PENDING_DELETES);
 }

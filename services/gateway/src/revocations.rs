@@ -1,13 +1,15 @@
-//! Applies auth's revocation stream to the token cache, on every gateway.
+//! Applies auth's session log stream to the token cache, on every gateway.
 //!
-//! The stream is resumed from the last applied sequence after any break; while it is down the
-//! cache is bypassed (every token request goes to auth), since a revocation could be missed.
-//! At start the whole log is replayed so Redis never serves a session that ended while no
-//! gateway was listening.
+//! Each entry names a session (ended) or a user (claims changed, or deleted); the cache refuses
+//! every token of it whose fence is below the entry's position, wherever the token is (L1,
+//! Redis, or in flight from auth), and deletes the entry's cache key when the log knows it.
+//! The stream starts at the retention window and says when its backlog is out; only then is
+//! the cache trusted. After any break it resumes from the last applied position, and the cache
+//! is bypassed (every token request goes to auth) until it has caught up again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use edge_cache::TokenCache;
 use edge_keys::CacheKey;
@@ -17,12 +19,18 @@ use tonic::transport::Channel;
 
 use crate::metrics;
 
+/// Until auth says otherwise (its end-of-backlog mark carries the retention).
+const DEFAULT_RETENTION: Duration = Duration::from_secs(1200);
+
 pub async fn watch(
     mut auth: AuthServiceClient<Channel>,
     cache: Arc<TokenCache<tonic::Status>>,
     trusted: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
 ) {
     let mut after = 0u64;
+    let mut retention = DEFAULT_RETENTION;
+    let mut last_sweep = Instant::now();
     let mut backoff = edge_telemetry::backoff::reconnect();
     loop {
         let request = pb::WatchRevocationsRequest {
@@ -32,35 +40,29 @@ pub async fn watch(
             Ok(response) => {
                 let mut stream = response.into_inner();
                 backoff = edge_telemetry::backoff::reconnect();
-                // Entries cached while the stream was down may be revoked: start clean.
-                cache.clear_l1();
-                let mut caught_up = false;
                 loop {
-                    // The log before `after` is applied once the first quiet moment shows the
-                    // stream has caught up; only then is the cache trusted again.
-                    let next = if caught_up {
-                        stream.message().await
-                    } else {
-                        match tokio::time::timeout(Duration::from_millis(200), stream.message())
-                            .await
-                        {
-                            Ok(m) => m,
-                            Err(_) => {
-                                caught_up = true;
-                                trusted.store(true, Ordering::Release);
-                                continue;
+                    match stream.message().await {
+                        Ok(Some(entry)) if entry.end_of_backlog => {
+                            if entry.retention_seconds > 0 {
+                                retention = Duration::from_secs(entry.retention_seconds);
                             }
+                            after = after.max(entry.sequence);
+                            cache.set_applied(after);
+                            if !trusted.swap(true, Ordering::AcqRel) {
+                                tracing::info!(position = after, "session log caught up");
+                            }
+                            caught_up.store(true, Ordering::Release);
                         }
-                    };
-                    match next {
-                        Ok(Some(revocation)) => {
-                            if let Some(key) = CacheKey::parse(&revocation.cache_key) {
-                                cache.invalidate(&key).await;
-                                metrics::REVOCATIONS_APPLIED.inc();
-                            }
-                            after = after.max(revocation.sequence);
+                        Ok(Some(entry)) => {
+                            apply(&cache, &entry).await;
+                            after = after.max(entry.sequence);
+                            cache.set_applied(after);
                         }
                         Ok(None) | Err(_) => break,
+                    }
+                    if last_sweep.elapsed() > Duration::from_secs(30) {
+                        cache.forget_revocations(retention);
+                        last_sweep = Instant::now();
                     }
                 }
             }
@@ -75,4 +77,18 @@ pub async fn watch(
         );
         tokio::time::sleep(backoff.next().unwrap_or_default()).await;
     }
+}
+
+/// One log entry: refuse its session's or user's tokens from now on, and delete the cache key
+/// when the entry names one.
+async fn apply(cache: &TokenCache<tonic::Status>, entry: &pb::Revocation) {
+    if !entry.session_id.is_empty() {
+        cache.revoke_session(&entry.session_id, entry.sequence);
+    } else if !entry.user_id.is_empty() {
+        cache.revoke_user(&entry.user_id, entry.sequence);
+    }
+    if let Some(key) = CacheKey::parse(&entry.cache_key) {
+        cache.invalidate(&key).await;
+    }
+    metrics::REVOCATIONS_APPLIED.inc();
 }

@@ -29,14 +29,20 @@ fn token(expires_in: i64) -> Token {
     Token {
         jwt: format!("jwt-{}", edge_keys::generate_id()).into(),
         expires_at: now() + expires_in,
+        session_id: edge_keys::generate_id().into(),
+        user_id: edge_keys::generate_id().into(),
+        fence: 0,
     }
 }
 
 fn cache(redis: Option<String>) -> TokenCache<String> {
-    TokenCache::new(CacheConfig {
-        redis_url: redis,
-        ..CacheConfig::default()
-    })
+    TokenCache::new(
+        CacheConfig {
+            redis_url: redis,
+            ..CacheConfig::default()
+        },
+        || "revoked".to_owned(),
+    )
     .unwrap()
 }
 

@@ -76,7 +76,10 @@ async fn migrate_is_idempotent_and_keys_export_into_a_static_jwks() {
     assert!(out.status.success());
     let exported = String::from_utf8(out.stdout).unwrap();
     let rows: Vec<Value> = serde_json::from_str(&exported).unwrap();
-    assert_eq!(rows.len(), 1, "only the unexpired key is exported");
+    // Both keys: the first, rotated out, is still published (and still signs for one JWKS
+    // cache lifetime), so a static JWKS made now must hold it.
+    assert_eq!(rows.len(), 2, "every published key is exported");
+    assert!(rows[0]["expiresAt"].is_null() && !rows[1]["expiresAt"].is_null());
     for field in ["id", "publicKey", "privateKey", "createdAt", "alg"] {
         assert!(rows[0].get(field).is_some(), "{field}");
     }

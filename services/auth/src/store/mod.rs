@@ -74,13 +74,17 @@ pub struct CredentialAccount {
     pub created_at: DateTime<Utc>,
 }
 
-/// One entry of the revocation log.
+/// One entry of the session log: a session that ended (`session_id` set) or a user whose
+/// tokens no longer hold (`session_id` empty: `user-changed`, `user-deleted`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 #[sqlx(rename_all = "camelCase")]
 pub struct RevocationRow {
-    pub sequence: i64,
-    pub session_id: String,
-    pub cache_key: String,
+    /// Commit order: a reader never sees a smaller position commit after a larger one.
+    pub position: i64,
+    pub session_id: Option<String>,
+    pub user_id: Option<String>,
+    /// Known only when our own route ended the session.
+    pub cache_key: Option<String>,
     pub reason: String,
     pub revoked_at: DateTime<Utc>,
 }
@@ -326,8 +330,9 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes the session with `token` and records the revocation in the same transaction.
-    /// Returns the log entry, or `None` when no such session existed.
+    /// Deletes the session with `token`; the trigger records the end in the same transaction,
+    /// and this names its reason and cache key there. Returns the log entry (committed, with
+    /// its position), or `None` when no such session existed.
     pub async fn end_session(
         &self,
         token: &str,
@@ -335,48 +340,60 @@ impl Store {
         reason: &str,
     ) -> Result<Option<RevocationRow>, StoreError> {
         const DELETE: &str = r#"DELETE FROM "session" WHERE "token" = $1 RETURNING "id""#;
-        const INSERT: &str = r#"INSERT INTO "edge_revocation" ("sessionId", "cacheKey", "reason", "revokedAt") VALUES ($1, $2, $3, $4) RETURNING "sequence", "sessionId", "cacheKey", "reason", "revokedAt""#;
+        const NAME: &str = r#"UPDATE "edge_session_log" SET "reason" = $2, "cacheKey" = $3 WHERE "id" = (SELECT MAX("id") FROM "edge_session_log" WHERE "sessionId" = $1)"#;
+        const READ: &str = r#"SELECT "position", "sessionId", "userId", "cacheKey", "reason", "revokedAt" FROM "edge_session_log" WHERE "sessionId" = $1 AND "position" IS NOT NULL ORDER BY "position" DESC LIMIT 1"#;
         let row = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             let deleted: Option<(String,)> = sqlx::query_as(DELETE).bind(token).fetch_optional(&mut *tx).await?;
             let Some((session_id,)) = deleted else {
                 return Ok::<_, sqlx::Error>(None);
             };
-            let row: RevocationRow = sqlx::query_as(INSERT)
-                .bind(&session_id).bind(cache_key).bind(reason).bind(now_ms())
-                .fetch_one(&mut *tx).await?;
+            sqlx::query(NAME).bind(&session_id).bind(reason).bind(cache_key).execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok(Some(row))
+            // Positions are assigned at commit: read it back.
+            let row: Option<RevocationRow> = sqlx::query_as(READ).bind(&session_id).fetch_optional(pool).await?;
+            Ok(row)
         }.await)?;
-        if let (Some(row), Pool::Postgres(pool)) = (&row, &self.pool) {
-            // Other replicas learn of it through LISTEN; they also poll, so a lost
-            // notification only delays them.
-            let _ = sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(REVOCATION_CHANNEL)
-                .bind(row.sequence.to_string())
-                .execute(pool)
-                .await;
-        }
         Ok(row)
     }
 
-    /// Revocation log entries after `sequence`, oldest first.
+    /// Log entries after `position`, in position order.
     pub async fn revocations_after(
         &self,
-        sequence: i64,
+        position: i64,
         limit: i64,
     ) -> Result<Vec<RevocationRow>, StoreError> {
-        const SQL: &str = r#"SELECT "sequence", "sessionId", "cacheKey", "reason", "revokedAt" FROM "edge_revocation" WHERE "sequence" > $1 ORDER BY "sequence" LIMIT $2"#;
+        const SQL: &str = r#"SELECT "position", "sessionId", "userId", "cacheKey", "reason", "revokedAt" FROM "edge_session_log" WHERE "position" > $1 ORDER BY "position" LIMIT $2"#;
         Ok(
-            on_pool!(self, pool => sqlx::query_as(SQL).bind(sequence).bind(limit).fetch_all(pool).await)?,
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(position).bind(limit).fetch_all(pool).await)?,
         )
     }
 
-    /// The newest sequence in the revocation log (0 when empty).
+    /// The position just before the first entry committed at or after `since`: where a reader
+    /// that needs nothing older starts.
+    pub async fn window_start(&self, since: DateTime<Utc>) -> Result<i64, StoreError> {
+        const SQL: &str =
+            r#"SELECT MIN("position") FROM "edge_session_log" WHERE "committedAt" >= $1"#;
+        let (first,): (Option<i64>,) =
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(since).fetch_one(pool).await)?;
+        match first {
+            Some(p) => Ok(p - 1),
+            None => self.latest_revocation().await,
+        }
+    }
+
+    /// The newest position in the log (0 when empty).
     pub async fn latest_revocation(&self) -> Result<i64, StoreError> {
-        const SQL: &str = r#"SELECT COALESCE(MAX("sequence"), 0) FROM "edge_revocation""#;
+        const SQL: &str = r#"SELECT COALESCE(MAX("position"), 0) FROM "edge_session_log""#;
         let (seq,): (i64,) = on_pool!(self, pool => sqlx::query_as(SQL).fetch_one(pool).await)?;
         Ok(seq)
+    }
+
+    /// Drops log entries committed before `before`; returns how many.
+    pub async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        const SQL: &str = r#"DELETE FROM "edge_session_log" WHERE "committedAt" < $1"#;
+        let done = on_pool!(self, pool => sqlx::query(SQL).bind(before).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(done)
     }
 
     /// Every row of the `jwks` table (counted in `edge_auth_jwks_db_reads_total`).
@@ -399,8 +416,8 @@ impl Store {
             .collect())
     }
 
-    /// Adds a key, optionally expiring the current ones at `expire_others_at`, and bumps the
-    /// key-set version so every replica reloads.
+    /// Adds a key, optionally expiring the current ones at `expire_others_at`. The `jwks`
+    /// triggers bump the key-set version (and notify), as for any other writer.
     pub async fn insert_jwk(
         &self,
         row: &KeyRow,
@@ -409,8 +426,6 @@ impl Store {
         const EXPIRE: &str =
             r#"UPDATE "jwks" SET "expiresAt" = $1 WHERE "expiresAt" IS NULL OR "expiresAt" > $1"#;
         const INSERT: &str = r#"INSERT INTO "jwks" ("id", "publicKey", "privateKey", "createdAt", "expiresAt", "alg", "crv") VALUES ($1, $2, $3, $4, $5, $6, $7)"#;
-        const BUMP: &str =
-            r#"UPDATE "edge_meta" SET "value" = "value" + 1 WHERE "key" = 'jwks_version'"#;
         on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
             if let Some(at) = expire_others_at {
@@ -420,15 +435,8 @@ impl Store {
                 .bind(&row.id).bind(&row.public_key).bind(&row.private_key).bind(row.created_at)
                 .bind(row.expires_at).bind(&row.alg).bind(&row.crv)
                 .execute(&mut *tx).await?;
-            sqlx::query(BUMP).execute(&mut *tx).await?;
             tx.commit().await
         }.await)?;
-        if let Pool::Postgres(pool) = &self.pool {
-            let _ = sqlx::query("SELECT pg_notify($1, 'rotated')")
-                .bind(JWKS_CHANNEL)
-                .execute(pool)
-                .await;
-        }
         Ok(())
     }
 

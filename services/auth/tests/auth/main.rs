@@ -3,6 +3,7 @@
 
 mod grpc_errors;
 mod revocations;
+mod session_log;
 mod store_contract;
 mod tokens;
 

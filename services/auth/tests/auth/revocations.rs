@@ -5,12 +5,18 @@ use std::time::Duration;
 use edge_proto::auth::v1 as pb;
 use tokio_stream::StreamExt;
 
-async fn next(stream: &mut tonic::Streaming<pb::Revocation>) -> pb::Revocation {
-    tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("a revocation arrives")
-        .expect("stream open")
-        .expect("no error")
+/// The next log entry (end-of-backlog marks skipped).
+pub async fn next(stream: &mut tonic::Streaming<pb::Revocation>) -> pb::Revocation {
+    loop {
+        let entry = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("a revocation arrives")
+            .expect("stream open")
+            .expect("no error");
+        if !entry.end_of_backlog {
+            return entry;
+        }
+    }
 }
 
 #[tokio::test]
@@ -111,10 +117,15 @@ async fn an_expired_session_is_refused_and_logged_as_expired() {
         .await
         .unwrap()
         .into_inner();
+    // The expiry moved into the past is logged by the trigger, whoever moved it.
     let entry = next(&mut stream).await;
     assert_eq!(entry.reason, "expired");
+    assert!(!entry.session_id.is_empty() && !entry.user_id.is_empty());
+    // Then auth, meeting the expired session, deletes it (naming its cache key).
+    let deleted = next(&mut stream).await;
+    assert_eq!(deleted.session_id, entry.session_id);
     assert_eq!(
-        entry.cache_key,
+        deleted.cache_key,
         edge_keys::CacheKey::for_cookie(&cookie).unwrap().as_str()
     );
     let (n,): (i64,) = sqlx::query_as(r#"SELECT COUNT(*) FROM "session""#)

@@ -123,7 +123,7 @@ async fn contract(store: Store) {
         .await
         .unwrap()
         .unwrap();
-    assert!(r2.sequence > r1.sequence && r1.sequence > before);
+    assert!(r2.position > r1.position && r1.position > before);
     assert!(
         store
             .end_session(&s.token, "edge:jwt:one", "sign-out")
@@ -135,18 +135,26 @@ async fn contract(store: Store) {
     assert!(store.session_with_user(&s.token).await.unwrap().is_none());
     let log = store.revocations_after(before, 10).await.unwrap();
     assert_eq!(
-        log.iter().map(|r| r.cache_key.as_str()).collect::<Vec<_>>(),
+        log.iter()
+            .map(|r| r.cache_key.as_deref().unwrap_or_default())
+            .collect::<Vec<_>>(),
         ["edge:jwt:one", "edge:jwt:two"]
     );
     assert_eq!(
+        log.iter().map(|r| r.reason.as_str()).collect::<Vec<_>>(),
+        ["sign-out", "expired"]
+    );
+    assert_eq!(log[0].session_id.as_deref(), Some(s.id.as_str()));
+    assert_eq!(log[0].user_id.as_deref(), Some(u.id.as_str()));
+    assert_eq!(
         store
-            .revocations_after(r1.sequence, 10)
+            .revocations_after(r1.position, 10)
             .await
             .unwrap()
             .len(),
         1
     );
-    assert_eq!(store.latest_revocation().await.unwrap(), r2.sequence);
+    assert_eq!(store.latest_revocation().await.unwrap(), r2.position);
 
     // Keys: insert bumps the version; rotation expires the old key.
     let secret = edge_keys::Secret::new(crate::SECRET);

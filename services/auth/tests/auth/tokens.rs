@@ -95,11 +95,60 @@ async fn static_mode_rejects_bad_jwks() {
     }
 }
 
+/// A verifier that caches the JWKS for its `Cache-Control` max-age and never refetches on an
+/// unknown `kid` (what Convex does).
+struct CachingVerifier {
+    url: String,
+    jwks: String,
+    fetched: tokio::time::Instant,
+    max_age: Duration,
+}
+
+impl CachingVerifier {
+    async fn fetch(url: String) -> CachingVerifier {
+        let r = reqwest::get(&url).await.unwrap();
+        let cache_control = r.headers()["cache-control"].to_str().unwrap().to_owned();
+        let max_age = cache_control
+            .split(',')
+            .find_map(|d| d.trim().strip_prefix("max-age="))
+            .and_then(|v| v.parse().ok())
+            .expect("a max-age");
+        CachingVerifier {
+            url,
+            jwks: r.text().await.unwrap(),
+            fetched: tokio::time::Instant::now(),
+            max_age: Duration::from_secs(max_age),
+        }
+    }
+
+    async fn verify(&mut self, jwt: &str) -> Result<(), String> {
+        if self.fetched.elapsed() >= self.max_age {
+            *self = CachingVerifier::fetch(self.url.clone()).await;
+        }
+        Verifier::from_jwks(&self.jwks)
+            .unwrap()
+            .verify(jwt, Utc::now().timestamp())
+            .map(|_| ())
+            .map_err(|e| format!("{e}"))
+    }
+}
+
+fn kid(jwt: &str) -> String {
+    let header = jwt.split('.').next().unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&base64_url(header)).unwrap();
+    header["kid"].as_str().unwrap().to_owned()
+}
+
 #[tokio::test]
-async fn rotation_reloads_every_replica_and_keeps_old_keys_published() {
+async fn a_rotated_key_signs_only_after_every_cached_jwks_has_it() {
     let db = edge_testkit::test_database().await;
-    let a = crate::spawn(crate::config(&db.url)).await;
-    let b = crate::spawn(crate::config(&db.url)).await;
+    let quick = |url: &str| {
+        let mut c = crate::config(url);
+        c.jwks_max_age = Duration::from_secs(2);
+        c
+    };
+    let a = crate::spawn(quick(&db.url)).await;
+    let b = crate::spawn(quick(&db.url)).await;
     let (mut ca, mut cb) = (a.client().await, b.client().await);
     let cookie = crate::sign_up(&mut ca, "rotate@example.com").await;
     let old = ca
@@ -110,44 +159,127 @@ async fn rotation_reloads_every_replica_and_keeps_old_keys_published() {
         .unwrap()
         .into_inner()
         .jwt;
+    let mut verifiers = [
+        CachingVerifier::fetch(format!("http://{}/api/auth/jwks", a.http)).await,
+        CachingVerifier::fetch(format!("http://{}/api/auth/jwks", b.http)).await,
+    ];
 
     let store = Store::connect(&db.url).await.unwrap();
-    let row = rotate(&store, &edge_keys::Secret::new(crate::SECRET), Alg::RS256)
-        .await
-        .unwrap();
+    let lead = quick(&db.url).key_publish_lead();
+    let row = rotate(
+        &store,
+        &edge_keys::Secret::new(crate::SECRET),
+        Alg::RS256,
+        lead,
+    )
+    .await
+    .unwrap();
 
-    for client in [&mut ca, &mut cb] {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Every token, on either replica, verifies against what the caching verifier holds, until
+    // the new key signs on both.
+    for (client, verifier) in [&mut ca, &mut cb].into_iter().zip(verifiers.iter_mut()) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let jwks = client
-                .get_jwks(pb::GetJwksRequest {})
+            let jwt = client
+                .issue_token(pb::IssueTokenRequest {
+                    cookie_value: cookie.clone(),
+                })
                 .await
                 .unwrap()
                 .into_inner()
-                .jwks_json;
-            if jwks.contains(&row.id) {
-                let verifier = Verifier::from_jwks(&jwks).unwrap();
-                // The token signed before rotation still verifies: the old key stays published.
-                verifier.verify(&old, Utc::now().timestamp()).unwrap();
+                .jwt;
+            if let Err(e) = verifier.verify(&jwt).await {
+                panic!("a token names a key the cached JWKS lacks: {e}");
+            }
+            if kid(&jwt) == row.id {
                 break;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "replica did not reload the key set"
+                "the new key never signed"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let new = client
+        // The token signed before rotation still verifies: the old key stays published.
+        verifier.verify(&old).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_key_set_follows_the_jwks_table_whoever_writes_it() {
+    use sqlx::Connection;
+    let db = edge_testkit::test_database().await;
+    let running = crate::spawn(crate::config(&db.url)).await;
+    let mut client = running.client().await;
+    let cookie = crate::sign_up(&mut client, "keys@example.com").await;
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+
+    // Another writer (the Better Auth app rotating) adds a key: it is published.
+    let secret = edge_keys::Secret::new(crate::SECRET);
+    let row = edge_keys::jwk::generate_row(Alg::ES256, &secret, Utc::now()).unwrap();
+    sqlx::query(r#"INSERT INTO "jwks" ("id", "publicKey", "privateKey", "createdAt", "alg", "crv") VALUES ($1, $2, $3, now(), $4, $5)"#)
+        .bind(&row.id)
+        .bind(&row.public_key)
+        .bind(&row.private_key)
+        .bind(&row.alg)
+        .bind(&row.crv)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let jwks = client
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .jwks_json;
+        if jwks.contains(&row.id) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a key written by another writer was never published"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Another writer expires every key: auth still signs (it makes a key of its own).
+    sqlx::query(r#"UPDATE "jwks" SET "expiresAt" = now() - interval '1 second'"#)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = client
             .issue_token(pb::IssueTokenRequest {
                 cookie_value: cookie.clone(),
             })
             .await
+            .expect("auth always has a signing key")
+            .into_inner();
+        let jwks = client
+            .get_jwks(pb::GetJwksRequest {})
+            .await
             .unwrap()
             .into_inner()
-            .jwt;
-        let header = new.split('.').next().unwrap();
-        let header: serde_json::Value = serde_json::from_slice(&base64_url(header)).unwrap();
-        assert_eq!(header["kid"], row.id.as_str(), "new tokens use the new key");
+            .jwks_json;
+        let verifier = Verifier::from_jwks(&jwks).unwrap();
+        verifier.verify(&r.jwt, Utc::now().timestamp()).unwrap();
+        let (unexpired,): (i64,) = sqlx::query_as(
+            r#"SELECT COUNT(*) FROM "jwks" WHERE "expiresAt" IS NULL OR "expiresAt" > now()"#,
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if unexpired > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no key replaced the expired ones"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -208,6 +208,9 @@ async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpRespo
         .into_inner();
     // Applied here before answering; other gateways learn it from the revocation stream.
     if let Some(cache) = state.cache() {
+        if !r.session_id.is_empty() {
+            cache.revoke_session(&r.session_id, r.sequence);
+        }
         for key in [CacheKey::parse(&r.cache_key), own_key]
             .into_iter()
             .flatten()
@@ -267,11 +270,16 @@ async fn jwks(state: web::Data<State>) -> Result<HttpResponse, ApiError> {
         .get_jwks(pb::GetJwksRequest {})
         .await?
         .into_inner();
+    // Auth's own cache lifetime: its rotations are timed by it.
+    let max_age = r.max_age_seconds;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "application/json"))
         .insert_header((
             header::CACHE_CONTROL,
-            "public, max-age=300, stale-while-revalidate=60",
+            format!(
+                "public, max-age={max_age}, stale-while-revalidate={}",
+                max_age / 5
+            ),
         ))
         .body(r.jwks_json))
 }

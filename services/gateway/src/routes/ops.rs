@@ -20,8 +20,13 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
-/// Ready when auth answers.
+/// Ready when auth answers and, with a token cache, once the session log's backlog has been
+/// read (a later break of the stream only bypasses the cache).
 async fn readyz(state: web::Data<State>) -> HttpResponse {
+    if state.cache().is_some() && !state.log_caught_up.load(Ordering::Acquire) {
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"status": "reading the session log"}));
+    }
     let mut auth = state.auth();
     let probe = tokio::time::timeout(Duration::from_secs(2), auth.get_jwks(pb::GetJwksRequest {}));
     match probe.await {
@@ -33,6 +38,8 @@ async fn readyz(state: web::Data<State>) -> HttpResponse {
 async fn metrics(state: web::Data<State>) -> HttpResponse {
     if let Some(cache) = state.cache() {
         crate::metrics::sync_redis_errors(cache.stats().redis_errors.load(Ordering::Relaxed));
+        crate::metrics::sync_refused(cache.stats().refused.load(Ordering::Relaxed));
+        crate::metrics::PENDING_DELETES.set(cache.pending_deletes() as i64);
     }
     if let Some(live) = &state.live {
         crate::metrics::PAGE_WATCHES.set(live.watches() as i64);

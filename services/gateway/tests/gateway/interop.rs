@@ -88,6 +88,26 @@ async fn better_auth_and_convex_edge_share_users_sessions_and_passwords() {
         .await;
         assert!(session["userId"].is_string(), "{session}");
     }
+
+    // On the database Better Auth created, the triggers convex-edge installed log a session
+    // Better Auth's app ends: the cached token stops.
+    crate::revocation::wait_ready(&stack.base).await;
+    for _ in 0..2 {
+        assert_eq!(
+            stack
+                .get("/api/auth/convex/token", Some(&ba_cookie))
+                .await
+                .status(),
+            200
+        );
+    }
+    let revoked = edge_testkit::node(
+        "better-auth.mjs",
+        &["revoke-other-sessions".into(), arg(json!({"databaseUrl": stack.db.url, "secret": SECRET, "cookie": edge_cookie_of_ba_user}))],
+    )
+    .await;
+    assert_eq!(revoked["ok"], true, "{revoked}");
+    crate::revocation::until_refused(&stack.base, &ba_cookie, "better-auth's own session").await;
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@ mod bad_input;
 mod cache;
 mod interop;
 mod proxy;
+mod revocation;
 mod routes;
 
 use std::net::SocketAddr;
