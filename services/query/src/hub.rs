@@ -9,6 +9,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::identity::{IdentityKey, VerifiedUser};
 use crate::listener::{Attachment, Inbox};
 use crate::metrics::Stats;
+use crate::revocations::Revocation;
 use crate::upstream::{self, Command, Upstream};
 
 #[derive(Debug)]
@@ -98,6 +99,7 @@ impl Hub {
                 let token = Command::Token {
                     token: u.token.clone(),
                     expires_at: u.expires_at,
+                    issued_at: u.issued_at,
                 };
                 let upstream = self.send(identity, token).await;
                 let _ = upstream.tx.send(inbox.attach_command()).await;
@@ -108,6 +110,32 @@ impl Hub {
         Attachment::new(inbox.listener(), upstream)
     }
 
+    /// Tells every upstream whose identity the revocation covers (by its `sessionId` claim,
+    /// or its `sub` for a user entry; the upstream spares a token issued after a user entry).
+    pub fn revoke(&self, revocation: &Revocation, reason: &str) {
+        let upstreams: Vec<Upstream> = {
+            let map = self.upstreams.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .filter(|(identity, _)| covers(identity, revocation))
+                .map(|(_, u)| u.clone())
+                .collect()
+        };
+        for upstream in upstreams {
+            let command = Command::Revoke {
+                revocation: revocation.clone(),
+                reason: reason.to_owned(),
+            };
+            let tx = upstream.tx.clone();
+            // Never blocks the log; a busy upstream gets it from a task.
+            if let Err(tokio::sync::mpsc::error::TrySendError::Full(command)) = tx.try_send(command)
+            {
+                tokio::spawn(async move {
+                    let _ = tx.send(command).await;
+                });
+            }
+        }
+    }
+
     /// The upstream of `identity` if one is running.
     pub fn get(&self, identity: &IdentityKey) -> Option<Upstream> {
         self.upstreams
@@ -115,5 +143,21 @@ impl Hub {
             .unwrap_or_else(|e| e.into_inner())
             .get(identity)
             .cloned()
+    }
+}
+
+/// Whether `revocation` names the session or user of `identity` (the identity key is the
+/// token's claims; a user entry's time is checked by the upstream against its token).
+fn covers(identity: &IdentityKey, revocation: &Revocation) -> bool {
+    let IdentityKey::User(claims) = identity else {
+        return false;
+    };
+    let Ok(claims) = serde_json::from_str::<serde_json::Value>(claims) else {
+        return false;
+    };
+    let text = |name: &str| claims.get(name).and_then(serde_json::Value::as_str);
+    match revocation {
+        Revocation::Session { session_id } => text("sessionId") == Some(session_id.as_str()),
+        Revocation::User { user_id, .. } => text("sub") == Some(user_id.as_str()),
     }
 }

@@ -3,7 +3,7 @@
 //! claims without `iat`, `exp`, `nbf`, `jti`, so every token of one session shares an upstream.
 
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use edge_keys::Verifier;
@@ -11,6 +11,8 @@ use edge_proto::auth::v1 as pb;
 use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
 use serde_json::Value;
 use tonic::transport::Channel;
+
+use crate::revocations::Revoked;
 
 /// The identity a token stands for. `Anonymous` is one identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,6 +29,12 @@ pub struct VerifiedUser {
     pub token: String,
     /// Unix seconds.
     pub expires_at: i64,
+    /// Unix seconds (`iat`; 0 when absent).
+    pub issued_at: i64,
+    /// The `sessionId` claim Better Auth's tokens carry.
+    pub session_id: Option<String>,
+    /// The `sub` claim.
+    pub subject: Option<String>,
 }
 
 /// The token never reaches a log.
@@ -36,6 +44,7 @@ impl std::fmt::Debug for VerifiedUser {
             .field("key", &self.key)
             .field("token", &"<redacted>")
             .field("expires_at", &self.expires_at)
+            .field("session_id", &self.session_id)
             .finish()
     }
 }
@@ -50,6 +59,8 @@ pub struct Identities {
     /// same token with every page a session renders, and a signature check is most of a
     /// cached read's work here.
     verified: std::sync::Mutex<HashMap<String, VerifiedUser>>,
+    /// Ended sessions and changed users from auth's session log.
+    revoked: Arc<Revoked>,
 }
 
 /// At most this many verified tokens are remembered; when full, expired ones are dropped and,
@@ -68,7 +79,12 @@ impl std::fmt::Debug for Identities {
 const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Identities {
-    pub fn new(auth: AuthServiceClient<Channel>, issuer: String, audience: String) -> Self {
+    pub fn new(
+        auth: AuthServiceClient<Channel>,
+        issuer: String,
+        audience: String,
+        revoked: Arc<Revoked>,
+    ) -> Self {
         Identities {
             auth,
             issuer,
@@ -76,6 +92,7 @@ impl Identities {
             verifier: RwLock::new(None),
             last_refresh: std::sync::Mutex::new(None),
             verified: std::sync::Mutex::new(HashMap::new()),
+            revoked,
         }
     }
 
@@ -120,8 +137,22 @@ impl Identities {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Verifies `token`; the error is what the client is told.
+    /// Verifies `token`, and that auth's session log has not revoked it; the error is what
+    /// the client is told.
     pub async fn verify(&self, token: &str) -> Result<VerifiedUser, String> {
+        let user = self.verify_signature_cached(token).await?;
+        let refused = self.revoked.refuses(
+            user.session_id.as_deref(),
+            user.subject.as_deref(),
+            user.issued_at,
+        );
+        match refused {
+            Some(reason) => Err(reason.to_owned()),
+            None => Ok(user),
+        }
+    }
+
+    async fn verify_signature_cached(&self, token: &str) -> Result<VerifiedUser, String> {
         let now = unix_now();
         if let Some(user) = self.verified_tokens().get(token)
             && user.expires_at > now
@@ -160,6 +191,9 @@ impl Identities {
         };
         let mut claims = verified.claims;
         let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);
+        let issued_at = claims.get("iat").and_then(Value::as_i64).unwrap_or(0);
+        let text = |name: &str| claims.get(name).and_then(Value::as_str).map(str::to_owned);
+        let (session_id, subject) = (text("sessionId"), text("sub"));
         for volatile in ["iat", "exp", "nbf", "jti"] {
             claims.remove(volatile);
         }
@@ -168,6 +202,9 @@ impl Identities {
             key,
             token: token.to_owned(),
             expires_at,
+            issued_at,
+            session_id,
+            subject,
         })
     }
 }

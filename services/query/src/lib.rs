@@ -19,6 +19,7 @@ pub mod key;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod revocations;
 pub mod upstream;
 mod watch;
 mod ws;
@@ -60,6 +61,9 @@ pub struct Application {
     http_addr: SocketAddr,
     grpc_addr: SocketAddr,
     state: web::Data<AppState>,
+    /// Auth's gRPC client and what its session log revoked, followed while the service runs.
+    auth: AuthServiceClient<tonic::transport::Channel>,
+    revoked: Arc<revocations::Revoked>,
 }
 
 impl Application {
@@ -69,10 +73,12 @@ impl Application {
                 .context("invalid AUTH_GRPC_URL")?
                 .connect_lazy(),
         );
+        let revoked = Arc::new(revocations::Revoked::default());
         let identities = Arc::new(identity::Identities::new(
-            auth,
+            auth.clone(),
             config.issuer.clone(),
             config.audience.clone(),
+            revoked.clone(),
         ));
         let stats = Arc::new(metrics::Stats::default());
         let hub = hub::Hub::new(&config.convex_url, config.upstream_idle, stats);
@@ -101,6 +107,8 @@ impl Application {
             shared_functions,
         });
         Ok(Application {
+            auth,
+            revoked,
             shutdown,
             http,
             grpc,
@@ -128,6 +136,12 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let state = self.state.clone();
+        tokio::spawn(revocations::follow(
+            self.auth.clone(),
+            state.hub.clone(),
+            self.revoked.clone(),
+            state.shutting_down.clone(),
+        ));
         let limit = state.config.max_message_bytes;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())

@@ -104,6 +104,7 @@ impl Attachment {
         let command = Command::Token {
             token: user.token.clone(),
             expires_at: user.expires_at,
+            issued_at: user.issued_at,
         };
         self.send(command).await;
     }

@@ -26,6 +26,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::key::QueryKey;
 use crate::metrics::Stats;
+use crate::revocations::Revocation;
 
 pub use task::spawn;
 
@@ -164,6 +165,13 @@ pub enum Command {
         token: String,
         /// Unix seconds.
         expires_at: i64,
+        /// Unix seconds.
+        issued_at: i64,
+    },
+    /// Auth's session log revoked this identity's token: listeners get `AuthFailed`.
+    Revoke {
+        revocation: Revocation,
+        reason: String,
     },
     /// A listener's mutation or action; the answer comes back as [`Event::Response`].
     Request {

@@ -165,7 +165,12 @@ impl Task {
             }
             Command::Subscribe { listener, key } => self.state.subscribe(listener, key, out),
             Command::Unsubscribe { listener, key } => self.state.unsubscribe(listener, &key),
-            Command::Token { token, expires_at } => self.state.token(token, expires_at),
+            Command::Token {
+                token,
+                expires_at,
+                issued_at,
+            } => self.state.token(token, expires_at, issued_at),
+            Command::Revoke { revocation, reason } => self.state.revoke(&revocation, &reason, out),
             Command::Request {
                 listener,
                 request_id,

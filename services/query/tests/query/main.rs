@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod http_api;
 mod npm_client;
+mod revocation;
 mod watch;
 
 use std::net::SocketAddr;
@@ -196,6 +197,30 @@ impl Stack {
             .unwrap()
             .token
             .jwt
+    }
+
+    /// Signs up `email`; returns the session cookie's value and a JWT for the session.
+    pub async fn session_for(&self, email: &str) -> (String, String) {
+        let client = edge_auth::service::Client::default();
+        let info = self
+            .auth
+            .sign_up(
+                "Test User",
+                email,
+                "correct horse battery staple",
+                None,
+                &client,
+            )
+            .await
+            .unwrap();
+        let jwt = self
+            .auth
+            .issue_token(&info.cookie_value)
+            .await
+            .unwrap()
+            .token
+            .jwt;
+        (info.cookie_value, jwt)
     }
 
     /// devconvex's live subscriptions.

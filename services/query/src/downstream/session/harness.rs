@@ -52,6 +52,9 @@ pub fn user(who: &str) -> VerifiedUser {
         key: IdentityKey::User(format!("{{\"sub\":\"{who}\"}}")),
         token: format!("token-of-{who}"),
         expires_at: i64::MAX,
+        issued_at: 0,
+        session_id: Some(format!("session-of-{who}")),
+        subject: Some(who.to_owned()),
     }
 }
 

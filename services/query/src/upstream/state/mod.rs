@@ -27,6 +27,7 @@ use serde_json::Value;
 use super::{Event, ListenerId, QueryResult, UpstreamId, Values, lock};
 use crate::key::QueryKey;
 use crate::metrics::Stats;
+use crate::revocations::Revocation;
 
 /// Who an event is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +60,16 @@ struct InFlight {
     kind: RequestKind,
 }
 
+/// The token the connection authenticates with.
+#[derive(Debug)]
+struct Token {
+    value: String,
+    /// Unix seconds.
+    expires_at: i64,
+    /// Unix seconds.
+    issued_at: i64,
+}
+
 /// The versions sent on the current connection.
 #[derive(Debug, Clone, Copy, Default)]
 struct Sent {
@@ -76,8 +87,8 @@ pub struct UpstreamState {
     by_query_id: HashMap<QueryId, QueryKey>,
     /// Each listener's keys with how many times it subscribed each.
     listeners: HashMap<ListenerId, HashMap<QueryKey, usize>>,
-    /// The freshest token and its expiry (unix seconds).
-    token: Option<(String, i64)>,
+    /// The freshest token.
+    token: Option<Token>,
     token_dirty: bool,
     /// What Convex last said this connection holds.
     version: StateVersion,
@@ -192,11 +203,41 @@ impl UpstreamState {
     }
 
     /// Keeps the token that expires last.
-    pub fn token(&mut self, token: String, expires_at: i64) {
-        if self.token.as_ref().is_none_or(|(_, exp)| expires_at > *exp) {
-            self.token = Some((token, expires_at));
+    pub fn token(&mut self, value: String, expires_at: i64, issued_at: i64) {
+        if self
+            .token
+            .as_ref()
+            .is_none_or(|t| expires_at > t.expires_at)
+        {
+            self.token = Some(Token {
+                value,
+                expires_at,
+                issued_at,
+            });
             self.token_dirty = true;
         }
+    }
+
+    /// Auth's session log ended this identity's session, or changed its user after the token
+    /// was issued: every listener is told, as if Convex refused the token, and the token is
+    /// dropped. A user entry spares a token issued after it.
+    pub fn revoke(&mut self, revocation: &Revocation, reason: &str, out: &mut Outbox) {
+        let spared = match (revocation, &self.token) {
+            (Revocation::User { before_ms, .. }, Some(t)) => {
+                t.issued_at.saturating_mul(1000) >= *before_ms
+            }
+            _ => false,
+        };
+        if spared {
+            return;
+        }
+        tracing::info!(upstream = self.id, reason, "session log revoked the token");
+        self.token = None;
+        let event = Event::AuthFailed {
+            upstream: self.id,
+            error: format!("the token was revoked ({reason})"),
+        };
+        out.events.push((Audience::All, event));
     }
 
     /// Forwards a listener's mutation or action under an upstream request id; refused at once
@@ -308,13 +349,13 @@ impl UpstreamState {
             return;
         };
         if self.token_dirty {
-            if let Some((token, _)) = &self.token
+            if let Some(token) = &self.token
                 && let Some(next) = sent.identity.next()
             {
                 out.to_convex.push(ClientMessage::Authenticate {
                     base_version: sent.identity,
                     token_type: TokenType::User,
-                    value: Some(token.clone()),
+                    value: Some(token.value.clone()),
                 });
                 sent.identity = next;
             }

@@ -141,7 +141,7 @@ proptest! {
                 Op::Detach(l) => s.detach(u64::from(l)),
                 Op::Subscribe(l, k) => s.subscribe(u64::from(l), key(&k.to_string()), &mut out),
                 Op::Unsubscribe(l, k) => s.unsubscribe(u64::from(l), &key(&k.to_string())),
-                Op::Token(exp) => s.token(format!("t{exp}"), i64::from(exp)),
+                Op::Token(exp) => s.token(format!("t{exp}"), i64::from(exp), 0),
                 Op::Request(l) => s.request(
                     u64::from(l),
                     RequestId(0),

@@ -206,7 +206,7 @@ fn query_set_versions_move_by_one_per_message() {
 fn the_token_goes_before_the_query_set_change_that_follows_it() {
     let (mut s, _) = connected();
     let out = step(&mut s, |s, out| {
-        s.token("t1".into(), 100);
+        s.token("t1".into(), 100, 0);
         s.subscribe(A, key("x"), out);
     });
     assert!(matches!(
@@ -225,10 +225,10 @@ fn the_token_goes_before_the_query_set_change_that_follows_it() {
 #[test]
 fn only_a_token_that_expires_later_replaces_the_current_one() {
     let (mut s, _) = connected();
-    step(&mut s, |s, _| s.token("late".into(), 200));
-    let out = step(&mut s, |s, _| s.token("early".into(), 100));
+    step(&mut s, |s, _| s.token("late".into(), 200, 0));
+    let out = step(&mut s, |s, _| s.token("early".into(), 100, 0));
     assert!(out.to_convex.is_empty(), "an older token is not sent");
-    let out = step(&mut s, |s, _| s.token("later".into(), 300));
+    let out = step(&mut s, |s, _| s.token("later".into(), 300, 0));
     assert!(matches!(
         &out.to_convex[..],
         [ClientMessage::Authenticate { base_version: IdentityVersion(1), value: Some(v), .. }] if v == "later"
@@ -313,7 +313,7 @@ fn results_for_unknown_query_ids_are_ignored() {
 fn a_reconnect_re_adds_every_live_key_under_fresh_ids_after_the_token() {
     let (mut s, _) = connected();
     step(&mut s, |s, out| {
-        s.token("t".into(), 100);
+        s.token("t".into(), 100, 0);
         s.subscribe(A, key("x"), out);
         s.subscribe(B, key("y"), out);
         s.subscribe(A, key("z"), out);
@@ -369,7 +369,7 @@ fn keys_released_while_disconnected_are_not_re_added() {
 #[test]
 fn an_auth_error_reaches_every_listener_and_drops_the_token() {
     let (mut s, _) = connected();
-    step(&mut s, |s, _| s.token("t".into(), 10));
+    step(&mut s, |s, _| s.token("t".into(), 10, 0));
     let refused = ServerMessage::AuthError {
         error: "expired".into(),
         base_version: None,
@@ -381,7 +381,7 @@ fn an_auth_error_reaches_every_listener_and_drops_the_token() {
         [(Audience::All, Event::AuthFailed { error, .. })] if error == "expired"
     ));
     // A new token is taken even if it expires earlier than the refused one.
-    let out = step(&mut s, |s, _| s.token("t2".into(), 5));
+    let out = step(&mut s, |s, _| s.token("t2".into(), 5, 0));
     assert!(matches!(
         out.to_convex[..],
         [ClientMessage::Authenticate { .. }]
