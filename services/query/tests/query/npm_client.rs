@@ -68,3 +68,43 @@ async fn convex_npm_client_through_the_proxy() {
     assert_eq!(second["ok"], true, "{second:#}");
     assert_eq!(second["seenAfterRestart"], true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convex_npm_client_sees_its_identity_end_when_the_session_signs_out() {
+    let stack = crate::Stack::start().await;
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
+        .to_string();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("convex-signout.mjs")
+            .arg(arg)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finishes in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {stdout}"));
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["signedIn"], true);
+    assert_eq!(result["signOutStatus"], 200);
+    assert_eq!(result["meAfter"], serde_json::Value::Null);
+    assert_eq!(
+        result["tasksAfter"],
+        json!([]),
+        "no private data after the sign-out"
+    );
+    assert!(result["refusedFetches"].as_u64().unwrap() >= 1, "{result}");
+    println!(
+        "identity ended {} ms after the sign-out",
+        result["identityEndedMs"]
+    );
+}
