@@ -60,10 +60,49 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// Latency and throughput of one load run.
+/// What a response must hold to count as a success.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Expect {
+    /// `{"token": "<a JWT>"}`.
+    Token,
+    /// An HTML page holding every one of these strings (the signed-in user's name and the rows
+    /// of its query results): a page whose queries failed, or that fell back to anonymous, is
+    /// also a 200 and must not count as a render.
+    Page(&'static [&'static str]),
+}
+
+impl Expect {
+    fn check(self, body: &[u8]) -> Result<(), String> {
+        match self {
+            Expect::Token => {
+                let v: serde_json::Value = serde_json::from_slice(body)
+                    .map_err(|_| "the body is not JSON".to_owned())?;
+                match v["token"].as_str() {
+                    Some(t) if t.split('.').count() == 3 => Ok(()),
+                    _ => Err(format!("no token in {}", String::from_utf8_lossy(body))),
+                }
+            }
+            Expect::Page(needles) => {
+                let text = String::from_utf8_lossy(body);
+                match needles.iter().find(|n| !text.contains(**n)) {
+                    None => Ok(()),
+                    Some(missing) => Err(format!("the page lacks {missing:?}")),
+                }
+            }
+        }
+    }
+}
+
+/// One request's outcome: its latency, or why it does not count.
+pub(crate) type Outcome = Result<Duration, String>;
+
+/// Latency and throughput of one load run. Only good responses count as requests; every other
+/// outcome is an error, counted and reported beside them.
 pub(crate) struct Stats {
     pub(crate) requests: usize,
     pub(crate) errors: usize,
+    /// The first error seen, for the report.
+    pub(crate) first_error: Option<String>,
     pub(crate) elapsed: Duration,
     pub(crate) latencies: Vec<Duration>,
 }
@@ -74,13 +113,24 @@ impl Stats {
     }
 
     pub(crate) fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i =
-            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        self.latencies[i].as_secs_f64() * 1000.0
+        percentile_ms(&self.latencies, p)
     }
+
+    /// Says on stderr what the first error was, so an error count never stands unexplained.
+    pub(crate) fn explain(&self, what: &str) {
+        if let Some(e) = &self.first_error {
+            eprintln!("{what}: {} errors, the first: {e}", self.errors);
+        }
+    }
+}
+
+/// Percentile `p` of sorted latencies, in milliseconds (NaN when there are none).
+pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
 }
 
 /// `connections` concurrent keep-alive clients, each with its own session, for `duration`.
@@ -89,6 +139,7 @@ pub(crate) async fn load(
     cookies: &[String],
     connections: usize,
     duration: Duration,
+    expect: Expect,
 ) -> Stats {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
@@ -103,7 +154,7 @@ pub(crate) async fn load(
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             while Instant::now() < deadline {
-                outcomes.push(timed_get(&client, &url, &cookie).await);
+                outcomes.push(timed_get(&client, &url, &cookie, expect).await);
             }
             outcomes
         }));
@@ -111,38 +162,50 @@ pub(crate) async fn load(
     gather(tasks, start).await
 }
 
-/// One GET with the session cookie `value`: its latency, or `None` if it failed.
+/// One GET with the session cookie `value`: its latency, or why it failed.
 pub(crate) async fn timed_get(
     client: &reqwest::Client,
     url: &str,
     value: &str,
-) -> Option<Duration> {
+    expect: Expect,
+) -> Outcome {
     let t = Instant::now();
     let r = client
         .get(url)
         .header("cookie", format!("better-auth.session_token={value}"))
         .send()
         .await
-        .ok()?;
-    (r.status() == 200 && r.bytes().await.is_ok()).then(|| t.elapsed())
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = r.status();
+    let body = r
+        .bytes()
+        .await
+        .map_err(|e| format!("body failed: {e}"))?;
+    let elapsed = t.elapsed();
+    if status != 200 {
+        return Err(format!("status {status}"));
+    }
+    expect.check(&body)?;
+    Ok(elapsed)
 }
 
 /// The outcomes of load tasks as one `Stats`, timed from `start`.
-pub(crate) async fn gather(
-    tasks: Vec<tokio::task::JoinHandle<Vec<Option<Duration>>>>,
-    start: Instant,
-) -> Stats {
+pub(crate) async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>, start: Instant) -> Stats {
     let mut stats = Stats {
         requests: 0,
         errors: 0,
+        first_error: None,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
     };
     for task in tasks {
         for outcome in task.await.expect("load task") {
             match outcome {
-                Some(latency) => stats.latencies.push(latency),
-                None => stats.errors += 1,
+                Ok(latency) => stats.latencies.push(latency),
+                Err(e) => {
+                    stats.errors += 1;
+                    stats.first_error.get_or_insert(e);
+                }
             }
         }
     }
@@ -229,13 +292,39 @@ pub(crate) async fn wait_ready(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// A counter's value in Prometheus text.
-pub(crate) fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
+/// A sample's value in Prometheus text: `family` with `labels` (`""` or `result="miss"`).
+///
+/// The family must be listed: a renamed or missing metric aborts the run rather than reading
+/// as 0. A labelled series the family lacks is 0 (a counter vector lists only the label sets it
+/// has counted); an unlabelled one must be there.
+pub(crate) fn metric(text: &str, family: &str, labels: &str) -> anyhow::Result<f64> {
+    if !text
         .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+        .any(|l| l.strip_prefix("# TYPE ").and_then(|r| r.strip_prefix(family)).is_some_and(|r| r.starts_with(' ')))
+    {
+        bail!("metric {family} is missing from /metrics: the figures that read it would be wrong");
+    }
+    let series = if labels.is_empty() {
+        family.to_owned()
+    } else {
+        format!("{family}{{{labels}}}")
+    };
+    let value = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series.as_str()).and_then(|rest| rest.strip_prefix(' ')));
+    match value {
+        Some(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("metric {series} has the value {v:?}")),
+        None if labels.is_empty() => bail!("metric {family} has no sample in /metrics"),
+        None => Ok(0.0),
+    }
+}
+
+/// How much `family{labels}` moved between two scrapes.
+pub(crate) fn delta(before: &str, after: &str, family: &str, labels: &str) -> anyhow::Result<f64> {
+    Ok(metric(after, family, labels)? - metric(before, family, labels)?)
 }
 
 pub(crate) struct Row {
@@ -293,7 +382,7 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
         .error_for_status()?;
     let cookies = sign_in_sessions(&client, &base, "bench@example.com", args.connections).await?;
     let url = format!("{base}/api/auth/convex/token");
-    load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
+    load(&url, &cookies, args.connections, Duration::from_secs(1), Expect::Token).await;
     let metrics_url = format!("http://127.0.0.1:{http}/metrics");
     let before = client.get(&metrics_url).send().await?.text().await?;
     let stats = load(
@@ -301,14 +390,17 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
         &cookies,
         args.connections,
         Duration::from_secs(args.seconds),
+        Expect::Token,
     )
     .await;
+    stats.explain(&format!("convex-edge {alg}"));
     let after = client.get(&metrics_url).send().await?.text().await?;
-    let tokens = counter(&after, "edge_auth_tokens_issued_total")
-        - counter(&before, "edge_auth_tokens_issued_total");
-    let per = |name: &str| (counter(&after, name) - counter(&before, name)) / tokens.max(1.0);
-    let key_reads = per("edge_auth_jwks_db_reads_total");
-    let session_reads = per("edge_auth_session_db_reads_total");
+    let tokens = delta(&before, &after, "edge_auth_tokens_issued_total", "")?;
+    if tokens < 1.0 {
+        bail!("auth counted no token issued in a run of {} good responses", stats.requests);
+    }
+    let key_reads = delta(&before, &after, "edge_auth_jwks_db_reads_total", "")? / tokens;
+    let session_reads = delta(&before, &after, "edge_auth_session_db_reads_total", "")? / tokens;
     Ok(Row {
         alg: alg.into(),
         server: "convex-edge",
@@ -347,13 +439,15 @@ pub(crate) async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow:
         .collect();
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/api/auth/token");
-    load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
+    load(&url, &cookies, args.connections, Duration::from_secs(1), Expect::Token).await;
     let queries = || async {
         let v: serde_json::Value = reqwest::get(format!("{base}/__bench/queries"))
             .await?
             .json()
             .await?;
-        anyhow::Ok(v["queries"].as_f64().unwrap_or(0.0))
+        v["queries"]
+            .as_f64()
+            .context("the peer's /__bench/queries has no `queries` count")
     };
     let before = queries().await?;
     let stats = load(
@@ -361,10 +455,15 @@ pub(crate) async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow:
         &cookies,
         args.connections,
         Duration::from_secs(args.seconds),
+        Expect::Token,
     )
     .await;
+    stats.explain(&format!("better-auth {alg}"));
     let after = queries().await?;
-    let per = (after - before) / (stats.requests.max(1) as f64);
+    if stats.requests == 0 {
+        bail!("better-auth answered no token request in the run");
+    }
+    let per = (after - before) / stats.requests as f64;
     drop(child);
     Ok(Row {
         alg: alg.into(),
