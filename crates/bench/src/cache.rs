@@ -318,7 +318,14 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         ] {
             eprintln!("running {what} with cache {name}");
             let url = format!("{base}{path}");
-            load(&url, sessions, args.connections, Duration::from_secs(1), expect).await;
+            load(
+                &url,
+                sessions,
+                args.connections,
+                Duration::from_secs(1),
+                expect,
+            )
+            .await;
             let before = scrape(&format!("{base}/metrics")).await?;
             let stats = load(&url, sessions, args.connections, seconds, expect).await;
             let after = scrape(&format!("{base}/metrics")).await?;
@@ -417,6 +424,13 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_dir_all(&pages);
     print(&rows, peer.as_ref(), &args);
+    let errors: usize = rows.iter().map(|r| r.stats.errors).sum::<usize>()
+        + peer.as_ref().map_or(0, |p| p.stats.errors);
+    if errors > 0 {
+        bail!(
+            "{errors} requests did not get what they asked for (see the errors column and the first error of each row above)"
+        );
+    }
     Ok(())
 }
 

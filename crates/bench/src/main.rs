@@ -2,15 +2,23 @@
 //!
 //! - `edge-bench tokens`: the token endpoint of convex-edge (auth + gateway, release binaries,
 //!   Postgres) against the real better-auth (npm, Postgres, jwt plugin) on the same machine, per
-//!   algorithm. Prints throughput, client-side latency and database reads per token.
+//!   algorithm. Prints throughput, client-side latency, errors and database reads per token.
 //!   Options: `--seconds N --connections N --algs RS256,ES256,EdDSA --no-peer`.
 //! - `edge-bench cache`: the token endpoint and an SSR page with one authenticated query
 //!   through three gateways (token cache off, memory, Redis) with the better-auth token endpoint
-//!   as the reference. Options: `--seconds N --connections N --redis URL --no-peer`.
-//! - `edge-bench sync`: N WebSocket clients on one query, directly on devconvex and through the
-//!   query service: upstream subscriptions, executions per change, change-to-client latency,
-//!   resident memory per idle client; and HTTP query overhead. Options: `--clients 1000,10000
-//!   --changes N --http N`.
+//!   as the reference. Options: `--seconds N --connections N --redis URL --linger S --no-peer`.
+//! - `edge-bench sync`: N WebSocket clients on one query, on devconvex directly and through the
+//!   query service, anonymous and signed in as many users (a shared function and a per-user
+//!   one): upstream subscriptions, executions per change, change-to-client latency and missed
+//!   updates, resident memory per idle client (a fresh process per row); and HTTP query
+//!   overhead. Options: `--clients 1000,10000 --changes N --http N --users N` (`--users 0`:
+//!   anonymous rows only).
+//!
+//! What a figure means: a request counts only if its response holds what it should (a token;
+//! the page with the signed-in user's name and its query's rows), every other outcome is an
+//! error printed beside it, and a run with errors or missed updates exits non-zero after
+//! printing. A metric the run reads that is not exported, or a memory figure that cannot be
+//! read, stops the run with its name instead of reading as 0.
 
 mod cache;
 mod sync;
@@ -75,8 +83,8 @@ impl Expect {
     fn check(self, body: &[u8]) -> Result<(), String> {
         match self {
             Expect::Token => {
-                let v: serde_json::Value = serde_json::from_slice(body)
-                    .map_err(|_| "the body is not JSON".to_owned())?;
+                let v: serde_json::Value =
+                    serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_owned())?;
                 match v["token"].as_str() {
                     Some(t) if t.split('.').count() == 3 => Ok(()),
                     _ => Err(format!("no token in {}", String::from_utf8_lossy(body))),
@@ -177,10 +185,7 @@ pub(crate) async fn timed_get(
         .await
         .map_err(|e| format!("request failed: {e}"))?;
     let status = r.status();
-    let body = r
-        .bytes()
-        .await
-        .map_err(|e| format!("body failed: {e}"))?;
+    let body = r.bytes().await.map_err(|e| format!("body failed: {e}"))?;
     let elapsed = t.elapsed();
     if status != 200 {
         return Err(format!("status {status}"));
@@ -190,7 +195,10 @@ pub(crate) async fn timed_get(
 }
 
 /// The outcomes of load tasks as one `Stats`, timed from `start`.
-pub(crate) async fn gather(tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>, start: Instant) -> Stats {
+pub(crate) async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
+    start: Instant,
+) -> Stats {
     let mut stats = Stats {
         requests: 0,
         errors: 0,
@@ -298,10 +306,11 @@ pub(crate) async fn wait_ready(url: &str) -> anyhow::Result<()> {
 /// as 0. A labelled series the family lacks is 0 (a counter vector lists only the label sets it
 /// has counted); an unlabelled one must be there.
 pub(crate) fn metric(text: &str, family: &str, labels: &str) -> anyhow::Result<f64> {
-    if !text
-        .lines()
-        .any(|l| l.strip_prefix("# TYPE ").and_then(|r| r.strip_prefix(family)).is_some_and(|r| r.starts_with(' ')))
-    {
+    if !text.lines().any(|l| {
+        l.strip_prefix("# TYPE ")
+            .and_then(|r| r.strip_prefix(family))
+            .is_some_and(|r| r.starts_with(' '))
+    }) {
         bail!("metric {family} is missing from /metrics: the figures that read it would be wrong");
     }
     let series = if labels.is_empty() {
@@ -309,9 +318,10 @@ pub(crate) fn metric(text: &str, family: &str, labels: &str) -> anyhow::Result<f
     } else {
         format!("{family}{{{labels}}}")
     };
-    let value = text
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()).and_then(|rest| rest.strip_prefix(' ')));
+    let value = text.lines().find_map(|l| {
+        l.strip_prefix(series.as_str())
+            .and_then(|rest| rest.strip_prefix(' '))
+    });
     match value {
         Some(v) => v
             .trim()
@@ -382,7 +392,14 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
         .error_for_status()?;
     let cookies = sign_in_sessions(&client, &base, "bench@example.com", args.connections).await?;
     let url = format!("{base}/api/auth/convex/token");
-    load(&url, &cookies, args.connections, Duration::from_secs(1), Expect::Token).await;
+    load(
+        &url,
+        &cookies,
+        args.connections,
+        Duration::from_secs(1),
+        Expect::Token,
+    )
+    .await;
     let metrics_url = format!("http://127.0.0.1:{http}/metrics");
     let before = client.get(&metrics_url).send().await?.text().await?;
     let stats = load(
@@ -397,7 +414,10 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
     let after = client.get(&metrics_url).send().await?.text().await?;
     let tokens = delta(&before, &after, "edge_auth_tokens_issued_total", "")?;
     if tokens < 1.0 {
-        bail!("auth counted no token issued in a run of {} good responses", stats.requests);
+        bail!(
+            "auth counted no token issued in a run of {} good responses",
+            stats.requests
+        );
     }
     let key_reads = delta(&before, &after, "edge_auth_jwks_db_reads_total", "")? / tokens;
     let session_reads = delta(&before, &after, "edge_auth_session_db_reads_total", "")? / tokens;
@@ -439,7 +459,14 @@ pub(crate) async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow:
         .collect();
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/api/auth/token");
-    load(&url, &cookies, args.connections, Duration::from_secs(1), Expect::Token).await;
+    load(
+        &url,
+        &cookies,
+        args.connections,
+        Duration::from_secs(1),
+        Expect::Token,
+    )
+    .await;
     let queries = || async {
         let v: serde_json::Value = reqwest::get(format!("{base}/__bench/queries"))
             .await?
@@ -549,5 +576,9 @@ async fn tokens(bin: &Path, args: Args) -> anyhow::Result<()> {
         }
     }
     print(&rows, &args);
+    let errors: usize = rows.iter().map(|r| r.stats.errors).sum();
+    if errors > 0 {
+        bail!("{errors} token requests failed (see the errors column above)");
+    }
     Ok(())
 }

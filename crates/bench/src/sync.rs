@@ -116,7 +116,8 @@ async fn client(
     let connect = json!({"type": "Connect", "sessionId": "bench", "connectionCount": 0, "lastCloseReason": null});
     sink.send(Message::Text(connect.to_string().into())).await?;
     if let Some(token) = &plan.token {
-        let auth = json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token});
+        let auth =
+            json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token});
         sink.send(Message::Text(auth.to_string().into())).await?;
     }
     let mut adds = vec![
@@ -126,7 +127,8 @@ async fn client(
         adds.push(json!({"type": "Add", "queryId": 1, "udfPath": "tasks:list", "args": [{}]}));
     }
     let wanted = adds.len();
-    let add = json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": adds});
+    let add =
+        json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": adds});
     sink.send(Message::Text(add.to_string().into())).await?;
     let mut first_values = BTreeSet::new();
     let mut recorded = 0usize;
@@ -248,7 +250,10 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         ("QUERY_HTTP_ADDR", format!("127.0.0.1:{qh}")),
         ("QUERY_GRPC_ADDR", format!("127.0.0.1:{qg}")),
         // As `dev` sets it: the messages are the same for everyone, tasks are per user.
-        ("QUERY_SHARED_FUNCTIONS", "messages:list,config:get".to_owned()),
+        (
+            "QUERY_SHARED_FUNCTIONS",
+            "messages:list,config:get".to_owned(),
+        ),
         ("RUST_LOG", "error".to_owned()),
     ];
     let mut children = Vec::new();
@@ -351,7 +356,12 @@ async fn run_clients(
     changes: usize,
 ) -> anyhow::Result<Row> {
     let stack = start(bin).await?;
-    let writer = token_for(&reqwest::Client::new(), &stack.gateway, "writer@example.com").await?;
+    let writer = token_for(
+        &reqwest::Client::new(),
+        &stack.gateway,
+        "writer@example.com",
+    )
+    .await?;
     let user_tokens = tokens(&stack, users).await?;
     let (base, pid) = match target {
         Target::Devconvex => (&stack.devconvex, stack.devconvex_pid),
@@ -404,13 +414,21 @@ async fn run_clients(
             .await?
         }
         Target::Devconvex => {
-            wait_gauge(base, "devconvex_subscriptions", n as f64 * queries_per_client).await?
+            wait_gauge(
+                base,
+                "devconvex_subscriptions",
+                n as f64 * queries_per_client,
+            )
+            .await?
         }
     }
     let kib_per_client = (rss_kib(pid)?.saturating_sub(rss_before)) as f64 / n as f64;
     let before = metrics(&stack.devconvex).await?;
     let upstream_subscriptions = metric(&before, "devconvex_subscriptions", "")?;
-    let exec = ("devconvex_function_executions_total", "path=\"messages:list\"");
+    let exec = (
+        "devconvex_function_executions_total",
+        "path=\"messages:list\"",
+    );
     let http = reqwest::Client::new();
     let mut latencies = Vec::new();
     for i in 0..changes {
@@ -560,5 +578,9 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         http[1].1,
         http[1].0 - http[0].0
     );
+    let missed: usize = rows.iter().map(|r| r.missed).sum();
+    if missed > 0 {
+        bail!("{missed} client updates were missed (see the missed column above)");
+    }
     Ok(())
 }

@@ -232,8 +232,14 @@ mod tests {
                 n == 1
             }
         };
-        assert!(!exists(dead).await, "the ended process's database is dropped");
-        assert!(exists(live.name.clone()).await, "a live process's database stays");
+        assert!(
+            !exists(dead).await,
+            "the ended process's database is dropped"
+        );
+        assert!(
+            exists(live.name.clone()).await,
+            "a live process's database stays"
+        );
     }
 
     #[tokio::test]

@@ -137,12 +137,17 @@ fn sign_any(claims: serde_json::Value) -> (String, Verifier) {
     use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
     let pair = Ed25519KeyPair::generate().unwrap();
     let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
-    let jwks = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]});
+    let jwks =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]});
     let verifier = Verifier::from_jwks_value(&jwks)
         .unwrap()
         .with_issuer("https://issuer")
         .with_audience("convex");
-    let input = format!("{}.{}", enc(json!({"alg": "EdDSA", "kid": "k1"})), enc(claims));
+    let input = format!(
+        "{}.{}",
+        enc(json!({"alg": "EdDSA", "kid": "k1"})),
+        enc(claims)
+    );
     let signature = URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes()).as_ref());
     (format!("{input}.{signature}"), verifier)
 }

@@ -106,7 +106,10 @@ async fn identities_never_see_each_others_data_even_under_churn() {
             for round in 0..5u32 {
                 c.subscribe(round, "tasks:list", json!({}));
                 if round % 2 == 0 {
-                    c.mutation("tasks:add", json!({"text": format!("{mine} churn {i}.{round}")}));
+                    c.mutation(
+                        "tasks:add",
+                        json!({"text": format!("{mine} churn {i}.{round}")}),
+                    );
                 }
                 c.until("a value", |v| v.values.contains_key(&u64::from(round)))
                     .await;

@@ -39,13 +39,25 @@ async fn upstream_killed_and_restarted_mid_stream_heals_without_errors() {
         },
     );
     old.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The new backend trusts the same auth.
+    // Down for real: the old backend has closed every subscription the proxy held on it.
+    let old_engine = stack.devconvex_engine.clone();
+    eventually("the old backend to close its sockets", || {
+        old_engine.stats.subscriptions() == 0
+    })
+    .await;
+    // The new backend trusts the same auth; it binds the port as soon as the OS lets it.
     let config = crate::devconvex_config(stack.auth_http, addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let app = loop {
         match edge_devconvex::Application::build(config.clone()).await {
             Ok(app) => break app,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "devconvex could not bind {addr} again: {e:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
         }
     };
     stack.devconvex_engine = app.engine();
