@@ -204,6 +204,10 @@ fn write_pages(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
+    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
+    if args.peer && !node_dir.join("node_modules/better-auth").is_dir() {
+        bail!("the peer needs npm packages: npm ci --prefix tests/node");
+    }
     let db = fresh_database("edge_bench_cache").await?;
     let (grpc, http, dc, qh, qg) = (
         free_port(),
@@ -410,8 +414,6 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     rows.push(l2_row);
     let peer = if args.peer {
         eprintln!("running better-auth RS256");
-        let node_dir =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
         let crate_args = crate::Args {
             seconds: args.seconds,
             connections: args.connections,
