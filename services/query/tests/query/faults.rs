@@ -38,13 +38,9 @@ async fn upstream_killed_and_restarted_mid_stream_heals_without_errors() {
             task: None,
         },
     );
+    // `stop` returns once the old backend has shut down; nothing else is waited for (the proxy
+    // meets a dead port, then a new backend, whenever it next tries).
     old.stop().await;
-    // Down for real: the old backend has closed every subscription the proxy held on it.
-    let old_engine = stack.devconvex_engine.clone();
-    eventually("the old backend to close its sockets", || {
-        old_engine.stats.subscriptions() == 0
-    })
-    .await;
     // The new backend trusts the same auth; it binds the port as soon as the OS lets it.
     let config = crate::devconvex_config(stack.auth_http, addr);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
