@@ -562,3 +562,63 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(counts: &[(&str, u64)]) -> String {
+        let mut text = "# TYPE edge_gateway_request_duration_seconds histogram\n".to_owned();
+        for (le, n) in counts {
+            text.push_str(&format!(
+                "edge_gateway_request_duration_seconds_bucket{{route=\"/x\",le=\"{le}\"}} {n}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn a_quantile_is_the_bucket_it_falls_in() {
+        let before = scrape(&[("0.00001", 0), ("0.00002", 0), ("0.00003", 0), ("+Inf", 0)]);
+        let after = scrape(&[
+            ("0.00001", 10),
+            ("0.00002", 60),
+            ("0.00003", 100),
+            ("+Inf", 100),
+        ]);
+        let q = server_quantile(&before, &after, "/x", 0.5).unwrap();
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(
+            near(q.lower, 0.01) && near(q.upper, 0.02),
+            "{} {}",
+            q.lower,
+            q.upper
+        );
+        assert!(q.interpolated > 0.01 && q.interpolated <= 0.02);
+        let q = server_quantile(&before, &after, "/x", 0.99).unwrap();
+        assert!(
+            near(q.lower, 0.02) && near(q.upper, 0.03),
+            "{} {}",
+            q.lower,
+            q.upper
+        );
+        // A route the run never reached, or no histogram at all, is an error.
+        assert!(server_quantile(&before, &after, "/y", 0.5).is_err());
+        assert!(server_quantile("", "", "/x", 0.5).is_err());
+        assert_eq!(
+            ratio_bounds(
+                Quantile {
+                    interpolated: 6.0,
+                    lower: 5.0,
+                    upper: 7.5
+                },
+                Quantile {
+                    interpolated: 0.02,
+                    lower: 0.015,
+                    upper: 0.02
+                },
+            ),
+            "250.0x to 500.0x"
+        );
+    }
+}

@@ -582,3 +582,39 @@ async fn tokens(bin: &Path, args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# HELP a_total a\n# TYPE a_total counter\na_total 3\n\
+        # HELP v_total v\n# TYPE v_total counter\nv_total{result=\"hit\"} 7\n";
+
+    #[test]
+    fn a_metric_not_exported_stops_the_run() {
+        assert_eq!(metric(TEXT, "a_total", "").unwrap(), 3.0);
+        assert_eq!(metric(TEXT, "v_total", "result=\"hit\"").unwrap(), 7.0);
+        // A label set the family has not counted yet is 0; a family that is not there is an
+        // error, never 0.
+        assert_eq!(metric(TEXT, "v_total", "result=\"miss\"").unwrap(), 0.0);
+        let err = metric(TEXT, "renamed_total", "").unwrap_err().to_string();
+        assert!(err.contains("renamed_total is missing"), "{err}");
+        assert!(metric(TEXT, "a", "").is_err(), "a prefix is not the family");
+        assert!(metric("# TYPE a_total counter\n", "a_total", "").is_err());
+    }
+
+    #[test]
+    fn a_response_counts_only_when_its_body_holds_what_it_should() {
+        assert!(Expect::Token.check(br#"{"token":"a.b.c"}"#).is_ok());
+        assert!(Expect::Token.check(br#"{"token":null}"#).is_err());
+        assert!(Expect::Token.check(b"<html>").is_err());
+        let page = Expect::Page(&["<h1>Bench</h1>", "<li>ship it</li>"]);
+        assert!(
+            page.check(b"<h1>Bench</h1><ul><li>ship it</li></ul>")
+                .is_ok()
+        );
+        // Anonymous, or the query failed: still a 200, not a render.
+        assert!(page.check(b"<h1></h1><ul></ul>").is_err());
+        assert!(page.check(b"<h1>Bench</h1><ul></ul>").is_err());
+    }
+}

@@ -584,3 +584,13 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unreadable_memory_figure_is_an_error() {
+        assert!(super::rss_kib(std::process::id()).unwrap() > 0);
+        // Above the kernel's largest pid: no such process.
+        assert!(super::rss_kib(4_194_305).is_err());
+    }
+}
