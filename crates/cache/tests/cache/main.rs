@@ -132,20 +132,42 @@ async fn tokens_near_expiry_are_never_stored_or_served() {
 async fn two_hundred_concurrent_first_requests_make_one_issue_call() {
     let c = Arc::new(cache(Some(edge_testkit::redis_url())));
     let (_, key) = cookie();
-    let calls = Arc::new(AtomicUsize::new(0));
+    let (calls, started) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // The issue call is held open until every request has started, so all 200 meet it in flight.
+    let (release, released) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..200 {
-        let (c, key, calls) = (c.clone(), key.clone(), calls.clone());
+        let (c, key, calls, started) = (c.clone(), key.clone(), calls.clone(), started.clone());
+        let mut released = released.clone();
         tasks.push(tokio::spawn(async move {
+            started.fetch_add(1, Ordering::SeqCst);
             c.get_or_issue(&key, move || async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = released.wait_for(|r| *r).await;
                 Ok(token(900))
             })
             .await
             .unwrap()
         }));
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never all started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Release once the issue call has begun: every request started before it, so each one
+    // either joins that flight or finds its result, and a second issue call means no flight.
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request reached the issuer"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send_replace(true);
     let mut jwts = std::collections::HashSet::new();
     for t in tasks {
         jwts.insert(t.await.unwrap().0.jwt);
