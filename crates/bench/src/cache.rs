@@ -7,13 +7,23 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::process::Command;
 
 use crate::{
-    PASSWORD, SECRET, Stats, counter, free_port, fresh_database, gather, load, sign_in_sessions,
-    spawn_quiet, timed_get, wait_ready,
+    Expect, PASSWORD, SECRET, Stats, delta, free_port, fresh_database, gather, load,
+    sign_in_sessions, spawn_quiet, timed_get, wait_ready,
 };
+
+/// What the bench page must hold to count as a render: the signed-in user's name and every
+/// task of its `tasks:list` result (an anonymous render has no name and no tasks; a failed
+/// query, no tasks).
+const PAGE: Expect = Expect::Page(&[
+    "<h1>Bench</h1>",
+    "<li>write the benchmark</li>",
+    "<li>read the figures</li>",
+    "<li>ship it</li>",
+]);
 
 /// Sessions whose first request on a fresh gateway measures L2 hits.
 const L2_SESSIONS: usize = 600;
@@ -21,6 +31,7 @@ const L2_WARMUP: usize = 100;
 
 /// One request per session (cookie values), `connections` at a time.
 async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats {
+    let expect = Expect::Token;
     let client = reqwest::Client::new();
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
@@ -29,7 +40,7 @@ async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats 
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::with_capacity(chunk.len());
             for cookie in chunk {
-                outcomes.push(timed_get(&client, &url, &cookie).await);
+                outcomes.push(timed_get(&client, &url, &cookie, expect).await);
             }
             outcomes
         }));
@@ -72,14 +83,25 @@ impl Args {
     }
 }
 
-/// Quantile `q` of a route's latency, from the difference of two histogram scrapes,
-/// interpolated within a bucket as Prometheus' `histogram_quantile` does. Milliseconds.
-fn server_quantile(before: &str, after: &str, route: &str, q: f64) -> f64 {
+/// A quantile of the gateway's TTFB histogram: interpolated within its bucket as Prometheus'
+/// `histogram_quantile` does, and the bucket's bounds, which are all the histogram knows.
+/// Milliseconds.
+#[derive(Clone, Copy)]
+struct Quantile {
+    interpolated: f64,
+    lower: f64,
+    upper: f64,
+}
+
+/// Quantile `q` of a route's latency, from the difference of two histogram scrapes. A missing
+/// histogram or a route it did not count is an error, never a figure.
+fn server_quantile(before: &str, after: &str, route: &str, q: f64) -> anyhow::Result<Quantile> {
+    const FAMILY: &str = "edge_gateway_request_duration_seconds";
     let buckets = |text: &str| -> Vec<(f64, f64)> {
-        let prefix = "edge_gateway_request_duration_seconds_bucket{";
+        let prefix = format!("{FAMILY}_bucket{{");
         let route = format!("route=\"{route}\"");
         text.lines()
-            .filter(|l| l.starts_with(prefix) && l.contains(&route))
+            .filter(|l| l.starts_with(&prefix) && l.contains(&route))
             .filter_map(|l| {
                 let le = l.split("le=\"").nth(1)?.split('"').next()?;
                 let le = if le == "+Inf" {
@@ -92,6 +114,9 @@ fn server_quantile(before: &str, after: &str, route: &str, q: f64) -> f64 {
             })
             .collect()
     };
+    if !after.contains(&format!("# TYPE {FAMILY} histogram")) {
+        bail!("metric {FAMILY} is missing from the gateway's /metrics");
+    }
     let (b, a) = (buckets(before), buckets(after));
     let diff: Vec<(f64, f64)> = a
         .iter()
@@ -101,36 +126,61 @@ fn server_quantile(before: &str, after: &str, route: &str, q: f64) -> f64 {
         })
         .collect();
     let Some(total) = diff.last().map(|(_, n)| *n).filter(|n| *n > 0.0) else {
-        return f64::NAN;
+        bail!("{FAMILY} counted no request of route {route} in the run");
     };
     let rank = q * total;
     let mut lower = (0.0, 0.0);
     for (le, n) in diff {
         if n >= rank {
-            if le.is_infinite() {
-                return lower.0 * 1000.0;
-            }
             let within = if n > lower.1 {
                 (rank - lower.1) / (n - lower.1)
             } else {
                 1.0
             };
-            return (lower.0 + (le - lower.0) * within) * 1000.0;
+            let interpolated = if le.is_infinite() {
+                lower.0
+            } else {
+                lower.0 + (le - lower.0) * within
+            };
+            return Ok(Quantile {
+                interpolated: interpolated * 1000.0,
+                lower: lower.0 * 1000.0,
+                upper: le * 1000.0,
+            });
         }
         lower = (le, n);
     }
-    f64::NAN
+    bail!("{FAMILY} of route {route} has no +Inf bucket")
 }
 
 struct Row {
     what: &'static str,
     cache: &'static str,
     stats: Stats,
-    server_p50: f64,
-    server_p99: f64,
+    server_p50: Quantile,
+    server_p99: Quantile,
     outcomes: String,
-    /// Page queries served from a live watch and fetched (`edge_gateway_page_queries_total`).
-    page_queries: (f64, f64),
+    /// Page queries served from a live watch with a value, from a watch with an error, and
+    /// fetched (`edge_gateway_page_queries_total`, `edge_gateway_page_query_errors_total`).
+    page_queries: (f64, f64, f64),
+}
+
+/// Token cache outcomes between two scrapes, as `l1/l2/miss`.
+fn cache_outcomes(before: &str, after: &str) -> anyhow::Result<String> {
+    let outcome = |result: &str| {
+        delta(
+            before,
+            after,
+            "edge_gateway_token_cache_total",
+            &format!("result=\"{result}\""),
+        )
+    };
+    Ok(format!(
+        "{:.0}/{:.0}/{:.0}",
+        outcome("l1_hit")?,
+        outcome("l2_hit")?,
+        outcome("miss")?
+    ))
 }
 
 async fn scrape(url: &str) -> anyhow::Result<String> {
@@ -154,6 +204,10 @@ fn write_pages(dir: &Path) -> anyhow::Result<()> {
 }
 
 pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
+    let node_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
+    if args.peer && !node_dir.join("node_modules/better-auth").is_dir() {
+        bail!("the peer needs npm packages: npm ci --prefix tests/node");
+    }
     let db = fresh_database("edge_bench_cache").await?;
     let (grpc, http, dc, qh, qg) = (
         free_port(),
@@ -262,37 +316,46 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for (i, (name, base, _)) in gateways.iter().enumerate() {
         let sessions = &cookies[i * args.connections..(i + 1) * args.connections];
-        for (what, path) in [("token", "/api/auth/convex/token"), ("SSR page", "/bench")] {
+        for (what, path, expect) in [
+            ("token", "/api/auth/convex/token", Expect::Token),
+            ("SSR page", "/bench", PAGE),
+        ] {
             eprintln!("running {what} with cache {name}");
             let url = format!("{base}{path}");
-            load(&url, sessions, args.connections, Duration::from_secs(1)).await;
+            load(
+                &url,
+                sessions,
+                args.connections,
+                Duration::from_secs(1),
+                expect,
+            )
+            .await;
             let before = scrape(&format!("{base}/metrics")).await?;
-            let stats = load(&url, sessions, args.connections, seconds).await;
+            let stats = load(&url, sessions, args.connections, seconds, expect).await;
             let after = scrape(&format!("{base}/metrics")).await?;
-            let outcome = |result: &str| {
-                let series = format!("edge_gateway_token_cache_total{{result=\"{result}\"}}");
-                counter(&after, &series) - counter(&before, &series)
-            };
+            stats.explain(&format!("{what} with cache {name}"));
             let outcomes = if *name == "off" {
                 "-".to_owned()
             } else {
-                format!(
-                    "{:.0}/{:.0}/{:.0}",
-                    outcome("l1_hit"),
-                    outcome("l2_hit"),
-                    outcome("miss")
-                )
+                cache_outcomes(&before, &after)?
             };
-            let source = |source: &str| {
-                let series = format!("edge_gateway_page_queries_total{{source=\"{source}\"}}");
-                counter(&after, &series) - counter(&before, &series)
+            let page_queries = if what == "SSR page" {
+                let count = |family: &str, source: &str| {
+                    delta(&before, &after, family, &format!("source=\"{source}\""))
+                };
+                let watched = count("edge_gateway_page_queries_total", "watch")?;
+                let watch_errors = count("edge_gateway_page_query_errors_total", "watch")?;
+                let fetched = count("edge_gateway_page_queries_total", "fetch")?;
+                (watched - watch_errors, watch_errors, fetched)
+            } else {
+                (0.0, 0.0, 0.0)
             };
             rows.push(Row {
-                page_queries: (source("watch"), source("fetch")),
+                page_queries,
                 what,
                 cache: name,
-                server_p50: server_quantile(&before, &after, path, 0.50),
-                server_p99: server_quantile(&before, &after, path, 0.99),
+                server_p50: server_quantile(&before, &after, path, 0.50)?,
+                server_p99: server_quantile(&before, &after, path, 0.99)?,
                 stats,
                 outcomes,
             });
@@ -336,31 +399,21 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         )
         .await;
         let after = scrape(&format!("{fresh}/metrics")).await?;
-        let outcome = |result: &str| {
-            let series = format!("edge_gateway_token_cache_total{{result=\"{result}\"}}");
-            counter(&after, &series) - counter(&before, &series)
-        };
+        stats.explain("token L2 hits");
         let path = "/api/auth/convex/token";
         Row {
-            page_queries: (0.0, 0.0),
+            page_queries: (0.0, 0.0, 0.0),
             what: "token",
             cache: "redis, L2 hit",
-            server_p50: server_quantile(&before, &after, path, 0.50),
-            server_p99: server_quantile(&before, &after, path, 0.99),
+            server_p50: server_quantile(&before, &after, path, 0.50)?,
+            server_p99: server_quantile(&before, &after, path, 0.99)?,
             stats,
-            outcomes: format!(
-                "{:.0}/{:.0}/{:.0}",
-                outcome("l1_hit"),
-                outcome("l2_hit"),
-                outcome("miss")
-            ),
+            outcomes: cache_outcomes(&before, &after)?,
         }
     };
     rows.push(l2_row);
     let peer = if args.peer {
         eprintln!("running better-auth RS256");
-        let node_dir =
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/node");
         let crate_args = crate::Args {
             seconds: args.seconds,
             connections: args.connections,
@@ -373,7 +426,34 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     };
     let _ = std::fs::remove_dir_all(&pages);
     print(&rows, peer.as_ref(), &args);
+    let errors: usize = rows.iter().map(|r| r.stats.errors).sum::<usize>()
+        + peer.as_ref().map_or(0, |p| p.stats.errors);
+    if errors > 0 {
+        bail!(
+            "{errors} requests did not get what they asked for (see the errors column and the first error of each row above)"
+        );
+    }
     Ok(())
+}
+
+/// A histogram bucket `(lower, upper]` in milliseconds.
+fn bucket(q: Quantile) -> String {
+    format!("({}, {}]", trim(q.lower), trim(q.upper))
+}
+
+fn trim(ms: f64) -> String {
+    let s = format!("{ms:.3}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
+}
+
+/// How many times lower `cached` is than `uncached`, as the bounds their buckets allow.
+fn ratio_bounds(uncached: Quantile, cached: Quantile) -> String {
+    let low = uncached.lower / cached.upper;
+    if cached.lower > 0.0 {
+        format!("{low:.1}x to {:.1}x", uncached.upper / cached.lower)
+    } else {
+        format!("at least {low:.1}x")
+    }
 }
 
 fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
@@ -381,16 +461,23 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
         "\nToken endpoint and SSR page (one authenticated query), RS256, {} connections, {} s per run",
         args.connections, args.seconds
     );
-    println!("client: latency to the whole response; server: the gateway's TTFB histogram\n");
     println!(
-        "{:<9} {:<19} {:>9} {:>8} {:>8} {:>10} {:>10} {:>7} {:>16} {:>9}",
+        "client: latency to the whole response; server: the gateway's TTFB histogram, interpolated, with its bucket"
+    );
+    println!(
+        "a request counts only if its body holds what it should (a token; the user's name and tasks); the rest are errors\n"
+    );
+    println!(
+        "{:<9} {:<19} {:>9} {:>8} {:>8} {:>8} {:>16} {:>8} {:>16} {:>7} {:>16} {:>9}",
         "what",
         "cache",
         "req/s",
         "p50 ms",
         "p99 ms",
         "srv p50",
+        "bucket",
         "srv p99",
+        "bucket",
         "errors",
         "l1/l2/miss",
         "vs peer"
@@ -404,14 +491,16 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
             _ => "-".into(),
         };
         println!(
-            "{:<9} {:<19} {:>9.0} {:>8.2} {:>8.2} {:>10.3} {:>10.3} {:>7} {:>16} {:>9}",
+            "{:<9} {:<19} {:>9.0} {:>8.2} {:>8.2} {:>8.3} {:>16} {:>8.3} {:>16} {:>7} {:>16} {:>9}",
             row.what,
             row.cache,
             row.stats.rps(),
             row.stats.percentile_ms(0.50),
             row.stats.percentile_ms(0.99),
-            row.server_p50,
-            row.server_p99,
+            row.server_p50.interpolated,
+            bucket(row.server_p50),
+            row.server_p99.interpolated,
+            bucket(row.server_p99),
             row.stats.errors,
             row.outcomes,
             ratio
@@ -419,14 +508,16 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
     }
     if let Some(p) = peer {
         println!(
-            "{:<9} {:<19} {:>9.0} {:>8.2} {:>8.2} {:>10} {:>10} {:>7} {:>16} {:>9}",
+            "{:<9} {:<19} {:>9.0} {:>8.2} {:>8.2} {:>8} {:>16} {:>8} {:>16} {:>7} {:>16} {:>9}",
             "token",
             p.server,
             p.stats.rps(),
             p.stats.percentile_ms(0.50),
             p.stats.percentile_ms(0.99),
             "-",
+            "",
             "-",
+            "",
             p.stats.errors,
             "-",
             "1.0x"
@@ -437,17 +528,17 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
             .find(|r| r.what == "SSR page" && r.cache == cache)
     };
     if let (Some(off), Some(mem), Some(redis)) = (ssr("off"), ssr("memory"), ssr("redis")) {
+        println!(
+            "\nSSR TTFB p50, uncached vs cached token, server-side (bucket bounds): uncached {} ms; memory {} ms ({} lower); Redis {} ms ({} lower)",
+            bucket(off.server_p50),
+            bucket(mem.server_p50),
+            ratio_bounds(off.server_p50, mem.server_p50),
+            bucket(redis.server_p50),
+            ratio_bounds(off.server_p50, redis.server_p50),
+        );
         let client = |r: &Row| r.stats.percentile_ms(0.50);
         println!(
-            "\nSSR TTFB p50, uncached vs cached token: server-side {:.3} ms vs memory {:.3} ms ({:.1}x lower), Redis {:.3} ms ({:.1}x lower)",
-            off.server_p50,
-            mem.server_p50,
-            off.server_p50 / mem.server_p50,
-            redis.server_p50,
-            off.server_p50 / redis.server_p50
-        );
-        println!(
-            "                                        client-side {:.3} ms vs memory {:.3} ms ({:.1}x lower), Redis {:.3} ms ({:.1}x lower)",
+            "SSR p50, client-side: uncached {:.3} ms; memory {:.3} ms ({:.1}x lower); Redis {:.3} ms ({:.1}x lower)",
             client(off),
             client(mem),
             client(off) / client(mem),
@@ -455,14 +546,79 @@ fn print(rows: &[Row], peer: Option<&crate::Row>, args: &Args) {
             client(off) / client(redis)
         );
         let watched = |r: &Row| {
-            let (watch, fetch) = r.page_queries;
-            100.0 * watch / (watch + fetch).max(1.0)
+            let (ok, failed, fetched) = r.page_queries;
+            format!(
+                "{:.0}% ({:.0} with an error, {:.0} fetched)",
+                100.0 * ok / (ok + failed + fetched).max(1.0),
+                failed,
+                fetched
+            )
         };
         println!(
-            "page queries served from a live watch: off {:.0}%, memory {:.0}%, Redis {:.0}%",
+            "page queries answered with a value from a live watch: off {}, memory {}, Redis {}",
             watched(off),
             watched(mem),
             watched(redis)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scrape(counts: &[(&str, u64)]) -> String {
+        let mut text = "# TYPE edge_gateway_request_duration_seconds histogram\n".to_owned();
+        for (le, n) in counts {
+            text.push_str(&format!(
+                "edge_gateway_request_duration_seconds_bucket{{route=\"/x\",le=\"{le}\"}} {n}\n"
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn a_quantile_is_the_bucket_it_falls_in() {
+        let before = scrape(&[("0.00001", 0), ("0.00002", 0), ("0.00003", 0), ("+Inf", 0)]);
+        let after = scrape(&[
+            ("0.00001", 10),
+            ("0.00002", 60),
+            ("0.00003", 100),
+            ("+Inf", 100),
+        ]);
+        let q = server_quantile(&before, &after, "/x", 0.5).unwrap();
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(
+            near(q.lower, 0.01) && near(q.upper, 0.02),
+            "{} {}",
+            q.lower,
+            q.upper
+        );
+        assert!(q.interpolated > 0.01 && q.interpolated <= 0.02);
+        let q = server_quantile(&before, &after, "/x", 0.99).unwrap();
+        assert!(
+            near(q.lower, 0.02) && near(q.upper, 0.03),
+            "{} {}",
+            q.lower,
+            q.upper
+        );
+        // A route the run never reached, or no histogram at all, is an error.
+        assert!(server_quantile(&before, &after, "/y", 0.5).is_err());
+        assert!(server_quantile("", "", "/x", 0.5).is_err());
+        assert_eq!(
+            ratio_bounds(
+                Quantile {
+                    interpolated: 6.0,
+                    lower: 5.0,
+                    upper: 7.5
+                },
+                Quantile {
+                    interpolated: 0.02,
+                    lower: 0.015,
+                    upper: 0.02
+                },
+            ),
+            "250.0x to 500.0x"
         );
     }
 }

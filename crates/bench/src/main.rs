@@ -2,18 +2,26 @@
 //!
 //! - `edge-bench tokens`: the token endpoint of convex-edge (auth + gateway, release binaries,
 //!   Postgres) against the real better-auth (npm, Postgres, jwt plugin) on the same machine, per
-//!   algorithm. Prints throughput, client-side latency and database reads per token.
+//!   algorithm. Prints throughput, client-side latency, errors and database reads per token.
 //!   Options: `--seconds N --connections N --algs RS256,ES256,EdDSA --no-peer`.
 //! - `edge-bench cache`: the token endpoint and an SSR page with one authenticated query
 //!   through three gateways (token cache off, memory, Redis) with the better-auth token endpoint
-//!   as the reference. Options: `--seconds N --connections N --redis URL --no-peer`.
-//! - `edge-bench sync`: N WebSocket clients on one query, directly on devconvex and through the
-//!   query service: upstream subscriptions, executions per change, change-to-client latency,
-//!   resident memory per idle client; and HTTP query overhead. Options: `--clients 1000,10000
-//!   --changes N --http N`.
+//!   as the reference. Options: `--seconds N --connections N --redis URL --linger S --no-peer`.
+//! - `edge-bench sync`: N WebSocket clients on one query, on devconvex directly and through the
+//!   query service, anonymous and signed in as many users (a shared function and a per-user
+//!   one): upstream subscriptions, executions per change, change-to-client latency and missed
+//!   updates, resident memory per idle client (a fresh process per row); and HTTP query
+//!   overhead. Options: `--clients 1000,10000 --changes N --http N --users N` (`--users 0`:
+//!   anonymous rows only).
 //! - `edge-bench revocation`: sign-outs through one gateway seen by another under load
 //!   (latency p50/p99), and gateway start-up with a large session log. Options: `--sessions N
 //!   --concurrency N --connections N --log N`.
+//!
+//! What a figure means: a request counts only if its response holds what it should (a token;
+//! the page with the signed-in user's name and its query's rows), every other outcome is an
+//! error printed beside it, and a run with errors or missed updates exits non-zero after
+//! printing. A metric the run reads that is not exported, or a memory figure that cannot be
+//! read, stops the run with its name instead of reading as 0.
 
 mod cache;
 mod revocation;
@@ -64,10 +72,49 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     Ok(args)
 }
 
-/// Latency and throughput of one load run.
+/// What a response must hold to count as a success.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Expect {
+    /// `{"token": "<a JWT>"}`.
+    Token,
+    /// An HTML page holding every one of these strings (the signed-in user's name and the rows
+    /// of its query results): a page whose queries failed, or that fell back to anonymous, is
+    /// also a 200 and must not count as a render.
+    Page(&'static [&'static str]),
+}
+
+impl Expect {
+    fn check(self, body: &[u8]) -> Result<(), String> {
+        match self {
+            Expect::Token => {
+                let v: serde_json::Value =
+                    serde_json::from_slice(body).map_err(|_| "the body is not JSON".to_owned())?;
+                match v["token"].as_str() {
+                    Some(t) if t.split('.').count() == 3 => Ok(()),
+                    _ => Err(format!("no token in {}", String::from_utf8_lossy(body))),
+                }
+            }
+            Expect::Page(needles) => {
+                let text = String::from_utf8_lossy(body);
+                match needles.iter().find(|n| !text.contains(**n)) {
+                    None => Ok(()),
+                    Some(missing) => Err(format!("the page lacks {missing:?}")),
+                }
+            }
+        }
+    }
+}
+
+/// One request's outcome: its latency, or why it does not count.
+pub(crate) type Outcome = Result<Duration, String>;
+
+/// Latency and throughput of one load run. Only good responses count as requests; every other
+/// outcome is an error, counted and reported beside them.
 pub(crate) struct Stats {
     pub(crate) requests: usize,
     pub(crate) errors: usize,
+    /// The first error seen, for the report.
+    pub(crate) first_error: Option<String>,
     pub(crate) elapsed: Duration,
     pub(crate) latencies: Vec<Duration>,
 }
@@ -78,13 +125,24 @@ impl Stats {
     }
 
     pub(crate) fn percentile_ms(&self, p: f64) -> f64 {
-        if self.latencies.is_empty() {
-            return f64::NAN;
-        }
-        let i =
-            ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        self.latencies[i].as_secs_f64() * 1000.0
+        percentile_ms(&self.latencies, p)
     }
+
+    /// Says on stderr what the first error was, so an error count never stands unexplained.
+    pub(crate) fn explain(&self, what: &str) {
+        if let Some(e) = &self.first_error {
+            eprintln!("{what}: {} errors, the first: {e}", self.errors);
+        }
+    }
+}
+
+/// Percentile `p` of sorted latencies, in milliseconds (NaN when there are none).
+pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i].as_secs_f64() * 1000.0
 }
 
 /// `connections` concurrent keep-alive clients, each with its own session, for `duration`.
@@ -93,6 +151,7 @@ pub(crate) async fn load(
     cookies: &[String],
     connections: usize,
     duration: Duration,
+    expect: Expect,
 ) -> Stats {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(connections)
@@ -107,7 +166,7 @@ pub(crate) async fn load(
         tasks.push(tokio::spawn(async move {
             let mut outcomes = Vec::new();
             while Instant::now() < deadline {
-                outcomes.push(timed_get(&client, &url, &cookie).await);
+                outcomes.push(timed_get(&client, &url, &cookie, expect).await);
             }
             outcomes
         }));
@@ -115,38 +174,50 @@ pub(crate) async fn load(
     gather(tasks, start).await
 }
 
-/// One GET with the session cookie `value`: its latency, or `None` if it failed.
+/// One GET with the session cookie `value`: its latency, or why it failed.
 pub(crate) async fn timed_get(
     client: &reqwest::Client,
     url: &str,
     value: &str,
-) -> Option<Duration> {
+    expect: Expect,
+) -> Outcome {
     let t = Instant::now();
     let r = client
         .get(url)
         .header("cookie", format!("better-auth.session_token={value}"))
         .send()
         .await
-        .ok()?;
-    (r.status() == 200 && r.bytes().await.is_ok()).then(|| t.elapsed())
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = r.status();
+    let body = r.bytes().await.map_err(|e| format!("body failed: {e}"))?;
+    let elapsed = t.elapsed();
+    if status != 200 {
+        return Err(format!("status {status}"));
+    }
+    expect.check(&body)?;
+    Ok(elapsed)
 }
 
 /// The outcomes of load tasks as one `Stats`, timed from `start`.
 pub(crate) async fn gather(
-    tasks: Vec<tokio::task::JoinHandle<Vec<Option<Duration>>>>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Outcome>>>,
     start: Instant,
 ) -> Stats {
     let mut stats = Stats {
         requests: 0,
         errors: 0,
+        first_error: None,
         elapsed: Duration::ZERO,
         latencies: Vec::new(),
     };
     for task in tasks {
         for outcome in task.await.expect("load task") {
             match outcome {
-                Some(latency) => stats.latencies.push(latency),
-                None => stats.errors += 1,
+                Ok(latency) => stats.latencies.push(latency),
+                Err(e) => {
+                    stats.errors += 1;
+                    stats.first_error.get_or_insert(e);
+                }
             }
         }
     }
@@ -233,13 +304,41 @@ pub(crate) async fn wait_ready(url: &str) -> anyhow::Result<()> {
     }
 }
 
-/// A counter's value in Prometheus text.
-pub(crate) fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+/// A sample's value in Prometheus text: `family` with `labels` (`""` or `result="miss"`).
+///
+/// The family must be listed: a renamed or missing metric aborts the run rather than reading
+/// as 0. A labelled series the family lacks is 0 (a counter vector lists only the label sets it
+/// has counted); an unlabelled one must be there.
+pub(crate) fn metric(text: &str, family: &str, labels: &str) -> anyhow::Result<f64> {
+    if !text.lines().any(|l| {
+        l.strip_prefix("# TYPE ")
+            .and_then(|r| r.strip_prefix(family))
+            .is_some_and(|r| r.starts_with(' '))
+    }) {
+        bail!("metric {family} is missing from /metrics: the figures that read it would be wrong");
+    }
+    let series = if labels.is_empty() {
+        family.to_owned()
+    } else {
+        format!("{family}{{{labels}}}")
+    };
+    let value = text.lines().find_map(|l| {
+        l.strip_prefix(series.as_str())
+            .and_then(|rest| rest.strip_prefix(' '))
+    });
+    match value {
+        Some(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("metric {series} has the value {v:?}")),
+        None if labels.is_empty() => bail!("metric {family} has no sample in /metrics"),
+        None => Ok(0.0),
+    }
+}
+
+/// How much `family{labels}` moved between two scrapes.
+pub(crate) fn delta(before: &str, after: &str, family: &str, labels: &str) -> anyhow::Result<f64> {
+    Ok(metric(after, family, labels)? - metric(before, family, labels)?)
 }
 
 pub(crate) struct Row {
@@ -297,7 +396,14 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
         .error_for_status()?;
     let cookies = sign_in_sessions(&client, &base, "bench@example.com", args.connections).await?;
     let url = format!("{base}/api/auth/convex/token");
-    load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
+    load(
+        &url,
+        &cookies,
+        args.connections,
+        Duration::from_secs(1),
+        Expect::Token,
+    )
+    .await;
     let metrics_url = format!("http://127.0.0.1:{http}/metrics");
     let before = client.get(&metrics_url).send().await?.text().await?;
     let stats = load(
@@ -305,14 +411,20 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
         &cookies,
         args.connections,
         Duration::from_secs(args.seconds),
+        Expect::Token,
     )
     .await;
+    stats.explain(&format!("convex-edge {alg}"));
     let after = client.get(&metrics_url).send().await?.text().await?;
-    let tokens = counter(&after, "edge_auth_tokens_issued_total")
-        - counter(&before, "edge_auth_tokens_issued_total");
-    let per = |name: &str| (counter(&after, name) - counter(&before, name)) / tokens.max(1.0);
-    let key_reads = per("edge_auth_jwks_db_reads_total");
-    let session_reads = per("edge_auth_session_db_reads_total");
+    let tokens = delta(&before, &after, "edge_auth_tokens_issued_total", "")?;
+    if tokens < 1.0 {
+        bail!(
+            "auth counted no token issued in a run of {} good responses",
+            stats.requests
+        );
+    }
+    let key_reads = delta(&before, &after, "edge_auth_jwks_db_reads_total", "")? / tokens;
+    let session_reads = delta(&before, &after, "edge_auth_session_db_reads_total", "")? / tokens;
     Ok(Row {
         alg: alg.into(),
         server: "convex-edge",
@@ -351,13 +463,22 @@ pub(crate) async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow:
         .collect();
     let base = format!("http://127.0.0.1:{port}");
     let url = format!("{base}/api/auth/token");
-    load(&url, &cookies, args.connections, Duration::from_secs(1)).await;
+    load(
+        &url,
+        &cookies,
+        args.connections,
+        Duration::from_secs(1),
+        Expect::Token,
+    )
+    .await;
     let queries = || async {
         let v: serde_json::Value = reqwest::get(format!("{base}/__bench/queries"))
             .await?
             .json()
             .await?;
-        anyhow::Ok(v["queries"].as_f64().unwrap_or(0.0))
+        v["queries"]
+            .as_f64()
+            .context("the peer's /__bench/queries has no `queries` count")
     };
     let before = queries().await?;
     let stats = load(
@@ -365,10 +486,15 @@ pub(crate) async fn run_peer(node_dir: &Path, alg: &str, args: &Args) -> anyhow:
         &cookies,
         args.connections,
         Duration::from_secs(args.seconds),
+        Expect::Token,
     )
     .await;
+    stats.explain(&format!("better-auth {alg}"));
     let after = queries().await?;
-    let per = (after - before) / (stats.requests.max(1) as f64);
+    if stats.requests == 0 {
+        bail!("better-auth answered no token request in the run");
+    }
+    let per = (after - before) / stats.requests as f64;
     drop(child);
     Ok(Row {
         alg: alg.into(),
@@ -455,5 +581,45 @@ async fn tokens(bin: &Path, args: Args) -> anyhow::Result<()> {
         }
     }
     print(&rows, &args);
+    let errors: usize = rows.iter().map(|r| r.stats.errors).sum();
+    if errors > 0 {
+        bail!("{errors} token requests failed (see the errors column above)");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "# HELP a_total a\n# TYPE a_total counter\na_total 3\n\
+        # HELP v_total v\n# TYPE v_total counter\nv_total{result=\"hit\"} 7\n";
+
+    #[test]
+    fn a_metric_not_exported_stops_the_run() {
+        assert_eq!(metric(TEXT, "a_total", "").unwrap(), 3.0);
+        assert_eq!(metric(TEXT, "v_total", "result=\"hit\"").unwrap(), 7.0);
+        // A label set the family has not counted yet is 0; a family that is not there is an
+        // error, never 0.
+        assert_eq!(metric(TEXT, "v_total", "result=\"miss\"").unwrap(), 0.0);
+        let err = metric(TEXT, "renamed_total", "").unwrap_err().to_string();
+        assert!(err.contains("renamed_total is missing"), "{err}");
+        assert!(metric(TEXT, "a", "").is_err(), "a prefix is not the family");
+        assert!(metric("# TYPE a_total counter\n", "a_total", "").is_err());
+    }
+
+    #[test]
+    fn a_response_counts_only_when_its_body_holds_what_it_should() {
+        assert!(Expect::Token.check(br#"{"token":"a.b.c"}"#).is_ok());
+        assert!(Expect::Token.check(br#"{"token":null}"#).is_err());
+        assert!(Expect::Token.check(b"<html>").is_err());
+        let page = Expect::Page(&["<h1>Bench</h1>", "<li>ship it</li>"]);
+        assert!(
+            page.check(b"<h1>Bench</h1><ul><li>ship it</li></ul>")
+                .is_ok()
+        );
+        // Anonymous, or the query failed: still a 200, not a render.
+        assert!(page.check(b"<h1></h1><ul></ul>").is_err());
+        assert!(page.check(b"<h1>Bench</h1><ul></ul>").is_err());
+    }
 }

@@ -1,6 +1,12 @@
-//! `edge-bench sync`: one query watched by N WebSocket clients, directly on devconvex and
-//! through the query service, in one run; then the HTTP query overhead of the proxy.
+//! `edge-bench sync`: one query watched by N WebSocket clients, on devconvex directly and through
+//! the query service, anonymous and signed in as many users; then the HTTP query overhead of the
+//! proxy.
+//!
+//! Every row runs on a fresh set of processes, so its memory figure is what that many clients
+//! cost a process that served nothing before. A client that does not see a change within 30 s
+//! is counted as missed, beside the latency of those that did.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -11,12 +17,16 @@ use serde_json::{Value, json};
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::{counter, free_port, spawn_quiet, wait_ready};
+use crate::{delta, free_port, metric, percentile_ms, spawn_quiet, wait_ready};
+
+/// How long every client has to see a change before it counts as missed.
+const CHANGE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub struct Args {
     clients: Vec<usize>,
     changes: usize,
     http: usize,
+    users: usize,
 }
 
 impl Args {
@@ -25,6 +35,7 @@ impl Args {
             clients: vec![1000, 10_000],
             changes: 5,
             http: 2000,
+            users: 100,
         };
         while let Some(arg) = it.next() {
             match arg.as_str() {
@@ -38,36 +49,42 @@ impl Args {
                 }
                 "--changes" => args.changes = it.next().context("--changes N")?.parse()?,
                 "--http" => args.http = it.next().context("--http N")?.parse()?,
+                "--users" => args.users = it.next().context("--users N")?.parse()?,
                 other => bail!("unknown argument `{other}`"),
             }
+        }
+        if args.changes == 0 || args.clients.contains(&0) {
+            bail!("--changes and --clients must be at least 1");
         }
         Ok(args)
     }
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:")
-                    .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
-            })
-        })
-        .unwrap_or(0)
+/// Resident memory of a process, in KiB; an unreadable figure aborts the run.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("cannot read /proc/{pid}/status for the memory figure"))?;
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .with_context(|| format!("/proc/{pid}/status has no VmRSS line"))?;
+    line.trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .with_context(|| format!("VmRSS of {pid} is {line:?}"))
 }
 
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1000.0
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Devconvex,
+    Proxy,
 }
 
 struct Row {
-    target: &'static str,
+    target: Target,
+    /// Signed-in users the clients are spread over (0: anonymous).
+    users: usize,
     clients: usize,
     upstream_subscriptions: f64,
     executions_per_change: f64,
@@ -79,21 +96,41 @@ struct Row {
 /// Change `i` is the message body `change-i`; every client records when it first sees it.
 type Sent = Arc<Mutex<Vec<Option<Instant>>>>;
 
-async fn client(
+/// What one client does: its token (none: anonymous) and whether it also watches its own tasks.
+#[derive(Clone)]
+struct Plan {
     ws_url: String,
+    token: Option<String>,
+    own_tasks: bool,
+}
+
+async fn client(
+    plan: Plan,
     sent: Sent,
     seen: tokio::sync::mpsc::UnboundedSender<(usize, Duration)>,
-    ready: tokio::sync::mpsc::Sender<()>,
+    ready: tokio::sync::mpsc::Sender<Result<(), String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let (ws, _) = tokio_tungstenite::connect_async(&plan.ws_url).await?;
     let (mut sink, mut stream) = ws.split();
     let connect = json!({"type": "Connect", "sessionId": "bench", "connectionCount": 0, "lastCloseReason": null});
-    let add = json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
-        "modifications": [{"type": "Add", "queryId": 0, "udfPath": "messages:list", "args": [{"channel": "bench"}]}]});
     sink.send(Message::Text(connect.to_string().into())).await?;
+    if let Some(token) = &plan.token {
+        let auth =
+            json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token});
+        sink.send(Message::Text(auth.to_string().into())).await?;
+    }
+    let mut adds = vec![
+        json!({"type": "Add", "queryId": 0, "udfPath": "messages:list", "args": [{"channel": "bench"}]}),
+    ];
+    if plan.own_tasks {
+        adds.push(json!({"type": "Add", "queryId": 1, "udfPath": "tasks:list", "args": [{}]}));
+    }
+    let wanted = adds.len();
+    let add =
+        json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": adds});
     sink.send(Message::Text(add.to_string().into())).await?;
-    let mut got_first = false;
+    let mut first_values = BTreeSet::new();
     let mut recorded = 0usize;
     tokio::spawn(async move {
         loop {
@@ -105,12 +142,36 @@ async fn client(
                 _ = stop.changed() => break,
             };
             let Message::Text(text) = m else { continue };
-            if !text.contains("QueryUpdated") {
+            if first_values.len() < wanted {
+                // Until every query has its first value, frames are read in full: an error here
+                // (a refused token, a failed query) must stop the run, not leave it waiting.
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                match v["type"].as_str() {
+                    Some("Transition") => {
+                        for m in v["modifications"].as_array().into_iter().flatten() {
+                            match m["type"].as_str() {
+                                Some("QueryUpdated") => {
+                                    first_values.insert(m["queryId"].as_u64());
+                                }
+                                Some("QueryFailed") => {
+                                    let _ = ready.send(Err(format!("a query failed: {m}"))).await;
+                                }
+                                _ => {}
+                            }
+                        }
+                        if first_values.len() == wanted {
+                            let _ = ready.send(Ok(())).await;
+                        }
+                    }
+                    Some(other @ ("AuthError" | "FatalError")) => {
+                        let _ = ready.send(Err(format!("{other}: {text}"))).await;
+                    }
+                    _ => {}
+                }
                 continue;
             }
-            if !got_first {
-                got_first = true;
-                let _ = ready.send(()).await;
+            if !text.contains("QueryUpdated") {
+                continue;
             }
             // The newest message is the list's last, so its body is the text's last
             // `"change-N"`: found without parsing every client's whole list (the load generator
@@ -134,12 +195,13 @@ async fn client(
     Ok(())
 }
 
+/// auth, gateway, devconvex and the query service as fresh release processes.
 struct Stack {
     devconvex: String,
     query: String,
+    gateway: String,
     devconvex_pid: u32,
     query_pid: u32,
-    token: String,
     _children: Vec<tokio::process::Child>,
     _dir: TempDir,
 }
@@ -153,7 +215,13 @@ impl Drop for TempDir {
 }
 
 async fn start(bin: &Path) -> anyhow::Result<Stack> {
-    let dir = std::env::temp_dir().join(format!("edge-bench-sync-{}", std::process::id()));
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static STACKS: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "edge-bench-sync-{}-{}",
+        std::process::id(),
+        STACKS.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&dir)?;
     let (grpc, http, gw, dc, qh, qg) = (
         free_port(),
@@ -174,12 +242,18 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         ("AUTH_GRPC_ADDR", format!("127.0.0.1:{grpc}")),
         ("AUTH_HTTP_ADDR", format!("127.0.0.1:{http}")),
         ("AUTH_GRPC_URL", format!("http://127.0.0.1:{grpc}")),
+        ("AUTH_SIGN_IN_LIMIT_PER_ADDRESS", "100000".to_owned()),
         ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{gw}")),
         ("DEVCONVEX_ADDR", format!("127.0.0.1:{dc}")),
         ("DEVCONVEX_AUTH_CONFIG", auth_config.to_string()),
         ("CONVEX_URL", format!("http://127.0.0.1:{dc}")),
         ("QUERY_HTTP_ADDR", format!("127.0.0.1:{qh}")),
         ("QUERY_GRPC_ADDR", format!("127.0.0.1:{qg}")),
+        // As `dev` sets it: the messages are the same for everyone, tasks are per user.
+        (
+            "QUERY_SHARED_FUNCTIONS",
+            "messages:list,config:get".to_owned(),
+        ),
         ("RUST_LOG", "error".to_owned()),
     ];
     let mut children = Vec::new();
@@ -201,66 +275,113 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         children[2].id().context("pid")?,
         children[3].id().context("pid")?,
     );
-    let client = reqwest::Client::new();
+    Ok(Stack {
+        devconvex: format!("http://127.0.0.1:{dc}"),
+        query: format!("http://127.0.0.1:{qh}"),
+        gateway: format!("http://127.0.0.1:{gw}"),
+        devconvex_pid,
+        query_pid,
+        _children: children,
+        _dir: TempDir(dir),
+    })
+}
+
+/// Signs up `email` through the gateway; its Convex JWT.
+async fn token_for(client: &reqwest::Client, gateway: &str, email: &str) -> anyhow::Result<String> {
     let r = client
-        .post(format!("http://127.0.0.1:{gw}/api/auth/sign-up/email"))
-        .json(&json!({"name": "Bench", "email": "sync@example.com", "password": crate::PASSWORD}))
+        .post(format!("{gateway}/api/auth/sign-up/email"))
+        .json(&json!({"name": "Bench", "email": email, "password": crate::PASSWORD}))
         .send()
         .await?
         .error_for_status()?;
     let cookie = r
         .headers()
         .get("set-cookie")
-        .context("cookie")?
+        .context("sign-up sets a cookie")?
         .to_str()?
         .split(';')
         .next()
         .context("cookie")?
         .to_owned();
     let token: Value = client
-        .get(format!("http://127.0.0.1:{gw}/api/auth/convex/token"))
+        .get(format!("{gateway}/api/auth/convex/token"))
         .header("cookie", cookie)
         .send()
         .await?
+        .error_for_status()?
         .json()
         .await?;
-    Ok(Stack {
-        devconvex: format!("http://127.0.0.1:{dc}"),
-        query: format!("http://127.0.0.1:{qh}"),
-        devconvex_pid,
-        query_pid,
-        token: token["token"].as_str().context("token")?.to_owned(),
-        _children: children,
-        _dir: TempDir(dir),
-    })
+    Ok(token["token"].as_str().context("a token")?.to_owned())
+}
+
+/// Signs up `n` users; their JWTs.
+async fn tokens(stack: &Stack, n: usize) -> anyhow::Result<Vec<String>> {
+    let client = reqwest::Client::new();
+    futures_util::stream::iter(0..n)
+        .map(|i| {
+            let (client, gateway) = (client.clone(), stack.gateway.clone());
+            async move { token_for(&client, &gateway, &format!("user{i}@example.com")).await }
+        })
+        .buffered(4)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 async fn metrics(url: &str) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("{url}/metrics")).await?.text().await?)
 }
 
+/// Waits until `family` (a gauge) on `url` reads `want`: the process has taken in every client.
+async fn wait_gauge(url: &str, family: &str, want: f64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = metric(&metrics(url).await?, family, "")?;
+        if now == want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{family} stayed at {now}, not {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn run_clients(
-    stack: &Stack,
-    target: &'static str,
+    bin: &Path,
+    target: Target,
+    users: usize,
     n: usize,
     changes: usize,
-    offset: usize,
 ) -> anyhow::Result<Row> {
-    let (base, pid) = if target == "direct" {
-        (&stack.devconvex, stack.devconvex_pid)
-    } else {
-        (&stack.query, stack.query_pid)
+    let stack = start(bin).await?;
+    let writer = token_for(
+        &reqwest::Client::new(),
+        &stack.gateway,
+        "writer@example.com",
+    )
+    .await?;
+    let user_tokens = tokens(&stack, users).await?;
+    let (base, pid) = match target {
+        Target::Devconvex => (&stack.devconvex, stack.devconvex_pid),
+        Target::Proxy => (&stack.query, stack.query_pid),
     };
     let ws_url = format!("{}/api/1.48.0/sync", base.replacen("http://", "ws://", 1));
-    let rss_before = rss_kib(pid);
-    let sent: Sent = Arc::new(Mutex::new(vec![None; offset + changes]));
+    let rss_before = rss_kib(pid)?;
+    let sent: Sent = Arc::new(Mutex::new(vec![None; changes]));
     let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(n.max(1));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let opened = futures_util::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
+            let plan = Plan {
+                ws_url: ws_url.clone(),
+                token: (users > 0).then(|| user_tokens[i % users].clone()),
+                own_tasks: users > 0,
+            };
             client(
-                ws_url.clone(),
+                plan,
                 sent.clone(),
                 seen_tx.clone(),
                 ready_tx.clone(),
@@ -271,49 +392,74 @@ async fn run_clients(
         .collect::<Vec<_>>()
         .await;
     for r in opened {
-        r?;
+        r.context("a client could not connect")?;
     }
     for _ in 0..n {
-        tokio::time::timeout(Duration::from_secs(60), ready_rx.recv())
-            .await
-            .context("a client's first value")?;
+        match tokio::time::timeout(Duration::from_secs(60), ready_rx.recv()).await {
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => bail!("a client was refused its first values: {e}"),
+            _ => bail!("a client had no first values within 60 s"),
+        }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let kib_per_client = (rss_kib(pid).saturating_sub(rss_before)) as f64 / n as f64;
+    // Every client has its values; memory is read once the process counts them all.
+    let queries_per_client = if users > 0 { 2.0 } else { 1.0 };
+    match target {
+        Target::Proxy => {
+            wait_gauge(base, "edge_query_downstream_connections", n as f64).await?;
+            wait_gauge(
+                base,
+                "edge_query_downstream_subscriptions",
+                n as f64 * queries_per_client,
+            )
+            .await?
+        }
+        Target::Devconvex => {
+            wait_gauge(
+                base,
+                "devconvex_subscriptions",
+                n as f64 * queries_per_client,
+            )
+            .await?
+        }
+    }
+    let kib_per_client = (rss_kib(pid)?.saturating_sub(rss_before)) as f64 / n as f64;
     let before = metrics(&stack.devconvex).await?;
-    let upstream_subscriptions = counter(&before, "devconvex_subscriptions");
-    let exec_name = "devconvex_function_executions_total{path=\"messages:list\"}";
+    let upstream_subscriptions = metric(&before, "devconvex_subscriptions", "")?;
+    let exec = (
+        "devconvex_function_executions_total",
+        "path=\"messages:list\"",
+    );
     let http = reqwest::Client::new();
     let mut latencies = Vec::new();
-    for i in offset..offset + changes {
+    for i in 0..changes {
         sent.lock().unwrap()[i] = Some(Instant::now());
         http.post(format!("{}/api/mutation", stack.devconvex))
-            .bearer_auth(&stack.token)
+            .bearer_auth(&writer)
             .json(&json!({"path": "messages:send", "args": {"channel": "bench", "body": format!("change-{i}")}}))
             .send()
             .await?
             .error_for_status()?;
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + CHANGE_DEADLINE;
         let mut got = 0;
-        while got < n && Instant::now() < deadline {
-            match tokio::time::timeout(Duration::from_secs(1), seen_rx.recv()).await {
+        while got < n {
+            match tokio::time::timeout_at(deadline, seen_rx.recv()).await {
                 Ok(Some((change, latency))) if change == i => {
                     latencies.push(latency);
                     got += 1;
                 }
                 Ok(Some(_)) => {}
-                _ => {}
+                Ok(None) | Err(_) => break,
             }
         }
     }
     let after = metrics(&stack.devconvex).await?;
     let _ = stop_tx.send(true);
-    let executions_per_change =
-        (counter(&after, exec_name) - counter(&before, exec_name)) / changes as f64;
+    let executions_per_change = delta(&before, &after, exec.0, exec.1)? / changes as f64;
     latencies.sort();
     let missed = n * changes - latencies.len();
     Ok(Row {
         target,
+        users,
         clients: n,
         upstream_subscriptions,
         executions_per_change,
@@ -323,38 +469,34 @@ async fn run_clients(
     })
 }
 
-async fn wait_drained(stack: &Stack) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while counter(&metrics(&stack.devconvex).await?, "devconvex_subscriptions") > 0.0 {
-        if Instant::now() > deadline {
-            bail!("subscriptions did not drain");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
-async fn http_overhead(stack: &Stack, n: usize) -> anyhow::Result<[(f64, f64); 2]> {
+async fn http_overhead(bin: &Path, n: usize) -> anyhow::Result<[(f64, f64); 2]> {
+    let stack = start(bin).await?;
     let client = reqwest::Client::new();
     let mut out = [(0.0, 0.0); 2];
     for (slot, base) in [&stack.devconvex, &stack.query].into_iter().enumerate() {
         let url = format!("{base}/api/query");
         let body = json!({"path": "config:get", "args": {}, "format": "json"});
-        for _ in 0..100 {
-            client.post(&url).json(&body).send().await?.bytes().await?;
-        }
-        let mut times = Vec::with_capacity(n);
-        for _ in 0..n {
+        let call = || async {
             let t = Instant::now();
-            client
+            let v: Value = client
                 .post(&url)
                 .json(&body)
                 .send()
                 .await?
                 .error_for_status()?
-                .bytes()
+                .json()
                 .await?;
-            times.push(t.elapsed());
+            if v["status"] != "success" {
+                bail!("config:get answered {v}");
+            }
+            anyhow::Ok(t.elapsed())
+        };
+        for _ in 0..100 {
+            call().await?;
+        }
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            times.push(call().await?);
         }
         times.sort();
         out[slot] = (percentile_ms(&times, 0.5), percentile_ms(&times, 0.99));
@@ -363,25 +505,33 @@ async fn http_overhead(stack: &Stack, n: usize) -> anyhow::Result<[(f64, f64); 2
 }
 
 pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
-    let stack = start(bin).await?;
     let mut rows = Vec::new();
-    let mut offset = 0;
+    let mut whos = vec![0];
+    if args.users > 0 {
+        whos.push(args.users);
+    }
     for &n in &args.clients {
-        for target in ["direct", "proxy"] {
-            eprintln!("{n} clients, {target}");
-            rows.push(run_clients(&stack, target, n, args.changes, offset).await?);
-            offset += args.changes;
-            wait_drained(&stack).await?;
+        for &users in &whos {
+            for target in [Target::Devconvex, Target::Proxy] {
+                let name = match target {
+                    Target::Devconvex => "devconvex directly",
+                    Target::Proxy => "through the query service",
+                };
+                eprintln!("{n} clients, {users} users, {name}");
+                rows.push(run_clients(bin, target, users, n, args.changes).await?);
+            }
         }
     }
-    let http = http_overhead(&stack, args.http).await?;
+    let http = http_overhead(bin, args.http).await?;
     println!(
-        "\nOne query (messages:list), N WebSocket clients, {} changes; devconvex as the upstream (release binaries)\n",
+        "\nN WebSocket clients, {} changes of messages:list (shared); signed-in clients also watch their own tasks:list; \
+         devconvex as the upstream (release binaries, a fresh process per row)\n",
         args.changes
     );
     println!(
-        "{:<7} {:>7} {:>14} {:>16} {:>9} {:>9} {:>7} {:>13}",
+        "{:<9} {:>7} {:>7} {:>14} {:>16} {:>9} {:>9} {:>7} {:>11}",
         "target",
+        "users",
         "clients",
         "upstream subs",
         "executions/chg",
@@ -392,8 +542,16 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     );
     for r in &rows {
         println!(
-            "{:<7} {:>7} {:>14} {:>16.1} {:>9.1} {:>9.1} {:>7} {:>13.1}",
-            r.target,
+            "{:<9} {:>7} {:>7} {:>14} {:>16.1} {:>9.1} {:>9.1} {:>7} {:>11.1}",
+            match r.target {
+                Target::Devconvex => "devconvex",
+                Target::Proxy => "proxy",
+            },
+            if r.users == 0 {
+                "anon".to_owned()
+            } else {
+                r.users.to_string()
+            },
             r.clients,
             r.upstream_subscriptions,
             r.executions_per_change,
@@ -404,6 +562,14 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         );
     }
     println!(
+        "\nlatency: mutation sent to each client seeing the change (missed: not seen within {} s, left out of p50/p99)",
+        CHANGE_DEADLINE.as_secs()
+    );
+    println!(
+        "devconvex directly runs each session's query itself; a Convex deployment answers identical queries from its cache, \
+         so the devconvex rows show devconvex's cost, not Convex's"
+    );
+    println!(
         "\nHTTP query (config:get, not subscribed), {} sequential calls: direct p50 {:.3} ms p99 {:.3} ms; through the proxy p50 {:.3} ms p99 {:.3} ms; overhead p50 {:.3} ms",
         args.http,
         http[0].0,
@@ -412,5 +578,19 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         http[1].1,
         http[1].0 - http[0].0
     );
+    let missed: usize = rows.iter().map(|r| r.missed).sum();
+    if missed > 0 {
+        bail!("{missed} client updates were missed (see the missed column above)");
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_unreadable_memory_figure_is_an_error() {
+        assert!(super::rss_kib(std::process::id()).unwrap() > 0);
+        // Above the kernel's largest pid: no such process.
+        assert!(super::rss_kib(4_194_305).is_err());
+    }
 }

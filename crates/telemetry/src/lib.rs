@@ -76,11 +76,16 @@ pub fn int_gauge(name: &str, help: &str) -> IntGauge {
     register(IntGauge::new(name, help).expect("valid metric"))
 }
 
-/// Registers a histogram with labels and latency buckets from 50 µs to 5 s.
+/// Registers a histogram with labels and latency buckets from 5 µs to 5 s.
+///
+/// A cache hit is answered in tens of microseconds, so the buckets start at 5 µs and no two
+/// neighbours below 10 ms are more than 2x apart: a quantile read from them (and a ratio of two)
+/// is known within that factor, not guessed inside a bucket ten times wider.
 pub fn histogram(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![
-        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-        0.25, 0.5, 1.0, 2.5, 5.0,
+        0.000005, 0.00001, 0.000015, 0.00002, 0.00003, 0.00004, 0.00005, 0.000075, 0.0001, 0.00015,
+        0.0002, 0.0003, 0.0004, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.003, 0.004, 0.005, 0.0075,
+        0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ];
     let opts = HistogramOpts::new(name, help).buckets(buckets);
     register(HistogramVec::new(opts, labels).expect("valid metric"))

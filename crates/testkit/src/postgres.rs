@@ -7,8 +7,9 @@ use std::time::Duration;
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
-/// A database created for one test; dropped by the next run's sweep, not on drop, so a failing
-/// test leaves it behind for inspection.
+/// A database created for one test; dropped by a later run's sweep (the first
+/// [`test_database`] of every test process), not on drop, so a failing test leaves it behind for
+/// inspection until then.
 #[derive(Debug, Clone)]
 pub struct TestDb {
     /// `postgres://…/<name>`
@@ -27,6 +28,7 @@ fn server_url() -> &'static str {
         for url in candidates.into_iter().flatten() {
             let base = strip_database(&url);
             if reachable(&format!("{base}/postgres")) {
+                sweep(&base);
                 return base;
             }
         }
@@ -62,6 +64,67 @@ fn reachable(url: &str) -> bool {
     .ok()
     .flatten()
     .is_some()
+}
+
+/// Drops the `edge_test_<pid>_…` databases of test processes that have ended.
+///
+/// Safe beside concurrent test runs on the same server: a database is dropped only when the
+/// process named in it is gone (this machine's `/proc`; the server is local to the tests), and
+/// a database still in use is left (plain `DROP DATABASE` refuses it). Nothing is swept where
+/// `/proc` cannot say which processes live.
+fn sweep(base: &str) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let url = format!("{base}/postgres");
+    let swept = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        rt.block_on(async {
+            let mut admin = PgConnection::connect(&url).await.ok()?;
+            let names: Vec<(String,)> = sqlx::query_as(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'edge\\_test\\_%'",
+            )
+            .fetch_all(&mut admin)
+            .await
+            .ok()?;
+            let mut dropped = 0usize;
+            for (name,) in names {
+                if !leftover(&name) {
+                    continue;
+                }
+                let sql = format!("DROP DATABASE IF EXISTS \"{name}\"");
+                if sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await
+                    .is_ok()
+                {
+                    dropped += 1;
+                }
+            }
+            Some(dropped)
+        })
+    })
+    .join()
+    .ok()
+    .flatten();
+    if let Some(n) = swept.filter(|n| *n > 0) {
+        eprintln!("edge-testkit: dropped {n} test databases of ended test processes");
+    }
+}
+
+/// Whether `name` is a test database whose creating process has ended.
+fn leftover(name: &str) -> bool {
+    let Some(pid) = name
+        .strip_prefix("edge_test_")
+        .and_then(|rest| rest.split('_').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 fn start_throwaway() -> anyhow::Result<String> {
@@ -128,6 +191,57 @@ fn random_suffix() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_databases_of_ended_processes_are_leftovers() {
+        let me = std::process::id();
+        assert!(!super::leftover(&format!("edge_test_{me}_1_0")), "our own");
+        assert!(!super::leftover("edge_test_1_1_0"), "init lives");
+        assert!(!super::leftover("edge_bench_cache"), "not a test database");
+        assert!(!super::leftover("edge_test_x_1"), "no pid in the name");
+        // A pid above the kernel's maximum was never a process.
+        assert!(super::leftover("edge_test_4194305_1_0"));
+    }
+
+    #[tokio::test]
+    async fn a_leftover_database_is_swept_and_a_live_ones_is_kept() {
+        use sqlx::Connection;
+        let live = super::test_database().await;
+        let base = super::server_url();
+        let mut admin = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+            .await
+            .unwrap();
+        // A database as a test process that has ended would have left it. A pid above the
+        // kernel's maximum, so that no live process is named (concurrent runs each pick their
+        // own counter suffix, so the name is ours alone).
+        let dead = format!("edge_test_4194305_{}", super::random_suffix());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {dead}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        super::sweep(base);
+        let exists = |name: String| {
+            let url = format!("{base}/postgres");
+            async move {
+                let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM pg_database WHERE datname = $1")
+                        .bind(name)
+                        .fetch_one(&mut conn)
+                        .await
+                        .unwrap();
+                n == 1
+            }
+        };
+        assert!(
+            !exists(dead).await,
+            "the ended process's database is dropped"
+        );
+        assert!(
+            exists(live.name.clone()).await,
+            "a live process's database stays"
+        );
+    }
+
     #[tokio::test]
     async fn each_call_gets_a_fresh_empty_database() {
         use sqlx::Connection;

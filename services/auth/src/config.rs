@@ -39,7 +39,8 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub sign_in_limit: RateLimit,
-    /// How often the key set and revocation log are re-checked when no notification arrives.
+    /// How often the key set and revocation log are re-checked, and open revocation streams
+    /// re-read, when no notification arrives (the backstop for a lost `NOTIFY`).
     pub poll_interval: Duration,
     /// `JWKS_MAX_AGE_SECONDS`: how long verifiers may cache the JWKS.
     pub jwks_max_age: Duration,

@@ -2,7 +2,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use edge_proto::auth::v1 as pb;
 use edge_proto::auth::v1::auth_service_server::AuthService;
@@ -268,8 +267,8 @@ async fn stream_revocations(
         tokio::select! {
             changed = latest.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
-            // A backstop for notifications lost between replicas.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            // A backstop for notifications lost between replicas, at the database poll's pace.
+            _ = tokio::time::sleep(core.config.poll_interval) => {}
         }
     }
 }

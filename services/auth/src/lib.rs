@@ -31,6 +31,7 @@ pub use store::Store;
 /// A built auth service: listeners bound, store migrated, keys loaded.
 pub struct Application {
     core: Arc<AuthCore>,
+    listener: Option<sqlx::postgres::PgListener>,
     grpc: tokio::net::TcpListener,
     http: std::net::TcpListener,
     grpc_addr: SocketAddr,
@@ -57,6 +58,14 @@ impl Application {
             .await
             .context("failed to read the revocation log")?;
         let hub = revocations::RevocationHub::new(latest);
+        // LISTEN before serving, so a notification sent once `build` returns is not missed.
+        let listener = match store.listener().await {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for notifications; polling only");
+                None
+            }
+        };
         let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
             .await
             .with_context(|| format!("failed to bind AUTH_GRPC_ADDR {}", config.grpc_addr))?;
@@ -68,6 +77,7 @@ impl Application {
         let core = Arc::new(AuthCore::new(config, store, Arc::new(keys), hub));
         Ok(Application {
             core,
+            listener,
             grpc,
             http,
             grpc_addr,
@@ -95,6 +105,7 @@ impl Application {
         let core = self.core;
         let watcher = tokio::spawn(revocations::watch_database(
             core.store.clone(),
+            self.listener,
             core.revocations.clone(),
             core.keys.clone(),
             core.config.poll_interval,

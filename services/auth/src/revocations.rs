@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use crate::keys::KeyManager;
@@ -57,19 +58,14 @@ pub async fn prune(store: Store, retention: Duration, every: Duration) {
 
 /// Listens for revocations and key rotations from other replicas until the process ends.
 /// On SQLite (one process) only the poll runs, for keys rotated by the CLI.
+/// `listener` is already listening (see [`Store::listener`]); `None` polls only.
 pub async fn watch_database(
     store: Store,
+    mut listener: Option<PgListener>,
     hub: RevocationHub,
     keys: Arc<KeyManager>,
     poll: Duration,
 ) {
-    let mut listener = match store.listener().await {
-        Ok(l) => l,
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for notifications; polling only");
-            None
-        }
-    };
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -28,6 +28,14 @@ pub static PAGE_QUERIES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+pub static PAGE_QUERY_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    edge_telemetry::counter_vec(
+        "edge_gateway_page_query_errors_total",
+        "server-rendered page queries whose result was an error, by source (also counted in edge_gateway_page_queries_total)",
+        &["source"],
+    )
+});
+
 pub static PAGE_WATCHES: LazyLock<IntGauge> = LazyLock::new(|| {
     edge_telemetry::int_gauge(
         "edge_gateway_page_watches",
@@ -80,11 +88,21 @@ pub fn sync_redis_errors(seen: u64) {
     }
 }
 
+/// Registers every metric, with each label value at 0, so `/metrics` lists them from the start
+/// (a reader then tells "none yet" from "not exported").
 pub fn init() {
+    for result in ["l1_hit", "l2_hit", "miss"] {
+        TOKEN_CACHE.with_label_values(&[result]);
+    }
+    for source in ["watch", "fetch"] {
+        PAGE_QUERIES.with_label_values(&[source]);
+        PAGE_QUERY_ERRORS.with_label_values(&[source]);
+    }
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&REQUEST_DURATION);
     LazyLock::force(&TOKEN_CACHE);
     LazyLock::force(&PAGE_QUERIES);
+    LazyLock::force(&PAGE_QUERY_ERRORS);
     LazyLock::force(&PAGE_WATCHES);
     LazyLock::force(&REVOCATIONS_APPLIED);
     LazyLock::force(&REVOKED_REFUSED);

@@ -138,20 +138,42 @@ async fn tokens_near_expiry_are_never_stored_or_served() {
 async fn two_hundred_concurrent_first_requests_make_one_issue_call() {
     let c = Arc::new(cache(Some(edge_testkit::redis_url())));
     let (_, key) = cookie();
-    let calls = Arc::new(AtomicUsize::new(0));
+    let (calls, started) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    // The issue call is held open until every request has started, so all 200 meet it in flight.
+    let (release, released) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..200 {
-        let (c, key, calls) = (c.clone(), key.clone(), calls.clone());
+        let (c, key, calls, started) = (c.clone(), key.clone(), calls.clone(), started.clone());
+        let mut released = released.clone();
         tasks.push(tokio::spawn(async move {
+            started.fetch_add(1, Ordering::SeqCst);
             c.get_or_issue(&key, move || async move {
                 calls.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = released.wait_for(|r| *r).await;
                 Ok(token(900))
             })
             .await
             .unwrap()
         }));
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while started.load(Ordering::SeqCst) < 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the requests never all started"
+        );
+        tokio::task::yield_now().await;
+    }
+    // Release once the issue call has begun: every request started before it, so each one
+    // either joins that flight or finds its result, and a second issue call means no flight.
+    while calls.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no request reached the issuer"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send_replace(true);
     let mut jwts = std::collections::HashSet::new();
     for t in tasks {
         jwts.insert(t.await.unwrap().0.jwt);
@@ -210,9 +232,10 @@ async fn a_dead_redis_costs_nothing_after_the_first_failure_and_heals() {
     let _redis = edge_testkit::spawn_redis(port).unwrap();
     let other = cache(Some(format!("redis://127.0.0.1:{port}")));
     let (_, key) = cookie();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let mut healed = false;
-    for _ in 0..50 {
+    // Until the back-off after the failure ends, the cache skips Redis; then an entry it
+    // caches is an L2 hit for another cache on the same Redis.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
         c.get_or_issue(&key, || async { Ok(token(900)) })
             .await
             .unwrap();
@@ -220,11 +243,13 @@ async fn a_dead_redis_costs_nothing_after_the_first_failure_and_heals() {
             .get_or_issue(&key, || async { Err("no".to_owned()) })
             .await
         {
-            healed = true;
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cache never wrote to Redis again once it was back"
+        );
         c.invalidate(&key).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(healed, "the cache writes to Redis again once it is back");
 }

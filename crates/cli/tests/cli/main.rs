@@ -66,22 +66,35 @@ pub async fn wait_ready(url: &str) {
     }
 }
 
-/// Reads stdout lines up to the first that contains `needle`, then keeps draining the rest
-/// in the background so the process never writes into a closed pipe.
+/// Reads stdout lines up to the first that contains `needle` (within 60 s), then keeps
+/// draining the rest in the background so the process never writes into a closed pipe.
 pub fn read_lines_until(proc: &mut Proc, needle: &str) -> Vec<String> {
     let stdout = proc.0.stdout.take().expect("stdout piped");
-    let mut reader = BufReader::new(stdout);
+    // A thread reads (a pipe read cannot time out); the test waits on its lines with a deadline.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            // Once the test stops listening, the rest is drained into nothing.
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut lines = Vec::new();
     loop {
-        let mut line = String::new();
-        assert!(
-            reader.read_line(&mut line).expect("read stdout") > 0,
-            "process exited before printing {needle}"
-        );
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("no line with {needle} within 60 s: {lines:?}")
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                panic!("process exited before printing {needle}: {lines:?}")
+            }
+        };
         let done = line.contains(needle);
         lines.push(line.trim().to_owned());
         if done {
-            std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
             return lines;
         }
     }

@@ -27,34 +27,37 @@ async fn send(ws: &mut Socket, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
-/// The next JSON message, skipping Pings unless asked for.
+/// The next JSON message, skipping Pings unless asked for; within 10 s in all (Pings included).
 async fn recv(ws: &mut Socket) -> Value {
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("a message")
-            .expect("open")
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] != "Ping" {
-                return v;
+    let next = async {
+        loop {
+            let m = ws.next().await.expect("open").unwrap();
+            if let Message::Text(t) = m {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "Ping" {
+                    return v;
+                }
             }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), next)
+        .await
+        .expect("a message")
 }
 
-/// Waits for the socket to close (after a fatal error).
+/// Waits, at most 10 s, for the socket to close (after a fatal error).
 async fn closed(ws: &mut Socket) {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("closes")
-        {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
-            Some(Ok(_)) => {}
+    let close = async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(10), close)
+        .await
+        .expect("closes")
 }
 
 fn add(base: u32, id: u32, path: &str, args: Value) -> Value {
@@ -276,14 +279,15 @@ async fn queries_rerun_only_when_their_tables_are_written_and_idle_sockets_get_p
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/sync"))
         .await
         .unwrap();
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("a ping")
-            .unwrap()
-            .unwrap();
-        if m.to_text().unwrap_or_default().contains("\"Ping\"") {
-            break;
+    let ping = async {
+        loop {
+            let m = ws.next().await.unwrap().unwrap();
+            if m.to_text().unwrap_or_default().contains("\"Ping\"") {
+                return;
+            }
         }
-    }
+    };
+    tokio::time::timeout(Duration::from_secs(5), ping)
+        .await
+        .expect("a ping");
 }

@@ -131,8 +131,65 @@ fn unknown_kid_missing_kid_and_embedded_keys_are_refused() {
     );
 }
 
+/// A token signed with a fresh Ed25519 key over any `claims` (the key set signs only its own
+/// `Claims`, which carry no `nbf`), and a verifier that trusts that key.
+fn sign_any(claims: serde_json::Value) -> (String, Verifier) {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
+    let pair = Ed25519KeyPair::generate().unwrap();
+    let x = URL_SAFE_NO_PAD.encode(pair.public_key().as_ref());
+    let jwks =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]});
+    let verifier = Verifier::from_jwks_value(&jwks)
+        .unwrap()
+        .with_issuer("https://issuer")
+        .with_audience("convex");
+    let input = format!(
+        "{}.{}",
+        enc(json!({"alg": "EdDSA", "kid": "k1"})),
+        enc(claims)
+    );
+    let signature = URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes()).as_ref());
+    (format!("{input}.{signature}"), verifier)
+}
+
 #[test]
-fn expired_not_yet_valid_wrong_issuer_and_audience_are_refused() {
+fn a_token_is_refused_before_its_nbf_and_accepted_from_it() {
+    let now = Utc::now().timestamp();
+    let nbf = now + 600;
+    let (token, verifier) = sign_any(json!({
+        "sub": "user1", "iss": "https://issuer", "aud": "convex",
+        "iat": now, "nbf": nbf, "exp": now + 900,
+    }));
+    assert_eq!(
+        verifier.verify(&token, now).unwrap_err(),
+        VerifyError::NotYetValid
+    );
+    assert_eq!(
+        verifier.verify(&token, nbf - 1).unwrap_err(),
+        VerifyError::NotYetValid,
+        "one second early"
+    );
+    // The same token from its nbf on: nothing else about it is wrong.
+    assert_eq!(verifier.verify(&token, nbf).unwrap().claims["sub"], "user1");
+    // Leeway moves the boundary, as it does for exp.
+    let lenient = verifier.with_leeway(60);
+    assert!(lenient.verify(&token, nbf - 60).is_ok());
+    assert_eq!(
+        lenient.verify(&token, nbf - 61).unwrap_err(),
+        VerifyError::NotYetValid
+    );
+    // An nbf that is not a number is refused, not ignored.
+    let (token, verifier) = sign_any(json!({
+        "sub": "user1", "iss": "https://issuer", "aud": "convex", "nbf": "soon", "exp": now + 900,
+    }));
+    assert_eq!(
+        verifier.verify(&token, now).unwrap_err(),
+        VerifyError::MissingClaim("nbf")
+    );
+}
+
+#[test]
+fn expired_wrong_issuer_and_audience_are_refused() {
     let (keys, verifier) = setup();
     let now = Utc::now().timestamp();
     let sign = |c: &Claims| keys.sign(Alg::RS256, c, Utc::now()).unwrap().jwt;
@@ -154,9 +211,12 @@ fn expired_not_yet_valid_wrong_issuer_and_audience_are_refused() {
         verifier.verify(&sign(&wrong_aud), now).unwrap_err(),
         VerifyError::WrongAudience
     );
-    // A token checked before its nbf (time travel: verify at a time before iat with nbf = iat).
+    // Checked at its exp, a token is expired (nbf has its own test above).
     let t = sign(&claims(now));
-    assert!(verifier.verify(&t, now + 901).is_err());
+    assert_eq!(
+        verifier.verify(&t, now + 900).unwrap_err(),
+        VerifyError::Expired
+    );
     // Tampered payload.
     let mut parts: Vec<&str> = t.split('.').collect();
     let evil =

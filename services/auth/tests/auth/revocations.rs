@@ -23,7 +23,11 @@ pub async fn next(stream: &mut tonic::Streaming<pb::Revocation>) -> pb::Revocati
 async fn stream_is_ordered_resumable_and_live_across_replicas() {
     let db = edge_testkit::test_database().await;
     let a = crate::spawn(crate::config(&db.url)).await;
-    let b = crate::spawn(crate::config(&db.url)).await;
+    // Replica B neither polls the log nor re-reads its streams within this test: what it
+    // learns of A's sign-outs after its streams started, it learns through NOTIFY alone.
+    let mut no_poll = crate::config(&db.url);
+    no_poll.poll_interval = Duration::from_secs(3600);
+    let b = crate::spawn(no_poll).await;
     let mut ca = a.client().await;
     let mut cb = b.client().await;
     let c1 = crate::sign_up(&mut ca, "one@example.com").await;
@@ -72,7 +76,8 @@ async fn stream_is_ordered_resumable_and_live_across_replicas() {
         .into_inner();
     assert_eq!(next(&mut resumed).await.sequence, r2.sequence);
 
-    // Live: a sign-out on replica A reaches a stream on replica B (LISTEN/NOTIFY).
+    // Live: a sign-out on replica A reaches a stream on replica B (LISTEN/NOTIFY; B does not
+    // poll, so without the notification this waits until `next` gives up).
     let c3 = crate::sign_up(&mut ca, "three@example.com").await;
     let r3 = ca
         .sign_out(pb::SignOutRequest { cookie_value: c3 })

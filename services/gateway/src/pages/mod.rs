@@ -266,7 +266,13 @@ async fn run_queries<'a>(
                 .with_label_values(&["watch"])
                 .inc_by(watched.len() as u64);
             for (call, result) in watched.into_iter().zip(results.iter()) {
-                out.insert(call, Outcome::of(&result.result_json));
+                let outcome = Outcome::of(&result.result_json);
+                if matches!(outcome, Outcome::Error(_)) {
+                    metrics::PAGE_QUERY_ERRORS
+                        .with_label_values(&["watch"])
+                        .inc();
+                }
+                out.insert(call, outcome);
             }
         }
         None => out.extend(fetch(state, &watched, jwt).await),
@@ -289,7 +295,7 @@ async fn fetch<'a>(
     let request = qpb::QueryBatchRequest {
         queries: function_calls(calls, jwt),
     };
-    match state.query().query_batch(request).await {
+    let outcomes: Vec<_> = match state.query().query_batch(request).await {
         Ok(r) => calls
             .iter()
             .copied()
@@ -303,7 +309,15 @@ async fn fetch<'a>(
                 .map(|call| (*call, Outcome::Error("query service unavailable".into())))
                 .collect()
         }
-    }
+    };
+    let failed = outcomes
+        .iter()
+        .filter(|(_, o)| matches!(o, Outcome::Error(_)))
+        .count();
+    metrics::PAGE_QUERY_ERRORS
+        .with_label_values(&["fetch"])
+        .inc_by(failed as u64);
+    outcomes
 }
 
 /// JSON that is safe inside `<script>`: no `<`, `>`, `&` or line separators left raw.

@@ -14,6 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct View {
     pub version: (u64, u64, u64),
     pub values: BTreeMap<u64, Value>,
+    /// Every value any query of this socket was ever given, in order (`values` keeps only the
+    /// latest, so a check of it alone cannot see what a client was shown in between).
+    pub seen: Vec<(u64, Value)>,
     pub errors: Vec<String>,
     pub violations: Vec<String>,
     pub auth_errors: Vec<String>,
@@ -88,6 +91,7 @@ impl Client {
                             match m["type"].as_str().unwrap() {
                                 "QueryUpdated" => {
                                     view.values.insert(id, m["value"].clone());
+                                    view.seen.push((id, m["value"].clone()));
                                 }
                                 "QueryFailed" => view
                                     .errors

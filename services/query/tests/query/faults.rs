@@ -38,14 +38,22 @@ async fn upstream_killed_and_restarted_mid_stream_heals_without_errors() {
             task: None,
         },
     );
+    // `stop` returns once the old backend has shut down; nothing else is waited for (the proxy
+    // meets a dead port, then a new backend, whenever it next tries).
     old.stop().await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // The new backend trusts the same auth.
+    // The new backend trusts the same auth; it binds the port as soon as the OS lets it.
     let config = crate::devconvex_config(stack.auth_http, addr);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let app = loop {
         match edge_devconvex::Application::build(config.clone()).await {
             Ok(app) => break app,
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "devconvex could not bind {addr} again: {e:#}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
         }
     };
     stack.devconvex_engine = app.engine();

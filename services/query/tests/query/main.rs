@@ -264,13 +264,12 @@ pub fn devconvex_config(auth_http: SocketAddr, addr: SocketAddr) -> edge_devconv
 }
 
 async fn start_query(config: edge_query::Config) -> (Running, Arc<Stats>, SocketAddr) {
-    let mut attempts = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let app = loop {
         match edge_query::Application::build(config.clone()).await {
             Ok(app) => break app,
             // The previous instance may still hold the port for a moment.
-            Err(_) if attempts < 100 => {
-                attempts += 1;
+            Err(_) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("query builds: {e:#}"),

@@ -31,19 +31,25 @@ async fn convex_npm_client_through_the_proxy() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut stdin = child.stdin.take().unwrap();
     // The client logs to stdout too; phases are the JSON lines with a "phase".
+    // Each phase within 120 s, however much the client logs meanwhile.
     let mut next_phase = async || -> serde_json::Value {
-        loop {
-            let line = tokio::time::timeout(std::time::Duration::from_secs(120), lines.next_line())
-                .await
-                .expect("node answers in time")
-                .unwrap()
-                .expect("node is still running");
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                && v.get("phase").is_some()
-            {
-                return v;
+        let phase = async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("node is still running");
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v.get("phase").is_some()
+                {
+                    return v;
+                }
             }
-        }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(120), phase)
+            .await
+            .expect("node answers in time")
     };
     let first = next_phase().await;
     assert_eq!(first["phase"], "before-restart", "{first:#}");
