@@ -41,6 +41,8 @@ pub struct Config {
     pub sign_in_limit: RateLimit,
     /// How often the key set and revocation log are re-checked when no notification arrives.
     pub poll_interval: Duration,
+    /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (Postgres `verify-ca`/`verify-full`).
+    pub ssl_cert_file: Option<std::path::PathBuf>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.convex-edge/dev.db";
@@ -60,6 +62,7 @@ impl Config {
             http_addr: "127.0.0.1:3001".parse().expect("valid address"),
             sign_in_limit: RateLimit::default(),
             poll_interval: Duration::from_secs(5),
+            ssl_cert_file: None,
         }
     }
 
@@ -89,6 +92,7 @@ impl Config {
             }
             config.database_url = url;
         }
+        config.ssl_cert_file = edge_tls::ca_file_from_env(&get);
         config.static_jwks = get("JWKS").filter(|s| !s.trim().is_empty());
         if let Some(v) = get("JWT_ISSUER") {
             config.issuer = v;

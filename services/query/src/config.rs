@@ -30,6 +30,9 @@ pub struct Config {
     /// keep it this long, so the reads after them (the page's client right after SSR, the next
     /// render) cost Convex nothing. `None` (0, the default): such reads go over HTTP.
     pub read_linger: Option<Duration>,
+    /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (Convex over `https://`,
+    /// `https://` gRPC to auth).
+    pub ssl_cert_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             socket_queue: 1024,
             upstream_idle: Duration::from_secs(5),
             read_linger: None,
+            ssl_cert_file: None,
         }
     }
 
@@ -60,6 +64,7 @@ impl Config {
             ));
         }
         let mut config = Config::local(convex_url.trim_end_matches('/'));
+        config.ssl_cert_file = edge_tls::ca_file_from_env(&get);
         for (var, slot) in [
             ("QUERY_HTTP_ADDR", &mut config.http_addr),
             ("QUERY_GRPC_ADDR", &mut config.grpc_addr),

@@ -45,7 +45,8 @@ pub struct Proxy {
     pub hub: Arc<Hub>,
     pub identities: Arc<Identities>,
     pub shared_functions: std::collections::BTreeSet<String>,
-    http: reqwest::Client,
+    /// Trusts the OS roots plus `SSL_CERT_FILE` (see `edge_tls`).
+    pub(crate) http: reqwest::Client,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     /// `QUERY_READ_LINGER_SECONDS`: reads subscribe and keep the subscription this long.
     read_linger: Option<Duration>,
@@ -165,13 +166,14 @@ impl Proxy {
         identities: Arc<Identities>,
         shared_functions: std::collections::BTreeSet<String>,
         read_linger: Option<Duration>,
+        http: reqwest::Client,
     ) -> Self {
         Proxy {
             convex_url,
             hub,
             identities,
             shared_functions,
-            http: reqwest::Client::new(),
+            http,
             flights: Mutex::new(HashMap::new()),
             read_linger,
             warming: Arc::new(Mutex::new(HashMap::new())),
