@@ -174,6 +174,22 @@ fn os_roots() -> Vec<CertificateDer<'static>> {
     certs
 }
 
+/// An error with its sources (`a: b: c`): client libraries put the TLS reason (an unknown
+/// issuer, a wrong name) in a source that their own `Display` leaves out.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = e.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

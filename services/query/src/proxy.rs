@@ -378,7 +378,7 @@ impl Proxy {
         let stats = self.hub.stats.clone();
         async move {
             stats.upstream_request(kind);
-            let response = request.send().await.map_err(|e| e.to_string())?;
+            let response = request.send().await.map_err(|e| edge_tls::describe(&e))?;
             let status = response.status().as_u16();
             let body = response.bytes().await.map_err(|e| e.to_string())?;
             Ok(Reply {

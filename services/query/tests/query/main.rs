@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod http_api;
 mod npm_client;
+mod tls;
 mod watch;
 
 use std::net::SocketAddr;
@@ -75,6 +76,7 @@ pub struct Stack {
     pub query_grpc: SocketAddr,
     _auth: Running,
     _dir: edge_testkit::TempDir,
+    _tls: Option<(edge_testkit::TestCa, edge_testkit::TlsRelay)>,
 }
 
 pub struct Options {
@@ -83,6 +85,9 @@ pub struct Options {
     /// Put a delaying TCP relay in front of devconvex.
     pub slow_upstream: Option<Duration>,
     pub read_linger: Option<Duration>,
+    /// Serve devconvex over TLS (a test CA's certificate, through a TLS relay); `true` also
+    /// makes the query service trust that CA through its `SSL_CERT_FILE`.
+    pub tls_upstream: Option<bool>,
 }
 
 impl Default for Options {
@@ -92,6 +97,7 @@ impl Default for Options {
             socket_queue: 1024,
             slow_upstream: None,
             read_linger: None,
+            tls_upstream: None,
         }
     }
 }
@@ -135,7 +141,18 @@ impl Stack {
             Some(delay) => relay(dc_addr, delay).await,
             None => dc_addr,
         };
-        let mut config = edge_query::Config::local(format!("http://{upstream}"));
+        let (scheme, upstream, tls) = match options.tls_upstream {
+            Some(trusted) => {
+                let ca = edge_testkit::TestCa::new();
+                let cert = ca.issue("devconvex", &["127.0.0.1", "localhost"]);
+                let relay = edge_testkit::TlsRelay::start(&cert, upstream, &[]).await;
+                let trust = trusted.then(|| ca.ca_file.clone());
+                ("https", relay.addr, Some((ca, relay, trust)))
+            }
+            None => ("http", upstream, None),
+        };
+        let mut config = edge_query::Config::local(format!("{scheme}://{upstream}"));
+        config.ssl_cert_file = tls.as_ref().and_then(|t| t.2.clone());
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.auth_grpc_url = format!("http://{auth_grpc}");
@@ -158,6 +175,7 @@ impl Stack {
             query_config: config,
             _auth: auth_running,
             _dir: dir,
+            _tls: tls.map(|(ca, relay, _)| (ca, relay)),
         }
     }
 
