@@ -4,6 +4,7 @@
 mod grpc_errors;
 mod revocations;
 mod store_contract;
+mod tls;
 mod tokens;
 
 use std::net::SocketAddr;
