@@ -86,7 +86,9 @@ async fn client(
     ready: tokio::sync::mpsc::Sender<()>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(ws_url).await?;
+    let tls = tokio_tungstenite::Connector::Rustls(crate::trust().client_config());
+    let (ws, _) =
+        tokio_tungstenite::connect_async_tls_with_config(ws_url, None, false, Some(tls)).await?;
     let (mut sink, mut stream) = ws.split();
     let connect = json!({"type": "Connect", "sessionId": "bench", "connectionCount": 0, "lastCloseReason": null});
     let add = json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
@@ -201,7 +203,7 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         children[2].id().context("pid")?,
         children[3].id().context("pid")?,
     );
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build()?;
     let r = client
         .post(format!("http://127.0.0.1:{gw}/api/auth/sign-up/email"))
         .json(&json!({"name": "Bench", "email": "sync@example.com", "password": crate::PASSWORD}))
@@ -283,7 +285,7 @@ async fn run_clients(
     let before = metrics(&stack.devconvex).await?;
     let upstream_subscriptions = counter(&before, "devconvex_subscriptions");
     let exec_name = "devconvex_function_executions_total{path=\"messages:list\"}";
-    let http = reqwest::Client::new();
+    let http = crate::http_client().build()?;
     let mut latencies = Vec::new();
     for i in offset..offset + changes {
         sent.lock().unwrap()[i] = Some(Instant::now());
@@ -335,7 +337,7 @@ async fn wait_drained(stack: &Stack) -> anyhow::Result<()> {
 }
 
 async fn http_overhead(stack: &Stack, n: usize) -> anyhow::Result<[(f64, f64); 2]> {
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build()?;
     let mut out = [(0.0, 0.0); 2];
     for (slot, base) in [&stack.devconvex, &stack.query].into_iter().enumerate() {
         let url = format!("{base}/api/query");

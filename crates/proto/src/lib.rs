@@ -1,7 +1,7 @@
 //! Generated gRPC code for convex-edge's services and the error table they share.
 
-pub mod error;
 pub mod endpoint;
+pub mod error;
 
 /// `edge.auth.v1`: sessions, tokens, keys and revocations.
 pub mod auth {

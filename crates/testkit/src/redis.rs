@@ -90,14 +90,7 @@ fn start(args: &[&str], port: u16) -> anyhow::Result<Child> {
         .ok_or_else(|| anyhow::anyhow!("redis-server not found: install redis-server"))?;
     let mut child = Command::new(bin)
         .args(args)
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;

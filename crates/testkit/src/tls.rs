@@ -69,7 +69,9 @@ impl TestCa {
             .distinguished_name
             .push(DnType::CommonName, name.to_owned());
         let key = KeyPair::generate().expect("server key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign server cert");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("sign server cert");
         let (cert_pem, key_pem) = (cert.pem(), key.serialize_pem());
         let cert_file = self.dir.path().join(format!("{name}.pem"));
         let key_file = self.dir.path().join(format!("{name}.key"));

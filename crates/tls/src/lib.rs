@@ -164,11 +164,9 @@ fn os_roots() -> Vec<CertificateDer<'static>> {
         tracing::warn!(%error, "cannot load some OS root certificates");
     }
     let mut certs = native.certs;
-    let env_overrides = std::env::var_os(SSL_CERT_FILE).is_some()
-        || std::env::var_os("SSL_CERT_DIR").is_some();
-    if env_overrides
-        && let Some(bundle) = OS_BUNDLES.iter().map(Path::new).find(|p| p.is_file())
-    {
+    let env_overrides =
+        std::env::var_os(SSL_CERT_FILE).is_some() || std::env::var_os("SSL_CERT_DIR").is_some();
+    if env_overrides && let Some(bundle) = OS_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
         certs.extend(rustls_native_certs::load_certs_from_paths(Some(bundle), None).certs);
     }
     certs

@@ -76,7 +76,12 @@ impl Application {
             config.audience.clone(),
         ));
         let stats = Arc::new(metrics::Stats::default());
-        let hub = hub::Hub::new(&config.convex_url, trust.clone(), config.upstream_idle, stats);
+        let hub = hub::Hub::new(
+            &config.convex_url,
+            trust.clone(),
+            config.upstream_idle,
+            stats,
+        );
         let http = trust
             .http_client()
             .build()

@@ -9,7 +9,10 @@ use sqlx::postgres::PgConnection;
 async fn server_certificate(url: &str) -> std::path::PathBuf {
     let mut c = PgConnection::connect(url).await.unwrap();
     let (ssl,): (String,) = sqlx::query_as("SHOW ssl").fetch_one(&mut c).await.unwrap();
-    assert_eq!(ssl, "on", "the Postgres server has TLS on (scripts/test.sh turns it on)");
+    assert_eq!(
+        ssl, "on",
+        "the Postgres server has TLS on (scripts/test.sh turns it on)"
+    );
     let (file,): (String,) = sqlx::query_as("SHOW ssl_cert_file")
         .fetch_one(&mut c)
         .await
@@ -56,7 +59,10 @@ async fn auth_with_sslmode_require_talks_to_postgres_encrypted() {
             .fetch_one(&mut own)
             .await
             .unwrap();
-    assert!(!mine, "sslmode=disable stays plaintext (the check can tell them apart)");
+    assert!(
+        !mine,
+        "sslmode=disable stays plaintext (the check can tell them apart)"
+    );
 }
 
 #[tokio::test]

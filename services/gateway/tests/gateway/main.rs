@@ -6,6 +6,7 @@ mod cache;
 mod interop;
 mod proxy;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
