@@ -211,7 +211,15 @@ impl Inner {
 impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
     /// A cache whose `rediss://` Redis is verified against the OS roots only.
     pub fn new(config: CacheConfig) -> Result<Self, String> {
-        let trust = edge_tls::Trust::load(None).map_err(|e| e.to_string())?;
+        let tls = config
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"));
+        let trust = if tls {
+            edge_tls::Trust::load(None).map_err(|e| e.to_string())?
+        } else {
+            edge_tls::Trust::empty()
+        };
         Self::with_trust(config, &trust)
     }
 

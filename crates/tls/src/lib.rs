@@ -118,6 +118,23 @@ impl Trust {
         })
     }
 
+    /// Trusts nothing: for a client that is known to make no TLS connection.
+    pub fn empty() -> Trust {
+        let roots = Arc::new(RootCertStore::empty());
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(roots.clone())
+        .with_no_client_auth();
+        Trust {
+            roots,
+            certs: Arc::new(Vec::new()),
+            client: Arc::new(client),
+        }
+    }
+
     /// [`Trust::load`] from a service's environment (`SSL_CERT_FILE`).
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Trust, TlsError> {
         Trust::load(ca_file_from_env(get).as_deref())
