@@ -16,6 +16,22 @@ ensure_postgres() {
   # Otherwise edge-testkit starts a throwaway cluster with initdb/pg_ctl.
 }
 
+ensure_postgres_ssl() {
+  # auth's TLS tests need a Postgres with TLS on; Debian's cluster has the snakeoil pair.
+  local psql=(psql -h 127.0.0.1 -U postgres -Atqc)
+  if ! "${psql[@]}" 'select 1' >/dev/null 2>&1; then return; fi
+  if [ "$("${psql[@]}" 'show ssl')" = on ]; then return; fi
+  if [ ! -f /etc/ssl/private/ssl-cert-snakeoil.key ] && command -v apt-get >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq ssl-cert >/dev/null
+  fi
+  echo "turning on TLS in PostgreSQL"
+  "${psql[@]}" "alter system set ssl_cert_file = '/etc/ssl/certs/ssl-cert-snakeoil.pem'"
+  "${psql[@]}" "alter system set ssl_key_file = '/etc/ssl/private/ssl-cert-snakeoil.key'"
+  "${psql[@]}" "alter system set ssl = on"
+  "${psql[@]}" "select pg_reload_conf()" >/dev/null
+}
+
 ensure_redis() {
   if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
   if command -v redis-server >/dev/null; then
@@ -51,6 +67,7 @@ ensure_netns_packages() {
 }
 
 ensure_postgres
+ensure_postgres_ssl
 ensure_redis
 ensure_chromium
 ensure_netns_packages

@@ -32,7 +32,7 @@ const L2_WARMUP: usize = 100;
 /// One request per session (cookie values), `connections` at a time.
 async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats {
     let expect = Expect::Token;
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build().expect("http client");
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for chunk in sessions.chunks(sessions.len().div_ceil(connections.max(1))) {
@@ -276,7 +276,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     }
 
     // One user with three tasks, and a session per connection for each gateway.
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build()?;
     let site = &gateways[0].1;
     client
         .post(format!("{site}/api/auth/sign-up/email"))

@@ -36,6 +36,19 @@ use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The bench's HTTP clients trust what the services trust: the OS roots plus `SSL_CERT_FILE`.
+pub(crate) fn http_client() -> reqwest::ClientBuilder {
+    trust().http_client()
+}
+
+/// The bench's one trust store (see `edge_tls`).
+pub(crate) fn trust() -> &'static edge_tls::Trust {
+    static TRUST: std::sync::OnceLock<edge_tls::Trust> = std::sync::OnceLock::new();
+    TRUST.get_or_init(|| {
+        edge_tls::Trust::from_env(|k| std::env::var(k).ok()).expect("SSL_CERT_FILE is readable")
+    })
+}
+
 pub(crate) const SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 
@@ -153,7 +166,7 @@ pub(crate) async fn load(
     duration: Duration,
     expect: Expect,
 ) -> Stats {
-    let client = reqwest::Client::builder()
+    let client = http_client()
         .pool_max_idle_per_host(connections)
         .build()
         .expect("client");
@@ -385,7 +398,7 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
     let base = format!("http://127.0.0.1:{gw}");
     wait_ready(&format!("{base}/readyz")).await?;
 
-    let client = reqwest::Client::new();
+    let client = http_client().build().expect("http client");
     let body =
         serde_json::json!({"name": "Bench", "email": "bench@example.com", "password": PASSWORD});
     client

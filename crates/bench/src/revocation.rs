@@ -120,7 +120,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     let (a, _ga, _) = env.gateway().await?;
     let (b, _gb, _) = env.gateway().await?;
 
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build()?;
     client
         .post(format!("{a}/api/auth/sign-up/email"))
         .json(&serde_json::json!({"name": "Bench", "email": "bench@example.com", "password": PASSWORD}))

@@ -111,7 +111,14 @@ async fn client(
     ready: tokio::sync::mpsc::Sender<Result<(), String>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (ws, _) = tokio_tungstenite::connect_async(&plan.ws_url).await?;
+    let tls = tokio_tungstenite::Connector::Rustls(crate::trust().client_config());
+    let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+        plan.ws_url.as_str(),
+        None,
+        false,
+        Some(tls),
+    )
+    .await?;
     let (mut sink, mut stream) = ws.split();
     let connect = json!({"type": "Connect", "sessionId": "bench", "connectionCount": 0, "lastCloseReason": null});
     sink.send(Message::Text(connect.to_string().into())).await?;
@@ -316,7 +323,7 @@ async fn token_for(client: &reqwest::Client, gateway: &str, email: &str) -> anyh
 
 /// Signs up `n` users; their JWTs.
 async fn tokens(stack: &Stack, n: usize) -> anyhow::Result<Vec<String>> {
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build()?;
     futures_util::stream::iter(0..n)
         .map(|i| {
             let (client, gateway) = (client.clone(), stack.gateway.clone());
@@ -357,7 +364,7 @@ async fn run_clients(
 ) -> anyhow::Result<Row> {
     let stack = start(bin).await?;
     let writer = token_for(
-        &reqwest::Client::new(),
+        &crate::http_client().build()?,
         &stack.gateway,
         "writer@example.com",
     )
@@ -429,7 +436,7 @@ async fn run_clients(
         "devconvex_function_executions_total",
         "path=\"messages:list\"",
     );
-    let http = reqwest::Client::new();
+    let http = crate::http_client().build()?;
     let mut latencies = Vec::new();
     for i in 0..changes {
         sent.lock().unwrap()[i] = Some(Instant::now());
@@ -471,7 +478,7 @@ async fn run_clients(
 
 async fn http_overhead(bin: &Path, n: usize) -> anyhow::Result<[(f64, f64); 2]> {
     let stack = start(bin).await?;
-    let client = reqwest::Client::new();
+    let client = crate::http_client().build()?;
     let mut out = [(0.0, 0.0); 2];
     for (slot, base) in [&stack.devconvex, &stack.query].into_iter().enumerate() {
         let url = format!("{base}/api/query");

@@ -367,14 +367,32 @@ impl Inner {
 }
 
 impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
+    /// A cache whose `rediss://` Redis is verified against the OS roots only.
     /// `revoked_error` is what a caller gets for a token whose session the log revoked while
     /// it was being issued.
     pub fn new(config: CacheConfig, revoked_error: fn() -> E) -> Result<Self, String> {
+        let tls = config
+            .redis_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("rediss://"));
+        let trust = if tls {
+            edge_tls::Trust::load(None).map_err(|e| e.to_string())?
+        } else {
+            edge_tls::Trust::empty()
+        };
+        Self::with_trust(config, &trust, revoked_error)
+    }
+
+    /// A cache whose `rediss://` Redis is verified against `trust` (the OS roots plus
+    /// `SSL_CERT_FILE`); `revoked_error` as for [`TokenCache::new`].
+    pub fn with_trust(
+        config: CacheConfig,
+        trust: &edge_tls::Trust,
+        revoked_error: fn() -> E,
+    ) -> Result<Self, String> {
         let l2 = match &config.redis_url {
             Some(url) => Some(L2 {
-                pool: deadpool_redis::Config::from_url(url.clone())
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .map_err(|e| format!("invalid REDIS_URL: {e}"))?,
+                pool: redis_pool(url, trust).map_err(|e| format!("invalid REDIS_URL: {e}"))?,
                 shared: Mutex::new(None),
             }),
             None => None,
@@ -545,4 +563,27 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
     pub fn clear_l1(&self) {
         self.inner.l1.invalidate_all();
     }
+}
+
+/// A pool for `redis://` or, with TLS whose roots are `trust`, `rediss://`.
+fn redis_pool(url: &str, trust: &edge_tls::Trust) -> Result<deadpool_redis::Pool, String> {
+    if !url.starts_with("rediss://") {
+        return deadpool_redis::Config::from_url(url)
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|e| e.to_string());
+    }
+    let client = redis::Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(trust.pem_bundle()),
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let manager = deadpool_redis::Manager::new(client.get_connection_info().clone())
+        .map_err(|e| e.to_string())?;
+    deadpool_redis::Pool::builder(manager)
+        .runtime(deadpool_redis::Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())
 }

@@ -82,7 +82,9 @@ fn database_url() -> String {
 
 pub async fn migrate() -> Result {
     let url = database_url();
-    let store = Store::connect(&url)
+    let trust = edge_tls::Trust::from_env(|k| std::env::var(k).ok())
+        .map_err(|e| ConfigError::new("SSL_CERT_FILE", e.to_string()))?;
+    let store = Store::connect_with_trust(&url, Some(&trust))
         .await
         .map_err(|e| ConfigError::new("DATABASE_URL", e.to_string()))?;
     store
@@ -95,7 +97,9 @@ pub async fn migrate() -> Result {
 
 /// Connects to the database and brings its schema up to date.
 async fn open_store(url: &str) -> Result<Store> {
-    Ok(Store::open(url)
+    let trust = edge_tls::Trust::from_env(|k| std::env::var(k).ok())
+        .map_err(|e| ConfigError::new("SSL_CERT_FILE", e.to_string()))?;
+    Ok(Store::open_with_trust(url, Some(&trust))
         .await
         .context("failed to open the database")?)
 }
@@ -201,7 +205,10 @@ pub async fn probe(url: &str) -> Result {
             "probe expects an http:// URL, got `{url}`"
         )));
     }
-    let client = reqwest::Client::builder()
+    let trust = edge_tls::Trust::from_env(|k| std::env::var(k).ok())
+        .map_err(|e| ConfigError::new("SSL_CERT_FILE", e.to_string()))?;
+    let client = trust
+        .http_client()
         .timeout(std::time::Duration::from_secs(2))
         .build()
         .context("failed to build the probe client")?;

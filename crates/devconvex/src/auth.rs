@@ -138,7 +138,12 @@ impl Authenticator {
         }
         Ok(Authenticator {
             providers,
-            http: reqwest::Client::new(),
+            // JWKS over https:// trusts the OS roots plus SSL_CERT_FILE.
+            http: edge_tls::Trust::from_env(|k| std::env::var(k).ok())
+                .map_err(|e| e.to_string())?
+                .http_client()
+                .build()
+                .map_err(|e| format!("cannot build the JWKS client: {e}"))?,
         })
     }
 

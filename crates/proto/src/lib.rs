@@ -1,5 +1,6 @@
 //! Generated gRPC code for convex-edge's services and the error table they share.
 
+pub mod endpoint;
 pub mod error;
 
 /// `edge.auth.v1`: sessions, tokens, keys and revocations.

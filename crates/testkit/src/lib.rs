@@ -8,12 +8,14 @@
 mod postgres;
 mod redis;
 mod relay;
+mod tls;
 
 use std::path::PathBuf;
 
 pub use postgres::{TestDb, test_database};
-pub use redis::{TestRedis, redis_url, spawn_redis};
+pub use redis::{TestRedis, redis_url, spawn_redis, spawn_redis_tls};
 pub use relay::Relay;
+pub use tls::{ServerCert, TestCa, TlsRelay};
 
 /// The shared fixtures directory: `CONVEX_EDGE_SHARED`, else `../shared` beside the checkout.
 pub fn shared_dir() -> PathBuf {

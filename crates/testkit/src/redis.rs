@@ -45,36 +45,64 @@ impl Drop for TestRedis {
 
 /// Starts a throwaway `redis-server` on `port` (0: any free port) and waits until it accepts.
 pub fn spawn_redis(port: u16) -> anyhow::Result<TestRedis> {
-    let bin = crate::find_binary("redis-server")
-        .ok_or_else(|| anyhow::anyhow!("redis-server not found: install redis-server"))?;
     let port = if port == 0 { crate::free_port() } else { port };
-    let child = Command::new(bin)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "redis-server did not start on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = start(&["--port", &port.to_string()], port)?;
     Ok(TestRedis {
         url: format!("redis://127.0.0.1:{port}"),
         port,
         child,
     })
+}
+
+/// Starts a throwaway `redis-server` that speaks only TLS (`rediss://127.0.0.1:<port>`), its
+/// certificate issued by `ca` for 127.0.0.1.
+pub fn spawn_redis_tls(ca: &crate::TestCa) -> anyhow::Result<TestRedis> {
+    let port = crate::free_port();
+    let cert = ca.issue("redis", &["127.0.0.1", "localhost"]);
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let child = start(
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path(&cert.cert_file),
+            "--tls-key-file",
+            &path(&cert.key_file),
+            "--tls-ca-cert-file",
+            &path(&ca.ca_file),
+            "--tls-auth-clients",
+            "no",
+        ],
+        port,
+    )?;
+    Ok(TestRedis {
+        url: format!("rediss://127.0.0.1:{port}"),
+        port,
+        child,
+    })
+}
+
+/// Runs `redis-server` with `args` and waits until `port` accepts connections.
+fn start(args: &[&str], port: u16) -> anyhow::Result<Child> {
+    let bin = crate::find_binary("redis-server")
+        .ok_or_else(|| anyhow::anyhow!("redis-server not found: install redis-server"))?;
+    let mut child = Command::new(bin)
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() >= deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            anyhow::bail!("redis-server did not start on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(child)
 }
 
 #[cfg(test)]

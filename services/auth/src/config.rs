@@ -44,6 +44,8 @@ pub struct Config {
     pub poll_interval: Duration,
     /// `JWKS_MAX_AGE_SECONDS`: how long verifiers may cache the JWKS.
     pub jwks_max_age: Duration,
+    /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (Postgres `verify-ca`/`verify-full`).
+    pub ssl_cert_file: Option<std::path::PathBuf>,
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.convex-edge/dev.db";
@@ -80,6 +82,7 @@ impl Config {
             sign_in_limit: RateLimit::default(),
             poll_interval: Duration::from_secs(5),
             jwks_max_age: Duration::from_secs(300),
+            ssl_cert_file: None,
         }
     }
 
@@ -126,6 +129,7 @@ impl Config {
             }
             config.database_url = url;
         }
+        config.ssl_cert_file = edge_tls::ca_file_from_env(&get);
         config.static_jwks = get("JWKS").filter(|s| !s.trim().is_empty());
         if let Some(v) = get("JWT_ISSUER") {
             config.issuer = v;

@@ -41,7 +41,9 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         metrics::init();
-        let store = Store::open(&config.database_url)
+        let trust = edge_tls::Trust::load(config.ssl_cert_file.as_deref())
+            .context("invalid SSL_CERT_FILE")?;
+        let store = Store::open_with_trust(&config.database_url, Some(&trust))
             .await
             .context("failed to open the database")?;
         let keys = keys::KeyManager::start(

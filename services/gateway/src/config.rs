@@ -29,6 +29,9 @@ pub struct Config {
     /// the last render that used them, and renders read the watch; `None` (0): every render
     /// asks the query service.
     pub page_watch: Option<std::time::Duration>,
+    /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (`rediss://`, `https://` gRPC,
+    /// the SSR upstream).
+    pub ssl_cert_file: Option<PathBuf>,
 }
 
 /// Server-side rendering: the gateway's own templates, or an existing SSR app behind it.
@@ -64,11 +67,13 @@ impl Config {
             ssr: Ssr::Pages(None),
             query_public_url: "http://localhost:3210".into(),
             page_watch: Some(std::time::Duration::from_secs(30)),
+            ssl_cert_file: None,
         }
     }
 
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut config = Config::local();
+        config.ssl_cert_file = edge_tls::ca_file_from_env(&get);
         if let Some(v) = get("GATEWAY_HTTP_ADDR") {
             config.http_addr = v.parse().map_err(|_| {
                 ConfigError::new(

@@ -182,12 +182,14 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         metrics::init();
-        let endpoint = Endpoint::from_shared(config.auth_grpc_url.clone())
+        let trust = edge_tls::Trust::load(config.ssl_cert_file.as_deref())
+            .context("invalid SSL_CERT_FILE")?;
+        let endpoint = edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
             .context("invalid AUTH_GRPC_URL")?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
-        let query = Endpoint::from_shared(config.query_grpc_url.clone())
+        let query = edge_proto::endpoint::endpoint(&config.query_grpc_url, &trust)
             .context("invalid QUERY_GRPC_URL")?
             .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -199,7 +201,8 @@ impl Application {
             }
             Ssr::Proxy(_) => None,
         };
-        let http = reqwest::Client::builder()
+        let http = trust
+            .http_client()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(std::time::Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -211,7 +214,8 @@ impl Application {
         let addr = listener.local_addr()?;
         let cache = match &config.cache {
             Some(c) => Some(Arc::new(
-                TokenCache::new(c.clone(), revoked_status).map_err(|e| anyhow::anyhow!(e))?,
+                TokenCache::with_trust(c.clone(), &trust, revoked_status)
+                    .map_err(|e| anyhow::anyhow!(e))?,
             )),
             None => None,
         };

@@ -33,6 +33,9 @@ pub struct Config {
     /// A client socket that was sent nothing for this long gets a sync-protocol `Ping`
     /// (Convex's heartbeat, 15 s): the official client reconnects after 60 s of silence.
     pub ping_interval: Duration,
+    /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (Convex over `https://`,
+    /// `https://` gRPC to auth).
+    pub ssl_cert_file: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
             upstream_idle: Duration::from_secs(5),
             read_linger: None,
             ping_interval: Duration::from_secs(15),
+            ssl_cert_file: None,
         }
     }
 
@@ -64,6 +68,7 @@ impl Config {
             ));
         }
         let mut config = Config::local(convex_url.trim_end_matches('/'));
+        config.ssl_cert_file = edge_tls::ca_file_from_env(&get);
         for (var, slot) in [
             ("QUERY_HTTP_ADDR", &mut config.http_addr),
             ("QUERY_GRPC_ADDR", &mut config.grpc_addr),

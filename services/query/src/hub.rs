@@ -16,15 +16,22 @@ use crate::upstream::{self, Command, Upstream};
 pub struct Hub {
     upstreams: Mutex<HashMap<IdentityKey, Upstream>>,
     ws_url: String,
+    tls: edge_tls::Trust,
     idle: Duration,
     pub stats: Arc<Stats>,
 }
 
 impl Hub {
-    pub fn new(convex_url: &str, idle: Duration, stats: Arc<Stats>) -> Arc<Hub> {
+    pub fn new(
+        convex_url: &str,
+        tls: edge_tls::Trust,
+        idle: Duration,
+        stats: Arc<Stats>,
+    ) -> Arc<Hub> {
         Arc::new(Hub {
             upstreams: Mutex::new(HashMap::new()),
             ws_url: upstream::ws_url(convex_url),
+            tls,
             idle,
             stats,
         })
@@ -52,6 +59,7 @@ impl Hub {
         });
         upstream::spawn(upstream::Settings {
             ws_url: self.ws_url.clone(),
+            tls: self.tls.clone(),
             idle: self.idle,
             stats: self.stats.clone(),
             retire,

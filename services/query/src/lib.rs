@@ -37,7 +37,6 @@ use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
 use edge_proto::query::v1::query_service_server::QueryServiceServer;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Endpoint;
 
 pub use config::{Config, ConfigError};
 
@@ -68,8 +67,10 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
+        let trust = edge_tls::Trust::load(config.ssl_cert_file.as_deref())
+            .context("invalid SSL_CERT_FILE")?;
         let auth = AuthServiceClient::new(
-            Endpoint::from_shared(config.auth_grpc_url.clone())
+            edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
                 .context("invalid AUTH_GRPC_URL")?
                 .connect_lazy(),
         );
@@ -81,13 +82,23 @@ impl Application {
             revoked.clone(),
         ));
         let stats = Arc::new(metrics::Stats::default());
-        let hub = hub::Hub::new(&config.convex_url, config.upstream_idle, stats);
+        let hub = hub::Hub::new(
+            &config.convex_url,
+            trust.clone(),
+            config.upstream_idle,
+            stats,
+        );
+        let http = trust
+            .http_client()
+            .build()
+            .context("failed to build the Convex HTTP client")?;
         let proxy = Arc::new(proxy::Proxy::new(
             config.convex_url.clone(),
             hub.clone(),
             identities.clone(),
             config.shared_functions.clone(),
             config.read_linger,
+            http,
         ));
         let http = std::net::TcpListener::bind(config.http_addr)
             .with_context(|| format!("failed to bind QUERY_HTTP_ADDR {}", config.http_addr))?;
@@ -254,7 +265,9 @@ async fn healthz() -> HttpResponse {
 /// Ready when Convex answers HTTP.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let url = format!("{}/api/query_ts", state.config.convex_url);
-    let probe = reqwest::Client::new()
+    let probe = state
+        .proxy
+        .http
         .post(url)
         .timeout(std::time::Duration::from_secs(2))
         .send()

@@ -45,7 +45,8 @@ pub struct Proxy {
     pub hub: Arc<Hub>,
     pub identities: Arc<Identities>,
     pub shared_functions: std::collections::BTreeSet<String>,
-    http: reqwest::Client,
+    /// Trusts the OS roots plus `SSL_CERT_FILE` (see `edge_tls`).
+    pub(crate) http: reqwest::Client,
     flights: Mutex<HashMap<FlightKey, Flight>>,
     /// `QUERY_READ_LINGER_SECONDS`: reads subscribe and keep the subscription this long.
     read_linger: Option<Duration>,
@@ -165,13 +166,14 @@ impl Proxy {
         identities: Arc<Identities>,
         shared_functions: std::collections::BTreeSet<String>,
         read_linger: Option<Duration>,
+        http: reqwest::Client,
     ) -> Self {
         Proxy {
             convex_url,
             hub,
             identities,
             shared_functions,
-            http: reqwest::Client::new(),
+            http,
             flights: Mutex::new(HashMap::new()),
             read_linger,
             warming: Arc::new(Mutex::new(HashMap::new())),
@@ -376,7 +378,7 @@ impl Proxy {
         let stats = self.hub.stats.clone();
         async move {
             stats.upstream_request(kind);
-            let response = request.send().await.map_err(|e| e.to_string())?;
+            let response = request.send().await.map_err(|e| edge_tls::describe(&e))?;
             let status = response.status().as_u16();
             let body = response.bytes().await.map_err(|e| e.to_string())?;
             Ok(Reply {

@@ -187,11 +187,29 @@ impl Store {
 
     /// Connects to `postgres://…` or `sqlite://…` (the SQLite file and its folder are created).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        Store::connect_with_trust(url, None).await
+    }
+
+    /// [`Store::connect`], verifying a Postgres server (`sslmode=verify-ca|verify-full`) against
+    /// `trust` (the OS roots plus `SSL_CERT_FILE`) unless the URL names its own `sslrootcert`.
+    /// `sslmode` means what it means to libpq: `disable`, `prefer` (the default: TLS when the
+    /// server offers it, unverified), `require` (TLS, unverified), `verify-ca`, `verify-full`.
+    pub async fn connect_with_trust(
+        url: &str,
+        trust: Option<&edge_tls::Trust>,
+    ) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let mut options = sqlx::postgres::PgConnectOptions::from_str(url)
+                .map_err(|e| StoreError::Url(e.to_string()))?;
+            if let Some(trust) = trust
+                && !url_names_root_cert(url)
+            {
+                options = options.ssl_root_cert_from_pem(trust.pem_bundle());
+            }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
                 .acquire_timeout(Duration::from_secs(5))
-                .connect(url)
+                .connect_with(options)
                 .await?;
             Ok(Store::new(Pool::Postgres(pool)))
         } else if url.starts_with("sqlite:") {
@@ -220,7 +238,15 @@ impl Store {
 
     /// Connects and applies the schema.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
-        let store = Store::connect(url).await?;
+        Store::open_with_trust(url, None).await
+    }
+
+    /// [`Store::open`] with [`Store::connect_with_trust`]'s TLS roots.
+    pub async fn open_with_trust(
+        url: &str,
+        trust: Option<&edge_tls::Trust>,
+    ) -> Result<Store, StoreError> {
+        let store = Store::connect_with_trust(url, trust).await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -503,4 +529,13 @@ impl SessionUserRow {
         };
         (session, user)
     }
+}
+
+/// Whether a Postgres URL carries its own `sslrootcert` (which then wins over `SSL_CERT_FILE`).
+fn url_names_root_cert(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some("sslrootcert"))
+    })
 }

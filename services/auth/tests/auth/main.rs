@@ -5,6 +5,7 @@ mod grpc_errors;
 mod revocations;
 mod session_log;
 mod store_contract;
+mod tls;
 mod tokens;
 
 use std::net::SocketAddr;

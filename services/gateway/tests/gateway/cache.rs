@@ -19,7 +19,7 @@ async fn token_status(base: &str, cookie: &str) -> u16 {
 
 /// Calls the token route until a call is served without a session read (the cache is trusted
 /// once the revocation stream has caught up).
-async fn until_cached(stack: &Stack, base: &str, cookie: &str) {
+pub(crate) async fn until_cached(stack: &Stack, base: &str, cookie: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let before = stack.auth.store().reads().session.load(Ordering::Relaxed);

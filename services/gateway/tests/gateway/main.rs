@@ -7,6 +7,7 @@ mod interop;
 mod proxy;
 mod revocation;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -223,6 +223,8 @@ pub type Retire = Arc<dyn Fn(UpstreamId, &mut dyn FnMut() -> bool) -> bool + Sen
 /// Everything the task needs to know from the outside.
 pub struct Settings {
     pub ws_url: String,
+    /// Roots for `wss://` (the OS roots plus `SSL_CERT_FILE`).
+    pub tls: edge_tls::Trust,
     pub idle: Duration,
     pub stats: Arc<Stats>,
     pub retire: Retire,

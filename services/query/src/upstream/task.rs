@@ -54,7 +54,11 @@ impl Task {
         let id = self.state.id();
         let mut backoff = edge_telemetry::backoff::reconnect();
         loop {
-            match tokio_tungstenite::connect_async(self.settings.ws_url.as_str()).await {
+            let tls = tokio_tungstenite::Connector::Rustls(self.settings.tls.client_config());
+            let url = self.settings.ws_url.as_str();
+            match tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(tls))
+                .await
+            {
                 Ok((socket, _)) => {
                     backoff = edge_telemetry::backoff::reconnect();
                     match self.serve(socket, &mut rx).await {

@@ -7,6 +7,7 @@ mod faults;
 mod http_api;
 mod npm_client;
 mod revocation;
+mod tls;
 mod watch;
 
 use std::net::SocketAddr;
@@ -76,6 +77,7 @@ pub struct Stack {
     pub query_grpc: SocketAddr,
     _auth: Running,
     _dir: edge_testkit::TempDir,
+    _tls: Option<(edge_testkit::TestCa, edge_testkit::TlsRelay)>,
 }
 
 pub struct Options {
@@ -85,6 +87,9 @@ pub struct Options {
     pub slow_upstream: Option<Duration>,
     pub read_linger: Option<Duration>,
     pub ping_interval: Duration,
+    /// Serve devconvex over TLS (a test CA's certificate, through a TLS relay); `true` also
+    /// makes the query service trust that CA through its `SSL_CERT_FILE`.
+    pub tls_upstream: Option<bool>,
 }
 
 impl Default for Options {
@@ -95,6 +100,7 @@ impl Default for Options {
             slow_upstream: None,
             read_linger: None,
             ping_interval: Duration::from_secs(15),
+            tls_upstream: None,
         }
     }
 }
@@ -138,7 +144,18 @@ impl Stack {
             Some(delay) => relay(dc_addr, delay).await,
             None => dc_addr,
         };
-        let mut config = edge_query::Config::local(format!("http://{upstream}"));
+        let (scheme, upstream, tls) = match options.tls_upstream {
+            Some(trusted) => {
+                let ca = edge_testkit::TestCa::new();
+                let cert = ca.issue("devconvex", &["127.0.0.1", "localhost"]);
+                let relay = edge_testkit::TlsRelay::start(&cert, upstream, &[]).await;
+                let trust = trusted.then(|| ca.ca_file.clone());
+                ("https", relay.addr, Some((ca, relay, trust)))
+            }
+            None => ("http", upstream, None),
+        };
+        let mut config = edge_query::Config::local(format!("{scheme}://{upstream}"));
+        config.ssl_cert_file = tls.as_ref().and_then(|t| t.2.clone());
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
         config.auth_grpc_url = format!("http://{auth_grpc}");
@@ -162,6 +179,7 @@ impl Stack {
             query_config: config,
             _auth: auth_running,
             _dir: dir,
+            _tls: tls.map(|(ca, relay, _)| (ca, relay)),
         }
     }
 
