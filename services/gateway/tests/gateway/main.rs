@@ -2,6 +2,7 @@
 //! better-auth and jose npm packages.
 
 mod bad_input;
+mod breaks;
 mod cache;
 mod interop;
 mod proxy;

@@ -98,3 +98,83 @@ async fn an_ended_session_loses_its_sockets_watches_and_tokens_and_no_one_else_d
         "no data after the AuthError"
     );
 }
+
+/// Review (issue 13): a user change refuses tokens by `iat` (whole seconds) against the
+/// entry's time (milliseconds). A token issued after the change, in the same second, is
+/// refused too, and the gateway caches exactly that token for its TTL: the user's sockets
+/// get AuthError for a valid, current token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_a_token_issued_after_a_user_change_is_accepted() {
+    let stack = Stack::start().await;
+    let (cookie, _old) = stack.session_for("renamed@example.com").await;
+    let db = stack._dir.path().join("auth.db");
+    // Early in a second, so the new token below is issued within the same second.
+    loop {
+        let ms = chrono::Utc::now().timestamp_subsec_millis();
+        if ms < 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(".timeout 5000")
+        .arg(r#"UPDATE "user" SET "name" = 'New Name' WHERE "email" = 'renamed@example.com'"#)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let changed_at = chrono::Utc::now();
+    // A new token right after the change (auth reads the new name).
+    let issued = stack.auth.issue_token(&cookie).await.unwrap();
+    let new = issued.token.jwt;
+    let issued_at = chrono::Utc::now();
+    assert_eq!(
+        changed_at.timestamp(),
+        issued_at.timestamp(),
+        "setup: the change and the issue fall in one second"
+    );
+    let mut grpc = QueryServiceClient::connect(format!("http://{}", stack.query_grpc()))
+        .await
+        .unwrap();
+    // Once the query service has the entry, the old token (old name) is refused.
+    let start = std::time::Instant::now();
+    while grpc.query(call("tasks:list", &_old)).await.is_ok() {
+        assert!(start.elapsed() < Duration::from_secs(15), "the old token is never refused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("user change applied by the query service after {:?}", changed_at.signed_duration_since(chrono::Utc::now()).abs());
+    let read = grpc.query(call("tasks:list", &new)).await;
+    assert!(
+        read.is_ok(),
+        "a token issued after the user change, carrying the new name, is refused: {:?}",
+        read.err()
+    );
+}
+
+/// Review (issue 13): on SQLite, a session ended by another writer of the file (the Better
+/// Auth app, an admin's sqlite3) wakes no stream: it is seen at auth's next poll (5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn review_sqlite_session_end_by_another_writer_within_one_second() {
+    let stack = Stack::start().await;
+    let (_cookie, jwt) = stack.session_for("sqlite-writer@example.com").await;
+    let db = stack._dir.path().join("auth.db");
+    let mut grpc = QueryServiceClient::connect(format!("http://{}", stack.query_grpc()))
+        .await
+        .unwrap();
+    grpc.query(call("tasks:list", &jwt)).await.unwrap();
+    let status = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(".timeout 5000")
+        .arg(r#"DELETE FROM "session""#)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = std::time::Instant::now();
+    while grpc.query(call("tasks:list", &jwt)).await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_millis(1000),
+            "the deleted session's token is still accepted 1 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
