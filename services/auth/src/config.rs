@@ -86,6 +86,18 @@ impl Config {
         }
     }
 
+    /// How often the database is polled for the session log and the key set: as configured on
+    /// Postgres (NOTIFY wakes every replica; the poll is a backstop), at most 500 ms on SQLite,
+    /// where another writer of the file (the Better Auth app, an admin's `sqlite3`) notifies
+    /// nobody and the poll is how its session ends arrive within a second.
+    pub fn database_poll(&self) -> Duration {
+        if self.database_url.starts_with("sqlite") {
+            self.poll_interval.min(Duration::from_millis(500))
+        } else {
+            self.poll_interval
+        }
+    }
+
     /// `Cache-Control` of JWKS responses.
     pub fn jwks_cache_control(&self) -> String {
         jwks_cache_control(self.jwks_max_age)

@@ -268,7 +268,7 @@ async fn stream_revocations(
             changed = latest.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
             // A backstop for notifications lost between replicas, at the database poll's pace.
-            _ = tokio::time::sleep(core.config.poll_interval) => {}
+            _ = tokio::time::sleep(core.config.database_poll()) => {}
         }
     }
 }

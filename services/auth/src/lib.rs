@@ -110,7 +110,7 @@ impl Application {
             self.listener,
             core.revocations.clone(),
             core.keys.clone(),
-            core.config.poll_interval,
+            core.config.database_poll(),
         ));
         let pruner = tokio::spawn(revocations::prune(
             core.store.clone(),

@@ -319,7 +319,10 @@ impl AuthCore {
             email_verified: info.user.email_verified,
             session_id: info.session.id.clone(),
             sub: info.user.id.clone(),
-            exp: iat + self.config.token_ttl.as_secs() as i64,
+            // A token never outlives its session: a session that simply reaches its expiry
+            // writes no log entry, so its tokens (and the caches holding them) end with it.
+            exp: (iat + self.config.token_ttl.as_secs() as i64)
+                .min(info.session.expires_at.timestamp()),
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
         };

@@ -9,7 +9,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use crate::identity::{IdentityKey, VerifiedUser};
 use crate::listener::{Attachment, Inbox};
 use crate::metrics::Stats;
-use crate::revocations::Revocation;
+use crate::revocations::{Revocation, Revoked};
 use crate::upstream::{self, Command, Upstream};
 
 #[derive(Debug)]
@@ -19,6 +19,8 @@ pub struct Hub {
     tls: edge_tls::Trust,
     idle: Duration,
     pub stats: Arc<Stats>,
+    /// What auth's session log revoked: checked again once a listener is attached.
+    revoked: Arc<Revoked>,
 }
 
 impl Hub {
@@ -27,6 +29,7 @@ impl Hub {
         tls: edge_tls::Trust,
         idle: Duration,
         stats: Arc<Stats>,
+        revoked: Arc<Revoked>,
     ) -> Arc<Hub> {
         Arc::new(Hub {
             upstreams: Mutex::new(HashMap::new()),
@@ -34,6 +37,7 @@ impl Hub {
             tls,
             idle,
             stats,
+            revoked,
         })
     }
 
@@ -111,6 +115,24 @@ impl Hub {
                 };
                 let upstream = self.send(identity, token).await;
                 let _ = upstream.tx.send(inbox.attach_command()).await;
+                // A revocation recorded between the caller's check and this attach found no
+                // upstream to tell: the log is recorded before upstreams are told, so checking
+                // again now (the upstream is in the map) closes that gap.
+                let refused = self.revoked.refuses(
+                    u.session_id.as_deref(),
+                    u.subject.as_deref(),
+                    u.issued_at,
+                );
+                if let Some(reason) = refused {
+                    let revocation = Revocation::Session {
+                        session_id: u.session_id.clone().unwrap_or_default(),
+                    };
+                    let command = Command::Revoke {
+                        revocation,
+                        reason: reason.to_owned(),
+                    };
+                    let _ = upstream.tx.send(command).await;
+                }
                 upstream
             }
             _ => self.send(identity, inbox.attach_command()).await,

@@ -87,6 +87,7 @@ impl Application {
             trust.clone(),
             config.upstream_idle,
             stats,
+            revoked.clone(),
         );
         let http = trust
             .http_client()

@@ -77,7 +77,7 @@ impl Revocation {
         match self {
             Revocation::Session { session_id: s } => session_id == Some(s.as_str()),
             Revocation::User { user_id, before_ms } => {
-                subject == Some(user_id.as_str()) && issued_at.saturating_mul(1000) < *before_ms
+                subject == Some(user_id.as_str()) && issued_before(issued_at, *before_ms)
             }
         }
     }
@@ -124,7 +124,7 @@ impl Revoked {
         }
         let stale = subject
             .and_then(|s| entries.users.get(s))
-            .is_some_and(|before_ms| issued_at.saturating_mul(1000) < *before_ms);
+            .is_some_and(|before_ms| issued_before(issued_at, *before_ms));
         stale.then_some("the user of this token changed after it was issued")
     }
 }
@@ -182,6 +182,14 @@ pub async fn follow(
     }
 }
 
+/// Whether a token issued at `iat` (whole unix seconds, as JWTs carry it) predates an entry
+/// at `before_ms`. A token issued in the entry's own second counts as after it: the client
+/// that saw its socket end fetches a fresh token within milliseconds, and refusing that one
+/// would lock it out; the gateway, which fences by log position, refuses a stale one exactly.
+pub fn issued_before(iat: i64, before_ms: i64) -> bool {
+    iat < before_ms.div_euclid(1000)
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -219,6 +227,9 @@ mod tests {
         revoked.record(&r, 10_000);
         assert!(revoked.refuses(Some("s"), Some("u1"), 9).is_some());
         assert!(revoked.refuses(Some("s"), Some("u1"), 10).is_none());
+        // Issued in the entry's own second: after it (iat has whole seconds).
+        assert!(!issued_before(10, 10_999));
+        assert!(issued_before(9, 10_000));
         assert!(revoked.refuses(Some("s"), Some("u2"), 9).is_none());
         assert!(!r.covers(Some("s"), Some("u1"), 11));
     }

@@ -44,7 +44,8 @@ END $$"#,
     r#"DROP TRIGGER IF EXISTS "edge_session_log_commit" ON "edge_session_log""#,
     r#"CREATE CONSTRAINT TRIGGER "edge_session_log_commit" AFTER INSERT ON "edge_session_log" DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION "edge_session_log_commit"()"#,
     // A session ends when its row goes, its expiry moves into the past, or its token or owner
-    // is replaced (the old cookie no longer names it).
+    // is replaced (the old cookie no longer names it); a shortened expiry is logged too, since
+    // tokens issued before it may outlive the session.
     r#"CREATE OR REPLACE FUNCTION "edge_session_end"() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   why text;
@@ -53,6 +54,9 @@ BEGIN
     why := 'deleted';
   ELSIF NEW."expiresAt" <= clock_timestamp() AND OLD."expiresAt" > clock_timestamp() THEN
     why := 'expired';
+  ELSIF NEW."expiresAt" < OLD."expiresAt" THEN
+    -- Shortened: tokens issued before carry an `exp` the session may not reach.
+    why := 'shortened';
   ELSIF NEW."token" IS DISTINCT FROM OLD."token" OR NEW."userId" IS DISTINCT FROM OLD."userId" THEN
     why := 'token-changed';
   ELSE
@@ -63,6 +67,21 @@ BEGIN
 END $$"#,
     r#"DROP TRIGGER IF EXISTS "edge_session_end" ON "session""#,
     r#"CREATE TRIGGER "edge_session_end" AFTER DELETE OR UPDATE OF "expiresAt", "token", "userId" ON "session" FOR EACH ROW EXECUTE FUNCTION "edge_session_end"()"#,
+    // TRUNCATE deletes without row triggers: every session and user it removes is logged first.
+    r#"CREATE OR REPLACE FUNCTION "edge_session_truncate"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO "edge_session_log" ("sessionId", "userId", "reason") SELECT "id", "userId", 'deleted' FROM "session";
+  RETURN NULL;
+END $$"#,
+    r#"DROP TRIGGER IF EXISTS "edge_session_truncate" ON "session""#,
+    r#"CREATE TRIGGER "edge_session_truncate" BEFORE TRUNCATE ON "session" FOR EACH STATEMENT EXECUTE FUNCTION "edge_session_truncate"()"#,
+    r#"CREATE OR REPLACE FUNCTION "edge_user_truncate"() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  INSERT INTO "edge_session_log" ("userId", "reason") SELECT "id", 'user-deleted' FROM "user";
+  RETURN NULL;
+END $$"#,
+    r#"DROP TRIGGER IF EXISTS "edge_user_truncate" ON "user""#,
+    r#"CREATE TRIGGER "edge_user_truncate" BEFORE TRUNCATE ON "user" FOR EACH STATEMENT EXECUTE FUNCTION "edge_user_truncate"()"#,
     // A user deleted, or changed in a claim tokens carry: that user's cached tokens go.
     r#"CREATE OR REPLACE FUNCTION "edge_user_change"() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -108,6 +127,7 @@ pub const SQLITE: &[&str] = &[
     r#"CREATE TRIGGER IF NOT EXISTS "edge_session_log_commit" AFTER INSERT ON "edge_session_log" BEGIN UPDATE "edge_session_log" SET "position" = NEW."id", "committedAt" = NEW."revokedAt" WHERE "id" = NEW."id"; END"#,
     r#"CREATE TRIGGER IF NOT EXISTS "edge_session_deleted" AFTER DELETE ON "session" BEGIN INSERT INTO "edge_session_log" ("sessionId", "userId", "reason") VALUES (OLD."id", OLD."userId", 'deleted'); END"#,
     r#"CREATE TRIGGER IF NOT EXISTS "edge_session_expired" AFTER UPDATE OF "expiresAt" ON "session" WHEN julianday(NEW."expiresAt") <= julianday('now') AND julianday(OLD."expiresAt") > julianday('now') BEGIN INSERT INTO "edge_session_log" ("sessionId", "userId", "reason") VALUES (OLD."id", OLD."userId", 'expired'); END"#,
+    r#"CREATE TRIGGER IF NOT EXISTS "edge_session_shortened" AFTER UPDATE OF "expiresAt" ON "session" WHEN julianday(NEW."expiresAt") < julianday(OLD."expiresAt") AND julianday(NEW."expiresAt") > julianday('now') BEGIN INSERT INTO "edge_session_log" ("sessionId", "userId", "reason") VALUES (OLD."id", OLD."userId", 'shortened'); END"#,
     r#"CREATE TRIGGER IF NOT EXISTS "edge_session_token_changed" AFTER UPDATE OF "token", "userId" ON "session" WHEN NEW."token" IS NOT OLD."token" OR NEW."userId" IS NOT OLD."userId" BEGIN INSERT INTO "edge_session_log" ("sessionId", "userId", "reason") VALUES (OLD."id", OLD."userId", 'token-changed'); END"#,
     r#"CREATE TRIGGER IF NOT EXISTS "edge_user_deleted" AFTER DELETE ON "user" BEGIN INSERT INTO "edge_session_log" ("userId", "reason") VALUES (OLD."id", 'user-deleted'); END"#,
     r#"CREATE TRIGGER IF NOT EXISTS "edge_user_changed" AFTER UPDATE OF "name", "email", "emailVerified", "image" ON "user" WHEN NEW."name" IS NOT OLD."name" OR NEW."email" IS NOT OLD."email" OR NEW."emailVerified" IS NOT OLD."emailVerified" OR NEW."image" IS NOT OLD."image" BEGIN INSERT INTO "edge_session_log" ("userId", "reason") VALUES (OLD."id", 'user-changed'); END"#,

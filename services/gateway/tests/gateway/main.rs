@@ -2,11 +2,11 @@
 //! better-auth and jose npm packages.
 
 mod bad_input;
-mod breaks;
 mod cache;
 mod interop;
 mod proxy;
 mod revocation;
+mod revocation_faults;
 mod routes;
 mod tls;
 

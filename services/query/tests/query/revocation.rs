@@ -104,7 +104,7 @@ async fn an_ended_session_loses_its_sockets_watches_and_tokens_and_no_one_else_d
 /// refused too, and the gateway caches exactly that token for its TTL: the user's sockets
 /// get AuthError for a valid, current token.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_token_issued_after_a_user_change_is_accepted() {
+async fn a_token_issued_after_a_user_change_is_accepted() {
     let stack = Stack::start().await;
     let (cookie, _old) = stack.session_for("renamed@example.com").await;
     let db = stack._dir.path().join("auth.db");
@@ -139,10 +139,16 @@ async fn review_a_token_issued_after_a_user_change_is_accepted() {
     // Once the query service has the entry, the old token (old name) is refused.
     let start = std::time::Instant::now();
     while grpc.query(call("tasks:list", &_old)).await.is_ok() {
-        assert!(start.elapsed() < Duration::from_secs(15), "the old token is never refused");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the old token is never refused"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("user change applied by the query service after {:?}", changed_at.signed_duration_since(chrono::Utc::now()).abs());
+    eprintln!(
+        "user change applied by the query service after {:?}",
+        changed_at.signed_duration_since(chrono::Utc::now()).abs()
+    );
     let read = grpc.query(call("tasks:list", &new)).await;
     assert!(
         read.is_ok(),
@@ -154,7 +160,7 @@ async fn review_a_token_issued_after_a_user_change_is_accepted() {
 /// Review (issue 13): on SQLite, a session ended by another writer of the file (the Better
 /// Auth app, an admin's sqlite3) wakes no stream: it is seen at auth's next poll (5 s).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_sqlite_session_end_by_another_writer_within_one_second() {
+async fn sqlite_session_end_by_another_writer_within_one_second() {
     let stack = Stack::start().await;
     let (_cookie, jwt) = stack.session_for("sqlite-writer@example.com").await;
     let db = stack._dir.path().join("auth.db");

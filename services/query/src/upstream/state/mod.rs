@@ -224,7 +224,7 @@ impl UpstreamState {
     pub fn revoke(&mut self, revocation: &Revocation, reason: &str, out: &mut Outbox) {
         let spared = match (revocation, &self.token) {
             (Revocation::User { before_ms, .. }, Some(t)) => {
-                t.issued_at.saturating_mul(1000) >= *before_ms
+                !crate::revocations::issued_before(t.issued_at, *before_ms)
             }
             _ => false,
         };

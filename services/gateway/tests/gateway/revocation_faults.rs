@@ -45,20 +45,26 @@ async fn exec(db_url: &str, statement: &str) {
 
 /// An admin logs everyone out with TRUNCATE: no row trigger fires, nothing reaches the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_truncate_of_sessions_ends_them_for_the_cache_too() {
+async fn truncate_of_sessions_ends_them_for_the_cache_too() {
     let stack = Stack::start().await;
     wait_ready(&stack.base).await;
     let (_, cookie) = sign_up(&stack, "truncate@example.com").await;
     assert_eq!(token_status(&stack.base, &cookie).await, 200);
     assert_eq!(token_status(&stack.base, &cookie).await, 200);
     exec(&stack.db.url, r#"TRUNCATE "session""#).await;
-    refused_within(&stack.base, &cookie, Duration::from_secs(3), "TRUNCATE session").await;
+    refused_within(
+        &stack.base,
+        &cookie,
+        Duration::from_secs(3),
+        "TRUNCATE session",
+    )
+    .await;
 }
 
 /// An expiry moved to just ahead of now (not into the past: no log entry), then reached.
 /// Nobody calls get-session, so auth never ends it lazily; the cache serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn review_a_session_that_reaches_its_expiry_gets_no_token() {
+async fn a_session_that_reaches_its_expiry_gets_no_token() {
     let stack = Stack::start().await;
     wait_ready(&stack.base).await;
     let (body, cookie) = sign_up(&stack, "expiring@example.com").await;
@@ -76,22 +82,27 @@ async fn review_a_session_that_reaches_its_expiry_gets_no_token() {
     {
         use sqlx::Connection;
         let mut conn = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
-        let (live,): (i64,) = sqlx::query_as(
-            r#"SELECT COUNT(*) FROM "session" WHERE "expiresAt" > now()"#,
-        )
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+        let (live,): (i64,) =
+            sqlx::query_as(r#"SELECT COUNT(*) FROM "session" WHERE "expiresAt" > now()"#)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
         assert_eq!(live, 0, "the session has expired");
     }
-    refused_within(&stack.base, &cookie, Duration::from_secs(2), "session expired").await;
+    refused_within(
+        &stack.base,
+        &cookie,
+        Duration::from_secs(2),
+        "session expired",
+    )
+    .await;
 }
 
 /// One gateway's link to auth goes silent (a partition, a half-open connection: bytes are
 /// swallowed, nothing is closed). Its WatchRevocations stream never errors, so it goes on
 /// trusting L1 and serves a session signed out on another gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn review_a_silent_auth_link_does_not_keep_serving_revoked_tokens() {
+async fn a_silent_auth_link_does_not_keep_serving_revoked_tokens() {
     let mut stack = Stack::start().await;
     let relay = edge_testkit::Relay::start(stack.auth_grpc).await;
     let via = format!("http://{}", relay.addr());
