@@ -89,7 +89,8 @@ class Cleanup:
 
 
 def remove_run(run):
-    """Kills what runs in the run's namespaces and deletes them with /etc/netns entries."""
+    """Kills what runs in the run's namespaces and deletes them with /etc/netns entries and
+    the run's temp dir."""
     listed = sh("ip", "netns", "list", capture=True, check=False).stdout or ""
     for line in listed.splitlines():
         name = line.split()[0] if line.split() else ""
@@ -103,6 +104,9 @@ def remove_run(run):
                 pass
         sh("ip", "netns", "del", name, check=False)
     for entry in Path("/etc/netns").glob(f"{run}-*") if Path("/etc/netns").exists() else []:
+        shutil.rmtree(entry, ignore_errors=True)
+    # The run's temp dir (data, logs, binaries), also when the runner itself was killed.
+    for entry in Path(tempfile.gettempdir()).glob(f"compose-netns-{run}-*"):
         shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -32,7 +32,10 @@ const L2_WARMUP: usize = 100;
 /// One request per session (cookie values), `connections` at a time.
 async fn once_each(url: &str, sessions: &[String], connections: usize) -> Stats {
     let expect = Expect::Token;
-    let client = crate::http_client().build().expect("http client");
+    let client = crate::http_client()
+        .timeout(crate::REQUEST_TIMEOUT)
+        .build()
+        .expect("http client");
     let start = std::time::Instant::now();
     let mut tasks = Vec::new();
     for chunk in sessions.chunks(sessions.len().div_ceil(connections.max(1))) {
@@ -165,8 +168,8 @@ struct Row {
     page_queries: (f64, f64, f64),
 }
 
-/// Token cache outcomes between two scrapes, as `l1/l2/miss`.
-fn cache_outcomes(before: &str, after: &str) -> anyhow::Result<String> {
+/// Token cache outcomes between two scrapes: `(l1, l2, miss)`.
+fn cache_outcomes(before: &str, after: &str) -> anyhow::Result<(f64, f64, f64)> {
     let outcome = |result: &str| {
         delta(
             before,
@@ -175,12 +178,19 @@ fn cache_outcomes(before: &str, after: &str) -> anyhow::Result<String> {
             &format!("result=\"{result}\""),
         )
     };
-    Ok(format!(
-        "{:.0}/{:.0}/{:.0}",
-        outcome("l1_hit")?,
-        outcome("l2_hit")?,
-        outcome("miss")?
-    ))
+    Ok((outcome("l1_hit")?, outcome("l2_hit")?, outcome("miss")?))
+}
+
+/// Every counted response went through the token cache (and, for a page, ran its one query):
+/// counters that moved less than the responses are counting something else.
+fn at_least(what: &str, counted: f64, stats: &Stats) -> anyhow::Result<()> {
+    if counted < stats.requests as f64 {
+        bail!(
+            "{what} counted {counted} in a run of {} good responses: a renamed series or an uncounted path",
+            stats.requests
+        );
+    }
+    Ok(())
 }
 
 async fn scrape(url: &str) -> anyhow::Result<String> {
@@ -337,7 +347,9 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
             let outcomes = if *name == "off" {
                 "-".to_owned()
             } else {
-                cache_outcomes(&before, &after)?
+                let (l1, l2, miss) = cache_outcomes(&before, &after)?;
+                at_least("edge_gateway_token_cache_total", l1 + l2 + miss, &stats)?;
+                format!("{l1:.0}/{l2:.0}/{miss:.0}")
             };
             let page_queries = if what == "SSR page" {
                 let count = |family: &str, source: &str| {
@@ -346,6 +358,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
                 let watched = count("edge_gateway_page_queries_total", "watch")?;
                 let watch_errors = count("edge_gateway_page_query_errors_total", "watch")?;
                 let fetched = count("edge_gateway_page_queries_total", "fetch")?;
+                at_least("edge_gateway_page_queries_total", watched + fetched, &stats)?;
                 (watched - watch_errors, watch_errors, fetched)
             } else {
                 (0.0, 0.0, 0.0)
@@ -400,6 +413,14 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         .await;
         let after = scrape(&format!("{fresh}/metrics")).await?;
         stats.explain("token L2 hits");
+        let (l1, l2, miss) = cache_outcomes(&before, &after)?;
+        // The row is named for L2 hits: a response that was not one is not its figure.
+        if l2 < stats.requests as f64 {
+            bail!(
+                "the L2 row counted {l1}/{l2}/{miss} (l1/l2/miss) for {} good responses",
+                stats.requests
+            );
+        }
         let path = "/api/auth/convex/token";
         Row {
             page_queries: (0.0, 0.0, 0.0),
@@ -408,7 +429,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
             server_p50: server_quantile(&before, &after, path, 0.50)?,
             server_p99: server_quantile(&before, &after, path, 0.99)?,
             stats,
-            outcomes: cache_outcomes(&before, &after)?,
+            outcomes: format!("{l1:.0}/{l2:.0}/{miss:.0}"),
         }
     };
     rows.push(l2_row);

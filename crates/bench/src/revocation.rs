@@ -99,7 +99,7 @@ async fn token_status(client: &reqwest::Client, base: &str, cookie: &str) -> any
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
-        return 0.0;
+        return f64::NAN;
     }
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i].as_secs_f64() * 1000.0
@@ -147,23 +147,34 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     // Load on B: cache hits for live sessions until the sign-outs are done.
     let done = Arc::new(AtomicBool::new(false));
     let served = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
     for cookie in live {
-        let (client, b, cookie, done, served) = (
+        let (client, b, cookie, done, served, failed) = (
             client.clone(),
             b.clone(),
             cookie.clone(),
             done.clone(),
             served.clone(),
+            failed.clone(),
         );
         load.push(tokio::spawn(async move {
             while !done.load(Ordering::Relaxed) {
-                if token_status(&client, &b, &cookie).await.ok() == Some(200) {
-                    served.fetch_add(1, Ordering::Relaxed);
-                }
+                // A live session must get a token: anything else is an error, never dropped.
+                let counter = match token_status(&client, &b, &cookie).await {
+                    Ok(200) => &served,
+                    _ => &failed,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
+    let b_metrics = format!("{b}/metrics");
+    let hits_before = crate::metric(
+        &client.get(&b_metrics).send().await?.text().await?,
+        "edge_gateway_token_cache_total",
+        "result=\"l1_hit\"",
+    )?;
 
     // Sign-outs through A, `concurrency` at a time; each watched on B until refused.
     let started = Instant::now();
@@ -200,8 +211,15 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
     for task in load {
         let _ = task.await;
     }
+    let hits = crate::metric(
+        &client.get(&b_metrics).send().await?.text().await?,
+        "edge_gateway_token_cache_total",
+        "result=\"l1_hit\"",
+    )? - hits_before;
     latencies.sort();
-    let load_rps = served.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64();
+    // Cache hits as B's own counter has them (the watchers' refused requests are not hits).
+    let load_rps = hits.min(served.load(Ordering::Relaxed) as f64) / elapsed.as_secs_f64();
+    let load_errors = failed.load(Ordering::Relaxed);
 
     // Start-up with a large log: entries inside the window, then the same number outside it.
     let mut conn = sqlx::PgConnection::connect(&env.db).await?;
@@ -222,11 +240,12 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         .await?;
 
     println!(
-        "revocation across gateways: {} sign-outs through A ({} at a time) while {} clients keep B busy ({:.0} cache hits/s)",
+        "revocation across gateways: {} sign-outs through A ({} at a time) while {} clients keep B busy ({:.0} cache hits/s, {} errors)",
         latencies.len(),
         args.concurrency,
         live.len(),
-        load_rps
+        load_rps,
+        load_errors
     );
     println!(
         "  sign-out answered on A → B refuses: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
@@ -242,5 +261,8 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
         rows,
         old_time.as_secs_f64() * 1000.0
     );
+    if load_errors > 0 {
+        bail!("{load_errors} token requests of live sessions on B failed during the run");
+    }
     Ok(())
 }

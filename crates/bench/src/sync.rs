@@ -429,7 +429,13 @@ async fn run_clients(
             .await?
         }
     }
-    let kib_per_client = (rss_kib(pid)?.saturating_sub(rss_before)) as f64 / n as f64;
+    let rss_after = rss_kib(pid)?;
+    if rss_after <= rss_before {
+        bail!(
+            "resident memory of {pid} did not grow with {n} clients ({rss_before} → {rss_after} KiB): no figure"
+        );
+    }
+    let kib_per_client = (rss_after - rss_before) as f64 / n as f64;
     let before = metrics(&stack.devconvex).await?;
     let upstream_subscriptions = metric(&before, "devconvex_subscriptions", "")?;
     let exec = (

@@ -70,8 +70,12 @@ async fn response_head(stack: &Stack, request: &str) -> String {
     socket.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
     while !response.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = socket.read(&mut buf).await.unwrap();
+        let n = tokio::time::timeout_at(deadline, socket.read(&mut buf))
+            .await
+            .expect("a response head within 10 s")
+            .unwrap();
         assert!(n > 0, "the connection closed before the response head");
         response.extend_from_slice(&buf[..n]);
     }
