@@ -74,10 +74,16 @@ impl Attachment {
         }
     }
 
-    /// Drops this handle without detaching: another handle of the same listener on the same
-    /// upstream takes over.
-    pub fn keep_attached(mut self) {
+    /// Detaches now, after every command this handle sent. Where the same listener may attach
+    /// to the same upstream next (a socket switching identity), this keeps the order: a
+    /// detach left to `Drop` on a full queue goes through a task and could land after the new
+    /// attach, detaching it.
+    pub async fn detach(mut self) {
         self.armed = false;
+        let detach = Command::Detach {
+            listener: self.listener,
+        };
+        let _ = self.upstream.tx.send(detach).await;
     }
 
     pub fn upstream_id(&self) -> UpstreamId {

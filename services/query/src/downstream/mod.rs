@@ -225,10 +225,9 @@ impl Downstream {
                         }
                     };
                     let previous = std::mem::replace(&mut self.main, next);
-                    if previous.upstream_id() == self.main.upstream_id() {
-                        // The same upstream: dropping the old handle would detach the new one.
-                        previous.keep_attached();
-                    }
+                    // Awaited: the shared route may attach this listener to the old main's
+                    // upstream next, and must come after this detach.
+                    previous.detach().await;
                 }
                 Effect::Subscribe(route, key) => self.route(route).subscribe(key).await,
                 Effect::Unsubscribe(route, key) => self.route(route).unsubscribe(key).await,
@@ -277,8 +276,10 @@ impl Downstream {
             .fetch_sub(session.query_count() as i64, Ordering::Relaxed);
         // Detached first, so the socket's subscriptions end even if the client never reads
         // the close frame.
-        drop(main);
-        drop(shared);
+        main.detach().await;
+        if let Some(shared) = shared {
+            shared.detach().await;
+        }
         let too_slow = matches!(end, End::TooSlow);
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),

@@ -300,3 +300,50 @@ mod tests {
         assert!(!failed("boom").same_as(&value("[1]", None)));
     }
 }
+
+#[cfg(test)]
+mod detach_order_tests {
+    use super::*;
+    use crate::listener::{Attachment, Inbox};
+
+    /// A socket switching identity detaches from the old main, then may attach the same
+    /// listener to the same (anonymous) upstream as its shared route: on a busy upstream the
+    /// detach must still arrive first, or it would detach the new attachment.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_awaited_detach_reaches_a_busy_upstream_before_a_later_attach() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let upstream = Upstream {
+            id: 1,
+            tx,
+            values: Values::default(),
+        };
+        let (inbox, _mailbox) = Inbox::new(8);
+        let listener = inbox.listener();
+        let old = Attachment::new(listener, upstream.clone());
+        // The upstream's queue is full.
+        upstream
+            .tx
+            .send(Command::Detach { listener: 0 })
+            .await
+            .unwrap();
+        let reader = tokio::spawn(async move {
+            let mut order = Vec::new();
+            for _ in 0..3 {
+                match rx.recv().await.unwrap() {
+                    Command::Attach { .. } => order.push("attach"),
+                    Command::Detach { listener: l } if l == listener => order.push("detach"),
+                    _ => {}
+                }
+            }
+            order
+        });
+        old.detach().await;
+        upstream.tx.send(inbox.attach_command()).await.unwrap();
+        let order = reader.await.unwrap();
+        assert_eq!(
+            order,
+            ["detach", "attach"],
+            "the new attachment was detached"
+        );
+    }
+}

@@ -235,6 +235,8 @@ impl ClientSession {
                     self.newest_ts = self.newest_ts.max(ts);
                     self.apply(route, &key, &result, &mut pending);
                 }
+                // From an upstream the socket left (a token it no longer uses): nothing to do.
+                Event::AuthFailed { .. } if route.is_none() => {}
                 Event::AuthFailed { error, .. } => {
                     let held = self.version.held().identity;
                     return Err(End::Auth {

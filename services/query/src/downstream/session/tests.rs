@@ -296,3 +296,16 @@ fn unchanged_results_are_not_sent_again() {
     };
     assert!(frame.contains("\"modifications\":[]"), "{frame}");
 }
+
+#[test]
+fn an_auth_failure_from_an_upstream_the_socket_left_is_ignored() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.sign_in("bob");
+    let failed = Event::AuthFailed {
+        upstream: 0,
+        error: "ada's token expired".into(),
+    };
+    h.deliver(vec![(None, failed)]);
+    assert!(h.is_open(), "bob's socket ended: {:?}", h.ended);
+}
