@@ -237,6 +237,17 @@ pub enum ServerMessage {
     Ping,
 }
 
+/// The one arguments object of a call: the sync protocol sends arguments as a one-element
+/// array (`args: [{…}]`).
+///
+/// # Errors
+/// Any other length, worded for the `FatalError` the session ends with.
+pub fn one_argument(args: Vec<Value>) -> Result<Value, String> {
+    let [one] = <[Value; 1]>::try_from(args)
+        .map_err(|a| format!("expected one arguments object, got {}", a.len()))?;
+    Ok(one)
+}
+
 impl ServerMessage {
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("server messages serialise")

@@ -322,13 +322,7 @@ impl SyncSession {
 
 /// The sync protocol carries arguments as a one-element array.
 fn single_args(args: &[Value]) -> Result<Value, End> {
-    match args {
-        [one] => Ok(one.clone()),
-        _ => Err(End::Fatal(format!(
-            "expected one arguments object, got {}",
-            args.len()
-        ))),
-    }
+    edge_convex::sync::one_argument(args.to_vec()).map_err(End::Fatal)
 }
 
 fn outcome(result: Result<Value, FunctionError>) -> (bool, Value, Option<Value>) {

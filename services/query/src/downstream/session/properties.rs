@@ -1,22 +1,32 @@
 //! Property tests: random interleavings of client messages, upstream transitions, identity
-//! changes and stale events from upstreams the socket left, each step checked by the harness
-//! (the client model, isolation, the frontier) and, at the end, every mutation completed.
+//! changes, stale events from upstreams the socket left and upstream auth failures, each step
+//! checked by the harness (the client model, isolation, the frontier) and, at the end, every
+//! mutation completed. An auth failure from the socket's own upstreams ends it with
+//! `AuthError` for the identity version it holds; one from an upstream it left changes
+//! nothing.
 
-use edge_convex::QueryId;
+use edge_convex::{IdentityVersion, QueryId};
 use proptest::prelude::*;
 use serde_json::json;
 
+use super::End;
 use super::harness::{Harness, PRIVATE, SHARED};
+use crate::upstream::Event;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Add { shared: bool, arg: u8 },
+    Add {
+        shared: bool,
+        arg: u8,
+    },
     Remove(usize),
     SignIn(u8),
     SignOut,
     Mutate,
     Upstream(u8),
     Stale(u8),
+    /// An upstream refuses its token: the anonymous one, the main one, or one of the people's.
+    AuthFailed(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -28,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Mutate),
         4 => (0..4u8).prop_map(Op::Upstream),
         1 => (0..3u8).prop_map(Op::Stale),
+        1 => (0..5u8).prop_map(Op::AuthFailed),
     ]
 }
 
@@ -72,6 +83,28 @@ proptest! {
                     let who = PEOPLE[who as usize].to_owned();
                     h.subscribed.entry(who.clone()).or_default();
                     h.upstream_transition(&who);
+                }
+                Op::AuthFailed(n) => {
+                    let who = match n {
+                        0 => String::new(),
+                        1 => h.main.clone(),
+                        n => PEOPLE[n as usize - 2].to_owned(),
+                    };
+                    let route = h.route_of(&who);
+                    let held = h.model.held().identity;
+                    let failed = Event::AuthFailed {
+                        upstream: 0,
+                        error: format!("{who}'s token refused"),
+                    };
+                    h.deliver(vec![(route, failed)]);
+                    if route.is_some() {
+                        let expected = End::Auth {
+                            error: format!("{who}'s token refused"),
+                            base_version: IdentityVersion(held.0.saturating_sub(1)),
+                        };
+                        prop_assert_eq!(h.ended.as_ref(), Some(&expected));
+                        return Ok(());
+                    }
                 }
             }
             prop_assert!(h.is_open(), "the session ended: {:?}", h.ended);

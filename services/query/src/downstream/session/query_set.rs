@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use edge_convex::sync::QuerySetModification;
+use edge_convex::sync::{QuerySetModification, one_argument};
 use edge_convex::{QueryId, QuerySetVersion};
 
 use super::{ClientQuery, ClientSession, Effect, End, Route, Step};
@@ -116,13 +116,8 @@ impl ClientSession {
                             "query id {query_id} is already in the query set"
                         )));
                     }
-                    let [args] = &args[..] else {
-                        return Err(End::Fatal(format!(
-                            "expected one arguments object, got {}",
-                            args.len()
-                        )));
-                    };
-                    match QueryKey::new(&udf_path, args, journal) {
+                    let args = one_argument(args).map_err(End::Fatal)?;
+                    match QueryKey::new(&udf_path, &args, journal) {
                         Ok(key) => self.subscribe(query_id, key, out),
                         Err(message) => {
                             let failed = Arc::new(QueryResult::Failed {

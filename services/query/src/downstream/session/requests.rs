@@ -4,7 +4,7 @@
 
 use edge_convex::RequestId;
 use edge_convex::ServerMessage;
-use edge_convex::sync::RequestKind;
+use edge_convex::sync::{RequestKind, one_argument};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -26,8 +26,7 @@ impl ClientSession {
                 self.max_in_flight
             )));
         }
-        let [args] = <[Value; 1]>::try_from(args)
-            .map_err(|a| End::Fatal(format!("expected one arguments object, got {}", a.len())))?;
+        let args = one_argument(args).map_err(End::Fatal)?;
         self.in_flight += 1;
         out.push(Effect::Request {
             request_id,
