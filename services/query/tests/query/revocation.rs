@@ -107,13 +107,20 @@ async fn an_ended_session_loses_its_sockets_watches_and_tokens_and_no_one_else_d
 async fn a_token_issued_after_a_user_change_is_accepted() {
     let stack = Stack::start().await;
     let (cookie, _old) = stack.session_for("renamed@example.com").await;
+    let old_issued = chrono::Utc::now().timestamp();
     let db = stack._dir.path().join("auth.db");
-    // Early in a second, so the new token below is issued within the same second.
+    // Early in a later second than the old token's `iat` (tokens carry whole seconds), so the
+    // old token predates the change and the new one below falls in the change's own second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let ms = chrono::Utc::now().timestamp_subsec_millis();
-        if ms < 200 {
+        let now = chrono::Utc::now();
+        if now.timestamp() > old_issued && now.timestamp_subsec_millis() < 200 {
             break;
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no early moment of a second"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let status = std::process::Command::new("sqlite3")
