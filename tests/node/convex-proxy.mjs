@@ -7,22 +7,11 @@ import { createInterface } from "node:readline";
 import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
+import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
 const out = {};
 
-function until(predicate, what, ms = 20_000) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      const value = predicate();
-      if (value) return resolve(value);
-      if (Date.now() - started > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 10);
-    };
-    tick();
-  });
-}
 
 async function signUp(email) {
   const response = await fetch(`${site}/api/auth/sign-up/email`, {

@@ -7,22 +7,11 @@
 import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
+import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
 const out = {};
 
-function until(predicate, what, ms = 20_000) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const tick = () => {
-      const value = predicate();
-      if (value) return resolve(value);
-      if (Date.now() - started > ms) return reject(new Error(`timed out waiting for ${what}`));
-      setTimeout(tick, 5);
-    };
-    tick();
-  });
-}
 
 const signUp = await fetch(`${site}/api/auth/sign-up/email`, {
   method: "POST",
@@ -62,7 +51,7 @@ try {
     body: "{}",
   });
   out.signOutStatus = signOut.status;
-  await until(() => authChanges.at(-1) === false, "the auth callback to see the identity end");
+  await until(() => authChanges.at(-1) === false, "the auth callback to see the identity end", 20_000, 5);
   out.identityEndedMs = Date.now() - started;
   await until(() => me === null, "users:me signed out");
   await until(() => tasks && tasks.length === 0, "tasks:list anonymous");

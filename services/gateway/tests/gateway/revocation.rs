@@ -23,7 +23,7 @@ fn claims(jwt: &str) -> Value {
 }
 
 /// The status of a token request on `base`, and the token's claims when there is one.
-async fn token_on(base: &str, cookie: &str) -> (u16, Option<Value>) {
+pub async fn token_on(base: &str, cookie: &str) -> (u16, Option<Value>) {
     let r = http()
         .get(format!("{base}/api/auth/convex/token"))
         .header("cookie", format!("better-auth.session_token={cookie}"))
@@ -38,7 +38,7 @@ async fn token_on(base: &str, cookie: &str) -> (u16, Option<Value>) {
     (status, Some(claims(body["token"].as_str().unwrap())))
 }
 
-async fn sign_out(base: &str, cookie: &str) -> u16 {
+pub async fn sign_out(base: &str, cookie: &str) -> u16 {
     http()
         .post(format!("{base}/api/auth/sign-out"))
         .header("cookie", format!("better-auth.session_token={cookie}"))

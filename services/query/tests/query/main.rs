@@ -197,24 +197,7 @@ impl Stack {
 
     /// Signs up `email` and returns a JWT for the new session.
     pub async fn token_for(&self, email: &str) -> String {
-        let client = edge_auth::service::Client::default();
-        let info = self
-            .auth
-            .sign_up(
-                "Test User",
-                email,
-                "correct horse battery staple",
-                None,
-                &client,
-            )
-            .await
-            .unwrap();
-        self.auth
-            .issue_token(&info.cookie_value)
-            .await
-            .unwrap()
-            .token
-            .jwt
+        self.session_for(email).await.1
     }
 
     /// Signs up `email`; returns the session cookie's value and a JWT for the session.
