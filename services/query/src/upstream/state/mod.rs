@@ -99,7 +99,18 @@ pub struct UpstreamState {
     pending: Vec<QuerySetModification>,
     /// `Some` while connected.
     sent: Option<Sent>,
+    /// Largest `ModifyQuerySet` text sent to Convex, in bytes: the pending changes go in as
+    /// many messages as it takes (a reconnect re-adds every live key), each under Convex's
+    /// WebSocket frame limit.
+    max_message_bytes: usize,
 }
+
+/// Default of [`UpstreamState::with_max_message_bytes`]: 4 MiB, half of devconvex's 8 MiB
+/// frame limit and a quarter of Convex's (tungstenite's default 16 MiB frame).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Room left in a `ModifyQuerySet` for its envelope (`type`, the versions, brackets).
+const ENVELOPE_BYTES: usize = 128;
 
 impl UpstreamState {
     pub fn new(id: UpstreamId, stats: Arc<Stats>, values: Values) -> Self {
@@ -118,7 +129,16 @@ impl UpstreamState {
             requests: HashMap::new(),
             pending: Vec::new(),
             sent: None,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
+    }
+
+    /// Caps each `ModifyQuerySet` sent to Convex at `bytes` of JSON text. A single
+    /// modification larger than that still goes alone (the client side bounds a key's size
+    /// below this, see `QUERY_MAX_QUERY_BYTES`).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     pub fn id(&self) -> UpstreamId {
@@ -361,16 +381,33 @@ impl UpstreamState {
             }
             self.token_dirty = false;
         }
-        if !self.pending.is_empty()
-            && let Some(next) = sent.query_set.next()
-        {
+        // One message per chunk of modifications that fits under the frame limit; each moves
+        // the query-set version by one, so Convex sees an unbroken chain.
+        let budget = self.max_message_bytes.saturating_sub(ENVELOPE_BYTES);
+        let mut pending = std::mem::take(&mut self.pending).into_iter().peekable();
+        while pending.peek().is_some() {
+            let Some(next) = sent.query_set.next() else {
+                break;
+            };
+            let mut modifications = Vec::new();
+            let mut bytes = 0;
+            while let Some(m) = pending.peek() {
+                let size = modification_bytes(m);
+                if !modifications.is_empty() && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                modifications.extend(pending.next());
+            }
             out.to_convex.push(ClientMessage::ModifyQuerySet {
                 base_version: sent.query_set,
                 new_version: next,
-                modifications: std::mem::take(&mut self.pending),
+                modifications,
             });
             sent.query_set = next;
         }
+        // Only an exhausted version counter leaves anything (kept, as before the split).
+        self.pending.extend(pending);
     }
 
     fn alloc_query_id(&mut self, key: &QueryKey) -> QueryId {
@@ -411,6 +448,11 @@ impl UpstreamState {
                 .push(QuerySetModification::Remove { query_id: id });
         }
     }
+}
+
+/// A modification's JSON text length, with its separating comma.
+fn modification_bytes(m: &QuerySetModification) -> usize {
+    serde_json::to_string(m).map_or(usize::MAX / 2, |text| text.len() + 1)
 }
 
 fn add(query_id: QueryId, key: &QueryKey) -> QuerySetModification {

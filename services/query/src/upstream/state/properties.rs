@@ -1,7 +1,9 @@
 //! Random interleavings of listener commands, tokens, requests, Convex transitions and
 //! reconnects, against a model of Convex's side of the protocol: every message the state
 //! sends must be one Convex accepts, and the query set Convex holds must be exactly the
-//! keys some listener holds.
+//! keys some listener holds. Keys are of uneven sizes and the message limit is small, so
+//! query-set changes (above all the re-subscribe after a reconnect) go in several
+//! `ModifyQuerySet`s: each must fit under the limit and the version chain stay unbroken.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,7 +17,7 @@ use edge_convex::{
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use super::tests::{key, transition};
+use super::tests::transition;
 use super::{Outbox, UpstreamState};
 use crate::key::QueryKey;
 use crate::metrics::Stats;
@@ -31,9 +33,32 @@ struct Convex {
     requests: BTreeSet<RequestId>,
 }
 
+/// The frame limit the state is given.
+const LIMIT: usize = 700;
+
+/// Key `k`: its arguments grow with `k`, so a handful of keys fill a message.
+fn sized_key(k: u8) -> QueryKey {
+    let pad = "x".repeat(usize::from(k) * 60);
+    QueryKey::new(
+        "messages:list",
+        &json!({ "channel": k.to_string(), "pad": pad }),
+        None,
+    )
+    .unwrap()
+}
+
 impl Convex {
     fn receive(&mut self, messages: &[ClientMessage]) {
         for m in messages {
+            if let ClientMessage::ModifyQuerySet { modifications, .. } = m {
+                let text = serde_json::to_string(m).unwrap();
+                assert!(
+                    text.len() <= LIMIT || modifications.len() == 1,
+                    "a ModifyQuerySet of {} bytes with {} modifications",
+                    text.len(),
+                    modifications.len()
+                );
+            }
             match m {
                 ClientMessage::Connect { .. } => *self = Convex::default(),
                 ClientMessage::ModifyQuerySet {
@@ -111,8 +136,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => (0..4u8).prop_map(Op::Attach),
         1 => (0..4u8).prop_map(Op::Detach),
-        5 => (0..4u8, 0..5u8).prop_map(|(l, k)| Op::Subscribe(l, k)),
-        3 => (0..4u8, 0..5u8).prop_map(|(l, k)| Op::Unsubscribe(l, k)),
+        5 => (0..4u8, 0..12u8).prop_map(|(l, k)| Op::Subscribe(l, k)),
+        3 => (0..4u8, 0..12u8).prop_map(|(l, k)| Op::Unsubscribe(l, k)),
         1 => (0..200u8).prop_map(Op::Token),
         1 => (0..4u8).prop_map(Op::Request),
         3 => Just(Op::Transition),
@@ -128,7 +153,8 @@ proptest! {
     fn convex_always_holds_exactly_the_keys_listeners_hold(
         ops in proptest::collection::vec(op(), 1..80)
     ) {
-        let mut s = UpstreamState::new(1, Arc::new(Stats::default()), Values::default());
+        let mut s = UpstreamState::new(1, Arc::new(Stats::default()), Values::default())
+            .with_max_message_bytes(LIMIT);
         let mut convex = Convex::default();
         let mut ts = 0;
         let mut out = Outbox::default();
@@ -139,8 +165,8 @@ proptest! {
             match op {
                 Op::Attach(l) => s.attach(u64::from(l)),
                 Op::Detach(l) => s.detach(u64::from(l)),
-                Op::Subscribe(l, k) => s.subscribe(u64::from(l), key(&k.to_string()), &mut out),
-                Op::Unsubscribe(l, k) => s.unsubscribe(u64::from(l), &key(&k.to_string())),
+                Op::Subscribe(l, k) => s.subscribe(u64::from(l), sized_key(k), &mut out),
+                Op::Unsubscribe(l, k) => s.unsubscribe(u64::from(l), &sized_key(k)),
                 Op::Token(exp) => s.token(format!("t{exp}"), i64::from(exp), 0),
                 Op::Request(l) => s.request(
                     u64::from(l),

@@ -432,3 +432,54 @@ fn failed_results_are_shared_with_their_error_data() {
         vec![vec![r#"{"channel":"x"}!ConvexError"#.to_owned()]]
     );
 }
+
+/// A reconnect re-adds every live key; with more than one message's worth, they go in several
+/// `ModifyQuerySet`s, each under the limit, versions one after another, every key once.
+#[test]
+fn the_resubscribe_after_a_reconnect_is_split_under_the_frame_limit() {
+    const LIMIT: usize = 2_000;
+    let mut s = UpstreamState::new(7, Arc::new(Stats::default()), Values::default())
+        .with_max_message_bytes(LIMIT);
+    s.attach(A);
+    let mut out = Outbox::default();
+    s.connected("test".into(), &mut out);
+    let keys: Vec<QueryKey> = (0..100)
+        .map(|i| {
+            let pad = "p".repeat(100);
+            QueryKey::new("messages:list", &json!({ "channel": i, "pad": pad }), None).unwrap()
+        })
+        .collect();
+    let out = step(&mut s, |s, out| {
+        for k in &keys {
+            s.subscribe(A, k.clone(), out);
+        }
+    });
+    assert!(out.to_convex.len() > 1, "the first adds were not split either");
+    let out = step(&mut s, |s, out| {
+        s.disconnected(out);
+        s.connected("again".into(), out);
+    });
+    let mut expected_base = QuerySetVersion(0);
+    let mut messages = 0;
+    for m in &out.to_convex {
+        if let ClientMessage::ModifyQuerySet {
+            base_version,
+            new_version,
+            ..
+        } = m
+        {
+            let text = serde_json::to_string(m).unwrap();
+            assert!(text.len() <= LIMIT, "{} bytes", text.len());
+            assert_eq!(*base_version, expected_base);
+            assert_eq!(new_version.0, base_version.0 + 1);
+            expected_base = *new_version;
+            messages += 1;
+        }
+    }
+    assert!(messages > 5, "{messages} messages for 100 keys of ~150 bytes");
+    let (added, removed) = query_set_changes(&out);
+    assert_eq!(added.len(), keys.len());
+    assert!(removed.is_empty());
+    let distinct: std::collections::BTreeSet<_> = added.iter().collect();
+    assert_eq!(distinct.len(), keys.len());
+}
