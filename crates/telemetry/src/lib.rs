@@ -34,11 +34,50 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
-/// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`).
-/// A second call is a no-op, so tests and `dev` can call it freely.
-pub fn init_tracing(format: LogFormat) {
+/// Libraries that log whole messages at `trace` (tungstenite: every frame, so a sync
+/// protocol `Authenticate` with its JWT; its client handshake request with its headers):
+/// capped at `debug` whatever `RUST_LOG` says, so no token reaches a log at any level.
+pub const CAPPED_TARGETS: &[&str] = &["tungstenite", "tokio_tungstenite"];
+
+/// `RUST_LOG` (default `info`) with [`CAPPED_TARGETS`] capped at `debug` (or below, as the
+/// rest of `RUST_LOG` asks): whatever `RUST_LOG`
+/// says about those crates (`tungstenite=trace`, `tungstenite::protocol=trace`) is dropped.
+pub fn env_filter(rust_log: Option<&str>) -> tracing_subscriber::EnvFilter {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = rust_log.unwrap_or("info");
+    // Directives naming a capped crate (or a module in it, which would outrank the cap) are
+    // left out; the caps replace them.
+    let kept: Vec<&str> = rust_log
+        .split(',')
+        .filter(|d| {
+            let target = d.split(['=', '[']).next().unwrap_or("");
+            !CAPPED_TARGETS
+                .iter()
+                .any(|t| target == *t || target.starts_with(&format!("{t}::")))
+        })
+        .collect();
+    let mut filter = EnvFilter::try_new(kept.join(",")).unwrap_or_else(|_| EnvFilter::new("info"));
+    // At most `debug`, and never above what `RUST_LOG` asks of anything.
+    let hint =
+        <EnvFilter as tracing_subscriber::Layer<tracing_subscriber::Registry>>::max_level_hint(
+            &filter,
+        );
+    let cap = hint.map_or(tracing::level_filters::LevelFilter::DEBUG, |h| {
+        h.min(tracing::level_filters::LevelFilter::DEBUG)
+    });
+    for target in CAPPED_TARGETS {
+        if let Ok(directive) = format!("{target}={cap}").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
+/// Installs the global tracing subscriber; `RUST_LOG` filters (default `info`, see
+/// [`env_filter`]). A second call is a no-op, so tests and `dev` can call it freely.
+pub fn init_tracing(format: LogFormat) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = env_filter(rust_log.as_deref());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -127,3 +166,60 @@ impl std::fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::env_filter;
+
+    /// Everything a subscriber with `env_filter(rust_log)` writes for one event per target.
+    fn logged(rust_log: &str) -> String {
+        let buffer = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let sink = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(env_filter(Some(rust_log)))
+            .with_writer(move || Writer(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "tungstenite::protocol", "frame eyJhbGciOi-secret");
+            tracing::trace!(target: "tokio_tungstenite", "frame eyJhbGciOi-secret");
+            tracing::debug!(target: "tungstenite::protocol", "close frame");
+            tracing::trace!(target: "edge_query", "own trace");
+        });
+        let bytes = buffer.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    struct Writer(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Writer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn websocket_frames_never_reach_the_log_at_any_level() {
+        for rust_log in [
+            "trace",
+            "tungstenite=trace,trace",
+            "tungstenite::protocol=trace,trace",
+            "tokio_tungstenite[x]=trace,trace",
+        ] {
+            let log = logged(rust_log);
+            assert!(!log.contains("secret"), "{rust_log}: {log}");
+            assert!(log.contains("own trace"), "{rust_log}: {log}");
+            assert!(log.contains("close frame"), "{rust_log}: {log}");
+        }
+        let info = logged("info");
+        assert!(
+            !info.contains("own trace") && !info.contains("close frame"),
+            "{info}"
+        );
+    }
+}
