@@ -24,6 +24,18 @@ pub struct Config {
     pub max_pending_requests: usize,
     /// Upstream events queued for one socket before it counts as too slow and is cut off.
     pub socket_queue: usize,
+    /// `QUERY_SOCKET_QUEUE_BYTES`: bytes of results queued for one socket (client or page
+    /// watch) before it counts as too slow and is cut off (close code 1013, "try again");
+    /// one event of any size still goes to an empty queue.
+    pub socket_queue_bytes: usize,
+    /// `QUERY_MAX_QUERIES_PER_SOCKET`, `QUERY_MAX_QUERY_BYTES`, `QUERY_MAX_SOCKET_QUERY_BYTES`:
+    /// what one client socket may hold in its query set.
+    pub query_limits: crate::downstream::session::QueryLimits,
+    /// `QUERY_UPSTREAM_MESSAGE_BYTES`: the largest `ModifyQuerySet` sent to Convex; larger
+    /// query-set changes (a reconnect's re-subscribe) are split. Under Convex's frame limit
+    /// (16 MiB; devconvex's 8 MiB) and at least `QUERY_MAX_QUERY_BYTES` plus room for the
+    /// envelope, so every query fits in one.
+    pub upstream_message_bytes: usize,
     /// How long an unused upstream connection is kept.
     pub upstream_idle: Duration,
     /// `QUERY_READ_LINGER_SECONDS`: HTTP/gRPC reads with no live subscription subscribe and
@@ -51,6 +63,9 @@ impl Config {
             max_message_bytes: 8 * 1024 * 1024,
             max_pending_requests: 1000,
             socket_queue: 1024,
+            socket_queue_bytes: 16 * 1024 * 1024,
+            query_limits: crate::downstream::session::QueryLimits::default(),
+            upstream_message_bytes: crate::upstream::state::DEFAULT_MAX_MESSAGE_BYTES,
             upstream_idle: Duration::from_secs(5),
             read_linger: None,
             ping_interval: Duration::from_secs(15),
@@ -100,6 +115,42 @@ impl Config {
                 )
             })?;
             config.read_linger = (secs > 0).then(|| Duration::from_secs(secs));
+        }
+        for (var, slot) in [
+            ("QUERY_SOCKET_QUEUE_BYTES", &mut config.socket_queue_bytes),
+            (
+                "QUERY_MAX_QUERIES_PER_SOCKET",
+                &mut config.query_limits.max_queries,
+            ),
+            (
+                "QUERY_MAX_QUERY_BYTES",
+                &mut config.query_limits.max_query_bytes,
+            ),
+            (
+                "QUERY_MAX_SOCKET_QUERY_BYTES",
+                &mut config.query_limits.max_socket_bytes,
+            ),
+            (
+                "QUERY_UPSTREAM_MESSAGE_BYTES",
+                &mut config.upstream_message_bytes,
+            ),
+        ] {
+            if let Some(v) = get(var) {
+                *slot = v.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| {
+                    ConfigError::new(var, format!("expected a positive number, got `{v}`"))
+                })?;
+            }
+        }
+        // Every query the client side admits must fit in one upstream message.
+        if config.upstream_message_bytes < config.query_limits.max_query_bytes + 1024 {
+            return Err(ConfigError::new(
+                "QUERY_UPSTREAM_MESSAGE_BYTES",
+                format!(
+                    "must be at least QUERY_MAX_QUERY_BYTES + 1024 ({}), got {}",
+                    config.query_limits.max_query_bytes + 1024,
+                    config.upstream_message_bytes
+                ),
+            ));
         }
         if let Some(v) = get("JWT_ISSUER") {
             config.issuer = v;

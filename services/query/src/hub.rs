@@ -18,6 +18,8 @@ pub struct Hub {
     ws_url: String,
     tls: edge_tls::Trust,
     idle: Duration,
+    /// Largest `ModifyQuerySet` sent upstream, in bytes.
+    max_message_bytes: usize,
     pub stats: Arc<Stats>,
     /// What auth's session log revoked: checked again once a listener is attached.
     revoked: Arc<Revoked>,
@@ -28,6 +30,7 @@ impl Hub {
         convex_url: &str,
         tls: edge_tls::Trust,
         idle: Duration,
+        max_message_bytes: usize,
         stats: Arc<Stats>,
         revoked: Arc<Revoked>,
     ) -> Arc<Hub> {
@@ -36,6 +39,7 @@ impl Hub {
             ws_url: upstream::ws_url(convex_url),
             tls,
             idle,
+            max_message_bytes,
             stats,
             revoked,
         })
@@ -65,6 +69,7 @@ impl Hub {
             ws_url: self.ws_url.clone(),
             tls: self.tls.clone(),
             idle: self.idle,
+            max_message_bytes: self.max_message_bytes,
             stats: self.stats.clone(),
             retire,
         })

@@ -86,6 +86,7 @@ impl Application {
             &config.convex_url,
             trust.clone(),
             config.upstream_idle,
+            config.upstream_message_bytes,
             stats,
             revoked.clone(),
         );

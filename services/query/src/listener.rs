@@ -3,6 +3,7 @@
 //! and detaches when dropped (releasing every subscription it still holds).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use edge_convex::RequestId;
 use edge_convex::sync::RequestKind;
@@ -20,6 +21,45 @@ pub struct Inbox {
     listener: ListenerId,
     tx: mpsc::Sender<Event>,
     evicted: Arc<Notify>,
+    queue: Arc<QueueBytes>,
+}
+
+/// The bytes of results queued for one listener ([`Event::bytes`]), and their bound: an
+/// upstream evicts a listener rather than queue an event past it (unless its queue is
+/// empty, so that one large result still gets through).
+#[derive(Debug)]
+pub struct QueueBytes {
+    pub queued: AtomicUsize,
+    /// `usize::MAX`: not counted.
+    pub max: usize,
+}
+
+impl QueueBytes {
+    /// Counts `bytes` in if they fit; `false` when the listener must be evicted.
+    pub fn admit(&self, bytes: usize) -> bool {
+        if self.max == usize::MAX {
+            return true;
+        }
+        let queued = self.queued.load(Ordering::Acquire);
+        if queued > 0 && queued.saturating_add(bytes) > self.max {
+            return false;
+        }
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
+        true
+    }
+
+    /// Returns the bytes of an event taken off the queue (or never delivered).
+    pub fn release(&self, bytes: usize) {
+        if self.max == usize::MAX {
+            return;
+        }
+        // Never below zero, whatever the order of a concurrent admit.
+        let _ = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                Some(q.saturating_sub(bytes))
+            });
+    }
 }
 
 /// The receiving end of an [`Inbox`].
@@ -28,19 +68,59 @@ pub struct Mailbox {
     pub events: mpsc::Receiver<Event>,
     /// Notified when an upstream evicted the listener (its queue was full).
     pub evicted: Arc<Notify>,
+    queue: Arc<QueueBytes>,
+}
+
+impl Mailbox {
+    /// The next event; its bytes leave the queue's count.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let event = self.events.recv().await?;
+        self.queue.release(event.bytes());
+        Some(event)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        let event = self.events.try_recv().ok()?;
+        self.queue.release(event.bytes());
+        Some(event)
+    }
+
+    /// Bytes of results queued now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.queued.load(Ordering::Acquire)
+    }
 }
 
 impl Inbox {
-    /// A new listener whose queue holds `capacity` events.
+    /// A new listener whose queue holds `capacity` events, whatever their size.
     pub fn new(capacity: usize) -> (Inbox, Mailbox) {
+        Self::bounded(capacity, usize::MAX)
+    }
+
+    /// A new listener whose queue holds `capacity` events and at most `max_bytes` of results
+    /// (one event of any size when empty): a client socket's send queue.
+    pub fn bounded(capacity: usize, max_bytes: usize) -> (Inbox, Mailbox) {
         let (tx, events) = mpsc::channel(capacity);
         let evicted = Arc::new(Notify::new());
+        let queue = Arc::new(QueueBytes {
+            queued: AtomicUsize::new(0),
+            max: max_bytes,
+        });
         let inbox = Inbox {
             listener: next_id(),
             tx,
             evicted: evicted.clone(),
+            queue: queue.clone(),
         };
-        (inbox, Mailbox { events, evicted })
+        (
+            inbox,
+            Mailbox {
+                events,
+                evicted,
+                queue,
+            },
+        )
     }
 
     pub fn listener(&self) -> ListenerId {
@@ -52,6 +132,7 @@ impl Inbox {
             listener: self.listener,
             tx: self.tx.clone(),
             evicted: self.evicted.clone(),
+            queue: self.queue.clone(),
         }
     }
 }

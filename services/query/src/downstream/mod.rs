@@ -61,7 +61,8 @@ enum Wake {
 pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
-    let (inbox, mut mailbox) = Inbox::new(state.config.socket_queue);
+    let (inbox, mut mailbox) =
+        Inbox::bounded(state.config.socket_queue, state.config.socket_queue_bytes);
     let mut shutting_down = state.shutting_down.clone();
     let main = state
         .hub
@@ -70,6 +71,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
     let session = ClientSession::new(
         state.shared_functions.clone(),
         state.config.max_pending_requests,
+        state.config.query_limits,
         stats.clone(),
     );
     let mut d = Downstream {
@@ -89,9 +91,9 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
     let end = loop {
         let wake = tokio::select! {
             message = d.ws.next() => Wake::Client(message),
-            Some(event) = mailbox.events.recv() => {
+            Some(event) = mailbox.recv() => {
                 let mut batch = vec![event];
-                while let Ok(e) = mailbox.events.try_recv() {
+                while let Some(e) = mailbox.try_recv() {
                     batch.push(e);
                 }
                 Wake::Events(batch)

@@ -52,6 +52,29 @@ pub enum QueryResult {
 }
 
 impl QueryResult {
+    /// What holding this result costs, in bytes (value or message, data, log lines).
+    pub fn bytes(&self) -> usize {
+        let lines = |l: &[String]| l.iter().map(|s| s.len() + 8).sum::<usize>();
+        match self {
+            QueryResult::Value {
+                value,
+                log_lines,
+                journal,
+            } => value.get().len() + lines(log_lines) + journal.as_ref().map_or(0, String::len),
+            QueryResult::Failed {
+                message,
+                data,
+                log_lines,
+                journal,
+            } => {
+                message.len()
+                    + data.as_ref().map_or(0, |d| d.get().len())
+                    + lines(log_lines)
+                    + journal.as_ref().map_or(0, String::len)
+            }
+        }
+    }
+
     /// Whether a client holding `other` needs this result sent.
     pub fn same_as(&self, other: &QueryResult) -> bool {
         match (self, other) {
@@ -131,6 +154,32 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The bytes a listener's queue counts for this event (see
+    /// [`crate::listener::QueueBytes`]): its results, and a little for the event itself.
+    pub fn bytes(&self) -> usize {
+        const EVENT: usize = 64;
+        match self {
+            Event::Transition { updates, .. } => {
+                EVENT
+                    + updates
+                        .iter()
+                        .map(|(_, r)| EVENT + r.bytes())
+                        .sum::<usize>()
+            }
+            Event::Current { result, .. } => EVENT + result.bytes(),
+            Event::AuthFailed { error, .. } => EVENT + error.len(),
+            Event::Response { outcome, .. } => {
+                EVENT
+                    + match outcome.as_ref() {
+                        Ok(o) => o.result.to_string().len(),
+                        Err(e) => e.len(),
+                    }
+            }
+        }
+    }
+}
+
 /// The answer to a mutation or action.
 #[derive(Debug, Clone)]
 pub struct RequestOutcome {
@@ -148,6 +197,7 @@ pub enum Command {
         listener: ListenerId,
         tx: mpsc::Sender<Event>,
         evicted: Arc<Notify>,
+        queue: Arc<crate::listener::QueueBytes>,
     },
     Detach {
         listener: ListenerId,
@@ -226,6 +276,8 @@ pub struct Settings {
     /// Roots for `wss://` (the OS roots plus `SSL_CERT_FILE`).
     pub tls: edge_tls::Trust,
     pub idle: Duration,
+    /// Largest `ModifyQuerySet` sent to Convex, in bytes (`QUERY_UPSTREAM_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
     pub stats: Arc<Stats>,
     pub retire: Retire,
 }

@@ -21,6 +21,7 @@ type Socket =
 struct Mailbox {
     tx: mpsc::Sender<Event>,
     evicted: Arc<Notify>,
+    queue: Arc<crate::listener::QueueBytes>,
 }
 
 struct Task {
@@ -37,7 +38,8 @@ pub fn spawn(settings: Settings) -> Upstream {
     let values = Values::default();
     let stats = settings.stats.clone();
     let task = Task {
-        state: UpstreamState::new(id, stats.clone(), values.clone()),
+        state: UpstreamState::new(id, stats.clone(), values.clone())
+            .with_max_message_bytes(settings.max_message_bytes),
         settings,
         mailboxes: HashMap::new(),
     };
@@ -159,8 +161,10 @@ impl Task {
                 listener,
                 tx,
                 evicted,
+                queue,
             } => {
-                self.mailboxes.insert(listener, Mailbox { tx, evicted });
+                self.mailboxes
+                    .insert(listener, Mailbox { tx, evicted, queue });
                 self.state.attach(listener);
             }
             Command::Detach { listener } => {
@@ -195,21 +199,31 @@ impl Task {
             panic!("upstream state invariant broken: {broken}");
         }
         for (audience, event) in out.events {
+            // Counted once per event, not per listener.
+            let bytes = event.bytes();
             match audience {
-                Audience::One(listener) => self.deliver_to(listener, event),
+                Audience::One(listener) => self.deliver_to(listener, event, bytes),
                 Audience::All => {
                     let ids: Vec<ListenerId> = self.mailboxes.keys().copied().collect();
                     for listener in ids {
-                        self.deliver_to(listener, event.clone());
+                        self.deliver_to(listener, event.clone(), bytes);
                     }
                 }
             }
         }
     }
 
-    fn deliver_to(&mut self, listener: ListenerId, event: Event) {
+    /// A listener whose queue is full, in events or in bytes, is evicted.
+    fn deliver_to(&mut self, listener: ListenerId, event: Event, bytes: usize) {
         let full = match self.mailboxes.get(&listener) {
-            Some(m) => m.tx.try_send(event).is_err(),
+            Some(m) if !m.queue.admit(bytes) => true,
+            Some(m) => match m.tx.try_send(event) {
+                Ok(()) => false,
+                Err(_) => {
+                    m.queue.release(bytes);
+                    true
+                }
+            },
             None => false,
         };
         if full && let Some(mailbox) = self.mailboxes.remove(&listener) {

@@ -80,9 +80,13 @@ pub fn value(who: &str, key: &QueryKey, ts: u64) -> Arc<QueryResult> {
 
 impl Harness {
     pub fn new() -> Self {
+        Self::with_limits(super::QueryLimits::default())
+    }
+
+    pub fn with_limits(limits: super::QueryLimits) -> Self {
         let shared = Arc::new(BTreeSet::from([SHARED.to_owned()]));
         Harness {
-            session: ClientSession::new(shared, 4, Arc::new(Stats::default())),
+            session: ClientSession::new(shared, 4, limits, Arc::new(Stats::default())),
             model: ClientModel::new(),
             main: String::new(),
             shared: false,

@@ -7,6 +7,25 @@ use super::{ClientSession, Route};
 impl ClientSession {
     /// Checks the invariants; `Err` names the first one broken.
     pub fn validate(&self) -> Result<(), String> {
+        let bytes: usize = self
+            .queries
+            .values()
+            .filter_map(|q| q.key.as_ref())
+            .map(super::key_bytes)
+            .sum();
+        if bytes != self.query_bytes {
+            return Err(format!(
+                "queries hold {bytes} bytes, {} counted",
+                self.query_bytes
+            ));
+        }
+        if self.queries.len() > self.limits.max_queries || bytes > self.limits.max_socket_bytes {
+            return Err(format!(
+                "{} queries of {bytes} bytes over the limits {:?}",
+                self.queries.len(),
+                self.limits
+            ));
+        }
         for (id, q) in &self.queries {
             let Some(key) = &q.key else { continue };
             let indexed = self

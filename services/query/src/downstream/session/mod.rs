@@ -86,6 +86,36 @@ pub struct TokenToVerify {
     pub token: String,
 }
 
+/// What one client socket may hold in its query set (see README, "Limits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Queries in the set (`QUERY_MAX_QUERIES_PER_SOCKET`); an `Add` beyond it is a
+    /// `FatalError` for this socket.
+    pub max_queries: usize,
+    /// One query's size, path + canonical arguments + journal, in bytes
+    /// (`QUERY_MAX_QUERY_BYTES`); a larger query fails alone (`QueryFailed`), like a Convex
+    /// query whose arguments are too large, and never reaches an upstream.
+    pub max_query_bytes: usize,
+    /// All the set's queries together, in bytes (`QUERY_MAX_SOCKET_QUERY_BYTES`); an `Add`
+    /// beyond it is a `FatalError` for this socket.
+    pub max_socket_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_queries: 4096,
+            max_query_bytes: 1024 * 1024,
+            max_socket_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// A query's size against [`QueryLimits`]: path, canonical arguments and journal, in bytes.
+pub fn key_bytes(key: &QueryKey) -> usize {
+    key.path.as_str().len() + key.args.len() + key.journal.as_ref().map_or(0, String::len)
+}
+
 /// One client query.
 #[derive(Debug)]
 struct ClientQuery {
@@ -110,6 +140,9 @@ pub struct ClientSession {
     newest_ts: Timestamp,
     in_flight: usize,
     max_in_flight: usize,
+    limits: QueryLimits,
+    /// [`key_bytes`] of every query with a key, summed.
+    query_bytes: usize,
     stats: Arc<Stats>,
 }
 
@@ -119,6 +152,7 @@ impl ClientSession {
     pub fn new(
         shared_functions: Arc<BTreeSet<String>>,
         max_in_flight: usize,
+        limits: QueryLimits,
         stats: Arc<Stats>,
     ) -> Self {
         ClientSession {
@@ -132,6 +166,8 @@ impl ClientSession {
             newest_ts: Timestamp::default(),
             in_flight: 0,
             max_in_flight,
+            limits,
+            query_bytes: 0,
             stats,
         }
     }

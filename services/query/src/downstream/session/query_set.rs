@@ -65,6 +65,7 @@ impl ClientSession {
             last: None,
         };
         self.queries.insert(query_id, query);
+        self.query_bytes += super::key_bytes(&key);
         if first {
             out.push(Effect::Subscribe(route, key));
         }
@@ -76,6 +77,7 @@ impl ClientSession {
             return false;
         };
         let Some(key) = q.key else { return true };
+        self.query_bytes = self.query_bytes.saturating_sub(super::key_bytes(&key));
         let keys = self.by_key.entry(q.route).or_default();
         let now_empty = keys.get_mut(&key).is_some_and(|ids| {
             ids.remove(&query_id);
@@ -116,9 +118,37 @@ impl ClientSession {
                             "query id {query_id} is already in the query set"
                         )));
                     }
+                    if self.queries.len() >= self.limits.max_queries {
+                        return Err(End::Fatal(format!(
+                            "too many queries on this connection: the limit is {}",
+                            self.limits.max_queries
+                        )));
+                    }
                     let args = one_argument(args).map_err(End::Fatal)?;
-                    match QueryKey::new(&udf_path, &args, journal) {
-                        Ok(key) => self.subscribe(query_id, key, out),
+                    let key = QueryKey::new(&udf_path, &args, journal).and_then(|key| {
+                        let size = super::key_bytes(&key);
+                        if size > self.limits.max_query_bytes {
+                            return Err(format!(
+                                "query {} is too large: {size} bytes of arguments and journal, \
+                                 the limit is {}",
+                                key.path.as_str(),
+                                self.limits.max_query_bytes
+                            ));
+                        }
+                        Ok(key)
+                    });
+                    match key {
+                        Ok(key) => {
+                            let total = self.query_bytes + super::key_bytes(&key);
+                            if total > self.limits.max_socket_bytes {
+                                return Err(End::Fatal(format!(
+                                    "the queries on this connection are too large: {total} \
+                                     bytes, the limit is {}",
+                                    self.limits.max_socket_bytes
+                                )));
+                            }
+                            self.subscribe(query_id, key, out)
+                        }
                         Err(message) => {
                             let failed = Arc::new(QueryResult::Failed {
                                 message,

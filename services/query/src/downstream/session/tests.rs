@@ -309,3 +309,60 @@ fn an_auth_failure_from_an_upstream_the_socket_left_is_ignored() {
     h.deliver(vec![(None, failed)]);
     assert!(h.is_open(), "bob's socket ended: {:?}", h.ended);
 }
+
+fn small_limits() -> super::QueryLimits {
+    super::QueryLimits {
+        max_queries: 3,
+        max_query_bytes: 200,
+        max_socket_bytes: 400,
+    }
+}
+
+#[test]
+fn a_query_over_the_size_limit_fails_alone_and_never_reaches_an_upstream() {
+    let mut h = Harness::with_limits(small_limits());
+    let big = h.add(PRIVATE, json!({ "pad": "x".repeat(300) }));
+    let small = h.add(PRIVATE, json!({}));
+    assert!(h.is_open());
+    let error = h.model.result(big).unwrap()["error"].as_str().unwrap();
+    assert!(
+        error.contains("too large") && error.contains("200"),
+        "{error}"
+    );
+    assert_eq!(
+        h.subscribed[""].len(),
+        1,
+        "only the small query went upstream"
+    );
+    h.upstream_transition("");
+    assert!(h.model.result(small).is_some());
+}
+
+#[test]
+fn more_queries_than_the_socket_may_hold_end_it_with_a_fatal_error() {
+    let mut h = Harness::with_limits(small_limits());
+    for i in 0..3 {
+        h.add(PRIVATE, json!({ "i": i }));
+    }
+    assert!(h.is_open());
+    h.add(PRIVATE, json!({ "i": 3 }));
+    match &h.ended {
+        Some(End::Fatal(message)) => assert!(message.contains("too many queries"), "{message}"),
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+}
+
+#[test]
+fn queries_larger_together_than_the_socket_may_hold_end_it_and_removals_free_room() {
+    let mut h = Harness::with_limits(small_limits());
+    let first = h.add(PRIVATE, json!({ "pad": "a".repeat(150) }));
+    h.add(PRIVATE, json!({ "pad": "b".repeat(150) }));
+    h.remove(first);
+    h.add(PRIVATE, json!({ "pad": "c".repeat(150) }));
+    assert!(h.is_open(), "a removal gives its bytes back");
+    h.add(PRIVATE, json!({ "pad": "d".repeat(150) }));
+    match &h.ended {
+        Some(End::Fatal(message)) => assert!(message.contains("too large"), "{message}"),
+        other => panic!("expected a fatal error, got {other:?}"),
+    }
+}

@@ -454,7 +454,10 @@ fn the_resubscribe_after_a_reconnect_is_split_under_the_frame_limit() {
             s.subscribe(A, k.clone(), out);
         }
     });
-    assert!(out.to_convex.len() > 1, "the first adds were not split either");
+    assert!(
+        out.to_convex.len() > 1,
+        "the first adds were not split either"
+    );
     let out = step(&mut s, |s, out| {
         s.disconnected(out);
         s.connected("again".into(), out);
@@ -476,7 +479,10 @@ fn the_resubscribe_after_a_reconnect_is_split_under_the_frame_limit() {
             messages += 1;
         }
     }
-    assert!(messages > 5, "{messages} messages for 100 keys of ~150 bytes");
+    assert!(
+        messages > 5,
+        "{messages} messages for 100 keys of ~150 bytes"
+    );
     let (added, removed) = query_set_changes(&out);
     assert_eq!(added.len(), keys.len());
     assert!(removed.is_empty());
