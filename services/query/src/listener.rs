@@ -32,6 +32,8 @@ pub struct QueueBytes {
     pub queued: AtomicUsize,
     /// `usize::MAX`: not counted.
     pub max: usize,
+    /// Where client sockets' queues are reported (`edge_query_downstream_queued_bytes`).
+    pub stats: Option<Arc<crate::metrics::Stats>>,
 }
 
 impl QueueBytes {
@@ -44,7 +46,17 @@ impl QueueBytes {
         if queued > 0 && queued.saturating_add(bytes) > self.max {
             return false;
         }
-        self.queued.fetch_add(bytes, Ordering::AcqRel);
+        let now = self.queued.fetch_add(bytes, Ordering::AcqRel) + bytes;
+        if let Some(stats) = &self.stats {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            stats
+                .downstream_queued_bytes
+                .fetch_add(bytes, Ordering::Relaxed);
+            let now = i64::try_from(now).unwrap_or(i64::MAX);
+            stats
+                .downstream_queue_peak_bytes
+                .fetch_max(now, Ordering::Relaxed);
+        }
         true
     }
 
@@ -54,11 +66,18 @@ impl QueueBytes {
             return;
         }
         // Never below zero, whatever the order of a concurrent admit.
-        let _ = self
+        let before = self
             .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 Some(q.saturating_sub(bytes))
-            });
+            })
+            .unwrap_or(0);
+        if let Some(stats) = &self.stats {
+            let freed = i64::try_from(before.min(bytes)).unwrap_or(i64::MAX);
+            stats
+                .downstream_queued_bytes
+                .fetch_sub(freed, Ordering::Relaxed);
+        }
     }
 }
 
@@ -92,20 +111,35 @@ impl Mailbox {
     }
 }
 
+impl Mailbox {
+    /// Closes the queue; events left in it give their bytes back, and none is admitted after.
+    pub fn discard(mut self) {
+        self.events.close();
+        while let Ok(event) = self.events.try_recv() {
+            self.queue.release(event.bytes());
+        }
+    }
+}
+
 impl Inbox {
     /// A new listener whose queue holds `capacity` events, whatever their size.
     pub fn new(capacity: usize) -> (Inbox, Mailbox) {
-        Self::bounded(capacity, usize::MAX)
+        Self::bounded(capacity, usize::MAX, None)
     }
 
     /// A new listener whose queue holds `capacity` events and at most `max_bytes` of results
     /// (one event of any size when empty): a client socket's send queue.
-    pub fn bounded(capacity: usize, max_bytes: usize) -> (Inbox, Mailbox) {
+    pub fn bounded(
+        capacity: usize,
+        max_bytes: usize,
+        stats: Option<Arc<crate::metrics::Stats>>,
+    ) -> (Inbox, Mailbox) {
         let (tx, events) = mpsc::channel(capacity);
         let evicted = Arc::new(Notify::new());
         let queue = Arc::new(QueueBytes {
             queued: AtomicUsize::new(0),
             max: max_bytes,
+            stats,
         });
         let inbox = Inbox {
             listener: next_id(),

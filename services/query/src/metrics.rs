@@ -18,6 +18,11 @@ pub struct Stats {
     pub served_from_subscription: AtomicU64,
     /// The gateway's page watches (gRPC `Watch` streams) open.
     pub watches: AtomicI64,
+    /// Bytes of results queued for client sockets, all together.
+    pub downstream_queued_bytes: AtomicI64,
+    /// The most bytes one client socket's queue ever held (bounded by
+    /// `QUERY_SOCKET_QUEUE_BYTES` plus one event).
+    pub downstream_queue_peak_bytes: AtomicI64,
 }
 
 /// What an HTTP call to Convex runs, as far as the route says: the `kind` label of
@@ -77,6 +82,16 @@ impl Stats {
                 "edge_query_upstream_subscriptions",
                 "subscriptions held with Convex",
                 &self.upstream_subscriptions,
+            ),
+            (
+                "edge_query_downstream_queued_bytes",
+                "bytes of results queued for client sockets",
+                &self.downstream_queued_bytes,
+            ),
+            (
+                "edge_query_downstream_queue_peak_bytes",
+                "the most bytes of results one client socket's queue ever held",
+                &self.downstream_queue_peak_bytes,
             ),
             (
                 "edge_query_watches",

@@ -61,8 +61,11 @@ enum Wake {
 pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
-    let (inbox, mut mailbox) =
-        Inbox::bounded(state.config.socket_queue, state.config.socket_queue_bytes);
+    let (inbox, mut mailbox) = Inbox::bounded(
+        state.config.socket_queue,
+        state.config.socket_queue_bytes,
+        Some(stats.clone()),
+    );
     let mut shutting_down = state.shutting_down.clone();
     let main = state
         .hub
@@ -130,6 +133,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
         }
     };
     Box::pin(d.close(end)).await;
+    mailbox.discard();
     stats.downstream_connections.fetch_sub(1, Ordering::Relaxed);
 }
 

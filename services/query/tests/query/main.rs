@@ -5,6 +5,7 @@ mod dedup;
 mod errors;
 mod faults;
 mod http_api;
+mod limits;
 mod npm_client;
 mod revocation;
 mod tls;
@@ -83,6 +84,7 @@ pub struct Stack {
 pub struct Options {
     pub token_ttl: Duration,
     pub socket_queue: usize,
+    pub socket_queue_bytes: usize,
     /// Put a delaying TCP relay in front of devconvex.
     pub slow_upstream: Option<Duration>,
     pub read_linger: Option<Duration>,
@@ -97,6 +99,7 @@ impl Default for Options {
         Options {
             token_ttl: Duration::from_secs(900),
             socket_queue: 1024,
+            socket_queue_bytes: 16 * 1024 * 1024,
             slow_upstream: None,
             read_linger: None,
             ping_interval: Duration::from_secs(15),
@@ -162,6 +165,7 @@ impl Stack {
         config.shared_functions =
             edge_query::config::parse_shared("messages:list,config:get").unwrap();
         config.socket_queue = options.socket_queue;
+        config.socket_queue_bytes = options.socket_queue_bytes;
         config.upstream_idle = Duration::from_millis(500);
         config.read_linger = options.read_linger;
         config.ping_interval = options.ping_interval;
@@ -227,6 +231,36 @@ impl Stack {
     /// devconvex's live subscriptions.
     pub fn upstream_subscriptions(&self) -> i64 {
         self.devconvex_engine.stats.subscriptions()
+    }
+
+    /// Stops devconvex and starts a fresh one (empty, trusting the same auth) on its port.
+    pub async fn restart_devconvex(&mut self) {
+        let addr = self.devconvex.addr;
+        let old = std::mem::replace(
+            &mut self.devconvex,
+            Running {
+                addr,
+                stop: None,
+                task: None,
+            },
+        );
+        old.stop().await;
+        let config = devconvex_config(self.auth_http, addr);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let app = loop {
+            match edge_devconvex::Application::build(config.clone()).await {
+                Ok(app) => break app,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "devconvex could not bind {addr} again: {e:#}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+            }
+        };
+        self.devconvex_engine = app.engine();
+        self.devconvex = run(addr, |s| app.run_until(s));
     }
 
     /// Restarts the query service on the same ports.

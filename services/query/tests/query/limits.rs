@@ -1,0 +1,200 @@
+//! What one client can make the query service hold: queries per socket, the re-subscribe
+//! after an upstream reconnect, and a client that does not read.
+
+use std::sync::atomic::Ordering;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::bodies;
+use crate::{Client, Options, Stack, eventually};
+
+/// A raw anonymous socket that adds `count` queries of `messages:list` whose channel is
+/// `size` bytes long, `batch` per `ModifyQuerySet`, and reads (and drops) everything it is
+/// sent, so it is never cut off as too slow. Returns the reader task (it ends on close) and
+/// whether the socket was closed.
+async fn abuser(
+    stack: &Stack,
+    tag: &str,
+    count: usize,
+    size: usize,
+    batch: usize,
+) -> tokio::task::JoinHandle<Option<String>> {
+    let url = format!("ws://{}/api/sync", stack.query.addr);
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let mut version = 0;
+    for start in (0..count).step_by(batch) {
+        let modifications: Vec<_> = (start..(start + batch).min(count))
+            .map(|i| {
+                let channel = format!("{tag}-{i}-{}", "x".repeat(size));
+                json!({"type": "Add", "queryId": i, "udfPath": "messages:list", "args": [{"channel": channel}]})
+            })
+            .collect();
+        let message = json!({"type": "ModifyQuerySet", "baseVersion": version,
+            "newVersion": version + 1, "modifications": modifications});
+        version += 1;
+        tx.send(Message::Text(message.to_string().into()))
+            .await
+            .unwrap();
+    }
+    tokio::spawn(async move {
+        let _keep = tx;
+        let mut fatal = None;
+        while let Some(Ok(message)) = rx.next().await {
+            if let Message::Text(text) = message
+                && text.contains("FatalError")
+            {
+                fatal = Some(text.to_string());
+            }
+        }
+        fatal
+    })
+}
+
+/// Two anonymous sockets hold thousands of large queries on the anonymous upstream: together
+/// more than devconvex accepts in one message (8 MiB). After devconvex restarts, the upstream
+/// must re-subscribe in messages it accepts, so another anonymous client on the same upstream
+/// keeps getting updates (on main it re-sent everything in one message and looped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_anonymous_sockets_cannot_break_the_shared_upstream_across_a_restart() {
+    let mut stack = Stack::start().await;
+    let token = stack.token_for("writer@example.com").await;
+    let mut good = Client::connect(&stack.query_url()).await;
+    good.subscribe(0, "messages:list", json!({"channel": "general"}));
+    good.until("the first value", |v| v.values.contains_key(&0))
+        .await;
+    // 2 × 1,500 queries of ~4 KB: 6 MB each (within one socket's limits), 12 MB together.
+    let a = abuser(&stack, "a", 1_500, 4_000, 100).await;
+    let b = abuser(&stack, "b", 1_500, 4_000, 100).await;
+    eventually("devconvex to hold every query", || {
+        stack.upstream_subscriptions() >= 3_001
+    })
+    .await;
+
+    stack.restart_devconvex().await;
+    eventually("the upstream to re-subscribe everything", || {
+        stack.upstream_subscriptions() >= 3_001
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/mutation", stack.devconvex_url()))
+        .bearer_auth(&token)
+        .json(&json!({"path": "messages:send", "args": {"channel": "general", "body": "after restart"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = good
+        .until("the post-restart message", |v| {
+            bodies(v.values.get(&0)) == ["after restart"]
+        })
+        .await;
+    assert!(v.violations.is_empty(), "{:?}", v.violations);
+    assert!(v.fatal.is_none() && v.errors.is_empty() && !v.closed, "{v:?}");
+    // The abusers, within their limits, were served too.
+    assert!(!a.is_finished() && !b.is_finished());
+}
+
+/// A socket that adds more queries than one socket may hold gets `FatalError` and is closed;
+/// another anonymous client on the same upstream is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_over_its_query_limits_alone_gets_a_fatal_error() {
+    let stack = Stack::start().await;
+    let mut good = Client::connect(&stack.query_url()).await;
+    good.subscribe(0, "messages:list", json!({"channel": "general"}));
+    good.until("the first value", |v| v.values.contains_key(&0))
+        .await;
+    let limits = stack.query_config.query_limits;
+    let too_many = abuser(&stack, "many", limits.max_queries + 1, 10, 500).await;
+    let fatal = tokio::time::timeout(std::time::Duration::from_secs(20), too_many)
+        .await
+        .expect("the socket over the limit is closed")
+        .unwrap()
+        .expect("a FatalError before the close");
+    assert!(fatal.contains("too many queries"), "{fatal}");
+    // 9 queries of 1 MB: over the socket's 8 MiB.
+    let too_large = abuser(&stack, "large", 9, 1_000_000 - 100, 1).await;
+    let fatal = tokio::time::timeout(std::time::Duration::from_secs(20), too_large)
+        .await
+        .expect("the socket over the limit is closed")
+        .unwrap()
+        .expect("a FatalError before the close");
+    assert!(fatal.contains("too large"), "{fatal}");
+    eventually("the abusers' subscriptions to go", || {
+        stack.upstream_subscriptions() == 1
+    })
+    .await;
+    let v = good.view();
+    assert!(v.fatal.is_none() && v.errors.is_empty() && !v.closed, "{v:?}");
+}
+
+/// A client that stops reading while its query's result grows large is cut off once its
+/// queue holds more than `QUERY_SOCKET_QUEUE_BYTES` of results (not after 1,024 events of
+/// any size); the most one socket's queue ever held stays within the bound plus one event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_client_with_large_results_is_bounded_in_bytes() {
+    const BOUND: usize = 2 * 1024 * 1024;
+    let stack = Stack::start_with(Options {
+        socket_queue_bytes: BOUND,
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("big@example.com").await;
+    let url = format!("ws://{}/api/sync", stack.query.addr);
+    let (mut paused, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let add = json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
+        "modifications": [{"type": "Add", "queryId": 0, "udfPath": "messages:list", "args": [{"channel": "big"}]}]});
+    paused
+        .send(Message::Text(add.to_string().into()))
+        .await
+        .unwrap();
+    let mut good = Client::connect(&stack.query_url()).await;
+    good.subscribe(0, "messages:list", json!({"channel": "big"}));
+    good.until("first", |v| v.values.contains_key(&0)).await;
+    eventually("both connected", || {
+        stack.stats.downstream_connections.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    // Each message 50 KB; the list holds the last 100, so results grow to 5 MB.
+    let body = "y".repeat(50_000);
+    let http = reqwest::Client::new();
+    let mut sent = 0;
+    let mut largest_result = 0;
+    while stack.stats.downstream_connections.load(Ordering::Relaxed) == 2 {
+        // With 1,024 events of up to 5 MB each, main held gigabytes before cutting it off.
+        assert!(sent < 400, "the paused client was never cut off");
+        http.post(format!("{}/api/mutation", stack.devconvex_url()))
+            .bearer_auth(&token)
+            .json(&json!({"path": "messages:send", "args": {"channel": "big", "body": format!("{sent} {body}")}}))
+            .send()
+            .await
+            .unwrap();
+        sent += 1;
+        largest_result = largest_result.max(sent.min(100) * (body.len() + 100));
+        // The good client reads along, so only the paused one falls behind.
+        let last = format!("{} {body}", sent - 1);
+        good.until("the latest message", |v| {
+            bodies(v.values.get(&0)).last() == Some(&last)
+        })
+        .await;
+    }
+    let peak = stack
+        .stats
+        .downstream_queue_peak_bytes
+        .load(Ordering::Relaxed);
+    let peak = usize::try_from(peak).unwrap();
+    assert!(
+        peak <= BOUND + largest_result + 64 * 1024,
+        "one socket queued {peak} bytes (bound {BOUND}, largest result {largest_result})"
+    );
+    assert!(peak > 0, "nothing was ever queued");
+    eventually("the queue's bytes to be given back", || {
+        stack.stats.downstream_queued_bytes.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    let v = good.view();
+    assert!(!v.closed && v.violations.is_empty(), "{v:?}");
+    drop(paused);
+}
