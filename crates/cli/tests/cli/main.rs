@@ -4,6 +4,7 @@ mod commands;
 mod deploy;
 mod pages;
 mod processes;
+mod query_process;
 mod scale;
 
 use std::io::{BufRead, BufReader};

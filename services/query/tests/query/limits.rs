@@ -92,7 +92,10 @@ async fn abusive_anonymous_sockets_cannot_break_the_shared_upstream_across_a_res
         })
         .await;
     assert!(v.violations.is_empty(), "{:?}", v.violations);
-    assert!(v.fatal.is_none() && v.errors.is_empty() && !v.closed, "{v:?}");
+    assert!(
+        v.fatal.is_none() && v.errors.is_empty() && !v.closed,
+        "{v:?}"
+    );
     // The abusers, within their limits, were served too.
     assert!(!a.is_finished() && !b.is_finished());
 }
@@ -127,7 +130,10 @@ async fn a_socket_over_its_query_limits_alone_gets_a_fatal_error() {
     })
     .await;
     let v = good.view();
-    assert!(v.fatal.is_none() && v.errors.is_empty() && !v.closed, "{v:?}");
+    assert!(
+        v.fatal.is_none() && v.errors.is_empty() && !v.closed,
+        "{v:?}"
+    );
 }
 
 /// A client that stops reading while its query's result grows large is cut off once its
