@@ -24,8 +24,7 @@ async fn abuser(
     let url = format!("ws://{}/api/sync", stack.query.addr);
     let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     let (mut tx, mut rx) = ws.split();
-    let mut version = 0;
-    for start in (0..count).step_by(batch) {
+    for (version, start) in (0..count).step_by(batch).enumerate() {
         let modifications: Vec<_> = (start..(start + batch).min(count))
             .map(|i| {
                 let channel = format!("{tag}-{i}-{}", "x".repeat(size));
@@ -34,7 +33,6 @@ async fn abuser(
             .collect();
         let message = json!({"type": "ModifyQuerySet", "baseVersion": version,
             "newVersion": version + 1, "modifications": modifications});
-        version += 1;
         tx.send(Message::Text(message.to_string().into()))
             .await
             .unwrap();
