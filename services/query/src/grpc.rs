@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::downstream::session::QueryLimits;
 use crate::metrics::CallKind;
 use crate::proxy::{Proxy, ProxyError, Reply};
 
@@ -17,14 +18,55 @@ use crate::proxy::{Proxy, ProxyError, Reply};
 pub struct GrpcApi {
     proxy: Arc<Proxy>,
     shutting_down: tokio::sync::watch::Receiver<bool>,
+    /// A client socket's limits, applied to each batch and watch (a page's queries, with
+    /// arguments from its URL): calls per request, one call's arguments, all of them.
+    limits: QueryLimits,
 }
 
 impl GrpcApi {
-    pub fn new(proxy: Arc<Proxy>, shutting_down: tokio::sync::watch::Receiver<bool>) -> Self {
+    pub fn new(
+        proxy: Arc<Proxy>,
+        shutting_down: tokio::sync::watch::Receiver<bool>,
+        limits: QueryLimits,
+    ) -> Self {
         GrpcApi {
             proxy,
             shutting_down,
+            limits,
         }
+    }
+
+    /// Parses a batch or a watch's calls within [`QueryLimits`]; nothing runs otherwise.
+    fn parse_all(&self, calls: Vec<pb::FunctionCall>) -> Result<Vec<Parsed>, Status> {
+        let invalid = |m: String| ErrorCode::VALIDATION_ERROR.to_status(m);
+        if calls.len() > self.limits.max_queries {
+            return Err(invalid(format!(
+                "{} queries in one request, the limit is {}",
+                calls.len(),
+                self.limits.max_queries
+            )));
+        }
+        let total: usize = calls.iter().map(|c| c.path.len() + c.args_json.len()).sum();
+        if total > self.limits.max_socket_bytes {
+            return Err(invalid(format!(
+                "the request's queries are {total} bytes, the limit is {}",
+                self.limits.max_socket_bytes
+            )));
+        }
+        calls.into_iter().map(|c| self.parse(c)).collect()
+    }
+
+    /// One call, its path and arguments within `max_query_bytes`.
+    fn parse(&self, call: pb::FunctionCall) -> Result<Parsed, Status> {
+        let size = call.path.len() + call.args_json.len();
+        if size > self.limits.max_query_bytes {
+            return Err(ErrorCode::VALIDATION_ERROR.to_status(format!(
+                "query {} is too large: {size} bytes of path and arguments, the limit is {}",
+                call.path.chars().take(100).collect::<String>(),
+                self.limits.max_query_bytes
+            )));
+        }
+        parse(call)
     }
 }
 
@@ -100,7 +142,7 @@ impl QueryService for GrpcApi {
         &self,
         request: Request<pb::FunctionCall>,
     ) -> Result<Response<pb::FunctionResult>, Status> {
-        let p = parse(request.into_inner())?;
+        let p = self.parse(request.into_inner())?;
         result(
             self.proxy
                 .query(p.token.as_deref(), &p.path, &p.args, p.format)
@@ -113,9 +155,8 @@ impl QueryService for GrpcApi {
         &self,
         request: Request<pb::QueryBatchRequest>,
     ) -> Result<Response<pb::QueryBatchResponse>, Status> {
-        let queries = request.into_inner().queries;
-        let calls = queries.into_iter().map(|q| async move {
-            let p = parse(q)?;
+        let queries = self.parse_all(request.into_inner().queries)?;
+        let calls = queries.into_iter().map(|p| async move {
             result(
                 self.proxy
                     .query(p.token.as_deref(), &p.path, &p.args, p.format)
@@ -130,12 +171,7 @@ impl QueryService for GrpcApi {
         &self,
         request: Request<pb::QueryBatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let calls = request
-            .into_inner()
-            .queries
-            .into_iter()
-            .map(parse)
-            .collect::<Result<Vec<_>, _>>()?;
+        let calls = self.parse_all(request.into_inner().queries)?;
         let batches =
             crate::watch::start(self.proxy.clone(), calls, self.shutting_down.clone()).await?;
         Ok(Response::new(ReceiverStream::new(batches)))

@@ -227,6 +227,7 @@ impl Application {
             .add_service(QueryServiceServer::new(grpc::GrpcApi::new(
                 self.state.proxy.clone(),
                 self.state.shutting_down.clone(),
+                self.state.config.query_limits,
             )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;

@@ -202,3 +202,121 @@ async fn a_paused_client_with_large_results_is_bounded_in_bytes() {
     assert!(!v.closed && v.violations.is_empty(), "{v:?}");
     drop(paused);
 }
+
+async fn grpc(
+    stack: &Stack,
+) -> edge_proto::query::v1::query_service_client::QueryServiceClient<tonic::transport::Channel> {
+    edge_proto::query::v1::query_service_client::QueryServiceClient::connect(format!(
+        "http://{}",
+        stack.query_grpc()
+    ))
+    .await
+    .unwrap()
+}
+
+fn call(path: &str, args: String) -> edge_proto::query::v1::FunctionCall {
+    edge_proto::query::v1::FunctionCall {
+        path: path.into(),
+        args_json: args,
+        jwt: String::new(),
+        format: "json".into(),
+    }
+}
+
+/// What page routes do with long URL parameters: many gRPC watches of a shared query with
+/// large arguments, together more than devconvex accepts in one message. Across a devconvex
+/// restart another anonymous client keeps getting updates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_watches_with_long_parameters_cannot_break_the_shared_upstream_across_a_restart() {
+    use edge_proto::query::v1 as pb;
+    let mut stack = Stack::start().await;
+    let token = stack.token_for("pages@example.com").await;
+    let mut good = Client::connect(&stack.query_url()).await;
+    good.subscribe(0, "messages:list", json!({"channel": "general"}));
+    good.until("the first value", |v| v.values.contains_key(&0))
+        .await;
+    let grpc = grpc(&stack).await;
+    let mut streams = Vec::new();
+    // 25 pages × 500 KB of parameters: 12.5 MB on the anonymous upstream.
+    for i in 0..25 {
+        let channel = format!("page-{i}-{}", "p".repeat(500_000));
+        let args = json!({ "channel": channel }).to_string();
+        let request = pb::QueryBatchRequest {
+            queries: vec![call("messages:list", args)],
+        };
+        let mut batches = grpc.clone().watch(request).await.unwrap().into_inner();
+        batches.message().await.unwrap().expect("a first batch");
+        streams.push(batches);
+    }
+    eventually("devconvex to hold every page's query", || {
+        stack.upstream_subscriptions() >= 26
+    })
+    .await;
+    stack.restart_devconvex().await;
+    eventually("the upstream to re-subscribe", || {
+        stack.upstream_subscriptions() >= 1
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/mutation", stack.devconvex_url()))
+        .bearer_auth(&token)
+        .json(&json!({"path": "messages:send", "args": {"channel": "general", "body": "after restart"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v = good
+        .until("the post-restart message", |v| {
+            bodies(v.values.get(&0)) == ["after restart"]
+        })
+        .await;
+    assert!(v.violations.is_empty(), "{:?}", v.violations);
+    assert!(
+        v.fatal.is_none() && v.errors.is_empty() && !v.closed,
+        "{v:?}"
+    );
+}
+
+/// A page request over the limits (one call's arguments, the number of calls) is refused
+/// with a message naming the limit, and subscribes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_requests_over_the_limits_are_refused_and_subscribe_nothing() {
+    use edge_proto::query::v1 as pb;
+    let stack = Stack::start().await;
+    let limits = stack.query_config.query_limits;
+    let mut grpc = grpc(&stack).await;
+    let large = json!({ "channel": "l".repeat(limits.max_query_bytes) }).to_string();
+    let request = pb::QueryBatchRequest {
+        queries: vec![call("messages:list", large.clone())],
+    };
+    let status = grpc.watch(request).await.unwrap_err();
+    assert!(status.message().contains("too large"), "{status:?}");
+    let status = grpc
+        .query_batch(pb::QueryBatchRequest {
+            queries: vec![call("messages:list", large)],
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("too large"), "{status:?}");
+    let many: Vec<_> = (0..=limits.max_queries)
+        .map(|i| {
+            call(
+                "messages:list",
+                json!({ "channel": i.to_string() }).to_string(),
+            )
+        })
+        .collect();
+    let status = grpc
+        .watch(pb::QueryBatchRequest { queries: many })
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("queries in one request"),
+        "{status:?}"
+    );
+    assert_eq!(stack.upstream_subscriptions(), 0);
+    assert_eq!(
+        stack.stats.upstream_subscriptions.load(Ordering::Relaxed),
+        0
+    );
+}
