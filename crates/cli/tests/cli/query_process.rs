@@ -165,3 +165,115 @@ async fn at_trace_level_no_token_reaches_the_log_and_sigterm_closes_sockets_with
         }
     }
 }
+
+/// `convex-edge query` alone, on SIGTERM: a gateway's page watch (gRPC stream) ends with
+/// UNAVAILABLE (the gateway watches again elsewhere), a client socket gets close 1012, the
+/// process exits within its drain deadline, and both its ports are free again.
+#[tokio::test]
+async fn sigterm_ends_watches_with_unavailable_closes_sockets_and_frees_every_port() {
+    use edge_proto::query::v1 as pb;
+    let free = || edge_testkit::free_port().to_string();
+    let (convex_port, http_port, grpc_port, auth_port) = (free(), free(), free(), free());
+    let _devconvex = crate::spawn(
+        &["devconvex"],
+        &[("DEVCONVEX_ADDR".into(), format!("127.0.0.1:{convex_port}"))],
+        None,
+    );
+    crate::wait_ready(&format!("http://127.0.0.1:{convex_port}/readyz")).await;
+    let mut query = crate::spawn(
+        &["query"],
+        &[
+            (
+                "CONVEX_URL".into(),
+                format!("http://127.0.0.1:{convex_port}"),
+            ),
+            ("QUERY_HTTP_ADDR".into(), format!("127.0.0.1:{http_port}")),
+            ("QUERY_GRPC_ADDR".into(), format!("127.0.0.1:{grpc_port}")),
+            // Nobody listens: anonymous reads need no JWKS.
+            (
+                "AUTH_GRPC_URL".into(),
+                format!("http://127.0.0.1:{auth_port}"),
+            ),
+            ("QUERY_SHARED_FUNCTIONS".into(), "messages:list".into()),
+        ],
+        None,
+    );
+    crate::wait_ready(&format!("http://127.0.0.1:{http_port}/readyz")).await;
+
+    let mut grpc = edge_proto::query::v1::query_service_client::QueryServiceClient::connect(
+        format!("http://127.0.0.1:{grpc_port}"),
+    )
+    .await
+    .unwrap();
+    let request = pb::QueryBatchRequest {
+        queries: vec![pb::FunctionCall {
+            path: "messages:list".into(),
+            args_json: json!({"channel": "general"}).to_string(),
+            jwt: String::new(),
+            format: "json".into(),
+        }],
+    };
+    let mut watch = grpc.watch(request).await.unwrap().into_inner();
+    watch.message().await.unwrap().expect("a first batch");
+
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{http_port}/api/sync"))
+            .await
+            .unwrap();
+    let add = json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
+        "modifications": [{"type": "Add", "queryId": 0, "udfPath": "messages:list", "args": [{"channel": "general"}]}]});
+    ws.send(Message::Text(add.to_string().into()))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a transition within 20 s")
+        {
+            Some(Ok(Message::Text(text))) if text.contains("Transition") => break,
+            Some(Ok(_)) => {}
+            other => panic!("socket ended before its first transition: {other:?}"),
+        }
+    }
+
+    let pid = query.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("the watch ends within the drain");
+    let status = ended.expect_err("the watch ends with a status");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a close within the drain")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("socket ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| f.code), Some(CloseCode::Restart));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let exit = loop {
+        if let Some(status) = query.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "query still running 20 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit:?}");
+    for port in [&http_port, &grpc_port] {
+        std::net::TcpListener::bind(format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|e| panic!("port {port} still held after exit: {e}"));
+    }
+}
