@@ -170,3 +170,48 @@ pub fn parse_shared(list: &str) -> Result<BTreeSet<String>, String> {
         .map(|p| edge_convex::UdfPath::parse(p).map(|p| p.as_str().to_owned()))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_env(|name| {
+            if name == "CONVEX_URL" {
+                return Some("http://127.0.0.1:3230".into());
+            }
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    }
+
+    #[test]
+    fn limits_are_read_from_the_environment() {
+        let c = with(&[
+            ("QUERY_MAX_QUERIES_PER_SOCKET", "10"),
+            ("QUERY_MAX_QUERY_BYTES", "2000"),
+            ("QUERY_MAX_SOCKET_QUERY_BYTES", "5000"),
+            ("QUERY_UPSTREAM_MESSAGE_BYTES", "4000"),
+            ("QUERY_SOCKET_QUEUE_BYTES", "7000"),
+        ])
+        .unwrap();
+        assert_eq!(c.query_limits.max_queries, 10);
+        assert_eq!(c.query_limits.max_query_bytes, 2000);
+        assert_eq!(c.query_limits.max_socket_bytes, 5000);
+        assert_eq!(c.upstream_message_bytes, 4000);
+        assert_eq!(c.socket_queue_bytes, 7000);
+    }
+
+    #[test]
+    fn bad_limits_are_refused_with_the_variable_named() {
+        for (var, value) in [
+            ("QUERY_MAX_QUERIES_PER_SOCKET", "0"),
+            ("QUERY_SOCKET_QUEUE_BYTES", "lots"),
+            ("QUERY_UPSTREAM_MESSAGE_BYTES", "1048576"),
+        ] {
+            let error = with(&[(var, value)]).unwrap_err().to_string();
+            assert!(error.contains(var), "{var}={value}: {error}");
+        }
+    }
+}
