@@ -29,6 +29,7 @@ fn token(expires_in: i64) -> Token {
     Token {
         jwt: format!("jwt-{}", edge_keys::generate_id()).into(),
         expires_at: now() + expires_in,
+        issued_at: None,
         session_id: edge_keys::generate_id().into(),
         user_id: edge_keys::generate_id().into(),
         fence: 0,

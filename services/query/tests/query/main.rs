@@ -6,6 +6,7 @@ mod errors;
 mod faults;
 mod http_api;
 mod npm_client;
+mod protocol;
 mod revocation;
 mod tls;
 mod watch;

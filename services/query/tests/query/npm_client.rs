@@ -114,3 +114,74 @@ async fn convex_npm_client_sees_its_identity_end_when_the_session_signs_out() {
         result["identityEndedMs"]
     );
 }
+
+/// Runs `convex-long.mjs` in `mode` for `seconds` against the stack; its result line.
+async fn long_run(stack: &crate::Stack, mode: &str, seconds: u64) -> serde_json::Value {
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    let arg = json!({
+        "url": stack.query_url(),
+        "site": format!("http://{}", stack.gateway.addr),
+        "mode": mode,
+        "seconds": seconds,
+    })
+    .to_string();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(seconds + 60),
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("convex-long.mjs")
+            .arg(arg)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finishes in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {stdout}"))
+}
+
+/// The official client's server-inactivity timer reconnects after 60 s without a message; the
+/// service's Pings keep an idle client on its one socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_npm_client_keeps_one_connection_for_90_seconds() {
+    let stack = crate::Stack::start().await;
+    let result = long_run(&stack, "idle", 90).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["sockets"], 1, "one socket opened: {result}");
+    assert_eq!(result["closes"], 0, "and never closed: {result}");
+    assert!(result["pings"].as_u64().unwrap() >= 4, "{result}");
+    assert_eq!(result["transitionsWithoutClocks"], 0, "{result}");
+}
+
+/// 60 s tokens, the gateway's token cache on and kept warm by another caller of the session:
+/// for 3 minutes the client refreshes before each token expires and is never refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_npm_client_keeps_its_auth_for_3_minutes_through_the_token_cache() {
+    let stack = crate::Stack::start_with(crate::Options {
+        token_ttl: std::time::Duration::from_secs(60),
+        ..crate::Options::default()
+    })
+    .await;
+    let result = long_run(&stack, "refresh", 180).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["authErrors"], json!([]), "{result:#}");
+    assert_eq!(result["sockets"], 1, "never reconnected: {result}");
+    assert_eq!(result["meLost"], 0, "{result}");
+    assert_eq!(result["meAtEnd"], result["me"], "{result}");
+    let fetches = result["fetches"].as_array().unwrap();
+    // The first fetch, the fresh one after it, then one per token lifetime (3 in 180 s).
+    assert!(fetches.len() >= 4, "{result:#}");
+    // From the fresh token on, each token is replaced before its exp.
+    for pair in fetches[1..].windows(2) {
+        let (held, next) = (&pair[0], &pair[1]);
+        assert!(
+            next["at"].as_i64().unwrap() < held["exp"].as_i64().unwrap() * 1000,
+            "a token was held past its exp: {held} then {next}"
+        );
+    }
+}
