@@ -34,6 +34,10 @@ pub struct View {
     pub clocks: Vec<(Option<i64>, Option<u64>)>,
     /// Every `AuthError` message, whole.
     pub auth_error_messages: Vec<Value>,
+    /// Every `QueryFailed` modification, whole (`errorData`, `logLines`).
+    pub failures: Vec<Value>,
+    /// The `logLines` of every modification, in order.
+    pub log_lines: Vec<String>,
 }
 
 pub struct Client {
@@ -98,6 +102,12 @@ impl Client {
                         );
                         for m in v["modifications"].as_array().unwrap() {
                             let id = m["queryId"].as_u64().unwrap();
+                            for line in m["logLines"].as_array().into_iter().flatten() {
+                                view.log_lines.push(line.as_str().unwrap_or("").to_owned());
+                            }
+                            if m["type"] == "QueryFailed" {
+                                view.failures.push(m.clone());
+                            }
                             match m["type"].as_str().unwrap() {
                                 "QueryUpdated" => {
                                     view.values.insert(id, m["value"].clone());

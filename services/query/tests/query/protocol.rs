@@ -18,25 +18,24 @@ fn now_ns() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transitions_carry_each_sockets_clock_skew_and_the_server_time() {
     let stack = crate::Stack::start().await;
-    for base in [stack.query_url(), stack.devconvex_url()] {
+    for (n, base) in [stack.query_url(), stack.devconvex_url()]
+        .into_iter()
+        .enumerate()
+    {
         let before = now_ns();
         // Two sockets on one query: one transition text fanned out, each its own skew.
         let mut on_time = Client::connect(&base).await;
         let mut an_hour_ahead = Client::connect_with_clock(&base, 3_600_000).await;
         for c in [&mut on_time, &mut an_hour_ahead] {
-            c.subscribe(0, "messages:list", json!({"channel": "clocks"}));
+            c.subscribe(0, "messages:list", json!({"channel": format!("clocks{n}")}));
             c.until("the first result", |v| v.values.contains_key(&0))
                 .await;
         }
         let mut writer = Client::connect(&base).await;
-        writer.authenticate(
-            &stack
-                .token_for(&format!("clock{}@example.com", base.len()))
-                .await,
-        );
+        writer.authenticate(&stack.token_for(&format!("clock{n}@example.com")).await);
         writer.mutation(
             "messages:send",
-            json!({"channel": "clocks", "body": "tick"}),
+            json!({"channel": format!("clocks{n}"), "body": "tick"}),
         );
         for c in [&mut on_time, &mut an_hour_ahead] {
             c.until("the update", |v| {
@@ -72,10 +71,11 @@ async fn a_socket_whose_token_expires_gets_auth_error_like_convex() {
         ..crate::Options::default()
     })
     .await;
-    for base in [stack.query_url(), stack.devconvex_url()] {
-        let token = stack
-            .token_for(&format!("expiring{}@example.com", base.len()))
-            .await;
+    for (n, base) in [stack.query_url(), stack.devconvex_url()]
+        .into_iter()
+        .enumerate()
+    {
+        let token = stack.token_for(&format!("expiring{n}@example.com")).await;
         let mut client = Client::connect(&base).await;
         client.authenticate(&token);
         client.subscribe(0, "tasks:list", json!({}));
@@ -251,5 +251,41 @@ async fn transitions_over_the_chunk_size_go_as_transition_chunks() {
             assert_eq!(page.len(), 100, "{base}{path}");
             assert!(page[99]["body"].as_str().unwrap().starts_with("99"));
         }
+    }
+}
+
+/// A query that logs and throws a `ConvexError`: its `errorData` and log lines reach the client
+/// as Convex sends them, from devconvex and through the query service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convex_error_data_and_log_lines_reach_the_client() {
+    let stack = crate::Stack::start().await;
+    for base in [stack.query_url(), stack.devconvex_url()] {
+        let mut client = Client::connect(&base).await;
+        client.subscribe(0, "demo:check", json!({"body": "short"}));
+        client.subscribe(1, "demo:check", json!({"body": "y".repeat(1001)}));
+        let view = client
+            .until("both results", |v| {
+                v.values.contains_key(&0) && !v.failures.is_empty()
+            })
+            .await;
+        assert_eq!(view.values[&0], json!(true), "{base}");
+        let failed = &view.failures[0];
+        assert_eq!(failed["queryId"], 1, "{base}");
+        assert_eq!(
+            failed["errorData"],
+            json!({"code": "TooLong", "max": 1000, "length": 1001}),
+            "{base}"
+        );
+        assert_eq!(
+            failed["logLines"],
+            json!(["[LOG] 'checking 1001 characters'"]),
+            "{base}"
+        );
+        assert!(
+            view.log_lines
+                .contains(&"[LOG] 'checking 5 characters'".to_owned()),
+            "{base}: {:?}",
+            view.log_lines
+        );
     }
 }
