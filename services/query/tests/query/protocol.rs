@@ -289,3 +289,30 @@ async fn convex_error_data_and_log_lines_reach_the_client() {
         );
     }
 }
+
+/// The query service checks the issuer auth signs with, learnt over gRPC; one configured apart
+/// from auth's refuses tokens with an error that says what it expected and where from.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_issuer_comes_from_auth_unless_set_and_a_mismatch_says_so() {
+    let mut stack = crate::Stack::start().await;
+    assert_eq!(stack.query_config.issuer, None, "nothing configured");
+    let token = stack.token_for("issuer@example.com").await;
+    let mut client = Client::connect(&stack.query_url()).await;
+    client.authenticate(&token);
+    client
+        .until("accepted with auth's issuer", |v| v.version.1 == 1)
+        .await;
+
+    stack.query_config.issuer = Some("https://elsewhere.example".into());
+    stack.restart_query().await;
+    let mut client = Client::connect(&stack.query_url()).await;
+    client.authenticate(&token);
+    let view = client.until("refused", |v| !v.auth_errors.is_empty()).await;
+    let error = &view.auth_errors[0];
+    assert!(
+        error.contains("wrong issuer")
+            && error.contains("https://elsewhere.example")
+            && error.contains("JWT_ISSUER"),
+        "{error}"
+    );
+}
