@@ -29,6 +29,8 @@ pub struct Token {
     pub jwt: Arc<str>,
     /// Unix seconds.
     pub expires_at: i64,
+    /// The JWT's `iat` (Unix seconds; [`issued_at`]); `None` for a token without one.
+    pub issued_at: Option<i64>,
     /// The JWT's `sessionId`.
     pub session_id: Arc<str>,
     /// The JWT's `sub`.
@@ -36,6 +38,18 @@ pub struct Token {
     /// The session log position applied before the token was requested: log entries at or
     /// below it were committed before the issuer read the session, so they are reflected.
     pub fence: u64,
+}
+
+/// The `iat` claim of a compact JWT (Unix seconds), read without verifying it: the token came
+/// from auth, and only its age is wanted.
+pub fn issued_at(jwt: &str) -> Option<i64> {
+    use base64::Engine;
+    let payload = jwt.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("iat")?.as_i64()
 }
 
 /// Session log entries within the retention window, by session and by user: the position of
@@ -88,6 +102,13 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// A token is neither stored nor served within this margin of its expiry.
     pub expiry_margin: Duration,
+    /// A token is served only while younger than this (`AUTH_CACHE_MAX_TOKEN_AGE`), counted
+    /// from its `iat`. The Convex client schedules its refresh `exp − iat −
+    /// authRefreshTokenLeewaySeconds` (10 s by default) after it *receives* a token
+    /// (convex-js `authentication_manager.ts`, `scheduleTokenRefetch` for a fresh token), as if
+    /// every token were new: a token served `a` seconds after its `iat` is held until
+    /// `exp + a − 10 s`, so only one younger than the leeway is refreshed before it expires.
+    pub max_token_age: Duration,
     pub l1_capacity: u64,
     /// `REDIS_URL`; `None` keeps the cache in memory only.
     pub redis_url: Option<String>,
@@ -106,6 +127,7 @@ impl Default for CacheConfig {
         CacheConfig {
             ttl: Duration::from_secs(900),
             expiry_margin: Duration::from_secs(30),
+            max_token_age: Duration::from_secs(5),
             l1_capacity: 100_000,
             redis_url: None,
             redis_timeout: Duration::from_millis(50),
@@ -186,7 +208,11 @@ fn now_unix() -> i64 {
 impl Inner {
     /// How long `token` may be cached from now; `None` if it is too close to expiry.
     fn ttl_for(&self, token: &Token) -> Option<Duration> {
-        let left = token.expires_at - now_unix() - self.config.expiry_margin.as_secs() as i64;
+        let now = now_unix();
+        let mut left = token.expires_at - now - self.config.expiry_margin.as_secs() as i64;
+        if let Some(iat) = token.issued_at {
+            left = left.min(iat + self.config.max_token_age.as_secs() as i64 - now);
+        }
         (left > 0).then(|| self.config.ttl.min(Duration::from_secs(left as u64)))
     }
 
@@ -342,8 +368,9 @@ impl Inner {
         let fence = parts.next()?.parse().ok()?;
         let session_id = parts.next()?.into();
         let user_id = parts.next()?.into();
-        let jwt = parts.next()?.into();
+        let jwt: Arc<str> = parts.next()?.into();
         Some(Token {
+            issued_at: issued_at(&jwt),
             jwt,
             expires_at,
             session_id,

@@ -168,6 +168,18 @@ pub async fn jwks_rotate() -> Result {
 
 pub async fn convex_auth_config() -> Result {
     let config = edge_auth::Config::from_env(env)?;
+    // Convex's customJwt providers verify RS256 and ES256 only: an EdDSA issuer's tokens would
+    // all be refused there, so no configuration is printed for one.
+    if !matches!(config.alg, edge_keys::Alg::RS256 | edge_keys::Alg::ES256) {
+        return Err(ConfigError::new(
+            "JWT_ALG",
+            format!(
+                "{}: Convex's customJwt accepts RS256 and ES256 only",
+                config.alg.as_str()
+            ),
+        )
+        .into());
+    }
     let jwks = if config.static_jwks.is_some() {
         let rows = key_rows(&config).await?;
         let set = edge_keys::KeySet::load(

@@ -164,6 +164,7 @@ impl ClientModel {
                 start_version,
                 end_version,
                 modifications,
+                ..
             } => {
                 self.check_versions(*start_version, *end_version)?;
                 let live = &self.query_sets[&end_version.query_set];
@@ -237,6 +238,9 @@ impl ClientModel {
             }
             ServerMessage::ActionResponse { request_id, .. } => {
                 self.finish_request(*request_id, RequestKind::Action)?;
+            }
+            ServerMessage::TransitionChunk { .. } => {
+                return Err("a TransitionChunk must be assembled before it is applied".into());
             }
             ServerMessage::AuthError { .. }
             | ServerMessage::FatalError { .. }
@@ -319,6 +323,8 @@ mod tests {
             start_version: start,
             end_version: end,
             modifications: m,
+            client_clock_skew: None,
+            server_ts: None,
         }
     }
 

@@ -205,6 +205,25 @@ pub enum ServerMessage {
         start_version: StateVersion,
         end_version: StateVersion,
         modifications: Vec<StateModification>,
+        /// Milliseconds the client's clock is ahead of the server's: `Connect.clientTs` minus
+        /// the server's Unix time in ms when that `Connect` arrived (Convex's `sync` worker;
+        /// convex-js `authentication_manager.ts` subtracts it from `Date.now()`). Per socket.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_clock_skew: Option<i64>,
+        /// The server's Unix time in nanoseconds when the transition was sent (Convex's
+        /// `inject_server_ts`, a JSON number; convex-js divides it by 1e6).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        server_ts: Option<u64>,
+    },
+    /// One part of a transition whose JSON text is over [`TRANSITION_CHUNK_BYTES`], for clients
+    /// that support it (npm `convex` ≥ 1.28.0, Convex's `MIN_NPM_VERSION_FOR_TRANSITION_CHUNKS`):
+    /// the client joins `chunk` of parts `0..totalParts` in order and parses a `Transition`.
+    TransitionChunk {
+        chunk: String,
+        part_number: u32,
+        total_parts: u32,
+        /// Convex uses the whole text's length in bytes, as a string.
+        transition_id: String,
     },
     MutationResponse {
         request_id: RequestId,
@@ -235,6 +254,103 @@ pub enum ServerMessage {
         error: String,
     },
     Ping,
+}
+
+/// Convex's limit on one transition frame (`MAX_MESSAGE_SIZE` in `local_backend/src/subs`):
+/// larger transitions go as [`ServerMessage::TransitionChunk`]s of at most this many bytes.
+pub const TRANSITION_CHUNK_BYTES: usize = 5_000_000;
+
+/// Splits a transition's JSON text into `TransitionChunk` texts of at most `max` bytes each
+/// (at UTF-8 boundaries), as Convex does; `None` when it fits in one frame.
+pub fn split_transition(text: &str, max: usize) -> Option<Vec<String>> {
+    if text.len() <= max || max < 4 {
+        return None;
+    }
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < text.len() {
+        let mut end = (start + max).min(text.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        parts.push(&text[start..end]);
+        start = end;
+    }
+    let total_parts = parts.len() as u32;
+    let transition_id = text.len().to_string();
+    Some(
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                ServerMessage::TransitionChunk {
+                    chunk: chunk.to_string(),
+                    part_number: i as u32,
+                    total_parts,
+                    transition_id: transition_id.clone(),
+                }
+                .to_text()
+            })
+            .collect(),
+    )
+}
+
+/// Whether a client whose sync path names this version (`/api/{version}/sync`, e.g. `1.49.0`)
+/// assembles `TransitionChunk`s: npm `convex` 1.28.0 and later, as Convex decides
+/// (`MIN_NPM_VERSION_FOR_TRANSITION_CHUNKS`); `/api/sync` (no version) never.
+pub fn supports_transition_chunks(path_version: Option<&str>) -> bool {
+    let Some(v) = path_version else { return false };
+    let mut parts = v.split(['.', '-', '+']).map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (1, 28),
+        _ => false,
+    }
+}
+
+/// Joins `TransitionChunk`s back into the transition's text (the client's
+/// `assembleTransition`): parts in order, one transition at a time.
+#[derive(Debug, Default)]
+pub struct ChunkAssembler {
+    parts: Vec<String>,
+    total: u32,
+    id: String,
+}
+
+impl ChunkAssembler {
+    /// Whether a transition is half assembled (any other message now is a protocol error).
+    pub fn in_progress(&self) -> bool {
+        !self.parts.is_empty()
+    }
+
+    /// Adds one part; the whole text once the last part is in.
+    ///
+    /// # Errors
+    /// A part out of order, or one of another transition.
+    pub fn push(
+        &mut self,
+        chunk: String,
+        part_number: u32,
+        total_parts: u32,
+        transition_id: String,
+    ) -> Result<Option<String>, String> {
+        if total_parts == 0
+            || part_number >= total_parts
+            || (self.in_progress() && (self.total != total_parts || self.id != transition_id))
+            || part_number as usize != self.parts.len()
+        {
+            self.parts.clear();
+            return Err(format!(
+                "TransitionChunk {part_number}/{total_parts} of {transition_id} out of order"
+            ));
+        }
+        self.total = total_parts;
+        self.id = transition_id;
+        self.parts.push(chunk);
+        if self.parts.len() as u32 == total_parts {
+            return Ok(Some(std::mem::take(&mut self.parts).concat()));
+        }
+        Ok(None)
+    }
 }
 
 /// The one arguments object of a call: the sync protocol sends arguments as a one-element
@@ -307,6 +423,8 @@ mod tests {
             modifications: vec![StateModification::QueryRemoved {
                 query_id: QueryId(3),
             }],
+            client_clock_skew: Some(-3),
+            server_ts: Some(1_700_000_000_000_000_000),
         };
         let v: Value = serde_json::from_str(&t.to_text()).unwrap();
         assert_eq!(v["type"], "Transition");
@@ -315,6 +433,44 @@ mod tests {
             v["modifications"][0],
             json!({"type": "QueryRemoved", "queryId": 3})
         );
+        assert_eq!(v["clientClockSkew"], -3);
+        assert_eq!(v["serverTs"], 1_700_000_000_000_000_000u64);
         assert_eq!(ServerMessage::Ping.to_text(), r#"{"type":"Ping"}"#);
+    }
+
+    #[test]
+    fn chunks_are_for_npm_clients_from_1_28() {
+        assert!(supports_transition_chunks(Some("1.49.0")));
+        assert!(supports_transition_chunks(Some("1.28.0")));
+        assert!(!supports_transition_chunks(Some("1.27.5")));
+        assert!(!supports_transition_chunks(Some("0.8.0-alpha")));
+        assert!(!supports_transition_chunks(None));
+    }
+
+    #[test]
+    fn transition_chunks_split_at_char_boundaries_and_join_in_order() {
+        let text = format!("{{\"x\":\"{}\"}}", "é".repeat(10));
+        assert!(split_transition(&text, text.len()).is_none());
+        let parts = split_transition(&text, 5).unwrap();
+        let mut joined = ChunkAssembler::default();
+        let mut out = None;
+        for part in &parts {
+            let ServerMessage::TransitionChunk {
+                chunk,
+                part_number,
+                total_parts,
+                transition_id,
+            } = serde_json::from_str(part).unwrap()
+            else {
+                panic!("not a chunk: {part}");
+            };
+            assert!(chunk.len() <= 5);
+            assert_eq!(transition_id, text.len().to_string());
+            out = joined
+                .push(chunk, part_number, total_parts, transition_id)
+                .unwrap();
+        }
+        assert_eq!(out.as_deref(), Some(text.as_str()));
+        assert!(joined.push("x".into(), 1, 2, "9".into()).is_err());
     }
 }

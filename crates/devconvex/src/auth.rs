@@ -14,6 +14,9 @@ pub struct Identity {
     pub token_identifier: String,
     pub subject: String,
     pub issuer: String,
+    /// The token's `exp` (Unix seconds): the socket gets `AuthError` once it passes, unless a
+    /// newer token came first. `None`: the token has no `exp`.
+    pub expires_at: Option<i64>,
     /// Every other claim (`name`, `email`, `emailVerified`, custom ones).
     pub claims: Map<String, Value>,
 }
@@ -213,6 +216,7 @@ impl Authenticator {
                 .map_err(|e| format!("Could not verify token: {e}"))?
         };
         let mut claims = verified.claims;
+        let expires_at = claims.get("exp").and_then(Value::as_i64);
         let subject = claims
             .get("sub")
             .and_then(Value::as_str)
@@ -225,6 +229,7 @@ impl Authenticator {
             token_identifier: format!("{iss}|{subject}"),
             subject,
             issuer: iss.to_owned(),
+            expires_at,
             claims,
         })
     }

@@ -14,6 +14,9 @@ pub struct Config {
     pub max_message_bytes: usize,
     /// A Ping goes out after this long without any other message.
     pub ping_interval: Duration,
+    /// A transition whose text is longer goes as `TransitionChunk`s of at most this many
+    /// bytes (Convex's 5 MB, `edge_convex::sync::TRANSITION_CHUNK_BYTES`; smaller in tests).
+    pub transition_chunk_bytes: usize,
 }
 
 impl Config {
@@ -23,6 +26,7 @@ impl Config {
             auth_config: None,
             max_message_bytes: 8 * 1024 * 1024,
             ping_interval: Duration::from_secs(15),
+            transition_chunk_bytes: edge_convex::sync::TRANSITION_CHUNK_BYTES,
         }
     }
 

@@ -101,13 +101,14 @@ impl Engine {
         expected: Kind,
         args: &Value,
         identity: Option<&Identity>,
-    ) -> (Result<Value, FunctionError>, Tx<'s>) {
+    ) -> (Result<Value, FunctionError>, Tx<'s>, Vec<String>) {
         let access = if expected == Kind::Mutation {
             Access::ReadWrite
         } else {
             Access::ReadOnly
         };
         let mut tx = Tx::new(snapshot, access);
+        let mut logs = Vec::new();
         let result = (|| {
             let udf = UdfPath::parse(path).map_err(|_| functions::not_found(path))?;
             let (kind, handler) =
@@ -128,11 +129,12 @@ impl Engine {
                 &mut Ctx {
                     db: &mut tx,
                     identity,
+                    logs: &mut logs,
                 },
                 &args,
             )
         })();
-        (result, tx)
+        (result, tx, logs)
     }
 
     /// Runs a query at the current state, or at `at` when still retained.
@@ -148,7 +150,7 @@ impl Engine {
             Some(ts) => db.snapshot_at(ts).ok_or("timestamp is too old")?,
             None => db.snapshot(),
         };
-        let (result, _) = self.run(snapshot, path, Kind::Query, args, identity);
+        let (result, _, _) = self.run(snapshot, path, Kind::Query, args, identity);
         Ok((result, snapshot.ts))
     }
 
@@ -161,7 +163,7 @@ impl Engine {
     ) -> (Result<Value, FunctionError>, u64) {
         let mut db = self.lock();
         let snapshot = db.snapshot().clone();
-        let (result, tx) = self.run(&snapshot, path, Kind::Mutation, args, identity);
+        let (result, tx, _) = self.run(&snapshot, path, Kind::Mutation, args, identity);
         let writes = tx.writes;
         let ts = match &result {
             Ok(_) => db.commit(writes),
@@ -211,11 +213,12 @@ impl Engine {
             if !(stale || forced(sub) || sub.last.is_none()) {
                 continue;
             }
-            let (result, tx) = self.run(snapshot, &sub.path, Kind::Query, &sub.args, identity);
+            let (result, tx, logs) =
+                self.run(snapshot, &sub.path, Kind::Query, &sub.args, identity);
             sub.reads = tx.reads;
             let now = match &result {
                 Ok(v) => Ok(v.to_string()),
-                Err(e) => Err(e.message.clone()),
+                Err(e) => Err(format!("{}{:?}", e.message, e.data)),
             };
             if sub.last.as_ref() == Some(&now) {
                 continue;
@@ -225,13 +228,13 @@ impl Engine {
                 Ok(value) => StateModification::QueryUpdated {
                     query_id: sub.query_id,
                     value,
-                    log_lines: vec![],
+                    log_lines: logs,
                     journal: None,
                 },
                 Err(e) => StateModification::QueryFailed {
                     query_id: sub.query_id,
                     error_message: e.message,
-                    log_lines: vec![],
+                    log_lines: logs,
                     journal: None,
                     error_data: e.data,
                 },

@@ -44,6 +44,15 @@ impl FunctionError {
 pub struct Ctx<'a, 'b> {
     pub db: &'a mut Tx<'b>,
     pub identity: Option<&'a Identity>,
+    /// What the function logged, as Convex's log lines (`[LOG] 'text'`).
+    pub logs: &'a mut Vec<String>,
+}
+
+impl Ctx<'_, '_> {
+    /// `console.log(text)`: a log line as Convex sends it to the client.
+    fn log(&mut self, text: &str) {
+        self.logs.push(format!("[LOG] '{text}'"));
+    }
 }
 
 type Handler = fn(&mut Ctx<'_, '_>, &Map<String, Value>) -> Result<Value, FunctionError>;
@@ -59,6 +68,7 @@ pub fn lookup(path: &UdfPath) -> Option<(Kind, Handler)> {
         "users:me" => (Kind::Query, users_me),
         "config:get" => (Kind::Query, config_get),
         "demo:echo" => (Kind::Action, demo_echo),
+        "demo:check" => (Kind::Query, demo_check),
         _ => return None,
     };
     Some(f)
@@ -188,4 +198,23 @@ fn config_get(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value,
 
 fn demo_echo(_: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
     Ok(Value::Object(args.clone()))
+}
+
+/// The longest message body `demo:check` accepts (`config:get`'s `maxMessageLength`).
+const MAX_BODY: usize = 1000;
+
+/// Logs the check; a body over [`MAX_BODY`] characters fails with `ConvexError` data
+/// `{"code": "TooLong", "max", "length"}`.
+fn demo_check(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
+    let [body] = string_args(args, ["body"])?;
+    let length = body.chars().count();
+    ctx.log(&format!("checking {length} characters"));
+    if length > MAX_BODY {
+        let data = json!({"code": "TooLong", "max": MAX_BODY, "length": length});
+        return Err(FunctionError {
+            message: format!("Uncaught ConvexError: {data}"),
+            data: Some(data),
+        });
+    }
+    Ok(Value::Bool(true))
 }

@@ -4,7 +4,13 @@
 //! too: each Transition starts at the version the client holds; the query-set version moves only
 //! with `ModifyQuerySet`, the identity version by one per `Authenticate`; `ts` never goes
 //! backwards. Violations by the client end the session with `FatalError`; a bad token gets
-//! `AuthError` and the socket is closed.
+//! `AuthError` and the socket is closed, and so does a token that reaches its `exp` before the
+//! client replaced it (`authUpdateAttempted: false`, Convex's `TokenExpired`).
+//!
+//! Transitions carry `clientClockSkew` (from the socket's `Connect.clientTs`) and `serverTs`;
+//! one whose text is over the chunk size goes as `TransitionChunk`s to clients whose version
+//! (the `/api/{version}/sync` path) supports them; a `Connect` whose `maxObservedTimestamp` is
+//! ahead of this backend ends the socket (Convex's linearizability check).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -29,11 +35,16 @@ enum End {
     Gone,
     /// A protocol violation: `FatalError` with this message.
     Fatal(String),
-    /// A token was refused: `AuthError`, then close.
+    /// A token was refused (`attempted`: by an `Authenticate`; else it expired): `AuthError`,
+    /// then close.
     Auth {
         error: String,
         base_version: IdentityVersion,
+        attempted: bool,
     },
+    /// The server cannot serve this client (close code 1011, no message, like Convex's
+    /// internal errors): the client reconnects.
+    Internal(String),
 }
 
 struct SyncSession {
@@ -43,6 +54,17 @@ struct SyncSession {
     subs: BTreeMap<QueryId, Subscription>,
     identity: Option<Identity>,
     last_sent: Instant,
+    /// `Connect.clientTs` minus the server's Unix ms when it arrived.
+    clock_skew: Option<i64>,
+    /// Largest transition frame before it is chunked; `None`: the client cannot take chunks.
+    chunk_bytes: Option<usize>,
+}
+
+/// The server's Unix time: milliseconds (for the clock skew) and nanoseconds (`serverTs`).
+fn unix_now() -> std::time::Duration {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
 }
 
 pub async fn handler(
@@ -58,6 +80,9 @@ pub async fn handler(
         .max_continuation_size(limit);
     let engine = state.engine.clone();
     let ping_interval = state.config.ping_interval;
+    let chunk_bytes =
+        edge_convex::sync::supports_transition_chunks(req.match_info().get("version"))
+            .then_some(state.config.transition_chunk_bytes);
     actix_web::rt::spawn(async move {
         let session = SyncSession {
             version: ClientVersion::default(),
@@ -66,6 +91,8 @@ pub async fn handler(
             subs: BTreeMap::new(),
             identity: None,
             last_sent: Instant::now(),
+            clock_skew: None,
+            chunk_bytes,
         };
         session.run(stream, ping_interval).await;
     });
@@ -82,6 +109,15 @@ impl SyncSession {
         let mut ticker = tokio::time::interval(ping_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
+            // The held token's `exp`, as a deadline (far away without one).
+            let expiry = self
+                .identity
+                .as_ref()
+                .and_then(|i| i.expires_at)
+                .map(|exp| {
+                    let left = (exp as i128 * 1000 - unix_now().as_millis() as i128).max(0);
+                    tokio::time::Instant::now() + std::time::Duration::from_millis(left as u64)
+                });
             let step = tokio::select! {
                 message = stream.recv() => match message {
                     None | Some(Ok(AggregatedMessage::Close(_))) => Err(End::Gone),
@@ -95,6 +131,13 @@ impl SyncSession {
                     Ok(()) => self.transition(Vec::new(), |_| false).await,
                     Err(_) => Err(End::Gone),
                 },
+                _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
+                    Err(End::Auth {
+                        error: "TokenExpired: Convex token identity expired".into(),
+                        base_version: self.version.held().identity,
+                        attempted: false,
+                    })
+                }
                 _ = ticker.tick() => {
                     if self.last_sent.elapsed() >= ping_interval {
                         self.send(&ServerMessage::Ping).await
@@ -119,14 +162,19 @@ impl SyncSession {
             End::Auth {
                 error,
                 base_version,
+                attempted,
             } => (
                 Some(ServerMessage::AuthError {
                     error,
                     base_version: Some(base_version),
-                    auth_update_attempted: Some(true),
+                    auth_update_attempted: Some(attempted),
                 }),
                 CloseCode::Normal,
             ),
+            End::Internal(error) => {
+                tracing::warn!(%error, "sync session ended by a server error");
+                (None, CloseCode::Error)
+            }
         };
         if let Some(message) = message {
             let _ = self.ws.text(message.to_text()).await;
@@ -168,16 +216,43 @@ impl SyncSession {
             start_version: step.start,
             end_version: step.end,
             modifications,
+            client_clock_skew: self.clock_skew,
+            server_ts: Some(unix_now().as_nanos() as u64),
         };
         self.version.sent(step);
-        self.send(&message).await
+        let text = message.to_text();
+        let parts = self
+            .chunk_bytes
+            .and_then(|max| edge_convex::sync::split_transition(&text, max));
+        self.last_sent = Instant::now();
+        for part in parts.unwrap_or_else(|| vec![text]) {
+            self.ws.text(part).await.map_err(|_| End::Gone)?;
+        }
+        Ok(())
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let message: ClientMessage = serde_json::from_str(text)
             .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
         match message {
-            ClientMessage::Connect { .. } | ClientMessage::Event { .. } => Ok(()),
+            ClientMessage::Connect {
+                client_ts,
+                max_observed_timestamp,
+                ..
+            } => {
+                if let Some(client_ts) = client_ts {
+                    self.clock_skew = Some(client_ts as i64 - unix_now().as_millis() as i64);
+                }
+                let latest = self.engine.ts();
+                match max_observed_timestamp {
+                    Some(seen) if seen.0 > latest => Err(End::Internal(format!(
+                        "Client has observed a timestamp {} ahead of the backend latest known timestamp {latest}",
+                        seen.0
+                    ))),
+                    _ => Ok(()),
+                }
+            }
+            ClientMessage::Event { .. } => Ok(()),
             ClientMessage::ModifyQuerySet {
                 base_version,
                 new_version,
@@ -299,6 +374,7 @@ impl SyncSession {
                     return Err(End::Auth {
                         error,
                         base_version: base,
+                        attempted: true,
                     });
                 }
             },
@@ -311,6 +387,7 @@ impl SyncSession {
                 return Err(End::Auth {
                     error: "admin keys are not accepted by devconvex".into(),
                     base_version: base,
+                    attempted: true,
                 });
             }
         };
@@ -318,6 +395,10 @@ impl SyncSession {
         // Every query re-runs under the new identity.
         self.transition(Vec::new(), |_| true).await
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365)
 }
 
 /// The sync protocol carries arguments as a one-element array.

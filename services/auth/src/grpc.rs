@@ -184,6 +184,9 @@ impl AuthService for GrpcApi {
             jwks_json: self.core.keys.current().jwks_json().to_owned(),
             version: self.core.keys.version(),
             max_age_seconds: self.core.config.jwks_max_age.as_secs(),
+            issuer: self.core.config.issuer.clone(),
+            audience: self.core.config.audience.clone(),
+            alg: self.core.config.alg.as_str().to_owned(),
         }))
     }
 

@@ -117,6 +117,15 @@ impl Config {
                 })?;
                 cache.ttl = std::time::Duration::from_secs(secs);
             }
+            if let Some(v) = get("AUTH_CACHE_MAX_TOKEN_AGE") {
+                let secs: u64 = v.parse().map_err(|_| {
+                    ConfigError::new(
+                        "AUTH_CACHE_MAX_TOKEN_AGE",
+                        format!("expected a number of seconds, got `{v}`"),
+                    )
+                })?;
+                cache.max_token_age = std::time::Duration::from_secs(secs);
+            }
             if let Some(url) = get("REDIS_URL").filter(|u| !u.is_empty()) {
                 if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
                     return Err(ConfigError::new(

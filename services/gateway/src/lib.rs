@@ -141,6 +141,7 @@ impl State {
                 .await?
                 .into_inner();
             Ok::<_, tonic::Status>(Token {
+                issued_at: edge_cache::issued_at(&r.jwt),
                 jwt: r.jwt.into(),
                 expires_at: r.expires_at,
                 session_id: r.session_id.into(),

@@ -16,8 +16,11 @@ pub struct Config {
     pub auth_grpc_url: String,
     /// Canonical paths whose results do not depend on the caller.
     pub shared_functions: BTreeSet<String>,
-    pub issuer: String,
-    pub audience: String,
+    /// `JWT_ISSUER`: the `iss` tokens must carry. `None` (the default): auth's, learnt with
+    /// the JWKS (`GetJwks`), so the two services cannot disagree.
+    pub issuer: Option<String>,
+    /// `JWT_AUDIENCE`: the `aud` tokens must carry; `None`: auth's, as for the issuer.
+    pub audience: Option<String>,
     /// Largest WebSocket message or HTTP body accepted.
     pub max_message_bytes: usize,
     /// Unanswered mutations and actions one socket may have in flight (Convex: 1000).
@@ -58,8 +61,8 @@ impl Config {
             convex_url: convex_url.into(),
             auth_grpc_url: "http://127.0.0.1:50051".into(),
             shared_functions: BTreeSet::new(),
-            issuer: "http://localhost:8080".into(),
-            audience: "convex".into(),
+            issuer: None,
+            audience: None,
             max_message_bytes: 8 * 1024 * 1024,
             max_pending_requests: 1000,
             socket_queue: 1024,
@@ -152,12 +155,8 @@ impl Config {
                 ),
             ));
         }
-        if let Some(v) = get("JWT_ISSUER") {
-            config.issuer = v;
-        }
-        if let Some(v) = get("JWT_AUDIENCE") {
-            config.audience = v;
-        }
+        config.issuer = get("JWT_ISSUER").filter(|v| !v.is_empty());
+        config.audience = get("JWT_AUDIENCE").filter(|v| !v.is_empty());
         Ok(config)
     }
 }

@@ -49,10 +49,39 @@ impl std::fmt::Debug for VerifiedUser {
     }
 }
 
+/// What tokens must carry, and where that came from (for the start-up log and the errors).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Expected {
+    pub issuer: String,
+    pub audience: String,
+    /// auth's `JWT_ALG` (each key of the JWKS names its own; this is for the log).
+    pub alg: String,
+    /// `JWT_ISSUER`/`JWT_AUDIENCE` set for this service, or learnt from auth.
+    pub configured: bool,
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = if self.configured {
+            "JWT_ISSUER/JWT_AUDIENCE of the query service"
+        } else {
+            "learnt from auth"
+        };
+        write!(
+            f,
+            "issuer `{}`, audience `{}` ({source})",
+            self.issuer, self.audience
+        )
+    }
+}
+
 pub struct Identities {
     auth: AuthServiceClient<Channel>,
-    issuer: String,
-    audience: String,
+    /// `JWT_ISSUER`/`JWT_AUDIENCE` of this service, when set: they win over auth's.
+    issuer: Option<String>,
+    audience: Option<String>,
+    /// What the verifier checks now (empty until the first JWKS).
+    expected: RwLock<Expected>,
     verifier: RwLock<Option<Verifier>>,
     last_refresh: std::sync::Mutex<Option<Instant>>,
     /// Tokens already verified, until they expire or the JWKS changes: the gateway sends the
@@ -81,14 +110,15 @@ const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
 impl Identities {
     pub fn new(
         auth: AuthServiceClient<Channel>,
-        issuer: String,
-        audience: String,
+        issuer: Option<String>,
+        audience: Option<String>,
         revoked: Arc<Revoked>,
     ) -> Self {
         Identities {
             auth,
             issuer,
             audience,
+            expected: RwLock::new(Expected::default()),
             verifier: RwLock::new(None),
             last_refresh: std::sync::Mutex::new(None),
             verified: std::sync::Mutex::new(HashMap::new()),
@@ -110,7 +140,7 @@ impl Identities {
             }
             *last = Some(Instant::now());
         }
-        let jwks = self
+        let answer = self
             .auth
             .clone()
             .get_jwks(pb::GetJwksRequest {})
@@ -121,16 +151,66 @@ impl Identities {
                     e.message()
                 )
             })?
-            .into_inner()
-            .jwks_json;
-        let verifier = Verifier::from_jwks(&jwks)
+            .into_inner();
+        let expected = self.expected_from(&answer)?;
+        let verifier = Verifier::from_jwks(&answer.jwks_json)
             .map_err(|e| e.to_string())?
-            .with_issuer(self.issuer.clone())
-            .with_audience(self.audience.clone());
+            .with_issuer(expected.issuer.clone())
+            .with_audience(expected.audience.clone());
+        {
+            let mut current = self.expected.write().unwrap_or_else(|e| e.into_inner());
+            if *current != expected {
+                tracing::info!(
+                    issuer = %expected.issuer,
+                    audience = %expected.audience,
+                    alg = %expected.alg,
+                    configured = expected.configured,
+                    "verifying tokens for {expected}"
+                );
+                *current = expected;
+            }
+        }
         *self.verifier.write().unwrap_or_else(|e| e.into_inner()) = Some(verifier);
         // A key may have been withdrawn: what it verified is checked again.
         self.verified_tokens().clear();
         Ok(())
+    }
+
+    /// What tokens must carry: this service's `JWT_ISSUER`/`JWT_AUDIENCE` when set (with a
+    /// warning when they differ from what auth signs, as every token would then be refused),
+    /// else auth's.
+    fn expected_from(&self, answer: &pb::GetJwksResponse) -> Result<Expected, String> {
+        let configured = self.issuer.is_some() || self.audience.is_some();
+        let pick = |mine: &Option<String>, auths: &str, name: &str| match mine {
+            Some(mine) => {
+                if !auths.is_empty() && auths != mine {
+                    tracing::warn!(
+                        "{name} `{mine}` set for the query service differs from auth's `{auths}`: every token auth issues will be refused"
+                    );
+                }
+                Ok(mine.clone())
+            }
+            None if auths.is_empty() => Err(format!(
+                "auth did not say its {name} (an older auth?): set {name} for the query service"
+            )),
+            None => Ok(auths.to_owned()),
+        };
+        Ok(Expected {
+            issuer: pick(&self.issuer, &answer.issuer, "JWT_ISSUER")?,
+            audience: pick(&self.audience, &answer.audience, "JWT_AUDIENCE")?,
+            alg: answer.alg.clone(),
+            configured,
+        })
+    }
+
+    /// Fetches the JWKS (and what tokens must carry) now, for the start-up log.
+    pub async fn learn(&self) -> Result<Expected, String> {
+        self.refresh().await?;
+        Ok(self
+            .expected
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
     }
 
     fn verified_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedUser>> {
@@ -185,9 +265,14 @@ impl Identities {
         let verified = {
             let guard = self.verifier.read().unwrap_or_else(|e| e.into_inner());
             let verifier = guard.as_ref().ok_or("no JWKS")?;
-            verifier
-                .verify(token, now)
-                .map_err(|e| format!("Could not verify token: {e}"))?
+            verifier.verify(token, now).map_err(|e| match e {
+                // Name what was expected, so a mismatch between services is diagnosable.
+                edge_keys::VerifyError::WrongIssuer | edge_keys::VerifyError::WrongAudience => {
+                    let expected = self.expected.read().unwrap_or_else(|e| e.into_inner());
+                    format!("Could not verify token: {e} (expected {expected})")
+                }
+                e => format!("Could not verify token: {e}"),
+            })?
         };
         let mut claims = verified.claims;
         let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);

@@ -155,6 +155,21 @@ impl Application {
             self.revoked.clone(),
             state.shutting_down.clone(),
         ));
+        // Says at start-up which issuer and audience tokens must carry (and whether they came
+        // from auth or from this service's JWT_ISSUER/JWT_AUDIENCE), once auth answers.
+        let identities = state.identities.clone();
+        tokio::spawn(async move {
+            let mut backoff = edge_telemetry::backoff::reconnect();
+            loop {
+                match identities.learn().await {
+                    Ok(_) => return,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot learn the token issuer from auth yet; retrying");
+                        tokio::time::sleep(backoff.next().unwrap_or_default()).await;
+                    }
+                }
+            }
+        });
         let limit = state.config.max_message_bytes;
         let workers = std::thread::available_parallelism()
             .map(|n| n.get())

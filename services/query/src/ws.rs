@@ -43,6 +43,11 @@ async fn handshake(
 ) -> std::io::Result<()> {
     let parts = framed.into_parts();
     let mut io = parts.io;
+    let chunks = edge_convex::sync::supports_transition_chunks(
+        req.path()
+            .strip_prefix("/api/")
+            .and_then(|rest| rest.strip_suffix("/sync")),
+    );
     let accept = match accept_key(&req) {
         Ok(accept) => accept,
         Err((status, message)) => {
@@ -76,7 +81,7 @@ async fn handshake(
         let early = parts.read_buf.to_vec();
         WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await
     };
-    actix_web::rt::spawn(downstream::run(state, ws));
+    actix_web::rt::spawn(downstream::run(state, ws, chunks));
     Ok(())
 }
 

@@ -29,6 +29,7 @@ fn token(expires_in: i64) -> Token {
     Token {
         jwt: format!("jwt-{}", edge_keys::generate_id()).into(),
         expires_at: now() + expires_in,
+        issued_at: None,
         session_id: edge_keys::generate_id().into(),
         user_id: edge_keys::generate_id().into(),
         fence: 0,
@@ -252,4 +253,51 @@ async fn a_dead_redis_costs_nothing_after_the_first_failure_and_heals() {
         c.invalidate(&key).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The Convex client schedules its refresh from `exp − iat` as if every token it gets were
+/// new: a token older than `max_token_age` is neither stored nor served, in either tier.
+#[tokio::test]
+async fn tokens_older_than_the_max_age_are_never_stored_or_served() {
+    let url = edge_testkit::redis_url();
+    let c = cache(Some(url.clone()));
+    let (_, key) = cookie();
+    let mut old = token(900);
+    old.issued_at = Some(now() - 10);
+    let issued = old.clone();
+    c.get_or_issue(&key, || async move { Ok(issued) })
+        .await
+        .unwrap();
+    assert!(
+        redis_get(&url, key.as_str()).await.is_none(),
+        "not stored in Redis"
+    );
+    let fresh = token(900);
+    let mut young = fresh.clone();
+    young.issued_at = Some(now());
+    let issued = young.clone();
+    let (got, outcome) = c
+        .get_or_issue(&key, || async move { Ok(issued) })
+        .await
+        .unwrap();
+    assert_eq!(
+        (got, outcome),
+        (young.clone(), Outcome::Miss),
+        "the old one was not served"
+    );
+    let (got, outcome) = c
+        .get_or_issue(&key, || async { Err("must not issue".to_owned()) })
+        .await
+        .unwrap();
+    assert_eq!((got, outcome), (young, Outcome::L1Hit), "a young one is");
+    // The age is read from the JWT's `iat`.
+    let jwt = format!(
+        "e30.{}.sig",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            br#"{"iat":1700000000,"exp":1700000900}"#
+        )
+    );
+    assert_eq!(edge_cache::issued_at(&jwt), Some(1_700_000_000));
+    assert_eq!(edge_cache::issued_at("not-a-jwt"), None);
 }

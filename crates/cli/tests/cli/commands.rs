@@ -39,6 +39,12 @@ fn invalid_configuration_is_one_line_and_exit_code_64() {
             &[("BETTER_AUTH_SECRET", SECRET), ("LOG_FORMAT", "xml")],
             "LOG_FORMAT",
         ),
+        // Convex's customJwt takes RS256 and ES256: no auth config for an EdDSA issuer.
+        (
+            &["convex-auth-config"],
+            &[("BETTER_AUTH_SECRET", SECRET), ("JWT_ALG", "EdDSA")],
+            "JWT_ALG",
+        ),
     ];
     for (args, env, var) in cases {
         let out = run(args, env);

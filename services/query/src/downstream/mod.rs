@@ -10,16 +10,17 @@ pub mod session;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web;
 use edge_convex::{ClientMessage, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::AppState;
 use crate::identity::IdentityKey;
@@ -45,6 +46,10 @@ struct Downstream {
     shared: Option<Attachment>,
     /// When the client was last sent anything (for the heartbeat `Ping`).
     last_sent: tokio::time::Instant,
+    /// `Connect.clientTs` minus the service's Unix ms when it arrived (`clientClockSkew`).
+    clock_skew: Option<i64>,
+    /// Whether the client assembles `TransitionChunk`s (its sync path's version).
+    chunks: bool,
 }
 
 /// What woke a socket's task.
@@ -55,10 +60,12 @@ enum Wake {
     Restart,
     /// The heartbeat timer ticked.
     Heartbeat,
+    /// The socket's token reached its `exp`.
+    Expired,
 }
 
 /// Serves one client socket until it closes.
-pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
+pub async fn run(state: web::Data<AppState>, ws: ClientSocket, chunks: bool) {
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
     let (inbox, mut mailbox) = Inbox::bounded(
@@ -86,12 +93,15 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
         main,
         shared: None,
         last_sent: tokio::time::Instant::now(),
+        clock_skew: None,
+        chunks,
     };
     let evicted = mailbox.evicted.clone();
     let ping = d.state.config.ping_interval;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + ping, ping);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
+        let expiry = d.session.expires_at().map(deadline_of);
         let wake = tokio::select! {
             message = d.ws.next() => Wake::Client(message),
             Some(event) = mailbox.recv() => {
@@ -104,6 +114,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
             _ = evicted.notified() => Wake::Evicted,
             _ = shutting_down.wait_for(|s| *s) => Wake::Restart,
             _ = heartbeat.tick() => Wake::Heartbeat,
+            _ = sleep_until_some(expiry) => Wake::Expired,
         };
         let step = match wake {
             Wake::Client(None | Some(Ok(Message::Close(_)))) => Err(End::Gone),
@@ -127,6 +138,11 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket) {
                 Box::pin(d.send(Message::text(ServerMessage::Ping.to_text()))).await
             }
             Wake::Heartbeat => Ok(()),
+            // Convex refuses an identity past its `exp` (`TokenExpired`) with `AuthError`;
+            // the client fetches a fresh token and reconnects.
+            Wake::Expired => Err(End::Expired {
+                base_version: d.session.identity_version(),
+            }),
         };
         if let Err(end) = step {
             break end;
@@ -141,6 +157,13 @@ impl Downstream {
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let message: ClientMessage = serde_json::from_str(text)
             .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
+        if let ClientMessage::Connect {
+            client_ts: Some(client_ts),
+            ..
+        } = &message
+        {
+            self.clock_skew = Some(*client_ts as i64 - unix_now().as_millis() as i64);
+        }
         let mut effects = Vec::new();
         let verify = self.session.on_client(message, &mut effects);
         self.run(effects).await?;
@@ -211,6 +234,7 @@ impl Downstream {
         for effect in effects {
             match effect {
                 Effect::Send(text) => self.send(Message::Text(text)).await?,
+                Effect::Transition(text) => self.send_transition(text).await?,
                 Effect::AttachShared => {
                     let hub = &self.state.hub;
                     let shared = hub.attach(&IdentityKey::Anonymous, None, &self.inbox).await;
@@ -266,6 +290,42 @@ impl Downstream {
         }
     }
 
+    /// Sends a shared transition text with this socket's `clientClockSkew` and `serverTs`.
+    ///
+    /// The shared text is not copied: it goes as the first fragment of the message (all but
+    /// its closing `}`) and the two fields as the last one, so a fan-out to many sockets still
+    /// holds one copy of the results. A text over Convex's chunk size goes, to a client that
+    /// takes them, as `TransitionChunk`s instead (a copy, as Convex makes one).
+    async fn send_transition(&mut self, text: Utf8Bytes) -> Result<(), End> {
+        let suffix = transition_suffix(self.clock_skew, unix_now().as_nanos() as u64);
+        let body = Bytes::from(text);
+        if body.last() != Some(&b'}') {
+            // Not an object's text: never made by `frames::transition`.
+            return Err(End::Fatal(
+                "internal: transition text is not an object".into(),
+            ));
+        }
+        let head = body.slice(..body.len() - 1);
+        if self.chunks && head.len() + suffix.len() > edge_convex::sync::TRANSITION_CHUNK_BYTES {
+            let mut whole = String::with_capacity(head.len() + suffix.len());
+            whole.push_str(std::str::from_utf8(&head).unwrap_or_default());
+            whole.push_str(&suffix);
+            let parts = edge_convex::sync::split_transition(
+                &whole,
+                edge_convex::sync::TRANSITION_CHUNK_BYTES,
+            )
+            .unwrap_or_else(|| vec![whole.clone()]);
+            for part in parts {
+                self.send(Message::text(part)).await?;
+            }
+            return Ok(());
+        }
+        let first = Frame::message(head, OpCode::Data(Data::Text), false);
+        self.send(Message::Frame(first)).await?;
+        let last = Frame::message(Bytes::from(suffix), OpCode::Data(Data::Continue), true);
+        self.send(Message::Frame(last)).await
+    }
+
     async fn close(self, end: End) {
         let Downstream {
             state,
@@ -306,6 +366,14 @@ impl Downstream {
                 }),
                 CloseCode::Normal,
             ),
+            End::Expired { base_version } => (
+                Some(ServerMessage::AuthError {
+                    error: "TokenExpired: Convex token identity expired".into(),
+                    base_version: Some(base_version),
+                    auth_update_attempted: Some(false),
+                }),
+                CloseCode::Normal,
+            ),
         };
         // A client too slow to read has a full socket: it gets a moment for the close frame,
         // not the full send timeout.
@@ -323,5 +391,56 @@ impl Downstream {
             reason: "".into(),
         }));
         let _ = tokio::time::timeout(wait, ws.send(close)).await;
+    }
+}
+
+/// The service's Unix time.
+fn unix_now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// The end of a transition's text for one socket: its two per-socket fields and the closing
+/// brace (`clientClockSkew` only once the client's `Connect` gave a `clientTs`).
+fn transition_suffix(clock_skew: Option<i64>, server_ts_ns: u64) -> String {
+    match clock_skew {
+        Some(skew) => format!(",\"clientClockSkew\":{skew},\"serverTs\":{server_ts_ns}}}"),
+        None => format!(",\"serverTs\":{server_ts_ns}}}"),
+    }
+}
+
+/// When a token whose `exp` is `exp` (Unix seconds) expires, on tokio's clock.
+fn deadline_of(exp: i64) -> tokio::time::Instant {
+    let left_ms = (i128::from(exp) * 1000 - unix_now().as_millis() as i128).max(0);
+    tokio::time::Instant::now() + Duration::from_millis(left_ms as u64)
+}
+
+/// Sleeps until `deadline`; forever without one.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_transition_with_its_suffix_is_one_json_object() {
+        let text = r#"{"type":"Transition","modifications":[]}"#;
+        let whole = format!(
+            "{}{}",
+            &text[..text.len() - 1],
+            transition_suffix(Some(-5), 7)
+        );
+        let v: serde_json::Value = serde_json::from_str(&whole).unwrap();
+        assert_eq!(v["clientClockSkew"], -5);
+        assert_eq!(v["serverTs"], 7);
+        let whole = format!("{}{}", &text[..text.len() - 1], transition_suffix(None, 7));
+        let v: serde_json::Value = serde_json::from_str(&whole).unwrap();
+        assert!(v.get("clientClockSkew").is_none());
     }
 }

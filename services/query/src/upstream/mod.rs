@@ -282,7 +282,12 @@ pub struct Settings {
     pub retire: Retire,
 }
 
-/// `http(s)://host` → `ws(s)://host/api/sync`.
+/// The convex-js release whose sync protocol the upstream speaks, named in its sync path so
+/// Convex treats it as that client (e.g. it sends `TransitionChunk`s, which the upstream
+/// joins).
+pub const CLIENT_VERSION: &str = "1.49.0";
+
+/// `http(s)://host` → `ws(s)://host/api/<CLIENT_VERSION>/sync`.
 pub fn ws_url(convex_url: &str) -> String {
     let base = convex_url.trim_end_matches('/');
     let ws = if let Some(rest) = base.strip_prefix("https://") {
@@ -292,7 +297,7 @@ pub fn ws_url(convex_url: &str) -> String {
     } else {
         base.to_owned()
     };
-    format!("{ws}/api/sync")
+    format!("{ws}/api/{CLIENT_VERSION}/sync")
 }
 
 #[cfg(test)]
@@ -324,11 +329,11 @@ mod tests {
     fn ws_urls_follow_the_scheme() {
         assert_eq!(
             ws_url("https://a.convex.cloud/"),
-            "wss://a.convex.cloud/api/sync"
+            "wss://a.convex.cloud/api/1.49.0/sync"
         );
         assert_eq!(
             ws_url("http://127.0.0.1:3230"),
-            "ws://127.0.0.1:3230/api/sync"
+            "ws://127.0.0.1:3230/api/1.49.0/sync"
         );
     }
 

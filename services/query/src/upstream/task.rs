@@ -120,6 +120,7 @@ impl Task {
         self.send(&mut sink, out).await?;
         let mut idle = tokio::time::interval(self.settings.idle);
         idle.tick().await;
+        let mut chunks = edge_convex::sync::ChunkAssembler::default();
         loop {
             let mut out = Outbox::default();
             tokio::select! {
@@ -127,7 +128,9 @@ impl Task {
                     Some(Ok(Message::Text(text))) => {
                         let message: ServerMessage = serde_json::from_str(&text)
                             .map_err(|e| format!("unreadable message from convex: {e}"))?;
-                        self.state.on_server_message(message, &mut out)?;
+                        if let Some(message) = assemble(&mut chunks, message)? {
+                            self.state.on_server_message(message, &mut out)?;
+                        }
                     }
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Binary(_))) => return Err("binary frame from convex".into()),
@@ -254,5 +257,28 @@ impl Task {
                 .map_err(|e| e.to_string())?;
         }
         sink.flush().await.map_err(|e| e.to_string())
+    }
+}
+
+/// Joins Convex's `TransitionChunk`s into the transition they carry (`None` until the last
+/// part); other messages pass through, and must not arrive between two parts.
+fn assemble(
+    chunks: &mut edge_convex::sync::ChunkAssembler,
+    message: ServerMessage,
+) -> Result<Option<ServerMessage>, String> {
+    match message {
+        ServerMessage::TransitionChunk {
+            chunk,
+            part_number,
+            total_parts,
+            transition_id,
+        } => match chunks.push(chunk, part_number, total_parts, transition_id)? {
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("unreadable chunked transition from convex: {e}")),
+            None => Ok(None),
+        },
+        _ if chunks.in_progress() => Err("a message between two TransitionChunks".into()),
+        other => Ok(Some(other)),
     }
 }

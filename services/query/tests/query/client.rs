@@ -30,6 +30,14 @@ pub struct View {
     pub transitions: usize,
     /// Sync-protocol `Ping`s received.
     pub pings: usize,
+    /// Each transition's `clientClockSkew` and `serverTs` (`None`: absent).
+    pub clocks: Vec<(Option<i64>, Option<u64>)>,
+    /// Every `AuthError` message, whole.
+    pub auth_error_messages: Vec<Value>,
+    /// Every `QueryFailed` modification, whole (`errorData`, `logLines`).
+    pub failures: Vec<Value>,
+    /// The `logLines` of every modification, in order.
+    pub log_lines: Vec<String>,
 }
 
 pub struct Client {
@@ -49,6 +57,12 @@ fn ts_of(v: &Value) -> u64 {
 
 impl Client {
     pub async fn connect(base: &str) -> Client {
+        Self::connect_with_clock(base, 0).await
+    }
+
+    /// Connects as a client whose clock is `ahead_ms` ahead of the real one (its
+    /// `Connect.clientTs`).
+    pub async fn connect_with_clock(base: &str, ahead_ms: i64) -> Client {
         let url = format!("{}/api/1.48.0/sync", base.replacen("http://", "ws://", 1));
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -88,6 +102,12 @@ impl Client {
                         );
                         for m in v["modifications"].as_array().unwrap() {
                             let id = m["queryId"].as_u64().unwrap();
+                            for line in m["logLines"].as_array().into_iter().flatten() {
+                                view.log_lines.push(line.as_str().unwrap_or("").to_owned());
+                            }
+                            if m["type"] == "QueryFailed" {
+                                view.failures.push(m.clone());
+                            }
                             match m["type"].as_str().unwrap() {
                                 "QueryUpdated" => {
                                     view.values.insert(id, m["value"].clone());
@@ -102,6 +122,8 @@ impl Client {
                             }
                         }
                         view.transitions += 1;
+                        view.clocks
+                            .push((v["clientClockSkew"].as_i64(), v["serverTs"].as_u64()));
                         let ts = view.version.2;
                         let done: Vec<u64> = waiting
                             .iter()
@@ -128,9 +150,11 @@ impl Client {
                             (v["success"].as_bool().unwrap(), v["result"].clone(), ts),
                         );
                     }
-                    Some("AuthError") => view
-                        .auth_errors
-                        .push(v["error"].as_str().unwrap_or("").to_owned()),
+                    Some("AuthError") => {
+                        view.auth_errors
+                            .push(v["error"].as_str().unwrap_or("").to_owned());
+                        view.auth_error_messages.push(v.clone());
+                    }
                     Some("FatalError") => {
                         view.fatal = Some(v["error"].as_str().unwrap_or("").to_owned())
                     }
@@ -147,7 +171,12 @@ impl Client {
             identity: 0,
             next_request: 0,
         };
-        client.send(json!({"type": "Connect", "sessionId": edge_keys::generate_id(), "connectionCount": 0, "lastCloseReason": null}));
+        let client_ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            + ahead_ms;
+        client.send(json!({"type": "Connect", "sessionId": edge_keys::generate_id(), "connectionCount": 0, "lastCloseReason": null, "clientTs": client_ts}));
         client
     }
 

@@ -7,6 +7,7 @@ mod faults;
 mod http_api;
 mod limits;
 mod npm_client;
+mod protocol;
 mod revocation;
 mod tls;
 mod watch;

@@ -114,3 +114,47 @@ async fn convex_npm_client_sees_its_identity_end_when_the_session_signs_out() {
         result["identityEndedMs"]
     );
 }
+
+/// Runs `convex-long.mjs` in `mode` for `seconds` against the stack; its result line.
+async fn long_run(stack: &crate::Stack, mode: &str, seconds: u64) -> serde_json::Value {
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    let arg = json!({
+        "url": stack.query_url(),
+        "site": format!("http://{}", stack.gateway.addr),
+        "mode": mode,
+        "seconds": seconds,
+    })
+    .to_string();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(seconds + 60),
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("convex-long.mjs")
+            .arg(arg)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finishes in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {stdout}"))
+}
+
+/// The official client's server-inactivity timer reconnects after 60 s without a message; the
+/// service's Pings keep an idle client on its one socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_npm_client_keeps_one_connection_for_90_seconds() {
+    let stack = crate::Stack::start().await;
+    let result = long_run(&stack, "idle", 90).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["sockets"], 1, "one socket opened: {result}");
+    assert_eq!(result["closes"], 0, "and never closed: {result}");
+    // The heartbeat is what kept it: Pings arrived while nothing else did.
+    assert!(result["pings"].as_u64().unwrap() >= 2, "{result}");
+    assert_eq!(result["transitionsWithoutClocks"], 0, "{result}");
+}

@@ -109,13 +109,14 @@ impl Harness {
     pub fn effects(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Send(text) => {
+                Effect::Send(text) | Effect::Transition(text) => {
                     let message: ServerMessage = serde_json::from_str(&text).unwrap();
                     let newest_before = self.newest;
                     if let ServerMessage::Transition {
                         start_version,
                         end_version,
                         modifications,
+                        ..
                     } = &message
                     {
                         assert!(

@@ -40,6 +40,9 @@ pub enum Route {
 pub enum Effect {
     /// A text frame for the client.
     Send(Utf8Bytes),
+    /// A `Transition`'s text, shared with other sockets: the driver adds this socket's
+    /// `clientClockSkew` and `serverTs` as it writes it.
+    Transition(Utf8Bytes),
     /// Attach to the anonymous upstream as the shared route (first shared query signed in).
     AttachShared,
     /// The identity changed: the main route becomes the upstream of `user` (anonymous when
@@ -75,6 +78,9 @@ pub enum End {
         error: String,
         base_version: IdentityVersion,
     },
+    /// The socket's token reached its `exp` before the client replaced it: `AuthError` at the
+    /// held identity version with `authUpdateAttempted: false`, as Convex's `TokenExpired`.
+    Expired { base_version: IdentityVersion },
     /// The client did not read fast enough.
     TooSlow,
 }
@@ -170,6 +176,16 @@ impl ClientSession {
             query_bytes: 0,
             stats,
         }
+    }
+
+    /// The `exp` (Unix seconds) of the token the socket holds; `None` when signed out.
+    pub fn expires_at(&self) -> Option<i64> {
+        self.identity.as_ref().map(|u| u.expires_at)
+    }
+
+    /// The identity version the client holds.
+    pub fn identity_version(&self) -> IdentityVersion {
+        self.version.held().identity
     }
 
     /// Queries in the client's set.
@@ -328,7 +344,7 @@ impl ClientSession {
             None => Utf8Bytes::from(make()),
         };
         self.version.sent(step);
-        out.push(Effect::Send(text));
+        out.push(Effect::Transition(text));
         Ok(())
     }
 }

@@ -291,7 +291,7 @@ fn unchanged_results_are_not_sent_again() {
         .on_events(vec![(Some(Route::Main), event(2))], &mut effects)
         .unwrap();
     let frame = match &effects[..] {
-        [Effect::Send(text)] => text.to_string(),
+        [Effect::Send(text) | Effect::Transition(text)] => text.to_string(),
         other => panic!("{other:?}"),
     };
     assert!(frame.contains("\"modifications\":[]"), "{frame}");

@@ -25,6 +25,7 @@ impl UpstreamState {
                 start_version,
                 end_version,
                 modifications,
+                ..
             } => self.on_transition(start_version, end_version, modifications, out)?,
             ServerMessage::MutationResponse {
                 request_id,
@@ -71,6 +72,9 @@ impl UpstreamState {
             ServerMessage::FatalError { error } => {
                 return Err(format!("convex fatal error: {error}"));
             }
+            ServerMessage::TransitionChunk { .. } => {
+                return Err("a TransitionChunk reached the state unassembled".into());
+            }
             ServerMessage::Ping => {}
         }
         Ok(())
@@ -90,6 +94,7 @@ impl UpstreamState {
             ));
         }
         self.version = end;
+        self.max_observed = self.max_observed.max(end.ts);
         let mut updates = Vec::new();
         for m in modifications {
             let Some((query_id, result)) = into_result(m)? else {

@@ -92,6 +92,10 @@ pub struct UpstreamState {
     token_dirty: bool,
     /// What Convex last said this connection holds.
     version: StateVersion,
+    /// The newest `ts` Convex ever sent this upstream, on any connection: a reconnect's
+    /// `Connect.maxObservedTimestamp`, so a Convex replica behind it refuses the connection
+    /// rather than serve older data (Convex's linearizability check).
+    max_observed: edge_convex::Timestamp,
     next_query_id: u32,
     next_request_id: u32,
     requests: HashMap<RequestId, InFlight>,
@@ -124,6 +128,7 @@ impl UpstreamState {
             token: None,
             token_dirty: false,
             version: StateVersion::default(),
+            max_observed: edge_convex::Timestamp::default(),
             next_query_id: 0,
             next_request_id: 0,
             requests: HashMap::new(),
@@ -322,8 +327,13 @@ impl UpstreamState {
             session_id,
             connection_count: 0,
             last_close_reason: None,
-            max_observed_timestamp: None,
-            client_ts: None,
+            max_observed_timestamp: (self.max_observed > edge_convex::Timestamp::default())
+                .then_some(self.max_observed),
+            client_ts: Some(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_millis() as f64),
+            ),
         });
         let mut keys: Vec<QueryKey> = self.subs.keys().cloned().collect();
         keys.sort();

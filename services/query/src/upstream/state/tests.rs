@@ -84,6 +84,8 @@ pub(super) fn transition(
                 journal: None,
             })
             .collect(),
+        client_clock_skew: None,
+        server_ts: None,
     }
 }
 
@@ -114,6 +116,35 @@ fn connecting_sends_connect_first() {
     let (_, out) = connected();
     assert!(matches!(out.to_convex[0], ClientMessage::Connect { .. }));
     assert_eq!(out.to_convex.len(), 1, "nothing else to send yet");
+}
+
+#[test]
+fn a_reconnect_names_the_newest_ts_convex_sent_as_max_observed() {
+    let (mut s, out) = connected();
+    let ClientMessage::Connect {
+        max_observed_timestamp,
+        client_ts,
+        ..
+    } = &out.to_convex[0]
+    else {
+        panic!("not a Connect: {:?}", out.to_convex[0]);
+    };
+    assert_eq!(*max_observed_timestamp, None, "nothing observed yet");
+    assert!(client_ts.is_some(), "Connect carries clientTs");
+    step(&mut s, |s, out| {
+        s.on_server_message(transition(version(0, 0, 0), version(0, 0, 42), &[]), out)
+            .unwrap()
+    });
+    step(&mut s, |s, out| s.disconnected(out));
+    let out = step(&mut s, |s, out| s.connected("again".into(), out));
+    let ClientMessage::Connect {
+        max_observed_timestamp,
+        ..
+    } = &out.to_convex[0]
+    else {
+        panic!("not a Connect: {:?}", out.to_convex[0]);
+    };
+    assert_eq!(*max_observed_timestamp, Some(Timestamp(42)));
 }
 
 #[test]
@@ -425,6 +456,8 @@ fn failed_results_are_shared_with_their_error_data() {
             journal: None,
             error_data: Some(json!({"code": "E"})),
         }],
+        client_clock_skew: None,
+        server_ts: None,
     };
     let out = step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
     assert_eq!(
