@@ -2,9 +2,11 @@
 
 mod commands;
 mod deploy;
+mod memory;
 mod pages;
 mod processes;
 mod scale;
+mod shutdown;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

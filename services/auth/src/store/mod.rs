@@ -416,6 +416,40 @@ impl Store {
     }
 
     /// Drops log entries committed before `before`; returns how many.
+    /// One request against the rate-limit row `key`, in one atomic statement (Better Auth's
+    /// rule: a window of `window_ms` since the last counted request; at most `max` counted).
+    /// Returns `None` when counted, or the `lastRequest` (ms) of the full window that refused
+    /// it. A refused request does not move `lastRequest`; its count is pinned at `max + 1`.
+    pub async fn consume_rate_limit(
+        &self,
+        key: &str,
+        now_ms: i64,
+        window_ms: i64,
+        max: i32,
+    ) -> Result<Option<i64>, StoreError> {
+        const SQL: &str = r#"INSERT INTO "rateLimit" ("id", "key", "count", "lastRequest") VALUES ($1, $2, 1, $3)
+ON CONFLICT ("key") DO UPDATE SET
+  "count" = CASE WHEN $3 - "rateLimit"."lastRequest" >= $4 THEN 1
+                 WHEN "rateLimit"."count" >= $5 THEN $5 + 1
+                 ELSE "rateLimit"."count" + 1 END,
+  "lastRequest" = CASE WHEN $3 - "rateLimit"."lastRequest" >= $4 THEN $3
+                       WHEN "rateLimit"."count" >= $5 THEN "rateLimit"."lastRequest"
+                       ELSE $3 END
+RETURNING "count", "lastRequest""#;
+        let id = edge_keys::generate_id();
+        let (count, last): (i32, i64) = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(&id).bind(key).bind(now_ms).bind(window_ms).bind(max)
+            .fetch_one(pool).await)?;
+        Ok((count > max).then_some(last))
+    }
+
+    /// Deletes rate-limit rows whose last request is older than `before_ms`.
+    pub async fn prune_rate_limits(&self, before_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = r#"DELETE FROM "rateLimit" WHERE "lastRequest" < $1"#;
+        let done = on_pool!(self, pool => sqlx::query(SQL).bind(before_ms).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(done)
+    }
+
     pub async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         const SQL: &str = r#"DELETE FROM "edge_session_log" WHERE "committedAt" < $1"#;
         let done = on_pool!(self, pool => sqlx::query(SQL).bind(before).execute(pool).await.map(|r| r.rows_affected()))?;
