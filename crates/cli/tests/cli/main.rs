@@ -2,6 +2,7 @@
 
 mod commands;
 mod deploy;
+mod logs;
 mod memory;
 mod pages;
 mod processes;

@@ -133,10 +133,28 @@ impl std::fmt::Debug for Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            Pool::Postgres($pool) => $body,
+            Pool::Postgres($pool) => bounded(async { $body }).await,
+            // One local file: waits are SQLite's busy timeout, not a network's silence.
             Pool::Sqlite($pool) => $body,
         }
     };
+}
+
+/// How long one Postgres call (waiting for a connection included) may take: a database that
+/// stops answering (a partition swallows the traffic, no reset) fails requests within this,
+/// as 503, instead of holding them; the pool's connections are made again once it answers.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long a call waits for a pooled connection (connecting included).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs one store call within [`CALL_TIMEOUT`]; a call cut off reads as the pool timing out.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// Inserts a session row through any executor of either backend.
@@ -208,7 +226,7 @@ impl Store {
             }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(5))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
             Ok(Store::new(Pool::Postgres(pool)))

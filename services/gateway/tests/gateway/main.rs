@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cache;
+mod database_outage;
 mod interop;
 mod limits;
 mod parity;
