@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use crate::{BIN, SECRET, wait_ready};
 
+/// A process whose output goes to a file; killed on drop.
 struct Logged {
     child: std::process::Child,
-    path: std::path::PathBuf,
 }
 
 impl Drop for Logged {
@@ -40,7 +40,6 @@ fn spawn_logged(
     }
     Logged {
         child: cmd.spawn().unwrap(),
-        path,
     }
 }
 
