@@ -11,6 +11,11 @@
 //                          (with revokeOtherSessions)
 //   delete-user            {databaseUrl, secret, cookie, password} -> {ok}
 //   update-user            {databaseUrl, secret, cookie, name}   -> {ok}
+//   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, requests: [{method,
+//            path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP requests
+//            through Better Auth's own handler, in order (side-by-side checks against the
+//            gateway); `$SELF` and `$VALUE` in headers and bodies are the site's origin and
+//            the newest session cookie value
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { jwt } from "better-auth/plugins";
@@ -23,7 +28,8 @@ const pool = new pg.Pool({ connectionString: args.databaseUrl, max: 2 });
 const options = {
   database: pool,
   secret: args.secret ?? "unused-secret-for-migrations-0123456789",
-  baseURL: "http://localhost:8080",
+  baseURL: args.baseURL ?? "http://localhost:8080",
+  trustedOrigins: args.trustedOrigins ?? [],
   emailAndPassword: { enabled: true },
   user: { deleteUser: { enabled: true } },
   // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
@@ -50,7 +56,40 @@ async function main() {
     await runMigrations();
     return { migrated: true };
   }
+  if (command === "request" && args.migrate) {
+    await (await getMigrations(options)).runMigrations();
+  }
   const auth = betterAuth(options);
+  if (command === "request") {
+    // `$SELF` is the site's origin, `$VALUE` the newest session cookie value set so far.
+    const self = new URL(options.baseURL).origin;
+    let value = "";
+    const fill = (text) => text.replaceAll("$SELF", self).replaceAll("$VALUE", value);
+    const answers = [];
+    for (const r of args.requests) {
+      const headers = Object.fromEntries(
+        Object.entries(r.headers ?? {}).map(([k, v]) => [k, fill(v)]),
+      );
+      const response = await auth.handler(
+        new Request(new URL(r.path, options.baseURL), {
+          method: r.method ?? "GET",
+          headers,
+          body: r.body == null ? undefined : fill(r.body),
+        }),
+      );
+      const out = {};
+      response.headers.forEach((v, name) => {
+        if (name !== "set-cookie") out[name] = v;
+      });
+      const setCookie = response.headers.getSetCookie();
+      for (const c of setCookie) {
+        const m = c.match(/^(?:__Secure-)?better-auth\.session_token=([^;]+)/);
+        if (m) value = m[1];
+      }
+      answers.push({ status: response.status, headers: out, setCookie, body: await response.text() });
+    }
+    return answers;
+  }
   if (command === "sign-up") {
     const { headers, response } = await auth.api.signUpEmail({
       body: { email: args.email, password: args.password, name: args.name },

@@ -17,7 +17,8 @@ async function main() {
   const email = `compose-${Date.now()}@example.com`;
   const signUp = await fetch(`${site}/api/auth/sign-up/email`, {
     method: "POST",
-    headers: { "content-type": "application/json" },
+    // Node's fetch sends `Sec-Fetch-Mode: cors`, so the origin is checked, as a browser's is.
+    headers: { "content-type": "application/json", origin: site },
     body: JSON.stringify({ name: "Compose", email, password: "correct horse battery staple" }),
   });
   if (signUp.status !== 200) throw new Error(`sign-up: ${signUp.status} ${await signUp.text()}`);

@@ -186,6 +186,7 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
             tasks.push(tokio::spawn(async move {
                 let r = client
                     .post(format!("{a}/api/auth/sign-out"))
+                    .header("origin", &a)
                     .header("cookie", format!("better-auth.session_token={cookie}"))
                     .send()
                     .await?;

@@ -130,20 +130,20 @@ pub fn verify(secret: &Secret, cookie_value: &str) -> Option<SessionToken> {
         .then_some(token)
 }
 
-/// The session cookie's value from a `Cookie` header, preferring the `__Secure-` name.
-pub fn from_header(header: &str) -> Option<&str> {
-    let mut plain = None;
-    for pair in header.split(';') {
-        let Some((name, value)) = pair.trim().split_once('=') else {
-            continue;
-        };
-        match name.trim() {
-            SECURE_COOKIE_NAME => return Some(value.trim()),
-            COOKIE_NAME => plain = Some(value.trim()),
-            _ => {}
-        }
-    }
-    plain
+/// The session cookie's value from a `Cookie` header, under the one name Better Auth reads:
+/// `__Secure-better-auth.session_token` when the site is served over https (`secure`), else
+/// `better-auth.session_token`. A cookie under the other name is ignored, as Better Auth
+/// ignores it (over https a plain-named cookie may have been planted over http).
+pub fn from_header(header: &str, secure: bool) -> Option<&str> {
+    let wanted = if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    };
+    header.split(';').find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name.trim() == wanted).then(|| value.trim())
+    })
 }
 
 #[cfg(test)]
@@ -182,10 +182,19 @@ mod tests {
     }
 
     #[test]
-    fn header_parsing_prefers_secure_name() {
+    fn header_parsing_reads_the_one_name_of_the_scheme() {
         let h = "a=1; better-auth.session_token=plain; __Secure-better-auth.session_token=secure";
-        assert_eq!(from_header(h), Some("secure"));
-        assert_eq!(from_header("better-auth.session_token=x.y"), Some("x.y"));
-        assert_eq!(from_header("other=1"), None);
+        assert_eq!(from_header(h, true), Some("secure"));
+        assert_eq!(from_header(h, false), Some("plain"));
+        assert_eq!(
+            from_header("better-auth.session_token=x.y", false),
+            Some("x.y")
+        );
+        assert_eq!(from_header("better-auth.session_token=x.y", true), None);
+        assert_eq!(
+            from_header("__Secure-better-auth.session_token=x", false),
+            None
+        );
+        assert_eq!(from_header("other=1", false), None);
     }
 }

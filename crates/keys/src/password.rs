@@ -9,6 +9,10 @@ use unicode_normalization::UnicodeNormalization;
 pub const MIN_LEN: usize = 8;
 pub const MAX_LEN: usize = 128;
 
+/// The memory one hash or verification holds while it runs, in bytes: scrypt's `V` array of
+/// 128 · r · N = 128 · 16 · 16384 bytes (32 MiB); its other buffers are a few KiB.
+pub const MEMORY_BYTES: u64 = 128 * 16 * 16384;
+
 fn derive(password: &str, salt: &str) -> [u8; 64] {
     let normalized: String = password.nfkc().collect();
     // log2(16384) = 14. These parameters are constants, so `new` cannot fail.

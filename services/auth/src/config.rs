@@ -5,23 +5,53 @@ use std::time::Duration;
 
 use edge_keys::{Alg, Secret};
 
+pub use crate::hashing::HashBudget;
+
 pub use edge_telemetry::ConfigError;
 
-/// Sign-in attempts allowed per window, per account and per client address.
+/// Rate limits of sign-up and sign-in (see [`crate::ratelimit`]), shared by every replica.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
-    pub per_account: u32,
+    /// Requests per client address and route within `window` (`AUTH_SIGN_IN_LIMIT_PER_ADDRESS`;
+    /// Better Auth's rule for `/sign-in*` and `/sign-up*`: 3).
     pub per_address: u32,
+    /// Better Auth's window for that rule: 10 s.
     pub window: Duration,
+    /// Sign-in attempts per account within `account_window`, from any address
+    /// (`AUTH_SIGN_IN_LIMIT_PER_ACCOUNT`).
+    pub per_account: u32,
+    pub account_window: Duration,
 }
 
 impl Default for RateLimit {
     fn default() -> Self {
         RateLimit {
+            per_address: 3,
+            window: Duration::from_secs(10),
             per_account: 10,
-            per_address: 100,
-            window: Duration::from_secs(60),
+            account_window: Duration::from_secs(60),
         }
+    }
+}
+
+impl RateLimit {
+    pub fn address_rule(&self) -> crate::ratelimit::Rule {
+        crate::ratelimit::Rule {
+            max: self.per_address,
+            window: self.window,
+        }
+    }
+
+    pub fn account_rule(&self) -> crate::ratelimit::Rule {
+        crate::ratelimit::Rule {
+            max: self.per_account,
+            window: self.account_window,
+        }
+    }
+
+    /// The longest window: rows older than it are pruned.
+    pub fn longest_window(&self) -> Duration {
+        self.window.max(self.account_window)
     }
 }
 
@@ -39,6 +69,11 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub sign_in_limit: RateLimit,
+    /// `AUTH_PASSWORD_HASH_MEMORY_MB`, `AUTH_PASSWORD_HASH_WAIT_MS`.
+    pub password_hash_budget: HashBudget,
+    /// `AUTH_DRAIN_SECONDS`: after a shutdown signal, how long in-flight calls may finish
+    /// before the process exits regardless (within Kubernetes' grace period after preStop).
+    pub drain_timeout: Duration,
     /// How often the key set and revocation log are re-checked, and open revocation streams
     /// re-read, when no notification arrives (the backstop for a lost `NOTIFY`).
     pub poll_interval: Duration,
@@ -80,6 +115,8 @@ impl Config {
             grpc_addr: "127.0.0.1:50051".parse().expect("valid address"),
             http_addr: "127.0.0.1:3001".parse().expect("valid address"),
             sign_in_limit: RateLimit::default(),
+            password_hash_budget: HashBudget::default(),
+            drain_timeout: Duration::from_secs(8),
             poll_interval: Duration::from_secs(5),
             jwks_max_age: Duration::from_secs(300),
             ssl_cert_file: None,
@@ -186,6 +223,35 @@ impl Config {
         if let Some(v) = get("AUTH_SIGN_IN_LIMIT_PER_ADDRESS") {
             config.sign_in_limit.per_address = count(&v, "AUTH_SIGN_IN_LIMIT_PER_ADDRESS")?;
         }
+        if let Some(v) = get("AUTH_PASSWORD_HASH_MEMORY_MB") {
+            let per_run_mb = edge_keys::password::MEMORY_BYTES / (1024 * 1024);
+            let mb: u64 = v
+                .parse()
+                .ok()
+                .filter(|mb| *mb >= per_run_mb)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        "AUTH_PASSWORD_HASH_MEMORY_MB",
+                        format!("expected MiB, at least {per_run_mb} (one scrypt run)"),
+                    )
+                })?;
+            config.password_hash_budget.memory_bytes = mb * 1024 * 1024;
+        }
+        if let Some(v) = get("AUTH_DRAIN_SECONDS") {
+            let secs: u64 = v.parse().ok().filter(|s| *s <= 300).ok_or_else(|| {
+                ConfigError::new("AUTH_DRAIN_SECONDS", "expected seconds, at most 300")
+            })?;
+            config.drain_timeout = Duration::from_secs(secs);
+        }
+        if let Some(v) = get("AUTH_PASSWORD_HASH_WAIT_MS") {
+            let ms: u64 = v.parse().ok().filter(|ms| *ms <= 60_000).ok_or_else(|| {
+                ConfigError::new(
+                    "AUTH_PASSWORD_HASH_WAIT_MS",
+                    "expected milliseconds, at most 60000",
+                )
+            })?;
+            config.password_hash_budget.wait = Duration::from_millis(ms);
+        }
         Ok(config)
     }
 }
@@ -252,5 +318,15 @@ mod tests {
             Config::from_env(env(&[s, ("JWT_ALG", "ES256"), ("JWT_TTL_SECONDS", "600")])).unwrap();
         assert_eq!(c.alg, Alg::ES256);
         assert_eq!(c.token_ttl, Duration::from_secs(600));
+        for bad in ["16", "x", "-1"] {
+            assert_eq!(
+                Config::from_env(env(&[s, ("AUTH_PASSWORD_HASH_MEMORY_MB", bad)]))
+                    .unwrap_err()
+                    .var,
+                "AUTH_PASSWORD_HASH_MEMORY_MB"
+            );
+        }
+        let c = Config::from_env(env(&[s, ("AUTH_PASSWORD_HASH_MEMORY_MB", "100")])).unwrap();
+        assert_eq!(c.password_hash_budget.concurrent_runs(), 3);
     }
 }

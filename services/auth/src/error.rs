@@ -20,6 +20,9 @@ pub enum AuthError {
     NoSession,
     #[error("too many requests. Please try again later.")]
     RateLimited { retry_after_secs: u64 },
+    /// The password hashing budget stayed full for its whole wait.
+    #[error("password hashing busy")]
+    Busy { retry_after_secs: u64 },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("keys: {0}")]
@@ -41,6 +44,7 @@ impl AuthError {
             AuthError::Unauthorized => ErrorCode::UNAUTHORIZED,
             AuthError::NoSession => ErrorCode::FAILED_TO_GET_SESSION,
             AuthError::RateLimited { .. } => ErrorCode::TOO_MANY_REQUESTS,
+            AuthError::Busy { .. } => ErrorCode::SERVICE_UNAVAILABLE,
             AuthError::Store(StoreError::UserExists) => ErrorCode::USER_ALREADY_EXISTS,
             AuthError::Store(StoreError::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
@@ -62,6 +66,7 @@ impl AuthError {
             AuthError::Unauthorized => "Unauthorized".into(),
             AuthError::NoSession => "Failed to get session".into(),
             AuthError::RateLimited { .. } => "Too many requests. Please try again later.".into(),
+            AuthError::Busy { .. } => "Server busy. Please try again shortly.".into(),
             other if other.code() == ErrorCode::SERVICE_UNAVAILABLE => "Service unavailable".into(),
             _ => "Internal server error".into(),
         }
@@ -71,11 +76,15 @@ impl AuthError {
 impl From<AuthError> for tonic::Status {
     fn from(e: AuthError) -> Self {
         let code = e.code();
-        if code == ErrorCode::INTERNAL_SERVER_ERROR || code == ErrorCode::SERVICE_UNAVAILABLE {
+        let busy = matches!(e, AuthError::Busy { .. });
+        if !busy
+            && (code == ErrorCode::INTERNAL_SERVER_ERROR || code == ErrorCode::SERVICE_UNAVAILABLE)
+        {
             tracing::error!(error = %e, "request failed");
         }
         let mut status = code.to_status(e.public_message());
-        if let AuthError::RateLimited { retry_after_secs } = e
+        if let AuthError::RateLimited { retry_after_secs } | AuthError::Busy { retry_after_secs } =
+            e
             && let Ok(v) = retry_after_secs.to_string().parse()
         {
             status.metadata_mut().insert("retry-after", v);

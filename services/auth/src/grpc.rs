@@ -125,7 +125,8 @@ impl AuthService for GrpcApi {
     ) -> Result<Response<pb::SessionResponse>, Status> {
         let r = request.into_inner();
         let email = required("email", &r.email)?;
-        let password = required("password", &r.password)?;
+        // An empty password is a wrong one (Better Auth's sign-in schema allows it).
+        let password = bounded("password", &r.password)?;
         let info = self
             .core
             .sign_in(email, password, &client(r.client))
@@ -207,7 +208,7 @@ impl AuthService for GrpcApi {
 
 /// Sends log entries after `after` (from the retention window when 0), the end-of-backlog
 /// mark once they are all out, then live entries as the hub says the log moved. Ends when the
-/// client goes away.
+/// client goes away, or with `UNAVAILABLE` when auth shuts down.
 async fn stream_revocations(
     core: Arc<AuthCore>,
     after: i64,
@@ -220,6 +221,7 @@ async fn stream_revocations(
         ErrorCode::SERVICE_UNAVAILABLE.to_status("revocation log unavailable")
     };
     let mut latest = core.revocations.subscribe();
+    let mut stopping = core.stopping.subscribe();
     let mut after = if after == 0 {
         let since = chrono::Utc::now()
             - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::zero());
@@ -270,6 +272,11 @@ async fn stream_revocations(
         tokio::select! {
             changed = latest.changed() => if changed.is_err() { return },
             _ = tx.closed() => return,
+            // Shutting down: the client resumes from its last position on another replica.
+            () = async { let _ = stopping.wait_for(|stopping| *stopping).await; } => {
+                let _ = tx.send(Err(Status::unavailable("auth is shutting down"))).await;
+                return;
+            }
             // A backstop for notifications lost between replicas, at the database poll's pace.
             _ = tokio::time::sleep(core.config.database_poll()) => {}
         }

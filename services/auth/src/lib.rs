@@ -7,6 +7,7 @@
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod hashing;
 pub mod http;
 pub mod keys;
 mod metrics;
@@ -115,6 +116,7 @@ impl Application {
         let pruner = tokio::spawn(revocations::prune(
             core.store.clone(),
             core.config.revocation_retention(),
+            core.config.sign_in_limit.longest_window(),
             std::time::Duration::from_secs(60),
         ));
         let http =
@@ -123,10 +125,6 @@ impl Application {
         let http_task = tokio::spawn(http);
         tracing::info!(grpc = %self.grpc_addr, http = %self.http_addr, keys = ?core.keys.mode(), "auth serving");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            shutdown.await;
-            let _ = stop_tx.send(());
-        });
         // Small request/response pairs: without TCP_NODELAY, Nagle and delayed ACKs add 40 ms.
         let incoming = TcpListenerStream::new(self.grpc).map(|stream| {
             let stream = stream?;
@@ -134,12 +132,35 @@ impl Application {
             Ok::<_, std::io::Error>(stream)
         });
         let grpc = tonic::transport::Server::builder()
-            .add_service(AuthServiceServer::new(grpc::GrpcApi::new(core)))
+            .add_service(AuthServiceServer::new(grpc::GrpcApi::new(core.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = stop_rx.await;
             });
-        let result = grpc.await.context("gRPC server failed");
-        http_handle.stop(true).await;
+        tokio::pin!(grpc);
+        let result = tokio::select! {
+            result = &mut grpc => result.context("gRPC server failed"),
+            () = shutdown => {
+                // Streams end with UNAVAILABLE (clients resume on another replica), both
+                // listeners close at once, and whatever is still running after the drain
+                // deadline is dropped: the process never outlives its grace period.
+                let drain = core.config.drain_timeout;
+                tracing::info!(drain_ms = drain.as_millis() as u64, "auth draining");
+                core.stopping.send_replace(true);
+                let _ = stop_tx.send(());
+                let (grpc_done, _) = tokio::join!(
+                    tokio::time::timeout(drain, &mut grpc),
+                    tokio::time::timeout(drain, http_handle.stop(true)),
+                );
+                match grpc_done {
+                    Ok(result) => result.context("gRPC server failed"),
+                    Err(_) => {
+                        tracing::warn!("drain deadline passed; closing the remaining gRPC calls");
+                        Ok(())
+                    }
+                }
+            }
+        };
+        http_handle.stop(false).await;
         let _ = http_task.await;
         watcher.abort();
         pruner.abort();

@@ -15,10 +15,17 @@ pub static SESSION_DB_READS: LazyLock<IntCounter> = LazyLock::new(|| {
         "session lookups that reached the database",
     )
 });
+pub static PASSWORD_HASH_REFUSED: LazyLock<IntCounter> = LazyLock::new(|| {
+    edge_telemetry::counter(
+        "edge_auth_password_hash_refused_total",
+        "requests refused (503) because the password hashing memory budget stayed full",
+    )
+});
 
 /// Registers every metric so `/metrics` lists them from the start.
 pub fn init() {
     LazyLock::force(&JWKS_DB_READS);
     LazyLock::force(&TOKENS_ISSUED);
     LazyLock::force(&SESSION_DB_READS);
+    LazyLock::force(&PASSWORD_HASH_REFUSED);
 }

@@ -39,9 +39,15 @@ impl RevocationHub {
     }
 }
 
-/// Drops session log entries older than `retention` (the longest token lifetime plus a
-/// margin) every `every`, until the process ends.
-pub async fn prune(store: Store, retention: Duration, every: Duration) {
+/// Every `every` until the process ends: drops session log entries older than `retention`
+/// (the longest token lifetime plus a margin), and rate-limit rows older than
+/// `rate_limit_window` (the longest rule's window).
+pub async fn prune(
+    store: Store,
+    retention: Duration,
+    rate_limit_window: Duration,
+    every: Duration,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -52,6 +58,9 @@ pub async fn prune(store: Store, retention: Duration, every: Duration) {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(pruned, "pruned the session log"),
             Err(error) => tracing::warn!(%error, "session log pruning failed"),
+        }
+        if let Err(error) = crate::ratelimit::prune(&store, rate_limit_window).await {
+            tracing::warn!(%error, "rate limit pruning failed");
         }
     }
 }

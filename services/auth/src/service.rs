@@ -10,9 +10,10 @@ use edge_proto::error::ErrorCode;
 
 use crate::config::Config;
 use crate::error::AuthError;
+use crate::hashing::Hasher;
 use crate::keys::KeyManager;
 use crate::metrics;
-use crate::ratelimit::RateLimiter;
+use crate::ratelimit::{self, Subject};
 use crate::revocations::RevocationHub;
 use crate::store::{CredentialAccount, RevocationRow, Session, Store, User, now_ms};
 
@@ -47,7 +48,11 @@ pub struct AuthCore {
     pub(crate) store: Store,
     pub(crate) keys: Arc<KeyManager>,
     pub(crate) revocations: RevocationHub,
-    limiter: RateLimiter,
+    /// Every scrypt run goes through it (sign-up, sign-in, unknown emails alike).
+    hasher: Hasher,
+    /// Set once shutdown begins: long-lived streams end with `UNAVAILABLE` so their clients
+    /// go to another replica instead of holding this one open.
+    pub(crate) stopping: tokio::sync::watch::Sender<bool>,
 }
 
 const MAX_NAME_LEN: usize = 256;
@@ -72,8 +77,13 @@ fn parse_email(email: &str) -> Result<String, AuthError> {
     Ok(email)
 }
 
+/// A password's length as Better Auth (JavaScript's `String.length`) counts it: UTF-16 units.
+fn password_len(password: &str) -> usize {
+    password.encode_utf16().count()
+}
+
 fn check_password(password: &str) -> Result<(), AuthError> {
-    let len = password.chars().count();
+    let len = password_len(password);
     if len < password::MIN_LEN {
         return Err(AuthError::invalid(
             ErrorCode::PASSWORD_TOO_SHORT,
@@ -87,13 +97,6 @@ fn check_password(password: &str) -> Result<(), AuthError> {
         ));
     }
     Ok(())
-}
-
-/// scrypt costs tens of milliseconds: keep it off the async workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("password hashing does not panic")
 }
 
 fn new_session(
@@ -127,11 +130,12 @@ impl AuthCore {
         revocations: RevocationHub,
     ) -> Self {
         AuthCore {
+            hasher: Hasher::new(&config.password_hash_budget),
+            stopping: tokio::sync::watch::Sender::new(false),
             config,
             store,
             keys,
             revocations,
-            limiter: RateLimiter::default(),
         }
     }
 
@@ -143,6 +147,16 @@ impl AuthCore {
         image: Option<String>,
         client: &Client,
     ) -> Result<SessionInfo, AuthError> {
+        let address = Subject::Address {
+            ip: &client.ip_address,
+            path: "/sign-up/email",
+        };
+        ratelimit::consume(
+            &self.store,
+            address,
+            self.config.sign_in_limit.address_rule(),
+        )
+        .await?;
         let email = parse_email(email)?;
         if name.chars().count() > MAX_NAME_LEN {
             return Err(AuthError::invalid(
@@ -151,11 +165,18 @@ impl AuthCore {
             ));
         }
         check_password(password)?;
+        // Postgres text cannot hold NUL: Better Auth's insert fails there, and it answers 422.
+        if name.contains('\0') || image.as_deref().is_some_and(|i| i.contains('\0')) {
+            return Err(AuthError::invalid(
+                ErrorCode::FAILED_TO_CREATE_USER,
+                "Failed to create user",
+            ));
+        }
         if self.store.user_by_email(&email).await?.is_some() {
             return Err(AuthError::UserExists);
         }
         let password = password.to_owned();
-        let hash = blocking(move || password::hash(&password)).await;
+        let hash = self.hasher.run(move || password::hash(&password)).await?;
         let now = now_ms();
         let user = User {
             id: edge_keys::generate_id(),
@@ -196,25 +217,28 @@ impl AuthCore {
         password: &str,
         client: &Client,
     ) -> Result<SessionInfo, AuthError> {
-        let email = parse_email(email)?;
-        if password.is_empty() || password.chars().count() > password::MAX_LEN {
-            return Err(AuthError::InvalidCredentials);
-        }
+        // Counted before anything else, as Better Auth's limiter runs before the route.
         let limit = &self.config.sign_in_limit;
-        for (key, max) in [
-            (format!("account:{email}"), limit.per_account),
-            (format!("address:{}", client.ip_address), limit.per_address),
-        ] {
-            if let Err(retry) = self.limiter.check(&key, max, limit.window) {
-                tracing::warn!(
-                    kind = key.split(':').next().unwrap_or(""),
-                    "sign-in rate limited"
-                );
-                return Err(AuthError::RateLimited {
-                    retry_after_secs: retry.as_secs().max(1),
-                });
-            }
+        let path = "/sign-in/email";
+        let address = Subject::Address {
+            ip: &client.ip_address,
+            path,
+        };
+        ratelimit::consume(&self.store, address, limit.address_rule()).await?;
+        let email = parse_email(email)?;
+        // As Better Auth: too long is refused as such; empty goes through the hash like any
+        // wrong password (same cost, same answer).
+        if password_len(password) > password::MAX_LEN {
+            return Err(AuthError::invalid(
+                ErrorCode::PASSWORD_TOO_LONG,
+                "Password too long",
+            ));
         }
+        let account = Subject::Account {
+            email: &email,
+            path,
+        };
+        ratelimit::consume(&self.store, account, limit.account_rule()).await?;
         let user = self.store.user_by_email(&email).await?;
         let stored = match &user {
             Some(u) => self.store.credential_password(&u.id).await?,
@@ -222,14 +246,16 @@ impl AuthCore {
         };
         let password = password.to_owned();
         // Hash even when there is no such user so timing does not reveal which emails exist.
-        let ok = blocking(move || match stored {
-            Some(hash) => password::verify(&hash, &password),
-            None => {
-                password::hash(&password);
-                false
-            }
-        })
-        .await;
+        let ok = self
+            .hasher
+            .run(move || match stored {
+                Some(hash) => password::verify(&hash, &password),
+                None => {
+                    password::hash(&password);
+                    false
+                }
+            })
+            .await?;
         let (true, Some(user)) = (ok, user) else {
             return Err(AuthError::InvalidCredentials);
         };
@@ -370,5 +396,9 @@ mod tests {
         assert!(check_password("1234567").is_err());
         assert!(check_password("12345678").is_ok());
         assert!(check_password(&"x".repeat(129)).is_err());
+        // UTF-16 units: four astral characters are eight units, as in JavaScript.
+        assert!(check_password("😀😀😀😀").is_ok());
+        assert!(check_password("😀😀😀").is_err());
+        assert!(check_password(&"😀".repeat(65)).is_err());
     }
 }

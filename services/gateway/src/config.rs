@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 pub use edge_telemetry::ConfigError;
 
+use crate::client::TrustedProxies;
+
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http_addr: SocketAddr,
@@ -15,6 +17,9 @@ pub struct Config {
     /// Origins allowed to POST to `/api/auth/*` besides the gateway's own
     /// (`GATEWAY_TRUSTED_ORIGINS`, comma-separated), as Better Auth's `trustedOrigins`.
     pub trusted_origins: Vec<String>,
+    /// `GATEWAY_TRUSTED_PROXIES` (comma-separated CIDRs): peers whose `X-Forwarded-For`,
+    /// `Forwarded` and `X-Forwarded-Proto`/`-Host` are believed; empty: nobody's.
+    pub trusted_proxies: TrustedProxies,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
     /// HTTP worker threads.
@@ -59,6 +64,7 @@ impl Config {
             auth_grpc_url: "http://127.0.0.1:50051".into(),
             query_grpc_url: "http://127.0.0.1:50052".into(),
             trusted_origins: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
             max_body_bytes: 64 * 1024,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -194,6 +200,11 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
                 .collect();
+        }
+        if let Some(v) = get("GATEWAY_TRUSTED_PROXIES") {
+            config.trusted_proxies = v
+                .parse()
+                .map_err(|e| ConfigError::new("GATEWAY_TRUSTED_PROXIES", e))?;
         }
         Ok(config)
     }

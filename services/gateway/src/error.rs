@@ -62,7 +62,17 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         if let Some(retry) = &self.retry_after {
-            response.insert_header(("X-Retry-After", retry.as_str()));
+            // Better Auth's 429 names it `X-Retry-After`; a 503 uses the standard header.
+            let name = if self.code == ErrorCode::TOO_MANY_REQUESTS {
+                "X-Retry-After"
+            } else {
+                "Retry-After"
+            };
+            response.insert_header((name, retry.as_str()));
+        }
+        if self.code == ErrorCode::TOO_MANY_REQUESTS {
+            // Better Auth's rate limiter answers before any route: a message, no code.
+            return response.json(serde_json::json!({"message": self.message}));
         }
         response.json(serde_json::json!({"code": self.code.code, "message": self.message}))
     }

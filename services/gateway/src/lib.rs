@@ -4,6 +4,7 @@
 //! [`Application::build`] binds the listener (port 0 in tests); [`Application::run_until`]
 //! serves until a shutdown future resolves.
 
+pub mod client;
 pub mod config;
 mod error;
 mod metrics;

@@ -2,10 +2,13 @@
 
 mod commands;
 mod deploy;
+mod logs;
+mod memory;
 mod pages;
 mod processes;
 mod query_process;
 mod scale;
+mod shutdown;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

@@ -133,10 +133,28 @@ impl std::fmt::Debug for Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            Pool::Postgres($pool) => $body,
+            Pool::Postgres($pool) => bounded(async { $body }).await,
+            // One local file: waits are SQLite's busy timeout, not a network's silence.
             Pool::Sqlite($pool) => $body,
         }
     };
+}
+
+/// How long one Postgres call (waiting for a connection included) may take: a database that
+/// stops answering (a partition swallows the traffic, no reset) fails requests within this,
+/// as 503, instead of holding them; the pool's connections are made again once it answers.
+pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long a call waits for a pooled connection (connecting included).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Runs one store call within [`CALL_TIMEOUT`]; a call cut off reads as the pool timing out.
+async fn bounded<T>(
+    call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut))
 }
 
 /// Inserts a session row through any executor of either backend.
@@ -208,7 +226,7 @@ impl Store {
             }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
-                .acquire_timeout(Duration::from_secs(5))
+                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .connect_with(options)
                 .await?;
             Ok(Store::new(Pool::Postgres(pool)))
@@ -416,6 +434,40 @@ impl Store {
     }
 
     /// Drops log entries committed before `before`; returns how many.
+    /// One request against the rate-limit row `key`, in one atomic statement (Better Auth's
+    /// rule: a window of `window_ms` since the last counted request; at most `max` counted).
+    /// Returns `None` when counted, or the `lastRequest` (ms) of the full window that refused
+    /// it. A refused request does not move `lastRequest`; its count is pinned at `max + 1`.
+    pub async fn consume_rate_limit(
+        &self,
+        key: &str,
+        now_ms: i64,
+        window_ms: i64,
+        max: i32,
+    ) -> Result<Option<i64>, StoreError> {
+        const SQL: &str = r#"INSERT INTO "rateLimit" ("id", "key", "count", "lastRequest") VALUES ($1, $2, 1, $3)
+ON CONFLICT ("key") DO UPDATE SET
+  "count" = CASE WHEN $3 - "rateLimit"."lastRequest" >= $4 THEN 1
+                 WHEN "rateLimit"."count" >= $5 THEN $5 + 1
+                 ELSE "rateLimit"."count" + 1 END,
+  "lastRequest" = CASE WHEN $3 - "rateLimit"."lastRequest" >= $4 THEN $3
+                       WHEN "rateLimit"."count" >= $5 THEN "rateLimit"."lastRequest"
+                       ELSE $3 END
+RETURNING "count", "lastRequest""#;
+        let id = edge_keys::generate_id();
+        let (count, last): (i32, i64) = on_pool!(self, pool => sqlx::query_as(SQL)
+            .bind(&id).bind(key).bind(now_ms).bind(window_ms).bind(max)
+            .fetch_one(pool).await)?;
+        Ok((count > max).then_some(last))
+    }
+
+    /// Deletes rate-limit rows whose last request is older than `before_ms`.
+    pub async fn prune_rate_limits(&self, before_ms: i64) -> Result<u64, StoreError> {
+        const SQL: &str = r#"DELETE FROM "rateLimit" WHERE "lastRequest" < $1"#;
+        let done = on_pool!(self, pool => sqlx::query(SQL).bind(before_ms).execute(pool).await.map(|r| r.rows_affected()))?;
+        Ok(done)
+    }
+
     pub async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         const SQL: &str = r#"DELETE FROM "edge_session_log" WHERE "committedAt" < $1"#;
         let done = on_pool!(self, pool => sqlx::query(SQL).bind(before).execute(pool).await.map(|r| r.rows_affected()))?;

@@ -24,6 +24,8 @@ pub const POSTGRES: &[&str] = &[
     r#"CREATE INDEX IF NOT EXISTS "session_userId_idx" ON "session" ("userId")"#,
     r#"CREATE INDEX IF NOT EXISTS "account_userId_idx" ON "account" ("userId")"#,
     r#"CREATE INDEX IF NOT EXISTS "verification_identifier_idx" ON "verification" ("identifier")"#,
+    // Better Auth's `rateLimit` table (its `storage: "database"` shape): shared by every replica.
+    r#"CREATE TABLE IF NOT EXISTS "rateLimit" ("id" text NOT NULL PRIMARY KEY, "key" text NOT NULL UNIQUE, "count" integer NOT NULL, "lastRequest" bigint NOT NULL)"#,
     r#"CREATE TABLE IF NOT EXISTS "edge_meta" ("key" text PRIMARY KEY, "value" bigint NOT NULL)"#,
     r#"INSERT INTO "edge_meta" ("key", "value") VALUES ('jwks_version', 0) ON CONFLICT ("key") DO NOTHING"#,
     // The log before triggers wrote it (cache keys only, positions in insert order).
@@ -115,6 +117,7 @@ pub const SQLITE: &[&str] = &[
     r#"CREATE INDEX IF NOT EXISTS "session_userId_idx" ON "session" ("userId")"#,
     r#"CREATE INDEX IF NOT EXISTS "account_userId_idx" ON "account" ("userId")"#,
     r#"CREATE INDEX IF NOT EXISTS "verification_identifier_idx" ON "verification" ("identifier")"#,
+    r#"CREATE TABLE IF NOT EXISTS "rateLimit" ("id" text NOT NULL PRIMARY KEY, "key" text NOT NULL UNIQUE, "count" integer NOT NULL, "lastRequest" bigint NOT NULL)"#,
     r#"CREATE TABLE IF NOT EXISTS "edge_meta" ("key" text PRIMARY KEY, "value" integer NOT NULL)"#,
     r#"INSERT INTO "edge_meta" ("key", "value") VALUES ('jwks_version', 0) ON CONFLICT ("key") DO NOTHING"#,
     r#"DROP TABLE IF EXISTS "edge_revocation""#,

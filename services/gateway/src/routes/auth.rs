@@ -5,12 +5,12 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use edge_proto::auth::v1 as pb;
 use edge_proto::error::ErrorCode;
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::State;
 use crate::error::ApiError;
-use crate::routes::{clear_cookie, session_cookie, set_cookie};
+use crate::routes::request::{self, Csrf, check_origin};
+use crate::routes::{clear_cookies, client_view, session_cookie, set_cookie};
 use edge_keys::CacheKey;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -24,95 +24,36 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/auth/jwks", web::get().to(jwks));
 }
 
-/// Reads a JSON object body of at most `limit` bytes.
-async fn json_body(
-    req: &HttpRequest,
-    mut payload: web::Payload,
-    limit: usize,
-) -> Result<Map<String, Value>, ApiError> {
-    let is_json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("application/json")
-        });
-    if !is_json {
-        return Err(ApiError::new(
-            ErrorCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json",
-        ));
-    }
-    let mut body = web::BytesMut::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk
-            .map_err(|_| ApiError::new(ErrorCode::VALIDATION_ERROR, "Invalid request body"))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                ErrorCode::PAYLOAD_TOO_LARGE,
-                format!("Request body exceeds {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::new(
-            ErrorCode::VALIDATION_ERROR,
-            "Request body must be a JSON object",
-        )),
-        Err(e) => Err(ApiError::new(
-            ErrorCode::VALIDATION_ERROR,
-            format!("Malformed JSON: {e}"),
-        )),
-    }
-}
-
-/// A string field: required ones must be present, every one must be a string.
+/// A string field as Better Auth's zod schema reads it: required ones must be present, and a
+/// present one (even `null`) must be a string; the message is zod's.
 fn string_field(
     body: &Map<String, Value>,
     name: &str,
     required: bool,
 ) -> Result<Option<String>, ApiError> {
-    match body.get(name) {
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        None | Some(Value::Null) if !required => Ok(None),
-        None | Some(Value::Null) => Err(ApiError::new(
-            ErrorCode::VALIDATION_ERROR,
-            format!("[body.{name}] is required"),
-        )),
-        Some(_) => Err(ApiError::new(
-            ErrorCode::VALIDATION_ERROR,
-            format!("[body.{name}] must be a string"),
-        )),
-    }
-}
-
-/// Refuses cross-site POSTs, as Better Auth's origin check does.
-fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
-    let Some(origin) = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return Ok(());
+    let received = match body.get(name) {
+        Some(Value::String(s)) => return Ok(Some(s.clone())),
+        None if !required => return Ok(None),
+        None => "undefined",
+        Some(Value::Null) => "null",
+        Some(Value::Bool(_)) => "boolean",
+        Some(Value::Number(_)) => "number",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Object(_)) => "object",
     };
-    let origin = origin.trim_end_matches('/');
-    let info = req.connection_info();
-    let own = format!("{}://{}", info.scheme(), info.host());
-    if origin == own || state.config.trusted_origins.iter().any(|o| o == origin) {
-        return Ok(());
-    }
-    Err(ApiError::new(ErrorCode::INVALID_ORIGIN, "Invalid origin"))
+    Err(ApiError::new(
+        ErrorCode::VALIDATION_ERROR,
+        format!("[body.{name}] Invalid input: expected string, received {received}"),
+    ))
 }
 
+/// The client's address (through trusted proxies only) and user agent, for auth's rate limits
+/// and the session row.
 fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     pb::ClientInfo {
-        ip_address: req
-            .peer_addr()
-            .map(|a| a.ip().to_string())
+        ip_address: client_view(req)
+            .ip
+            .map(|ip| ip.to_string())
             .unwrap_or_default(),
         user_agent: req
             .headers()
@@ -123,15 +64,12 @@ fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     }
 }
 
+/// Better Auth's user object; `image` is `null` when the user has none.
 fn user_json(u: &pb::User) -> Value {
-    let mut v = json!({
+    json!({
         "id": u.id, "name": u.name, "email": u.email, "emailVerified": u.email_verified,
-        "createdAt": u.created_at, "updatedAt": u.updated_at,
-    });
-    if let Some(image) = &u.image {
-        v["image"] = Value::String(image.clone());
-    }
-    v
+        "image": u.image, "createdAt": u.created_at, "updatedAt": u.updated_at,
+    })
 }
 
 fn session_json(s: &pb::Session) -> Value {
@@ -147,8 +85,16 @@ async fn sign_up(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    check_origin(&req, &state)?;
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+    check_origin(&req, &state, Csrf::FirstLogin)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    request::callback_url(&req, &state, &body)?;
+    // Better Auth's schema (`z.string().nonempty()`) refuses it before any other check.
+    if body.get("password").and_then(Value::as_str) == Some("") {
+        return Err(ApiError::new(
+            ErrorCode::VALIDATION_ERROR,
+            "[body.password] Too small: expected string to have >=1 characters",
+        ));
+    }
     let request = pb::SignUpRequest {
         name: string_field(&body, "name", true)?.unwrap_or_default(),
         email: string_field(&body, "email", true)?.unwrap_or_default(),
@@ -165,6 +111,10 @@ fn opened_session(req: &HttpRequest, r: pb::SessionResponse, mut body: Value) ->
     let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
     body["token"] = Value::String(session.token);
     body["user"] = user_json(&user);
+    // Better Auth's JSON drops `undefined` members (`url` without a callback).
+    if let Value::Object(map) = &mut body {
+        map.retain(|k, v| k != "url" || !v.is_null());
+    }
     HttpResponse::Ok()
         .insert_header((
             header::SET_COOKIE,
@@ -178,34 +128,51 @@ async fn sign_in(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    check_origin(&req, &state)?;
-    let body = json_body(&req, payload, state.config.max_body_bytes).await?;
+    check_origin(&req, &state, Csrf::FirstLogin)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let callback = request::callback_url(&req, &state, &body)?;
     let request = pb::SignInRequest {
         email: string_field(&body, "email", true)?.unwrap_or_default(),
         password: string_field(&body, "password", true)?.unwrap_or_default(),
         client: Some(client_info(&req)),
     };
     let r = state.auth().sign_in(request).await?.into_inner();
-    Ok(opened_session(&req, r, json!({"redirect": false})))
+    // Better Auth: `{redirect, token, url, user}`, and `Location` when there is a callback.
+    let body = json!({"redirect": callback.is_some(), "url": callback});
+    let mut response = opened_session(&req, r, body);
+    if let Some(url) = callback.as_deref().and_then(|u| u.parse().ok()) {
+        response.headers_mut().insert(header::LOCATION, url);
+    }
+    Ok(response)
 }
 
+/// Better Auth 1.7's sign-out: the session (if the cookie names one) ends, the cookies are
+/// cleared, and the answer is `{"success": true}` with or without a valid cookie.
 async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
-    check_origin(&req, &state)?;
-    let clear = clear_cookie(&req);
+    check_origin(&req, &state, Csrf::CookieBearing)?;
+    let done = || {
+        let mut response = HttpResponse::Ok();
+        for cookie in clear_cookies(&req) {
+            response.append_header((header::SET_COOKIE, cookie));
+        }
+        response.json(json!({"success": true}))
+    };
     let Some(cookie_value) = session_cookie(&req) else {
-        let e = ApiError::new(ErrorCode::FAILED_TO_GET_SESSION, "Failed to get session");
-        let mut response = actix_web::ResponseError::error_response(&e);
-        response
-            .headers_mut()
-            .insert(header::SET_COOKIE, clear.parse().expect("valid header"));
-        return Ok(response);
+        return Ok(done());
     };
     let own_key = CacheKey::for_cookie(&cookie_value);
-    let r = state
+    let r = match state
         .auth()
         .sign_out(pb::SignOutRequest { cookie_value })
-        .await?
-        .into_inner();
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        // A forged, garbage or already ended session: nothing to end.
+        Err(status) if ErrorCode::from_status(&status) == ErrorCode::FAILED_TO_GET_SESSION => {
+            return Ok(done());
+        }
+        Err(status) => return Err(status.into()),
+    };
     // Applied here before answering; other gateways learn it from the revocation stream.
     if let Some(cache) = state.cache() {
         if !r.session_id.is_empty() {
@@ -218,9 +185,7 @@ async fn sign_out(req: HttpRequest, state: web::Data<State>) -> Result<HttpRespo
             cache.invalidate(&key).await;
         }
     }
-    Ok(HttpResponse::Ok()
-        .insert_header((header::SET_COOKIE, clear))
-        .json(json!({"success": true})))
+    Ok(done())
 }
 
 async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {

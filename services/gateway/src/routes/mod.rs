@@ -3,23 +3,38 @@
 pub mod auth;
 pub mod ops;
 pub mod proxy;
+pub mod request;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
 use edge_keys::cookie::{COOKIE_NAME, SECURE_COOKIE_NAME};
 
-/// The session cookie's value from every `Cookie` header of the request.
+use crate::State;
+use crate::client::ClientView;
+
+/// The session cookie's value from every `Cookie` header of the request: the `__Secure-`
+/// name over https, the plain one over http, as Better Auth reads it.
 pub(crate) fn session_cookie(req: &HttpRequest) -> Option<String> {
+    let secure = is_https(req);
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
-        .find_map(edge_keys::cookie::from_header)
+        .find_map(|h| edge_keys::cookie::from_header(h, secure))
         .map(str::to_owned)
 }
 
-/// Whether the client reached us over https (directly or through a proxy that says so).
+/// The client as the gateway may believe it (forwarding headers from trusted proxies only).
+pub(crate) fn client_view(req: &HttpRequest) -> ClientView {
+    let proxies = req
+        .app_data::<actix_web::web::Data<State>>()
+        .map(|state| state.config.trusted_proxies.clone())
+        .unwrap_or_default();
+    ClientView::of(req, &proxies)
+}
+
+/// Whether the client reached us over https (directly or through a trusted proxy that says so).
 pub(crate) fn is_https(req: &HttpRequest) -> bool {
-    req.connection_info().scheme() == "https"
+    client_view(req).is_https()
 }
 
 /// `Set-Cookie` exactly as Better Auth writes it; `max_age` 0 clears the cookie.
@@ -36,4 +51,20 @@ pub(crate) fn set_cookie(req: &HttpRequest, value: &str, max_age: i64) -> String
 /// `Set-Cookie` that removes the session cookie (its session has ended).
 pub(crate) fn clear_cookie(req: &HttpRequest) -> String {
     set_cookie(req, "", 0)
+}
+
+/// What Better Auth's `deleteSessionCookie` sends on sign-out: the session token, the session
+/// data cache and the `dont_remember` cookie, each expired.
+pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
+    let secure = is_https(req);
+    let prefix = if secure { "__Secure-" } else { "" };
+    let flags = if secure {
+        "Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
+    } else {
+        "Max-Age=0; Path=/; HttpOnly; SameSite=Lax"
+    };
+    ["session_token", "session_data", "dont_remember"]
+        .iter()
+        .map(|name| format!("{prefix}better-auth.{name}=; {flags}"))
+        .collect()
 }

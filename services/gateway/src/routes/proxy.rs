@@ -41,6 +41,21 @@ fn forwardable(name: &str, connection: &[String]) -> bool {
     !HOP_BY_HOP.contains(&name) && !connection.iter().any(|c| c == name)
 }
 
+/// Whether two header names are one header to an app that reads `_` as `-` (CGI and its heirs).
+fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            fold(x) == fold(y)
+        })
+}
+
 fn text(status: StatusCode, body: &'static str) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
@@ -144,10 +159,12 @@ fn upstream_request(
             .map(|v| v.as_bytes()),
     );
     for (name, value) in req.headers() {
-        // The client's own token header never reaches the app.
+        // The client's own token header never reaches the app, in any spelling the app's
+        // framework may read as it (`x_convex_token` is `HTTP_X_CONVEX_TOKEN` under CGI/WSGI/
+        // Rack, as `x-convex-token` is).
         if !forwardable(name.as_str(), &connection)
             || name == header::HOST
-            || name.as_str() == proxy.token_header
+            || same_header(name.as_str(), &proxy.token_header)
         {
             continue;
         }
@@ -158,23 +175,28 @@ fn upstream_request(
             headers.append(name, value);
         }
     }
-    let info = req.connection_info();
+    let view = crate::routes::client_view(req);
     let peer = req
         .peer_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
-    let forwarded_for = match req
-        .headers()
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
+    // The chain so far only when a trusted proxy reported it; else the peer alone.
+    let earlier = view.via_trusted_proxy.then(|| {
+        req.headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    let forwarded_for = match earlier.filter(|e| !e.is_empty()) {
         Some(earlier) => format!("{earlier}, {peer}"),
         None => peer,
     };
+    headers.remove("forwarded");
     for (name, value) in [
         ("x-forwarded-for", forwarded_for.as_str()),
-        ("x-forwarded-host", info.host()),
-        ("x-forwarded-proto", info.scheme()),
+        ("x-forwarded-host", view.host.as_str()),
+        ("x-forwarded-proto", view.scheme.as_str()),
     ] {
         if let Ok(v) = reqwest::header::HeaderValue::from_str(value) {
             headers.insert(name, v);

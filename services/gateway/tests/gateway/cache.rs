@@ -63,6 +63,7 @@ async fn cached_tokens_skip_auth_and_sign_out_revokes_on_every_gateway() {
     // Sign out through the first gateway: refused there at once, and elsewhere within 1 s.
     let r = reqwest::Client::new()
         .post(stack.url("/api/auth/sign-out"))
+        .header("origin", &stack.base)
         .header("cookie", format!("better-auth.session_token={cookie}"))
         .send()
         .await

@@ -185,3 +185,56 @@ async fn the_ssr_app_gets_the_users_jwt_and_never_a_spoofed_one() {
     let r = reqwest::get(format!("{dead}/")).await.unwrap();
     assert_eq!(r.status(), 502);
 }
+
+/// The token header's underscore spelling (`x_convex_token`, which CGI-style frameworks read
+/// as `x-convex-token`) never reaches the app, and forwarding headers from an untrusted client
+/// are replaced by the gateway's own view; from a trusted proxy the chain is kept.
+#[tokio::test]
+async fn spoofed_token_spellings_and_forwarding_headers_stop_at_the_gateway() {
+    let mut stack = Stack::start().await;
+    let app = upstream(Arc::new(Notify::new())).await;
+    let proxy = move |trusted: &str| {
+        let (app, trusted) = (app.clone(), trusted.to_owned());
+        move |c: &mut edge_gateway::Config| {
+            c.ssr = Ssr::Proxy(ProxyConfig {
+                upstream: app,
+                token_header: "x-convex-token".into(),
+            });
+            c.trusted_proxies = trusted.parse().unwrap();
+        }
+    };
+    let untrusted = stack.gateway_with(proxy("")).await;
+    let send = |base: String| async move {
+        let r = reqwest::Client::new()
+            .get(format!("{base}/"))
+            .header("x_convex_token", "forged")
+            .header("X_Convex_Token", "forged2")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
+            .header("forwarded", "for=6.6.6.6;proto=https")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()
+    };
+    let seen = send(untrusted.clone()).await;
+    let headers = seen["headers"].as_object().unwrap();
+    for name in headers.keys() {
+        assert_ne!(name.replace('_', "-"), "x-convex-token", "{headers:?}");
+    }
+    assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"],
+        untrusted.trim_start_matches("http://")
+    );
+    assert!(seen["headers"].get("forwarded").is_none());
+
+    // Behind a trusted proxy its chain and scheme pass on.
+    let trusted = stack.gateway_with(proxy("127.0.0.0/8")).await;
+    let seen = send(trusted).await;
+    assert_eq!(seen["headers"]["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
+    assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+}

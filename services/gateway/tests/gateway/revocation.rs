@@ -41,6 +41,7 @@ pub async fn token_on(base: &str, cookie: &str) -> (u16, Option<Value>) {
 pub async fn sign_out(base: &str, cookie: &str) -> u16 {
     http()
         .post(format!("{base}/api/auth/sign-out"))
+        .header("origin", base)
         .header("cookie", format!("better-auth.session_token={cookie}"))
         .send()
         .await

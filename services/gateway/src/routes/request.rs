@@ -1,0 +1,223 @@
+//! What Better Auth does with a request before its route runs, shared by every `/api/auth/*`
+//! route (and any added later): the origin (CSRF) check and the body, JSON or form-encoded.
+//!
+//! The origin rules are Better Auth 1.7's `originCheckMiddleware` and `formCsrfMiddleware`:
+//! a state-changing request that carries cookies must name a trusted origin in `Origin` (or,
+//! without one, `Referer`) — none is 403 `MISSING_OR_NULL_ORIGIN`, a foreign one 403
+//! `INVALID_ORIGIN`; a first login (sign-in, sign-up) without cookies is checked the same way
+//! when the browser sent `Origin`, `Referer` or Fetch Metadata, and a cross-site navigation
+//! (a plain form posted from another site) is 403 `CROSS_SITE_NAVIGATION_LOGIN_BLOCKED`.
+//! Trusted origins are the gateway's own (as the client reached it) and
+//! `GATEWAY_TRUSTED_ORIGINS`.
+
+use actix_web::http::{Method, header};
+use actix_web::{HttpRequest, web};
+use edge_proto::error::ErrorCode;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+
+use crate::State;
+use crate::error::ApiError;
+use crate::routes::client_view;
+
+/// Which of Better Auth's checks a route runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Csrf {
+    /// Every state-changing route: checked when the request carries cookies.
+    CookieBearing,
+    /// Sign-in and sign-up (`formCsrfMiddleware`): also checked without cookies when the
+    /// browser says where the request comes from.
+    FirstLogin,
+}
+
+fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `scheme://host[:port]` of a URL, or `None` when it is not one.
+fn origin_of(url: &str) -> Option<String> {
+    let url = reqwest::Url::parse(url).ok()?;
+    matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
+}
+
+/// Whether `claimed` (an `Origin` or `Referer` value) is one of the trusted origins.
+fn is_trusted(req: &HttpRequest, state: &State, claimed: &str) -> bool {
+    let Some(origin) = origin_of(claimed) else {
+        return false;
+    };
+    let own = client_view(req).origin();
+    std::iter::once(own.as_str())
+        .chain(state.config.trusted_origins.iter().map(String::as_str))
+        .filter_map(origin_of)
+        .any(|trusted| trusted == origin)
+}
+
+/// Better Auth's `validateOrigin`: with `force` or any `Cookie` header, the request must come
+/// from a trusted origin.
+fn validate_origin(req: &HttpRequest, state: &State, force: bool) -> Result<(), ApiError> {
+    if !force && !req.headers().contains_key(header::COOKIE) {
+        return Ok(());
+    }
+    let origin = header_str(req, "origin");
+    // A same-origin request from an opaque context (sandboxed frame) says `Origin: null`.
+    let claimed =
+        if origin == Some("null") && header_str(req, "sec-fetch-site") == Some("same-origin") {
+            client_view(req).origin()
+        } else {
+            origin
+                .filter(|o| !o.is_empty())
+                .or_else(|| header_str(req, "referer"))
+                .unwrap_or_default()
+                .to_owned()
+        };
+    if claimed.is_empty() || claimed == "null" {
+        return Err(ApiError::new(
+            ErrorCode::MISSING_OR_NULL_ORIGIN,
+            "Missing or null Origin",
+        ));
+    }
+    if !is_trusted(req, state, &claimed) {
+        return Err(ApiError::new(ErrorCode::INVALID_ORIGIN, "Invalid origin"));
+    }
+    Ok(())
+}
+
+/// Refuses cross-site state-changing requests as Better Auth does (see the module docs).
+pub fn check_origin(req: &HttpRequest, state: &State, kind: Csrf) -> Result<(), ApiError> {
+    if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    validate_origin(req, state, false)?;
+    if kind == Csrf::CookieBearing || req.headers().contains_key(header::COOKIE) {
+        return Ok(());
+    }
+    let fetch = |name| {
+        header_str(req, name)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let (site, mode, dest) = (
+        fetch("sec-fetch-site"),
+        fetch("sec-fetch-mode"),
+        fetch("sec-fetch-dest"),
+    );
+    if site.is_some() || mode.is_some() || dest.is_some() {
+        if site == Some("cross-site") && mode == Some("navigate") {
+            tracing::warn!("blocked a cross-site navigation login");
+            return Err(ApiError::new(
+                ErrorCode::CROSS_SITE_NAVIGATION_LOGIN_BLOCKED,
+                "Cross-site navigation login blocked. This request appears to be a CSRF attack.",
+            ));
+        }
+        return validate_origin(req, state, true);
+    }
+    if fetch("origin").is_some() || fetch("referer").is_some() {
+        return validate_origin(req, state, true);
+    }
+    Ok(())
+}
+
+/// Better Auth's check of a body's `callbackURL`: a relative path on this site (`/next`, not
+/// `//host`) or a URL of a trusted origin; anything else is 403 `INVALID_CALLBACK_URL`.
+/// Returns the URL to answer with (`{redirect: true, url}`), if the body names one.
+pub fn callback_url(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+) -> Result<Option<String>, ApiError> {
+    let url = match body.get("callbackURL") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(url)) if url.is_empty() => return Ok(None),
+        Some(Value::String(url)) => url,
+        Some(_) => {
+            return Err(ApiError::new(
+                ErrorCode::VALIDATION_ERROR,
+                "[body.callbackURL] must be a string",
+            ));
+        }
+    };
+    let relative = url.starts_with('/')
+        && !url.starts_with("//")
+        && !url.starts_with("/\\")
+        && !url.chars().any(|c| c.is_control());
+    if relative || is_trusted(req, state, url) {
+        return Ok(Some(url.clone()));
+    }
+    Err(ApiError::new(
+        ErrorCode::INVALID_CALLBACK_URL,
+        "Invalid callbackURL",
+    ))
+}
+
+/// A body's media type as Better Auth (better-call) reads it.
+enum Media {
+    Json,
+    Form,
+}
+
+fn media(req: &HttpRequest) -> Option<Media> {
+    let value = header_str(req, header::CONTENT_TYPE.as_str())?.to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let subtype = essence.strip_prefix("application/")?;
+    if subtype == "json" || subtype.ends_with("+json") {
+        Some(Media::Json)
+    } else if subtype == "x-www-form-urlencoded" {
+        Some(Media::Form)
+    } else {
+        None
+    }
+}
+
+/// The request body as an object of at most `limit` bytes: JSON (`application/json`,
+/// `application/*+json`) or form-encoded (`application/x-www-form-urlencoded`, every value a
+/// string, the last of a repeated name winning, as better-call reads it).
+pub async fn body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    let Some(media) = media(req) else {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json or application/x-www-form-urlencoded",
+        ));
+    };
+    let mut bytes = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk
+            .map_err(|_| ApiError::new(ErrorCode::VALIDATION_ERROR, "Invalid request body"))?;
+        if bytes.len() + chunk.len() > limit {
+            return Err(ApiError::new(
+                ErrorCode::PAYLOAD_TOO_LARGE,
+                format!("Request body exceeds {limit} bytes"),
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    match media {
+        Media::Json => match serde_json::from_slice::<Value>(&bytes) {
+            Ok(Value::Object(map)) => Ok(map),
+            Ok(_) => Err(ApiError::new(
+                ErrorCode::VALIDATION_ERROR,
+                "Request body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::new(
+                ErrorCode::VALIDATION_ERROR,
+                format!("Malformed JSON: {e}"),
+            )),
+        },
+        Media::Form => {
+            let pairs: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&bytes).map_err(|e| {
+                    ApiError::new(
+                        ErrorCode::VALIDATION_ERROR,
+                        format!("Malformed form body: {e}"),
+                    )
+                })?;
+            Ok(pairs
+                .into_iter()
+                .map(|(k, v)| (k, Value::String(v)))
+                .collect())
+        }
+    }
+}

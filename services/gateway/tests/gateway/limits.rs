@@ -1,0 +1,188 @@
+//! Rate limits as Better Auth's defaults (3 per 10 s per client address on sign-in and sign-up,
+//! counted in the shared `rateLimit` table) and the client address they key on: forwarding
+//! headers count only from `GATEWAY_TRUSTED_PROXIES`.
+
+use edge_auth::config::RateLimit;
+use serde_json::{Value, json};
+
+use crate::{PASSWORD, Stack, http};
+
+/// POSTs `body` to `path` on `base` as a client behind the proxy at `forwarded_for`.
+async fn post_as(
+    base: &str,
+    path: &str,
+    forwarded_for: Option<&str>,
+    body: Value,
+) -> reqwest::Response {
+    let mut request = http().post(format!("{base}{path}")).json(&body);
+    if let Some(xff) = forwarded_for {
+        request = request.header("x-forwarded-for", xff);
+    }
+    request.send().await.unwrap()
+}
+
+async fn wrong_sign_in(base: &str, forwarded_for: Option<&str>, email: &str) -> reqwest::Response {
+    post_as(
+        base,
+        "/api/auth/sign-in/email",
+        forwarded_for,
+        json!({"email": email, "password": "not the password"}),
+    )
+    .await
+}
+
+/// A 429 exactly as Better Auth 1.7 answers it: `{"message"}` and `X-Retry-After` in seconds
+/// (at most the rule's window: 10 s per address, 60 s per account).
+async fn assert_429_within(r: reqwest::Response, window_secs: u64) {
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["x-retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=window_secs).contains(&retry), "{retry}");
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"message": "Too many requests. Please try again later."})
+    );
+}
+
+async fn assert_better_auth_429(r: reqwest::Response) {
+    assert_429_within(r, 10).await;
+}
+
+async fn default_limits() -> Stack {
+    let db = edge_testkit::test_database().await;
+    Stack::start_on(db, |c| c.sign_in_limit = RateLimit::default()).await
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_limits_are_per_client() {
+    let mut stack = default_limits().await;
+    let gateway = stack
+        .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
+        .await;
+    crate::sign_up(&stack, "victim@example.com").await;
+    // The attacker's own claim (left) is not believed; the proxy's hop (right) is.
+    let attacker = Some("6.6.6.6, 198.51.100.1");
+    for _ in 0..3 {
+        let r = wrong_sign_in(&gateway, attacker, "victim@example.com").await;
+        assert_eq!(r.status(), 401);
+    }
+    assert_better_auth_429(wrong_sign_in(&gateway, attacker, "victim@example.com").await).await;
+    // Another client behind the same proxy is not locked out, and signs in.
+    let r = post_as(
+        &gateway,
+        "/api/auth/sign-in/email",
+        Some("198.51.100.2"),
+        json!({"email": "victim@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // The session records the client, not the proxy.
+    let cookie = crate::cookie_of(&r).unwrap();
+    let session: Value = stack
+        .get("/api/auth/get-session", Some(&cookie))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["session"]["ipAddress"], "198.51.100.2");
+
+    // Sign-up: 3 per 10 s per client too (it had no limit at all).
+    for i in 0..3 {
+        let r = post_as(
+            &gateway,
+            "/api/auth/sign-up/email",
+            Some("198.51.100.3"),
+            json!({"name": "N", "email": format!("n{i}@example.com"), "password": PASSWORD}),
+        )
+        .await;
+        assert_eq!(r.status(), 200);
+    }
+    let r = post_as(
+        &gateway,
+        "/api/auth/sign-up/email",
+        Some("198.51.100.3"),
+        json!({"name": "N", "email": "n3@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_better_auth_429(r).await;
+    assert_eq!(
+        stack.counts().await.0,
+        4,
+        "the refused sign-up created nobody"
+    );
+    let r = post_as(
+        &gateway,
+        "/api/auth/sign-up/email",
+        Some("198.51.100.4"),
+        json!({"name": "N", "email": "n4@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn forwarding_headers_from_an_untrusted_peer_are_ignored() {
+    // The stack's gateway trusts no proxy: a client cannot pick its own address.
+    let stack = default_limits().await;
+    crate::sign_up(&stack, "victim@example.com").await;
+    for i in 0..3 {
+        let spoof = format!("203.0.113.{i}");
+        let r = wrong_sign_in(&stack.base, Some(&spoof), "victim@example.com").await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = wrong_sign_in(&stack.base, Some("203.0.113.99"), "victim@example.com").await;
+    assert_better_auth_429(r).await;
+    let r = http()
+        .post(stack.url("/api/auth/sign-in/email"))
+        .header("forwarded", "for=203.0.113.100")
+        .json(&json!({"email": "victim@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_better_auth_429(r).await;
+}
+
+#[tokio::test]
+async fn limits_hold_across_auth_replicas() {
+    let db = edge_testkit::test_database().await;
+    let url = db.url.clone();
+    let mut stack = Stack::start_on(db, |c| c.sign_in_limit = RateLimit::default()).await;
+    // A second auth replica on the same database, with its own gateway.
+    let mut config = crate::auth_config(&url);
+    config.sign_in_limit = RateLimit::default();
+    let other = edge_auth::Application::build(config).await.unwrap();
+    let other_grpc = other.grpc_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(other.run_until(async {
+        let _ = stopped.await;
+    }));
+    let second = stack
+        .gateway_with(|c| c.auth_grpc_url = format!("http://{other_grpc}"))
+        .await;
+    crate::sign_up(&stack, "victim@example.com").await;
+    let mut statuses = Vec::new();
+    for base in [&stack.base, &second, &stack.base, &second] {
+        statuses.push(
+            wrong_sign_in(base, None, "victim@example.com")
+                .await
+                .status(),
+        );
+    }
+    assert_eq!(statuses, [401, 401, 401, 429]);
+    // Per account too, whatever the address: the 11th attempt on one account within a minute.
+    let mut stack2 = default_limits().await;
+    let spread = stack2
+        .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
+        .await;
+    crate::sign_up(&stack2, "target@example.com").await;
+    for i in 0..10 {
+        let r = wrong_sign_in(&spread, Some(&format!("192.0.2.{i}")), "target@example.com").await;
+        assert_eq!(r.status(), 401);
+    }
+    let r = wrong_sign_in(&spread, Some("192.0.2.200"), "target@example.com").await;
+    assert_429_within(r, 60).await;
+    drop(stop);
+}

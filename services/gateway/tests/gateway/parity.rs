@@ -1,0 +1,394 @@
+//! Better Auth 1.7's request checks and answers, side by side: the same requests go to the real
+//! better-auth package (its own HTTP handler, on its own database) and to the gateway, and the
+//! answers must agree in status, error code and shape.
+
+use serde_json::{Value, json};
+
+use crate::{PASSWORD, SECRET, Stack, http};
+
+/// One request; `$SELF` (the site's origin) and `$VALUE` (the newest session cookie value) are
+/// filled in on each side.
+#[derive(Debug, Clone)]
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Option<String>,
+}
+
+fn post_json(path: &'static str, body: Value) -> Req {
+    Req {
+        method: "POST",
+        path,
+        headers: vec![("content-type", "application/json")],
+        body: Some(body.to_string()),
+    }
+}
+
+impl Req {
+    fn header(mut self, name: &'static str, value: &'static str) -> Req {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    body: Value,
+    location: Option<String>,
+    set_cookie: Vec<String>,
+}
+
+impl Answer {
+    /// The names of the cookies set, with whether each has a `Max-Age`.
+    fn cookies(&self) -> Vec<(String, bool)> {
+        let mut out: Vec<(String, bool)> = self
+            .set_cookie
+            .iter()
+            .map(|c| {
+                let name = c.split('=').next().unwrap_or_default().to_owned();
+                (name, c.to_ascii_lowercase().contains("max-age="))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
+fn parse_body(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or(Value::String(text.to_owned()))
+}
+
+/// The requests through Better Auth's own handler at `base_url`, on a fresh database.
+async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answer> {
+    let db = edge_testkit::test_database().await;
+    let requests: Vec<Value> = reqs
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), json!(v)))
+                .collect();
+            json!({"method": r.method, "path": r.path, "headers": headers, "body": r.body})
+        })
+        .collect();
+    let args = json!({
+        "databaseUrl": db.url, "secret": SECRET, "migrate": true, "baseURL": base_url,
+        "trustedOrigins": trusted, "requests": requests,
+    });
+    let out = edge_testkit::node("better-auth.mjs", &["request".into(), args.to_string()]).await;
+    let answers = out.as_array().unwrap_or_else(|| panic!("{out}"));
+    answers
+        .iter()
+        .map(|a| Answer {
+            status: a["status"].as_u64().unwrap() as u16,
+            body: parse_body(a["body"].as_str().unwrap_or_default()),
+            location: a["headers"]["location"].as_str().map(str::to_owned),
+            set_cookie: a["setCookie"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_owned())
+                .collect(),
+        })
+        .collect()
+}
+
+/// The same requests through the gateway at `base` (`extra` headers on every request).
+async fn gateway(base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer> {
+    let mut value = String::new();
+    let mut answers = Vec::new();
+    for r in reqs {
+        let fill = |s: &str| s.replace("$SELF", base).replace("$VALUE", &value);
+        let mut request = http().request(r.method.parse().unwrap(), format!("{base}{}", r.path));
+        for (k, v) in r.headers.iter().chain(extra) {
+            request = request.header(*k, fill(v));
+        }
+        if let Some(body) = &r.body {
+            request = request.body(fill(body));
+        }
+        let response = request.send().await.unwrap();
+        let set_cookie: Vec<String> = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        for c in &set_cookie {
+            let c = c.strip_prefix("__Secure-").unwrap_or(c);
+            if let Some(v) = c.strip_prefix("better-auth.session_token=") {
+                let v = v.split(';').next().unwrap_or_default();
+                if !v.is_empty() {
+                    value = v.to_owned();
+                }
+            }
+        }
+        let location = response
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let status = response.status().as_u16();
+        let body = parse_body(&response.text().await.unwrap());
+        answers.push(Answer {
+            status,
+            body,
+            location,
+            set_cookie,
+        });
+    }
+    answers
+}
+
+/// The members of an object, recursively one level (`user`, `session`), for shape checks.
+fn shape(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let inner = match v {
+                        Value::Object(_) => shape(v),
+                        Value::Null => json!("null"),
+                        _ => json!("value"),
+                    };
+                    (k.clone(), inner)
+                })
+                .collect(),
+        ),
+        Value::Null => Value::Null,
+        _ => json!("value"),
+    }
+}
+
+/// Both answers agree: status, error code, the body's shape, and the fixed values named.
+fn agree(ours: &Answer, theirs: &Answer, what: &str) {
+    assert_eq!(
+        ours.status, theirs.status,
+        "{what}: status; ours {ours:?}, Better Auth {theirs:?}"
+    );
+    assert_eq!(
+        ours.body.get("code"),
+        theirs.body.get("code"),
+        "{what}: code; ours {ours:?}, Better Auth {theirs:?}"
+    );
+    if ours.status < 400 {
+        assert_eq!(
+            shape(&ours.body),
+            shape(&theirs.body),
+            "{what}: shape; ours {ours:?}, Better Auth {theirs:?}"
+        );
+        for fixed in ["redirect", "url", "success"] {
+            assert_eq!(
+                ours.body.get(fixed),
+                theirs.body.get(fixed),
+                "{what}: {fixed}"
+            );
+        }
+        if let (Some(a), Some(b)) = (ours.body.get("user"), theirs.body.get("user")) {
+            assert_eq!(a["image"], b["image"], "{what}: user.image");
+        }
+        assert_eq!(ours.location, theirs.location, "{what}: Location");
+        assert_eq!(ours.cookies(), theirs.cookies(), "{what}: cookies set");
+    } else {
+        assert_eq!(
+            ours.body.get("message"),
+            theirs.body.get("message"),
+            "{what}: message; ours {ours:?}, Better Auth {theirs:?}"
+        );
+    }
+}
+
+fn side_by_side(ours: &[Answer], theirs: &[Answer], reqs: &[Req]) {
+    for ((o, t), r) in ours.iter().zip(theirs).zip(reqs) {
+        agree(o, t, &format!("{} {} {:?}", r.method, r.path, r.body));
+    }
+}
+
+fn sign_up_body(email: &str) -> Value {
+    json!({"name": "Ada", "email": email, "password": PASSWORD})
+}
+
+#[tokio::test]
+async fn origin_and_csrf_checks_match_better_auth() {
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("o@example.com")),
+        // A cookie-bearing POST with no Origin, a foreign Referer, a foreign Origin.
+        post_json("/api/auth/sign-out", json!({}))
+            .header("cookie", "better-auth.session_token=$VALUE"),
+        post_json("/api/auth/sign-out", json!({}))
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("referer", "https://evil.example/page"),
+        post_json("/api/auth/sign-out", json!({}))
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("origin", "https://evil.example"),
+        post_json("/api/auth/sign-out", json!({}))
+            .header("cookie", "a=1")
+            .header("origin", "null"),
+        // First logins: a foreign Origin, a cross-site navigation, a trusted origin.
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "o@example.com", "password": PASSWORD}),
+        )
+        .header("origin", "https://evil.example"),
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "o@example.com", "password": PASSWORD}),
+        )
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "navigate"),
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "o@example.com", "password": PASSWORD}),
+        )
+        .header("sec-fetch-site", "cross-site")
+        .header("sec-fetch-mode", "cors")
+        .header("origin", "http://trusted.example"),
+        // The site's own Referer is enough.
+        post_json("/api/auth/sign-out", json!({}))
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("referer", "$SELF/account"),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &["http://trusted.example"]).await;
+    let mut stack = Stack::start().await;
+    let base = stack
+        .gateway_with(|c| c.trusted_origins = vec!["http://trusted.example".into()])
+        .await;
+    let ours = gateway(&base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    assert_eq!(ours[1].body["code"], "MISSING_OR_NULL_ORIGIN");
+    assert_eq!(ours[2].body["code"], "INVALID_ORIGIN");
+    assert_eq!(ours[6].body["code"], "CROSS_SITE_NAVIGATION_LOGIN_BLOCKED");
+    assert_eq!(ours[8].status, 200);
+}
+
+#[tokio::test]
+async fn over_https_only_the_secure_cookie_name_is_read() {
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("s@example.com")),
+        Req {
+            method: "GET",
+            path: "/api/auth/get-session",
+            headers: vec![("cookie", "better-auth.session_token=$VALUE")],
+            body: None,
+        },
+        Req {
+            method: "GET",
+            path: "/api/auth/get-session",
+            headers: vec![("cookie", "__Secure-better-auth.session_token=$VALUE")],
+            body: None,
+        },
+    ];
+    let theirs = better_auth(&reqs, "https://localhost:8080", &[]).await;
+    let mut stack = Stack::start().await;
+    // The site is https behind a trusted proxy that says so.
+    let base = stack
+        .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
+        .await;
+    let ours = gateway(&base, &reqs, &[("x-forwarded-proto", "https")]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    assert!(ours[0].set_cookie[0].starts_with("__Secure-better-auth.session_token="));
+    assert_eq!(
+        ours[1].body,
+        Value::Null,
+        "the plain name is not read over https"
+    );
+    assert!(ours[2].body["session"].is_object());
+    // Without a trusted proxy the header is the client's word: plain http.
+    let plain = [post_json(
+        "/api/auth/sign-up/email",
+        sign_up_body("p@example.com"),
+    )];
+    let ours = gateway(&stack.base, &plain, &[("x-forwarded-proto", "https")]).await;
+    assert!(ours[0].set_cookie[0].starts_with("better-auth.session_token="));
+}
+
+#[tokio::test]
+async fn bodies_and_answers_match_better_auth() {
+    let form = |path: &'static str, body: &str| Req {
+        method: "POST",
+        path,
+        headers: vec![("content-type", "application/x-www-form-urlencoded")],
+        body: Some(body.to_owned()),
+    };
+    let reqs = vec![
+        // A NUL in the name: a clear 4xx.
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "a\u{0}b", "email": "nul@example.com", "password": PASSWORD}),
+        ),
+        // Other control characters are a name like any other.
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "a\u{1}\tb", "email": "ctl@example.com", "password": PASSWORD}),
+        ),
+        // Lengths in UTF-16 units: four astral characters are eight.
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "E", "email": "emoji@example.com", "password": "😀😀😀😀"}),
+        ),
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "E", "email": "long@example.com", "password": "😀".repeat(65)}),
+        ),
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "E", "email": "empty@example.com", "password": ""}),
+        ),
+        // No image: `image: null` in the user object; `image: null` in the body is refused.
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "I", "email": "img@example.com", "password": PASSWORD}),
+        ),
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "I", "email": "img2@example.com", "password": PASSWORD, "image": null}),
+        ),
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"email": "noname@example.com", "password": PASSWORD}),
+        ),
+        form(
+            "/api/auth/sign-up/email",
+            "name=Form&email=form%40example.com&password=correct+horse+battery+staple",
+        ),
+        form(
+            "/api/auth/sign-in/email",
+            "email=form%40example.com&password=correct+horse+battery+staple",
+        ),
+        // callbackURL: `{redirect: true, url}` and `Location`; a foreign one is refused.
+        form(
+            "/api/auth/sign-in/email",
+            "email=form%40example.com&password=correct+horse+battery+staple&callbackURL=%2Fdashboard",
+        ),
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "form@example.com", "password": PASSWORD, "callbackURL": "https://evil.example/x"}),
+        ),
+        // Empty and wrong passwords on sign-in.
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "form@example.com", "password": ""}),
+        ),
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "form@example.com", "password": "wrong password"}),
+        ),
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "form@example.com", "password": "😀".repeat(65)}),
+        ),
+        // Sign-out without a cookie.
+        post_json("/api/auth/sign-out", json!({})),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let stack = Stack::start().await;
+    let ours = gateway(&stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    assert_eq!(ours[2].status, 200, "eight UTF-16 units are long enough");
+    assert_eq!(ours[5].body["user"]["image"], Value::Null);
+    assert_eq!(ours[6].body["code"], "VALIDATION_ERROR");
+    assert_eq!(ours[10].body["url"], "/dashboard");
+    assert_eq!(ours[13].body["code"], "INVALID_EMAIL_OR_PASSWORD");
+    assert_eq!(ours[15].body, json!({"success": true}));
+}
