@@ -158,6 +158,9 @@ macro_rules! insert_session {
     }};
 }
 
+mod account;
+pub use account::{AccountRow, EndScope};
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -281,12 +284,13 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts a user, its credential account and its first session in one transaction.
+    /// Inserts a user, its credential account and its first session (none while the address
+    /// awaits verification) in one transaction.
     pub async fn create_user(
         &self,
         user: &User,
         account: &CredentialAccount,
-        session: &Session,
+        session: Option<&Session>,
     ) -> Result<(), StoreError> {
         let result: Result<(), sqlx::Error> = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
@@ -298,7 +302,9 @@ impl Store {
                 .bind(&account.id).bind(&account.user_id).bind(&account.user_id)
                 .bind(&account.password_hash).bind(account.created_at).bind(account.created_at)
                 .execute(&mut *tx).await?;
-            insert_session!(&mut *tx, session)?;
+            if let Some(session) = session {
+                insert_session!(&mut *tx, session)?;
+            }
             tx.commit().await
         }.await);
         result.map_err(|e| {

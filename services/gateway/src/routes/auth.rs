@@ -25,7 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Reads a JSON object body of at most `limit` bytes.
-async fn json_body(
+pub(crate) async fn json_body(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
@@ -71,7 +71,7 @@ async fn json_body(
 }
 
 /// A string field: required ones must be present, every one must be a string.
-fn string_field(
+pub(crate) fn string_field(
     body: &Map<String, Value>,
     name: &str,
     required: bool,
@@ -91,7 +91,7 @@ fn string_field(
 }
 
 /// Refuses cross-site POSTs, as Better Auth's origin check does.
-fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
+pub(crate) fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
     let Some(origin) = req
         .headers()
         .get(header::ORIGIN)
@@ -108,7 +108,7 @@ fn check_origin(req: &HttpRequest, state: &State) -> Result<(), ApiError> {
     Err(ApiError::new(ErrorCode::INVALID_ORIGIN, "Invalid origin"))
 }
 
-fn client_info(req: &HttpRequest) -> pb::ClientInfo {
+pub(crate) fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     pb::ClientInfo {
         ip_address: req
             .peer_addr()
@@ -123,7 +123,7 @@ fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     }
 }
 
-fn user_json(u: &pb::User) -> Value {
+pub(crate) fn user_json(u: &pb::User) -> Value {
     let mut v = json!({
         "id": u.id, "name": u.name, "email": u.email, "emailVerified": u.email_verified,
         "createdAt": u.created_at, "updatedAt": u.updated_at,
@@ -134,7 +134,7 @@ fn user_json(u: &pb::User) -> Value {
     v
 }
 
-fn session_json(s: &pb::Session) -> Value {
+pub(crate) fn session_json(s: &pb::Session) -> Value {
     json!({
         "id": s.id, "token": s.token, "userId": s.user_id, "expiresAt": s.expires_at,
         "createdAt": s.created_at, "updatedAt": s.updated_at,
@@ -155,14 +155,36 @@ async fn sign_up(
         password: string_field(&body, "password", true)?.unwrap_or_default(),
         image: string_field(&body, "image", false)?,
         client: Some(client_info(&req)),
+        callback_url: callback_field(&req, &state, &body)?,
     };
     let r = state.auth().sign_up(request).await?.into_inner();
     Ok(opened_session(&req, r, json!({})))
 }
 
-/// The response to a sign-up or sign-in: the cookie, and Better Auth's `{token, user, …}`.
-fn opened_session(req: &HttpRequest, r: pb::SessionResponse, mut body: Value) -> HttpResponse {
-    let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
+/// `callbackURL` of a body, checked as Better Auth's origin check does.
+fn callback_field(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+) -> Result<String, ApiError> {
+    let url = string_field(body, "callbackURL", false)?.unwrap_or_default();
+    crate::routes::account::check_callback(req, state, &url, ErrorCode::INVALID_CALLBACK_URL)?;
+    Ok(url)
+}
+
+/// The response to a sign-up or sign-in: the cookie, and Better Auth's `{token, user, …}`;
+/// `{"token": null}` and no cookie when sign-up opened no session.
+pub(crate) fn opened_session(
+    req: &HttpRequest,
+    r: pb::SessionResponse,
+    mut body: Value,
+) -> HttpResponse {
+    let user = r.user.unwrap_or_default();
+    let Some(session) = r.session else {
+        body["token"] = Value::Null;
+        body["user"] = user_json(&user);
+        return HttpResponse::Ok().json(body);
+    };
     body["token"] = Value::String(session.token);
     body["user"] = user_json(&user);
     HttpResponse::Ok()
@@ -184,6 +206,7 @@ async fn sign_in(
         email: string_field(&body, "email", true)?.unwrap_or_default(),
         password: string_field(&body, "password", true)?.unwrap_or_default(),
         client: Some(client_info(&req)),
+        callback_url: callback_field(&req, &state, &body)?,
     };
     let r = state.auth().sign_in(request).await?.into_inner();
     Ok(opened_session(&req, r, json!({"redirect": false})))
