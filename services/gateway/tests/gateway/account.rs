@@ -116,3 +116,350 @@ async fn the_official_client_runs_an_apps_account_and_session_screens() {
         assert!(m["html"].as_str().unwrap().contains("<a href="), "{m}");
     }
 }
+
+/// `AUTH_REQUIRE_EMAIL_VERIFICATION`: sign-up opens no session and mails a link; sign-in is
+/// refused with Better Auth's code until the link is opened.
+#[tokio::test]
+async fn sign_in_waits_for_a_verified_address() {
+    let smtp = Smtp::start().await;
+    let stack = stack_with_mail(&smtp, |c| {
+        c.account.require_email_verification = true;
+        c.account.send_verification_on_sign_up = true;
+    })
+    .await;
+    let body = json!({"name": "Grace", "email": "grace@example.com", "password": PASSWORD, "callbackURL": "/welcome"});
+    let r = stack.post("/api/auth/sign-up/email", body.clone()).await;
+    assert_eq!(r.status(), 200);
+    assert!(cookie_of(&r).is_none(), "no session before verification");
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["token"], Value::Null);
+    assert_eq!(answer["user"]["emailVerified"], false);
+    // A second sign-up with the same address gets the same kind of answer and no mail.
+    let again = stack.post("/api/auth/sign-up/email", body).await;
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap()["token"], Value::Null);
+
+    let sign_in = json!({"email": "grace@example.com", "password": PASSWORD});
+    let r = stack.post("/api/auth/sign-in/email", sign_in.clone()).await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "EMAIL_NOT_VERIFIED"
+    );
+
+    let (mail, link) = smtp.link(0).await;
+    assert_eq!(mail["to"], json!(["grace@example.com"]));
+    let path = link.strip_prefix("http://localhost:8080").unwrap();
+    assert!(path.starts_with("/api/auth/verify-email?token="), "{path}");
+    assert!(path.ends_with("&callbackURL=%2Fwelcome"), "{path}");
+    let r = http().get(stack.url(path)).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/welcome");
+
+    let r = stack.post("/api/auth/sign-in/email", sign_in).await;
+    assert_eq!(r.status(), 200);
+    let cookie = cookie_of(&r).unwrap();
+    let session: Value = stack
+        .get("/api/auth/get-session", Some(&cookie))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(session["user"]["emailVerified"], true);
+    // The token's claims say so too.
+    let r = stack.get("/api/auth/convex/token", Some(&cookie)).await;
+    let jwt = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let claims = jwt.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["emailVerified"], true);
+    assert_eq!(smtp.messages().len(), 1, "one mail in all");
+}
+
+/// Row counts of `verification` (bad input must not add any).
+async fn verifications(stack: &Stack) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
+    let (n,): (i64,) = sqlx::query_as(r#"SELECT COUNT(*) FROM "verification""#)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    n
+}
+
+/// Bad input on each route: a clear 4xx with Better Auth's code, nothing written.
+#[tokio::test]
+async fn bad_input_on_the_account_routes_changes_nothing() {
+    let smtp = Smtp::start().await;
+    let stack = stack_with_mail(&smtp, |_| {}).await;
+    let (_, cookie) = crate::sign_up(&stack, "bad@example.com").await;
+    let before = (stack.counts().await, verifications(&stack).await);
+    let post = |path: &'static str, body: Value, cookie: Option<String>| {
+        let stack = &stack;
+        async move {
+            let mut r = http().post(stack.url(path)).json(&body);
+            if let Some(c) = cookie {
+                r = r.header("cookie", format!("better-auth.session_token={c}"));
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let c = || Some(cookie.clone());
+    let cases: Vec<(&str, Value, Option<String>, u16, &str)> = vec![
+        (
+            "/api/auth/revoke-session",
+            json!({"token": "x"}),
+            None,
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            "/api/auth/revoke-session",
+            json!({}),
+            c(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/auth/revoke-session",
+            json!({"token": 5}),
+            c(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/auth/revoke-sessions",
+            json!({}),
+            Some("garbage".into()),
+            401,
+            "UNAUTHORIZED",
+        ),
+        (
+            "/api/auth/revoke-other-sessions",
+            json!({}),
+            None,
+            401,
+            "UNAUTHORIZED",
+        ),
+        ("/api/auth/update-user", json!({}), c(), 400, "BAD_REQUEST"),
+        (
+            "/api/auth/update-user",
+            json!({"name": 1}),
+            c(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/auth/update-user",
+            json!({"email": "n@example.com"}),
+            c(),
+            400,
+            "EMAIL_CAN_NOT_BE_UPDATED",
+        ),
+        (
+            "/api/auth/update-user",
+            json!({"name": "x".repeat(300)}),
+            c(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD}),
+            c(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "short"}),
+            c(),
+            400,
+            "PASSWORD_TOO_SHORT",
+        ),
+        (
+            "/api/auth/change-password",
+            json!({"currentPassword": "wrong one!", "newPassword": "long enough 1"}),
+            c(),
+            400,
+            "INVALID_PASSWORD",
+        ),
+        (
+            "/api/auth/change-email",
+            json!({"newEmail": "n@example.com"}),
+            c(),
+            400,
+            "CHANGE_EMAIL_DISABLED",
+        ),
+        (
+            "/api/auth/delete-user",
+            json!({"password": "wrong one!"}),
+            c(),
+            400,
+            "INVALID_PASSWORD",
+        ),
+        (
+            "/api/auth/delete-user",
+            json!({"token": "abc"}),
+            c(),
+            400,
+            "INVALID_TOKEN",
+        ),
+        (
+            "/api/auth/request-password-reset",
+            json!({"email": "not-an-email"}),
+            None,
+            400,
+            "INVALID_EMAIL",
+        ),
+        (
+            "/api/auth/request-password-reset",
+            json!({"email": "bad@example.com", "redirectTo": "https://evil.example/x"}),
+            None,
+            403,
+            "INVALID_REDIRECT_URL",
+        ),
+        (
+            "/api/auth/request-password-reset",
+            json!({"email": "bad@example.com", "redirectTo": "//evil.example/x"}),
+            None,
+            403,
+            "INVALID_REDIRECT_URL",
+        ),
+        (
+            "/api/auth/forget-password",
+            json!({}),
+            None,
+            400,
+            "VALIDATION_ERROR",
+        ),
+        (
+            "/api/auth/reset-password",
+            json!({"newPassword": "long enough 1"}),
+            None,
+            400,
+            "INVALID_TOKEN",
+        ),
+        (
+            "/api/auth/reset-password",
+            json!({"newPassword": "long enough 1", "token": "nope"}),
+            None,
+            400,
+            "INVALID_TOKEN",
+        ),
+        (
+            "/api/auth/send-verification-email",
+            json!({"email": "bad@example.com", "callbackURL": "https://evil.example"}),
+            c(),
+            403,
+            "INVALID_CALLBACK_URL",
+        ),
+        (
+            "/api/auth/send-verification-email",
+            json!({"email": "other@example.com"}),
+            c(),
+            400,
+            "EMAIL_MISMATCH",
+        ),
+        (
+            "/api/auth/send-verification-email",
+            json!({}),
+            c(),
+            400,
+            "VALIDATION_ERROR",
+        ),
+    ];
+    for (path, body, cookie, status, code) in cases {
+        let (got, answer) = post(path, body.clone(), cookie).await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{path} {body}: {answer}"
+        );
+    }
+    for (path, status, code) in [
+        ("/api/auth/list-sessions", 401, "UNAUTHORIZED"),
+        ("/api/auth/list-accounts", 401, "UNAUTHORIZED"),
+        ("/api/auth/verify-email", 400, "VALIDATION_ERROR"),
+        ("/api/auth/verify-email?token=garbage", 401, "INVALID_TOKEN"),
+        (
+            "/api/auth/verify-email?token=a.b.c&callbackURL=https://evil.example",
+            403,
+            "INVALID_CALLBACK_URL",
+        ),
+        (
+            "/api/auth/reset-password/abc?callbackURL=https://evil.example",
+            403,
+            "INVALID_CALLBACK_URL",
+        ),
+    ] {
+        let r = stack.get(path, None).await;
+        let got = r.status().as_u16();
+        let answer: Value = r.json().await.unwrap();
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {answer}"
+        );
+    }
+    let r = stack
+        .get("/api/auth/reset-password/nope?callbackURL=%2Freset", None)
+        .await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/reset?error=INVALID_TOKEN");
+    assert_eq!((stack.counts().await, verifications(&stack).await), before);
+    assert!(smtp.messages().is_empty(), "{:?}", smtp.messages());
+    // The session is untouched.
+    let r = stack.get("/api/auth/get-session", Some(&cookie)).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["user"]["email"],
+        "bad@example.com"
+    );
+}
+
+/// Without a mail sender the mail routes answer as Better Auth does without one.
+#[tokio::test]
+async fn without_mail_the_mail_routes_say_so() {
+    let stack = Stack::start().await;
+    let r = stack
+        .post(
+            "/api/auth/request-password-reset",
+            json!({"email": "a@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "RESET_PASSWORD_DISABLED"
+    );
+    let r = stack
+        .post(
+            "/api/auth/send-verification-email",
+            json!({"email": "a@example.com"}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "VERIFICATION_EMAIL_NOT_ENABLED"
+    );
+    let (_, cookie) = crate::sign_up(&stack, "nodelete@example.com").await;
+    let r = http()
+        .post(stack.url("/api/auth/delete-user"))
+        .header("cookie", format!("better-auth.session_token={cookie}"))
+        .json(&json!({"password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "delete-user is off unless enabled");
+}
