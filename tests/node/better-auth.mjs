@@ -11,6 +11,10 @@
 //                          (with revokeOtherSessions)
 //   delete-user            {databaseUrl, secret, cookie, password} -> {ok}
 //   update-user            {databaseUrl, secret, cookie, name}   -> {ok}
+//   request-password-reset {databaseUrl, secret, email}          -> {token, url} (the mailed link)
+//   reset-password         {databaseUrl, secret, token, newPassword} -> {ok}
+//   send-verification      {databaseUrl, secret, email}          -> {token, url}
+//   verify-email           {databaseUrl, secret, token}          -> {ok}
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { jwt } from "better-auth/plugins";
@@ -18,13 +22,25 @@ import pg from "pg";
 
 const [command, raw] = process.argv.slice(2);
 const args = JSON.parse(raw ?? "{}");
+let mailed = null;
 const pool = new pg.Pool({ connectionString: args.databaseUrl, max: 2 });
 
 const options = {
   database: pool,
   secret: args.secret ?? "unused-secret-for-migrations-0123456789",
   baseURL: "http://localhost:8080",
-  emailAndPassword: { enabled: true },
+  emailAndPassword: {
+    enabled: true,
+    // The "mail": the last link is kept for the command to print.
+    sendResetPassword: async ({ url, token }) => {
+      mailed = { url, token };
+    },
+  },
+  emailVerification: {
+    sendVerificationEmail: async ({ url, token }) => {
+      mailed = { url, token };
+    },
+  },
   user: { deleteUser: { enabled: true } },
   // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
   plugins: [
@@ -69,6 +85,22 @@ async function main() {
     const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
     const session = await auth.api.getSession({ headers });
     return session ? { userId: session.user.id, sessionId: session.session.id } : null;
+  }
+  if (command === "request-password-reset") {
+    await auth.api.requestPasswordReset({ body: { email: args.email, redirectTo: "/reset" } });
+    return mailed;
+  }
+  if (command === "reset-password") {
+    await auth.api.resetPassword({ body: { token: args.token, newPassword: args.newPassword } });
+    return { ok: true };
+  }
+  if (command === "send-verification") {
+    await auth.api.sendVerificationEmail({ body: { email: args.email } });
+    return mailed;
+  }
+  if (command === "verify-email") {
+    await auth.api.verifyEmail({ query: { token: args.token } });
+    return { ok: true };
   }
   const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
   if (command === "revoke-session") {

@@ -463,3 +463,187 @@ async fn without_mail_the_mail_routes_say_so() {
         .unwrap();
     assert_eq!(r.status(), 404, "delete-user is off unless enabled");
 }
+
+/// The real better-auth and convex-edge on one Postgres: reset and verification links made by
+/// either side work on the other, and sessions revoked by either are refused by both.
+#[tokio::test]
+async fn links_and_revocations_cross_between_better_auth_and_the_gateway() {
+    let db = edge_testkit::test_database().await;
+    let url = db.url.clone();
+    let ba = |command: &str, args: Value| {
+        let mut args = args;
+        args["databaseUrl"] = json!(url);
+        args["secret"] = json!(crate::SECRET);
+        let command = command.to_owned();
+        async move { edge_testkit::node("better-auth.mjs", &[command, args.to_string()]).await }
+    };
+    let migrated = ba("migrate", json!({})).await;
+    assert_eq!(migrated["migrated"], true, "{migrated}");
+    let smtp = Smtp::start().await;
+    let stack = {
+        let url = smtp.url();
+        Stack::start_on(db, move |c| {
+            c.mail.mode = edge_auth::mail::MailMode::Smtp(url.parse().unwrap());
+        })
+        .await
+    };
+    let (_, cookie) = crate::sign_up(&stack, "both@example.com").await;
+
+    // A reset link made by Better Auth is accepted by the gateway...
+    let made = ba(
+        "request-password-reset",
+        json!({"email": "both@example.com"}),
+    )
+    .await;
+    let token = made["token"].as_str().unwrap_or_else(|| panic!("{made}"));
+    let r = stack
+        .get(
+            &format!("/api/auth/reset-password/{token}?callbackURL=%2Freset"),
+            None,
+        )
+        .await;
+    assert_eq!(r.headers()["location"], format!("/reset?token={token}"));
+    let r = stack
+        .post(
+            "/api/auth/reset-password",
+            json!({"token": token, "newPassword": "from better auth 1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = stack
+        .post(
+            "/api/auth/sign-in/email",
+            json!({"email": "both@example.com", "password": "from better auth 1"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+
+    // ...and one mailed by the gateway is accepted by Better Auth (the same row shape).
+    let r = stack
+        .post(
+            "/api/auth/request-password-reset",
+            json!({"email": "both@example.com", "redirectTo": "/reset"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let (_, link) = smtp.link(0).await;
+    let token = link
+        .split("/reset-password/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(token.len(), 24);
+    let done = ba(
+        "reset-password",
+        json!({"token": token, "newPassword": "from the gateway 2"}),
+    )
+    .await;
+    assert_eq!(done["ok"], true, "{done}");
+    let signed_in = ba(
+        "sign-in",
+        json!({"email": "both@example.com", "password": "from the gateway 2"}),
+    )
+    .await;
+    let ba_cookie = signed_in["cookie"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{signed_in}"))
+        .to_owned();
+
+    // Verification: Better Auth's token verifies on the gateway...
+    let made = ba("send-verification", json!({"email": "both@example.com"})).await;
+    let token = made["token"].as_str().unwrap_or_else(|| panic!("{made}"));
+    let r = stack
+        .get(&format!("/api/auth/verify-email?token={token}"), None)
+        .await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let session = ba("session", json!({"cookie": ba_cookie})).await;
+    assert!(session["userId"].is_string(), "{session}");
+    let r = stack.get("/api/auth/get-session", Some(&ba_cookie)).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["user"]["emailVerified"],
+        true
+    );
+
+    // ...and the gateway's verifies on Better Auth.
+    let (_, other) = crate::sign_up(&stack, "second@example.com").await;
+    let r = http()
+        .post(stack.url("/api/auth/send-verification-email"))
+        .header("cookie", format!("better-auth.session_token={other}"))
+        .json(&json!({"email": "second@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (_, link) = smtp.link(1).await;
+    let token = link
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    let done = ba("verify-email", json!({"token": token})).await;
+    assert_eq!(done["ok"], true, "{done}");
+    let r = stack.get("/api/auth/get-session", Some(&other)).await;
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["user"]["emailVerified"],
+        true
+    );
+
+    // A session revoked on the gateway is refused by Better Auth, and the other way round.
+    let r = stack.get("/api/auth/convex/token", Some(&ba_cookie)).await;
+    assert_eq!(r.status(), 200);
+    let r = http()
+        .post(stack.url("/api/auth/revoke-other-sessions"))
+        .header("cookie", format!("better-auth.session_token={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    // (A password reset keeps sessions unless AUTH_REVOKE_SESSIONS_ON_PASSWORD_RESET is set.)
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(
+        ba("session", json!({"cookie": ba_cookie})).await,
+        Value::Null
+    );
+    assert_eq!(
+        stack
+            .get("/api/auth/convex/token", Some(&ba_cookie))
+            .await
+            .status(),
+        401
+    );
+    let again = ba(
+        "sign-in",
+        json!({"email": "both@example.com", "password": "from the gateway 2"}),
+    )
+    .await;
+    let ba_cookie = again["cookie"].as_str().unwrap().to_owned();
+    assert_eq!(
+        stack
+            .get("/api/auth/convex/token", Some(&ba_cookie))
+            .await
+            .status(),
+        200
+    );
+    let revoked = ba("revoke-other-sessions", json!({"cookie": ba_cookie})).await;
+    assert_eq!(revoked["ok"], true, "{revoked}");
+    assert_eq!(
+        stack
+            .get("/api/auth/get-session", Some(&cookie))
+            .await
+            .json::<Value>()
+            .await
+            .unwrap(),
+        Value::Null
+    );
+    assert_eq!(
+        stack
+            .get("/api/auth/convex/token", Some(&cookie))
+            .await
+            .status(),
+        401
+    );
+}
