@@ -240,14 +240,13 @@ impl AuthCore {
         }
         let info = self.session(cookie_value).await?;
         match password {
-            Some(p) => {
-                if !self.password_matches(&info.user.id, p).await? {
-                    return Err(AuthError::invalid(
-                        ErrorCode::INVALID_PASSWORD,
-                        "Invalid password",
-                    ));
-                }
+            Some(p) if !self.password_matches(&info.user.id, p).await? => {
+                return Err(AuthError::invalid(
+                    ErrorCode::INVALID_PASSWORD,
+                    "Invalid password",
+                ));
             }
+            Some(_) => {}
             None if !self.is_fresh(&info.session) => {
                 return Err(AuthError::invalid(
                     ErrorCode::SESSION_EXPIRED,

@@ -88,9 +88,8 @@ impl std::str::FromStr for SmtpUrl {
             SmtpSecurity::StartTls => 587,
             SmtpSecurity::None => 25,
         });
-        let decode = |v: &str| {
-            percent_decode(v).ok_or_else(|| "credentials are not valid percent-encoded UTF-8")
-        };
+        let decode =
+            |v: &str| percent_decode(v).ok_or("credentials are not valid percent-encoded UTF-8");
         let credentials = match (url.username(), url.password()) {
             ("", None) => None,
             (user, password) => Some((decode(user)?, decode(password.unwrap_or(""))?)),

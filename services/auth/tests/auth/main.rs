@@ -70,6 +70,7 @@ pub async fn postgres() -> (edge_testkit::TestDb, Running) {
 pub async fn sign_up(client: &mut AuthServiceClient<Channel>, email: &str) -> String {
     let r = client
         .sign_up(pb::SignUpRequest {
+            callback_url: String::new(),
             name: "Test User".into(),
             email: email.into(),
             password: "correct horse battery staple".into(),

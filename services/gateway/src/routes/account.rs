@@ -80,7 +80,7 @@ pub(crate) fn check_callback(
     let origin = parsed.origin().ascii_serialization();
     let info = req.connection_info();
     let own = format!("{}://{}", info.scheme(), info.host());
-    if origin == own || state.config.trusted_origins.iter().any(|o| *o == origin) {
+    if origin == own || state.config.trusted_origins.contains(&origin) {
         return Ok(());
     }
     Err(refuse())
