@@ -388,7 +388,9 @@ mod tests {
         let html = mailer
             .render(MailKind::ResetPassword, "html", &context)
             .unwrap();
-        assert!(html.contains("http://x/y?a=1&amp;b=2"), "{html}");
+        // HTML-escaped (minijinja also writes `/` as `&#x2f;`), which mail clients decode.
+        assert!(html.contains("y?a=1&amp;b=2"), "{html}");
+        assert!(!html.contains("a=1&b"), "{html}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
