@@ -16,6 +16,11 @@ pub struct Smtp {
 
 impl Smtp {
     pub async fn start() -> Smtp {
+        Smtp::start_with(&[]).await
+    }
+
+    /// The sink with extra arguments (`starttls|smtps CERT KEY`, `USER PASSWORD`).
+    pub async fn start_with(extra: &[&str]) -> Smtp {
         let dir = std::env::temp_dir().join(format!(
             "edge-mail-{}-{}",
             std::process::id(),
@@ -25,6 +30,7 @@ impl Smtp {
         let mut child = tokio::process::Command::new("python3")
             .arg(edge_testkit::workspace_root().join("tests/smtp/sink.py"))
             .arg(&dir)
+            .args(extra)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true)
@@ -646,4 +652,73 @@ async fn links_and_revocations_cross_between_better_auth_and_the_gateway() {
             .status(),
         401
     );
+}
+
+/// Mail over real TLS with credentials from the URL: STARTTLS (required) and implicit TLS,
+/// the server's certificate trusted through `SSL_CERT_FILE`; a certificate nobody trusts
+/// means no mail and a 500, never a plain-text fallback.
+#[tokio::test]
+async fn mail_goes_over_starttls_and_smtps_with_credentials() {
+    let ca = edge_testkit::TestCa::new();
+    let cert = ca.issue("smtp", &["127.0.0.1"]);
+    let (cert_file, key_file) = (
+        cert.cert_file.to_str().unwrap().to_owned(),
+        cert.key_file.to_str().unwrap().to_owned(),
+    );
+    for (mode, scheme) in [("starttls", "smtp"), ("smtps", "smtps")] {
+        let smtp = Smtp::start_with(&[
+            mode,
+            &cert_file,
+            &key_file,
+            "mailer@example.com",
+            "p@ss:w/rd",
+        ])
+        .await;
+        let url = format!(
+            "{scheme}://mailer%40example.com:p%40ss%3Aw%2Frd@127.0.0.1:{}",
+            smtp.port
+        );
+        let ca_file = ca.ca_file.clone();
+        let db = edge_testkit::test_database().await;
+        let stack = Stack::start_on(db, move |c| {
+            c.mail.mode = edge_auth::mail::MailMode::Smtp(url.parse().unwrap());
+            c.ssl_cert_file = Some(ca_file);
+        })
+        .await;
+        crate::sign_up(&stack, "tls@example.com").await;
+        let r = stack
+            .post(
+                "/api/auth/request-password-reset",
+                json!({"email": "tls@example.com"}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{mode}: {}", r.text().await.unwrap());
+        let (mail, link) = smtp.link(0).await;
+        assert_eq!(mail["to"], json!(["tls@example.com"]), "{mode}");
+        assert!(link.contains("/api/auth/reset-password/"), "{mode}: {link}");
+
+        // Without the CA the certificate is refused: nothing is sent.
+        let url = format!(
+            "{scheme}://mailer%40example.com:p%40ss%3Aw%2Frd@127.0.0.1:{}",
+            smtp.port
+        );
+        let db = edge_testkit::test_database().await;
+        let untrusting = Stack::start_on(db, move |c| {
+            c.mail.mode = edge_auth::mail::MailMode::Smtp(url.parse().unwrap());
+        })
+        .await;
+        crate::sign_up(&untrusting, "tls@example.com").await;
+        let r = untrusting
+            .post(
+                "/api/auth/request-password-reset",
+                json!({"email": "tls@example.com"}),
+            )
+            .await;
+        assert_eq!(r.status(), 500, "{mode}");
+        assert_eq!(
+            smtp.messages().len(),
+            1,
+            "{mode}: no mail without a trusted certificate"
+        );
+    }
 }
