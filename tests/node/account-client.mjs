@@ -79,11 +79,17 @@ async function main() {
   r = await a.client.listAccounts();
   check(r.data?.length === 1 && r.data[0].providerId === "credential" && Array.isArray(r.data[0].scopes), "list-accounts", r);
 
-  // update-user: the next token carries the new name.
+  // update-user: the next token carries the new name (both browsers' tokens were cached).
+  for (const browser of [a, b]) await browser.fetch(`${args.baseURL}/api/auth/convex/token`);
   r = await a.client.updateUser({ name: "Ada Lovelace" });
   check(r.data?.status === true, "update-user", r);
   r = await b.client.getSession();
   check(r.data?.user.name === "Ada Lovelace", "the other browser sees the new name", r);
+  for (const browser of [a, b]) {
+    const { token: jwt } = await (await browser.fetch(`${args.baseURL}/api/auth/convex/token`)).json();
+    const claims = JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
+    check(claims.name === "Ada Lovelace", `browser ${browser.name}'s next token carries the new name`, claims);
+  }
   r = await a.client.updateUser({ email: "x@example.com" });
   check(r.error?.code === "EMAIL_CAN_NOT_BE_UPDATED" && r.error.status === 400, "update-user refuses an email", r.error);
 

@@ -103,6 +103,9 @@ async fn apply(state: &State, revocations: &[pb::Revocation]) {
         for entry in revocations {
             crate::revocations::apply(cache, entry).await;
         }
+        if let Some(last) = revocations.iter().map(|e| e.sequence).max() {
+            cache.committed(last);
+        }
     }
 }
 
