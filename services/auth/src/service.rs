@@ -42,6 +42,16 @@ pub enum SignedUp {
     Pending(User),
 }
 
+impl SignedUp {
+    /// The session opened, if any.
+    pub fn session(self) -> Option<SessionInfo> {
+        match self {
+            SignedUp::Session(info) => Some(info),
+            SignedUp::Pending(_) => None,
+        }
+    }
+}
+
 pub struct IssuedToken {
     pub token: SignedToken,
     pub session_id: String,
