@@ -208,6 +208,16 @@ impl Store {
         Ok(on_pool!(self, pool => sqlx::query_as(SQL).bind(identifier).fetch_optional(pool).await)?)
     }
 
+    /// The identifier of the newest `verification` row starting with `prefix` (tests and
+    /// tooling; the routes look rows up by their exact identifier).
+    pub async fn find_verification_like(&self, prefix: &str) -> Option<String> {
+        const SQL: &str = r#"SELECT "identifier" FROM "verification" WHERE substr("identifier", 1, length($1)) = $1 ORDER BY "createdAt" DESC LIMIT 1"#;
+        let row: Option<(String,)> =
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(prefix).fetch_optional(pool).await)
+                .ok()?;
+        row.map(|(i,)| i)
+    }
+
     /// Consumes a reset token (every row of `identifier` goes, so it cannot be replayed) and,
     /// when the newest row was live at `now`, sets that user's password, ending the user's
     /// sessions when asked, in the same transaction. Returns the user and the log entries,

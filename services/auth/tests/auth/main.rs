@@ -1,6 +1,7 @@
 //! The auth service against real Postgres and SQLite: the store contract, token issuance
 //! without key reads, rotation, the revocation stream and gRPC error mapping.
 
+mod account;
 mod grpc_errors;
 mod revocations;
 mod session_log;
