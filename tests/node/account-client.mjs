@@ -159,16 +159,31 @@ async function main() {
   r = await a.client.sendVerificationEmail({ email });
   check(r.error?.code === "EMAIL_ALREADY_VERIFIED", "send-verification-email after verification", r.error);
 
+  // change-email: a link to the new address changes it when opened.
+  const newEmail = `new-${email}`;
+  r = await a.client.changeEmail({ newEmail, callbackURL: "/changed" });
+  check(r.data?.status === true, "change-email", r);
+  const change = await mailTo(newEmail);
+  const changed = await a.fetch(change.link);
+  check(changed.status === 302 && changed.headers.get("location") === "/changed", "the change-email link redirects", changed.headers.get("location"));
+  r = await a.client.getSession();
+  check(r.data?.user.email === newEmail && r.data.user.emailVerified === true, "the address changed", r.data?.user);
+  {
+    const { token: jwt } = await (await a.fetch(`${args.baseURL}/api/auth/convex/token`)).json();
+    const claims = JSON.parse(Buffer.from(jwt.split(".")[1], "base64url").toString());
+    check(claims.email === newEmail, "the next token carries the new address", claims);
+  }
+
   // revoke-sessions, then delete-user with the password.
   r = await b.client.revokeSessions();
   check(r.data?.status === true && b.jar.size === 0, "revoke-sessions clears the cookie", r);
   check((await a.client.getSession()).data === null, "revoke-sessions ended every browser", null);
-  await a.client.signIn.email({ email, password: "reset password 22" });
+  await a.client.signIn.email({ email: newEmail, password: "reset password 22" });
   r = await a.client.deleteUser({ password: "not the password" });
   check(r.error?.code === "INVALID_PASSWORD", "delete-user refuses a wrong password", r.error);
   r = await a.client.deleteUser({ password: "reset password 22" });
   check(r.data?.success === true, "delete-user", r);
-  r = await a.client.signIn.email({ email, password: "reset password 22" });
+  r = await a.client.signIn.email({ email: newEmail, password: "reset password 22" });
   check(r.error?.status === 401, "the deleted user cannot sign in", r.error);
   return { ok: true, steps };
 }

@@ -109,7 +109,7 @@ async fn the_official_client_runs_an_apps_account_and_session_screens() {
     let smtp = Smtp::start().await;
     // Links are made for the site's public origin (BETTER_AUTH_URL, here the default: the
     // issuer); the script opens them on this gateway.
-    let stack = stack_with_mail(&smtp, |_| {}).await;
+    let stack = stack_with_mail(&smtp, |c| c.account.change_email_enabled = true).await;
     let out = edge_testkit::node(
         "account-client.mjs",
         &[json!({"baseURL": stack.base, "mailDir": smtp.dir, "publicURL": "http://localhost:8080", "email": "ada@example.com", "password": PASSWORD}).to_string()],
