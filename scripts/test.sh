@@ -77,6 +77,8 @@ if ! command -v node >/dev/null; then
   exit 1
 fi
 npm ci --prefix tests/node --no-audit --no-fund --loglevel=error
+# The real SMTP server the mail tests deliver to (tests/smtp/sink.py).
+python3 -m pip install --quiet --disable-pip-version-check 'aiosmtpd==1.4.6'
 # The demo app as real Convex functions must type-check against the convex package.
 npm ci --prefix examples/demo --no-audit --no-fund --loglevel=error
 npm run --prefix examples/demo --silent typecheck

@@ -16,6 +16,10 @@
 //            through Better Auth's own handler, in order (side-by-side checks against the
 //            gateway); `$SELF` and `$VALUE` in headers and bodies are the site's origin and
 //            the newest session cookie value
+//   request-password-reset {databaseUrl, secret, email}          -> {token, url} (the mailed link)
+//   reset-password         {databaseUrl, secret, token, newPassword} -> {ok}
+//   send-verification      {databaseUrl, secret, email}          -> {token, url}
+//   verify-email           {databaseUrl, secret, token}          -> {ok}
 import { betterAuth } from "better-auth";
 import { getMigrations } from "better-auth/db/migration";
 import { jwt } from "better-auth/plugins";
@@ -23,6 +27,7 @@ import pg from "pg";
 
 const [command, raw] = process.argv.slice(2);
 const args = JSON.parse(raw ?? "{}");
+let mailed = null;
 const pool = new pg.Pool({ connectionString: args.databaseUrl, max: 2 });
 
 const options = {
@@ -30,7 +35,18 @@ const options = {
   secret: args.secret ?? "unused-secret-for-migrations-0123456789",
   baseURL: args.baseURL ?? "http://localhost:8080",
   trustedOrigins: args.trustedOrigins ?? [],
-  emailAndPassword: { enabled: true },
+  emailAndPassword: {
+    enabled: true,
+    // The "mail": the last link is kept for the command to print.
+    sendResetPassword: async ({ url, token }) => {
+      mailed = { url, token };
+    },
+  },
+  emailVerification: {
+    sendVerificationEmail: async ({ url, token }) => {
+      mailed = { url, token };
+    },
+  },
   user: { deleteUser: { enabled: true } },
   // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
   plugins: [
@@ -108,6 +124,22 @@ async function main() {
     const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
     const session = await auth.api.getSession({ headers });
     return session ? { userId: session.user.id, sessionId: session.session.id } : null;
+  }
+  if (command === "request-password-reset") {
+    await auth.api.requestPasswordReset({ body: { email: args.email, redirectTo: "/reset" } });
+    return mailed;
+  }
+  if (command === "reset-password") {
+    await auth.api.resetPassword({ body: { token: args.token, newPassword: args.newPassword } });
+    return { ok: true };
+  }
+  if (command === "send-verification") {
+    await auth.api.sendVerificationEmail({ body: { email: args.email } });
+    return mailed;
+  }
+  if (command === "verify-email") {
+    await auth.api.verifyEmail({ query: { token: args.token } });
+    return { ok: true };
   }
   const headers = new Headers({ cookie: `better-auth.session_token=${args.cookie}` });
   if (command === "revoke-session") {

@@ -457,6 +457,16 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
         self.inner.applied.fetch_max(position, Ordering::AcqRel);
     }
 
+    /// A route of this gateway learnt, from auth's answer, that log `position` has committed
+    /// (it applies that entry itself before answering). Every entry at or below it committed
+    /// before any request sent from now on, since positions are handed out in commit order, so
+    /// tokens requested from now on may carry it as their fence: without this, a user-level
+    /// entry applied ahead of the stream would refuse the fresh tokens that already reflect it
+    /// until the stream caught up.
+    pub fn committed(&self, position: u64) {
+        self.inner.applied.fetch_max(position, Ordering::AcqRel);
+    }
+
     /// A session ended at log `position`: none of its tokens fenced below it is served again.
     pub fn revoke_session(&self, session_id: &str, position: u64) {
         let mut revoked = self

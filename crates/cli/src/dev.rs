@@ -37,7 +37,11 @@ pub async fn run() -> Result {
         "BETTER_AUTH_SECRET" => Some(std::env::var(name).unwrap_or_else(|_| secret.clone())),
         _ => std::env::var(name).ok(),
     };
-    let auth_config = edge_auth::Config::from_env(&env)?;
+    let mut auth_config = edge_auth::Config::from_env(&env)?;
+    // No mail server in dev: reset and verification links go to the log.
+    if auth_config.mail.mode == edge_auth::mail::MailMode::Off {
+        auth_config.mail.mode = edge_auth::mail::MailMode::Log;
+    }
     let (issuer, audience, alg) = (
         auth_config.issuer.clone(),
         auth_config.audience.clone(),

@@ -3,6 +3,7 @@
 //! - [`secret`]: the `BETTER_AUTH_SECRET`, HMAC and key derivation.
 //! - [`cookie`]: signed session cookies, session tokens, cache keys.
 //! - [`password`]: scrypt password hashes as Better Auth stores them.
+//! - [`email_token`]: Better Auth's HS256 email-verification tokens.
 //! - [`encryption`]: XChaCha20-Poly1305 encryption of private keys at rest.
 //! - [`jwk`]: JWKs, key generation, `jwks` table rows and the static `JWKS` format.
 //! - [`keyset`]: a loaded key set that signs JWTs and publishes a JWKS.
@@ -12,6 +13,7 @@ pub mod alg;
 mod b64;
 pub mod cookie;
 mod der;
+pub mod email_token;
 pub mod encryption;
 pub mod jwk;
 pub mod keyset;
@@ -46,14 +48,20 @@ pub enum KeyError {
 /// 32 random characters from `[a-zA-Z0-9]`, as Better Auth's `generateId` makes ids and tokens
 /// (about 190 bits).
 pub fn generate_id() -> String {
+    generate_id_of(32)
+}
+
+/// `len` random characters from `[a-zA-Z0-9]` (Better Auth's `generateId(len)`; reset-password
+/// tokens are 24).
+pub fn generate_id_of(len: usize) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut out = String::with_capacity(32);
+    let mut out = String::with_capacity(len);
     let mut buf = [0u8; 64];
-    while out.len() < 32 {
+    while out.len() < len {
         aws_lc_rs::rand::fill(&mut buf).expect("system randomness");
         // 248 = 4 * 62: rejection sampling keeps the distribution uniform.
         for b in buf.iter().filter(|b| **b < 248) {
-            if out.len() == 32 {
+            if out.len() == len {
                 break;
             }
             out.push(ALPHABET[(*b % 62) as usize] as char);

@@ -81,6 +81,62 @@ pub struct Config {
     pub jwks_max_age: Duration,
     /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (Postgres `verify-ca`/`verify-full`).
     pub ssl_cert_file: Option<std::path::PathBuf>,
+    /// Better Auth's account and email options (`AUTH_*`, `BETTER_AUTH_URL`).
+    pub account: AccountOptions,
+    /// `SMTP_URL`, `EMAIL_FROM`, `AUTH_EMAIL_TEMPLATES_DIR`.
+    pub mail: crate::mail::MailConfig,
+}
+
+/// Better Auth's options for the account, session and email routes, with its defaults.
+#[derive(Debug, Clone)]
+pub struct AccountOptions {
+    /// `BETTER_AUTH_URL`: the site's public origin; mailed links are
+    /// `<origin>/api/auth/…` (Better Auth's `baseURL`). Default: `JWT_ISSUER`.
+    pub base_url: String,
+    /// `AUTH_REQUIRE_EMAIL_VERIFICATION`: sign-in refused (403 `EMAIL_NOT_VERIFIED`) until the
+    /// address is verified; sign-up opens no session.
+    pub require_email_verification: bool,
+    /// `AUTH_SEND_VERIFICATION_ON_SIGN_UP` (default: `AUTH_REQUIRE_EMAIL_VERIFICATION`).
+    pub send_verification_on_sign_up: bool,
+    /// `AUTH_SEND_VERIFICATION_ON_SIGN_IN`: a refused sign-in mails a new link.
+    pub send_verification_on_sign_in: bool,
+    /// `AUTH_RESET_TOKEN_TTL_SECONDS` (Better Auth's `resetPasswordTokenExpiresIn`, 3600).
+    pub reset_token_ttl: Duration,
+    /// `AUTH_VERIFICATION_TOKEN_TTL_SECONDS` (`emailVerification.expiresIn`, 3600).
+    pub verification_token_ttl: Duration,
+    /// `AUTH_REVOKE_SESSIONS_ON_PASSWORD_RESET` (`revokeSessionsOnPasswordReset`, false).
+    pub revoke_sessions_on_password_reset: bool,
+    /// `AUTH_FRESH_AGE_SECONDS` (`session.freshAge`, one day; 0 turns the check off).
+    pub fresh_age: Duration,
+    /// `AUTH_DELETE_USER_ENABLED` (`user.deleteUser.enabled`, false: `delete-user` is 404).
+    pub delete_user_enabled: bool,
+    /// `AUTH_CHANGE_EMAIL_ENABLED` (`user.changeEmail.enabled`, false).
+    pub change_email_enabled: bool,
+    /// `AUTH_CHANGE_EMAIL_WITHOUT_VERIFICATION` (`updateEmailWithoutVerification`, false).
+    pub change_email_without_verification: bool,
+}
+
+impl AccountOptions {
+    fn defaults(issuer: &str) -> Self {
+        AccountOptions {
+            base_url: issuer.to_owned(),
+            require_email_verification: false,
+            send_verification_on_sign_up: false,
+            send_verification_on_sign_in: false,
+            reset_token_ttl: Duration::from_secs(3600),
+            verification_token_ttl: Duration::from_secs(3600),
+            revoke_sessions_on_password_reset: false,
+            fresh_age: Duration::from_secs(86_400),
+            delete_user_enabled: false,
+            change_email_enabled: false,
+            change_email_without_verification: false,
+        }
+    }
+
+    /// Better Auth's `baseURL`: the origin plus `/api/auth`.
+    pub fn auth_base(&self) -> String {
+        format!("{}/api/auth", self.base_url.trim_end_matches('/'))
+    }
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://.convex-edge/dev.db";
@@ -120,6 +176,8 @@ impl Config {
             poll_interval: Duration::from_secs(5),
             jwks_max_age: Duration::from_secs(300),
             ssl_cert_file: None,
+            account: AccountOptions::defaults("http://localhost:8080"),
+            mail: crate::mail::MailConfig::default(),
         }
     }
 
@@ -183,6 +241,7 @@ impl Config {
         if let Some(v) = get("JWT_ISSUER") {
             config.issuer = v;
         }
+        config.account.base_url = config.issuer.clone();
         if let Some(v) = get("JWT_AUDIENCE") {
             config.audience = v;
         }
@@ -252,8 +311,119 @@ impl Config {
             })?;
             config.password_hash_budget.wait = Duration::from_millis(ms);
         }
+        account_from_env(&get, &mut config)?;
         Ok(config)
     }
+}
+
+fn flag(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+) -> Result<Option<bool>, ConfigError> {
+    match get(var).as_deref() {
+        None | Some("") => Ok(None),
+        Some("true" | "1") => Ok(Some(true)),
+        Some("false" | "0") => Ok(Some(false)),
+        Some(other) => Err(ConfigError::new(
+            var,
+            format!("expected true or false, got `{other}`"),
+        )),
+    }
+}
+
+fn seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    var: &'static str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<Duration>, ConfigError> {
+    let Some(v) = get(var).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let secs: u64 = v
+        .parse()
+        .ok()
+        .filter(|s| range.contains(s))
+        .ok_or_else(|| {
+            ConfigError::new(
+                var,
+                format!(
+                    "expected seconds in {}..={}, got `{v}`",
+                    range.start(),
+                    range.end()
+                ),
+            )
+        })?;
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+/// The account, email and mail variables.
+fn account_from_env(
+    get: &impl Fn(&str) -> Option<String>,
+    config: &mut Config,
+) -> Result<(), ConfigError> {
+    let a = &mut config.account;
+    if let Some(url) = get("BETTER_AUTH_URL").filter(|u| !u.is_empty()) {
+        let parsed = url::Url::parse(&url)
+            .map_err(|_| ConfigError::new("BETTER_AUTH_URL", "expected an http(s) origin"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(ConfigError::new(
+                "BETTER_AUTH_URL",
+                "expected an http(s) origin",
+            ));
+        }
+        a.base_url = url
+            .trim_end_matches('/')
+            .trim_end_matches("/api/auth")
+            .to_owned();
+    }
+    if let Some(v) = flag(get, "AUTH_REQUIRE_EMAIL_VERIFICATION")? {
+        a.require_email_verification = v;
+    }
+    a.send_verification_on_sign_up =
+        flag(get, "AUTH_SEND_VERIFICATION_ON_SIGN_UP")?.unwrap_or(a.require_email_verification);
+    if let Some(v) = flag(get, "AUTH_SEND_VERIFICATION_ON_SIGN_IN")? {
+        a.send_verification_on_sign_in = v;
+    }
+    if let Some(v) = seconds(get, "AUTH_RESET_TOKEN_TTL_SECONDS", 60..=604_800)? {
+        a.reset_token_ttl = v;
+    }
+    if let Some(v) = seconds(get, "AUTH_VERIFICATION_TOKEN_TTL_SECONDS", 60..=604_800)? {
+        a.verification_token_ttl = v;
+    }
+    if let Some(v) = flag(get, "AUTH_REVOKE_SESSIONS_ON_PASSWORD_RESET")? {
+        a.revoke_sessions_on_password_reset = v;
+    }
+    if let Some(v) = seconds(get, "AUTH_FRESH_AGE_SECONDS", 0..=31_536_000)? {
+        a.fresh_age = v;
+    }
+    if let Some(v) = flag(get, "AUTH_DELETE_USER_ENABLED")? {
+        a.delete_user_enabled = v;
+    }
+    if let Some(v) = flag(get, "AUTH_CHANGE_EMAIL_ENABLED")? {
+        a.change_email_enabled = v;
+    }
+    if let Some(v) = flag(get, "AUTH_CHANGE_EMAIL_WITHOUT_VERIFICATION")? {
+        a.change_email_without_verification = v;
+    }
+    if let Some(url) = get("SMTP_URL").filter(|u| !u.is_empty()) {
+        let parsed = url
+            .parse()
+            .map_err(|e: String| ConfigError::new("SMTP_URL", e))?;
+        config.mail.mode = crate::mail::MailMode::Smtp(parsed);
+    }
+    if let Some(from) = get("EMAIL_FROM").filter(|f| !f.is_empty()) {
+        from.parse::<lettre::message::Mailbox>().map_err(|e| {
+            ConfigError::new(
+                "EMAIL_FROM",
+                format!("expected `Name <address>` or an address: {e}"),
+            )
+        })?;
+        config.mail.from = from;
+    }
+    config.mail.templates_dir = get("AUTH_EMAIL_TEMPLATES_DIR")
+        .filter(|d| !d.is_empty())
+        .map(Into::into);
+    Ok(())
 }
 
 fn addr(

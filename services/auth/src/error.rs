@@ -29,6 +29,8 @@ pub enum AuthError {
     Keys(#[from] KeysError),
     #[error("signing: {0}")]
     Sign(#[from] edge_keys::KeyError),
+    #[error("mail: {0}")]
+    Mail(#[from] crate::mail::MailError),
 }
 
 impl AuthError {
@@ -49,7 +51,7 @@ impl AuthError {
             AuthError::Store(StoreError::Database(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
             )) => ErrorCode::SERVICE_UNAVAILABLE,
-            AuthError::Store(_) | AuthError::Keys(_) | AuthError::Sign(_) => {
+            AuthError::Store(_) | AuthError::Keys(_) | AuthError::Sign(_) | AuthError::Mail(_) => {
                 ErrorCode::INTERNAL_SERVER_ERROR
             }
         }

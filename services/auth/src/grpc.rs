@@ -10,8 +10,9 @@ use futures_util::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::service::{AuthCore, Client, SessionInfo, js_date};
-use crate::store::{RevocationRow, Session, User};
+use crate::account::Revoke;
+use crate::service::{AuthCore, Client, SessionInfo, SignedUp, js_date};
+use crate::store::{AccountRow, RevocationRow, Session, User};
 
 const MAX_FIELD_LEN: usize = 4096;
 
@@ -73,6 +74,35 @@ fn revocation_pb(r: &RevocationRow) -> pb::Revocation {
     }
 }
 
+fn revocations_response(changed: crate::account::Changed) -> pb::RevocationsResponse {
+    pb::RevocationsResponse {
+        revocations: changed.revocations.iter().map(revocation_pb).collect(),
+        current_ended: changed.current_ended,
+        user: changed.user.as_ref().map(user_pb),
+    }
+}
+
+fn account_pb(a: &AccountRow) -> pb::Account {
+    pb::Account {
+        id: a.id.clone(),
+        provider_id: a.provider_id.clone(),
+        account_id: a.account_id.clone(),
+        user_id: a.user_id.clone(),
+        // Better Auth stores scopes comma-separated.
+        scopes: a
+            .scope
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        created_at: js_date(&a.created_at),
+        updated_at: js_date(&a.updated_at),
+    }
+}
+
 fn client(c: Option<pb::ClientInfo>) -> Client {
     let c = c.unwrap_or_default();
     Client {
@@ -112,11 +142,18 @@ impl AuthService for GrpcApi {
         if let Some(i) = &image {
             bounded("image", i)?;
         }
-        let info = self
+        let callback = bounded("callbackURL", &r.callback_url)?;
+        let signed_up = self
             .core
-            .sign_up(name, email, password, image, &client(r.client))
+            .sign_up(name, email, password, image, callback, &client(r.client))
             .await?;
-        Ok(Response::new(session_response(info)))
+        Ok(Response::new(match signed_up {
+            SignedUp::Session(info) => session_response(info),
+            SignedUp::Pending(user) => pb::SessionResponse {
+                user: Some(user_pb(&user)),
+                ..Default::default()
+            },
+        }))
     }
 
     async fn sign_in(
@@ -127,9 +164,10 @@ impl AuthService for GrpcApi {
         let email = required("email", &r.email)?;
         // An empty password is a wrong one (Better Auth's sign-in schema allows it).
         let password = bounded("password", &r.password)?;
+        let callback = bounded("callbackURL", &r.callback_url)?;
         let info = self
             .core
-            .sign_in(email, password, &client(r.client))
+            .sign_in(email, password, callback, &client(r.client))
             .await?;
         Ok(Response::new(session_response(info)))
     }
@@ -188,6 +226,177 @@ impl AuthService for GrpcApi {
             issuer: self.core.config.issuer.clone(),
             audience: self.core.config.audience.clone(),
             alg: self.core.config.alg.as_str().to_owned(),
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<pb::CookieRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let r = request.into_inner();
+        let sessions = self.core.list_sessions(&r.cookie_value).await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions.iter().map(session_pb).collect(),
+        }))
+    }
+
+    async fn revoke_sessions(
+        &self,
+        request: Request<pb::RevokeSessionsRequest>,
+    ) -> Result<Response<pb::RevocationsResponse>, Status> {
+        use pb::revoke_sessions_request::Scope;
+        let r = request.into_inner();
+        let scope = match r.scope {
+            Some(Scope::Token(t)) => Revoke::Token(required("token", &t)?.to_owned()),
+            Some(Scope::All(true)) => Revoke::All,
+            Some(Scope::Others(true)) => Revoke::Others,
+            _ => return Err(ErrorCode::VALIDATION_ERROR.to_status("a scope is required")),
+        };
+        let changed = self.core.revoke_sessions(&r.cookie_value, scope).await?;
+        Ok(Response::new(revocations_response(changed)))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::RevocationsResponse>, Status> {
+        let r = request.into_inner();
+        if let Some(n) = &r.name {
+            bounded("name", n)?;
+        }
+        if let Some(i) = &r.image {
+            bounded("image", i)?;
+        }
+        let image = if r.clear_image {
+            Some(None)
+        } else {
+            r.image.map(Some)
+        };
+        let changed = self
+            .core
+            .update_user(&r.cookie_value, r.name, image)
+            .await?;
+        Ok(Response::new(revocations_response(changed)))
+    }
+
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let r = request.into_inner();
+        let current = required("currentPassword", &r.current_password)?;
+        let new = required("newPassword", &r.new_password)?;
+        let changed = self
+            .core
+            .change_password(
+                &r.cookie_value,
+                current,
+                new,
+                r.revoke_other_sessions,
+                &client(r.client),
+            )
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {
+            user: Some(user_pb(&changed.user)),
+            new_session: changed.new_session.map(session_response),
+            revocations: changed.revocations.iter().map(revocation_pb).collect(),
+        }))
+    }
+
+    async fn change_email(
+        &self,
+        request: Request<pb::ChangeEmailRequest>,
+    ) -> Result<Response<pb::RevocationsResponse>, Status> {
+        let r = request.into_inner();
+        let email = required("newEmail", &r.new_email)?;
+        let callback = bounded("callbackURL", &r.callback_url)?;
+        let changed = self
+            .core
+            .change_email(&r.cookie_value, email, callback)
+            .await?;
+        Ok(Response::new(revocations_response(changed)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<pb::RevocationsResponse>, Status> {
+        let r = request.into_inner();
+        let password = r.password.as_deref().filter(|p| !p.is_empty());
+        let changed = self.core.delete_user(&r.cookie_value, password).await?;
+        Ok(Response::new(revocations_response(changed)))
+    }
+
+    async fn list_accounts(
+        &self,
+        request: Request<pb::CookieRequest>,
+    ) -> Result<Response<pb::ListAccountsResponse>, Status> {
+        let r = request.into_inner();
+        let accounts = self.core.list_accounts(&r.cookie_value).await?;
+        Ok(Response::new(pb::ListAccountsResponse {
+            accounts: accounts.iter().map(account_pb).collect(),
+        }))
+    }
+
+    async fn request_password_reset(
+        &self,
+        request: Request<pb::RequestPasswordResetRequest>,
+    ) -> Result<Response<pb::RequestPasswordResetResponse>, Status> {
+        let r = request.into_inner();
+        let email = required("email", &r.email)?;
+        let redirect = bounded("redirectTo", &r.redirect_to)?;
+        self.core.request_password_reset(email, redirect).await?;
+        Ok(Response::new(pb::RequestPasswordResetResponse {}))
+    }
+
+    async fn check_reset_token(
+        &self,
+        request: Request<pb::CheckResetTokenRequest>,
+    ) -> Result<Response<pb::CheckResetTokenResponse>, Status> {
+        let r = request.into_inner();
+        let valid = !r.token.is_empty()
+            && r.token.len() <= MAX_FIELD_LEN
+            && self.core.check_reset_token(&r.token).await?;
+        Ok(Response::new(pb::CheckResetTokenResponse { valid }))
+    }
+
+    async fn reset_password(
+        &self,
+        request: Request<pb::ResetPasswordRequest>,
+    ) -> Result<Response<pb::RevocationsResponse>, Status> {
+        let r = request.into_inner();
+        let token = bounded("token", &r.token)?;
+        let new = required("newPassword", &r.new_password)?;
+        let changed = self.core.reset_password(token, new).await?;
+        Ok(Response::new(revocations_response(changed)))
+    }
+
+    async fn send_verification_email(
+        &self,
+        request: Request<pb::SendVerificationEmailRequest>,
+    ) -> Result<Response<pb::SendVerificationEmailResponse>, Status> {
+        let r = request.into_inner();
+        let email = required("email", &r.email)?;
+        let callback = bounded("callbackURL", &r.callback_url)?;
+        let cookie = Some(r.cookie_value.as_str()).filter(|c| !c.is_empty());
+        self.core
+            .send_verification_email(cookie, email, callback)
+            .await?;
+        Ok(Response::new(pb::SendVerificationEmailResponse {}))
+    }
+
+    async fn verify_email(
+        &self,
+        request: Request<pb::VerifyEmailRequest>,
+    ) -> Result<Response<pb::VerifyEmailResponse>, Status> {
+        let r = request.into_inner();
+        let token = required("token", &r.token)?;
+        let callback = bounded("callbackURL", &r.callback_url)?;
+        let cookie = Some(r.cookie_value.as_str()).filter(|c| !c.is_empty());
+        let changed = self.core.verify_email(token, cookie, callback).await?;
+        Ok(Response::new(pb::VerifyEmailResponse {
+            user: changed.user.as_ref().map(user_pb),
+            revocations: changed.revocations.iter().map(revocation_pb).collect(),
         }))
     }
 

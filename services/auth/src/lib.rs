@@ -4,12 +4,14 @@
 //! [`Application::build`] binds the listeners (port 0 in tests) and loads everything;
 //! [`Application::run_until`] serves until a shutdown future resolves.
 
+pub mod account;
 pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod hashing;
 pub mod http;
 pub mod keys;
+pub mod mail;
 mod metrics;
 mod ratelimit;
 pub mod revocations;
@@ -77,7 +79,8 @@ impl Application {
         http.set_nonblocking(true)?;
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
-        let core = Arc::new(AuthCore::new(config, store, Arc::new(keys), hub));
+        let mailer = mail::Mailer::new(&config.mail, &trust).context("invalid mail settings")?;
+        let core = Arc::new(AuthCore::new(config, store, Arc::new(keys), hub).with_mailer(mailer));
         Ok(Application {
             core,
             listener,

@@ -35,6 +35,24 @@ pub struct SessionInfo {
     pub refreshed: bool,
 }
 
+/// A sign-up: a session, or none while the address awaits verification
+/// (`AUTH_REQUIRE_EMAIL_VERIFICATION`; Better Auth answers `{"token": null, "user": …}`).
+#[derive(Debug)]
+pub enum SignedUp {
+    Session(SessionInfo),
+    Pending(User),
+}
+
+impl SignedUp {
+    /// The session opened, if any.
+    pub fn session(self) -> Option<SessionInfo> {
+        match self {
+            SignedUp::Session(info) => Some(info),
+            SignedUp::Pending(_) => None,
+        }
+    }
+}
+
 pub struct IssuedToken {
     pub token: SignedToken,
     pub session_id: String,
@@ -49,17 +67,18 @@ pub struct AuthCore {
     pub(crate) keys: Arc<KeyManager>,
     pub(crate) revocations: RevocationHub,
     /// Every scrypt run goes through it (sign-up, sign-in, unknown emails alike).
-    hasher: Hasher,
+    pub(crate) hasher: Hasher,
     /// Set once shutdown begins: long-lived streams end with `UNAVAILABLE` so their clients
     /// go to another replica instead of holding this one open.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
+    pub(crate) mailer: crate::mail::Mailer,
 }
 
-const MAX_NAME_LEN: usize = 256;
+pub(crate) const MAX_NAME_LEN: usize = 256;
 const MAX_EMAIL_LEN: usize = 254;
 
 /// A lowercase email address that looks deliverable (what Better Auth's zod check accepts).
-fn parse_email(email: &str) -> Result<String, AuthError> {
+pub(crate) fn parse_email(email: &str) -> Result<String, AuthError> {
     let email = email.trim().to_lowercase();
     let bad = || AuthError::invalid(ErrorCode::INVALID_EMAIL, "Invalid email");
     if email.len() > MAX_EMAIL_LEN || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -82,7 +101,7 @@ fn password_len(password: &str) -> usize {
     password.encode_utf16().count()
 }
 
-fn check_password(password: &str) -> Result<(), AuthError> {
+pub(crate) fn check_password(password: &str) -> Result<(), AuthError> {
     let len = password_len(password);
     if len < password::MIN_LEN {
         return Err(AuthError::invalid(
@@ -99,7 +118,7 @@ fn check_password(password: &str) -> Result<(), AuthError> {
     Ok(())
 }
 
-fn new_session(
+pub(crate) fn new_session(
     user_id: &str,
     token: &SessionToken,
     client: &Client,
@@ -136,7 +155,18 @@ impl AuthCore {
             store,
             keys,
             revocations,
+            mailer: crate::mail::Mailer::new(
+                &crate::mail::MailConfig::default(),
+                &edge_tls::Trust::empty(),
+            )
+            .expect("the default mail settings are valid"),
         }
+    }
+
+    /// The same core sending mail through `mailer`.
+    pub fn with_mailer(mut self, mailer: crate::mail::Mailer) -> Self {
+        self.mailer = mailer;
+        self
     }
 
     pub async fn sign_up(
@@ -145,8 +175,9 @@ impl AuthCore {
         email: &str,
         password: &str,
         image: Option<String>,
+        callback_url: &str,
         client: &Client,
-    ) -> Result<SessionInfo, AuthError> {
+    ) -> Result<SignedUp, AuthError> {
         let address = Subject::Address {
             ip: &client.ip_address,
             path: "/sign-up/email",
@@ -172,11 +203,7 @@ impl AuthCore {
                 "Failed to create user",
             ));
         }
-        if self.store.user_by_email(&email).await?.is_some() {
-            return Err(AuthError::UserExists);
-        }
-        let password = password.to_owned();
-        let hash = self.hasher.run(move || password::hash(&password)).await?;
+        let require = self.config.account.require_email_verification;
         let now = now_ms();
         let user = User {
             id: edge_keys::generate_id(),
@@ -187,6 +214,16 @@ impl AuthCore {
             created_at: now,
             updated_at: now,
         };
+        if self.store.user_by_email(&user.email).await?.is_some() {
+            // Better Auth's generic answer when sign-up opens no session: nothing tells
+            // whether the address was taken.
+            if require {
+                return Ok(SignedUp::Pending(user));
+            }
+            return Err(AuthError::UserExists);
+        }
+        let password = password.to_owned();
+        let hash = self.hasher.run(move || password::hash(&password)).await?;
         let account = CredentialAccount {
             id: edge_keys::generate_id(),
             user_id: user.id.clone(),
@@ -194,14 +231,22 @@ impl AuthCore {
             created_at: now,
         };
         let token = SessionToken::generate();
-        let session = new_session(&user.id, &token, client, now);
-        self.store.create_user(&user, &account, &session).await?;
-        tracing::info!(user_id = %user.id, session_id = %session.id, "signed up");
-        Ok(self.opened(session, user, &token))
+        let session = (!require).then(|| new_session(&user.id, &token, client, now));
+        self.store
+            .create_user(&user, &account, session.as_ref())
+            .await?;
+        tracing::info!(user_id = %user.id, "signed up");
+        if self.config.account.send_verification_on_sign_up && self.can_mail() {
+            self.send_verification_for(&user, callback_url).await?;
+        }
+        Ok(match session {
+            Some(session) => SignedUp::Session(self.opened(session, user, &token)),
+            None => SignedUp::Pending(user),
+        })
     }
 
     /// A session just created: its cookie is to be set.
-    fn opened(&self, session: Session, user: User, token: &SessionToken) -> SessionInfo {
+    pub(crate) fn opened(&self, session: Session, user: User, token: &SessionToken) -> SessionInfo {
         let cookie_value = cookie::sign(&self.config.secret, token);
         SessionInfo {
             session,
@@ -215,6 +260,7 @@ impl AuthCore {
         &self,
         email: &str,
         password: &str,
+        callback_url: &str,
         client: &Client,
     ) -> Result<SessionInfo, AuthError> {
         // Counted before anything else, as Better Auth's limiter runs before the route.
@@ -259,6 +305,15 @@ impl AuthCore {
         let (true, Some(user)) = (ok, user) else {
             return Err(AuthError::InvalidCredentials);
         };
+        if self.config.account.require_email_verification && !user.email_verified {
+            if self.config.account.send_verification_on_sign_in && self.can_mail() {
+                self.send_verification_for(&user, callback_url).await?;
+            }
+            return Err(AuthError::invalid(
+                ErrorCode::EMAIL_NOT_VERIFIED,
+                "Email not verified",
+            ));
+        }
         let token = SessionToken::generate();
         let session = new_session(&user.id, &token, client, now_ms());
         self.store.create_session(&session).await?;

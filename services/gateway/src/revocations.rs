@@ -81,7 +81,7 @@ pub async fn watch(
 
 /// One log entry: refuse its session's or user's tokens from now on, and delete the cache key
 /// when the entry names one.
-async fn apply(cache: &TokenCache<tonic::Status>, entry: &pb::Revocation) {
+pub(crate) async fn apply(cache: &TokenCache<tonic::Status>, entry: &pb::Revocation) {
     if !entry.session_id.is_empty() {
         cache.revoke_session(&entry.session_id, entry.sequence);
     } else if !entry.user_id.is_empty() {

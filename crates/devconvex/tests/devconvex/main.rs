@@ -85,10 +85,13 @@ impl Auth {
                 email,
                 "correct horse battery staple",
                 None,
+                "",
                 &client,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .session()
+            .expect("sign-up opens a session");
         self.core
             .issue_token(&info.cookie_value)
             .await

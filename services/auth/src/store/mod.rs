@@ -133,7 +133,7 @@ impl std::fmt::Debug for Store {
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
-            Pool::Postgres($pool) => bounded(async { $body }).await,
+            Pool::Postgres($pool) => $crate::store::bounded(async { $body }).await,
             // One local file: waits are SQLite's busy timeout, not a network's silence.
             Pool::Sqlite($pool) => $body,
         }
@@ -149,7 +149,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Runs one store call within [`CALL_TIMEOUT`]; a call cut off reads as the pool timing out.
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     call: impl std::future::Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, sqlx::Error> {
     tokio::time::timeout(CALL_TIMEOUT, call)
@@ -175,6 +175,9 @@ macro_rules! insert_session {
             .map(|_| ())
     }};
 }
+
+mod account;
+pub use account::{AccountRow, EndScope};
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
@@ -299,12 +302,13 @@ impl Store {
         Ok(())
     }
 
-    /// Inserts a user, its credential account and its first session in one transaction.
+    /// Inserts a user, its credential account and its first session (none while the address
+    /// awaits verification) in one transaction.
     pub async fn create_user(
         &self,
         user: &User,
         account: &CredentialAccount,
-        session: &Session,
+        session: Option<&Session>,
     ) -> Result<(), StoreError> {
         let result: Result<(), sqlx::Error> = on_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
@@ -316,7 +320,9 @@ impl Store {
                 .bind(&account.id).bind(&account.user_id).bind(&account.user_id)
                 .bind(&account.password_hash).bind(account.created_at).bind(account.created_at)
                 .execute(&mut *tx).await?;
-            insert_session!(&mut *tx, session)?;
+            if let Some(session) = session {
+                insert_session!(&mut *tx, session)?;
+            }
             tx.commit().await
         }.await);
         result.map_err(|e| {

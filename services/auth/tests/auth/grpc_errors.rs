@@ -6,6 +6,7 @@ use tonic::Code;
 
 fn sign_up(email: &str, password: &str) -> pb::SignUpRequest {
     pb::SignUpRequest {
+        callback_url: String::new(),
         name: "N".into(),
         email: email.into(),
         password: password.into(),
@@ -55,6 +56,7 @@ async fn bad_requests_get_precise_codes() {
 
     let err = c
         .sign_in(pb::SignInRequest {
+            callback_url: String::new(),
             email: "dup@example.com".into(),
             password: "wrong password".into(),
             client: None,
@@ -101,6 +103,7 @@ async fn sign_in_is_rate_limited_per_account() {
     let mut c = running.client().await;
     crate::sign_up(&mut c, "limited@example.com").await;
     let attempt = || pb::SignInRequest {
+        callback_url: String::new(),
         email: "limited@example.com".into(),
         password: "correct horse battery staple".into(),
         client: Some(pb::ClientInfo {

@@ -1,6 +1,7 @@
 //! The auth service against real Postgres and SQLite: the store contract, token issuance
 //! without key reads, rotation, the revocation stream and gRPC error mapping.
 
+mod account;
 mod grpc_errors;
 mod revocations;
 mod session_log;
@@ -74,6 +75,7 @@ pub async fn postgres() -> (edge_testkit::TestDb, Running) {
 pub async fn sign_up(client: &mut AuthServiceClient<Channel>, email: &str) -> String {
     let r = client
         .sign_up(pb::SignUpRequest {
+            callback_url: String::new(),
             name: "Test User".into(),
             email: email.into(),
             password: "correct horse battery staple".into(),

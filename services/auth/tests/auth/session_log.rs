@@ -171,7 +171,7 @@ async fn sqlite_triggers_log_every_writer() {
         created_at: now,
     };
     store
-        .create_user(&user, &account, &session("deleted"))
+        .create_user(&user, &account, Some(&session("deleted")))
         .await
         .unwrap();
     store.create_session(&session("expired")).await.unwrap();

@@ -42,7 +42,7 @@ async fn contract(store: Store) {
         created_at: u.created_at,
     };
     let s = session_for(&u.id);
-    store.create_user(&u, &account, &s).await.unwrap();
+    store.create_user(&u, &account, Some(&s)).await.unwrap();
 
     // Same email again: refused, and nothing of the second attempt is left behind.
     let dup = user("ada@example.com");
@@ -52,7 +52,7 @@ async fn contract(store: Store) {
         ..account.clone()
     };
     let err = store
-        .create_user(&dup, &dup_account, &session_for(&dup.id))
+        .create_user(&dup, &dup_account, Some(&session_for(&dup.id)))
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::UserExists), "{err:?}");

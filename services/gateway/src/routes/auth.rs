@@ -26,7 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// A string field as Better Auth's zod schema reads it: required ones must be present, and a
 /// present one (even `null`) must be a string; the message is zod's.
-fn string_field(
+pub(crate) fn string_field(
     body: &Map<String, Value>,
     name: &str,
     required: bool,
@@ -49,7 +49,7 @@ fn string_field(
 
 /// The client's address (through trusted proxies only) and user agent, for auth's rate limits
 /// and the session row.
-fn client_info(req: &HttpRequest) -> pb::ClientInfo {
+pub(crate) fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     pb::ClientInfo {
         ip_address: client_view(req)
             .ip
@@ -65,14 +65,14 @@ fn client_info(req: &HttpRequest) -> pb::ClientInfo {
 }
 
 /// Better Auth's user object; `image` is `null` when the user has none.
-fn user_json(u: &pb::User) -> Value {
+pub(crate) fn user_json(u: &pb::User) -> Value {
     json!({
         "id": u.id, "name": u.name, "email": u.email, "emailVerified": u.email_verified,
         "image": u.image, "createdAt": u.created_at, "updatedAt": u.updated_at,
     })
 }
 
-fn session_json(s: &pb::Session) -> Value {
+pub(crate) fn session_json(s: &pb::Session) -> Value {
     json!({
         "id": s.id, "token": s.token, "userId": s.user_id, "expiresAt": s.expires_at,
         "createdAt": s.created_at, "updatedAt": s.updated_at,
@@ -87,7 +87,7 @@ async fn sign_up(
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::FirstLogin)?;
     let body = request::body(&req, payload, state.config.max_body_bytes).await?;
-    request::callback_url(&req, &state, &body)?;
+    let callback = request::callback_url(&req, &state, &body)?;
     // Better Auth's schema (`z.string().nonempty()`) refuses it before any other check.
     if body.get("password").and_then(Value::as_str) == Some("") {
         return Err(ApiError::new(
@@ -101,14 +101,25 @@ async fn sign_up(
         password: string_field(&body, "password", true)?.unwrap_or_default(),
         image: string_field(&body, "image", false)?,
         client: Some(client_info(&req)),
+        callback_url: callback.clone().unwrap_or_default(),
     };
     let r = state.auth().sign_up(request).await?.into_inner();
     Ok(opened_session(&req, r, json!({})))
 }
 
-/// The response to a sign-up or sign-in: the cookie, and Better Auth's `{token, user, …}`.
-fn opened_session(req: &HttpRequest, r: pb::SessionResponse, mut body: Value) -> HttpResponse {
-    let (user, session) = (r.user.unwrap_or_default(), r.session.unwrap_or_default());
+/// The response to a sign-up or sign-in: the cookie, and Better Auth's `{token, user, …}`;
+/// `{"token": null}` and no cookie when sign-up opened no session.
+pub(crate) fn opened_session(
+    req: &HttpRequest,
+    r: pb::SessionResponse,
+    mut body: Value,
+) -> HttpResponse {
+    let user = r.user.unwrap_or_default();
+    let Some(session) = r.session else {
+        body["token"] = Value::Null;
+        body["user"] = user_json(&user);
+        return HttpResponse::Ok().json(body);
+    };
     body["token"] = Value::String(session.token);
     body["user"] = user_json(&user);
     // Better Auth's JSON drops `undefined` members (`url` without a callback).
@@ -135,6 +146,7 @@ async fn sign_in(
         email: string_field(&body, "email", true)?.unwrap_or_default(),
         password: string_field(&body, "password", true)?.unwrap_or_default(),
         client: Some(client_info(&req)),
+        callback_url: callback.clone().unwrap_or_default(),
     };
     let r = state.auth().sign_in(request).await?.into_inner();
     // Better Auth: `{redirect, token, url, user}`, and `Location` when there is a callback.

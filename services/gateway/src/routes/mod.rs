@@ -1,5 +1,6 @@
 //! HTTP routes of the gateway.
 
+pub mod account;
 pub mod auth;
 pub mod ops;
 pub mod proxy;

@@ -1,6 +1,7 @@
 //! The gateway's Better Auth routes end to end: real auth service, real Postgres, the real
 //! better-auth and jose npm packages.
 
+mod account;
 mod bad_input;
 mod cache;
 mod database_outage;

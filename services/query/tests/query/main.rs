@@ -215,10 +215,13 @@ impl Stack {
                 email,
                 "correct horse battery staple",
                 None,
+                "",
                 &client,
             )
             .await
-            .unwrap();
+            .unwrap()
+            .session()
+            .expect("sign-up opens a session");
         let jwt = self
             .auth
             .issue_token(&info.cookie_value)
