@@ -213,7 +213,10 @@ async fn bad_input_on_the_account_routes_changes_nothing() {
         async move {
             let mut r = http().post(stack.url(path)).json(&body);
             if let Some(c) = cookie {
-                r = r.header("cookie", format!("better-auth.session_token={c}"));
+                // A browser names its origin on every cookie-bearing POST.
+                r = r
+                    .header("cookie", format!("better-auth.session_token={c}"))
+                    .header("origin", &stack.base);
             }
             let r = r.send().await.unwrap();
             let status = r.status().as_u16();
@@ -463,6 +466,7 @@ async fn without_mail_the_mail_routes_say_so() {
     let r = http()
         .post(stack.url("/api/auth/delete-user"))
         .header("cookie", format!("better-auth.session_token={cookie}"))
+        .header("origin", &stack.base)
         .json(&json!({"password": PASSWORD}))
         .send()
         .await
@@ -578,6 +582,7 @@ async fn links_and_revocations_cross_between_better_auth_and_the_gateway() {
     let r = http()
         .post(stack.url("/api/auth/send-verification-email"))
         .header("cookie", format!("better-auth.session_token={other}"))
+        .header("origin", &stack.base)
         .json(&json!({"email": "second@example.com"}))
         .send()
         .await
@@ -605,6 +610,7 @@ async fn links_and_revocations_cross_between_better_auth_and_the_gateway() {
     let r = http()
         .post(stack.url("/api/auth/revoke-other-sessions"))
         .header("cookie", format!("better-auth.session_token={cookie}"))
+        .header("origin", &stack.base)
         .send()
         .await
         .unwrap();
