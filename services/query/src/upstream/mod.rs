@@ -142,8 +142,13 @@ pub enum Event {
         key: QueryKey,
         result: Arc<QueryResult>,
     },
-    /// Convex refused this identity's token.
-    AuthFailed { upstream: UpstreamId, error: String },
+    /// Convex refused this identity's token: `expired` when it reached its `exp` on the
+    /// upstream (Convex's `authUpdateAttempted: false`), else refused or revoked.
+    AuthFailed {
+        upstream: UpstreamId,
+        error: String,
+        expired: bool,
+    },
     /// The answer to one of this listener's mutations or actions. It travels in the same
     /// ordered queue as transitions, so a client always gets a `MutationResponse` before the
     /// transition that reaches its `ts`, as Convex sends them.

@@ -289,6 +289,13 @@ impl ClientSession {
                 }
                 // From an upstream the socket left (a token it no longer uses): nothing to do.
                 Event::AuthFailed { .. } if route.is_none() => {}
+                // The token reached its `exp` on the upstream before this socket's own timer
+                // fired: the same end as that timer's, at the identity the socket holds.
+                Event::AuthFailed { expired: true, .. } => {
+                    return Err(End::Expired {
+                        base_version: self.version.held().identity,
+                    });
+                }
                 Event::AuthFailed { error, .. } => {
                     let held = self.version.held().identity;
                     return Err(End::Auth {

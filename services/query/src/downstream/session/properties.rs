@@ -95,6 +95,7 @@ proptest! {
                     let failed = Event::AuthFailed {
                         upstream: 0,
                         error: format!("{who}'s token refused"),
+                        expired: false,
                     };
                     h.deliver(vec![(route, failed)]);
                     if route.is_some() {

@@ -258,13 +258,33 @@ fn an_upstream_auth_failure_ends_the_socket_with_auth_error() {
     h.sign_in("ada");
     let failed = Event::AuthFailed {
         upstream: 0,
-        error: "expired".into(),
+        error: "refused".into(),
+        expired: false,
     };
     h.deliver(vec![(Some(Route::Main), failed)]);
     assert!(matches!(
         &h.ended,
-        Some(End::Auth { base_version: IdentityVersion(0), error }) if error == "expired"
+        Some(End::Auth { base_version: IdentityVersion(0), error }) if error == "refused"
     ));
+}
+
+#[test]
+fn a_token_expiring_on_the_upstream_first_ends_the_socket_as_expired() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    let expired = Event::AuthFailed {
+        upstream: 0,
+        error: "TokenExpired: Convex token identity expired".into(),
+        expired: true,
+    };
+    h.deliver(vec![(Some(Route::Main), expired)]);
+    assert_eq!(
+        h.ended,
+        Some(End::Expired {
+            base_version: IdentityVersion(1)
+        }),
+        "the held identity, as the socket's own expiry timer ends it"
+    );
 }
 
 #[test]
@@ -305,6 +325,7 @@ fn an_auth_failure_from_an_upstream_the_socket_left_is_ignored() {
     let failed = Event::AuthFailed {
         upstream: 0,
         error: "ada's token expired".into(),
+        expired: true,
     };
     h.deliver(vec![(None, failed)]);
     assert!(h.is_open(), "bob's socket ended: {:?}", h.ended);

@@ -60,11 +60,16 @@ impl UpstreamState {
                 };
                 self.respond(request_id, outcome, out);
             }
-            ServerMessage::AuthError { error, .. } => {
+            ServerMessage::AuthError {
+                error,
+                auth_update_attempted,
+                ..
+            } => {
                 tracing::warn!(upstream = self.id, %error, "convex refused the token");
                 let event = Event::AuthFailed {
                     upstream: self.id,
                     error,
+                    expired: auth_update_attempted == Some(false),
                 };
                 out.events.push((Audience::All, event));
                 self.token = None;

@@ -261,6 +261,7 @@ impl UpstreamState {
         let event = Event::AuthFailed {
             upstream: self.id,
             error: format!("the token was revoked ({reason})"),
+            expired: false,
         };
         out.events.push((Audience::All, event));
     }

@@ -402,14 +402,15 @@ fn an_auth_error_reaches_every_listener_and_drops_the_token() {
     let (mut s, _) = connected();
     step(&mut s, |s, _| s.token("t".into(), 10, 0));
     let refused = ServerMessage::AuthError {
-        error: "expired".into(),
-        base_version: None,
-        auth_update_attempted: None,
+        error: "TokenExpired: Convex token identity expired".into(),
+        base_version: Some(IdentityVersion(1)),
+        auth_update_attempted: Some(false),
     };
     let out = step(&mut s, |s, out| s.on_server_message(refused, out).unwrap());
     assert!(matches!(
         &out.events[..],
-        [(Audience::All, Event::AuthFailed { error, .. })] if error == "expired"
+        [(Audience::All, Event::AuthFailed { error, expired: true, .. })]
+            if error.starts_with("TokenExpired")
     ));
     // A new token is taken even if it expires earlier than the refused one.
     let out = step(&mut s, |s, _| s.token("t2".into(), 5, 0));
