@@ -13,6 +13,7 @@ use crate::auth::{Authenticator, Identity};
 use crate::db::{Access, Database, Snapshot, Tx};
 use crate::functions::{self, Ctx, FunctionError, Kind};
 use crate::metrics::Stats;
+use crate::pagination::Journal;
 
 /// One live query of one session.
 #[derive(Debug)]
@@ -20,17 +21,21 @@ pub struct Subscription {
     pub query_id: QueryId,
     pub path: String,
     pub args: Value,
+    /// The journal the next execution starts from: the client's (`Add.journal`) at first,
+    /// then the one the previous execution produced, as Convex re-runs a subscription.
+    journal: Option<String>,
     reads: BTreeSet<String>,
-    /// The last result sent: the serialised value, or the error message.
-    last: Option<Result<String, String>>,
+    /// The last result sent: the serialised value or the error message, with its journal.
+    last: Option<(Result<String, String>, Option<String>)>,
 }
 
 impl Subscription {
-    pub fn new(query_id: QueryId, path: String, args: Value) -> Self {
+    pub fn new(query_id: QueryId, path: String, args: Value, journal: Option<String>) -> Self {
         Subscription {
             query_id,
             path,
             args,
+            journal,
             reads: BTreeSet::new(),
             last: None,
         }
@@ -101,6 +106,7 @@ impl Engine {
         expected: Kind,
         args: &Value,
         identity: Option<&Identity>,
+        journal: &mut Journal,
     ) -> (Result<Value, FunctionError>, Tx<'s>, Vec<String>) {
         let access = if expected == Kind::Mutation {
             Access::ReadWrite
@@ -130,6 +136,7 @@ impl Engine {
                     db: &mut tx,
                     identity,
                     logs: &mut logs,
+                    journal,
                 },
                 &args,
             )
@@ -150,7 +157,14 @@ impl Engine {
             Some(ts) => db.snapshot_at(ts).ok_or("timestamp is too old")?,
             None => db.snapshot(),
         };
-        let (result, _, _) = self.run(snapshot, path, Kind::Query, args, identity);
+        let (result, _, _) = self.run(
+            snapshot,
+            path,
+            Kind::Query,
+            args,
+            identity,
+            &mut Journal::default(),
+        );
         Ok((result, snapshot.ts))
     }
 
@@ -163,7 +177,14 @@ impl Engine {
     ) -> (Result<Value, FunctionError>, u64) {
         let mut db = self.lock();
         let snapshot = db.snapshot().clone();
-        let (result, tx, _) = self.run(&snapshot, path, Kind::Mutation, args, identity);
+        let (result, tx, _) = self.run(
+            &snapshot,
+            path,
+            Kind::Mutation,
+            args,
+            identity,
+            &mut Journal::default(),
+        );
         let writes = tx.writes;
         let ts = match &result {
             Ok(_) => db.commit(writes),
@@ -188,7 +209,15 @@ impl Engine {
         identity: Option<&Identity>,
     ) -> Result<Value, FunctionError> {
         let snapshot = Snapshot::default();
-        self.run(&snapshot, path, Kind::Action, args, identity).0
+        self.run(
+            &snapshot,
+            path,
+            Kind::Action,
+            args,
+            identity,
+            &mut Journal::default(),
+        )
+        .0
     }
 
     /// Re-evaluates `subs` on the current snapshot: those `forced`, and those whose tables were
@@ -213,13 +242,32 @@ impl Engine {
             if !(stale || forced(sub) || sub.last.is_none()) {
                 continue;
             }
-            let (result, tx, logs) =
-                self.run(snapshot, &sub.path, Kind::Query, &sub.args, identity);
-            sub.reads = tx.reads;
+            let (result, reads, logs, journal) = match Journal::from_client(sub.journal.as_deref())
+            {
+                Ok(mut journal) => {
+                    let (result, tx, logs) = self.run(
+                        snapshot,
+                        &sub.path,
+                        Kind::Query,
+                        &sub.args,
+                        identity,
+                        &mut journal,
+                    );
+                    (result, tx.reads, logs, journal.serialized())
+                }
+                // A journal this backend did not produce fails the query, as Convex's
+                // decryption does; it is kept, so the query fails until removed.
+                Err(e) => (Err(e), BTreeSet::new(), Vec::new(), sub.journal.clone()),
+            };
+            sub.reads = reads;
+            if journal.is_some() {
+                sub.journal = journal.clone();
+            }
             let now = match &result {
                 Ok(v) => Ok(v.to_string()),
                 Err(e) => Err(format!("{}{:?}", e.message, e.data)),
             };
+            let now = (now, journal.clone());
             if sub.last.as_ref() == Some(&now) {
                 continue;
             }
@@ -229,13 +277,13 @@ impl Engine {
                     query_id: sub.query_id,
                     value,
                     log_lines: logs,
-                    journal: None,
+                    journal,
                 },
                 Err(e) => StateModification::QueryFailed {
                     query_id: sub.query_id,
                     error_message: e.message,
                     log_lines: logs,
-                    journal: None,
+                    journal,
                     error_data: e.data,
                 },
             });

@@ -6,6 +6,7 @@ use serde_json::{Map, Value, json};
 
 use crate::auth::Identity;
 use crate::db::Tx;
+use crate::pagination::{self, Journal, Order, PaginationOpts};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -46,6 +47,8 @@ pub struct Ctx<'a, 'b> {
     pub identity: Option<&'a Identity>,
     /// What the function logged, as Convex's log lines (`[LOG] 'text'`).
     pub logs: &'a mut Vec<String>,
+    /// The journal this execution was given and the one it produces (`paginate`).
+    pub journal: &'a mut Journal,
 }
 
 impl Ctx<'_, '_> {
@@ -62,6 +65,7 @@ pub fn lookup(path: &UdfPath) -> Option<(Kind, Handler)> {
     let f: (Kind, Handler) = match path.as_str() {
         "messages:list" => (Kind::Query, messages_list),
         "messages:send" => (Kind::Mutation, messages_send),
+        "messages:page" => (Kind::Query, messages_page),
         "tasks:list" => (Kind::Query, tasks_list),
         "tasks:add" => (Kind::Mutation, tasks_add),
         "tasks:toggle" => (Kind::Mutation, tasks_toggle),
@@ -121,6 +125,26 @@ fn messages_list(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Val
         .collect();
     let start = all.len().saturating_sub(100);
     Ok(Value::Array(all[start..].to_vec()))
+}
+
+/// One page of a channel's messages, newest first: `{channel, paginationOpts}` →
+/// `{page, isDone, continueCursor, splitCursor, pageStatus}` (`usePaginatedQuery`'s shape).
+fn messages_page(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {
+    let mut rest = args.clone();
+    let opts = rest.remove("paginationOpts").ok_or_else(|| {
+        FunctionError::new(
+            "ArgumentValidationError: Object is missing the required field `paginationOpts`.",
+        )
+    })?;
+    let [channel] = string_args(&rest, ["channel"])?;
+    let opts = PaginationOpts::parse(&opts)?;
+    let docs = ctx
+        .db
+        .scan("messages")
+        .into_iter()
+        .filter(|m| m["channel"] == channel)
+        .collect();
+    pagination::paginate(docs, Order::Desc, &opts, ctx.journal)
 }
 
 fn messages_send(ctx: &mut Ctx<'_, '_>, args: &Map<String, Value>) -> Result<Value, FunctionError> {

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod functions;
 mod http;
 pub mod metrics;
+pub mod pagination;
 mod sync;
 
 use std::future::Future;

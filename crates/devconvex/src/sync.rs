@@ -325,6 +325,7 @@ impl SyncSession {
                     query_id,
                     udf_path,
                     args,
+                    journal,
                     ..
                 } => {
                     if self.subs.contains_key(&query_id) {
@@ -334,7 +335,7 @@ impl SyncSession {
                     }
                     let args = single_args(&args)?;
                     self.subs
-                        .insert(query_id, Subscription::new(query_id, udf_path, args));
+                        .insert(query_id, Subscription::new(query_id, udf_path, args, journal));
                     added.insert(query_id);
                 }
                 QuerySetModification::Remove { query_id } => {

@@ -1,3 +1,4 @@
+import { paginationOptsValidator } from "convex/server";
 import { v } from "convex/values";
 import { mutation, query } from "./_generated/server.js";
 
@@ -11,6 +12,22 @@ export const list = query({
       .order("desc")
       .take(100);
     return newest.reverse();
+  },
+});
+
+/**
+ * One page of the channel's messages, newest first (for `usePaginatedQuery`). Public.
+ * The page's end is kept in the query's journal, so a message posted while the page is loaded
+ * joins it instead of pushing its oldest message out of view.
+ */
+export const page = query({
+  args: { channel: v.string(), paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { channel, paginationOpts }) => {
+    return await ctx.db
+      .query("messages")
+      .withIndex("by_channel", (q) => q.eq("channel", channel))
+      .order("desc")
+      .paginate(paginationOpts);
   },
 });
 
