@@ -589,6 +589,29 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
         }
     }
 
+    /// A token newly issued by `issue` for `key`, bypassing L1, L2 and any flight in progress
+    /// (which could hand back the cached token), then stored in both tiers in place of the old
+    /// one. Revocations apply as for [`TokenCache::get_or_issue`]: a token whose session or
+    /// user the log revoked while it was being issued is neither stored nor returned.
+    pub async fn reissue<Fut>(&self, key: &CacheKey, issue: Fut) -> Result<(Token, Outcome), E>
+    where
+        Fut: Future<Output = Result<Token, E>>,
+    {
+        let token = issue.await?;
+        if self.inner.is_revoked(&token) {
+            return Err((self.revoked_error)());
+        }
+        if let Some(ttl) = self.inner.ttl_for(&token) {
+            self.inner.l1.insert(key.clone(), token.clone()).await;
+            self.inner.l2_set(key, &token, ttl).await;
+        }
+        // Refused if the log revoked it while it was being stored.
+        if self.inner.is_revoked(&token) {
+            return Err((self.revoked_error)());
+        }
+        Ok((token, Outcome::Miss))
+    }
+
     /// Drops `key` from L1 and L2 (a revoked session); a Redis delete that fails is retried
     /// until Redis confirms it.
     pub async fn invalidate(&self, key: &CacheKey) {

@@ -5,8 +5,9 @@
 //! journal it was sent) ends at the same place whatever was inserted or deleted meanwhile.
 //!
 //! Cursors and journals are opaque strings to the client. Convex encrypts them; devconvex
-//! writes them as `p1.` + base64url(JSON `[creationTime, id]`) for the position of a document
-//! and `p1.end` for the end of the stream, and a journal is its end cursor (or `null` when the
+//! writes them as `p1.` + base64url(JSON `[creationTime's IEEE bits, id]`) for the position of a
+//! document (bits, not a decimal: serde_json's default float parsing may be one ulp off, which
+//! would move a page's end), and `p1.end` for the end of the stream, and a journal is its end cursor (or `null` when the
 //! function did not paginate).
 
 use base64::Engine as _;
@@ -42,7 +43,7 @@ impl Cursor {
             Cursor::End => format!("{PREFIX}end"),
             Cursor::After { creation_time, id } => format!(
                 "{PREFIX}{}",
-                URL_SAFE_NO_PAD.encode(json!([creation_time, id]).to_string())
+                URL_SAFE_NO_PAD.encode(json!([creation_time.to_bits(), id]).to_string())
             ),
         }
     }
@@ -59,9 +60,11 @@ impl Cursor {
             return Ok(Cursor::End);
         }
         let bytes = URL_SAFE_NO_PAD.decode(rest).map_err(|_| bad())?;
-        let (creation_time, id): (f64, String) =
-            serde_json::from_slice(&bytes).map_err(|_| bad())?;
-        Ok(Cursor::After { creation_time, id })
+        let (bits, id): (u64, String) = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+        Ok(Cursor::After {
+            creation_time: f64::from_bits(bits),
+            id,
+        })
     }
 }
 
@@ -320,6 +323,19 @@ mod tests {
         let mut fresh = Journal::default();
         let unpinned = paginate(more, Order::Desc, &opts(2, None), &mut fresh).unwrap();
         assert_eq!(ids(&unpinned), ["d6", "d5"]);
+    }
+
+    #[test]
+    fn cursors_round_trip_exactly() {
+        // A millisecond time with a fraction, as `_creationTime` is: serde_json's default float
+        // parsing reads this decimal one ulp off, which moved a page's end.
+        let doc = doc(1796096951344.7415, "9aytqprvmsadw1e4gf03gej3ym7b7wn4");
+        let cursor = Cursor::after(&doc);
+        let decoded = Cursor::decode(&cursor.encode()).unwrap();
+        assert_eq!(decoded, cursor);
+        assert_eq!(decoded.encode(), cursor.encode());
+        assert!(!beyond(&doc, &decoded, Order::Asc));
+        assert!(!beyond(&doc, &decoded, Order::Desc));
     }
 
     #[test]

@@ -15,7 +15,8 @@ use crate::{Alg, KeyError, KeyId, Secret, Verifier, b64, der};
 /// (Better Auth's default grace period: 30 days).
 pub const DEFAULT_GRACE: Duration = Duration::days(30);
 
-/// Claims of a Convex JWT, in the order `@convex-dev/better-auth` writes them.
+/// Claims of a Convex JWT, in the order `@convex-dev/better-auth` writes them, plus an optional
+/// `jti` (a unique id per token, last).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Claims {
@@ -28,6 +29,11 @@ pub struct Claims {
     pub exp: i64,
     pub iss: String,
     pub aud: String,
+    /// A unique id per issued token, so two tokens issued for one session in the same second
+    /// differ (RS256 and EdDSA signatures are deterministic): the Convex client stops
+    /// scheduling refreshes when a forced refetch returns the string it already holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// A signed JWT and what a cache needs to know about it.

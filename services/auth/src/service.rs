@@ -406,6 +406,8 @@ impl AuthCore {
                 .min(info.session.expires_at.timestamp()),
             iss: self.config.issuer.clone(),
             aud: self.config.audience.clone(),
+            // 128 random bits: every token is a new string, even two in one second.
+            jti: Some(edge_keys::random_hex(16)),
         };
         let token = match self.keys.current().sign(self.keys.alg(), &claims, now) {
             Ok(token) => token,

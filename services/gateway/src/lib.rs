@@ -132,6 +132,17 @@ impl State {
     /// The Convex JWT for a session cookie: from the cache when it is trusted, else from auth
     /// (one call per key however many requests wait). The token route and SSR both use it.
     pub(crate) async fn token_for(&self, cookie_value: String) -> Result<Token, tonic::Status> {
+        self.token_with(cookie_value, Freshness::Cached).await
+    }
+
+    /// [`State::token_for`], or with [`Freshness::Fresh`] a token newly issued by auth (still
+    /// fenced, checked against the revocation index and stored in place of the cached one), for
+    /// a client that forces a refresh.
+    pub(crate) async fn token_with(
+        &self,
+        cookie_value: String,
+        freshness: Freshness,
+    ) -> Result<Token, tonic::Status> {
         let mut auth = self.auth();
         // Read before the request goes out: every log entry at or below it was committed
         // before auth reads the session, so the token reflects it.
@@ -153,6 +164,9 @@ impl State {
         // The cache key hashes the cookie's canonical form; a value that cannot be
         // canonicalised goes to auth, which refuses it.
         let (token, outcome) = match (self.trusted_cache(), CacheKey::for_cookie(&cookie_value)) {
+            (Some(cache), Some(key)) if freshness == Freshness::Fresh => {
+                cache.reissue(&key, issue(cookie_value)).await?
+            }
             (Some(cache), Some(key)) => {
                 cache
                     .get_or_issue(&key, move || issue(cookie_value))
@@ -167,6 +181,15 @@ impl State {
         }
         Ok(token)
     }
+}
+
+/// Whether a token may come from the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Freshness {
+    Cached,
+    /// Newly issued: the client holds the cached one and asks for another (the Convex client's
+    /// `forceRefreshToken`, sent as `Cache-Control: no-cache`).
+    Fresh,
 }
 
 /// What a caller gets for a token whose session ended while it was being issued: what auth

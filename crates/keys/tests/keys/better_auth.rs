@@ -86,6 +86,7 @@ fn static_rows_sign_tokens_that_verify_against_better_auths_jwks() {
             exp: now + 900,
             iss: "http://localhost:8080".into(),
             aud: "convex".into(),
+            jti: None,
         };
         let signed = keys.sign(alg, &claims, Utc::now()).unwrap();
         // Verify against the JWKS response Better Auth served, not our own.

@@ -30,6 +30,7 @@ fn claims(now: i64) -> Claims {
         exp: now + 900,
         iss: "https://issuer".into(),
         aud: "convex".into(),
+        jti: None,
     }
 }
 

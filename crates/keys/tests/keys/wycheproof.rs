@@ -131,6 +131,7 @@ fn the_jws_path_and_the_raw_path_agree() {
         exp: now + 60,
         iss: "i".into(),
         aud: "a".into(),
+        jti: None,
     };
     let jwt = keys
         .sign(edge_keys::Alg::EdDSA, &claims, chrono::Utc::now())

@@ -7,7 +7,7 @@ use edge_proto::auth::v1 as pb;
 use edge_proto::error::ErrorCode;
 use serde_json::{Map, Value, json};
 
-use crate::State;
+use crate::{Freshness, State};
 use crate::error::ApiError;
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{clear_cookies, client_view, session_cookie, set_cookie};
@@ -232,10 +232,31 @@ async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpRe
     }
 }
 
+/// Whether the request's `Cache-Control` holds the `no-cache` directive (or `Pragma: no-cache`,
+/// its HTTP/1.0 form).
+fn request_no_cache(req: &HttpRequest) -> bool {
+    let has = |name: header::HeaderName| {
+        req.headers().get_all(name).any(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|d| d.trim().eq_ignore_ascii_case("no-cache"))
+            })
+        })
+    };
+    has(header::CACHE_CONTROL) || has(header::PRAGMA)
+}
+
 async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let cookie_value = session_cookie(&req)
         .ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
-    let token = state.token_for(cookie_value).await?;
+    // `Cache-Control: no-cache` (RFC 9111: do not answer from a store without the origin) is
+    // how a client forcing a refresh asks for a token other than the cached one it holds.
+    let freshness = if request_no_cache(&req) {
+        Freshness::Fresh
+    } else {
+        Freshness::Cached
+    };
+    let token = state.token_with(cookie_value, freshness).await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({"token": &*token.jwt})))

@@ -85,3 +85,103 @@ async fn cached_tokens_skip_auth_and_sign_out_revokes_on_every_gateway() {
         }
     }
 }
+
+/// The token route's answer for `cookie`, with `Cache-Control: no-cache` when `fresh` (how a
+/// Convex client's `forceRefreshToken` reaches it): the status and the JWT, if any.
+async fn token(base: &str, cookie: &str, fresh: bool) -> (u16, Option<String>) {
+    let mut request = reqwest::Client::new()
+        .get(format!("{base}/api/auth/convex/token"))
+        .header("cookie", format!("better-auth.session_token={cookie}"));
+    if fresh {
+        request = request.header("cache-control", "no-cache");
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    (status, body["token"].as_str().map(str::to_owned))
+}
+
+fn jti(jwt: &str) -> String {
+    use base64::Engine as _;
+    let payload = jwt.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["jti"].as_str().expect("every token has a jti").to_owned()
+}
+
+/// A client that forces a refresh (`Cache-Control: no-cache`) gets a token newly issued by
+/// auth — a different string, even within the same second — which then replaces the cached one
+/// in L1 and Redis, so other requests keep being served from the cache; a sign-out refuses
+/// both kinds of request.
+#[tokio::test]
+async fn a_forced_refresh_gets_a_new_token_that_replaces_the_cached_one() {
+    let mut stack = Stack::start().await;
+    let redis = edge_testkit::redis_url();
+    // Tokens stay servable for the whole test however slow the machine: age is not the subject.
+    let long_lived = |config: &mut edge_gateway::Config| {
+        let cache = config.cache.as_mut().unwrap();
+        cache.redis_url = Some(redis.clone());
+        cache.max_token_age = Duration::from_secs(3600);
+    };
+    let base = stack.gateway_with(long_lived).await;
+    let (_, cookie) = sign_up(&stack, "forced@example.com").await;
+    until_cached(&stack, &base, &cookie).await;
+    let reads = || stack.auth.store().reads().session.load(Ordering::Relaxed);
+
+    let before = reads();
+    let (status, cached) = token(&base, &cookie, false).await;
+    assert_eq!(status, 200);
+    let cached = cached.unwrap();
+    assert_eq!(token(&base, &cookie, false).await.1.as_deref(), Some(&*cached));
+    assert_eq!(reads(), before, "plain requests are cache hits");
+
+    let (status, fresh) = token(&base, &cookie, true).await;
+    assert_eq!(status, 200);
+    let fresh = fresh.unwrap();
+    assert_ne!(fresh, cached, "a forced refresh is a new token");
+    assert_ne!(jti(&fresh), jti(&cached));
+    assert_eq!(reads(), before + 1, "issued by auth");
+    // Pragma: no-cache (HTTP/1.0's form) asks the same.
+    let pragma = reqwest::Client::new()
+        .get(format!("{base}/api/auth/convex/token"))
+        .header("cookie", format!("better-auth.session_token={cookie}"))
+        .header("pragma", "no-cache")
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_ne!(pragma["token"].as_str(), Some(&*fresh));
+    let newest = pragma["token"].as_str().unwrap().to_owned();
+
+    // The newest token is what the cache now serves, here and (from Redis) on another gateway.
+    let before = reads();
+    assert_eq!(token(&base, &cookie, false).await.1.as_deref(), Some(&*newest));
+    assert_eq!(reads(), before);
+    let other = stack.gateway_with(long_lived).await;
+    until_cached(&stack, &other, &cookie).await;
+    assert_eq!(token(&other, &cookie, false).await.1.as_deref(), Some(&*newest));
+
+    // Signed out: refused with or without no-cache, on both gateways.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/auth/sign-out"))
+        .header("origin", &base)
+        .header("cookie", format!("better-auth.session_token={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(token(&base, &cookie, true).await, (401, None));
+    assert_eq!(token(&base, &cookie, false).await, (401, None));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while token(&other, &cookie, false).await.0 != 401 {
+        assert!(Instant::now() < deadline, "the other gateway never refused the revoked session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(token(&other, &cookie, true).await, (401, None));
+}

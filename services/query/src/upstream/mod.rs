@@ -75,6 +75,15 @@ impl QueryResult {
         }
     }
 
+    /// The journal Convex sent with this result (`null` for a query that did not paginate).
+    pub fn journal(&self) -> Option<&str> {
+        match self {
+            QueryResult::Value { journal, .. } | QueryResult::Failed { journal, .. } => {
+                journal.as_deref()
+            }
+        }
+    }
+
     /// Whether a client holding `other` needs this result sent.
     pub fn same_as(&self, other: &QueryResult) -> bool {
         match (self, other) {

@@ -158,3 +158,147 @@ async fn an_idle_npm_client_keeps_one_connection_for_90_seconds() {
     assert!(result["pings"].as_u64().unwrap() >= 2, "{result}");
     assert_eq!(result["transitionsWithoutClocks"], 0, "{result}");
 }
+
+/// Runs `convex-paginated.mjs` against `url` (the query service or devconvex itself) for a
+/// fresh channel; its result line.
+async fn paginated_run(stack: &crate::Stack, url: &str, channel: &str) -> serde_json::Value {
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    let arg = json!({
+        "url": url,
+        "site": format!("http://{}", stack.gateway.addr),
+        "channel": channel,
+    })
+    .to_string();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("convex-paginated.mjs")
+            .arg(arg)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finishes in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {stdout}"))
+}
+
+/// What the paginated run must show, whether through the proxy or straight to devconvex: two
+/// pages of two, newest first; each page's results carry a journal, which is the page's end
+/// (`continueCursor`) and stays put when a new message lands in the first page; after a
+/// reconnect the client sends each page's journal back, and the pages keep their bounds.
+fn check_paginated(result: &serde_json::Value) {
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["firstPage"], "m5,m4", "{result:#}");
+    assert_eq!(result["loadMore"], true);
+    assert_eq!(result["twoPages"], "m5,m4,m3,m2", "{result:#}");
+    // m6 joins the first page, which keeps its end at m4: nothing falls into a gap.
+    assert_eq!(result["afterInsert"], "m6,m5,m4,m3,m2", "{result:#}");
+    assert_eq!(result["statusAfterInsert"], "CanLoadMore");
+    assert_eq!(result["afterReconnect"], "m7,m6,m5,m4,m3,m2", "{result:#}");
+
+    let adds = result["adds"].as_array().unwrap();
+    let updates = result["updates"].as_array().unwrap();
+    let first_socket: Vec<_> = adds.iter().filter(|a| a["socket"] == 1).collect();
+    assert_eq!(first_socket.len(), 2, "two page queries: {result:#}");
+    assert_eq!(first_socket[0]["cursor"], serde_json::Value::Null);
+    assert!(first_socket.iter().all(|a| a["journal"].is_null()));
+    // Every result of a page carries the same journal: the page's end, its continueCursor.
+    let page_updates = |cursor: &serde_json::Value, socket: Option<u64>| -> Vec<&serde_json::Value> {
+        updates
+            .iter()
+            .filter(|u| &u["cursor"] == cursor && socket.is_none_or(|s| u["socket"] == s))
+            .collect()
+    };
+    let first_page = page_updates(&serde_json::Value::Null, None);
+    assert!(first_page.len() >= 2, "the first page was updated live: {result:#}");
+    let journal = &first_page[0]["journal"];
+    assert!(journal.is_string(), "results carry a journal: {result:#}");
+    for u in &first_page {
+        assert_eq!(&u["journal"], journal, "the first page's end never moved: {result:#}");
+        assert_eq!(&u["continueCursor"], journal, "{result:#}");
+        assert_eq!(u["isDone"], false);
+    }
+    // The second page starts where the first ends.
+    assert_eq!(&first_socket[1]["cursor"], journal, "{result:#}");
+    let second_page = page_updates(journal, None);
+    assert!(!second_page.is_empty(), "{result:#}");
+    for u in &second_page {
+        assert_eq!(u["bodies"], json!(["m3", "m2"]), "{result:#}");
+        assert!(u["journal"].is_string());
+        assert_eq!(u["journal"], u["continueCursor"]);
+    }
+    // After the reconnect each page is added again with the journal it was last sent.
+    let resent: Vec<_> = adds.iter().filter(|a| a["socket"] != 1).collect();
+    assert_eq!(resent.len(), 2, "{result:#}");
+    for add in resent {
+        let last_seen = page_updates(&add["cursor"], Some(1))
+            .last()
+            .map(|u| u["journal"].clone())
+            .unwrap();
+        assert_eq!(add["journal"], last_seen, "{result:#}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paginated_query_pages_keep_their_bounds_through_the_proxy() {
+    let stack = crate::Stack::start().await;
+    // devconvex itself first: the behaviour the proxy must carry unchanged.
+    let direct = paginated_run(&stack, &stack.devconvex_url(), "pages-direct").await;
+    check_paginated(&direct);
+    let proxied = paginated_run(&stack, &stack.query_url(), "pages-proxied").await;
+    check_paginated(&proxied);
+}
+
+/// With 60 s tokens from the gateway's token cache (on, in memory, as `dev` runs it), the
+/// official client, taking its tokens from `/api/auth/convex/token` through the Better Auth
+/// client as an app does, stays signed in through the query service for 3 minutes: it sends a
+/// new token before each one expires, every token is a new string (`jti`), it never gets an
+/// `AuthError` and never loses its identity or its socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_errors() {
+    let stack = crate::Stack::start_with(crate::Options {
+        token_ttl: std::time::Duration::from_secs(60),
+        ..crate::Options::default()
+    })
+    .await;
+    let result = long_run(&stack, "refresh", 180).await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["me"], "long@example.com");
+    assert_eq!(result["meAtEnd"], "long@example.com", "{result:#}");
+    assert_eq!(result["meLost"], 0, "{result:#}");
+    assert_eq!(result["authErrors"], json!([]), "{result:#}");
+    assert_eq!(result["sockets"], 1, "never reconnected: {result:#}");
+    let sent = result["authenticates"].as_array().unwrap();
+    // One token at the start, then one at least every 60 s for 180 s.
+    assert!(sent.len() >= 4, "{result:#}");
+    let jtis: std::collections::BTreeSet<_> = sent.iter().map(|a| a["jti"].as_str().unwrap()).collect();
+    assert_eq!(jtis.len(), sent.len(), "every token is new: {result:#}");
+    for pair in sent.windows(2) {
+        let (held, next) = (&pair[0], &pair[1]);
+        assert_eq!(held["exp"].as_i64().unwrap() - held["iat"].as_i64().unwrap(), 60);
+        assert!(
+            next["at"].as_i64().unwrap() < held["exp"].as_i64().unwrap() * 1000,
+            "a new token went out before the held one expired: {result:#}"
+        );
+    }
+    let last = sent.last().unwrap();
+    assert!(
+        last["exp"].as_i64().unwrap() * 1000 > result["end"].as_i64().unwrap(),
+        "the token held at the end is still valid: {result:#}"
+    );
+    assert!(
+        result["fetches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["forced"] == true),
+        "{result:#}"
+    );
+}

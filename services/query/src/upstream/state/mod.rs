@@ -198,7 +198,7 @@ impl UpstreamState {
         }
         let query_id = self.sent.map(|_| self.alloc_query_id(&key));
         if let Some(query_id) = query_id {
-            self.pending.push(add(query_id, &key));
+            self.pending.push(add(query_id, &key, key.journal.clone()));
         }
         self.subs.insert(
             key,
@@ -340,7 +340,14 @@ impl UpstreamState {
         keys.sort();
         for key in keys {
             let query_id = self.alloc_query_id(&key);
-            self.pending.push(add(query_id, &key));
+            // As Convex's own client does on a reconnect (local_state.ts `restart`): a query
+            // Convex has answered goes back with the journal of its latest result, so a page
+            // keeps the bounds it had; one never answered, with the journal its key names.
+            let journal = match self.subs.get(&key).and_then(|s| s.result.as_deref()) {
+                Some(result) => result.journal().map(str::to_owned),
+                None => key.journal.clone(),
+            };
+            self.pending.push(add(query_id, &key, journal));
         }
         self.flush(out);
     }
@@ -466,12 +473,12 @@ fn modification_bytes(m: &QuerySetModification) -> usize {
     serde_json::to_string(m).map_or(usize::MAX / 2, |text| text.len() + 1)
 }
 
-fn add(query_id: QueryId, key: &QueryKey) -> QuerySetModification {
+fn add(query_id: QueryId, key: &QueryKey, journal: Option<String>) -> QuerySetModification {
     QuerySetModification::Add {
         query_id,
         udf_path: key.path.as_str().to_owned(),
         args: vec![key.args_value()],
-        journal: key.journal.clone(),
+        journal,
         component_path: None,
     }
 }

@@ -523,3 +523,61 @@ fn the_resubscribe_after_a_reconnect_is_split_under_the_frame_limit() {
     let distinct: std::collections::BTreeSet<_> = added.iter().collect();
     assert_eq!(distinct.len(), keys.len());
 }
+
+/// After an upstream reconnect a paginated page goes back to Convex with the journal of its
+/// latest result (the page's pinned end), as Convex's own client re-subscribes, so the page
+/// keeps its bounds; a query not answered yet goes with the journal its key names.
+#[test]
+fn a_resubscribe_sends_the_journal_of_the_latest_result() {
+    let (mut s, _) = connected();
+    let page = |cursor: Option<&str>, journal: Option<&str>| {
+        QueryKey::new(
+            "messages:page",
+            &json!({"channel": "c", "paginationOpts": {"numItems": 2, "cursor": cursor}}),
+            journal.map(str::to_owned),
+        )
+        .unwrap()
+    };
+    step(&mut s, |s, out| {
+        s.subscribe(A, page(None, None), out);
+        s.subscribe(B, page(Some("after-m4"), Some("from-the-client")), out);
+    });
+    step(&mut s, |s, out| {
+        s.on_server_message(
+            ServerMessage::Transition {
+                start_version: version(0, 0, 0),
+                end_version: version(1, 0, 5),
+                modifications: vec![StateModification::QueryUpdated {
+                    query_id: QueryId(0),
+                    value: json!({"page": [], "isDone": false, "continueCursor": "end-at-m4"}),
+                    log_lines: vec![],
+                    journal: Some("end-at-m4".into()),
+                }],
+                client_clock_skew: None,
+                server_ts: None,
+            },
+            out,
+        )
+        .unwrap()
+    });
+    step(&mut s, |s, out| s.disconnected(out));
+    let out = step(&mut s, |s, out| s.connected("again".into(), out));
+    let mut resent = Vec::new();
+    for m in &out.to_convex {
+        if let ClientMessage::ModifyQuerySet { modifications, .. } = m {
+            for m in modifications {
+                if let QuerySetModification::Add { args, journal, .. } = m {
+                    resent.push((args[0]["paginationOpts"]["cursor"].clone(), journal.clone()));
+                }
+            }
+        }
+    }
+    resent.sort_by_key(|(cursor, _)| cursor.to_string());
+    assert_eq!(
+        resent,
+        vec![
+            (json!("after-m4"), Some("from-the-client".to_owned())),
+            (Value::Null, Some("end-at-m4".to_owned())),
+        ]
+    );
+}
