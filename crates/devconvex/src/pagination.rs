@@ -188,12 +188,12 @@ fn doc_id(doc: &Value) -> &str {
 fn beyond(doc: &Value, cursor: &Cursor, order: Order) -> bool {
     match cursor {
         Cursor::End => false,
-        Cursor::After { creation_time: t, id } => {
+        Cursor::After {
+            creation_time: t,
+            id,
+        } => {
             let key = (creation_time(doc), doc_id(doc));
-            let ordering = key
-                .0
-                .total_cmp(t)
-                .then_with(|| key.1.cmp(id.as_str()));
+            let ordering = key.0.total_cmp(t).then_with(|| key.1.cmp(id.as_str()));
             match order {
                 Order::Asc => ordering.is_gt(),
                 Order::Desc => ordering.is_lt(),
@@ -356,13 +356,27 @@ mod tests {
 
     #[test]
     fn bad_cursors_journals_and_sizes_are_refused_by_name() {
-        assert!(Cursor::decode("nope").unwrap_err().message.contains("InvalidCursor"));
+        assert!(
+            Cursor::decode("nope")
+                .unwrap_err()
+                .message
+                .contains("InvalidCursor")
+        );
         assert!(Journal::from_client(Some("p1.!!")).is_err());
         for (v, what) in [
-            (json!({"numItems": 0, "cursor": null}), "NoDocumentsForPagination"),
-            (json!({"numItems": 40000, "cursor": null}), "PageSizeTooLarge"),
+            (
+                json!({"numItems": 0, "cursor": null}),
+                "NoDocumentsForPagination",
+            ),
+            (
+                json!({"numItems": 40000, "cursor": null}),
+                "PageSizeTooLarge",
+            ),
             (json!({"numItems": 2}), "`cursor`"),
-            (json!({"numItems": 2, "cursor": null, "x": 1}), "extra field `x`"),
+            (
+                json!({"numItems": 2, "cursor": null, "x": 1}),
+                "extra field `x`",
+            ),
         ] {
             let e = PaginationOpts::parse(&v).unwrap_err();
             assert!(e.message.contains(what), "{v}: {}", e.message);

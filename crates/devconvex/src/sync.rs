@@ -334,8 +334,10 @@ impl SyncSession {
                         )));
                     }
                     let args = single_args(&args)?;
-                    self.subs
-                        .insert(query_id, Subscription::new(query_id, udf_path, args, journal));
+                    self.subs.insert(
+                        query_id,
+                        Subscription::new(query_id, udf_path, args, journal),
+                    );
                     added.insert(query_id);
                 }
                 QuerySetModification::Remove { query_id } => {

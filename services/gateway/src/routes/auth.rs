@@ -7,10 +7,10 @@ use edge_proto::auth::v1 as pb;
 use edge_proto::error::ErrorCode;
 use serde_json::{Map, Value, json};
 
-use crate::{Freshness, State};
 use crate::error::ApiError;
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{clear_cookies, client_view, session_cookie, set_cookie};
+use crate::{Freshness, State};
 use edge_keys::CacheKey;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -110,7 +110,10 @@ fn jti(jwt: &str) -> String {
             .unwrap(),
     )
     .unwrap();
-    claims["jti"].as_str().expect("every token has a jti").to_owned()
+    claims["jti"]
+        .as_str()
+        .expect("every token has a jti")
+        .to_owned()
 }
 
 /// A client that forces a refresh (`Cache-Control: no-cache`) gets a token newly issued by
@@ -136,7 +139,10 @@ async fn a_forced_refresh_gets_a_new_token_that_replaces_the_cached_one() {
     let (status, cached) = token(&base, &cookie, false).await;
     assert_eq!(status, 200);
     let cached = cached.unwrap();
-    assert_eq!(token(&base, &cookie, false).await.1.as_deref(), Some(&*cached));
+    assert_eq!(
+        token(&base, &cookie, false).await.1.as_deref(),
+        Some(&*cached)
+    );
     assert_eq!(reads(), before, "plain requests are cache hits");
 
     let (status, fresh) = token(&base, &cookie, true).await;
@@ -161,11 +167,17 @@ async fn a_forced_refresh_gets_a_new_token_that_replaces_the_cached_one() {
 
     // The newest token is what the cache now serves, here and (from Redis) on another gateway.
     let before = reads();
-    assert_eq!(token(&base, &cookie, false).await.1.as_deref(), Some(&*newest));
+    assert_eq!(
+        token(&base, &cookie, false).await.1.as_deref(),
+        Some(&*newest)
+    );
     assert_eq!(reads(), before);
     let other = stack.gateway_with(long_lived).await;
     until_cached(&stack, &other, &cookie).await;
-    assert_eq!(token(&other, &cookie, false).await.1.as_deref(), Some(&*newest));
+    assert_eq!(
+        token(&other, &cookie, false).await.1.as_deref(),
+        Some(&*newest)
+    );
 
     // Signed out: refused with or without no-cache, on both gateways.
     let r = reqwest::Client::new()
@@ -180,7 +192,10 @@ async fn a_forced_refresh_gets_a_new_token_that_replaces_the_cached_one() {
     assert_eq!(token(&base, &cookie, false).await, (401, None));
     let deadline = Instant::now() + Duration::from_secs(30);
     while token(&other, &cookie, false).await.0 != 401 {
-        assert!(Instant::now() < deadline, "the other gateway never refused the revoked session");
+        assert!(
+            Instant::now() < deadline,
+            "the other gateway never refused the revoked session"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(token(&other, &cookie, true).await, (401, None));

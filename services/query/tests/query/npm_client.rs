@@ -210,18 +210,25 @@ fn check_paginated(result: &serde_json::Value) {
     assert_eq!(first_socket[0]["cursor"], serde_json::Value::Null);
     assert!(first_socket.iter().all(|a| a["journal"].is_null()));
     // Every result of a page carries the same journal: the page's end, its continueCursor.
-    let page_updates = |cursor: &serde_json::Value, socket: Option<u64>| -> Vec<&serde_json::Value> {
-        updates
-            .iter()
-            .filter(|u| &u["cursor"] == cursor && socket.is_none_or(|s| u["socket"] == s))
-            .collect()
-    };
+    let page_updates =
+        |cursor: &serde_json::Value, socket: Option<u64>| -> Vec<&serde_json::Value> {
+            updates
+                .iter()
+                .filter(|u| &u["cursor"] == cursor && socket.is_none_or(|s| u["socket"] == s))
+                .collect()
+        };
     let first_page = page_updates(&serde_json::Value::Null, None);
-    assert!(first_page.len() >= 2, "the first page was updated live: {result:#}");
+    assert!(
+        first_page.len() >= 2,
+        "the first page was updated live: {result:#}"
+    );
     let journal = &first_page[0]["journal"];
     assert!(journal.is_string(), "results carry a journal: {result:#}");
     for u in &first_page {
-        assert_eq!(&u["journal"], journal, "the first page's end never moved: {result:#}");
+        assert_eq!(
+            &u["journal"], journal,
+            "the first page's end never moved: {result:#}"
+        );
         assert_eq!(&u["continueCursor"], journal, "{result:#}");
         assert_eq!(u["isDone"], false);
     }
@@ -278,11 +285,15 @@ async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_err
     let sent = result["authenticates"].as_array().unwrap();
     // One token at the start, then one at least every 60 s for 180 s.
     assert!(sent.len() >= 4, "{result:#}");
-    let jtis: std::collections::BTreeSet<_> = sent.iter().map(|a| a["jti"].as_str().unwrap()).collect();
+    let jtis: std::collections::BTreeSet<_> =
+        sent.iter().map(|a| a["jti"].as_str().unwrap()).collect();
     assert_eq!(jtis.len(), sent.len(), "every token is new: {result:#}");
     for pair in sent.windows(2) {
         let (held, next) = (&pair[0], &pair[1]);
-        assert_eq!(held["exp"].as_i64().unwrap() - held["iat"].as_i64().unwrap(), 60);
+        assert_eq!(
+            held["exp"].as_i64().unwrap() - held["iat"].as_i64().unwrap(),
+            60
+        );
         assert!(
             next["at"].as_i64().unwrap() < held["exp"].as_i64().unwrap() * 1000,
             "a new token went out before the held one expired: {result:#}"
