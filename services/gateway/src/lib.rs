@@ -131,14 +131,23 @@ impl State {
 
     /// The Convex JWT for a session cookie: from the cache when it is trusted, else from auth
     /// (one call per key however many requests wait). The token route and SSR both use it.
-    pub(crate) async fn token_for(&self, cookie_value: String) -> Result<Token, tonic::Status> {
+    /// `dont_remember` is the browser's `dont_remember` cookie as sent (or empty): auth does not
+    /// refresh a `rememberMe: false` session when it issues the token.
+    pub(crate) async fn token_for(
+        &self,
+        cookie_value: String,
+        dont_remember: String,
+    ) -> Result<Token, tonic::Status> {
         let mut auth = self.auth();
         // Read before the request goes out: every log entry at or below it was committed
         // before auth reads the session, so the token reflects it.
         let fence = self.cache.as_ref().map_or(0, |c| c.fence());
         let issue = move |cookie_value: String| async move {
             let r = auth
-                .issue_token(pb::IssueTokenRequest { cookie_value })
+                .issue_token(pb::IssueTokenRequest {
+                    cookie_value,
+                    dont_remember_cookie: dont_remember,
+                })
                 .await?
                 .into_inner();
             Ok::<_, tonic::Status>(Token {
@@ -189,6 +198,9 @@ impl Application {
         let endpoint = edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
             .context("invalid AUTH_GRPC_URL")?
             .connect_timeout(std::time::Duration::from_secs(2))
+            // Keepalive pings break a connection whose traffic is swallowed; this bounds a
+            // call on a connection that stays up while auth does not answer it.
+            .timeout(config.auth_timeout)
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         let query = edge_proto::endpoint::endpoint(&config.query_grpc_url, &trust)
@@ -270,6 +282,7 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(routes::ratelimit::limit))
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
                     let route = req
@@ -277,13 +290,17 @@ impl Application {
                         .unwrap_or_else(|| fallback_label.to_owned());
                     let fut = srv.call(req);
                     async move {
-                        let res = fut.await;
+                        let mut res = fut.await;
+                        if let Ok(response) = &mut res {
+                            routes::cors::grant(response);
+                        }
                         metrics::REQUEST_DURATION
                             .with_label_values(&[route.as_str()])
                             .observe(start.elapsed().as_secs_f64());
                         res
                     }
                 })
+                .configure(routes::cors::configure)
                 .configure(routes::auth::configure)
                 .configure(routes::account::configure)
                 .configure(routes::ops::configure)
