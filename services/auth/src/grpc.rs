@@ -52,9 +52,15 @@ fn session_pb(s: &Session) -> pb::Session {
     }
 }
 
-fn session_response(info: SessionInfo) -> pb::SessionResponse {
+/// A session opened for the browser; `secret` signs the `dont_remember` cookie of a session
+/// opened with `rememberMe: false`.
+fn session_response(info: SessionInfo, secret: &edge_keys::Secret) -> pb::SessionResponse {
     pb::SessionResponse {
-        dont_remember_cookie_value: info.dont_remember_cookie.unwrap_or_default(),
+        dont_remember_cookie_value: if info.dont_remember {
+            edge_keys::cookie::sign_dont_remember(secret)
+        } else {
+            String::new()
+        },
         user: Some(user_pb(&info.user)),
         session: Some(session_pb(&info.session)),
         cookie_value: info.cookie_value,
@@ -160,7 +166,7 @@ impl AuthService for GrpcApi {
             )
             .await?;
         Ok(Response::new(match signed_up {
-            SignedUp::Session(info) => session_response(info),
+            SignedUp::Session(info) => session_response(info, &self.core.config.secret),
             SignedUp::Pending(user) => pb::SessionResponse {
                 user: Some(user_pb(&user)),
                 ..Default::default()
@@ -189,7 +195,10 @@ impl AuthService for GrpcApi {
                 },
             )
             .await?;
-        Ok(Response::new(session_response(info)))
+        Ok(Response::new(session_response(
+            info,
+            &self.core.config.secret,
+        )))
     }
 
     async fn sign_out(
@@ -335,7 +344,9 @@ impl AuthService for GrpcApi {
             .await?;
         Ok(Response::new(pb::ChangePasswordResponse {
             user: Some(user_pb(&changed.user)),
-            new_session: changed.new_session.map(session_response),
+            new_session: changed
+                .new_session
+                .map(|info| session_response(info, &self.core.config.secret)),
             revocations: changed.revocations.iter().map(revocation_pb).collect(),
         }))
     }

@@ -37,9 +37,9 @@ pub struct SessionInfo {
     pub cookie_value: String,
     /// Whether the expiry moved and the cookie should be written again.
     pub refreshed: bool,
-    /// For a session just opened with `rememberMe: false`: the signed `dont_remember` cookie
-    /// value to set beside a session cookie without Max-Age.
-    pub dont_remember_cookie: Option<String>,
+    /// Whether the session was just opened with `rememberMe: false`: its cookie is set without
+    /// Max-Age, beside the signed `dont_remember` cookie.
+    pub dont_remember: bool,
 }
 
 /// A sign-up: a session, or none while the address awaits verification
@@ -265,7 +265,7 @@ impl AuthCore {
             user,
             cookie_value,
             refreshed: true,
-            dont_remember_cookie: None,
+            dont_remember: false,
         }
     }
 
@@ -278,9 +278,7 @@ impl AuthCore {
         token: &SessionToken,
     ) -> SessionInfo {
         let mut info = self.opened(session, user, token);
-        info.dont_remember_cookie = client
-            .dont_remember
-            .then(|| cookie::sign_dont_remember(&self.config.secret));
+        info.dont_remember = client.dont_remember;
         info
     }
 
@@ -444,7 +442,7 @@ impl AuthCore {
             user,
             cookie_value,
             refreshed: due,
-            dont_remember_cookie: None,
+            dont_remember: false,
         })
     }
 
