@@ -283,6 +283,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .wrap(actix_web::middleware::from_fn(routes::ratelimit::limit))
+                .wrap(actix_web::middleware::from_fn(routes::cors::cors))
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
                     let route = req
@@ -290,17 +291,13 @@ impl Application {
                         .unwrap_or_else(|| fallback_label.to_owned());
                     let fut = srv.call(req);
                     async move {
-                        let mut res = fut.await;
-                        if let Ok(response) = &mut res {
-                            routes::cors::grant(response);
-                        }
+                        let res = fut.await;
                         metrics::REQUEST_DURATION
                             .with_label_values(&[route.as_str()])
                             .observe(start.elapsed().as_secs_f64());
                         res
                     }
                 })
-                .configure(routes::cors::configure)
                 .configure(routes::auth::configure)
                 .configure(routes::account::configure)
                 .configure(routes::ops::configure)

@@ -15,9 +15,12 @@
 //! Trust is the origin check's (`routes::request`): the gateway's own origin and the listed
 //! ones.
 
-use actix_web::dev::ServiceResponse;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, guard, web};
+use actix_web::middleware::Next;
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use crate::State;
 use crate::routes::request;
@@ -27,14 +30,20 @@ const MAX_AGE_SECONDS: &str = "600";
 /// What the `Vary` header of every `/api/auth/*` answer names.
 const VARY: &str = "Origin";
 
-/// The preflight route; registered before the auth routes (its resource guard lets every
-/// other method fall through to them).
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/api/auth/{tail:.*}")
-            .guard(guard::Options())
-            .to(preflight),
-    );
+/// The middleware (`actix_web::middleware::from_fn`), in front of the routes and of the rate
+/// limits: answers preflights of `/api/auth/*` itself and adds the grant to every other answer
+/// there.
+pub async fn cors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if req.method() == Method::OPTIONS && req.path().starts_with("/api/auth/") {
+        let response = preflight(req.request());
+        return Ok(req.into_response(response).map_into_right_body());
+    }
+    let mut response = next.call(req).await?;
+    grant(&mut response);
+    Ok(response.map_into_left_body())
 }
 
 /// The request's `Origin`, when it is exactly an origin (`scheme://host[:port]`) the gateway
@@ -62,11 +71,11 @@ fn requested_headers(req: &HttpRequest) -> Option<HeaderValue> {
         .then(|| value.clone())
 }
 
-async fn preflight(req: HttpRequest) -> HttpResponse {
+fn preflight(req: &HttpRequest) -> HttpResponse {
     let mut response = HttpResponse::NoContent();
     response.insert_header((header::VARY, VARY));
     let (Some(origin), true) = (
-        trusted_origin(&req),
+        trusted_origin(req),
         req.headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD),
     ) else {
@@ -77,7 +86,7 @@ async fn preflight(req: HttpRequest) -> HttpResponse {
         .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
         .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
         .insert_header((header::ACCESS_CONTROL_MAX_AGE, MAX_AGE_SECONDS));
-    if let Some(headers) = requested_headers(&req) {
+    if let Some(headers) = requested_headers(req) {
         response.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, headers));
     }
     response.finish()
@@ -85,7 +94,7 @@ async fn preflight(req: HttpRequest) -> HttpResponse {
 
 /// Adds the CORS headers to an actual request's answer (any `/api/auth/*` route, errors
 /// included, so the page can read why it was refused).
-pub fn grant<B>(response: &mut ServiceResponse<B>) {
+fn grant<B>(response: &mut ServiceResponse<B>) {
     if !response.request().path().starts_with("/api/auth/") {
         return;
     }
