@@ -14,8 +14,8 @@
 //   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, requests: [{method,
 //            path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP requests
 //            through Better Auth's own handler, in order (side-by-side checks against the
-//            gateway); `$SELF` and `$VALUE` in headers and bodies are the site's origin and
-//            the newest session cookie value
+//            gateway); `$SELF`, `$VALUE` and `$DONT` in headers and bodies are the site's
+//            origin, the newest session cookie value and the newest `dont_remember` value
 //   request-password-reset {databaseUrl, secret, email}          -> {token, url} (the mailed link)
 //   reset-password         {databaseUrl, secret, token, newPassword} -> {ok}
 //   send-verification      {databaseUrl, secret, email}          -> {token, url}
@@ -77,10 +77,13 @@ async function main() {
   }
   const auth = betterAuth(options);
   if (command === "request") {
-    // `$SELF` is the site's origin, `$VALUE` the newest session cookie value set so far.
+    // `$SELF` is the site's origin, `$VALUE` the newest session cookie value set so far,
+    // `$DONT` the newest `dont_remember` cookie value.
     const self = new URL(options.baseURL).origin;
     let value = "";
-    const fill = (text) => text.replaceAll("$SELF", self).replaceAll("$VALUE", value);
+    let dont = "";
+    const fill = (text) =>
+      text.replaceAll("$SELF", self).replaceAll("$VALUE", value).replaceAll("$DONT", dont);
     const answers = [];
     for (const r of args.requests) {
       const headers = Object.fromEntries(
@@ -101,6 +104,8 @@ async function main() {
       for (const c of setCookie) {
         const m = c.match(/^(?:__Secure-)?better-auth\.session_token=([^;]+)/);
         if (m) value = m[1];
+        const d = c.match(/^(?:__Secure-)?better-auth\.dont_remember=([^;]+)/);
+        if (d) dont = d[1];
       }
       answers.push({ status: response.status, headers: out, setCookie, body: await response.text() });
     }

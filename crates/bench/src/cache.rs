@@ -237,6 +237,8 @@ pub async fn run(bin: &Path, args: Args) -> anyhow::Result<()> {
             .env("AUTH_GRPC_URL", format!("http://127.0.0.1:{grpc}"))
             .env("AUTH_SIGN_IN_LIMIT_PER_ACCOUNT", "100000")
             .env("AUTH_SIGN_IN_LIMIT_PER_ADDRESS", "100000")
+            .env("AUTH_RATE_LIMIT_MAX", "100000")
+            .env("AUTH_MAIL_LIMIT_PER_ADDRESS", "100000")
             .env("DEVCONVEX_ADDR", format!("127.0.0.1:{dc}"))
             .env(
                 "DEVCONVEX_AUTH_CONFIG",

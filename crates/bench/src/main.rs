@@ -389,6 +389,8 @@ async fn run_ours(bin: &Path, alg: &str, args: &Args) -> anyhow::Result<Row> {
             .env("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{gw}"))
             .env("AUTH_SIGN_IN_LIMIT_PER_ACCOUNT", "100000")
             .env("AUTH_SIGN_IN_LIMIT_PER_ADDRESS", "100000")
+            .env("AUTH_RATE_LIMIT_MAX", "100000")
+            .env("AUTH_MAIL_LIMIT_PER_ADDRESS", "100000")
             // This run measures token issuance: every request goes to auth.
             .env("AUTH_CACHE_ENABLED", "false")
             .env("RUST_LOG", "warn");

@@ -69,6 +69,8 @@ impl Env {
             .env("AUTH_GRPC_URL", format!("http://127.0.0.1:{}", self.grpc))
             .env("AUTH_SIGN_IN_LIMIT_PER_ACCOUNT", "100000")
             .env("AUTH_SIGN_IN_LIMIT_PER_ADDRESS", "100000")
+            .env("AUTH_RATE_LIMIT_MAX", "100000")
+            .env("AUTH_MAIL_LIMIT_PER_ADDRESS", "100000")
             .env("RUST_LOG", "warn");
         for (k, v) in extra {
             cmd.env(k, v);

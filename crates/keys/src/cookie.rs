@@ -98,6 +98,42 @@ pub fn sign(secret: &Secret, token: &SessionToken) -> String {
     utf8_percent_encode(&raw, URI_COMPONENT).to_string()
 }
 
+/// Better Auth's `dont_remember` cookie (set beside a session opened with `rememberMe: false`),
+/// over http and over https.
+pub const DONT_REMEMBER_NAME: &str = "better-auth.dont_remember";
+pub const SECURE_DONT_REMEMBER_NAME: &str = "__Secure-better-auth.dont_remember";
+/// What Better Auth signs into the `dont_remember` cookie.
+const DONT_REMEMBER_VALUE: &str = "true";
+/// A session opened with `rememberMe: false` lasts this long (seconds) and is never refreshed.
+pub const DONT_REMEMBER_SESSION_SECONDS: i64 = 24 * 3600;
+
+/// The `dont_remember` cookie's value: `"true"` signed as Better Auth's `setSignedCookie` signs
+/// (`true.<base64 HMAC-SHA256>`, URL-encoded).
+pub fn sign_dont_remember(secret: &Secret) -> String {
+    let tag = secret.sign(DONT_REMEMBER_VALUE.as_bytes());
+    let raw = format!("{DONT_REMEMBER_VALUE}.{}", b64::std_encode(tag.as_ref()));
+    utf8_percent_encode(&raw, URI_COMPONENT).to_string()
+}
+
+/// Whether a `dont_remember` cookie value is `"true"` signed under `secret` (Better Auth's
+/// `getSignedCookie`: anything else counts as no cookie).
+pub fn verify_dont_remember(secret: &Secret, cookie_value: &str) -> bool {
+    if cookie_value.is_empty() || cookie_value.len() > MAX_COOKIE_VALUE_LEN {
+        return false;
+    }
+    let Ok(decoded) = percent_decode_str(cookie_value).decode_utf8() else {
+        return false;
+    };
+    let Some((value, signature)) = decoded.rsplit_once('.') else {
+        return false;
+    };
+    if value != DONT_REMEMBER_VALUE || signature.len() != 44 {
+        return false;
+    }
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, signature)
+        .is_ok_and(|tag| secret.verify(value.as_bytes(), &tag))
+}
+
 /// The one encoding of a cookie value: decoded, then encoded like `encodeURIComponent`, so
 /// `%2B` and `+`-free spellings of the same value share a cache key.
 pub fn canonical(cookie_value: &str) -> Option<String> {
@@ -140,6 +176,11 @@ pub fn from_header(header: &str, secure: bool) -> Option<&str> {
     } else {
         COOKIE_NAME
     };
+    named_from_header(header, wanted)
+}
+
+/// The value of the cookie `wanted` in a `Cookie` header.
+pub fn named_from_header<'a>(header: &'a str, wanted: &str) -> Option<&'a str> {
     header.split(';').find_map(|pair| {
         let (name, value) = pair.trim().split_once('=')?;
         (name.trim() == wanted).then(|| value.trim())
@@ -160,6 +201,23 @@ mod tests {
             verify(&Secret::new("another-secret-0123456789abcdef"), &value),
             None
         );
+    }
+
+    #[test]
+    fn dont_remember_is_signed_true() {
+        let secret = Secret::new("a-secret-of-some-length-0123456789");
+        let value = sign_dont_remember(&secret);
+        assert!(value.starts_with("true."));
+        assert!(verify_dont_remember(&secret, &value));
+        assert!(!verify_dont_remember(
+            &Secret::new("another-secret-0123456789abcdef"),
+            &value
+        ));
+        let forged = value.replacen("true", "false", 1);
+        assert!(!verify_dont_remember(&secret, &forged));
+        for garbage in ["", "true", "true.", "%ZZ.x"] {
+            assert!(!verify_dont_remember(&secret, garbage), "{garbage}");
+        }
     }
 
     #[test]

@@ -9,7 +9,8 @@ pub use crate::hashing::HashBudget;
 
 pub use edge_telemetry::ConfigError;
 
-/// Rate limits of sign-up and sign-in (see [`crate::ratelimit`]), shared by every replica.
+/// Rate limits of `/api/auth/*` as Better Auth's defaults (see [`crate::ratelimit`]), shared by
+/// every replica.
 #[derive(Debug, Clone)]
 pub struct RateLimit {
     /// Requests per client address and route within `window` (`AUTH_SIGN_IN_LIMIT_PER_ADDRESS`;
@@ -21,6 +22,15 @@ pub struct RateLimit {
     /// (`AUTH_SIGN_IN_LIMIT_PER_ACCOUNT`).
     pub per_account: u32,
     pub account_window: Duration,
+    /// Better Auth's rule for `/request-password-reset`, `/send-verification-email` and
+    /// `/forget-password*` (mail to an address): `mail_per_address` per `mail_window` (3 per
+    /// 60 s; `AUTH_MAIL_LIMIT_PER_ADDRESS`).
+    pub mail_per_address: u32,
+    pub mail_window: Duration,
+    /// Better Auth's rule for every other route: `default_max` per `default_window` (100 per
+    /// 10 s; `AUTH_RATE_LIMIT_MAX`, `AUTH_RATE_LIMIT_WINDOW_SECONDS`).
+    pub default_max: u32,
+    pub default_window: Duration,
 }
 
 impl Default for RateLimit {
@@ -30,6 +40,10 @@ impl Default for RateLimit {
             window: Duration::from_secs(10),
             per_account: 10,
             account_window: Duration::from_secs(60),
+            mail_per_address: 3,
+            mail_window: Duration::from_secs(60),
+            default_max: 100,
+            default_window: Duration::from_secs(10),
         }
     }
 }
@@ -51,7 +65,10 @@ impl RateLimit {
 
     /// The longest window: rows older than it are pruned.
     pub fn longest_window(&self) -> Duration {
-        self.window.max(self.account_window)
+        self.window
+            .max(self.account_window)
+            .max(self.mail_window)
+            .max(self.default_window)
     }
 }
 
@@ -281,6 +298,16 @@ impl Config {
         }
         if let Some(v) = get("AUTH_SIGN_IN_LIMIT_PER_ADDRESS") {
             config.sign_in_limit.per_address = count(&v, "AUTH_SIGN_IN_LIMIT_PER_ADDRESS")?;
+        }
+        if let Some(v) = get("AUTH_MAIL_LIMIT_PER_ADDRESS") {
+            config.sign_in_limit.mail_per_address = count(&v, "AUTH_MAIL_LIMIT_PER_ADDRESS")?;
+        }
+        if let Some(v) = get("AUTH_RATE_LIMIT_MAX") {
+            config.sign_in_limit.default_max = count(&v, "AUTH_RATE_LIMIT_MAX")?;
+        }
+        if let Some(v) = get("AUTH_RATE_LIMIT_WINDOW_SECONDS") {
+            let secs = count(&v, "AUTH_RATE_LIMIT_WINDOW_SECONDS")?;
+            config.sign_in_limit.default_window = Duration::from_secs(u64::from(secs));
         }
         if let Some(v) = get("AUTH_PASSWORD_HASH_MEMORY_MB") {
             let per_run_mb = edge_keys::password::MEMORY_BYTES / (1024 * 1024);

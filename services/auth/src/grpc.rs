@@ -52,8 +52,15 @@ fn session_pb(s: &Session) -> pb::Session {
     }
 }
 
-fn session_response(info: SessionInfo) -> pb::SessionResponse {
+/// A session opened for the browser; `secret` signs the `dont_remember` cookie of a session
+/// opened with `rememberMe: false`.
+fn session_response(info: SessionInfo, secret: &edge_keys::Secret) -> pb::SessionResponse {
     pb::SessionResponse {
+        dont_remember_cookie_value: if info.dont_remember {
+            edge_keys::cookie::sign_dont_remember(secret)
+        } else {
+            String::new()
+        },
         user: Some(user_pb(&info.user)),
         session: Some(session_pb(&info.session)),
         cookie_value: info.cookie_value,
@@ -108,6 +115,7 @@ fn client(c: Option<pb::ClientInfo>) -> Client {
     Client {
         ip_address: c.ip_address,
         user_agent: c.user_agent.chars().take(512).collect(),
+        dont_remember: false,
     }
 }
 
@@ -145,10 +153,20 @@ impl AuthService for GrpcApi {
         let callback = bounded("callbackURL", &r.callback_url)?;
         let signed_up = self
             .core
-            .sign_up(name, email, password, image, callback, &client(r.client))
+            .sign_up(
+                name,
+                email,
+                password,
+                image,
+                callback,
+                &Client {
+                    dont_remember: r.dont_remember,
+                    ..client(r.client)
+                },
+            )
             .await?;
         Ok(Response::new(match signed_up {
-            SignedUp::Session(info) => session_response(info),
+            SignedUp::Session(info) => session_response(info, &self.core.config.secret),
             SignedUp::Pending(user) => pb::SessionResponse {
                 user: Some(user_pb(&user)),
                 ..Default::default()
@@ -167,9 +185,20 @@ impl AuthService for GrpcApi {
         let callback = bounded("callbackURL", &r.callback_url)?;
         let info = self
             .core
-            .sign_in(email, password, callback, &client(r.client))
+            .sign_in(
+                email,
+                password,
+                callback,
+                &Client {
+                    dont_remember: r.dont_remember,
+                    ..client(r.client)
+                },
+            )
             .await?;
-        Ok(Response::new(session_response(info)))
+        Ok(Response::new(session_response(
+            info,
+            &self.core.config.secret,
+        )))
     }
 
     async fn sign_out(
@@ -191,7 +220,10 @@ impl AuthService for GrpcApi {
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::GetSessionResponse>, Status> {
         let r = request.into_inner();
-        let info = self.core.session(&r.cookie_value).await?;
+        let info = self
+            .core
+            .session_for(&r.cookie_value, &r.dont_remember_cookie)
+            .await?;
         Ok(Response::new(pb::GetSessionResponse {
             user: Some(user_pb(&info.user)),
             session: Some(session_pb(&info.session)),
@@ -200,12 +232,26 @@ impl AuthService for GrpcApi {
         }))
     }
 
+    async fn consume_rate_limit(
+        &self,
+        request: Request<pb::ConsumeRateLimitRequest>,
+    ) -> Result<Response<pb::ConsumeRateLimitResponse>, Status> {
+        let r = request.into_inner();
+        self.core
+            .consume_rate_limit(&client(r.client), &r.path)
+            .await?;
+        Ok(Response::new(pb::ConsumeRateLimitResponse {}))
+    }
+
     async fn issue_token(
         &self,
         request: Request<pb::IssueTokenRequest>,
     ) -> Result<Response<pb::IssueTokenResponse>, Status> {
         let r = request.into_inner();
-        let issued = self.core.issue_token(&r.cookie_value).await?;
+        let issued = self
+            .core
+            .issue_token_for(&r.cookie_value, &r.dont_remember_cookie)
+            .await?;
         Ok(Response::new(pb::IssueTokenResponse {
             jwt: issued.token.jwt,
             expires_at: issued.token.expires_at,
@@ -298,7 +344,9 @@ impl AuthService for GrpcApi {
             .await?;
         Ok(Response::new(pb::ChangePasswordResponse {
             user: Some(user_pb(&changed.user)),
-            new_session: changed.new_session.map(session_response),
+            new_session: changed
+                .new_session
+                .map(|info| session_response(info, &self.core.config.secret)),
             revocations: changed.revocations.iter().map(revocation_pb).collect(),
         }))
     }

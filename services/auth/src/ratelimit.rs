@@ -1,16 +1,20 @@
-//! Rate limits of sign-up and sign-in, as Better Auth's defaults, counted in Better Auth's own
+//! Rate limits of `/api/auth/*`, as Better Auth's defaults, counted in Better Auth's own
 //! `rateLimit` table (`{id, key, count, lastRequest}`, its `storage: "database"` shape) so
 //! every auth replica shares them.
 //!
-//! Better Auth 1.7 (`api/rate-limiter`): per client address and path (`"<ip>|<path>"`), at most
-//! `max` requests within `window` of the last counted one; `/sign-in*`, `/sign-up*`,
-//! `/change-password*`, `/change-email*` allow 3 per 10 s. Refused requests get 429 with
-//! `X-Retry-After` (seconds until the window ends). Beside that, convex-edge counts sign-in
-//! attempts per account (whatever the address), so a botnet cannot guess one password from
-//! many addresses.
+//! Better Auth 1.7 (`api/rate-limiter`, `getDefaultSpecialRules`): per client address and path
+//! (`"<ip>|<path>"`, the path below `/api/auth`), at most `max` requests within `window` of
+//! the last counted one: `/sign-in*`, `/sign-up*`, `/change-password*`, `/change-email*` allow
+//! 3 per 10 s; `/request-password-reset`, `/send-verification-email`, `/forget-password*` 3 per
+//! 60 s; every other path 100 per 10 s ([`rule_for`]). Refused requests get 429 with
+//! `X-Retry-After` (seconds until the window ends). Sign-in and sign-up are counted by their
+//! own operations; the gateway asks for every other route (`ConsumeRateLimit`) before it runs
+//! it. Beside that, convex-edge counts sign-in attempts per account (whatever the address), so
+//! a botnet cannot guess one password from many addresses.
 
 use std::time::Duration;
 
+use crate::config::RateLimit;
 use crate::error::AuthError;
 use crate::store::{Store, StoreError};
 
@@ -40,6 +44,28 @@ impl Subject<'_> {
             }
             Subject::Account { email, path } => format!("account:{email}|{path}"),
         }
+    }
+}
+
+/// Better Auth's rule for a path below `/api/auth` (`"/change-password"`), with the limits of
+/// `config`.
+pub fn rule_for(config: &RateLimit, path: &str) -> Rule {
+    let strict = ["/sign-in", "/sign-up", "/change-password", "/change-email"];
+    if strict.iter().any(|p| path.starts_with(p)) {
+        return config.address_rule();
+    }
+    if path == "/request-password-reset"
+        || path == "/send-verification-email"
+        || path.starts_with("/forget-password")
+    {
+        return Rule {
+            max: config.mail_per_address,
+            window: config.mail_window,
+        };
+    }
+    Rule {
+        max: config.default_max,
+        window: config.default_window,
     }
 }
 
@@ -73,4 +99,43 @@ pub async fn prune(store: &Store, longest_window: Duration) -> Result<u64, Store
     let before = chrono::Utc::now().timestamp_millis()
         - i64::try_from(longest_window.as_millis()).unwrap_or(i64::MAX / 2);
     store.prune_rate_limits(before).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_are_better_auths_defaults() {
+        let c = RateLimit::default();
+        let rule = |max, secs| Rule {
+            max,
+            window: Duration::from_secs(secs),
+        };
+        for path in [
+            "/sign-in/email",
+            "/sign-up/email",
+            "/change-password",
+            "/change-email",
+        ] {
+            assert_eq!(rule_for(&c, path), rule(3, 10), "{path}");
+        }
+        for path in [
+            "/request-password-reset",
+            "/send-verification-email",
+            "/forget-password",
+        ] {
+            assert_eq!(rule_for(&c, path), rule(3, 60), "{path}");
+        }
+        for path in [
+            "/sign-out",
+            "/update-user",
+            "/reset-password",
+            "/reset-password/abc",
+            "/request-password-reset/x",
+            "/verify-email",
+        ] {
+            assert_eq!(rule_for(&c, path), rule(100, 10), "{path}");
+        }
+    }
 }

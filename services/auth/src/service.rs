@@ -17,11 +17,15 @@ use crate::ratelimit::{self, Subject};
 use crate::revocations::RevocationHub;
 use crate::store::{CredentialAccount, RevocationRow, Session, Store, User, now_ms};
 
-/// Who is asking (for rate limits and the session row).
+/// Who is asking (for rate limits and the session row), and whether a session it opens is to
+/// be remembered.
 #[derive(Debug, Clone, Default)]
 pub struct Client {
     pub ip_address: String,
     pub user_agent: String,
+    /// Better Auth's `rememberMe: false` on sign-in or sign-up: the session lasts a day
+    /// ([`cookie::DONT_REMEMBER_SESSION_SECONDS`]) and its cookie ends with the browser session.
+    pub dont_remember: bool,
 }
 
 /// A session just opened or looked up, with its user.
@@ -33,6 +37,9 @@ pub struct SessionInfo {
     pub cookie_value: String,
     /// Whether the expiry moved and the cookie should be written again.
     pub refreshed: bool,
+    /// Whether the session was just opened with `rememberMe: false`: its cookie is set without
+    /// Max-Age, beside the signed `dont_remember` cookie.
+    pub dont_remember: bool,
 }
 
 /// A sign-up: a session, or none while the address awaits verification
@@ -128,7 +135,12 @@ pub(crate) fn new_session(
         id: edge_keys::generate_id(),
         token: token.as_str().to_owned(),
         user_id: user_id.to_owned(),
-        expires_at: now + Duration::seconds(SESSION_MAX_AGE_SECONDS),
+        expires_at: now
+            + Duration::seconds(if client.dont_remember {
+                cookie::DONT_REMEMBER_SESSION_SECONDS
+            } else {
+                SESSION_MAX_AGE_SECONDS
+            }),
         created_at: now,
         updated_at: now,
         ip_address: Some(client.ip_address.clone()),
@@ -240,7 +252,7 @@ impl AuthCore {
             self.send_verification_for(&user, callback_url).await?;
         }
         Ok(match session {
-            Some(session) => SignedUp::Session(self.opened(session, user, &token)),
+            Some(session) => SignedUp::Session(self.opened_for(client, session, user, &token)),
             None => SignedUp::Pending(user),
         })
     }
@@ -253,7 +265,21 @@ impl AuthCore {
             user,
             cookie_value,
             refreshed: true,
+            dont_remember: false,
         }
+    }
+
+    /// [`Self::opened`] for `client`, with the `dont_remember` cookie when it asked for it.
+    fn opened_for(
+        &self,
+        client: &Client,
+        session: Session,
+        user: User,
+        token: &SessionToken,
+    ) -> SessionInfo {
+        let mut info = self.opened(session, user, token);
+        info.dont_remember = client.dont_remember;
+        info
     }
 
     pub async fn sign_in(
@@ -318,7 +344,26 @@ impl AuthCore {
         let session = new_session(&user.id, &token, client, now_ms());
         self.store.create_session(&session).await?;
         tracing::info!(user_id = %user.id, session_id = %session.id, "signed in");
-        Ok(self.opened(session, user, &token))
+        Ok(self.opened_for(client, session, user, &token))
+    }
+
+    /// Counts one request of `client` on an `/api/auth/*` route (`path` below `/api/auth`, as
+    /// Better Auth keys it) under Better Auth's rule for it ([`ratelimit::rule_for`]);
+    /// [`AuthError::RateLimited`] once its window is full. Sign-in and sign-up count
+    /// themselves: the gateway asks for every other route.
+    pub async fn consume_rate_limit(&self, client: &Client, path: &str) -> Result<(), AuthError> {
+        if !path.starts_with('/') || path.len() > 512 || path.chars().any(char::is_control) {
+            return Err(AuthError::invalid(
+                ErrorCode::VALIDATION_ERROR,
+                "rate limit path must be an /api/auth route below /api/auth",
+            ));
+        }
+        let rule = ratelimit::rule_for(&self.config.sign_in_limit, path);
+        let address = Subject::Address {
+            ip: &client.ip_address,
+            path,
+        };
+        ratelimit::consume(&self.store, address, rule).await
     }
 
     /// Ends the cookie's session; the revocation is in the log (and announced) on return.
@@ -357,6 +402,17 @@ impl AuthCore {
 
     /// The session behind a cookie, refreshed when older than a day since its last refresh.
     pub async fn session(&self, cookie_value: &str) -> Result<SessionInfo, AuthError> {
+        self.session_for(cookie_value, "").await
+    }
+
+    /// [`Self::session`] for a browser that also sent Better Auth's `dont_remember` cookie
+    /// (its value as sent, or empty): when that cookie's signature holds, the session is never
+    /// refreshed, as Better Auth's `getSession` does for `rememberMe: false`.
+    pub async fn session_for(
+        &self,
+        cookie_value: &str,
+        dont_remember_cookie: &str,
+    ) -> Result<SessionInfo, AuthError> {
         let token =
             cookie::verify(&self.config.secret, cookie_value).ok_or(AuthError::Unauthorized)?;
         let (mut session, user) = self
@@ -370,8 +426,9 @@ impl AuthCore {
             return Err(AuthError::Unauthorized);
         }
         let max_age = Duration::seconds(SESSION_MAX_AGE_SECONDS);
-        let due =
-            session.expires_at - max_age + Duration::seconds(SESSION_UPDATE_AGE_SECONDS) <= now;
+        let due = session.expires_at - max_age + Duration::seconds(SESSION_UPDATE_AGE_SECONDS)
+            <= now
+            && !cookie::verify_dont_remember(&self.config.secret, dont_remember_cookie);
         if due {
             session.expires_at = now + max_age;
             session.updated_at = now;
@@ -385,12 +442,23 @@ impl AuthCore {
             user,
             cookie_value,
             refreshed: due,
+            dont_remember: false,
         })
     }
 
     /// A Convex JWT for the cookie's session: one session read, no key read.
     pub async fn issue_token(&self, cookie_value: &str) -> Result<IssuedToken, AuthError> {
-        let info = self.session(cookie_value).await?;
+        self.issue_token_for(cookie_value, "").await
+    }
+
+    /// [`Self::issue_token`] with the browser's `dont_remember` cookie (see
+    /// [`Self::session_for`]).
+    pub async fn issue_token_for(
+        &self,
+        cookie_value: &str,
+        dont_remember_cookie: &str,
+    ) -> Result<IssuedToken, AuthError> {
+        let info = self.session_for(cookie_value, dont_remember_cookie).await?;
         let now = Utc::now();
         let iat = now.timestamp();
         let claims = Claims {

@@ -22,6 +22,10 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// `GATEWAY_AUTH_TIMEOUT_MS`: the deadline of every gRPC call to auth (unary calls until
+    /// their answer, the revocation stream until auth accepts it); past it the browser gets
+    /// 503 and the revocation stream is dialled again.
+    pub auth_timeout: std::time::Duration,
     /// HTTP worker threads.
     pub workers: usize,
     /// The token cache (`AUTH_CACHE_ENABLED`, `AUTH_CACHE_TTL`, `REDIS_URL`); `None`: off.
@@ -66,6 +70,7 @@ impl Config {
             trusted_origins: Vec::new(),
             trusted_proxies: TrustedProxies::default(),
             max_body_bytes: 64 * 1024,
+            auth_timeout: std::time::Duration::from_secs(5),
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -200,6 +205,15 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_owned())
                 .filter(|o| !o.is_empty())
                 .collect();
+        }
+        if let Some(v) = get("GATEWAY_AUTH_TIMEOUT_MS") {
+            let ms: u64 = v.parse().ok().filter(|ms| *ms > 0).ok_or_else(|| {
+                ConfigError::new(
+                    "GATEWAY_AUTH_TIMEOUT_MS",
+                    format!("expected a positive number of milliseconds, got `{v}`"),
+                )
+            })?;
+            config.auth_timeout = std::time::Duration::from_millis(ms);
         }
         if let Some(v) = get("GATEWAY_TRUSTED_PROXIES") {
             config.trusted_proxies = v

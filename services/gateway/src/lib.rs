@@ -131,8 +131,15 @@ impl State {
 
     /// The Convex JWT for a session cookie: from the cache when it is trusted, else from auth
     /// (one call per key however many requests wait). The token route and SSR both use it.
-    pub(crate) async fn token_for(&self, cookie_value: String) -> Result<Token, tonic::Status> {
-        self.token_with(cookie_value, Freshness::Cached).await
+    /// `dont_remember` is the browser's `dont_remember` cookie as sent (or empty): auth does not
+    /// refresh a `rememberMe: false` session when it issues the token.
+    pub(crate) async fn token_for(
+        &self,
+        cookie_value: String,
+        dont_remember: String,
+    ) -> Result<Token, tonic::Status> {
+        self.token_with(cookie_value, dont_remember, Freshness::Cached)
+            .await
     }
 
     /// [`State::token_for`], or with [`Freshness::Fresh`] a token newly issued by auth (still
@@ -141,6 +148,7 @@ impl State {
     pub(crate) async fn token_with(
         &self,
         cookie_value: String,
+        dont_remember: String,
         freshness: Freshness,
     ) -> Result<Token, tonic::Status> {
         let mut auth = self.auth();
@@ -149,7 +157,10 @@ impl State {
         let fence = self.cache.as_ref().map_or(0, |c| c.fence());
         let issue = move |cookie_value: String| async move {
             let r = auth
-                .issue_token(pb::IssueTokenRequest { cookie_value })
+                .issue_token(pb::IssueTokenRequest {
+                    cookie_value,
+                    dont_remember_cookie: dont_remember,
+                })
                 .await?
                 .into_inner();
             Ok::<_, tonic::Status>(Token {
@@ -212,6 +223,9 @@ impl Application {
         let endpoint = edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
             .context("invalid AUTH_GRPC_URL")?
             .connect_timeout(std::time::Duration::from_secs(2))
+            // Keepalive pings break a connection whose traffic is swallowed; this bounds a
+            // call on a connection that stays up while auth does not answer it.
+            .timeout(config.auth_timeout)
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         let query = edge_proto::endpoint::endpoint(&config.query_grpc_url, &trust)
@@ -293,6 +307,8 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(actix_web::middleware::from_fn(routes::ratelimit::limit))
+                .wrap(actix_web::middleware::from_fn(routes::cors::cors))
                 .wrap_fn(|req, srv| {
                     let start = Instant::now();
                     let route = req

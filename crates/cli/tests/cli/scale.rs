@@ -36,6 +36,7 @@ impl AuthAddrs {
                 ("AUTH_HTTP_ADDR".into(), format!("127.0.0.1:{}", self.http)),
                 // Every request comes from 127.0.0.1; these tests are about scale.
                 ("AUTH_SIGN_IN_LIMIT_PER_ADDRESS".into(), "100000".into()),
+                ("AUTH_RATE_LIMIT_MAX".into(), "100000".into()),
             ],
             None,
         )

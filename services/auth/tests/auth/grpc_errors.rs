@@ -12,6 +12,7 @@ fn sign_up(email: &str, password: &str) -> pb::SignUpRequest {
         password: password.into(),
         image: None,
         client: None,
+        ..Default::default()
     }
 }
 
@@ -60,6 +61,7 @@ async fn bad_requests_get_precise_codes() {
             email: "dup@example.com".into(),
             password: "wrong password".into(),
             client: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -77,6 +79,7 @@ async fn bad_requests_get_precise_codes() {
         let err = c
             .issue_token(pb::IssueTokenRequest {
                 cookie_value: cookie.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -110,6 +113,7 @@ async fn sign_in_is_rate_limited_per_account() {
             ip_address: "10.0.0.1".into(),
             user_agent: String::new(),
         }),
+        ..Default::default()
     };
     for _ in 0..3 {
         c.sign_in(attempt()).await.unwrap();

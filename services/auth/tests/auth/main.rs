@@ -84,6 +84,7 @@ pub async fn sign_up(client: &mut AuthServiceClient<Channel>, email: &str) -> St
                 ip_address: "127.0.0.1".into(),
                 user_agent: "test".into(),
             }),
+            ..Default::default()
         })
         .await
         .expect("sign up");

@@ -92,6 +92,7 @@ async fn stream_is_ordered_resumable_and_live_across_replicas() {
         let err = client
             .issue_token(pb::IssueTokenRequest {
                 cookie_value: c1.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -113,6 +114,7 @@ async fn an_expired_session_is_refused_and_logged_as_expired() {
     let err = client
         .issue_token(pb::IssueTokenRequest {
             cookie_value: cookie.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -149,6 +151,7 @@ async fn sessions_older_than_a_day_are_extended() {
     let fresh = client
         .get_session(pb::GetSessionRequest {
             cookie_value: cookie.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -165,6 +168,7 @@ async fn sessions_older_than_a_day_are_extended() {
     let refreshed = client
         .get_session(pb::GetSessionRequest {
             cookie_value: cookie.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()

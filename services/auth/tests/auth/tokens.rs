@@ -33,6 +33,7 @@ async fn issue_many(running: &crate::Running, store: &Store, n: usize) {
         let r = client
             .issue_token(pb::IssueTokenRequest {
                 cookie_value: cookie.clone(),
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -154,6 +155,7 @@ async fn a_rotated_key_signs_only_after_every_cached_jwks_has_it() {
     let old = ca
         .issue_token(pb::IssueTokenRequest {
             cookie_value: cookie.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -183,6 +185,7 @@ async fn a_rotated_key_signs_only_after_every_cached_jwks_has_it() {
             let jwt = client
                 .issue_token(pb::IssueTokenRequest {
                     cookie_value: cookie.clone(),
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -254,6 +257,7 @@ async fn the_key_set_follows_the_jwks_table_whoever_writes_it() {
         let r = client
             .issue_token(pb::IssueTokenRequest {
                 cookie_value: cookie.clone(),
+                ..Default::default()
             })
             .await
             .expect("auth always has a signing key")

@@ -174,7 +174,10 @@ async fn viewer(req: &HttpRequest, state: &State) -> Result<Viewer, HttpResponse
     let Some(cookie) = session_cookie(req) else {
         return Ok(Viewer::anonymous(false));
     };
-    match state.token_for(cookie).await {
+    match state
+        .token_for(cookie, crate::routes::dont_remember_cookie(req))
+        .await
+    {
         Ok(token) => Ok(Viewer::signed_in(&token.jwt, token.expires_at)),
         Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => {
             Ok(Viewer::anonymous(true))

@@ -9,7 +9,10 @@ use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
 use crate::routes::request::{self, Csrf, check_origin};
-use crate::routes::{clear_cookies, client_view, session_cookie, set_cookie};
+use crate::routes::{
+    clear_cookies, client_view, dont_remember_cookie, expire_dont_remember, session_cookie,
+    set_browser_session_cookies, set_cookie,
+};
 use crate::{Freshness, State};
 use edge_keys::CacheKey;
 
@@ -44,6 +47,24 @@ pub(crate) fn string_field(
     Err(ApiError::new(
         ErrorCode::VALIDATION_ERROR,
         format!("[body.{name}] Invalid input: expected string, received {received}"),
+    ))
+}
+
+/// Better Auth's `rememberMe` (`z.boolean().optional()`): `Some(false)` only when the body says
+/// `false`; any other type is zod's error.
+fn remember_me(body: &Map<String, Value>) -> Result<bool, ApiError> {
+    let received = match body.get("rememberMe") {
+        None => return Ok(true),
+        Some(Value::Bool(b)) => return Ok(*b),
+        Some(Value::Null) => "null",
+        Some(Value::String(_)) => "string",
+        Some(Value::Number(_)) => "number",
+        Some(Value::Array(_)) => "array",
+        Some(Value::Object(_)) => "object",
+    };
+    Err(ApiError::new(
+        ErrorCode::VALIDATION_ERROR,
+        format!("[body.rememberMe] Invalid input: expected boolean, received {received}"),
     ))
 }
 
@@ -102,6 +123,7 @@ async fn sign_up(
         image: string_field(&body, "image", false)?,
         client: Some(client_info(&req)),
         callback_url: callback.clone().unwrap_or_default(),
+        dont_remember: !remember_me(&body)?,
     };
     let r = state.auth().sign_up(request).await?.into_inner();
     Ok(opened_session(&req, r, json!({})))
@@ -126,12 +148,24 @@ pub(crate) fn opened_session(
     if let Value::Object(map) = &mut body {
         map.retain(|k, v| k != "url" || !v.is_null());
     }
-    HttpResponse::Ok()
-        .insert_header((
+    let mut response = HttpResponse::Ok();
+    if r.dont_remember_cookie_value.is_empty() {
+        response.append_header((
             header::SET_COOKIE,
             set_cookie(req, &r.cookie_value, r.cookie_max_age_seconds),
-        ))
-        .json(body)
+        ));
+        // Better Auth's `setSessionCookie`: a remembered session replaces a browser-session one.
+        if !dont_remember_cookie(req).is_empty() {
+            response.append_header((header::SET_COOKIE, expire_dont_remember(req)));
+        }
+    } else {
+        for cookie in
+            set_browser_session_cookies(req, &r.cookie_value, &r.dont_remember_cookie_value)
+        {
+            response.append_header((header::SET_COOKIE, cookie));
+        }
+    }
+    response.json(body)
 }
 
 async fn sign_in(
@@ -147,6 +181,7 @@ async fn sign_in(
         password: string_field(&body, "password", true)?.unwrap_or_default(),
         client: Some(client_info(&req)),
         callback_url: callback.clone().unwrap_or_default(),
+        dont_remember: !remember_me(&body)?,
     };
     let r = state.auth().sign_in(request).await?.into_inner();
     // Better Auth: `{redirect, token, url, user}`, and `Location` when there is a callback.
@@ -206,7 +241,10 @@ async fn get_session(req: HttpRequest, state: web::Data<State>) -> Result<HttpRe
     };
     match state
         .auth()
-        .get_session(pb::GetSessionRequest { cookie_value })
+        .get_session(pb::GetSessionRequest {
+            cookie_value,
+            dont_remember_cookie: dont_remember_cookie(&req),
+        })
         .await
     {
         Ok(r) => {
@@ -256,7 +294,9 @@ async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse
     } else {
         Freshness::Cached
     };
-    let token = state.token_with(cookie_value, freshness).await?;
+    let token = state
+        .token_with(cookie_value, dont_remember_cookie(&req), freshness)
+        .await?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(json!({"token": &*token.jwt})))

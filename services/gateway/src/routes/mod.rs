@@ -2,8 +2,10 @@
 
 pub mod account;
 pub mod auth;
+pub mod cors;
 pub mod ops;
 pub mod proxy;
+pub mod ratelimit;
 pub mod request;
 
 use actix_web::HttpRequest;
@@ -24,6 +26,23 @@ pub(crate) fn session_cookie(req: &HttpRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Better Auth's `dont_remember` cookie as the browser sent it (the `__Secure-` name over
+/// https), or empty; only auth can tell whether its signature holds.
+pub(crate) fn dont_remember_cookie(req: &HttpRequest) -> String {
+    use edge_keys::cookie::{DONT_REMEMBER_NAME, SECURE_DONT_REMEMBER_NAME};
+    let name = if is_https(req) {
+        SECURE_DONT_REMEMBER_NAME
+    } else {
+        DONT_REMEMBER_NAME
+    };
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| edge_keys::cookie::named_from_header(h, name))
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The client as the gateway may believe it (forwarding headers from trusted proxies only).
 pub(crate) fn client_view(req: &HttpRequest) -> ClientView {
     let proxies = req
@@ -36,6 +55,38 @@ pub(crate) fn client_view(req: &HttpRequest) -> ClientView {
 /// Whether the client reached us over https (directly or through a trusted proxy that says so).
 pub(crate) fn is_https(req: &HttpRequest) -> bool {
     client_view(req).is_https()
+}
+
+/// `Set-Cookie` of the session cookie for a `rememberMe: false` session: no Max-Age, so it
+/// ends with the browser session, and Better Auth's `dont_remember` cookie (signed by auth)
+/// beside it, with the same attributes.
+pub(crate) fn set_browser_session_cookies(
+    req: &HttpRequest,
+    value: &str,
+    dont_remember: &str,
+) -> [String; 2] {
+    let (prefix, secure) = if is_https(req) {
+        ("__Secure-", " Secure;")
+    } else {
+        ("", "")
+    };
+    [
+        format!("{prefix}{COOKIE_NAME}={value}; Path=/; HttpOnly;{secure} SameSite=Lax"),
+        format!(
+            "{prefix}better-auth.dont_remember={dont_remember}; Path=/; HttpOnly;{secure} SameSite=Lax"
+        ),
+    ]
+}
+
+/// `Set-Cookie` that removes Better Auth's `dont_remember` cookie (a session opened with
+/// `rememberMe` replaces one that was not to be remembered).
+pub(crate) fn expire_dont_remember(req: &HttpRequest) -> String {
+    if is_https(req) {
+        "__Secure-better-auth.dont_remember=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
+            .to_owned()
+    } else {
+        "better-auth.dont_remember=; Max-Age=0; Path=/; HttpOnly; SameSite=Lax".to_owned()
+    }
 }
 
 /// `Set-Cookie` exactly as Better Auth writes it; `max_age` 0 clears the cookie.

@@ -84,7 +84,10 @@ pub async fn forward(
     let mut clear = false;
     let jwt = match session_cookie(&req) {
         None => None,
-        Some(cookie) => match state.token_for(cookie).await {
+        Some(cookie) => match state
+            .token_for(cookie, crate::routes::dont_remember_cookie(&req))
+            .await
+        {
             Ok(token) => Some(token.jwt),
             Err(status) if ErrorCode::from_status(&status) == ErrorCode::UNAUTHORIZED => {
                 clear = true;

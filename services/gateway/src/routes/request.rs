@@ -35,13 +35,13 @@ fn header_str<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 }
 
 /// `scheme://host[:port]` of a URL, or `None` when it is not one.
-fn origin_of(url: &str) -> Option<String> {
+pub(crate) fn origin_of(url: &str) -> Option<String> {
     let url = reqwest::Url::parse(url).ok()?;
     matches!(url.scheme(), "http" | "https").then(|| url.origin().ascii_serialization())
 }
 
 /// Whether `claimed` (an `Origin` or `Referer` value) is one of the trusted origins.
-fn is_trusted(req: &HttpRequest, state: &State, claimed: &str) -> bool {
+pub(crate) fn is_trusted(req: &HttpRequest, state: &State, claimed: &str) -> bool {
     let Some(origin) = origin_of(claimed) else {
         return false;
     };

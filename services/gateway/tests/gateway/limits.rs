@@ -186,3 +186,99 @@ async fn limits_hold_across_auth_replicas() {
     assert_429_within(r, 60).await;
     drop(stop);
 }
+
+/// POSTs a JSON body to `path` as the client `forwarded_for` says, `n` times; the statuses.
+async fn statuses(base: &str, path: &str, forwarded_for: Option<&str>, n: usize) -> Vec<u16> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let r = post_as(base, path, forwarded_for, json!({"email": "x@example.com"})).await;
+        out.push(r.status().as_u16());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_other_auth_routes_have_better_auths_limits_per_client() {
+    let mut stack = default_limits().await;
+    let gateway = stack
+        .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
+        .await;
+    // (path, Better Auth's max, its window): the strict rule, the mail rule, the default.
+    for (path, max, window) in [
+        ("/api/auth/change-password", 3, 10),
+        ("/api/auth/change-email", 3, 10),
+        ("/api/auth/request-password-reset", 3, 60),
+        ("/api/auth/send-verification-email", 3, 60),
+        ("/api/auth/forget-password", 3, 60),
+        ("/api/auth/update-user", 100, 10),
+        ("/api/auth/sign-out", 100, 10),
+    ] {
+        let client = Some("198.51.100.10");
+        let seen = statuses(&gateway, path, client, max).await;
+        assert!(
+            seen.iter().all(|s| *s != 429),
+            "{path}: refused within its {max}: {seen:?}"
+        );
+        let r = post_as(&gateway, path, client, json!({"email": "x@example.com"})).await;
+        assert_429_within(r, window).await;
+        // Another client behind the same proxy is not limited.
+        let seen = statuses(&gateway, path, Some("198.51.100.11"), 1).await;
+        assert_ne!(seen, [429], "{path}");
+    }
+    // Counted in Better Auth's table, one row per client and path.
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&stack.db.url).await.unwrap();
+    let (rows,): (i64,) =
+        sqlx::query_as(r#"SELECT COUNT(*) FROM "rateLimit" WHERE key LIKE '198.51.100.10|%'"#)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows, 7,
+        "one row per client and path, in Better Auth's table"
+    );
+}
+
+#[tokio::test]
+async fn the_other_routes_ignore_spoofed_forwarding_headers() {
+    let stack = default_limits().await;
+    for i in 0..3 {
+        let spoof = format!("203.0.113.{i}");
+        let seen = statuses(&stack.base, "/api/auth/change-password", Some(&spoof), 1).await;
+        assert_ne!(seen, [429]);
+    }
+    let r = post_as(
+        &stack.base,
+        "/api/auth/change-password",
+        Some("203.0.113.99"),
+        json!({}),
+    )
+    .await;
+    assert_429_within(r, 10).await;
+}
+
+#[tokio::test]
+async fn the_other_routes_limits_hold_across_gateways_and_auth_replicas() {
+    let db = edge_testkit::test_database().await;
+    let url = db.url.clone();
+    let stack = Stack::start_on(db, |c| c.sign_in_limit = RateLimit::default()).await;
+    let mut config = crate::auth_config(&url);
+    config.sign_in_limit = RateLimit::default();
+    let other = edge_auth::Application::build(config).await.unwrap();
+    let other_grpc = other.grpc_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(other.run_until(async {
+        let _ = stopped.await;
+    }));
+    let mut stack = stack;
+    let second = stack
+        .gateway_with(|c| c.auth_grpc_url = format!("http://{other_grpc}"))
+        .await;
+    let mut seen = Vec::new();
+    for base in [&stack.base, &second, &stack.base, &second] {
+        seen.extend(statuses(base, "/api/auth/request-password-reset", None, 1).await);
+    }
+    assert!(seen[..3].iter().all(|s| *s != 429), "{seen:?}");
+    assert_eq!(seen[3], 429, "{seen:?}");
+    drop(stop);
+}

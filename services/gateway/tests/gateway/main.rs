@@ -2,8 +2,10 @@
 //! better-auth and jose npm packages.
 
 mod account;
+mod auth_deadlines;
 mod bad_input;
 mod cache;
+mod cors;
 mod database_outage;
 mod interop;
 mod limits;
@@ -44,6 +46,8 @@ pub fn auth_config(db_url: &str) -> edge_auth::Config {
     // (`limits` tests use Better Auth's defaults).
     c.sign_in_limit.per_address = 100_000;
     c.sign_in_limit.per_account = 100_000;
+    c.sign_in_limit.mail_per_address = 100_000;
+    c.sign_in_limit.default_max = 100_000;
     c
 }
 

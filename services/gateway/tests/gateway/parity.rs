@@ -6,8 +6,8 @@ use serde_json::{Value, json};
 
 use crate::{PASSWORD, SECRET, Stack, http};
 
-/// One request; `$SELF` (the site's origin) and `$VALUE` (the newest session cookie value) are
-/// filled in on each side.
+/// One request; `$SELF` (the site's origin), `$VALUE` (the newest session cookie value) and
+/// `$DONT` (the newest `dont_remember` cookie value) are filled in on each side.
 #[derive(Debug, Clone)]
 struct Req {
     method: &'static str,
@@ -99,9 +99,14 @@ async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answ
 /// The same requests through the gateway at `base` (`extra` headers on every request).
 async fn gateway(base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer> {
     let mut value = String::new();
+    let mut dont = String::new();
     let mut answers = Vec::new();
     for r in reqs {
-        let fill = |s: &str| s.replace("$SELF", base).replace("$VALUE", &value);
+        let fill = |s: &str| {
+            s.replace("$SELF", base)
+                .replace("$VALUE", &value)
+                .replace("$DONT", &dont)
+        };
         let mut request = http().request(r.method.parse().unwrap(), format!("{base}{}", r.path));
         for (k, v) in r.headers.iter().chain(extra) {
             request = request.header(*k, fill(v));
@@ -122,6 +127,12 @@ async fn gateway(base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer
                 let v = v.split(';').next().unwrap_or_default();
                 if !v.is_empty() {
                     value = v.to_owned();
+                }
+            }
+            if let Some(v) = c.strip_prefix("better-auth.dont_remember=") {
+                let v = v.split(';').next().unwrap_or_default();
+                if !v.is_empty() {
+                    dont = v.to_owned();
                 }
             }
         }
@@ -391,4 +402,106 @@ async fn bodies_and_answers_match_better_auth() {
     assert_eq!(ours[10].body["url"], "/dashboard");
     assert_eq!(ours[13].body["code"], "INVALID_EMAIL_OR_PASSWORD");
     assert_eq!(ours[15].body, json!({"success": true}));
+}
+
+fn get(path: &'static str, cookie: &'static str) -> Req {
+    Req {
+        method: "GET",
+        path,
+        headers: vec![("cookie", cookie)],
+        body: None,
+    }
+}
+
+/// A get-session answer's `expiresAt` minus `field` (`createdAt`, `updatedAt`), in seconds.
+fn lifetime(answer: &Answer, field: &str) -> i64 {
+    let at = |name: &str| {
+        let s = answer.body["session"][name]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session.{name} in {answer:?}"));
+        chrono::DateTime::parse_from_rfc3339(s)
+            .unwrap()
+            .timestamp_millis()
+    };
+    (at("expiresAt") - at(field) + 500).div_euclid(1000)
+}
+
+#[tokio::test]
+async fn remember_me_false_matches_better_auth() {
+    const BOTH: &str = "better-auth.session_token=$VALUE; better-auth.dont_remember=$DONT";
+    const FORGED: &str = "better-auth.session_token=$VALUE; \
+        better-auth.dont_remember=true.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA%3D";
+    let sign_in = |remember: Value| {
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "r@example.com", "password": PASSWORD, "rememberMe": remember}),
+        )
+    };
+    let reqs = vec![
+        // 0: a browser-session cookie and the signed `dont_remember` beside it.
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "R", "email": "r@example.com", "password": PASSWORD, "rememberMe": false}),
+        ),
+        // 1-3: a day-long session that neither get-session nor a token refreshes.
+        get("/api/auth/get-session", BOTH),
+        get("/api/auth/token", BOTH),
+        get("/api/auth/get-session", BOTH),
+        // 4: without the `dont_remember` cookie it is an ordinary session: refreshed.
+        get("/api/auth/get-session", "better-auth.session_token=$VALUE"),
+        // 5-6: the same for sign-in; a forged `dont_remember` counts for nothing.
+        sign_in(json!(false)),
+        get("/api/auth/get-session", FORGED),
+        // 7: a remembered sign-in in that browser expires `dont_remember`.
+        sign_in(json!(true))
+            .header("cookie", "better-auth.dont_remember=$DONT")
+            .header("origin", "$SELF"),
+        // 8: not a boolean.
+        sign_in(json!("no")),
+        // 9: sign-out clears both.
+        post_json("/api/auth/sign-out", json!({}))
+            .header("cookie", BOTH)
+            .header("origin", "$SELF"),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let stack = Stack::start().await;
+    let ours = gateway(&stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    let day = 24 * 3600;
+    for answers in [&ours, &theirs] {
+        let no_max_age = vec![
+            ("better-auth.dont_remember".to_owned(), false),
+            ("better-auth.session_token".to_owned(), false),
+        ];
+        assert_eq!(answers[0].cookies(), no_max_age);
+        assert_eq!(answers[5].cookies(), no_max_age);
+        assert!(answers[0].set_cookie[1].starts_with("better-auth.dont_remember=true."));
+        for i in [1, 3] {
+            assert_eq!(
+                lifetime(&answers[i], "createdAt"),
+                day,
+                "{i}: {:?}",
+                answers[i]
+            );
+            assert!(answers[i].set_cookie.is_empty(), "{i}: refreshed");
+        }
+        assert_eq!(answers[2].status, 200);
+        assert_eq!(lifetime(&answers[4], "updatedAt"), 7 * day);
+        assert_eq!(lifetime(&answers[6], "updatedAt"), 7 * day);
+        assert_eq!(
+            answers[7].cookies(),
+            vec![
+                ("better-auth.dont_remember".to_owned(), true),
+                ("better-auth.session_token".to_owned(), true),
+            ]
+        );
+        assert!(
+            answers[7]
+                .set_cookie
+                .iter()
+                .any(|c| c.starts_with("better-auth.dont_remember=;"))
+        );
+        assert_eq!(answers[8].status, 400);
+        assert_eq!(answers[9].status, 200);
+    }
 }
