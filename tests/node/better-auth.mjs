@@ -11,11 +11,12 @@
 //                          (with revokeOtherSessions)
 //   delete-user            {databaseUrl, secret, cookie, password} -> {ok}
 //   update-user            {databaseUrl, secret, cookie, name}   -> {ok}
-//   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, requests: [{method,
-//            path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP requests
-//            through Better Auth's own handler, in order (side-by-side checks against the
-//            gateway); `$SELF` and `$VALUE` in headers and bodies are the site's origin and
-//            the newest session cookie value
+//   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, freshAge?, requests:
+//            [{method, path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP
+//            requests through Better Auth's own handler, in order (side-by-side checks against
+//            the gateway); `$SELF` and `$VALUE` in headers and bodies are the site's origin and
+//            the newest session cookie value; a request with method "SQL" runs its body as a
+//            statement on the database instead (answer status 0)
 //   request-password-reset {databaseUrl, secret, email}          -> {token, url} (the mailed link)
 //   reset-password         {databaseUrl, secret, token, newPassword} -> {ok}
 //   send-verification      {databaseUrl, secret, email}          -> {token, url}
@@ -48,6 +49,8 @@ const options = {
     },
   },
   user: { deleteUser: { enabled: true } },
+  // `freshAge` in seconds (Better Auth's default, one day, when not given).
+  ...(args.freshAge == null ? {} : { session: { freshAge: args.freshAge } }),
   // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
   plugins: [
     jwt({
@@ -83,6 +86,12 @@ async function main() {
     const fill = (text) => text.replaceAll("$SELF", self).replaceAll("$VALUE", value);
     const answers = [];
     for (const r of args.requests) {
+      if (r.method === "SQL") {
+        // A step that changes the database between requests (e.g. ages a session).
+        await pool.query(r.body);
+        answers.push({ status: 0, headers: {}, setCookie: [], body: "" });
+        continue;
+      }
       const headers = Object.fromEntries(
         Object.entries(r.headers ?? {}).map(([k, v]) => [k, fill(v)]),
       );

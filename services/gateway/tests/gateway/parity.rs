@@ -62,6 +62,16 @@ fn parse_body(text: &str) -> Value {
 
 /// The requests through Better Auth's own handler at `base_url`, on a fresh database.
 async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answer> {
+    better_auth_with(reqs, base_url, trusted, json!({})).await
+}
+
+/// As [`better_auth`], with more of the script's options (`freshAge`).
+async fn better_auth_with(
+    reqs: &[Req],
+    base_url: &str,
+    trusted: &[&str],
+    options: Value,
+) -> Vec<Answer> {
     let db = edge_testkit::test_database().await;
     let requests: Vec<Value> = reqs
         .iter()
@@ -74,10 +84,13 @@ async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answ
             json!({"method": r.method, "path": r.path, "headers": headers, "body": r.body})
         })
         .collect();
-    let args = json!({
+    let mut args = json!({
         "databaseUrl": db.url, "secret": SECRET, "migrate": true, "baseURL": base_url,
         "trustedOrigins": trusted, "requests": requests,
     });
+    for (k, v) in options.as_object().expect("options are an object") {
+        args[k] = v.clone();
+    }
     let out = edge_testkit::node("better-auth.mjs", &["request".into(), args.to_string()]).await;
     let answers = out.as_array().unwrap_or_else(|| panic!("{out}"));
     answers
@@ -96,11 +109,28 @@ async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answ
         .collect()
 }
 
-/// The same requests through the gateway at `base` (`extra` headers on every request).
-async fn gateway(base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer> {
+/// The same requests through the gateway at `base` (`extra` headers on every request); `SQL`
+/// steps run on `db_url`.
+async fn gateway(db_url: &str, base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer> {
     let mut value = String::new();
     let mut answers = Vec::new();
     for r in reqs {
+        if r.method == "SQL" {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+            let statement = r.body.clone().expect("an SQL step has a statement");
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            answers.push(Answer {
+                status: 0,
+                body: Value::Null,
+                location: None,
+                set_cookie: Vec::new(),
+            });
+            continue;
+        }
         let fill = |s: &str| s.replace("$SELF", base).replace("$VALUE", &value);
         let mut request = http().request(r.method.parse().unwrap(), format!("{base}{}", r.path));
         for (k, v) in r.headers.iter().chain(extra) {
@@ -254,7 +284,7 @@ async fn origin_and_csrf_checks_match_better_auth() {
     let base = stack
         .gateway_with(|c| c.trusted_origins = vec!["http://trusted.example".into()])
         .await;
-    let ours = gateway(&base, &reqs, &[]).await;
+    let ours = gateway(&stack.db.url, &base, &reqs, &[]).await;
     side_by_side(&ours, &theirs, &reqs);
     assert_eq!(ours[1].body["code"], "MISSING_OR_NULL_ORIGIN");
     assert_eq!(ours[2].body["code"], "INVALID_ORIGIN");
@@ -285,7 +315,7 @@ async fn over_https_only_the_secure_cookie_name_is_read() {
     let base = stack
         .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
         .await;
-    let ours = gateway(&base, &reqs, &[("x-forwarded-proto", "https")]).await;
+    let ours = gateway(&stack.db.url, &base, &reqs, &[("x-forwarded-proto", "https")]).await;
     side_by_side(&ours, &theirs, &reqs);
     assert!(ours[0].set_cookie[0].starts_with("__Secure-better-auth.session_token="));
     assert_eq!(
@@ -299,7 +329,7 @@ async fn over_https_only_the_secure_cookie_name_is_read() {
         "/api/auth/sign-up/email",
         sign_up_body("p@example.com"),
     )];
-    let ours = gateway(&stack.base, &plain, &[("x-forwarded-proto", "https")]).await;
+    let ours = gateway(&stack.db.url, &stack.base, &plain, &[("x-forwarded-proto", "https")]).await;
     assert!(ours[0].set_cookie[0].starts_with("better-auth.session_token="));
 }
 
@@ -383,7 +413,7 @@ async fn bodies_and_answers_match_better_auth() {
     ];
     let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
     let stack = Stack::start().await;
-    let ours = gateway(&stack.base, &reqs, &[]).await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
     side_by_side(&ours, &theirs, &reqs);
     assert_eq!(ours[2].status, 200, "eight UTF-16 units are long enough");
     assert_eq!(ours[5].body["user"]["image"], Value::Null);
@@ -391,4 +421,93 @@ async fn bodies_and_answers_match_better_auth() {
     assert_eq!(ours[10].body["url"], "/dashboard");
     assert_eq!(ours[13].body["code"], "INVALID_EMAIL_OR_PASSWORD");
     assert_eq!(ours[15].body, json!({"success": true}));
+}
+
+fn get(path: &'static str) -> Req {
+    Req {
+        method: "GET",
+        path,
+        headers: vec![("cookie", "better-auth.session_token=$VALUE")],
+        body: None,
+    }
+}
+
+/// A step that runs `statement` on each side's database between requests.
+fn sql(statement: &str) -> Req {
+    Req {
+        method: "SQL",
+        path: "",
+        headers: Vec::new(),
+        body: Some(statement.to_owned()),
+    }
+}
+
+/// `freshAge` (`AUTH_FRESH_AGE_SECONDS`): a session older than it may not list sessions
+/// (403 `SESSION_NOT_FRESH`) nor delete its user without the password (400
+/// `SESSION_EXPIRED`); the password still does, and the session itself goes on.
+#[tokio::test]
+async fn fresh_age_checks_match_better_auth() {
+    const FRESH_AGE: u64 = 60;
+    let cookie_post = |path: &'static str, body: Value| {
+        post_json(path, body)
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("origin", "$SELF")
+    };
+    // Sessions made older than freshAge, or just younger.
+    let age = |seconds: u64| {
+        sql(&format!(
+            r#"UPDATE "session" SET "createdAt" = now() - interval '{seconds} seconds'"#
+        ))
+    };
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("f@example.com")),
+        get("/api/auth/list-sessions"),
+        age(FRESH_AGE - 20),
+        get("/api/auth/list-sessions"),
+        age(FRESH_AGE + 1),
+        get("/api/auth/list-sessions"),
+        cookie_post("/api/auth/delete-user", json!({})),
+        cookie_post("/api/auth/delete-user", json!({"password": "not the password"})),
+        get("/api/auth/get-session"),
+        // A new sign-in is fresh again.
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "f@example.com", "password": PASSWORD}),
+        ),
+        get("/api/auth/list-sessions"),
+        // With the password, a session that is not fresh deletes its user.
+        age(FRESH_AGE * 2),
+        cookie_post("/api/auth/delete-user", json!({"password": PASSWORD})),
+        get("/api/auth/get-session"),
+    ];
+    let theirs = better_auth_with(
+        &reqs,
+        "http://localhost:8080",
+        &[],
+        json!({"freshAge": FRESH_AGE}),
+    )
+    .await;
+    let db = edge_testkit::test_database().await;
+    let stack = Stack::start_on(db, |c| {
+        c.account.fresh_age = std::time::Duration::from_secs(FRESH_AGE);
+        c.account.delete_user_enabled = true;
+    })
+    .await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    assert_eq!(ours[1].status, 200);
+    assert_eq!(ours[3].status, 200, "younger than freshAge");
+    assert_eq!(
+        (ours[5].status, &ours[5].body["code"]),
+        (403, &json!("SESSION_NOT_FRESH"))
+    );
+    assert_eq!(
+        (ours[6].status, &ours[6].body["code"]),
+        (400, &json!("SESSION_EXPIRED"))
+    );
+    assert_eq!(ours[7].body["code"], "INVALID_PASSWORD");
+    assert!(ours[8].body["session"].is_object(), "{:?}", ours[8]);
+    assert_eq!(ours[10].body.as_array().map(Vec::len), Some(2));
+    assert_eq!(ours[12].body["success"], true);
+    assert_eq!(ours[13].body, Value::Null);
 }
