@@ -511,3 +511,104 @@ async fn fresh_age_checks_match_better_auth() {
     assert_eq!(ours[12].body["success"], true);
     assert_eq!(ours[13].body, Value::Null);
 }
+
+/// Bad input on the account, session, reset and verification routes: the same status, code
+/// and message as Better Auth 1.7 (its own handler, with a mail sender and `deleteUser` on).
+#[tokio::test]
+async fn bad_input_on_the_account_routes_matches_better_auth() {
+    let with_cookie = |path: &'static str, body: Value| {
+        post_json(path, body)
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("origin", "$SELF")
+    };
+    let bare = |path: &'static str| Req {
+        method: "GET",
+        path,
+        headers: Vec::new(),
+        body: None,
+    };
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("bad@example.com")),
+        with_cookie("/api/auth/revoke-session", json!({})),
+        with_cookie("/api/auth/revoke-session", json!({"token": 5})),
+        with_cookie("/api/auth/update-user", json!({})),
+        with_cookie("/api/auth/update-user", json!({"name": 1})),
+        with_cookie("/api/auth/update-user", json!({"email": "n@example.com"})),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "short"}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": "wrong one!", "newPassword": "long enough 1"}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "long enough 1", "revokeOtherSessions": "yes"}),
+        ),
+        with_cookie("/api/auth/change-email", json!({"newEmail": "n@example.com"})),
+        with_cookie("/api/auth/delete-user", json!({"password": "wrong one!"})),
+        with_cookie("/api/auth/delete-user", json!({"password": 5})),
+        post_json(
+            "/api/auth/request-password-reset",
+            json!({"email": "not-an-email"}),
+        ),
+        post_json(
+            "/api/auth/request-password-reset",
+            json!({"email": "bad@example.com", "redirectTo": "https://evil.example/x"}),
+        ),
+        post_json("/api/auth/request-password-reset", json!({})),
+        post_json(
+            "/api/auth/reset-password",
+            json!({"newPassword": "long enough 1"}),
+        ),
+        post_json(
+            "/api/auth/reset-password",
+            json!({"newPassword": "long enough 1", "token": "nope"}),
+        ),
+        post_json("/api/auth/reset-password", json!({"token": "nope"})),
+        with_cookie(
+            "/api/auth/send-verification-email",
+            json!({"email": "other@example.com"}),
+        ),
+        with_cookie("/api/auth/send-verification-email", json!({})),
+        with_cookie(
+            "/api/auth/send-verification-email",
+            json!({"email": "bad@example.com", "callbackURL": "https://evil.example"}),
+        ),
+        bare("/api/auth/verify-email"),
+        bare("/api/auth/verify-email?token=garbage"),
+        bare("/api/auth/verify-email?token=garbage&callbackURL=%2Fdone"),
+        bare("/api/auth/reset-password/abc?callbackURL=%2Freset"),
+        bare("/api/auth/reset-password/abc?callbackURL=https%3A%2F%2Fevil.example"),
+        bare("/api/auth/list-sessions"),
+        bare("/api/auth/list-accounts"),
+        post_json("/api/auth/revoke-sessions", json!({})).header("origin", "$SELF"),
+        post_json("/api/auth/revoke-other-sessions", json!({})).header("origin", "$SELF"),
+        // The session is untouched by all of it.
+        get("/api/auth/get-session"),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let smtp = crate::account::Smtp::start().await;
+    let db = edge_testkit::test_database().await;
+    let url = smtp.url();
+    let stack = Stack::start_on(db, move |c| {
+        c.mail.mode = edge_auth::mail::MailMode::Smtp(url.parse().unwrap());
+        c.account.delete_user_enabled = true;
+    })
+    .await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    for (i, answer) in ours.iter().enumerate().skip(1).take(reqs.len() - 2) {
+        assert!(
+            (300..500).contains(&answer.status),
+            "request {i}: {answer:?}"
+        );
+    }
+    assert_eq!(ours.last().unwrap().body["user"]["email"], "bad@example.com");
+    assert!(smtp.messages().is_empty(), "{:?}", smtp.messages());
+}
