@@ -14,9 +14,9 @@
 //   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, freshAge?, requests:
 //            [{method, path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP
 //            requests through Better Auth's own handler, in order (side-by-side checks against
-//            the gateway); `$SELF` and `$VALUE` in headers and bodies are the site's origin and
-//            the newest session cookie value; a request with method "SQL" runs its body as a
-//            statement on the database instead (answer status 0)
+//            the gateway); `$SELF`, `$VALUE` and `$TOKEN` in headers and bodies are the site's
+//            origin, the newest session cookie value and the session token in it; a request
+//            with method "SQL" runs its body as a statement on the database instead (status 0)
 //   request-password-reset {databaseUrl, secret, email}          -> {token, url} (the mailed link)
 //   reset-password         {databaseUrl, secret, token, newPassword} -> {ok}
 //   send-verification      {databaseUrl, secret, email}          -> {token, url}
@@ -83,7 +83,12 @@ async function main() {
     // `$SELF` is the site's origin, `$VALUE` the newest session cookie value set so far.
     const self = new URL(options.baseURL).origin;
     let value = "";
-    const fill = (text) => text.replaceAll("$SELF", self).replaceAll("$VALUE", value);
+    // `$TOKEN`: the session token in that value (`urlencode(token + "." + signature)`).
+    const fill = (text) =>
+      text
+        .replaceAll("$SELF", self)
+        .replaceAll("$VALUE", value)
+        .replaceAll("$TOKEN", decodeURIComponent(value).split(".")[0]);
     const answers = [];
     for (const r of args.requests) {
       if (r.method === "SQL") {

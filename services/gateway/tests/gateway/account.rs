@@ -176,7 +176,8 @@ async fn bad_input_on_the_account_routes_changes_nothing() {
             401,
             "UNAUTHORIZED",
         ),
-        ("/api/auth/update-user", json!({}), c(), 400, "BAD_REQUEST"),
+        // As Better Auth's `APIError.fromStatus`: a message, no code.
+        ("/api/auth/update-user", json!({}), c(), 400, ""),
         (
             "/api/auth/update-user",
             json!({"name": 1}),
@@ -245,7 +246,7 @@ async fn bad_input_on_the_account_routes_changes_nothing() {
             json!({"email": "not-an-email"}),
             None,
             400,
-            "INVALID_EMAIL",
+            "VALIDATION_ERROR",
         ),
         (
             "/api/auth/request-password-reset",
@@ -307,10 +308,11 @@ async fn bad_input_on_the_account_routes_changes_nothing() {
     for (path, body, cookie, status, code) in cases {
         let (got, answer) = post(path, body.clone(), cookie).await;
         assert_eq!(
-            (got, answer["code"].as_str()),
-            (status, Some(code)),
+            (got, answer["code"].as_str().unwrap_or_default()),
+            (status, code),
             "{path} {body}: {answer}"
         );
+        assert!(answer["message"].is_string(), "{path} {body}: {answer}");
     }
     for (path, status, code) in [
         ("/api/auth/list-sessions", 401, "UNAUTHORIZED"),
