@@ -35,7 +35,8 @@ impl SmtpSink {
             .kill_on_drop(true)
             .spawn()
             .expect("python3 runs (pip install aiosmtpd)");
-        let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let mut lines =
+            tokio::io::BufReader::new(child.stdout.take().expect("piped stdout")).lines();
         let port = lines
             .next_line()
             .await

@@ -142,7 +142,11 @@ async fn deployment_files_render_validate_and_line_up() {
     // Mail: auth takes SMTP_URL and EMAIL_FROM from the environment (`.env`), empty (no mail)
     // unless set; the SMTP credentials reach no other service.
     for var in ["SMTP_URL", "EMAIL_FROM"] {
-        assert_eq!(env("auth", var), "", "compose auth {var}: optional, unset by default");
+        assert_eq!(
+            env("auth", var),
+            "",
+            "compose auth {var}: optional, unset by default"
+        );
         for other in ["gateway", "query", "migrate"] {
             assert!(
                 services[other]["environment"].get(var).is_none(),

@@ -58,7 +58,11 @@ impl Answer {
 
 /// The session token inside a cookie value (`urlencode(token + "." + signature)`).
 fn token_of(value: &str) -> String {
-    value.split(['.', '%']).next().unwrap_or_default().to_owned()
+    value
+        .split(['.', '%'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn parse_body(text: &str) -> Value {
@@ -324,7 +328,13 @@ async fn over_https_only_the_secure_cookie_name_is_read() {
     let base = stack
         .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
         .await;
-    let ours = gateway(&stack.db.url, &base, &reqs, &[("x-forwarded-proto", "https")]).await;
+    let ours = gateway(
+        &stack.db.url,
+        &base,
+        &reqs,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
     side_by_side(&ours, &theirs, &reqs);
     assert!(ours[0].set_cookie[0].starts_with("__Secure-better-auth.session_token="));
     assert_eq!(
@@ -338,7 +348,13 @@ async fn over_https_only_the_secure_cookie_name_is_read() {
         "/api/auth/sign-up/email",
         sign_up_body("p@example.com"),
     )];
-    let ours = gateway(&stack.db.url, &stack.base, &plain, &[("x-forwarded-proto", "https")]).await;
+    let ours = gateway(
+        &stack.db.url,
+        &stack.base,
+        &plain,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
     assert!(ours[0].set_cookie[0].starts_with("better-auth.session_token="));
 }
 
@@ -476,7 +492,10 @@ async fn fresh_age_checks_match_better_auth() {
         age(FRESH_AGE + 1),
         get("/api/auth/list-sessions"),
         cookie_post("/api/auth/delete-user", json!({})),
-        cookie_post("/api/auth/delete-user", json!({"password": "not the password"})),
+        cookie_post(
+            "/api/auth/delete-user",
+            json!({"password": "not the password"}),
+        ),
         get("/api/auth/get-session"),
         // A new sign-in is fresh again.
         post_json(
@@ -565,7 +584,10 @@ async fn bad_input_on_the_account_routes_matches_better_auth() {
             "/api/auth/change-password",
             json!({"currentPassword": PASSWORD, "newPassword": "long enough 1", "revokeOtherSessions": null}),
         ),
-        with_cookie("/api/auth/change-email", json!({"newEmail": "n@example.com"})),
+        with_cookie(
+            "/api/auth/change-email",
+            json!({"newEmail": "n@example.com"}),
+        ),
         with_cookie("/api/auth/delete-user", json!({"password": "wrong one!"})),
         with_cookie("/api/auth/delete-user", json!({"password": 5})),
         post_json(
@@ -625,7 +647,10 @@ async fn bad_input_on_the_account_routes_matches_better_auth() {
             "request {i}: {answer:?}"
         );
     }
-    assert_eq!(ours.last().unwrap().body["user"]["email"], "bad@example.com");
+    assert_eq!(
+        ours.last().unwrap().body["user"]["email"],
+        "bad@example.com"
+    );
     assert!(smtp.messages().is_empty(), "{:?}", smtp.messages());
 }
 
@@ -649,7 +674,10 @@ async fn ending_the_callers_session_clears_its_cookies_as_better_auth_does() {
         post_json("/api/auth/sign-up/email", sign_up_body("c@example.com")),
         sign_in(),
         // Another session's token: the caller's cookies stay.
-        with_cookie("/api/auth/revoke-session", json!({"token": "not-a-session"})),
+        with_cookie(
+            "/api/auth/revoke-session",
+            json!({"token": "not-a-session"}),
+        ),
         with_cookie("/api/auth/revoke-other-sessions", json!({})),
         with_cookie("/api/auth/revoke-session", json!({"token": "$TOKEN"})),
         get("/api/auth/list-sessions"),

@@ -85,6 +85,9 @@ pub struct Stack {
     _tls: Option<(edge_testkit::TestCa, edge_testkit::TlsRelay)>,
 }
 
+/// A change to auth's configuration, applied before it starts.
+pub type AuthTweak = Box<dyn FnOnce(&mut edge_auth::Config) + Send>;
+
 pub struct Options {
     pub token_ttl: Duration,
     pub socket_queue: usize,
@@ -97,7 +100,7 @@ pub struct Options {
     /// makes the query service trust that CA through its `SSL_CERT_FILE`.
     pub tls_upstream: Option<bool>,
     /// Changes to auth's configuration (mail, Better Auth's account options).
-    pub auth: Option<Box<dyn FnOnce(&mut edge_auth::Config) + Send>>,
+    pub auth: Option<AuthTweak>,
 }
 
 impl Default for Options {

@@ -173,7 +173,11 @@ impl Browser {
                     .is_some_and(|a| a.iter().any(|t| t["text"] == text))
             })
             .await;
-        assert!(seen.auth_errors.is_empty(), "{what}: {:?}", seen.auth_errors);
+        assert!(
+            seen.auth_errors.is_empty(),
+            "{what}: {:?}",
+            seen.auth_errors
+        );
     }
 }
 
@@ -277,7 +281,9 @@ async fn every_route_that_ends_sessions_ends_exactly_their_tokens_and_sockets() 
                 new_cookie = cookie_of(&r);
                 r
             }
-            "delete-user" => post(&routes, &path, Some(&caller), json!({"password": PASSWORD})).await,
+            "delete-user" => {
+                post(&routes, &path, Some(&caller), json!({"password": PASSWORD})).await
+            }
             "reset-password" => {
                 let r = post(
                     &routes,
