@@ -11,11 +11,13 @@
 //                          (with revokeOtherSessions)
 //   delete-user            {databaseUrl, secret, cookie, password} -> {ok}
 //   update-user            {databaseUrl, secret, cookie, name}   -> {ok}
-//   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, requests: [{method,
-//            path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP requests
-//            through Better Auth's own handler, in order (side-by-side checks against the
-//            gateway); `$SELF`, `$VALUE` and `$DONT` in headers and bodies are the site's
-//            origin, the newest session cookie value and the newest `dont_remember` value
+//   request  {databaseUrl, secret, migrate?, baseURL?, trustedOrigins?, freshAge?, requests:
+//            [{method, path, headers, body}]} -> [{status, headers, setCookie, body}]: raw HTTP
+//            requests through Better Auth's own handler, in order (side-by-side checks against
+//            the gateway); `$SELF`, `$VALUE`, `$DONT` and `$TOKEN` in headers and bodies are the
+//            site's origin, the newest session cookie value, the newest `dont_remember` value and
+//            the session token in the session cookie; a request with method "SQL" runs its body
+//            as a statement on the database instead (status 0)
 //   request-password-reset {databaseUrl, secret, email}          -> {token, url} (the mailed link)
 //   reset-password         {databaseUrl, secret, token, newPassword} -> {ok}
 //   send-verification      {databaseUrl, secret, email}          -> {token, url}
@@ -48,6 +50,8 @@ const options = {
     },
   },
   user: { deleteUser: { enabled: true } },
+  // `freshAge` in seconds (Better Auth's default, one day, when not given).
+  ...(args.freshAge == null ? {} : { session: { freshAge: args.freshAge } }),
   // The same algorithm as convex-edge's JWT_ALG, since both read the one jwks table.
   plugins: [
     jwt({
@@ -82,10 +86,21 @@ async function main() {
     const self = new URL(options.baseURL).origin;
     let value = "";
     let dont = "";
+    // `$TOKEN`: the session token in that value (`urlencode(token + "." + signature)`).
     const fill = (text) =>
-      text.replaceAll("$SELF", self).replaceAll("$VALUE", value).replaceAll("$DONT", dont);
+      text
+        .replaceAll("$SELF", self)
+        .replaceAll("$VALUE", value)
+        .replaceAll("$DONT", dont)
+        .replaceAll("$TOKEN", decodeURIComponent(value).split(".")[0]);
     const answers = [];
     for (const r of args.requests) {
+      if (r.method === "SQL") {
+        // A step that changes the database between requests (e.g. ages a session).
+        await pool.query(r.body);
+        answers.push({ status: 0, headers: {}, setCookie: [], body: "" });
+        continue;
+      }
       const headers = Object.fromEntries(
         Object.entries(r.headers ?? {}).map(([k, v]) => [k, fill(v)]),
       );

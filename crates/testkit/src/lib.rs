@@ -3,8 +3,10 @@
 //!
 //! Postgres is found through `DATABASE_URL`, else on 127.0.0.1:5432; if neither answers, a
 //! throwaway cluster is started from the local `initdb`/`pg_ctl` binaries. Redis likewise
-//! through `REDIS_URL`, 127.0.0.1:6379, or a throwaway `redis-server`.
+//! through `REDIS_URL`, 127.0.0.1:6379, or a throwaway `redis-server`. Mail goes to a real
+//! SMTP server (`SmtpSink`, aiosmtpd).
 
+mod mail;
 mod postgres;
 mod redis;
 mod relay;
@@ -12,6 +14,7 @@ mod tls;
 
 use std::path::PathBuf;
 
+pub use mail::SmtpSink;
 pub use postgres::{TestDb, test_database};
 pub use redis::{TestRedis, redis_url, spawn_redis, spawn_redis_tls};
 pub use relay::Relay;

@@ -68,6 +68,19 @@ fn reset_identifier(token: &str) -> String {
     format!("reset-password:{token}")
 }
 
+/// An address in a request body that Better Auth reads with zod's `z.email()`
+/// (`request-password-reset`, `send-verification-email`, `change-email`): a malformed one is
+/// its `VALIDATION_ERROR`, `[body.FIELD] Invalid email address` (sign-up and sign-in answer
+/// `INVALID_EMAIL` instead, as Better Auth's do).
+fn body_email(field: &str, email: &str) -> Result<String, AuthError> {
+    parse_email(email).map_err(|_| {
+        AuthError::invalid(
+            ErrorCode::VALIDATION_ERROR,
+            format!("[body.{field}] Invalid email address"),
+        )
+    })
+}
+
 impl AuthCore {
     /// Tells open revocation streams the log moved (Postgres also notifies every replica).
     fn announce(&self, rows: &[RevocationRow]) {
@@ -284,7 +297,7 @@ impl AuthCore {
                 "Reset password isn't enabled",
             ));
         }
-        let email = parse_email(email)?;
+        let email = body_email("email", email)?;
         let Some(user) = self.store.user_by_email(&email).await? else {
             // As Better Auth: the same lookup cost, the same answer.
             let _ = self
@@ -435,7 +448,7 @@ impl AuthCore {
                 "Verification email isn't enabled",
             ));
         }
-        let email = parse_email(email)?;
+        let email = body_email("email", email)?;
         let session = match cookie_value {
             Some(c) => match self.session(c).await {
                 Ok(info) => Some(info),
@@ -488,7 +501,7 @@ impl AuthCore {
             ));
         }
         let info = self.session(cookie_value).await?;
-        let new_email = parse_email(new_email)?;
+        let new_email = body_email("newEmail", new_email)?;
         if new_email == info.user.email {
             return Err(AuthError::invalid(
                 ErrorCode::BAD_REQUEST,

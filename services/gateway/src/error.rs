@@ -70,8 +70,10 @@ impl ResponseError for ApiError {
             };
             response.insert_header((name, retry.as_str()));
         }
-        if self.code == ErrorCode::TOO_MANY_REQUESTS {
-            // Better Auth's rate limiter answers before any route: a message, no code.
+        if self.code == ErrorCode::TOO_MANY_REQUESTS || self.code == ErrorCode::BAD_REQUEST {
+            // Better Auth's rate limiter answers before any route, and its bare
+            // `APIError.fromStatus("BAD_REQUEST", {message})` ("No fields to update", "Email is
+            // the same"): a message, no code.
             return response.json(serde_json::json!({"message": self.message}));
         }
         response.json(serde_json::json!({"code": self.code.code, "message": self.message}))

@@ -139,6 +139,21 @@ async fn deployment_files_render_validate_and_line_up() {
         host_port(&env("gateway", "REDIS_URL")),
         ("redis".into(), 6379)
     );
+    // Mail: auth takes SMTP_URL and EMAIL_FROM from the environment (`.env`), empty (no mail)
+    // unless set; the SMTP credentials reach no other service.
+    for var in ["SMTP_URL", "EMAIL_FROM"] {
+        assert_eq!(
+            env("auth", var),
+            "",
+            "compose auth {var}: optional, unset by default"
+        );
+        for other in ["gateway", "query", "migrate"] {
+            assert!(
+                services[other]["environment"].get(var).is_none(),
+                "compose {other} gets {var}"
+            );
+        }
+    }
     assert_eq!(env("auth", "DATABASE_URL"), env("migrate", "DATABASE_URL"));
     assert_eq!(host_port(&env("auth", "DATABASE_URL")).0, "postgres");
     // One issuer: what auth signs is what query verifies and what the demo deploy tells Convex.
@@ -367,6 +382,32 @@ fn check_overlay(overlay: &str, docs: &[Value], code: &str, help: &str) {
             );
         }
         listen.insert(name, (labels.clone(), ports));
+    }
+    // Mail: auth alone reads the optional Secret `convex-edge-mail` (SMTP_URL carries the SMTP
+    // credentials); a cluster without it still starts auth, without mail.
+    for d in of_kind("Deployment").into_iter().chain(of_kind("Job")) {
+        let name = name_of(d);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let mail: BTreeMap<&str, &Value> = c["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["valueFrom"]["secretKeyRef"]["name"] == "convex-edge-mail")
+            .map(|e| (e["name"].as_str().unwrap(), &e["valueFrom"]["secretKeyRef"]))
+            .collect();
+        if name == "auth" {
+            assert_eq!(
+                mail.keys().copied().collect::<BTreeSet<_>>(),
+                BTreeSet::from(["EMAIL_FROM", "SMTP_URL"]),
+                "{overlay}: auth's mail settings"
+            );
+            for (var, key) in mail {
+                assert_eq!(key["key"], var, "{overlay}: {var}");
+                assert_eq!(key["optional"], true, "{overlay}: {var} is optional");
+            }
+        } else {
+            assert!(mail.is_empty(), "{overlay}: {name} reads the mail Secret");
+        }
     }
     assert!(
         listen.contains_key("migrate"),

@@ -16,9 +16,11 @@ use serde_json::{Map, Value, json};
 
 use crate::State;
 use crate::error::ApiError;
-use crate::routes::auth::{client_info, opened_session, session_json, string_field, user_json};
+use crate::routes::auth::{
+    client_info, invalid_type, opened_session, session_json, string_field, user_json,
+};
 use crate::routes::request::{self, Csrf, check_origin};
-use crate::routes::{clear_cookie, session_cookie};
+use crate::routes::{clear_cookies, session_cookie};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/auth/list-sessions", web::get().to(list_sessions))
@@ -108,11 +110,14 @@ async fn apply(state: &State, revocations: &[pb::Revocation]) {
     }
 }
 
-/// `{"status": true}`, clearing the cookie when its session ended.
+/// `{"status": true}`; when the caller's own session ended, its cookies are cleared as
+/// Better Auth's `deleteSessionCookie` does.
 fn status_ok(req: &HttpRequest, current_ended: bool) -> HttpResponse {
     let mut response = HttpResponse::Ok();
     if current_ended {
-        response.insert_header((header::SET_COOKIE, clear_cookie(req)));
+        for cookie in clear_cookies(req) {
+            response.append_header((header::SET_COOKIE, cookie));
+        }
     }
     response.json(json!({"status": true}))
 }
@@ -218,14 +223,13 @@ async fn update_user(
     Ok(status_ok(&req, false))
 }
 
+/// An optional boolean field as zod's `z.boolean().optional()` reads it (absent: false;
+/// `null` or another type: zod's message).
 fn bool_field(body: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
     match body.get(name) {
-        None | Some(Value::Null) => Ok(false),
+        None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(ApiError::new(
-            ErrorCode::VALIDATION_ERROR,
-            format!("[body.{name}] must be a boolean"),
-        )),
+        other => Err(invalid_type(name, "boolean", other)),
     }
 }
 
@@ -299,9 +303,11 @@ async fn delete_user(
         .await?
         .into_inner();
     apply(&state, &r.revocations).await;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::SET_COOKIE, clear_cookie(&req)))
-        .json(json!({"success": true, "message": "User deleted"})))
+    let mut response = HttpResponse::Ok();
+    for cookie in clear_cookies(&req) {
+        response.append_header((header::SET_COOKIE, cookie));
+    }
+    Ok(response.json(json!({"success": true, "message": "User deleted"})))
 }
 
 async fn list_accounts(
@@ -473,13 +479,13 @@ async fn verify_email(
 ) -> Result<HttpResponse, ApiError> {
     let callback = query.callback_url.clone().unwrap_or_default();
     check_callback(&req, &state, &callback, ErrorCode::INVALID_CALLBACK_URL)?;
-    let token = query.token.clone().unwrap_or_default();
-    if token.is_empty() {
+    // zod's `z.string()`: absent is refused, empty goes on (and is an invalid token).
+    let Some(token) = query.token.clone() else {
         return Err(ApiError::new(
             ErrorCode::VALIDATION_ERROR,
-            "[query.token] is required",
+            "[query.token] Invalid input: expected string, received undefined",
         ));
-    }
+    };
     let result = state
         .auth()
         .verify_email(pb::VerifyEmailRequest {

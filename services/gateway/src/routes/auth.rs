@@ -34,20 +34,29 @@ pub(crate) fn string_field(
     name: &str,
     required: bool,
 ) -> Result<Option<String>, ApiError> {
-    let received = match body.get(name) {
-        Some(Value::String(s)) => return Ok(Some(s.clone())),
-        None if !required => return Ok(None),
+    match body.get(name) {
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        None if !required => Ok(None),
+        other => Err(invalid_type(name, "string", other)),
+    }
+}
+
+/// zod's error for a body field of the wrong type: `[body.NAME] Invalid input: expected
+/// EXPECTED, received TYPE` (`undefined` when absent).
+pub(crate) fn invalid_type(name: &str, expected: &str, got: Option<&Value>) -> ApiError {
+    let received = match got {
         None => "undefined",
         Some(Value::Null) => "null",
         Some(Value::Bool(_)) => "boolean",
         Some(Value::Number(_)) => "number",
+        Some(Value::String(_)) => "string",
         Some(Value::Array(_)) => "array",
         Some(Value::Object(_)) => "object",
     };
-    Err(ApiError::new(
+    ApiError::new(
         ErrorCode::VALIDATION_ERROR,
-        format!("[body.{name}] Invalid input: expected string, received {received}"),
-    ))
+        format!("[body.{name}] Invalid input: expected {expected}, received {received}"),
+    )
 }
 
 /// Better Auth's `rememberMe` (`z.boolean().optional()`): `Some(false)` only when the body says

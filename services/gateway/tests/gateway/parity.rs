@@ -7,7 +7,8 @@ use serde_json::{Value, json};
 use crate::{PASSWORD, SECRET, Stack, http};
 
 /// One request; `$SELF` (the site's origin), `$VALUE` (the newest session cookie value) and
-/// `$DONT` (the newest `dont_remember` cookie value) are filled in on each side.
+/// `$DONT` (the newest `dont_remember` cookie value) and `$TOKEN` (the session token in
+/// `$VALUE`) are filled in on each side.
 #[derive(Debug, Clone)]
 struct Req {
     method: &'static str,
@@ -56,12 +57,31 @@ impl Answer {
     }
 }
 
+/// The session token inside a cookie value (`urlencode(token + "." + signature)`).
+fn token_of(value: &str) -> String {
+    value
+        .split(['.', '%'])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 fn parse_body(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or(Value::String(text.to_owned()))
 }
 
 /// The requests through Better Auth's own handler at `base_url`, on a fresh database.
 async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answer> {
+    better_auth_with(reqs, base_url, trusted, json!({})).await
+}
+
+/// As [`better_auth`], with more of the script's options (`freshAge`).
+async fn better_auth_with(
+    reqs: &[Req],
+    base_url: &str,
+    trusted: &[&str],
+    options: Value,
+) -> Vec<Answer> {
     let db = edge_testkit::test_database().await;
     let requests: Vec<Value> = reqs
         .iter()
@@ -74,10 +94,13 @@ async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answ
             json!({"method": r.method, "path": r.path, "headers": headers, "body": r.body})
         })
         .collect();
-    let args = json!({
+    let mut args = json!({
         "databaseUrl": db.url, "secret": SECRET, "migrate": true, "baseURL": base_url,
         "trustedOrigins": trusted, "requests": requests,
     });
+    for (k, v) in options.as_object().expect("options are an object") {
+        args[k] = v.clone();
+    }
     let out = edge_testkit::node("better-auth.mjs", &["request".into(), args.to_string()]).await;
     let answers = out.as_array().unwrap_or_else(|| panic!("{out}"));
     answers
@@ -96,16 +119,34 @@ async fn better_auth(reqs: &[Req], base_url: &str, trusted: &[&str]) -> Vec<Answ
         .collect()
 }
 
-/// The same requests through the gateway at `base` (`extra` headers on every request).
-async fn gateway(base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer> {
+/// The same requests through the gateway at `base` (`extra` headers on every request); `SQL`
+/// steps run on `db_url`.
+async fn gateway(db_url: &str, base: &str, reqs: &[Req], extra: &[(&str, &str)]) -> Vec<Answer> {
     let mut value = String::new();
     let mut dont = String::new();
     let mut answers = Vec::new();
     for r in reqs {
+        if r.method == "SQL" {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+            let statement = r.body.clone().expect("an SQL step has a statement");
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            answers.push(Answer {
+                status: 0,
+                body: Value::String(String::new()),
+                location: None,
+                set_cookie: Vec::new(),
+            });
+            continue;
+        }
         let fill = |s: &str| {
             s.replace("$SELF", base)
                 .replace("$VALUE", &value)
                 .replace("$DONT", &dont)
+                .replace("$TOKEN", &token_of(&value))
         };
         let mut request = http().request(r.method.parse().unwrap(), format!("{base}{}", r.path));
         for (k, v) in r.headers.iter().chain(extra) {
@@ -265,7 +306,7 @@ async fn origin_and_csrf_checks_match_better_auth() {
     let base = stack
         .gateway_with(|c| c.trusted_origins = vec!["http://trusted.example".into()])
         .await;
-    let ours = gateway(&base, &reqs, &[]).await;
+    let ours = gateway(&stack.db.url, &base, &reqs, &[]).await;
     side_by_side(&ours, &theirs, &reqs);
     assert_eq!(ours[1].body["code"], "MISSING_OR_NULL_ORIGIN");
     assert_eq!(ours[2].body["code"], "INVALID_ORIGIN");
@@ -296,7 +337,13 @@ async fn over_https_only_the_secure_cookie_name_is_read() {
     let base = stack
         .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
         .await;
-    let ours = gateway(&base, &reqs, &[("x-forwarded-proto", "https")]).await;
+    let ours = gateway(
+        &stack.db.url,
+        &base,
+        &reqs,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
     side_by_side(&ours, &theirs, &reqs);
     assert!(ours[0].set_cookie[0].starts_with("__Secure-better-auth.session_token="));
     assert_eq!(
@@ -310,7 +357,13 @@ async fn over_https_only_the_secure_cookie_name_is_read() {
         "/api/auth/sign-up/email",
         sign_up_body("p@example.com"),
     )];
-    let ours = gateway(&stack.base, &plain, &[("x-forwarded-proto", "https")]).await;
+    let ours = gateway(
+        &stack.db.url,
+        &stack.base,
+        &plain,
+        &[("x-forwarded-proto", "https")],
+    )
+    .await;
     assert!(ours[0].set_cookie[0].starts_with("better-auth.session_token="));
 }
 
@@ -394,7 +447,7 @@ async fn bodies_and_answers_match_better_auth() {
     ];
     let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
     let stack = Stack::start().await;
-    let ours = gateway(&stack.base, &reqs, &[]).await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
     side_by_side(&ours, &theirs, &reqs);
     assert_eq!(ours[2].status, 200, "eight UTF-16 units are long enough");
     assert_eq!(ours[5].body["user"]["image"], Value::Null);
@@ -403,6 +456,9 @@ async fn bodies_and_answers_match_better_auth() {
     assert_eq!(ours[13].body["code"], "INVALID_EMAIL_OR_PASSWORD");
     assert_eq!(ours[15].body, json!({"success": true}));
 }
+
+/// The session cookie alone, as most requests send it.
+const SESSION: &str = "better-auth.session_token=$VALUE";
 
 fn get(path: &'static str, cookie: &'static str) -> Req {
     Req {
@@ -504,4 +560,245 @@ async fn remember_me_false_matches_better_auth() {
         assert_eq!(answers[8].status, 400);
         assert_eq!(answers[9].status, 200);
     }
+/// A step that runs `statement` on each side's database between requests.
+fn sql(statement: &str) -> Req {
+    Req {
+        method: "SQL",
+        path: "",
+        headers: Vec::new(),
+        body: Some(statement.to_owned()),
+    }
+}
+
+/// `freshAge` (`AUTH_FRESH_AGE_SECONDS`): a session older than it may not list sessions
+/// (403 `SESSION_NOT_FRESH`) nor delete its user without the password (400
+/// `SESSION_EXPIRED`); the password still does, and the session itself goes on.
+#[tokio::test]
+async fn fresh_age_checks_match_better_auth() {
+    const FRESH_AGE: u64 = 60;
+    let cookie_post = |path: &'static str, body: Value| {
+        post_json(path, body)
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("origin", "$SELF")
+    };
+    // Sessions made older than freshAge, or just younger.
+    let age = |seconds: u64| {
+        sql(&format!(
+            r#"UPDATE "session" SET "createdAt" = now() - interval '{seconds} seconds'"#
+        ))
+    };
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("f@example.com")),
+        get("/api/auth/list-sessions", SESSION),
+        age(FRESH_AGE - 20),
+        get("/api/auth/list-sessions", SESSION),
+        age(FRESH_AGE + 1),
+        get("/api/auth/list-sessions", SESSION),
+        cookie_post("/api/auth/delete-user", json!({})),
+        cookie_post(
+            "/api/auth/delete-user",
+            json!({"password": "not the password"}),
+        ),
+        get("/api/auth/get-session", SESSION),
+        // A new sign-in is fresh again.
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "f@example.com", "password": PASSWORD}),
+        ),
+        get("/api/auth/list-sessions", SESSION),
+        // With the password, a session that is not fresh deletes its user.
+        age(FRESH_AGE * 2),
+        cookie_post("/api/auth/delete-user", json!({"password": PASSWORD})),
+        // (Not get-session: for a cookie whose session is gone, Better Auth's also clears the
+        // cookies, which the gateway does not yet do.)
+        get("/api/auth/list-sessions", SESSION),
+    ];
+    let theirs = better_auth_with(
+        &reqs,
+        "http://localhost:8080",
+        &[],
+        json!({"freshAge": FRESH_AGE}),
+    )
+    .await;
+    let db = edge_testkit::test_database().await;
+    let stack = Stack::start_on(db, |c| {
+        c.account.fresh_age = std::time::Duration::from_secs(FRESH_AGE);
+        c.account.delete_user_enabled = true;
+    })
+    .await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    assert_eq!(ours[1].status, 200);
+    assert_eq!(ours[3].status, 200, "younger than freshAge");
+    assert_eq!(
+        (ours[5].status, &ours[5].body["code"]),
+        (403, &json!("SESSION_NOT_FRESH"))
+    );
+    assert_eq!(
+        (ours[6].status, &ours[6].body["code"]),
+        (400, &json!("SESSION_EXPIRED"))
+    );
+    assert_eq!(ours[7].body["code"], "INVALID_PASSWORD");
+    assert!(ours[8].body["session"].is_object(), "{:?}", ours[8]);
+    assert_eq!(ours[10].body.as_array().map(Vec::len), Some(2));
+    assert_eq!(ours[12].body["success"], true);
+    assert_eq!(ours[13].status, 401, "the user and its sessions are gone");
+}
+
+/// Bad input on the account, session, reset and verification routes: the same status, code
+/// and message as Better Auth 1.7 (its own handler, with a mail sender and `deleteUser` on).
+#[tokio::test]
+async fn bad_input_on_the_account_routes_matches_better_auth() {
+    let with_cookie = |path: &'static str, body: Value| {
+        post_json(path, body)
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("origin", "$SELF")
+    };
+    let bare = |path: &'static str| Req {
+        method: "GET",
+        path,
+        headers: Vec::new(),
+        body: None,
+    };
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("bad@example.com")),
+        with_cookie("/api/auth/revoke-session", json!({})),
+        with_cookie("/api/auth/revoke-session", json!({"token": 5})),
+        with_cookie("/api/auth/update-user", json!({})),
+        // (`{"name": 1}` is refused here with VALIDATION_ERROR; Better Auth stores "1".)
+        with_cookie("/api/auth/update-user", json!({"email": "n@example.com"})),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "short"}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": "wrong one!", "newPassword": "long enough 1"}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "long enough 1", "revokeOtherSessions": "yes"}),
+        ),
+        with_cookie(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "long enough 1", "revokeOtherSessions": null}),
+        ),
+        with_cookie(
+            "/api/auth/change-email",
+            json!({"newEmail": "n@example.com"}),
+        ),
+        with_cookie("/api/auth/delete-user", json!({"password": "wrong one!"})),
+        with_cookie("/api/auth/delete-user", json!({"password": 5})),
+        post_json(
+            "/api/auth/request-password-reset",
+            json!({"email": "not-an-email"}),
+        ),
+        post_json(
+            "/api/auth/request-password-reset",
+            json!({"email": "bad@example.com", "redirectTo": "https://evil.example/x"}),
+        ),
+        post_json("/api/auth/request-password-reset", json!({})),
+        post_json(
+            "/api/auth/reset-password",
+            json!({"newPassword": "long enough 1"}),
+        ),
+        post_json(
+            "/api/auth/reset-password",
+            json!({"newPassword": "long enough 1", "token": "nope"}),
+        ),
+        post_json("/api/auth/reset-password", json!({"token": "nope"})),
+        with_cookie(
+            "/api/auth/send-verification-email",
+            json!({"email": "other@example.com"}),
+        ),
+        with_cookie("/api/auth/send-verification-email", json!({})),
+        with_cookie(
+            "/api/auth/send-verification-email",
+            json!({"email": "bad@example.com", "callbackURL": "https://evil.example"}),
+        ),
+        bare("/api/auth/verify-email"),
+        bare("/api/auth/verify-email?token=garbage"),
+        bare("/api/auth/verify-email?token=garbage&callbackURL=%2Fdone"),
+        // (A refused reset link redirects to `callbackURL?error=INVALID_TOKEN`: Better Auth
+        // makes it absolute on its baseURL, the gateway leaves it relative; account.rs checks it.)
+        bare("/api/auth/reset-password/abc?callbackURL=https%3A%2F%2Fevil.example"),
+        bare("/api/auth/list-sessions"),
+        bare("/api/auth/list-accounts"),
+        post_json("/api/auth/revoke-sessions", json!({})).header("origin", "$SELF"),
+        post_json("/api/auth/revoke-other-sessions", json!({})).header("origin", "$SELF"),
+        // The session is untouched by all of it.
+        get("/api/auth/get-session", SESSION),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let smtp = crate::account::Smtp::start().await;
+    let db = edge_testkit::test_database().await;
+    let url = smtp.url();
+    let stack = Stack::start_on(db, move |c| {
+        c.mail.mode = edge_auth::mail::MailMode::Smtp(url.parse().unwrap());
+        c.account.delete_user_enabled = true;
+    })
+    .await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    for (i, answer) in ours.iter().enumerate().skip(1).take(reqs.len() - 2) {
+        assert!(
+            (300..500).contains(&answer.status),
+            "request {i}: {answer:?}"
+        );
+    }
+    assert_eq!(
+        ours.last().unwrap().body["user"]["email"],
+        "bad@example.com"
+    );
+    assert!(smtp.messages().is_empty(), "{:?}", smtp.messages());
+}
+
+/// Every route that ends the caller's own session clears the session cookies as Better Auth's
+/// `deleteSessionCookie` does (token, data cache, `dont_remember`); one that ends only others
+/// sets none.
+#[tokio::test]
+async fn ending_the_callers_session_clears_its_cookies_as_better_auth_does() {
+    let with_cookie = |path: &'static str, body: Value| {
+        post_json(path, body)
+            .header("cookie", "better-auth.session_token=$VALUE")
+            .header("origin", "$SELF")
+    };
+    let sign_in = || {
+        post_json(
+            "/api/auth/sign-in/email",
+            json!({"email": "c@example.com", "password": PASSWORD}),
+        )
+    };
+    let reqs = vec![
+        post_json("/api/auth/sign-up/email", sign_up_body("c@example.com")),
+        sign_in(),
+        // Another session's token: the caller's cookies stay.
+        with_cookie(
+            "/api/auth/revoke-session",
+            json!({"token": "not-a-session"}),
+        ),
+        with_cookie("/api/auth/revoke-other-sessions", json!({})),
+        with_cookie("/api/auth/revoke-session", json!({"token": "$TOKEN"})),
+        get("/api/auth/list-sessions", SESSION),
+        sign_in(),
+        with_cookie("/api/auth/revoke-sessions", json!({})),
+        get("/api/auth/list-sessions", SESSION),
+        sign_in(),
+        with_cookie("/api/auth/delete-user", json!({"password": PASSWORD})),
+        get("/api/auth/list-sessions", SESSION),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let db = edge_testkit::test_database().await;
+    let stack = Stack::start_on(db, |c| c.account.delete_user_enabled = true).await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    for i in [4, 7, 10] {
+        assert_eq!(ours[i].cookies().len(), 3, "request {i}: {:?}", ours[i]);
+        assert_eq!(ours[i + 1].status, 401, "request {i}: the session ended");
+    }
+    assert!(ours[2].set_cookie.is_empty() && ours[3].set_cookie.is_empty());
 }

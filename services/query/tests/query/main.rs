@@ -9,6 +9,7 @@ mod limits;
 mod npm_client;
 mod protocol;
 mod revocation;
+mod route_revocation;
 mod tls;
 mod watch;
 
@@ -78,9 +79,14 @@ pub struct Stack {
     pub query_config: edge_query::Config,
     pub query_grpc: SocketAddr,
     _auth: Running,
+    /// Gateways added by [`Stack::gateway_with_redis`].
+    _gateways: Vec<Running>,
     _dir: edge_testkit::TempDir,
     _tls: Option<(edge_testkit::TestCa, edge_testkit::TlsRelay)>,
 }
+
+/// A change to auth's configuration, applied before it starts.
+pub type AuthTweak = Box<dyn FnOnce(&mut edge_auth::Config) + Send>;
 
 pub struct Options {
     pub token_ttl: Duration,
@@ -93,6 +99,8 @@ pub struct Options {
     /// Serve devconvex over TLS (a test CA's certificate, through a TLS relay); `true` also
     /// makes the query service trust that CA through its `SSL_CERT_FILE`.
     pub tls_upstream: Option<bool>,
+    /// Changes to auth's configuration (mail, Better Auth's account options).
+    pub auth: Option<AuthTweak>,
 }
 
 impl Default for Options {
@@ -105,6 +113,7 @@ impl Default for Options {
             read_linger: None,
             ping_interval: Duration::from_secs(15),
             tls_upstream: None,
+            auth: None,
         }
     }
 }
@@ -125,6 +134,9 @@ impl Stack {
         auth_config.http_addr = "127.0.0.1:0".parse().unwrap();
         auth_config.token_ttl = options.token_ttl;
         auth_config.sign_in_limit.per_address = 100_000;
+        if let Some(tweak) = options.auth {
+            tweak(&mut auth_config);
+        }
         let auth = edge_auth::Application::build(auth_config).await.unwrap();
         let (auth_core, auth_grpc, auth_http) = (auth.core(), auth.grpc_addr(), auth.http_addr());
         let auth_running = run(auth_grpc, |s| auth.run_until(s));
@@ -183,9 +195,33 @@ impl Stack {
             query_grpc: query.2,
             query_config: config,
             _auth: auth_running,
+            _gateways: Vec::new(),
             _dir: dir,
             _tls: tls.map(|(ca, relay, _)| (ca, relay)),
         }
+    }
+
+    /// The first gateway's base URL (memory token cache).
+    pub fn gateway_url(&self) -> String {
+        format!("http://{}", self.gateway.addr)
+    }
+
+    /// Another gateway on this stack's auth with its token cache shared through Redis at
+    /// `redis_url` (`REDIS_URL`); returns its base URL. It stops with the stack.
+    pub async fn gateway_with_redis(&mut self, redis_url: &str) -> String {
+        let mut config = edge_gateway::Config::local();
+        config.http_addr = "127.0.0.1:0".parse().unwrap();
+        config.auth_grpc_url = format!("http://{}", self.auth_grpc);
+        config.workers = 1;
+        config
+            .cache
+            .as_mut()
+            .expect("the token cache is on by default")
+            .redis_url = Some(redis_url.to_owned());
+        let gateway = edge_gateway::Application::build(config).await.unwrap();
+        let addr = gateway.addr();
+        self._gateways.push(run(addr, |s| gateway.run_until(s)));
+        format!("http://{addr}")
     }
 
     pub fn query_url(&self) -> String {
