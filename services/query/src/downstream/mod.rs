@@ -65,7 +65,12 @@ enum Wake {
 }
 
 /// Serves one client socket until it closes.
-pub async fn run(state: web::Data<AppState>, ws: ClientSocket, chunks: bool) {
+pub async fn run(
+    state: web::Data<AppState>,
+    ws: ClientSocket,
+    chunks: bool,
+    client: std::net::IpAddr,
+) {
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
     let (inbox, mut mailbox) = Inbox::bounded(
@@ -82,6 +87,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket, chunks: bool) {
         state.shared_functions.clone(),
         state.config.max_pending_requests,
         state.config.query_limits,
+        state.owners.budget(client),
         stats.clone(),
     );
     let mut d = Downstream {
@@ -346,6 +352,8 @@ impl Downstream {
         if let Some(shared) = shared {
             shared.detach().await;
         }
+        // Its charge to its identity (or address) goes back now, not after the close frame.
+        drop(session);
         let too_slow = matches!(end, End::TooSlow);
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),

@@ -93,6 +93,10 @@ pub struct Options {
     /// Serve devconvex over TLS (a test CA's certificate, through a TLS relay); `true` also
     /// makes the query service trust that CA through its `SSL_CERT_FILE`.
     pub tls_upstream: Option<bool>,
+    /// `QUERY_MAX_QUERIES_PER_IDENTITY`, `QUERY_MAX_IDENTITY_QUERY_BYTES`.
+    pub owner_limits: edge_query::owners::OwnerLimits,
+    /// `QUERY_TRUSTED_PROXIES`.
+    pub trusted_proxies: &'static str,
 }
 
 impl Default for Options {
@@ -105,6 +109,8 @@ impl Default for Options {
             read_linger: None,
             ping_interval: Duration::from_secs(15),
             tls_upstream: None,
+            owner_limits: edge_query::owners::OwnerLimits::default(),
+            trusted_proxies: "",
         }
     }
 }
@@ -170,6 +176,8 @@ impl Stack {
         config.upstream_idle = Duration::from_millis(500);
         config.read_linger = options.read_linger;
         config.ping_interval = options.ping_interval;
+        config.owner_limits = options.owner_limits;
+        config.trusted_proxies = options.trusted_proxies.parse().unwrap();
         let query = start_query(config.clone()).await;
         Stack {
             auth: auth_core,
