@@ -30,6 +30,8 @@ use session::{ClientSession, Effect, End, Route};
 
 /// How long one write to a client may take before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing socket waits for the client's Close (reading what it still sends).
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 /// A client's socket, after the handshake (see [`crate::ws`]).
 pub type ClientSocket = WebSocketStream<TcpStream>;
@@ -399,6 +401,11 @@ impl Downstream {
             reason: "".into(),
         }));
         let _ = tokio::time::timeout(wait, ws.send(close)).await;
+        // The closing handshake: read (and drop) what the client still sends until its own
+        // Close. A socket closed with unread data in it is reset, and a reset can make the
+        // client's side throw away the `FatalError` it had not read yet.
+        let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+        let _ = tokio::time::timeout(wait.min(CLOSE_DRAIN), drain).await;
     }
 }
 
