@@ -325,7 +325,11 @@ async fn page_requests_over_the_limits_are_refused_and_subscribe_nothing() {
 /// `ModifyQuerySet` each, with query ids from `first`.
 fn subscribe_many(client: &mut Client, tag: &str, first: u32, count: u32) {
     for i in first..first + count {
-        client.subscribe(i, "messages:list", json!({ "channel": format!("{tag}-{i}") }));
+        client.subscribe(
+            i,
+            "messages:list",
+            json!({ "channel": format!("{tag}-{i}") }),
+        );
     }
 }
 
@@ -374,9 +378,7 @@ async fn the_sockets_of_one_identity_or_address_share_one_query_budget() {
     }
     let mut third = Client::connect_as(&url, "198.51.100.7").await;
     subscribe_many(&mut third, "anon-2", 0, 20);
-    let v = third
-        .until("the FatalError and close", |v| v.closed)
-        .await;
+    let v = third.until("the FatalError and close", |v| v.closed).await;
     let fatal = v.fatal.expect("a FatalError before the close");
     assert!(
         fatal.contains("too many queries for this client address"),
@@ -437,7 +439,11 @@ async fn the_sockets_of_one_identity_or_address_share_one_query_budget() {
     user[0].until("the new message", live(3)).await;
     other.subscribe(99, "messages:list", json!({"channel": "general"}));
     other.until("the new message", live(99)).await;
-    for c in anonymous.iter().chain(&user).chain([&good, &refill, &other]) {
+    for c in anonymous
+        .iter()
+        .chain(&user)
+        .chain([&good, &refill, &other])
+    {
         let v = c.view();
         assert!(
             v.fatal.is_none() && !v.closed && v.violations.is_empty(),

@@ -147,7 +147,16 @@ fn an_upstream_never_has_more_requests_in_flight_than_convex_allows() {
         let out = request(&mut s, A, 5000, kind);
         assert!(out.to_convex.is_empty(), "{:?}", out.to_convex);
         match &out.events[..] {
-            [(Audience::One(A), Event::Response { request_id, outcome, .. })] => {
+            [
+                (
+                    Audience::One(A),
+                    Event::Response {
+                        request_id,
+                        outcome,
+                        ..
+                    },
+                ),
+            ] => {
                 assert_eq!(*request_id, RequestId(5000));
                 let error = outcome.as_ref().as_ref().unwrap_err();
                 assert!(error.contains("too many"), "{error}");
@@ -165,6 +174,15 @@ fn an_upstream_never_has_more_requests_in_flight_than_convex_allows() {
         error_data: None,
     };
     step(&mut s, |s, out| s.on_server_message(answer, out).unwrap());
-    assert_eq!(request(&mut s, B, 6000, RequestKind::Action).to_convex.len(), 1);
-    assert!(request(&mut s, B, 6001, RequestKind::Mutation).to_convex.is_empty());
+    assert_eq!(
+        request(&mut s, B, 6000, RequestKind::Action)
+            .to_convex
+            .len(),
+        1
+    );
+    assert!(
+        request(&mut s, B, 6001, RequestKind::Mutation)
+            .to_convex
+            .is_empty()
+    );
 }
