@@ -2,107 +2,27 @@
 //!
 //! `X-Forwarded-For`, `Forwarded` and `X-Forwarded-Proto`/`-Host` are honoured only when the
 //! connection comes from a peer in `GATEWAY_TRUSTED_PROXIES`; otherwise the peer itself is the
-//! client, whatever the headers say. Through a chain of proxies the client is the rightmost
-//! hop that is not a trusted proxy (every proxy appends the address it was reached from, so
-//! the hops left of the first untrusted one are the client's own, unverifiable, claims).
+//! client, whatever the headers say. The address walk (the rightmost hop that is not a trusted
+//! proxy) is `edge_forwarded`'s, shared with the query service.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
-use ipnet::IpNet;
 
-/// `GATEWAY_TRUSTED_PROXIES`: the networks whose forwarding headers are believed.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
-
-impl FromStr for TrustedProxies {
-    type Err = String;
-
-    /// Comma-separated CIDRs (`10.0.0.0/8, fd00::/8`); a bare address is a /32 (/128).
-    fn from_str(s: &str) -> Result<Self, String> {
-        let mut nets = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let net = match part.parse::<IpNet>() {
-                Ok(net) => net,
-                Err(_) => part
-                    .parse::<IpAddr>()
-                    .map(IpNet::from)
-                    .map_err(|_| format!("expected CIDRs such as 10.0.0.0/8, got `{part}`"))?,
-            };
-            nets.push(net.trunc());
-        }
-        Ok(TrustedProxies(nets))
-    }
-}
-
-impl TrustedProxies {
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        self.0.iter().any(|net| net.contains(&ip))
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
-/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, from dual-stack listeners) as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
-        v4 => v4,
-    }
-}
-
-/// One hop of `X-Forwarded-For` (`1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`) or of
-/// `Forwarded`'s `for=` (the same, quoted); `None` for `unknown` and obfuscated names.
-fn parse_hop(hop: &str) -> Option<IpAddr> {
-    let hop = hop.trim().trim_matches('"');
-    if let Ok(ip) = hop.parse::<IpAddr>() {
-        return Some(canonical(ip));
-    }
-    if let Some(rest) = hop.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok().map(canonical);
-    }
-    let (host, port) = hop.rsplit_once(':')?;
-    port.parse::<u16>().ok()?;
-    host.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
-}
+pub use edge_forwarded::TrustedProxies;
+use edge_forwarded::{canonical, forwarded_params as params};
 
 /// The values of parameter `name` in every `Forwarded` element, in order (RFC 7239).
 fn forwarded_params(req: &HttpRequest, name: &str) -> Vec<String> {
-    req.headers()
-        .get_all(header::FORWARDED)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case(name)
-                    .then(|| value.trim().trim_matches('"').to_owned())
-            })
-        })
-        .collect()
+    params(header_lines(req, header::FORWARDED.as_str()), name)
 }
 
-/// The hops a proxy chain reports, nearest last: `Forwarded`'s `for=` when the request has a
-/// `Forwarded` header, else `X-Forwarded-For` (every header line, in order).
-fn forwarded_hops(req: &HttpRequest) -> Vec<String> {
-    if req.headers().contains_key(header::FORWARDED) {
-        return forwarded_params(req, "for");
-    }
+/// Every line of header `name` that is text.
+fn header_lines<'a>(req: &'a HttpRequest, name: &str) -> Vec<&'a str> {
     req.headers()
-        .get_all("x-forwarded-for")
+        .get_all(name)
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|hop| hop.trim().to_owned())
-        .filter(|hop| !hop.is_empty())
         .collect()
 }
 
@@ -146,13 +66,13 @@ impl ClientView {
                 host: own_host(),
             };
         }
-        let mut client = peer;
-        for hop in forwarded_hops(req).iter().rev() {
-            match parse_hop(hop) {
-                Some(ip) if client.is_some_and(|c| proxies.contains(c)) => client = Some(ip),
-                _ => break,
-            }
-        }
+        let client = peer.map(|peer| {
+            proxies.client(
+                peer,
+                header_lines(req, header::FORWARDED.as_str()),
+                header_lines(req, "x-forwarded-for"),
+            )
+        });
         let header_value = |name: &str| {
             req.headers()
                 .get(name)

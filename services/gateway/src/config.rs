@@ -38,6 +38,10 @@ pub struct Config {
     /// the last render that used them, and renders read the watch; `None` (0): every render
     /// asks the query service.
     pub page_watch: Option<std::time::Duration>,
+    /// `GATEWAY_MAX_PAGE_PARAM_BYTES`: a page request's route parameters together (decoded),
+    /// in bytes; they become the page's query arguments, so a longer request is refused (414)
+    /// before anything is asked of auth or the query service.
+    pub max_page_param_bytes: usize,
     /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (`rediss://`, `https://` gRPC,
     /// the SSR upstream).
     pub ssl_cert_file: Option<PathBuf>,
@@ -78,6 +82,7 @@ impl Config {
             ssr: Ssr::Pages(None),
             query_public_url: "http://localhost:3210".into(),
             page_watch: Some(std::time::Duration::from_secs(30)),
+            max_page_param_bytes: 2048,
             ssl_cert_file: None,
         }
     }
@@ -169,6 +174,15 @@ impl Config {
                 )
             })?;
             config.page_watch = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+        }
+        if let Some(v) = get("GATEWAY_MAX_PAGE_PARAM_BYTES") {
+            config.max_page_param_bytes =
+                v.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| {
+                    ConfigError::new(
+                        "GATEWAY_MAX_PAGE_PARAM_BYTES",
+                        format!("expected a positive number of bytes, got `{v}`"),
+                    )
+                })?;
         }
         if let Some(v) = get("QUERY_PUBLIC_URL") {
             config.query_public_url = url("QUERY_PUBLIC_URL", v)?;

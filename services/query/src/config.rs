@@ -34,6 +34,12 @@ pub struct Config {
     /// `QUERY_MAX_QUERIES_PER_SOCKET`, `QUERY_MAX_QUERY_BYTES`, `QUERY_MAX_SOCKET_QUERY_BYTES`:
     /// what one client socket may hold in its query set.
     pub query_limits: crate::downstream::session::QueryLimits,
+    /// `QUERY_MAX_QUERIES_PER_IDENTITY`, `QUERY_MAX_IDENTITY_QUERY_BYTES`: what one identity
+    /// (signed out: one client address) may hold over all its sockets.
+    pub owner_limits: crate::owners::OwnerLimits,
+    /// `QUERY_TRUSTED_PROXIES`: the peers whose `X-Forwarded-For`/`Forwarded` name the client
+    /// address (the owner of a signed-out socket's queries); empty: the peer is the client.
+    pub trusted_proxies: edge_forwarded::TrustedProxies,
     /// `QUERY_UPSTREAM_MESSAGE_BYTES`: the largest `ModifyQuerySet` sent to Convex; larger
     /// query-set changes (a reconnect's re-subscribe) are split. Under Convex's frame limit
     /// (16 MiB; devconvex's 8 MiB) and at least `QUERY_MAX_QUERY_BYTES` plus room for the
@@ -68,6 +74,8 @@ impl Config {
             socket_queue: 1024,
             socket_queue_bytes: 16 * 1024 * 1024,
             query_limits: crate::downstream::session::QueryLimits::default(),
+            owner_limits: crate::owners::OwnerLimits::default(),
+            trusted_proxies: edge_forwarded::TrustedProxies::default(),
             upstream_message_bytes: crate::upstream::state::DEFAULT_MAX_MESSAGE_BYTES,
             upstream_idle: Duration::from_secs(5),
             read_linger: None,
@@ -137,6 +145,14 @@ impl Config {
                 "QUERY_UPSTREAM_MESSAGE_BYTES",
                 &mut config.upstream_message_bytes,
             ),
+            (
+                "QUERY_MAX_QUERIES_PER_IDENTITY",
+                &mut config.owner_limits.max_queries,
+            ),
+            (
+                "QUERY_MAX_IDENTITY_QUERY_BYTES",
+                &mut config.owner_limits.max_bytes,
+            ),
         ] {
             if let Some(v) = get(var) {
                 *slot = v.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| {
@@ -154,6 +170,11 @@ impl Config {
                     config.upstream_message_bytes
                 ),
             ));
+        }
+        if let Some(v) = get("QUERY_TRUSTED_PROXIES") {
+            config.trusted_proxies = v
+                .parse()
+                .map_err(|e| ConfigError::new("QUERY_TRUSTED_PROXIES", e))?;
         }
         config.issuer = get("JWT_ISSUER").filter(|v| !v.is_empty());
         config.audience = get("JWT_AUDIENCE").filter(|v| !v.is_empty());
@@ -193,8 +214,14 @@ mod tests {
             ("QUERY_MAX_SOCKET_QUERY_BYTES", "5000"),
             ("QUERY_UPSTREAM_MESSAGE_BYTES", "4000"),
             ("QUERY_SOCKET_QUEUE_BYTES", "7000"),
+            ("QUERY_MAX_QUERIES_PER_IDENTITY", "30"),
+            ("QUERY_MAX_IDENTITY_QUERY_BYTES", "9000"),
+            ("QUERY_TRUSTED_PROXIES", "10.0.0.0/8"),
         ])
         .unwrap();
+        assert_eq!(c.owner_limits.max_queries, 30);
+        assert_eq!(c.owner_limits.max_bytes, 9000);
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
         assert_eq!(c.query_limits.max_queries, 10);
         assert_eq!(c.query_limits.max_query_bytes, 2000);
         assert_eq!(c.query_limits.max_socket_bytes, 5000);
@@ -208,6 +235,9 @@ mod tests {
             ("QUERY_MAX_QUERIES_PER_SOCKET", "0"),
             ("QUERY_SOCKET_QUEUE_BYTES", "lots"),
             ("QUERY_UPSTREAM_MESSAGE_BYTES", "1048576"),
+            ("QUERY_MAX_QUERIES_PER_IDENTITY", "-1"),
+            ("QUERY_MAX_IDENTITY_QUERY_BYTES", "0"),
+            ("QUERY_TRUSTED_PROXIES", "10.0.0.0/40"),
         ] {
             let error = with(&[(var, value)]).unwrap_err().to_string();
             assert!(error.contains(var), "{var}={value}: {error}");

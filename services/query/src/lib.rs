@@ -7,7 +7,8 @@
 //! `state` and the `task` that drives it), `hub` (the upstreams by identity), `listener` (an
 //! attachment to an upstream, detached on drop), `downstream` (one client socket: its pure
 //! `session` and the driver), `proxy` (HTTP calls, served from subscriptions or coalesced),
-//! `watch` (the gateway's page watches), `http` and `grpc` (the APIs), `metrics`.
+//! `watch` (the gateway's page watches), `owners` (what each identity holds over all its
+//! sockets), `http` and `grpc` (the APIs), `metrics`.
 
 pub mod config;
 mod downstream;
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod key;
 pub mod listener;
 pub mod metrics;
+pub mod owners;
 pub mod proxy;
 pub mod revocations;
 pub mod upstream;
@@ -51,6 +53,8 @@ pub struct AppState {
     pub proxy: Arc<proxy::Proxy>,
     /// `QUERY_SHARED_FUNCTIONS`, shared by every client session.
     pub shared_functions: Arc<std::collections::BTreeSet<String>>,
+    /// What each identity (signed out: each client address) holds over all its sockets.
+    pub owners: Arc<owners::Owners>,
 }
 
 pub struct Application {
@@ -111,7 +115,9 @@ impl Application {
         let (http_addr, grpc_addr) = (http.local_addr()?, grpc.local_addr()?);
         let (shutdown, shutting_down) = tokio::sync::watch::channel(false);
         let shared_functions = Arc::new(config.shared_functions.clone());
+        let owners = owners::Owners::new(config.owner_limits);
         let state = web::Data::new(AppState {
+            owners,
             config,
             shutting_down,
             hub,

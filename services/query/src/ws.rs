@@ -43,6 +43,7 @@ async fn handshake(
 ) -> std::io::Result<()> {
     let parts = framed.into_parts();
     let mut io = parts.io;
+    let client = client_address(&state, &req, io.peer_addr()?.ip());
     let chunks = edge_convex::sync::supports_transition_chunks(
         req.path()
             .strip_prefix("/api/")
@@ -81,8 +82,22 @@ async fn handshake(
         let early = parts.read_buf.to_vec();
         WebSocketStream::from_partially_read(io, early, Role::Server, Some(config)).await
     };
-    actix_web::rt::spawn(downstream::run(state, ws, chunks));
+    actix_web::rt::spawn(downstream::run(state, ws, chunks, client));
     Ok(())
+}
+
+/// The client behind `peer`: forwarding headers count only from `QUERY_TRUSTED_PROXIES`.
+fn client_address(state: &AppState, req: &Request, peer: std::net::IpAddr) -> std::net::IpAddr {
+    let lines = |name: &str| -> Vec<&str> {
+        req.headers()
+            .get_all(name)
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    state
+        .config
+        .trusted_proxies
+        .client(peer, lines("forwarded"), lines("x-forwarded-for"))
 }
 
 /// Checks the request is a WebSocket handshake of a sync route; returns the accept key.

@@ -259,6 +259,41 @@ async fn pages_follow_changes_through_a_live_watch_and_fetch_what_is_not_subscri
     assert_eq!(page_sources(&off.site).await, (0.0, 6.0, 0.0));
 }
 
+/// Page parameters become query arguments, held on the query service (and by Convex) while
+/// the page is watched: a request whose route parameters are longer than
+/// `GATEWAY_MAX_PAGE_PARAM_BYTES` gets 414 naming the limit, signed in or not, and nothing is
+/// asked of the query service (no query, no watch); one at the limit is served.
+#[tokio::test]
+async fn page_parameters_over_the_limit_are_refused_and_subscribe_nothing() {
+    let pages = edge_testkit::TempDir::default();
+    write_pages(pages.path());
+    let dev = dev_with_pages(pages.path(), &[("GATEWAY_MAX_PAGE_PARAM_BYTES", "1000")]);
+    let cookie = sign_up(&dev.site, "Ada", "ada@example.com").await;
+    let http = reqwest::Client::new();
+    for cookie in [None, Some(&cookie)] {
+        let mut request = http.get(format!("{}/room/{}", dev.site, "x".repeat(1001)));
+        if let Some(c) = cookie {
+            request = request.header("cookie", c);
+        }
+        let r = request.send().await.unwrap();
+        assert_eq!(r.status(), 414);
+        let body = r.text().await.unwrap();
+        assert!(body.contains("1001 bytes, the limit is 1000"), "{body}");
+    }
+    let query_metrics = format!("{}/metrics", dev.query);
+    assert_eq!(page_sources(&dev.site).await, (0.0, 0.0, 0.0));
+    assert_eq!(scrape(&query_metrics, "edge_query_watches").await, 0.0);
+    assert_eq!(
+        scrape(&query_metrics, "edge_query_upstream_subscriptions").await,
+        0.0
+    );
+    // At the limit: rendered, with its watch.
+    let (_, page) = html(&dev.site, &format!("/room/{}", "y".repeat(1000)), None).await;
+    assert!(page.contains("anonymous / nobody"), "{page}");
+    assert_eq!(page_sources(&dev.site).await.2, 1.0);
+    assert_eq!(scrape(&query_metrics, "edge_query_watches").await, 1.0);
+}
+
 fn dev_with_pages(pages: &Path, extra: &[(&str, &str)]) -> Dev {
     let mut env = vec![("PAGES_DIR", pages.display().to_string())];
     env.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));

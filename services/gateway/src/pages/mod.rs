@@ -355,6 +355,17 @@ pub async fn render(
         .iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect();
+    // The parameters become query arguments, held on the query service (and by Convex) as
+    // long as the page's watch lives: bounded before anyone is asked anything.
+    let param_bytes: usize = params.values().map(String::len).sum();
+    if param_bytes > state.config.max_page_param_bytes {
+        return HttpResponse::UriTooLong()
+            .content_type("text/plain; charset=utf-8")
+            .body(format!(
+                "page parameters too long: {param_bytes} bytes, the limit is {}",
+                state.config.max_page_param_bytes
+            ));
+    }
     let viewer = match viewer(&req, &state).await {
         Ok(v) => v,
         Err(response) => return response,

@@ -521,7 +521,7 @@ async fn remember_me_false_matches_better_auth() {
     ];
     let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
     let stack = Stack::start().await;
-    let ours = gateway(&stack.base, &reqs, &[]).await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
     side_by_side(&ours, &theirs, &reqs);
     let day = 24 * 3600;
     for answers in [&ours, &theirs] {
@@ -560,6 +560,8 @@ async fn remember_me_false_matches_better_auth() {
         assert_eq!(answers[8].status, 400);
         assert_eq!(answers[9].status, 200);
     }
+}
+
 /// A step that runs `statement` on each side's database between requests.
 fn sql(statement: &str) -> Req {
     Req {

@@ -30,6 +30,8 @@ use session::{ClientSession, Effect, End, Route};
 
 /// How long one write to a client may take before the client counts as gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closing socket waits for the client's Close (reading what it still sends).
+const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 
 /// A client's socket, after the handshake (see [`crate::ws`]).
 pub type ClientSocket = WebSocketStream<TcpStream>;
@@ -65,7 +67,12 @@ enum Wake {
 }
 
 /// Serves one client socket until it closes.
-pub async fn run(state: web::Data<AppState>, ws: ClientSocket, chunks: bool) {
+pub async fn run(
+    state: web::Data<AppState>,
+    ws: ClientSocket,
+    chunks: bool,
+    client: std::net::IpAddr,
+) {
     let stats = state.hub.stats.clone();
     stats.downstream_connections.fetch_add(1, Ordering::Relaxed);
     let (inbox, mut mailbox) = Inbox::bounded(
@@ -82,6 +89,7 @@ pub async fn run(state: web::Data<AppState>, ws: ClientSocket, chunks: bool) {
         state.shared_functions.clone(),
         state.config.max_pending_requests,
         state.config.query_limits,
+        state.owners.budget(client),
         stats.clone(),
     );
     let mut d = Downstream {
@@ -346,6 +354,8 @@ impl Downstream {
         if let Some(shared) = shared {
             shared.detach().await;
         }
+        // Its charge to its identity (or address) goes back now, not after the close frame.
+        drop(session);
         let too_slow = matches!(end, End::TooSlow);
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),
@@ -391,6 +401,11 @@ impl Downstream {
             reason: "".into(),
         }));
         let _ = tokio::time::timeout(wait, ws.send(close)).await;
+        // The closing handshake: read (and drop) what the client still sends until its own
+        // Close. A socket closed with unread data in it is reset, and a reset can make the
+        // client's side throw away the `FatalError` it had not read yet.
+        let drain = async { while let Some(Ok(_)) = ws.next().await {} };
+        let _ = tokio::time::timeout(wait.min(CLOSE_DRAIN), drain).await;
     }
 }
 

@@ -63,8 +63,25 @@ impl Client {
     /// Connects as a client whose clock is `ahead_ms` ahead of the real one (its
     /// `Connect.clientTs`).
     pub async fn connect_with_clock(base: &str, ahead_ms: i64) -> Client {
+        Self::connect_with(base, ahead_ms, None).await
+    }
+
+    /// Connects as the client at `address` behind a proxy: the handshake carries
+    /// `X-Forwarded-For: <address>`.
+    pub async fn connect_as(base: &str, address: &str) -> Client {
+        Self::connect_with(base, 0, Some(address)).await
+    }
+
+    async fn connect_with(base: &str, ahead_ms: i64, forwarded_for: Option<&str>) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = format!("{}/api/1.48.0/sync", base.replacen("http://", "ws://", 1));
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let mut request = url.into_client_request().unwrap();
+        if let Some(address) = forwarded_for {
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", address.parse().unwrap());
+        }
+        let (ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("connects");
         let (mut sink, mut stream) = ws.split();

@@ -320,3 +320,134 @@ async fn page_requests_over_the_limits_are_refused_and_subscribe_nothing() {
         0
     );
 }
+
+/// Subscribes `count` queries of `messages:list` on channels named after `tag`, one
+/// `ModifyQuerySet` each, with query ids from `first`.
+fn subscribe_many(client: &mut Client, tag: &str, first: u32, count: u32) {
+    for i in first..first + count {
+        client.subscribe(
+            i,
+            "messages:list",
+            json!({ "channel": format!("{tag}-{i}") }),
+        );
+    }
+}
+
+/// Waits until `client` holds a value for every query id in `first..first + count`.
+async fn until_values(client: &mut Client, first: u32, count: u32) {
+    client
+        .until("every query's first value", |v| {
+            (first..first + count).all(|i| v.values.contains_key(&u64::from(i)))
+        })
+        .await;
+}
+
+/// One client cannot multiply its limits by opening sockets. Behind a trusted proxy the
+/// signed-out sockets of one client address share one query budget, and the sockets of one
+/// signed-in identity share theirs (a socket that signs in brings its queries along). The
+/// socket whose `Add` (or `Authenticate`) goes past it gets `FatalError` and is closed, and
+/// what it held is given back; the owner's other sockets, other addresses on the same
+/// anonymous upstream and other users keep their queries and get every update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sockets_of_one_identity_or_address_share_one_query_budget() {
+    const BUDGET: u32 = 50;
+    let stack = Stack::start_with(Options {
+        owner_limits: edge_query::owners::OwnerLimits {
+            max_queries: BUDGET as usize,
+            max_bytes: 1024 * 1024,
+        },
+        trusted_proxies: "127.0.0.1",
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("many@example.com").await;
+    let other_token = stack.token_for("other@example.com").await;
+    let url = stack.query_url();
+    let mut good = Client::connect_as(&url, "203.0.113.5").await;
+    good.subscribe(0, "messages:list", json!({"channel": "general"}));
+    good.until("the first value", |v| v.values.contains_key(&0))
+        .await;
+
+    // Signed out, one address: two sockets of 20 queries, then a third that goes past 50.
+    let mut anonymous = Vec::new();
+    for s in 0..2 {
+        let mut c = Client::connect_as(&url, "198.51.100.7").await;
+        subscribe_many(&mut c, &format!("anon-{s}"), 0, 20);
+        until_values(&mut c, 0, 20).await;
+        anonymous.push(c);
+    }
+    let mut third = Client::connect_as(&url, "198.51.100.7").await;
+    subscribe_many(&mut third, "anon-2", 0, 20);
+    let v = third.until("the FatalError and close", |v| v.closed).await;
+    let fatal = v.fatal.expect("a FatalError before the close");
+    assert!(
+        fatal.contains("too many queries for this client address"),
+        "{fatal}"
+    );
+    // What the closed socket held (10 queries) was given back: another socket from the same
+    // address fits exactly in what is left.
+    let mut refill = Client::connect_as(&url, "198.51.100.7").await;
+    subscribe_many(&mut refill, "anon-3", 0, 10);
+    until_values(&mut refill, 0, 10).await;
+    // Another address has its own budget, on the same anonymous upstream.
+    subscribe_many(&mut good, "good", 1, 40);
+    until_values(&mut good, 1, 40).await;
+
+    // Signed in: two sockets of one identity hold 40; a socket with 20 queries of its own
+    // (within its address's budget) that signs in as the same identity goes past 50.
+    let mut user = Vec::new();
+    for s in 0..2 {
+        let mut c = Client::connect_as(&url, "192.0.2.10").await;
+        c.authenticate(&token);
+        subscribe_many(&mut c, &format!("user-{s}"), 0, 20);
+        until_values(&mut c, 0, 20).await;
+        user.push(c);
+    }
+    let mut joining = Client::connect_as(&url, "192.0.2.11").await;
+    subscribe_many(&mut joining, "joining", 0, 20);
+    until_values(&mut joining, 0, 20).await;
+    joining.authenticate(&token);
+    let v = joining
+        .until("the FatalError and close", |v| v.closed)
+        .await;
+    let fatal = v.fatal.expect("a FatalError before the close");
+    assert!(
+        fatal.contains("too many queries for this identity"),
+        "{fatal}"
+    );
+    // Another user is not affected by that identity's budget.
+    let mut other = Client::connect_as(&url, "192.0.2.10").await;
+    other.authenticate(&other_token);
+    subscribe_many(&mut other, "other", 0, 40);
+    until_values(&mut other, 0, 40).await;
+
+    // Everyone within their budgets gets the next updates.
+    let http = reqwest::Client::new();
+    for channel in ["general", "anon-1-5", "user-0-3"] {
+        let r = http
+            .post(format!("{}/api/mutation", stack.devconvex_url()))
+            .bearer_auth(&token)
+            .json(&json!({"path": "messages:send", "args": {"channel": channel, "body": "still live"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let live = |id: u64| move |v: &crate::client::View| bodies(v.values.get(&id)) == ["still live"];
+    good.until("the new message", live(0)).await;
+    anonymous[1].until("the new message", live(5)).await;
+    user[0].until("the new message", live(3)).await;
+    other.subscribe(99, "messages:list", json!({"channel": "general"}));
+    other.until("the new message", live(99)).await;
+    for c in anonymous
+        .iter()
+        .chain(&user)
+        .chain([&good, &refill, &other])
+    {
+        let v = c.view();
+        assert!(
+            v.fatal.is_none() && !v.closed && v.violations.is_empty(),
+            "{v:?}"
+        );
+    }
+}

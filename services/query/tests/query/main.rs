@@ -101,6 +101,10 @@ pub struct Options {
     pub tls_upstream: Option<bool>,
     /// Changes to auth's configuration (mail, Better Auth's account options).
     pub auth: Option<AuthTweak>,
+    /// `QUERY_MAX_QUERIES_PER_IDENTITY`, `QUERY_MAX_IDENTITY_QUERY_BYTES`.
+    pub owner_limits: edge_query::owners::OwnerLimits,
+    /// `QUERY_TRUSTED_PROXIES`.
+    pub trusted_proxies: &'static str,
 }
 
 impl Default for Options {
@@ -114,6 +118,8 @@ impl Default for Options {
             ping_interval: Duration::from_secs(15),
             tls_upstream: None,
             auth: None,
+            owner_limits: edge_query::owners::OwnerLimits::default(),
+            trusted_proxies: "",
         }
     }
 }
@@ -182,6 +188,8 @@ impl Stack {
         config.upstream_idle = Duration::from_millis(500);
         config.read_linger = options.read_linger;
         config.ping_interval = options.ping_interval;
+        config.owner_limits = options.owner_limits;
+        config.trusted_proxies = options.trusted_proxies.parse().unwrap();
         let query = start_query(config.clone()).await;
         Stack {
             auth: auth_core,

@@ -78,6 +78,15 @@ pub fn value(who: &str, key: &QueryKey, ts: u64) -> Arc<QueryResult> {
     })
 }
 
+/// A budget no harness step reaches (the owner limits have their own tests in `owners`).
+fn unlimited() -> crate::owners::Budget {
+    crate::owners::Owners::new(crate::owners::OwnerLimits {
+        max_queries: usize::MAX,
+        max_bytes: usize::MAX,
+    })
+    .budget(std::net::Ipv4Addr::LOCALHOST.into())
+}
+
 impl Harness {
     pub fn new() -> Self {
         Self::with_limits(super::QueryLimits::default())
@@ -86,7 +95,7 @@ impl Harness {
     pub fn with_limits(limits: super::QueryLimits) -> Self {
         let shared = Arc::new(BTreeSet::from([SHARED.to_owned()]));
         Harness {
-            session: ClientSession::new(shared, 4, limits, Arc::new(Stats::default())),
+            session: ClientSession::new(shared, 4, limits, unlimited(), Arc::new(Stats::default())),
             model: ClientModel::new(),
             main: String::new(),
             shared: false,

@@ -22,6 +22,10 @@ impl ClientSession {
             .accept_identity(base)
             .map_err(|e| End::Fatal(e.to_string()))?;
         if key_of(user.as_ref()) != key_of(self.identity.as_ref()) {
+            // The socket's queries count for its new identity from now on.
+            self.budget
+                .move_to(user.as_ref().map(|u| u.key.clone()))
+                .map_err(End::Fatal)?;
             self.switch_identity(user.clone(), out);
         }
         if let Some(u) = &user {

@@ -25,6 +25,7 @@ use super::frames::{self, Pending};
 use crate::identity::{IdentityKey, VerifiedUser};
 use crate::key::QueryKey;
 use crate::metrics::Stats;
+use crate::owners::Budget;
 use crate::upstream::{Event, QueryResult, SharedText};
 
 /// Which upstream serves a query: the socket's identity's, or the anonymous one for shared
@@ -149,6 +150,9 @@ pub struct ClientSession {
     limits: QueryLimits,
     /// [`key_bytes`] of every query with a key, summed.
     query_bytes: usize,
+    /// The same queries charged to the socket's identity (or, signed out, its address)
+    /// across all its sockets.
+    budget: Budget,
     stats: Arc<Stats>,
 }
 
@@ -159,6 +163,7 @@ impl ClientSession {
         shared_functions: Arc<BTreeSet<String>>,
         max_in_flight: usize,
         limits: QueryLimits,
+        budget: Budget,
         stats: Arc<Stats>,
     ) -> Self {
         ClientSession {
@@ -174,6 +179,7 @@ impl ClientSession {
             max_in_flight,
             limits,
             query_bytes: 0,
+            budget,
             stats,
         }
     }

@@ -147,6 +147,10 @@ impl ClientSession {
                                     self.limits.max_socket_bytes
                                 )));
                             }
+                            // The identity's (or address's) sockets together.
+                            self.budget
+                                .charge(super::key_bytes(&key))
+                                .map_err(End::Fatal)?;
                             self.subscribe(query_id, key, out)
                         }
                         Err(message) => {
@@ -170,6 +174,14 @@ impl ClientSession {
                         .fetch_add(1, Ordering::Relaxed);
                 }
                 QuerySetModification::Remove { query_id } => {
+                    let charged = self
+                        .queries
+                        .get(&query_id)
+                        .and_then(|q| q.key.as_ref())
+                        .map(super::key_bytes);
+                    if let Some(bytes) = charged {
+                        self.budget.release(bytes);
+                    }
                     if !self.unsubscribe(query_id, out) {
                         return Err(End::Fatal(format!(
                             "query id {query_id} is not in the query set"

@@ -116,6 +116,13 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Room left in a `ModifyQuerySet` for its envelope (`type`, the versions, brackets).
 const ENVELOPE_BYTES: usize = 128;
 
+/// Mutations, and separately actions, one upstream may have unanswered: Convex's own cap per
+/// WebSocket (`OPERATION_QUEUE_BUFFER_SIZE` in `crates/sync/src/worker.rs`), past which it
+/// ends the socket with `TooManyConcurrentMutations` /
+/// `TooManyInflightActionsForSingleClient`. Every socket of an identity shares its upstream,
+/// so the upstream refuses the request beyond it itself.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 1000;
+
 impl UpstreamState {
     pub fn new(id: UpstreamId, stats: Arc<Stats>, values: Values) -> Self {
         UpstreamState {
@@ -267,7 +274,7 @@ impl UpstreamState {
     }
 
     /// Forwards a listener's mutation or action under an upstream request id; refused at once
-    /// while disconnected.
+    /// while disconnected, and when [`MAX_REQUESTS_IN_FLIGHT`] of its kind are unanswered.
     pub fn request(
         &mut self,
         listener: ListenerId,
@@ -279,6 +286,25 @@ impl UpstreamState {
     ) {
         if !self.is_connected() {
             let outcome = Box::new(Err("not connected to Convex; try again".into()));
+            let event = Event::Response {
+                request_id,
+                kind,
+                outcome,
+            };
+            out.events.push((Audience::One(listener), event));
+            return;
+        }
+        let in_flight = self.requests.values().filter(|r| r.kind == kind).count();
+        if in_flight >= MAX_REQUESTS_IN_FLIGHT {
+            // Convex would end the whole upstream, every socket of the identity with it.
+            let what = match kind {
+                RequestKind::Mutation => "mutations",
+                RequestKind::Action => "actions",
+            };
+            let outcome = Box::new(Err(format!(
+                "too many concurrent {what} for this identity: at most \
+                 {MAX_REQUESTS_IN_FLIGHT} in flight; try again"
+            )));
             let event = Event::Response {
                 request_id,
                 kind,

@@ -127,3 +127,62 @@ fn requests_in_flight_fail_when_the_connection_is_lost() {
         .collect();
     assert_eq!(failed, vec![(A, RequestId(1)), (B, RequestId(2))]);
 }
+
+/// Convex ends a socket that has more than 1,000 mutations (or actions) in flight
+/// (`TooManyConcurrentMutations`, `TooManyInflightActionsForSingleClient`). An upstream is
+/// shared by every socket of its identity (the anonymous one by every signed-out socket), each
+/// allowed 1,000 of its own, so the upstream itself keeps under Convex's limit: a request
+/// beyond it fails alone, at once, and never reaches Convex; the others go on, and a slot
+/// freed by an answer is usable again.
+#[test]
+fn an_upstream_never_has_more_requests_in_flight_than_convex_allows() {
+    let (mut s, _) = connected();
+    for kind in [RequestKind::Mutation, RequestKind::Action] {
+        for i in 0..super::MAX_REQUESTS_IN_FLIGHT as u32 {
+            // Spread over two listeners (two sockets), each within its own limit.
+            let listener = if i % 2 == 0 { A } else { B };
+            let out = request(&mut s, listener, i, kind);
+            assert_eq!(out.to_convex.len(), 1, "request {i} was not forwarded");
+        }
+        let out = request(&mut s, A, 5000, kind);
+        assert!(out.to_convex.is_empty(), "{:?}", out.to_convex);
+        match &out.events[..] {
+            [
+                (
+                    Audience::One(A),
+                    Event::Response {
+                        request_id,
+                        outcome,
+                        ..
+                    },
+                ),
+            ] => {
+                assert_eq!(*request_id, RequestId(5000));
+                let error = outcome.as_ref().as_ref().unwrap_err();
+                assert!(error.contains("too many"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // One answer frees one slot of its kind.
+    let first_action = RequestId(super::MAX_REQUESTS_IN_FLIGHT as u32);
+    let answer = ServerMessage::ActionResponse {
+        request_id: first_action,
+        success: true,
+        result: Value::Null,
+        log_lines: vec![],
+        error_data: None,
+    };
+    step(&mut s, |s, out| s.on_server_message(answer, out).unwrap());
+    assert_eq!(
+        request(&mut s, B, 6000, RequestKind::Action)
+            .to_convex
+            .len(),
+        1
+    );
+    assert!(
+        request(&mut s, B, 6001, RequestKind::Mutation)
+            .to_convex
+            .is_empty()
+    );
+}
