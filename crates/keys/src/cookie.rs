@@ -34,6 +34,12 @@ const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'(')
     .remove(b')');
 
+/// JavaScript's `encodeURIComponent(s)`, as Better Auth encodes cookie values and the
+/// `callbackURL` of its mailed links.
+pub fn encode_uri_component(s: &str) -> String {
+    utf8_percent_encode(s, URI_COMPONENT).to_string()
+}
+
 /// A session token (the `session.token` column). Never logged.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SessionToken(String);
@@ -95,7 +101,7 @@ impl CacheKey {
 pub fn sign(secret: &Secret, token: &SessionToken) -> String {
     let tag = secret.sign(token.as_str().as_bytes());
     let raw = format!("{}.{}", token.as_str(), b64::std_encode(tag.as_ref()));
-    utf8_percent_encode(&raw, URI_COMPONENT).to_string()
+    encode_uri_component(&raw)
 }
 
 /// Better Auth's `dont_remember` cookie (set beside a session opened with `rememberMe: false`),
@@ -112,7 +118,7 @@ pub const DONT_REMEMBER_SESSION_SECONDS: i64 = 24 * 3600;
 pub fn sign_dont_remember(secret: &Secret) -> String {
     let tag = secret.sign(DONT_REMEMBER_VALUE.as_bytes());
     let raw = format!("{DONT_REMEMBER_VALUE}.{}", b64::std_encode(tag.as_ref()));
-    utf8_percent_encode(&raw, URI_COMPONENT).to_string()
+    encode_uri_component(&raw)
 }
 
 /// Whether a `dont_remember` cookie value is `"true"` signed under `secret` (Better Auth's
@@ -145,7 +151,7 @@ pub fn canonical(cookie_value: &str) -> Option<String> {
     if token.is_empty() || signature.is_empty() {
         return None;
     }
-    Some(utf8_percent_encode(&decoded, URI_COMPONENT).to_string())
+    Some(encode_uri_component(&decoded))
 }
 
 /// The token inside a cookie value, if its signature is valid under `secret`.

@@ -11,7 +11,6 @@ use chrono::{Duration, Utc};
 use edge_keys::SessionToken;
 use edge_keys::email_token::{self, EmailClaims, EmailTokenError};
 use edge_proto::error::ErrorCode;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::json;
 
 use crate::error::AuthError;
@@ -22,21 +21,7 @@ use crate::service::{
 use crate::store::{AccountRow, EndScope, RevocationRow, Session, User, now_ms};
 use edge_keys::password;
 
-/// JavaScript's `encodeURIComponent`: everything but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`.
-const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'!')
-    .remove(b'~')
-    .remove(b'*')
-    .remove(b'\'')
-    .remove(b'(')
-    .remove(b')');
-
-pub fn encode_uri_component(s: &str) -> String {
-    utf8_percent_encode(s, URI_COMPONENT).to_string()
-}
+pub use edge_keys::cookie::encode_uri_component;
 
 /// Which sessions `RevokeSessions` ends.
 #[derive(Debug, Clone)]

@@ -85,6 +85,18 @@ async fn burst(base: &str, n: usize) -> Vec<(u16, Option<String>)> {
     requests.join_all().await
 }
 
+/// One sign-in for the account [`burst`] uses; its status.
+async fn sign_in_once(base: &str) -> u16 {
+    reqwest::Client::new()
+        .post(format!("{base}/api/auth/sign-in/email"))
+        .json(&json!({"email": "burst@example.com", "password": "correct horse battery staple"}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 /// 64 concurrent sign-ins stay inside the default budget (128 MiB of scrypt at once) and
 /// auth's peak RSS stays under the shipped limit; before the budget they took it past 2 GiB.
 #[tokio::test(flavor = "multi_thread")]
@@ -101,7 +113,11 @@ async fn concurrent_sign_ins_stay_within_the_memory_limit() {
             other => panic!("unexpected status {other}"),
         }
     }
-    assert!(answers.iter().any(|(s, _)| *s == 200), "{answers:?}");
+    // Which requests win the budget depends on the machine's load (on a busy CI every request
+    // for the real account may be among those told to retry); once the burst is over the
+    // budget is free again and the account signs in.
+    let after = sign_in_once(&started.base).await;
+    assert_eq!(after, 200, "a sign-in after the burst: {answers:?}");
     assert!(
         peak_mib < K8S_LIMIT_MIB,
         "auth peaked at {peak_mib} MiB, over the {K8S_LIMIT_MIB} MiB limit"
