@@ -33,6 +33,7 @@ class Handler:
             "from": envelope.mail_from,
             "to": envelope.rcpt_tos,
             "subject": str(msg["subject"]),
+            "message_id": msg["message-id"],
             "text": text.get_content() if text else None,
             "html": html.get_content() if html else None,
         }

@@ -16,7 +16,8 @@ use serde_json::json;
 use crate::error::AuthError;
 use crate::mail::MailKind;
 use crate::service::{
-    AuthCore, Client, MAX_NAME_LEN, SessionInfo, check_password, new_session, parse_email,
+    AuthCore, Client, MAX_NAME_LEN, SessionInfo, body_email, check_password, new_session,
+    parse_email,
 };
 use crate::store::{AccountRow, EndScope, RevocationRow, Session, User, now_ms};
 use edge_keys::password;
@@ -51,19 +52,6 @@ pub struct PasswordChanged {
 /// `reset-password:<token>`, the `verification` identifier of a reset token.
 fn reset_identifier(token: &str) -> String {
     format!("reset-password:{token}")
-}
-
-/// An address in a request body that Better Auth reads with zod's `z.email()`
-/// (`request-password-reset`, `send-verification-email`, `change-email`): a malformed one is
-/// its `VALIDATION_ERROR`, `[body.FIELD] Invalid email address` (sign-up and sign-in answer
-/// `INVALID_EMAIL` instead, as Better Auth's do).
-fn body_email(field: &str, email: &str) -> Result<String, AuthError> {
-    parse_email(email).map_err(|_| {
-        AuthError::invalid(
-            ErrorCode::VALIDATION_ERROR,
-            format!("[body.{field}] Invalid email address"),
-        )
-    })
 }
 
 impl AuthCore {

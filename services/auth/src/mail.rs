@@ -322,7 +322,15 @@ impl Mailer {
             }
             Sender::Smtp(transport) => {
                 let to: Mailbox = to.parse().map_err(|e| MailError::Address(format!("{e}")))?;
+                // RFC 5322 §3.6.4: a unique id on the sender's domain (large providers refuse
+                // mail without one when the relay does not add it).
+                let message_id = format!(
+                    "<{}@{}>",
+                    edge_keys::random_hex(16),
+                    self.from.email.domain()
+                );
                 let message = Message::builder()
+                    .message_id(Some(message_id))
                     .from(self.from.clone())
                     .to(to)
                     .subject(kind.subject())

@@ -29,7 +29,7 @@ async fn bad_requests_get_precise_codes() {
         (
             sign_up("not-an-email", "correct horse"),
             Code::InvalidArgument,
-            ErrorCode::INVALID_EMAIL,
+            ErrorCode::VALIDATION_ERROR,
         ),
         (
             sign_up("a@example.com", "short"),

@@ -32,10 +32,17 @@ async fn the_official_client_runs_an_apps_account_and_session_screens() {
     )
     .await;
     assert_eq!(out["ok"], true, "{out:#}");
-    // Every mail came from EMAIL_FROM with both bodies.
+    // Every mail came from EMAIL_FROM with both bodies and its own Message-ID on the
+    // sender's domain (RFC 5322 §3.6.4).
+    let mut ids = std::collections::HashSet::new();
     for m in smtp.messages() {
         assert_eq!(m["from"], "tests@example.com");
         assert!(m["html"].as_str().unwrap().contains("<a href="), "{m}");
+        let id = m["message_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no Message-ID: {m}"));
+        assert!(id.starts_with('<') && id.ends_with("@example.com>"), "{id}");
+        assert!(ids.insert(id.to_owned()), "Message-ID {id} used twice");
     }
 }
 

@@ -79,6 +79,18 @@ async fn malformed_bodies_change_nothing() {
             .await
             .unwrap(),
         400,
+        "VALIDATION_ERROR",
+    )
+    .await;
+    expect_error(
+        post(
+            "/api/auth/sign-in/email",
+            r#"{"email":"nope","password":"correct horse"}"#,
+        )
+        .send()
+        .await
+        .unwrap(),
+        400,
         "INVALID_EMAIL",
     )
     .await;
