@@ -184,15 +184,4 @@ mod tests {
         );
         assert_eq!(v.ip, ip("10.0.0.2"));
     }
-
-    #[test]
-    fn trusted_proxies_parse() {
-        assert!(
-            "10.0.0.0/8, ::1, fd00::/8"
-                .parse::<TrustedProxies>()
-                .is_ok()
-        );
-        assert!("10.0.0.0/33".parse::<TrustedProxies>().is_err());
-        assert!("nope".parse::<TrustedProxies>().is_err());
-    }
 }
