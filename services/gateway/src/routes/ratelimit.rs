@@ -20,12 +20,16 @@ use crate::State;
 use crate::error::ApiError;
 use crate::routes::auth::client_info;
 
-/// The path below `/api/auth` when the request is one the gateway asks auth to count.
+/// The route below `/api/auth` when the request is one the gateway asks auth to count: its
+/// pattern, not the raw path (`/reset-password/{token}` keeps the token out of the key), and
+/// only for a route the gateway serves, so made-up paths (answered 404 without auth) cannot
+/// add rows to the shared table.
 fn counted_path(req: &ServiceRequest) -> Option<String> {
     if req.method() == Method::OPTIONS {
         return None;
     }
-    let path = req.path().strip_prefix("/api/auth")?;
+    let pattern = req.match_pattern()?;
+    let path = pattern.strip_prefix("/api/auth")?;
     if !path.starts_with('/') {
         return None;
     }

@@ -237,6 +237,37 @@ async fn the_other_auth_routes_have_better_auths_limits_per_client() {
         rows, 7,
         "one row per client and path, in Better Auth's table"
     );
+    // Made-up paths are 404 and count nothing (they would grow the shared table without
+    // bound); a route with a parameter counts under its pattern, never the token in the path.
+    for i in 0..50 {
+        let r = post_as(
+            &gateway,
+            &format!("/api/auth/made-up-{i}"),
+            Some("198.51.100.12"),
+            json!({}),
+        )
+        .await;
+        assert_eq!(r.status(), 404);
+    }
+    let r = http()
+        .get(format!(
+            "{gateway}/api/auth/reset-password/SECRETTOKEN123?callbackURL=/r"
+        ))
+        .header("x-forwarded-for", "198.51.100.12")
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_redirection(), "{}", r.status());
+    let keys: Vec<(String,)> =
+        sqlx::query_as(r#"SELECT key FROM "rateLimit" WHERE key LIKE '198.51.100.12|%'"#)
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        keys,
+        [("198.51.100.12|/reset-password/{token}".to_owned(),)],
+        "made-up paths add no rows; the token stays out of the key"
+    );
 }
 
 #[tokio::test]
