@@ -28,17 +28,22 @@ fn counted_path(req: &ServiceRequest) -> Option<String> {
     if req.method() == Method::OPTIONS {
         return None;
     }
-    let pattern = req.match_pattern()?;
-    let path = pattern.strip_prefix("/api/auth")?;
-    if !path.starts_with('/') {
-        return None;
-    }
+    // The raw path first: pages and the cached read routes (the hot paths) never pay for a
+    // route lookup.
+    let path = req.path().strip_prefix("/api/auth")?;
     let by_auth = path.starts_with("/sign-in") || path.starts_with("/sign-up");
     let cached = matches!(
         path,
         "/get-session" | "/token" | "/convex/token" | "/jwks" | "/convex/jwks"
     );
-    (!by_auth && !cached).then(|| path.to_owned())
+    if !path.starts_with('/') || by_auth || cached {
+        return None;
+    }
+    let pattern = req.match_pattern()?;
+    pattern
+        .strip_prefix("/api/auth")
+        .filter(|p| p.starts_with('/'))
+        .map(str::to_owned)
 }
 
 /// The middleware (`actix_web::middleware::from_fn`).
