@@ -82,7 +82,13 @@ impl Env {
     async fn gateway(&self) -> anyhow::Result<(String, Child, Duration)> {
         let addr = format!("127.0.0.1:{}", free_port());
         let started = Instant::now();
-        let child = self.start("gateway", &[("GATEWAY_HTTP_ADDR", addr.clone())])?;
+        let child = self.start(
+            "gateway",
+            &[
+                ("GATEWAY_HTTP_ADDR", addr.clone()),
+                ("GATEWAY_READ_RATE_LIMIT_MAX", "0".to_owned()),
+            ],
+        )?;
         let base = format!("http://{addr}");
         wait_ready(&format!("{base}/readyz")).await?;
         Ok((base, child, started.elapsed()))

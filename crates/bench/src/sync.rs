@@ -251,6 +251,7 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
         ("AUTH_GRPC_URL", format!("http://127.0.0.1:{grpc}")),
         ("AUTH_SIGN_IN_LIMIT_PER_ADDRESS", "100000".to_owned()),
         ("AUTH_RATE_LIMIT_MAX", "100000".to_owned()),
+        ("GATEWAY_READ_RATE_LIMIT_MAX", "0".to_owned()),
         ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{gw}")),
         ("DEVCONVEX_ADDR", format!("127.0.0.1:{dc}")),
         ("DEVCONVEX_AUTH_CONFIG", auth_config.to_string()),

@@ -72,11 +72,34 @@ pub(crate) fn find_binary(bin: &str) -> Option<PathBuf> {
 }
 
 /// A free TCP port on 127.0.0.1 (for child processes that cannot take a pre-bound listener).
+///
+/// Ports come from 20000–31999, below Linux's ephemeral range (32768–60999): a port handed out
+/// here is never the one the kernel gives an outgoing connection or another `bind(0)` in the
+/// moment before the child binds it (a CI run once lost an auth process that way). Each call
+/// in a process takes the next port, starting at an offset from the process id, so concurrent
+/// tests and test binaries do not pick the same one; a port something already listens on is
+/// skipped.
+///
+/// # Panics
+/// When all 12,000 ports are taken.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind port 0")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7_919) % COUNT,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..COUNT {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % COUNT) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// A temporary directory, removed on drop.

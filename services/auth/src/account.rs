@@ -16,7 +16,7 @@ use serde_json::json;
 use crate::error::AuthError;
 use crate::mail::MailKind;
 use crate::service::{
-    AuthCore, Client, MAX_NAME_LEN, SessionInfo, body_email, check_password, new_session,
+    AuthCore, Client, Cookies, MAX_NAME_LEN, SessionInfo, body_email, check_password, new_session,
     parse_email,
 };
 use crate::store::{AccountRow, EndScope, RevocationRow, Session, User, now_ms};
@@ -39,6 +39,32 @@ pub struct Changed {
     pub revocations: Vec<RevocationRow>,
     pub current_ended: bool,
     pub user: Option<User>,
+    /// Whether the caller's session cookie is written again, as Better Auth's
+    /// `setSessionCookie` does after a change to the user.
+    pub cookie: CookieRenewal,
+}
+
+/// How the caller's own session cookie is answered after a call.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum CookieRenewal {
+    /// Left as it is.
+    #[default]
+    Unchanged,
+    /// Set again with Max-Age (a remembered session).
+    Remembered,
+    /// Set again without Max-Age, beside the `dont_remember` cookie (`rememberMe: false`).
+    BrowserSession,
+}
+
+impl CookieRenewal {
+    /// The renewal `setSessionCookie` makes for a browser that sent `cookies`.
+    fn for_browser(secret: &edge_keys::Secret, cookies: Cookies<'_>) -> Self {
+        if edge_keys::cookie::verify_dont_remember(secret, cookies.dont_remember) {
+            CookieRenewal::BrowserSession
+        } else {
+            CookieRenewal::Remembered
+        }
+    }
 }
 
 /// A password change's outcome.
@@ -72,8 +98,10 @@ impl AuthCore {
     }
 
     /// The user's live sessions; refused past `freshAge` as Better Auth 1.7 does.
-    pub async fn list_sessions(&self, cookie_value: &str) -> Result<Vec<Session>, AuthError> {
-        let info = self.session(cookie_value).await?;
+    pub async fn list_sessions(&self, cookies: Cookies<'_>) -> Result<Vec<Session>, AuthError> {
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         if !self.is_fresh(&info.session) {
             return Err(AuthError::invalid(
                 ErrorCode::SESSION_NOT_FRESH,
@@ -88,10 +116,12 @@ impl AuthCore {
 
     pub async fn revoke_sessions(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         scope: Revoke,
     ) -> Result<Changed, AuthError> {
-        let info = self.session(cookie_value).await?;
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         let own = info.session.token.as_str();
         let (scope, current_ended) = match &scope {
             Revoke::Token(t) => (EndScope::Token(t), t == own),
@@ -109,17 +139,20 @@ impl AuthCore {
             revocations,
             current_ended,
             user: None,
+            cookie: CookieRenewal::Unchanged,
         })
     }
 
     /// `update-user`: name and image; `image: Some(None)` clears it.
     pub async fn update_user(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         name: Option<String>,
         image: Option<Option<String>>,
     ) -> Result<Changed, AuthError> {
-        let info = self.session(cookie_value).await?;
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         if name.is_none() && image.is_none() {
             return Err(AuthError::invalid(
                 ErrorCode::BAD_REQUEST,
@@ -149,6 +182,7 @@ impl AuthCore {
             revocations,
             current_ended: false,
             user: Some(user.ok_or(AuthError::Unauthorized)?),
+            cookie: CookieRenewal::for_browser(&self.config.secret, cookies),
         })
     }
 
@@ -176,13 +210,15 @@ impl AuthCore {
     /// caller's too) and a new one opens, in one transaction.
     pub async fn change_password(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         current: &str,
         new: &str,
         revoke_other_sessions: bool,
         client: &Client,
     ) -> Result<PasswordChanged, AuthError> {
-        let info = self.session(cookie_value).await?;
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         check_password(new)?;
         if !self.password_matches(&info.user.id, current).await? {
             return Err(AuthError::invalid(
@@ -210,8 +246,15 @@ impl AuthCore {
         self.announce(&revocations);
         tracing::info!(user_id = %info.user.id, revoke_other_sessions, "password changed");
         let user = info.user;
+        // Better Auth's `setSessionCookie` keeps a `rememberMe: false` browser's cookies as
+        // they were: the new session's cookie ends with the browser session too.
+        let dont_remember =
+            edge_keys::cookie::verify_dont_remember(&self.config.secret, cookies.dont_remember);
         Ok(PasswordChanged {
-            new_session: fresh.map(|(s, token)| self.opened(s, user.clone(), &token)),
+            new_session: fresh.map(|(s, token)| SessionInfo {
+                dont_remember,
+                ..self.opened(s, user.clone(), &token)
+            }),
             user,
             revocations,
         })
@@ -220,13 +263,15 @@ impl AuthCore {
     /// `delete-user` with the password, or with a session younger than `freshAge`.
     pub async fn delete_user(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         password: Option<&str>,
     ) -> Result<Changed, AuthError> {
         if !self.config.account.delete_user_enabled {
             return Err(AuthError::invalid(ErrorCode::NOT_FOUND, "Not Found"));
         }
-        let info = self.session(cookie_value).await?;
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         match password {
             Some(p) if !self.password_matches(&info.user.id, p).await? => {
                 return Err(AuthError::invalid(
@@ -250,11 +295,14 @@ impl AuthCore {
             revocations,
             current_ended: true,
             user: None,
+            cookie: CookieRenewal::Unchanged,
         })
     }
 
-    pub async fn list_accounts(&self, cookie_value: &str) -> Result<Vec<AccountRow>, AuthError> {
-        let info = self.session(cookie_value).await?;
+    pub async fn list_accounts(&self, cookies: Cookies<'_>) -> Result<Vec<AccountRow>, AuthError> {
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         Ok(self.store.accounts_of_user(&info.user.id).await?)
     }
 
@@ -337,6 +385,7 @@ impl AuthCore {
             revocations,
             current_ended: revoke,
             user: None,
+            cookie: CookieRenewal::Unchanged,
         })
     }
 
@@ -411,7 +460,7 @@ impl AuthCore {
     /// address has an unverified user (the mail goes out in the background).
     pub async fn send_verification_email(
         self: &std::sync::Arc<Self>,
-        cookie_value: Option<&str>,
+        cookies: Option<Cookies<'_>>,
         email: &str,
         callback_url: &str,
     ) -> Result<(), AuthError> {
@@ -422,8 +471,8 @@ impl AuthCore {
             ));
         }
         let email = body_email("email", email)?;
-        let session = match cookie_value {
-            Some(c) => match self.session(c).await {
+        let session = match cookies {
+            Some(c) => match self.session_for(c.session, c.dont_remember).await {
                 Ok(info) => Some(info),
                 Err(AuthError::Unauthorized) => None,
                 Err(e) => return Err(e),
@@ -462,7 +511,7 @@ impl AuthCore {
     /// `change-email`.
     pub async fn change_email(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         new_email: &str,
         callback_url: &str,
     ) -> Result<Changed, AuthError> {
@@ -473,7 +522,9 @@ impl AuthCore {
                 "Change email is disabled",
             ));
         }
-        let info = self.session(cookie_value).await?;
+        let info = self
+            .session_for(cookies.session, cookies.dont_remember)
+            .await?;
         let new_email = body_email("newEmail", new_email)?;
         if new_email == info.user.email {
             return Err(AuthError::invalid(
@@ -509,6 +560,7 @@ impl AuthCore {
                 revocations,
                 current_ended: false,
                 user: Some(user),
+                cookie: CookieRenewal::for_browser(&self.config.secret, cookies),
             });
         }
         let claims = self.email_claims(
@@ -526,7 +578,7 @@ impl AuthCore {
     pub async fn verify_email(
         &self,
         token: &str,
-        cookie_value: Option<&str>,
+        cookies: Option<Cookies<'_>>,
         callback_url: &str,
     ) -> Result<Changed, AuthError> {
         let claims = email_token::verify(&self.config.secret, token, Utc::now().timestamp())
@@ -553,8 +605,8 @@ impl AuthCore {
             if user.email.to_lowercase() != claims.email {
                 return Err(invalid());
             }
-            if let Some(cookie) = cookie_value
-                && let Ok(info) = self.session(cookie).await
+            if let Some(c) = cookies
+                && let Ok(info) = self.session_for(c.session, c.dont_remember).await
                 && info.user.id != user.id
             {
                 return Err(AuthError::invalid(ErrorCode::INVALID_USER, "Invalid user"));
@@ -582,6 +634,7 @@ impl AuthCore {
                         revocations,
                         current_ended: false,
                         user,
+                        cookie: CookieRenewal::Unchanged,
                     })
                 }
                 _ => {
@@ -601,6 +654,7 @@ impl AuthCore {
                         revocations,
                         current_ended: false,
                         user: updated,
+                        cookie: CookieRenewal::Unchanged,
                     })
                 }
             };
@@ -623,6 +677,7 @@ impl AuthCore {
             revocations,
             current_ended: false,
             user: None,
+            cookie: CookieRenewal::Unchanged,
         })
     }
 }

@@ -10,8 +10,8 @@ use futures_util::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::account::Revoke;
-use crate::service::{AuthCore, Client, SessionInfo, SignedUp, js_date};
+use crate::account::{CookieRenewal, Revoke};
+use crate::service::{AuthCore, Client, Cookies, SessionInfo, SignedUp, js_date};
 use crate::store::{AccountRow, RevocationRow, Session, User};
 
 const MAX_FIELD_LEN: usize = 4096;
@@ -52,6 +52,14 @@ fn session_pb(s: &Session) -> pb::Session {
     }
 }
 
+/// The browser's cookies as a request carries them.
+fn cookies<'a>(session: &'a str, dont_remember: &'a str) -> Cookies<'a> {
+    Cookies {
+        session,
+        dont_remember,
+    }
+}
+
 /// A session opened for the browser; `secret` signs the `dont_remember` cookie of a session
 /// opened with `rememberMe: false`.
 fn session_response(info: SessionInfo, secret: &edge_keys::Secret) -> pb::SessionResponse {
@@ -86,6 +94,8 @@ fn revocations_response(changed: crate::account::Changed) -> pb::RevocationsResp
         revocations: changed.revocations.iter().map(revocation_pb).collect(),
         current_ended: changed.current_ended,
         user: changed.user.as_ref().map(user_pb),
+        set_cookie_again: changed.cookie != CookieRenewal::Unchanged,
+        dont_remember: changed.cookie == CookieRenewal::BrowserSession,
     }
 }
 
@@ -280,7 +290,10 @@ impl AuthService for GrpcApi {
         request: Request<pb::CookieRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
         let r = request.into_inner();
-        let sessions = self.core.list_sessions(&r.cookie_value).await?;
+        let sessions = self
+            .core
+            .list_sessions(cookies(&r.cookie_value, &r.dont_remember_cookie))
+            .await?;
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: sessions.iter().map(session_pb).collect(),
         }))
@@ -298,7 +311,10 @@ impl AuthService for GrpcApi {
             Some(Scope::Others(true)) => Revoke::Others,
             _ => return Err(ErrorCode::VALIDATION_ERROR.to_status("a scope is required")),
         };
-        let changed = self.core.revoke_sessions(&r.cookie_value, scope).await?;
+        let changed = self
+            .core
+            .revoke_sessions(cookies(&r.cookie_value, &r.dont_remember_cookie), scope)
+            .await?;
         Ok(Response::new(revocations_response(changed)))
     }
 
@@ -320,7 +336,11 @@ impl AuthService for GrpcApi {
         };
         let changed = self
             .core
-            .update_user(&r.cookie_value, r.name, image)
+            .update_user(
+                cookies(&r.cookie_value, &r.dont_remember_cookie),
+                r.name,
+                image,
+            )
             .await?;
         Ok(Response::new(revocations_response(changed)))
     }
@@ -335,7 +355,7 @@ impl AuthService for GrpcApi {
         let changed = self
             .core
             .change_password(
-                &r.cookie_value,
+                cookies(&r.cookie_value, &r.dont_remember_cookie),
                 current,
                 new,
                 r.revoke_other_sessions,
@@ -360,7 +380,11 @@ impl AuthService for GrpcApi {
         let callback = bounded("callbackURL", &r.callback_url)?;
         let changed = self
             .core
-            .change_email(&r.cookie_value, email, callback)
+            .change_email(
+                cookies(&r.cookie_value, &r.dont_remember_cookie),
+                email,
+                callback,
+            )
             .await?;
         Ok(Response::new(revocations_response(changed)))
     }
@@ -371,7 +395,10 @@ impl AuthService for GrpcApi {
     ) -> Result<Response<pb::RevocationsResponse>, Status> {
         let r = request.into_inner();
         let password = r.password.as_deref().filter(|p| !p.is_empty());
-        let changed = self.core.delete_user(&r.cookie_value, password).await?;
+        let changed = self
+            .core
+            .delete_user(cookies(&r.cookie_value, &r.dont_remember_cookie), password)
+            .await?;
         Ok(Response::new(revocations_response(changed)))
     }
 
@@ -380,7 +407,10 @@ impl AuthService for GrpcApi {
         request: Request<pb::CookieRequest>,
     ) -> Result<Response<pb::ListAccountsResponse>, Status> {
         let r = request.into_inner();
-        let accounts = self.core.list_accounts(&r.cookie_value).await?;
+        let accounts = self
+            .core
+            .list_accounts(cookies(&r.cookie_value, &r.dont_remember_cookie))
+            .await?;
         Ok(Response::new(pb::ListAccountsResponse {
             accounts: accounts.iter().map(account_pb).collect(),
         }))
@@ -426,7 +456,8 @@ impl AuthService for GrpcApi {
         let r = request.into_inner();
         let email = required("email", &r.email)?;
         let callback = bounded("callbackURL", &r.callback_url)?;
-        let cookie = Some(r.cookie_value.as_str()).filter(|c| !c.is_empty());
+        let cookie = Some(cookies(&r.cookie_value, &r.dont_remember_cookie))
+            .filter(|c| !c.session.is_empty());
         self.core
             .send_verification_email(cookie, email, callback)
             .await?;
@@ -440,7 +471,8 @@ impl AuthService for GrpcApi {
         let r = request.into_inner();
         let token = required("token", &r.token)?;
         let callback = bounded("callbackURL", &r.callback_url)?;
-        let cookie = Some(r.cookie_value.as_str()).filter(|c| !c.is_empty());
+        let cookie = Some(cookies(&r.cookie_value, &r.dont_remember_cookie))
+            .filter(|c| !c.session.is_empty());
         let changed = self.core.verify_email(token, cookie, callback).await?;
         Ok(Response::new(pb::VerifyEmailResponse {
             user: changed.user.as_ref().map(user_pb),

@@ -28,6 +28,26 @@ pub struct Client {
     pub dont_remember: bool,
 }
 
+/// What a browser sent of Better Auth's cookies: the session cookie's value, and the
+/// `dont_remember` cookie's as sent (empty when absent; only auth can check its signature).
+/// A route that reads the session through these never refreshes a session opened with
+/// `rememberMe: false`, as Better Auth's `getSession` (behind every session route) does not.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cookies<'a> {
+    pub session: &'a str,
+    pub dont_remember: &'a str,
+}
+
+impl<'a> Cookies<'a> {
+    /// The session cookie alone (a client that sent no `dont_remember` cookie).
+    pub fn session(session: &'a str) -> Self {
+        Cookies {
+            session,
+            dont_remember: "",
+        }
+    }
+}
+
 /// A session just opened or looked up, with its user.
 #[derive(Debug, Clone)]
 pub struct SessionInfo {

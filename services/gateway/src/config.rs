@@ -45,6 +45,17 @@ pub struct Config {
     /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (`rediss://`, `https://` gRPC,
     /// the SSR upstream).
     pub ssl_cert_file: Option<PathBuf>,
+    /// `GATEWAY_READ_RATE_LIMIT_MAX` / `GATEWAY_READ_RATE_LIMIT_WINDOW_SECONDS`: Better Auth's
+    /// default rule (100 per 10 s per client address and path) on the read routes the token
+    /// cache serves, counted in this gateway's memory; `None` (max 0): not counted.
+    pub read_rate_limit: Option<ReadRateLimit>,
+}
+
+/// At most `max` requests within `window` of the last counted one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadRateLimit {
+    pub max: u32,
+    pub window: std::time::Duration,
 }
 
 /// Server-side rendering: the gateway's own templates, or an existing SSR app behind it.
@@ -84,6 +95,10 @@ impl Config {
             page_watch: Some(std::time::Duration::from_secs(30)),
             max_page_param_bytes: 2048,
             ssl_cert_file: None,
+            read_rate_limit: Some(ReadRateLimit {
+                max: 100,
+                window: std::time::Duration::from_secs(10),
+            }),
         }
     }
 
@@ -183,6 +198,29 @@ impl Config {
                         format!("expected a positive number of bytes, got `{v}`"),
                     )
                 })?;
+        }
+        if let Some(v) = get("GATEWAY_READ_RATE_LIMIT_MAX") {
+            let max: u32 = v.parse().map_err(|_| {
+                ConfigError::new(
+                    "GATEWAY_READ_RATE_LIMIT_MAX",
+                    format!("expected a number of requests (0: no limit), got `{v}`"),
+                )
+            })?;
+            config.read_rate_limit = (max > 0).then_some(ReadRateLimit {
+                max,
+                window: std::time::Duration::from_secs(10),
+            });
+        }
+        if let Some(v) = get("GATEWAY_READ_RATE_LIMIT_WINDOW_SECONDS") {
+            let secs = v.parse().ok().filter(|n: &u64| *n > 0).ok_or_else(|| {
+                ConfigError::new(
+                    "GATEWAY_READ_RATE_LIMIT_WINDOW_SECONDS",
+                    format!("expected a positive number of seconds, got `{v}`"),
+                )
+            })?;
+            if let Some(rule) = &mut config.read_rate_limit {
+                rule.window = std::time::Duration::from_secs(secs);
+            }
         }
         if let Some(v) = get("QUERY_PUBLIC_URL") {
             config.query_public_url = url("QUERY_PUBLIC_URL", v)?;

@@ -49,6 +49,9 @@ pub struct State {
     pub(crate) live: Option<Arc<pages::LiveData>>,
     /// Proxy mode's client of the SSR app.
     http: reqwest::Client,
+    /// Better Auth's default rule on the cached read routes, counted in this gateway's
+    /// memory; `None` when `GATEWAY_READ_RATE_LIMIT_MAX` is 0.
+    pub(crate) read_limiter: Option<routes::ratelimit::ReadLimiter>,
 }
 
 /// The gRPC clients of auth and query, one pair per thread.
@@ -262,7 +265,11 @@ impl Application {
             (Some(_), Some(idle)) => Some(pages::LiveData::new(idle)),
             _ => None,
         };
+        let read_limiter = config
+            .read_rate_limit
+            .map(|rule| routes::ratelimit::ReadLimiter::new(rule.max, rule.window));
         let state = State {
+            read_limiter,
             config,
             live,
             clients: Clients::new(endpoint, query),

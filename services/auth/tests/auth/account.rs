@@ -3,7 +3,7 @@
 
 use edge_auth::account::Revoke;
 use edge_auth::mail::MailMode;
-use edge_auth::service::Client;
+use edge_auth::service::{Client, Cookies};
 
 use crate::{config, spawn, sqlite_url};
 
@@ -28,12 +28,15 @@ async fn run(url: &str) {
         .await
         .unwrap();
     assert_eq!(
-        core.list_sessions(&first.cookie_value).await.unwrap().len(),
+        core.list_sessions(Cookies::session(&first.cookie_value))
+            .await
+            .unwrap()
+            .len(),
         2
     );
 
     let changed = core
-        .revoke_sessions(&first.cookie_value, Revoke::Others)
+        .revoke_sessions(Cookies::session(&first.cookie_value), Revoke::Others)
         .await
         .unwrap();
     assert_eq!(changed.revocations.len(), 1, "{changed:?}");
@@ -44,7 +47,11 @@ async fn run(url: &str) {
     assert!(core.session(&second.cookie_value).await.is_err());
 
     let changed = core
-        .update_user(&first.cookie_value, Some("Ada L".into()), Some(None))
+        .update_user(
+            Cookies::session(&first.cookie_value),
+            Some("Ada L".into()),
+            Some(None),
+        )
         .await
         .unwrap();
     assert_eq!(changed.user.unwrap().name, "Ada L");
@@ -53,7 +60,7 @@ async fn run(url: &str) {
 
     let changed = core
         .change_password(
-            &first.cookie_value,
+            Cookies::session(&first.cookie_value),
             PASSWORD,
             "a new password 1",
             true,
@@ -88,7 +95,10 @@ async fn run(url: &str) {
         .await
         .unwrap();
 
-    let changed = core.delete_user(&fresh.cookie_value, None).await.unwrap();
+    let changed = core
+        .delete_user(Cookies::session(&fresh.cookie_value), None)
+        .await
+        .unwrap();
     assert!(
         changed
             .revocations

@@ -20,7 +20,9 @@ use crate::routes::auth::{
     client_info, invalid_type, opened_session, session_json, string_field, user_json,
 };
 use crate::routes::request::{self, Csrf, check_origin};
-use crate::routes::{clear_cookies, session_cookie};
+use crate::routes::{
+    clear_cookies, dont_remember_cookie, session_cookie, set_browser_session_cookies, set_cookie,
+};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/auth/list-sessions", web::get().to(list_sessions))
@@ -122,6 +124,24 @@ fn status_ok(req: &HttpRequest, current_ended: bool) -> HttpResponse {
     response.json(json!({"status": true}))
 }
 
+/// `{"status": true}`, with the caller's session cookie written again when auth says so: Better
+/// Auth's `setSessionCookie` after a change to the user (Max-Age of a whole session, or a
+/// browser-session cookie beside the `dont_remember` one the browser holds).
+fn status_with_cookie(req: &HttpRequest, r: &pb::RevocationsResponse) -> HttpResponse {
+    let mut response = HttpResponse::Ok();
+    if let Some(value) = session_cookie(req).filter(|_| r.set_cookie_again) {
+        if r.dont_remember {
+            for cookie in set_browser_session_cookies(req, &value, &dont_remember_cookie(req)) {
+                response.append_header((header::SET_COOKIE, cookie));
+            }
+        } else {
+            let max_age = edge_keys::cookie::SESSION_MAX_AGE_SECONDS;
+            response.append_header((header::SET_COOKIE, set_cookie(req, &value, max_age)));
+        }
+    }
+    response.json(json!({"status": true}))
+}
+
 async fn list_sessions(
     req: HttpRequest,
     state: web::Data<State>,
@@ -129,7 +149,10 @@ async fn list_sessions(
     let cookie_value = required_cookie(&req)?;
     let r = state
         .auth()
-        .list_sessions(pb::CookieRequest { cookie_value })
+        .list_sessions(pb::CookieRequest {
+            cookie_value,
+            dont_remember_cookie: dont_remember_cookie(&req),
+        })
         .await?
         .into_inner();
     let sessions: Vec<Value> = r.sessions.iter().map(session_json).collect();
@@ -147,6 +170,7 @@ async fn revoke(
         .auth()
         .revoke_sessions(pb::RevokeSessionsRequest {
             cookie_value,
+            dont_remember_cookie: dont_remember_cookie(req),
             scope: Some(scope),
         })
         .await?
@@ -213,6 +237,7 @@ async fn update_user(
         .auth()
         .update_user(pb::UpdateUserRequest {
             cookie_value,
+            dont_remember_cookie: dont_remember_cookie(&req),
             name,
             image,
             clear_image,
@@ -220,7 +245,7 @@ async fn update_user(
         .await?
         .into_inner();
     apply(&state, &r.revocations).await;
-    Ok(status_ok(&req, false))
+    Ok(status_with_cookie(&req, &r))
 }
 
 /// An optional boolean field as zod's `z.boolean().optional()` reads it (absent: false;
@@ -243,6 +268,7 @@ async fn change_password(
     let cookie_value = required_cookie(&req)?;
     let request = pb::ChangePasswordRequest {
         cookie_value,
+        dont_remember_cookie: dont_remember_cookie(&req),
         new_password: string_field(&body, "newPassword", true)?.unwrap_or_default(),
         current_password: string_field(&body, "currentPassword", true)?.unwrap_or_default(),
         revoke_other_sessions: bool_field(&body, "revokeOtherSessions")?,
@@ -273,13 +299,14 @@ async fn change_email(
         .auth()
         .change_email(pb::ChangeEmailRequest {
             cookie_value,
+            dont_remember_cookie: dont_remember_cookie(&req),
             new_email: string_field(&body, "newEmail", true)?.unwrap_or_default(),
             callback_url,
         })
         .await?
         .into_inner();
     apply(&state, &r.revocations).await;
-    Ok(status_ok(&req, false))
+    Ok(status_with_cookie(&req, &r))
 }
 
 async fn delete_user(
@@ -298,6 +325,7 @@ async fn delete_user(
         .auth()
         .delete_user(pb::DeleteUserRequest {
             cookie_value,
+            dont_remember_cookie: dont_remember_cookie(&req),
             password: string_field(&body, "password", false)?,
         })
         .await?
@@ -317,7 +345,10 @@ async fn list_accounts(
     let cookie_value = required_cookie(&req)?;
     let r = state
         .auth()
-        .list_accounts(pb::CookieRequest { cookie_value })
+        .list_accounts(pb::CookieRequest {
+            cookie_value,
+            dont_remember_cookie: dont_remember_cookie(&req),
+        })
         .await?
         .into_inner();
     let accounts: Vec<Value> = r
@@ -456,6 +487,7 @@ async fn send_verification_email(
         .auth()
         .send_verification_email(pb::SendVerificationEmailRequest {
             cookie_value: session_cookie(&req).unwrap_or_default(),
+            dont_remember_cookie: dont_remember_cookie(&req),
             email: string_field(&body, "email", true)?.unwrap_or_default(),
             callback_url,
         })
@@ -491,6 +523,7 @@ async fn verify_email(
         .verify_email(pb::VerifyEmailRequest {
             token,
             cookie_value: session_cookie(&req).unwrap_or_default(),
+            dont_remember_cookie: dont_remember_cookie(&req),
             callback_url: callback.clone(),
         })
         .await;

@@ -313,3 +313,62 @@ async fn the_other_routes_limits_hold_across_gateways_and_auth_replicas() {
     assert_eq!(seen[3], 429, "{seen:?}");
     drop(stop);
 }
+
+/// `get-session`, `token`, `convex/token` and the JWKS routes: Better Auth's default rule (100
+/// per 10 s per client address and path), counted in each gateway's memory as Better Auth's
+/// default store counts per process; concurrent requests of one client never get more.
+#[tokio::test]
+async fn the_cached_read_routes_hold_better_auths_default_rule_per_client() {
+    let mut stack = Stack::start().await;
+    let gateway = stack
+        .gateway_with(|c| {
+            c.trusted_proxies = "127.0.0.0/8".parse().unwrap();
+            c.read_rate_limit = Some(edge_gateway::config::ReadRateLimit {
+                max: 100,
+                window: std::time::Duration::from_secs(10),
+            });
+        })
+        .await;
+    let (_, value) = crate::sign_up(&stack, "reader@example.com").await;
+    let cookie = format!("better-auth.session_token={value}");
+    let read = |path: &'static str, client: &'static str| {
+        let (gateway, cookie) = (gateway.clone(), cookie.clone());
+        tokio::spawn(async move {
+            http()
+                .get(format!("{gateway}/api/auth{path}"))
+                .header("cookie", cookie)
+                .header("x-forwarded-for", client)
+                .send()
+                .await
+                .unwrap()
+        })
+    };
+    // 150 at once from one client: exactly 100 served, the rest refused as Better Auth refuses.
+    let answers: Vec<reqwest::Response> =
+        futures_util::future::join_all((0..150).map(|_| read("/convex/token", "198.51.100.7")))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+    let served = answers.iter().filter(|r| r.status() == 200).count();
+    assert_eq!(served, 100);
+    for r in answers.into_iter().filter(|r| r.status() != 200) {
+        assert_better_auth_429(r).await;
+    }
+    // Its other routes, and other clients on this one, have their own counts.
+    for (path, client) in [
+        ("/get-session", "198.51.100.7"),
+        ("/convex/jwks", "198.51.100.7"),
+        ("/convex/token", "198.51.100.8"),
+    ] {
+        assert_eq!(read(path, client).await.unwrap().status(), 200, "{path}");
+    }
+    // The limit is this gateway's: the first, with the rule off, still serves that client.
+    let r = http()
+        .get(stack.url("/api/auth/convex/token"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}

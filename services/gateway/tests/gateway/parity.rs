@@ -617,6 +617,60 @@ async fn remember_me_false_matches_better_auth() {
     }
 }
 
+/// The session routes behind Better Auth's `sessionMiddleware` read the session as
+/// `getSession` does: a `rememberMe: false` session (due for a refresh from its first minute,
+/// as it lasts a day) is never extended by them, and `change-password` with
+/// `revokeOtherSessions` gives its new session a browser-session cookie again.
+#[tokio::test]
+async fn account_routes_keep_a_browser_session_as_better_auth_does() {
+    const BOTH: &str = "better-auth.session_token=$VALUE; better-auth.dont_remember=$DONT";
+    let with_both = |req: Req| req.header("cookie", BOTH).header("origin", "$SELF");
+    let reqs = vec![
+        // 0: a browser-session sign-up.
+        post_json(
+            "/api/auth/sign-up/email",
+            json!({"name": "B", "email": "b@example.com", "password": PASSWORD, "rememberMe": false}),
+        ),
+        // 1-3: session routes that read the session, then get-session: still a day-long one.
+        get("/api/auth/list-sessions", BOTH),
+        get("/api/auth/list-accounts", BOTH),
+        with_both(post_json("/api/auth/update-user", json!({"name": "B2"}))),
+        get("/api/auth/get-session", BOTH),
+        // 5: a new password that ends every other session opens one for this browser.
+        with_both(post_json(
+            "/api/auth/change-password",
+            json!({"currentPassword": PASSWORD, "newPassword": "another long password", "revokeOtherSessions": true}),
+        )),
+        get("/api/auth/get-session", BOTH),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let stack = Stack::start().await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    let day = 24 * 3600;
+    for answers in [&ours, &theirs] {
+        for (i, answer) in answers.iter().enumerate().take(4).skip(1) {
+            assert_eq!(answer.status, 200, "{i}: {answer:?}");
+        }
+        assert_eq!(
+            answers[1].body[0]["expiresAt"],
+            answers[4].body["session"]["expiresAt"]
+        );
+        assert_eq!(lifetime(&answers[4], "createdAt"), day, "{:?}", answers[4]);
+        assert_eq!(
+            answers[5].cookies(),
+            vec![
+                ("better-auth.dont_remember".to_owned(), false),
+                ("better-auth.session_token".to_owned(), false),
+            ],
+            "{:?}",
+            answers[5]
+        );
+        assert_eq!(answers[6].status, 200, "{:?}", answers[6]);
+        assert!(answers[6].set_cookie.is_empty(), "{:?}", answers[6]);
+    }
+}
+
 /// A step that runs `statement` on each side's database between requests.
 fn sql(statement: &str) -> Req {
     Req {

@@ -208,6 +208,8 @@ async fn gateway(stack: &Stack) -> (crate::Running, String) {
     config.auth_grpc_url = format!("http://{}", stack.auth_grpc);
     config.query_grpc_url = format!("http://{}", stack.query_grpc());
     config.workers = 1;
+    // Many token fetches from one address: past Better Auth's default rule.
+    config.read_rate_limit = None;
     let app = edge_gateway::Application::build(config).await.unwrap();
     let addr = app.addr();
     (run(addr, |s| app.run_until(s)), format!("http://{addr}"))
