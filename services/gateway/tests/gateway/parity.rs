@@ -537,6 +537,14 @@ fn lifetime(answer: &Answer, field: &str) -> i64 {
     (at("expiresAt") - at(field) + 500).div_euclid(1000)
 }
 
+/// A sign-up with `rememberMe: false` (a browser-session cookie beside `dont_remember`).
+fn sign_up_not_remembered(email: &str) -> Req {
+    post_json(
+        "/api/auth/sign-up/email",
+        json!({"name": "R", "email": email, "password": PASSWORD, "rememberMe": false}),
+    )
+}
+
 #[tokio::test]
 async fn remember_me_false_matches_better_auth() {
     const BOTH: &str = "better-auth.session_token=$VALUE; better-auth.dont_remember=$DONT";
@@ -550,10 +558,7 @@ async fn remember_me_false_matches_better_auth() {
     };
     let reqs = vec![
         // 0: a browser-session cookie and the signed `dont_remember` beside it.
-        post_json(
-            "/api/auth/sign-up/email",
-            json!({"name": "R", "email": "r@example.com", "password": PASSWORD, "rememberMe": false}),
-        ),
+        sign_up_not_remembered("r@example.com"),
         // 1-3: a day-long session that neither get-session nor a token refreshes.
         get("/api/auth/get-session", BOTH),
         get("/api/auth/token", BOTH),
@@ -627,10 +632,7 @@ async fn account_routes_keep_a_browser_session_as_better_auth_does() {
     let with_both = |req: Req| req.header("cookie", BOTH).header("origin", "$SELF");
     let reqs = vec![
         // 0: a browser-session sign-up.
-        post_json(
-            "/api/auth/sign-up/email",
-            json!({"name": "B", "email": "b@example.com", "password": PASSWORD, "rememberMe": false}),
-        ),
+        sign_up_not_remembered("b@example.com"),
         // 1-3: session routes that read the session, then get-session: still a day-long one.
         get("/api/auth/list-sessions", BOTH),
         get("/api/auth/list-accounts", BOTH),
