@@ -99,9 +99,7 @@ impl AuthCore {
 
     /// The user's live sessions; refused past `freshAge` as Better Auth 1.7 does.
     pub async fn list_sessions(&self, cookies: Cookies<'_>) -> Result<Vec<Session>, AuthError> {
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         if !self.is_fresh(&info.session) {
             return Err(AuthError::invalid(
                 ErrorCode::SESSION_NOT_FRESH,
@@ -119,9 +117,7 @@ impl AuthCore {
         cookies: Cookies<'_>,
         scope: Revoke,
     ) -> Result<Changed, AuthError> {
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         let own = info.session.token.as_str();
         let (scope, current_ended) = match &scope {
             Revoke::Token(t) => (EndScope::Token(t), t == own),
@@ -150,9 +146,7 @@ impl AuthCore {
         name: Option<String>,
         image: Option<Option<String>>,
     ) -> Result<Changed, AuthError> {
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         if name.is_none() && image.is_none() {
             return Err(AuthError::invalid(
                 ErrorCode::BAD_REQUEST,
@@ -216,9 +210,7 @@ impl AuthCore {
         revoke_other_sessions: bool,
         client: &Client,
     ) -> Result<PasswordChanged, AuthError> {
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         check_password(new)?;
         if !self.password_matches(&info.user.id, current).await? {
             return Err(AuthError::invalid(
@@ -269,9 +261,7 @@ impl AuthCore {
         if !self.config.account.delete_user_enabled {
             return Err(AuthError::invalid(ErrorCode::NOT_FOUND, "Not Found"));
         }
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         match password {
             Some(p) if !self.password_matches(&info.user.id, p).await? => {
                 return Err(AuthError::invalid(
@@ -300,9 +290,7 @@ impl AuthCore {
     }
 
     pub async fn list_accounts(&self, cookies: Cookies<'_>) -> Result<Vec<AccountRow>, AuthError> {
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         Ok(self.store.accounts_of_user(&info.user.id).await?)
     }
 
@@ -472,7 +460,7 @@ impl AuthCore {
         }
         let email = body_email("email", email)?;
         let session = match cookies {
-            Some(c) => match self.session_for(c.session, c.dont_remember).await {
+            Some(c) => match self.session_of(c).await {
                 Ok(info) => Some(info),
                 Err(AuthError::Unauthorized) => None,
                 Err(e) => return Err(e),
@@ -522,9 +510,7 @@ impl AuthCore {
                 "Change email is disabled",
             ));
         }
-        let info = self
-            .session_for(cookies.session, cookies.dont_remember)
-            .await?;
+        let info = self.session_of(cookies).await?;
         let new_email = body_email("newEmail", new_email)?;
         if new_email == info.user.email {
             return Err(AuthError::invalid(
@@ -606,7 +592,7 @@ impl AuthCore {
                 return Err(invalid());
             }
             if let Some(c) = cookies
-                && let Ok(info) = self.session_for(c.session, c.dont_remember).await
+                && let Ok(info) = self.session_of(c).await
                 && info.user.id != user.id
             {
                 return Err(AuthError::invalid(ErrorCode::INVALID_USER, "Invalid user"));

@@ -452,6 +452,12 @@ impl AuthCore {
         self.session_for(cookie_value, "").await
     }
 
+    /// [`Self::session_for`] with the cookies a browser sent.
+    pub async fn session_of(&self, cookies: Cookies<'_>) -> Result<SessionInfo, AuthError> {
+        self.session_for(cookies.session, cookies.dont_remember)
+            .await
+    }
+
     /// [`Self::session`] for a browser that also sent Better Auth's `dont_remember` cookie
     /// (its value as sent, or empty): when that cookie's signature holds, the session is never
     /// refreshed, as Better Auth's `getSession` does for `rememberMe: false`.
