@@ -34,7 +34,8 @@ pub struct Config {
     /// `QUERY_MAX_QUERIES_PER_SOCKET`, `QUERY_MAX_QUERY_BYTES`, `QUERY_MAX_SOCKET_QUERY_BYTES`:
     /// what one client socket may hold in its query set.
     pub query_limits: crate::downstream::session::QueryLimits,
-    /// `QUERY_MAX_QUERIES_PER_IDENTITY`, `QUERY_MAX_IDENTITY_QUERY_BYTES`: what one identity
+    /// `QUERY_MAX_QUERIES_PER_IDENTITY`, `QUERY_MAX_IDENTITY_QUERY_BYTES`,
+    /// `QUERY_MAX_REQUESTS_PER_ADDRESS`: what one identity
     /// (signed out: one client address) may hold over all its sockets.
     pub owner_limits: crate::owners::OwnerLimits,
     /// `QUERY_TRUSTED_PROXIES`: the peers whose `X-Forwarded-For`/`Forwarded` name the client
@@ -153,6 +154,10 @@ impl Config {
                 "QUERY_MAX_IDENTITY_QUERY_BYTES",
                 &mut config.owner_limits.max_bytes,
             ),
+            (
+                "QUERY_MAX_REQUESTS_PER_ADDRESS",
+                &mut config.owner_limits.max_address_requests,
+            ),
         ] {
             if let Some(v) = get(var) {
                 *slot = v.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| {
@@ -216,9 +221,11 @@ mod tests {
             ("QUERY_SOCKET_QUEUE_BYTES", "7000"),
             ("QUERY_MAX_QUERIES_PER_IDENTITY", "30"),
             ("QUERY_MAX_IDENTITY_QUERY_BYTES", "9000"),
+            ("QUERY_MAX_REQUESTS_PER_ADDRESS", "12"),
             ("QUERY_TRUSTED_PROXIES", "10.0.0.0/8"),
         ])
         .unwrap();
+        assert_eq!(c.owner_limits.max_address_requests, 12);
         assert_eq!(c.owner_limits.max_queries, 30);
         assert_eq!(c.owner_limits.max_bytes, 9000);
         assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));

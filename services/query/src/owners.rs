@@ -9,6 +9,12 @@
 //! moves the socket's whole charge to the new owner, or ends the socket if it does not fit.
 //! Charges are given back when queries are removed and when the socket closes.
 //!
+//! Mutations and actions in flight are charged the same way, and limited for a signed-out
+//! owner (a client address) only: every signed-out client shares the anonymous upstream and
+//! its 1,000 slots per kind (Convex's cap per WebSocket), so one address may hold at most
+//! `max_address_requests` of them; the request beyond it fails alone (`try again`), as the
+//! upstream's own cap answers. A signed-in identity has its own upstream and its whole cap.
+//!
 //! [`key_bytes`]: crate::downstream::session::key_bytes
 
 use std::collections::HashMap;
@@ -43,6 +49,9 @@ pub struct OwnerLimits {
     pub max_queries: usize,
     /// Bytes of path, canonical arguments and journal, every socket's together.
     pub max_bytes: usize,
+    /// Mutations and actions a signed-out client address may have in flight, every socket's
+    /// together (`QUERY_MAX_REQUESTS_PER_ADDRESS`).
+    pub max_address_requests: usize,
 }
 
 impl Default for OwnerLimits {
@@ -52,6 +61,7 @@ impl Default for OwnerLimits {
         OwnerLimits {
             max_queries: 16 * 1024,
             max_bytes: 32 * 1024 * 1024,
+            max_address_requests: 100,
         }
     }
 }
@@ -60,6 +70,14 @@ impl Default for OwnerLimits {
 struct Usage {
     queries: usize,
     bytes: usize,
+    /// Mutations and actions in flight.
+    requests: usize,
+}
+
+impl Usage {
+    fn is_empty(&self) -> bool {
+        self.queries == 0 && self.bytes == 0 && self.requests == 0
+    }
 }
 
 /// Every owner's usage; an owner with nothing charged is not kept.
@@ -111,6 +129,17 @@ impl Owners {
         let usage = map.get(owner).copied().unwrap_or_default();
         let queries = usage.queries + add.queries;
         let bytes = usage.bytes + add.bytes;
+        let requests = usage.requests + add.requests;
+        if add.requests > 0
+            && matches!(owner, Owner::Address(_))
+            && requests > self.limits.max_address_requests
+        {
+            return Err(format!(
+                "too many mutations and actions in flight from {}: the limit is {}; try again",
+                owner.describe(),
+                self.limits.max_address_requests
+            ));
+        }
         if queries > self.limits.max_queries {
             return Err(format!(
                 "too many queries for {} across its connections: the limit is {}",
@@ -126,8 +155,22 @@ impl Owners {
                 self.limits.max_bytes
             ));
         }
-        map.insert(owner.clone(), Usage { queries, bytes });
+        map.insert(
+            owner.clone(),
+            Usage {
+                queries,
+                bytes,
+                requests,
+            },
+        );
         Ok(())
+    }
+
+    /// Adds `requests` in flight to `owner` whatever its limit.
+    fn add_requests(&self, owner: &Owner, requests: usize) {
+        if requests > 0 {
+            self.lock().entry(owner.clone()).or_default().requests += requests;
+        }
     }
 
     fn remove(&self, owner: &Owner, sub: Usage) {
@@ -135,7 +178,8 @@ impl Owners {
         if let Some(usage) = map.get_mut(owner) {
             usage.queries = usage.queries.saturating_sub(sub.queries);
             usage.bytes = usage.bytes.saturating_sub(sub.bytes);
-            if usage.queries == 0 && usage.bytes == 0 {
+            usage.requests = usage.requests.saturating_sub(sub.requests);
+            if usage.is_empty() {
                 map.remove(owner);
             }
         }
@@ -156,7 +200,11 @@ impl Budget {
     /// Charges one query of `bytes`; an error (naming the limit) when the owner is full, with
     /// nothing charged.
     pub fn charge(&mut self, bytes: usize) -> Result<(), String> {
-        let add = Usage { queries: 1, bytes };
+        let add = Usage {
+            queries: 1,
+            bytes,
+            requests: 0,
+        };
         self.owners.try_add(&self.owner, add)?;
         self.charged.queries += 1;
         self.charged.bytes += bytes;
@@ -165,10 +213,39 @@ impl Budget {
 
     /// Gives back one query of `bytes`.
     pub fn release(&mut self, bytes: usize) {
-        let sub = Usage { queries: 1, bytes };
+        let sub = Usage {
+            queries: 1,
+            bytes,
+            requests: 0,
+        };
         self.owners.remove(&self.owner, sub);
         self.charged.queries = self.charged.queries.saturating_sub(1);
         self.charged.bytes = self.charged.bytes.saturating_sub(bytes);
+    }
+
+    /// Charges one mutation or action in flight; an error (naming the limit) when a signed-out
+    /// owner already has its most, with nothing charged.
+    pub fn charge_request(&mut self) -> Result<(), String> {
+        let add = Usage {
+            requests: 1,
+            ..Usage::default()
+        };
+        self.owners.try_add(&self.owner, add)?;
+        self.charged.requests += 1;
+        Ok(())
+    }
+
+    /// Gives back one mutation or action (answered, or failed).
+    pub fn release_request(&mut self) {
+        if self.charged.requests == 0 {
+            return;
+        }
+        let sub = Usage {
+            requests: 1,
+            ..Usage::default()
+        };
+        self.owners.remove(&self.owner, sub);
+        self.charged.requests -= 1;
     }
 
     /// Moves the whole charge to the socket's new identity (`None`: signed out, its address).
@@ -178,7 +255,14 @@ impl Budget {
         if owner == self.owner {
             return Ok(());
         }
-        self.owners.try_add(&owner, self.charged)?;
+        // Requests already in flight go along unchecked: they were admitted, and a sign-out
+        // must not end the socket for them.
+        let queries = Usage {
+            requests: 0,
+            ..self.charged
+        };
+        self.owners.try_add(&owner, queries)?;
+        self.owners.add_requests(&owner, self.charged.requests);
         self.owners.remove(&self.owner, self.charged);
         self.owner = owner;
         Ok(())
@@ -199,6 +283,7 @@ mod tests {
         Owners::new(OwnerLimits {
             max_queries,
             max_bytes,
+            max_address_requests: 2,
         })
     }
 
@@ -220,6 +305,37 @@ mod tests {
         assert_eq!(owners.queries_of(&Owner::Address(A)), 3);
         one.release(10);
         two.charge(10).unwrap();
+        drop((one, two, other));
+        assert!(owners.is_empty());
+    }
+
+    #[test]
+    fn a_signed_out_address_holds_few_requests_and_an_identity_its_upstreams_cap() {
+        let owners = owners(100, 1000);
+        let (mut one, mut two, mut other) = (owners.budget(A), owners.budget(A), owners.budget(B));
+        one.charge_request().unwrap();
+        two.charge_request().unwrap();
+        let error = one.charge_request().unwrap_err();
+        assert!(
+            error.contains("in flight from this client address"),
+            "{error}"
+        );
+        other.charge_request().unwrap();
+        two.release_request();
+        one.charge_request().unwrap();
+        // Signed in, the same socket is not limited here (its upstream caps the identity);
+        // signing out with more in flight than an address may hold does not end it.
+        let user = IdentityKey::User("{\"sub\":\"u\"}".into());
+        one.move_to(Some(user)).unwrap();
+        for _ in 0..5 {
+            one.charge_request().unwrap();
+        }
+        one.move_to(None).unwrap();
+        assert!(one.charge_request().is_err());
+        for _ in 0..7 {
+            one.release_request();
+        }
+        one.release_request();
         drop((one, two, other));
         assert!(owners.is_empty());
     }

@@ -355,6 +355,7 @@ async fn the_sockets_of_one_identity_or_address_share_one_query_budget() {
         owner_limits: edge_query::owners::OwnerLimits {
             max_queries: BUDGET as usize,
             max_bytes: 1024 * 1024,
+            ..Default::default()
         },
         trusted_proxies: "127.0.0.1",
         ..Options::default()

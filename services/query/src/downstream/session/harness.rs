@@ -83,6 +83,7 @@ fn unlimited() -> crate::owners::Budget {
     crate::owners::Owners::new(crate::owners::OwnerLimits {
         max_queries: usize::MAX,
         max_bytes: usize::MAX,
+        max_address_requests: usize::MAX,
     })
     .budget(std::net::Ipv4Addr::LOCALHOST.into())
 }

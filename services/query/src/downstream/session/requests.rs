@@ -27,6 +27,12 @@ impl ClientSession {
             )));
         }
         let args = one_argument(args).map_err(End::Fatal)?;
+        if let Err(error) = self.budget.charge_request() {
+            // A signed-out client address at its most: this request fails alone, as the
+            // upstream's own cap answers, and the socket goes on.
+            out.push(answer(request_id, kind, Err(error)));
+            return Ok(());
+        }
         self.in_flight += 1;
         out.push(Effect::Request {
             request_id,
@@ -47,30 +53,41 @@ impl ClientSession {
         out: &mut Vec<Effect>,
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
-        let outcome = outcome.unwrap_or_else(|error| RequestOutcome {
-            success: false,
-            result: Value::String(error),
-            ts: None,
-            log_lines: vec![],
-            error_data: None,
-        });
-        let message = match kind {
-            RequestKind::Mutation => ServerMessage::MutationResponse {
-                request_id,
-                success: outcome.success,
-                result: outcome.result,
-                ts: outcome.ts,
-                log_lines: outcome.log_lines,
-                error_data: outcome.error_data,
-            },
-            RequestKind::Action => ServerMessage::ActionResponse {
-                request_id,
-                success: outcome.success,
-                result: outcome.result,
-                log_lines: outcome.log_lines,
-                error_data: outcome.error_data,
-            },
-        };
-        out.push(Effect::Send(Utf8Bytes::from(message.to_text())));
+        self.budget.release_request();
+        out.push(answer(request_id, kind, outcome));
     }
+}
+
+/// The `MutationResponse` or `ActionResponse` frame for `outcome` (an error: `success: false`
+/// with the message as the result, as Convex answers a failed function).
+fn answer(
+    request_id: RequestId,
+    kind: RequestKind,
+    outcome: Result<RequestOutcome, String>,
+) -> Effect {
+    let outcome = outcome.unwrap_or_else(|error| RequestOutcome {
+        success: false,
+        result: Value::String(error),
+        ts: None,
+        log_lines: vec![],
+        error_data: None,
+    });
+    let message = match kind {
+        RequestKind::Mutation => ServerMessage::MutationResponse {
+            request_id,
+            success: outcome.success,
+            result: outcome.result,
+            ts: outcome.ts,
+            log_lines: outcome.log_lines,
+            error_data: outcome.error_data,
+        },
+        RequestKind::Action => ServerMessage::ActionResponse {
+            request_id,
+            success: outcome.success,
+            result: outcome.result,
+            log_lines: outcome.log_lines,
+            error_data: outcome.error_data,
+        },
+    };
+    Effect::Send(Utf8Bytes::from(message.to_text()))
 }

@@ -387,3 +387,81 @@ fn queries_larger_together_than_the_socket_may_hold_end_it_and_removals_free_roo
         other => panic!("expected a fatal error, got {other:?}"),
     }
 }
+
+/// Every signed-out client shares the anonymous upstream's slots for mutations and actions:
+/// the sockets of one client address may hold `max_address_requests` of them together; the
+/// request beyond fails alone with a `try again` answer, the socket goes on, and an answer
+/// frees a slot.
+#[test]
+fn a_signed_out_address_past_its_requests_in_flight_gets_a_failed_answer_and_keeps_its_socket() {
+    use crate::owners::{OwnerLimits, Owners};
+    use crate::upstream::RequestOutcome;
+    use edge_convex::sync::RequestKind;
+
+    let owners = Owners::new(OwnerLimits {
+        max_address_requests: 2,
+        ..OwnerLimits::default()
+    });
+    let address = std::net::Ipv4Addr::new(192, 0, 2, 7).into();
+    let session = || {
+        super::ClientSession::new(
+            Arc::new(Default::default()),
+            1000,
+            super::QueryLimits::default(),
+            owners.budget(address),
+            Arc::new(crate::metrics::Stats::default()),
+        )
+    };
+    let (mut one, mut two) = (session(), session());
+    let action = |id: u32| ClientMessage::Action {
+        request_id: RequestId(id),
+        udf_path: "demo:echo".into(),
+        args: vec![json!({})],
+        component_path: None,
+    };
+    let forwarded = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| matches!(e, Effect::Request { .. }))
+            .count()
+    };
+    let mut effects = vec![];
+    one.on_client(action(0), &mut effects).unwrap();
+    two.on_client(action(0), &mut effects).unwrap();
+    assert_eq!(forwarded(&effects), 2);
+
+    let mut refused = vec![];
+    two.on_client(action(1), &mut refused).unwrap();
+    assert_eq!(forwarded(&refused), 0);
+    let [Effect::Send(text)] = refused.as_slice() else {
+        panic!("one answer: {refused:?}")
+    };
+    let answer: serde_json::Value = serde_json::from_str(text).unwrap();
+    assert_eq!(answer["type"], "ActionResponse");
+    assert_eq!(answer["requestId"], 1);
+    assert_eq!(answer["success"], false);
+    assert!(
+        answer["result"]
+            .as_str()
+            .unwrap()
+            .contains("in flight from this client address"),
+        "{answer}"
+    );
+
+    let done = Event::Response {
+        request_id: RequestId(0),
+        kind: RequestKind::Action,
+        outcome: Box::new(Ok(RequestOutcome {
+            success: true,
+            result: json!(null),
+            ts: None,
+            log_lines: vec![],
+            error_data: None,
+        })),
+    };
+    one.on_events(vec![(Some(Route::Main), done)], &mut vec![])
+        .unwrap();
+    let mut effects = vec![];
+    two.on_client(action(2), &mut effects).unwrap();
+    assert_eq!(forwarded(&effects), 1);
+}
