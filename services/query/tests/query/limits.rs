@@ -452,3 +452,55 @@ async fn the_sockets_of_one_identity_or_address_share_one_query_budget() {
         );
     }
 }
+
+/// Every signed-out client shares the anonymous upstream and its slots for mutations and
+/// actions: the sockets of one client address hold at most `QUERY_MAX_REQUESTS_PER_ADDRESS` of
+/// them; past it a request is answered at once with `try again` and the socket stays open,
+/// while another address's action goes through on the same upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_signed_out_address_cannot_take_the_anonymous_upstreams_request_slots() {
+    let stack = Stack::start_with(Options {
+        owner_limits: edge_query::owners::OwnerLimits {
+            max_address_requests: 3,
+            ..Default::default()
+        },
+        trusted_proxies: "127.0.0.1",
+        // Answers take a while: the first requests are still in flight when the rest arrive.
+        slow_upstream: Some(std::time::Duration::from_millis(300)),
+        ..Options::default()
+    })
+    .await;
+    let url = stack.query_url();
+    let mut flood = Client::connect_as(&url, "198.51.100.9").await;
+    let mut other = Client::connect_as(&url, "198.51.100.10").await;
+    let ids: Vec<u64> = (0..10)
+        .map(|n| flood.action("demo:echo", json!({"n": n})))
+        .collect();
+    let mine = other.action("demo:echo", json!({"n": "other"}));
+    let v = flood
+        .until("ten answers", |v| {
+            ids.iter().all(|id| v.responses.contains_key(id))
+        })
+        .await;
+    let served = ids.iter().filter(|id| v.responses[*id].0).count();
+    assert_eq!(served, 3, "{:?}", v.responses);
+    for (success, result, _) in ids.iter().map(|id| &v.responses[id]) {
+        if !success {
+            let message = result.as_str().unwrap_or_default();
+            assert!(
+                message.contains("in flight from this client address"),
+                "{message}"
+            );
+        }
+    }
+    let v = other
+        .until("its answer", |v| v.responses.contains_key(&mine))
+        .await;
+    assert!(v.responses[&mine].0, "{:?}", v.responses[&mine]);
+    // The flooding socket is still open, and with its answers in, it may send again.
+    let again = flood.action("demo:echo", json!({"n": "again"}));
+    let v = flood
+        .until("the answer", |v| v.responses.contains_key(&again))
+        .await;
+    assert!(v.responses[&again].0 && !v.closed, "{v:?}");
+}
