@@ -63,6 +63,7 @@ codes! {
     CHANGE_EMAIL_DISABLED = ("CHANGE_EMAIL_DISABLED", 400, FailedPrecondition);
     INVALID_REDIRECT_URL = ("INVALID_REDIRECT_URL", 403, PermissionDenied);
     INVALID_USER = ("INVALID_USER", 400, InvalidArgument);
+    PROVIDER_NOT_FOUND = ("PROVIDER_NOT_FOUND", 404, NotFound);
 }
 
 impl ErrorCode {

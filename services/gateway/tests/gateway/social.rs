@@ -1,0 +1,549 @@
+//! Social sign-in against a real OpenID provider (panva's `oidc-provider` with its development
+//! login and consent forms), driven like a browser with a cookie jar per site; side by side
+//! with the real better-auth (genericOAuth) on the same database.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use crate::{SECRET, Stack, http};
+
+const CLIENT_ID: &str = "convex-edge-test";
+const CLIENT_SECRET: &str = "convex-edge-test-client-secret-0123456789";
+const PROVIDER: &str = "acme";
+
+/// Cookies per `host:port`, as a browser keeps them (paths are not told apart: every page of
+/// a test site may see every cookie, which only makes a test stricter).
+#[derive(Debug, Default, Clone)]
+pub struct Browser {
+    jar: HashMap<String, HashMap<String, String>>,
+}
+
+fn host_of(url: &str) -> String {
+    let u = reqwest::Url::parse(url).expect("absolute url");
+    format!(
+        "{}:{}",
+        u.host_str().unwrap(),
+        u.port_or_known_default().unwrap()
+    )
+}
+
+impl Browser {
+    fn cookie_header(&self, url: &str) -> Option<String> {
+        let cookies = self.jar.get(&host_of(url))?;
+        (!cookies.is_empty()).then(|| {
+            cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn store(&mut self, url: &str, response: &reqwest::Response) {
+        let cookies = self.jar.entry(host_of(url)).or_default();
+        for line in response.headers().get_all("set-cookie") {
+            let line = line.to_str().unwrap();
+            let pair = line.split(';').next().unwrap();
+            let (name, value) = pair.split_once('=').unwrap();
+            let expired = line
+                .split(';')
+                .any(|a| a.trim().eq_ignore_ascii_case("max-age=0"))
+                || value.is_empty();
+            if expired {
+                cookies.remove(name);
+            } else {
+                cookies.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    pub fn cookie(&self, site: &str, name: &str) -> Option<String> {
+        self.jar.get(&host_of(site))?.get(name).cloned()
+    }
+
+    /// One request, cookies sent and kept; no redirect followed.
+    pub async fn send(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        form: Option<&[(String, String)]>,
+        json_body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut request = http().request(method, url);
+        if let Some(c) = self.cookie_header(url) {
+            request = request.header("cookie", c);
+        }
+        if let Some(form) = form {
+            request = request
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(serde_urlencoded::to_string(form).unwrap());
+        }
+        if let Some(body) = json_body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        self.store(url, &response);
+        response
+    }
+
+    /// Follows redirects and fills the provider's login (as `login`) and consent forms until
+    /// a redirect leads to `site`; returns that URL, not yet requested.
+    pub async fn through_provider(&mut self, start: &str, site: &str, login: &str) -> String {
+        let mut url = start.to_owned();
+        for _ in 0..20 {
+            if host_of(&url) == host_of(site) {
+                return url;
+            }
+            let response = self.send(reqwest::Method::GET, &url, None, None).await;
+            if let Some(location) = response.headers().get("location") {
+                url = reqwest::Url::parse(&url)
+                    .unwrap()
+                    .join(location.to_str().unwrap())
+                    .unwrap()
+                    .to_string();
+                continue;
+            }
+            let status = response.status();
+            let page = response.text().await.unwrap();
+            assert_eq!(status, 200, "provider page {url}: {page}");
+            let action = page
+                .split("action=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_else(|| panic!("no form on {url}: {page}"));
+            let prompt = page
+                .split("name=\"prompt\" value=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or_default();
+            let form: Vec<(String, String)> = match prompt {
+                "login" => vec![
+                    ("prompt".into(), "login".into()),
+                    ("login".into(), login.into()),
+                    ("password".into(), "any password".into()),
+                ],
+                _ => vec![("prompt".into(), prompt.into())],
+            };
+            let target = reqwest::Url::parse(&url).unwrap().join(action).unwrap();
+            let response = self
+                .send(reqwest::Method::POST, target.as_str(), Some(&form), None)
+                .await;
+            let location = response
+                .headers()
+                .get("location")
+                .unwrap_or_else(|| panic!("form post on {target} did not redirect"));
+            url = target.join(location.to_str().unwrap()).unwrap().to_string();
+        }
+        panic!("provider never sent the browser back to {site}");
+    }
+}
+
+/// The provider, and the stack whose auth knows it as `acme`; `extra_redirects` are other
+/// sites' callbacks the provider accepts (the better-auth peer).
+pub struct Social {
+    pub stack: Stack,
+    pub _provider: edge_testkit::NodeServer,
+    pub issuer: String,
+}
+
+pub async fn start(
+    db: edge_testkit::TestDb,
+    extra_redirects: &[String],
+    tweak: impl FnOnce(&mut edge_auth::Config),
+) -> Social {
+    let port = edge_testkit::free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let mut redirects = vec![format!("{site}/api/auth/callback/{PROVIDER}")];
+    redirects.extend_from_slice(extra_redirects);
+    let provider = edge_testkit::node_server(
+        "oidc-provider.mjs",
+        &json!({"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET, "redirectUris": redirects}),
+    )
+    .await;
+    let issuer = provider.ready["issuer"].as_str().unwrap().to_owned();
+    let config = edge_auth::social::ProviderConfig {
+        id: PROVIDER.into(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+        discovery_url: format!("{issuer}/.well-known/openid-configuration"),
+        scopes: vec!["openid".into(), "email".into(), "profile".into()],
+    };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let stack = Stack::start_at(db, addr, |c| {
+        c.account.base_url = site.clone();
+        c.social_providers = vec![config];
+        tweak(c);
+    })
+    .await;
+    Social {
+        stack,
+        _provider: provider,
+        issuer,
+    }
+}
+
+/// Starts a sign-in on `site` (the gateway or the better-auth peer) and returns the callback
+/// URL the provider sends the browser to.
+async fn begin(browser: &mut Browser, site: &str, body: Value, login: &str) -> String {
+    let response = browser
+        .send(
+            reqwest::Method::POST,
+            &format!("{site}/api/auth/sign-in/social"),
+            None,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["redirect"], true, "{answer}");
+    let url = answer["url"].as_str().unwrap().to_owned();
+    browser.through_provider(&url, site, login).await
+}
+
+/// A whole sign-in on `site`: the final redirect's location.
+async fn sign_in(browser: &mut Browser, site: &str, body: Value, login: &str) -> String {
+    let callback = begin(browser, site, body, login).await;
+    let response = browser
+        .send(reqwest::Method::GET, &callback, None, None)
+        .await;
+    assert_eq!(response.status(), 302, "{callback}");
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+async fn rows(db: &str, sql: &str) -> Vec<Value> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::PgConnection::connect(db).await.unwrap();
+    let sql = format!("SELECT row_to_json(t)::text FROM ({sql}) t");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| serde_json::from_str(&r.get::<String, _>(0)).unwrap())
+        .collect()
+}
+
+async fn json_get(browser: &mut Browser, url: &str) -> Value {
+    let response = browser.send(reqwest::Method::GET, url, None, None).await;
+    assert_eq!(response.status(), 200, "{url}");
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_signs_up_and_in_with_an_openid_provider() {
+    let social = start(edge_testkit::test_database().await, &[], |_| {}).await;
+    let site = social.stack.base.clone();
+    let mut browser = Browser::default();
+    let body = json!({"provider": PROVIDER, "callbackURL": "/dashboard", "newUserCallbackURL": "/welcome"});
+
+    // The state as Better Auth stores it: a `verification` row and the signed cookie.
+    let callback = begin(&mut browser, &site, body.clone(), "ada").await;
+    let state_rows = rows(
+        &social.stack.db.url,
+        r#"SELECT "identifier", "value" FROM "verification""#,
+    )
+    .await;
+    assert_eq!(state_rows.len(), 1);
+    let stored: Value = serde_json::from_str(state_rows[0]["value"].as_str().unwrap()).unwrap();
+    let state = reqwest::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    assert_eq!(state_rows[0]["identifier"], format!("auth-state:{state}"));
+    assert_eq!(stored["oauthState"], state);
+    assert_eq!(stored["callbackURL"], "/dashboard");
+    assert_eq!(stored["newUserURL"], "/welcome");
+    assert_eq!(stored["codeVerifier"].as_str().unwrap().len(), 128);
+    assert!(stored["idTokenNonce"].is_string(), "{stored}");
+    assert!(browser.cookie(&site, "better-auth.state").is_some());
+
+    let response = browser
+        .send(reqwest::Method::GET, &callback, None, None)
+        .await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "/welcome");
+    assert!(browser.cookie(&site, "better-auth.state").is_none());
+    assert!(browser.cookie(&site, "better-auth.session_token").is_some());
+    assert!(
+        rows(&social.stack.db.url, r#"SELECT 1 FROM "verification""#)
+            .await
+            .is_empty(),
+        "the state is consumed"
+    );
+
+    let session = json_get(&mut browser, &format!("{site}/api/auth/get-session")).await;
+    assert_eq!(session["user"]["email"], "ada@example.com");
+    assert_eq!(session["user"]["emailVerified"], true);
+    assert_eq!(session["user"]["name"], "ada");
+    let user_id = session["user"]["id"].as_str().unwrap().to_owned();
+    let token = json_get(&mut browser, &format!("{site}/api/auth/convex/token")).await;
+    assert_eq!(token["token"].as_str().unwrap().split('.').count(), 3);
+    let accounts = json_get(&mut browser, &format!("{site}/api/auth/list-accounts")).await;
+    assert_eq!(accounts.as_array().unwrap().len(), 1, "{accounts}");
+    assert_eq!(accounts[0]["providerId"], PROVIDER);
+    assert_eq!(accounts[0]["accountId"], "ada");
+    assert_eq!(accounts[0]["userId"], user_id);
+
+    let account = rows(&social.stack.db.url, r#"SELECT * FROM "account""#).await;
+    let account = &account[0];
+    for column in [
+        "accessToken",
+        "refreshToken",
+        "idToken",
+        "accessTokenExpiresAt",
+    ] {
+        assert!(account[column].is_string(), "{column} in {account}");
+    }
+    assert!(account["password"].is_null());
+    let scope = account["scope"].as_str().unwrap();
+    assert!(scope.split(',').any(|s| s == "openid"), "{scope}");
+    let id_token = account["idToken"].as_str().unwrap();
+    let id_claims = edge_auth::social::provider::decode_claims(id_token).unwrap();
+    assert_eq!(id_claims["iss"], social.issuer);
+    assert_eq!(id_claims["aud"], CLIENT_ID);
+
+    // A second sign-in (a new browser session at the site) reuses the user and the account.
+    let mut second = Browser {
+        jar: browser
+            .jar
+            .iter()
+            .filter(|(host, _)| **host != host_of(&site))
+            .map(|(h, c)| (h.clone(), c.clone()))
+            .collect(),
+    };
+    let location = sign_in(&mut second, &site, body.clone(), "ada").await;
+    assert_eq!(location, "/dashboard");
+    let again = json_get(&mut second, &format!("{site}/api/auth/get-session")).await;
+    assert_eq!(again["user"]["id"], user_id);
+    assert_eq!(social.stack.counts().await, (1, 2, 1));
+}
+
+#[tokio::test]
+async fn forged_and_replayed_states_write_nothing() {
+    let social = start(edge_testkit::test_database().await, &[], |_| {}).await;
+    let site = social.stack.base.clone();
+    let body =
+        json!({"provider": PROVIDER, "callbackURL": "/dashboard", "errorCallbackURL": "/oops"});
+
+    // A callback whose state cookie is missing (another browser's state) is refused and leaves
+    // the state for its own browser.
+    let mut browser = Browser::default();
+    let callback = begin(&mut browser, &site, body.clone(), "eve").await;
+    let mut stranger = Browser::default();
+    let response = stranger
+        .send(reqwest::Method::GET, &callback, None, None)
+        .await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(response.headers()["location"], "/oops?error=state_mismatch");
+    assert_eq!(social.stack.counts().await, (0, 0, 0));
+
+    // A state nobody issued.
+    let forged = callback.replace("state=", "state=forged");
+    let response = browser
+        .send(reqwest::Method::GET, &forged, None, None)
+        .await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(
+        response.headers()["location"],
+        format!("{site}/api/auth/error?error=state_mismatch")
+    );
+    assert_eq!(social.stack.counts().await, (0, 0, 0));
+
+    // No state at all.
+    let response = browser
+        .send(
+            reqwest::Method::GET,
+            &format!("{site}/api/auth/callback/{PROVIDER}?code=x"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        response.headers()["location"],
+        format!("{site}/api/auth/error?error=state_not_found")
+    );
+
+    // The real callback works once; replayed (same browser, same cookie), it is refused.
+    let state_cookie = browser.cookie(&site, "better-auth.state").unwrap();
+    let response = browser
+        .send(reqwest::Method::GET, &callback, None, None)
+        .await;
+    assert_eq!(response.headers()["location"], "/dashboard");
+    assert_eq!(social.stack.counts().await, (1, 1, 1));
+    let mut replay = Browser::default();
+    replay
+        .jar
+        .entry(host_of(&site))
+        .or_default()
+        .insert("better-auth.state".into(), state_cookie);
+    let response = replay
+        .send(reqwest::Method::GET, &callback, None, None)
+        .await;
+    assert_eq!(
+        response.headers()["location"],
+        format!("{site}/api/auth/error?error=state_mismatch")
+    );
+    assert!(browser.cookie(&site, "better-auth.session_token").is_some());
+    assert!(replay.cookie(&site, "better-auth.session_token").is_none());
+    assert_eq!(social.stack.counts().await, (1, 1, 1));
+
+    // The provider's own refusal goes to errorCallbackURL, and consumes the state.
+    let mut browser = Browser::default();
+    let callback = begin(&mut browser, &site, body.clone(), "eve").await;
+    let state = reqwest::Url::parse(&callback)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let response = browser
+        .send(
+            reqwest::Method::GET,
+            &format!("{site}/api/auth/callback/{PROVIDER}?state={state}&error=access_denied&error_description=no%20thanks"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        response.headers()["location"],
+        "/oops?error=access_denied&error_description=no+thanks"
+    );
+    // A code that the provider never issued.
+    let mut browser = Browser::default();
+    let callback = begin(&mut browser, &site, body.clone(), "eve").await;
+    let bad_code = reqwest::Url::parse(&callback).unwrap();
+    let pairs: Vec<(String, String)> = bad_code
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "code" {
+                "not-a-code".into()
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    let mut bad_code = bad_code.clone();
+    bad_code.query_pairs_mut().clear().extend_pairs(pairs);
+    let response = browser
+        .send(reqwest::Method::GET, bad_code.as_str(), None, None)
+        .await;
+    assert_eq!(response.headers()["location"], "/oops?error=invalid_code");
+    // An issuer other than the provider's in the redirect (RFC 9207).
+    let mut browser = Browser::default();
+    let callback = begin(&mut browser, &site, body.clone(), "eve").await;
+    let wrong_iss = callback.replace(
+        &format!("iss={}", urlencode(&social.issuer)),
+        "iss=http%3A%2F%2Fevil.example",
+    );
+    assert_ne!(
+        wrong_iss, callback,
+        "the provider names itself in the redirect"
+    );
+    let response = browser
+        .send(reqwest::Method::GET, &wrong_iss, None, None)
+        .await;
+    assert_eq!(
+        response.headers()["location"],
+        "/oops?error=issuer_mismatch"
+    );
+    assert_eq!(social.stack.counts().await, (1, 1, 1));
+
+    // An untrusted callbackURL is refused before anything is stored.
+    let r = crate::http()
+        .post(social.stack.url("/api/auth/sign-in/social"))
+        .json(&json!({"provider": PROVIDER, "callbackURL": "https://evil.example/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = crate::http()
+        .post(social.stack.url("/api/auth/sign-in/social"))
+        .json(&json!({"provider": "nope"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r: Value = r.json().await.unwrap();
+    assert_eq!(r["code"], "PROVIDER_NOT_FOUND");
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn users_made_by_better_auth_and_by_the_gateway_sign_in_through_the_other() {
+    let db = edge_testkit::test_database().await;
+    let peer_port = edge_testkit::free_port();
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let social = start(
+        db,
+        &[format!("{peer}/api/auth/callback/{PROVIDER}")],
+        |_| {},
+    )
+    .await;
+    let site = social.stack.base.clone();
+    let _better_auth = edge_testkit::node_server(
+        "better-auth-oauth.mjs",
+        &json!({
+            "databaseUrl": social.stack.db.url, "secret": SECRET, "port": peer_port,
+            "providerId": PROVIDER, "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET,
+            "discoveryUrl": format!("{}/.well-known/openid-configuration", social.issuer),
+        }),
+    )
+    .await;
+    let body = json!({"provider": PROVIDER, "callbackURL": "/home"});
+
+    // Made by better-auth, signed in through the gateway.
+    let mut browser = Browser::default();
+    let location = sign_in(&mut browser, &peer, body.clone(), "grace").await;
+    assert_eq!(location, "/home");
+    let made_by_peer = json_get(&mut browser, &format!("{peer}/api/auth/get-session")).await;
+    let location = sign_in(&mut browser, &site, body.clone(), "grace").await;
+    assert_eq!(location, "/home", "an existing user is not new");
+    let here = json_get(&mut browser, &format!("{site}/api/auth/get-session")).await;
+    assert_eq!(here["user"]["id"], made_by_peer["user"]["id"]);
+
+    // Made by the gateway, signed in through better-auth.
+    let mut browser = Browser::default();
+    sign_in(&mut browser, &site, body.clone(), "linus").await;
+    let made_here = json_get(&mut browser, &format!("{site}/api/auth/get-session")).await;
+    sign_in(&mut browser, &peer, body.clone(), "linus").await;
+    let there = json_get(&mut browser, &format!("{peer}/api/auth/get-session")).await;
+    assert_eq!(there["user"]["id"], made_here["user"]["id"]);
+    assert_eq!(social.stack.counts().await.0, 2);
+    assert_eq!(social.stack.counts().await.2, 2);
+
+    // Both sides wrote the same row shapes: which columns are set, the same users' fields.
+    let shape = r#"SELECT u."email", u."name", u."emailVerified", u."image" IS NULL AS "noImage",
+        a."providerId", a."accountId", a."accessToken" IS NOT NULL AS "access",
+        a."refreshToken" IS NOT NULL AS "refresh", a."idToken" IS NOT NULL AS "id",
+        a."accessTokenExpiresAt" IS NOT NULL AS "expires", a."refreshTokenExpiresAt" IS NULL AS "noRefreshExpiry",
+        a."password" IS NULL AS "noPassword", a."scope"
+        FROM "account" a JOIN "user" u ON u."id" = a."userId" ORDER BY u."email""#;
+    let rows = rows(&social.stack.db.url, shape).await;
+    assert_eq!(rows.len(), 2);
+    let strip = |mut v: Value| {
+        v["email"] = Value::Null;
+        v["name"] = Value::Null;
+        v["accountId"] = Value::Null;
+        v
+    };
+    assert_eq!(strip(rows[0].clone()), strip(rows[1].clone()), "{rows:?}");
+    assert_eq!(rows[0]["accountId"], "grace");
+    assert_eq!(rows[1]["accountId"], "linus");
+}
