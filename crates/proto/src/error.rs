@@ -64,6 +64,13 @@ codes! {
     INVALID_REDIRECT_URL = ("INVALID_REDIRECT_URL", 403, PermissionDenied);
     INVALID_USER = ("INVALID_USER", 400, InvalidArgument);
     PROVIDER_NOT_FOUND = ("PROVIDER_NOT_FOUND", 404, NotFound);
+    ID_TOKEN_NOT_SUPPORTED = ("ID_TOKEN_NOT_SUPPORTED", 404, NotFound);
+    // Better Auth answers a refused ID token `INVALID_TOKEN` with 401 (a reset token: 400);
+    // the gateway renames this one.
+    INVALID_ID_TOKEN = ("INVALID_ID_TOKEN", 401, Unauthenticated);
+    FAILED_TO_GET_USER_INFO = ("FAILED_TO_GET_USER_INFO", 401, Unauthenticated);
+    USER_EMAIL_NOT_FOUND = ("USER_EMAIL_NOT_FOUND", 401, Unauthenticated);
+    OAUTH_LINK_ERROR = ("OAUTH_LINK_ERROR", 401, Unauthenticated);
 }
 
 impl ErrorCode {

@@ -493,6 +493,7 @@ impl AuthService for GrpcApi {
             iss: bounded("iss", &r.iss)?.to_owned(),
             state_cookie: bounded("state", &r.state_cookie)?.to_owned(),
             oauth2_path: r.oauth2_path,
+            user: bounded("user", &r.user)?.to_owned(),
         };
         let finished = self
             .core
@@ -505,6 +506,28 @@ impl AuthService for GrpcApi {
                 .map(|info| session_response(info, &self.core.config.secret)),
             clear_state_cookie: finished.clear_state_cookie,
         }))
+    }
+
+    async fn id_token_sign_in(
+        &self,
+        request: Request<pb::IdTokenSignInRequest>,
+    ) -> Result<Response<pb::SessionResponse>, Status> {
+        let r = request.into_inner();
+        let sign_in = crate::social::IdTokenSignIn {
+            provider_id: required("provider", &r.provider_id)?.to_owned(),
+            token: required("idToken.token", &r.token)?.to_owned(),
+            nonce: bounded("idToken.nonce", &r.nonce)?.to_owned(),
+            access_token: bounded("idToken.accessToken", &r.access_token)?.to_owned(),
+            user: bounded("idToken.user", &r.user)?.to_owned(),
+        };
+        let info = self
+            .core
+            .id_token_sign_in(&sign_in, &client(r.client))
+            .await?;
+        Ok(Response::new(session_response(
+            info,
+            &self.core.config.secret,
+        )))
     }
 
     type WatchRevocationsStream = RevocationStream;

@@ -4,6 +4,7 @@
 //! nonce, the code exchange, ID token checks, then the user and `account` rows and a session
 //! exactly as Better Auth's `handleOAuthUserInfo` writes them.
 
+pub mod builtin;
 pub mod config;
 pub mod provider;
 
@@ -125,6 +126,19 @@ pub struct SocialCallback {
     pub state_cookie: String,
     /// Reached through `oauth2/callback/:id`.
     pub oauth2_path: bool,
+    /// Apple's `user` JSON from its form post.
+    pub user: String,
+}
+
+/// `sign-in/social` with `idToken`.
+#[derive(Debug, Clone, Default)]
+pub struct IdTokenSignIn {
+    pub provider_id: String,
+    pub token: String,
+    pub nonce: String,
+    pub access_token: String,
+    /// Apple's `user` JSON.
+    pub user: String,
 }
 
 /// The end of a callback: always a redirect; a session when one opened.
@@ -235,8 +249,8 @@ impl AuthCore {
         })?;
         let state = edge_keys::generate_id_of(32);
         let code_verifier = edge_keys::generate_id_of(128);
-        let nonce = discovered
-            .verifies_id_tokens()
+        let nonce = provider
+            .requires_nonce(&discovered)
             .then(|| edge_keys::generate_id_of(32));
         let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
         let now = now_ms();
@@ -392,7 +406,7 @@ impl AuthCore {
             tracing::warn!(provider = %cb.provider_id, "oauth issuer mismatch");
             return fail("issuer_mismatch");
         }
-        if discovered.verifies_id_tokens() && data.id_token_nonce.is_none() {
+        if provider.requires_nonce(&discovered) && data.id_token_nonce.is_none() {
             return fail("nonce_binding_missing");
         }
         let redirect_uri = self.social_redirect_uri(&provider.config.id, cb.oauth2_path);
@@ -400,7 +414,12 @@ impl AuthCore {
             .exchange(&discovered, &cb.code, &data.code_verifier, &redirect_uri)
             .await
         {
-            Ok(tokens) => tokens,
+            Ok(mut tokens) => {
+                // Apple posts the user's name once, beside the code (Better Auth's
+                // `safeJSONParse(user)`).
+                tokens.user = serde_json::from_str(&cb.user).ok();
+                tokens
+            }
             Err(e) => {
                 tracing::warn!(provider = %cb.provider_id, error = %e, "code exchange failed");
                 return fail("invalid_code");
@@ -453,6 +472,105 @@ impl AuthCore {
             session: Some(info),
             clear_state_cookie: true,
         })
+    }
+
+    /// `sign-in/social` with an ID token: verified as Better Auth's `verifyProviderIdToken`,
+    /// the user mapped as the provider maps it, then [`Self::oauth_user`]; the account keeps
+    /// the ID token and the access token the app sent (no refresh token, scope or expiry, as
+    /// Better Auth stores them).
+    pub async fn id_token_sign_in(
+        &self,
+        r: &IdTokenSignIn,
+        client: &Client,
+    ) -> Result<SessionInfo, AuthError> {
+        let provider = self.social.get(&r.provider_id).ok_or_else(|| {
+            AuthError::invalid(ErrorCode::PROVIDER_NOT_FOUND, "Provider not found")
+        })?;
+        let discovered = provider.discovered().await.map_err(|e| {
+            tracing::error!(provider = %r.provider_id, error = %e, "provider discovery failed");
+            AuthError::invalid(ErrorCode::SERVICE_UNAVAILABLE, "Provider is unavailable")
+        })?;
+        if !builtin::supports_id_token(&provider.config, &discovered) {
+            return Err(AuthError::invalid(
+                ErrorCode::ID_TOKEN_NOT_SUPPORTED,
+                "id_token not supported",
+            ));
+        }
+        let nonce = (!r.nonce.is_empty()).then_some(r.nonce.as_str());
+        let claims = match provider.verify_id_token(&discovered, &r.token, nonce).await {
+            Ok(claims) => claims,
+            Err(e) => {
+                tracing::warn!(provider = %r.provider_id, error = %e, "id token refused");
+                return Err(AuthError::invalid(
+                    ErrorCode::INVALID_ID_TOKEN,
+                    "Invalid token",
+                ));
+            }
+        };
+        let no_info = || {
+            AuthError::invalid(
+                ErrorCode::FAILED_TO_GET_USER_INFO,
+                "Failed to get user info",
+            )
+        };
+        let user_info = if provider.config.kind == config::Kind::Generic {
+            // genericOAuth's `getUserInfoFromIdToken`: the claims must name the user and the
+            // address (there is no access token for userinfo).
+            let email = provider::string(claims.get("email"));
+            let sub = provider::string(claims.get("sub"));
+            match (sub, email) {
+                (Some(account_id), Some(_)) => provider::ProviderUser {
+                    account_id,
+                    email: provider::string(claims.get("email")),
+                    email_verified: provider::string_bool(claims.get("email_verified"))
+                        .unwrap_or(false),
+                    name: provider::string(claims.get("name")).unwrap_or_default(),
+                    image: provider::string(claims.get("picture")),
+                },
+                _ => return Err(no_info()),
+            }
+        } else {
+            let tokens = provider::Tokens {
+                id_token: Some(r.token.clone()),
+                access_token: (!r.access_token.is_empty()).then(|| r.access_token.clone()),
+                user: serde_json::from_str(&r.user).ok(),
+                ..provider::Tokens::default()
+            };
+            match builtin::user_info(&provider, &discovered, &tokens, None).await {
+                Ok(Some(info)) => info,
+                _ => return Err(no_info()),
+            }
+        };
+        let Some(email) = user_info.email.clone().filter(|e| !e.is_empty()) else {
+            return Err(AuthError::invalid(
+                ErrorCode::USER_EMAIL_NOT_FOUND,
+                "User email not found",
+            ));
+        };
+        let account = OAuthAccount {
+            provider_id: provider.config.id.clone(),
+            account_id: user_info.account_id.clone(),
+            tokens: ProviderTokens {
+                access_token: (!r.access_token.is_empty()).then(|| r.access_token.clone()),
+                id_token: Some(r.token.clone()),
+                ..ProviderTokens::default()
+            },
+            scope: None,
+        };
+        let profile = Profile {
+            email: email.to_lowercase(),
+            email_verified: user_info.email_verified,
+            name: user_info.name.clone(),
+            image: user_info.image.clone(),
+        };
+        match self.oauth_user(&account, &profile, client).await? {
+            Ok((info, _)) => Ok(info),
+            // Better Auth's message is its internal error with spaces (`account not linked`).
+            Err(code) => Err(AuthError::invalid(
+                ErrorCode::OAUTH_LINK_ERROR,
+                code.replace('_', " "),
+            )),
+        }
     }
 
     /// Better Auth's `handleOAuthUserInfo`: the account's owner, else the user with this

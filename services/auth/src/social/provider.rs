@@ -11,7 +11,8 @@ use edge_keys::Verifier;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
-use super::config::ProviderConfig;
+use super::builtin;
+use super::config::{Kind, ProviderConfig};
 
 /// Why a provider step failed (logged; the browser gets Better Auth's error code).
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +23,7 @@ pub enum ProviderError {
     Bad(String),
 }
 
-fn bad(message: impl Into<String>) -> ProviderError {
+pub(super) fn bad(message: impl Into<String>) -> ProviderError {
     ProviderError::Bad(message.into())
 }
 
@@ -73,6 +74,8 @@ pub struct Tokens {
     pub access_token_expires_at: Option<DateTime<Utc>>,
     pub refresh_token_expires_at: Option<DateTime<Utc>>,
     pub scopes: Vec<String>,
+    /// Apple's `user` (`{name: {firstName, lastName}, email}`), posted beside the code once.
+    pub user: Option<Value>,
 }
 
 /// The user a provider vouches for, mapped as genericOAuth maps it.
@@ -90,7 +93,7 @@ pub struct ProviderUser {
 /// One configured provider with its cached discovery and keys.
 pub struct Provider {
     pub config: ProviderConfig,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     discovered: Mutex<Option<Arc<Discovered>>>,
     keys: Mutex<Option<Arc<Verifier>>>,
 }
@@ -104,7 +107,7 @@ impl std::fmt::Debug for Provider {
 }
 
 /// Better Auth's `parseStringBoolean`: `true`/`"true"` and `false`/`"false"`, nothing else.
-fn string_bool(v: Option<&Value>) -> Option<bool> {
+pub(super) fn string_bool(v: Option<&Value>) -> Option<bool> {
     match v {
         Some(Value::Bool(b)) => Some(*b),
         Some(Value::String(s)) if s == "true" => Some(true),
@@ -113,7 +116,7 @@ fn string_bool(v: Option<&Value>) -> Option<bool> {
     }
 }
 
-fn string(v: Option<&Value>) -> Option<String> {
+pub(super) fn string(v: Option<&Value>) -> Option<String> {
     match v {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -143,7 +146,7 @@ fn header_alg(token: &str) -> Option<String> {
 
 /// Seconds of clock skew Better Auth tolerates on ID tokens.
 const ID_TOKEN_LEEWAY: i64 = 30;
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Provider {
     pub fn new(config: ProviderConfig, http: reqwest::Client) -> Self {
@@ -161,6 +164,11 @@ impl Provider {
         let mut slot = self.discovered.lock().await;
         if let Some(d) = slot.as_ref() {
             return Ok(d.clone());
+        }
+        if self.config.kind != Kind::Generic {
+            let d = Arc::new(builtin::endpoints(&self.config));
+            *slot = Some(d.clone());
+            return Ok(d);
         }
         let doc: Map<String, Value> = self
             .http
@@ -203,26 +211,25 @@ impl Provider {
         Ok(discovered)
     }
 
+    /// Whether the redirect flow binds a nonce to the ID token (genericOAuth with a JWKS; the
+    /// built-in providers do not).
+    pub fn requires_nonce(&self, d: &Discovered) -> bool {
+        self.config.kind == Kind::Generic && d.verifies_id_tokens()
+    }
+
     /// The authorization URL (Better Auth's `createAuthorizationURL`: parameters in its order).
     pub fn authorization_url(
         &self,
         d: &Discovered,
         a: &AuthorizationRequest<'_>,
     ) -> Result<String, ProviderError> {
-        let mut scopes: Vec<String> = a
-            .scopes
-            .iter()
-            .chain(self.config.scopes.iter())
-            .cloned()
-            .collect();
-        if d.is_oidc() && !scopes.iter().any(|s| s == "openid") {
-            scopes.insert(0, "openid".into());
-        }
+        let scopes = builtin::scopes(&self.config, d, a.scopes);
+        let extra = builtin::authorization_extras(self.config.kind);
         let mut url = url::Url::parse(&d.authorization_endpoint)
             .map_err(|_| bad("authorization_endpoint is not a URL"))?;
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code");
+            q.append_pair("response_type", extra.response_type);
             q.append_pair("client_id", &self.config.client_id);
             q.append_pair("state", a.state);
             if !scopes.is_empty() {
@@ -235,8 +242,19 @@ impl Provider {
             if let Some(nonce) = a.nonce {
                 q.append_pair("nonce", nonce);
             }
-            q.append_pair("code_challenge_method", "S256");
-            q.append_pair("code_challenge", &code_challenge(a.code_verifier));
+            if let Some(prompt) = extra.prompt {
+                q.append_pair("prompt", prompt);
+            }
+            if let Some(mode) = extra.response_mode {
+                q.append_pair("response_mode", mode);
+            }
+            if extra.pkce {
+                q.append_pair("code_challenge_method", "S256");
+                q.append_pair("code_challenge", &code_challenge(a.code_verifier));
+            }
+            for (k, v) in extra.params {
+                q.append_pair(k, v);
+            }
         }
         Ok(url.to_string())
     }
@@ -249,14 +267,16 @@ impl Provider {
         code_verifier: &str,
         redirect_uri: &str,
     ) -> Result<Tokens, ProviderError> {
-        let form = [
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("code_verifier", code_verifier),
-            ("redirect_uri", redirect_uri),
-            ("client_id", &self.config.client_id),
-            ("client_secret", &self.config.client_secret),
-        ];
+        let mut form = vec![("grant_type", "authorization_code"), ("code", code)];
+        if builtin::authorization_extras(self.config.kind).pkce {
+            form.push(("code_verifier", code_verifier));
+        }
+        form.push(("redirect_uri", redirect_uri));
+        // `client_secret_post` with a secret; a public client names itself only.
+        form.push(("client_id", &self.config.client_id));
+        if !self.config.client_secret.is_empty() {
+            form.push(("client_secret", &self.config.client_secret));
+        }
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
@@ -279,6 +299,10 @@ impl Provider {
             )));
         }
         let data: Map<String, Value> = response.json().await?;
+        // GitHub answers a refused code with 200 and `error`.
+        if data.contains_key("error") {
+            return Err(bad("token endpoint answered an error"));
+        }
         Ok(tokens_from(&data, Utc::now()))
     }
 
@@ -301,10 +325,9 @@ impl Provider {
             .error_for_status()?
             .json()
             .await?;
+        // `iss` and `aud` are checked by `verify_id_token` (some providers have two issuers).
         let verifier = Verifier::from_foreign_jwks(&jwks)
             .map_err(|e| bad(format!("provider jwks: {e}")))?
-            .with_issuer(d.issuer.clone().unwrap_or_default())
-            .with_audience(self.config.client_id.clone())
             .with_leeway(ID_TOKEN_LEEWAY);
         let verifier = Arc::new(verifier);
         *slot = Some(verifier.clone());
@@ -321,9 +344,10 @@ impl Provider {
         token: &str,
         nonce: Option<&str>,
     ) -> Result<Map<String, Value>, ProviderError> {
+        let rules = builtin::id_token_rules(&self.config, d);
         let alg = header_alg(token).ok_or_else(|| bad("id token is not a JWS"))?;
-        if d.is_oidc() && !d.signing_algs.contains(&alg) {
-            return Err(bad(format!("id token algorithm {alg} is not announced")));
+        if !rules.algorithms.is_empty() && !rules.algorithms.contains(&alg) {
+            return Err(bad(format!("id token algorithm {alg} is not accepted")));
         }
         let now = Utc::now().timestamp();
         let mut verifier = self.verifier(d, false).await?;
@@ -336,13 +360,36 @@ impl Provider {
             .verify(token, now)
             .map_err(|e| bad(format!("id token refused: {e}")))?;
         let claims = verified.claims;
-        if !claims.get("iat").is_some_and(Value::is_number) {
-            return Err(bad("id token has no iat"));
+        let iss = string(claims.get("iss")).unwrap_or_default();
+        if !rules.issuers.is_empty() && !rules.issuers.contains(&iss) {
+            return Err(bad("id token issuer is not the provider's"));
         }
-        if let Some(nonce) = nonce
-            && claims.get("nonce").and_then(Value::as_str) != Some(nonce)
+        let aud_ok = match claims.get("aud") {
+            Some(Value::String(a)) => *a == rules.audience,
+            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&rules.audience)),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(bad("id token audience is not this client"));
+        }
+        let Some(iat) = claims.get("iat").and_then(Value::as_i64) else {
+            return Err(bad("id token has no iat"));
+        };
+        if let Some(max_age) = rules.max_age_seconds
+            && now - iat > max_age + ID_TOKEN_LEEWAY
         {
-            return Err(bad("id token nonce does not match"));
+            return Err(bad("id token is too old"));
+        }
+        if let Some(nonce) = nonce {
+            let claim = claims.get("nonce").and_then(Value::as_str);
+            let ok = claim == Some(nonce)
+                || (rules.nonce_sha256 && claim == Some(sha256_hex(nonce).as_str()));
+            if !ok {
+                return Err(bad("id token nonce does not match"));
+            }
+        }
+        if !builtin::verify_claims(&self.config, &claims) {
+            return Err(bad("id token claims refused"));
         }
         Ok(claims)
     }
@@ -356,6 +403,9 @@ impl Provider {
         tokens: &Tokens,
         nonce: Option<&str>,
     ) -> Result<Option<ProviderUser>, ProviderError> {
+        if self.config.kind != Kind::Generic {
+            return builtin::user_info(self, d, tokens, None).await;
+        }
         let verified = match (&tokens.id_token, d.verifies_id_tokens()) {
             (Some(token), true) => Some(self.verify_id_token(d, token, nonce).await?),
             _ => None,
@@ -427,6 +477,11 @@ impl Provider {
     }
 }
 
+fn sha256_hex(value: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn token_kid(token: &str) -> Option<String> {
     use base64::Engine;
     let header = token.split('.').next()?;
@@ -474,6 +529,7 @@ pub fn tokens_from(data: &Map<String, Value>, now: DateTime<Utc>) -> Tokens {
         access_token_expires_at: after("expires_in"),
         refresh_token_expires_at: after("refresh_token_expires_in"),
         scopes,
+        user: None,
     }
 }
 
@@ -500,9 +556,14 @@ mod tests {
         ]});
         let config = ProviderConfig {
             id: "acme".into(),
+            kind: Kind::Generic,
             client_id: "client".into(),
             client_secret: "secret".into(),
             discovery_url: "http://127.0.0.1:1/.well-known/openid-configuration".into(),
+            endpoints: Default::default(),
+            tenant: "common".into(),
+            authority: "https://login.microsoftonline.com".into(),
+            audience: None,
             scopes: vec![],
         };
         let provider = Provider::new(config, reqwest::Client::new());
@@ -516,8 +577,6 @@ mod tests {
         });
         let verifier = Verifier::from_foreign_jwks(&jwks)
             .unwrap()
-            .with_issuer("https://idp.example")
-            .with_audience("client")
             .with_leeway(ID_TOKEN_LEEWAY);
         *provider.keys.lock().await = Some(Arc::new(verifier));
         *provider.discovered.lock().await = Some(discovered.clone());

@@ -122,12 +122,8 @@ async fn start(
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let body = request::body(&req, payload, state.config.max_body_bytes).await?;
     let provider_id = string_field(&body, provider_field, true)?.unwrap_or_default();
-    if body.contains_key("idToken") {
-        // Sign-in with a provider's ID token (mobile apps) is not served yet.
-        return Err(ApiError::new(
-            ErrorCode::PROVIDER_NOT_FOUND,
-            "id_token not supported",
-        ));
+    if let Some(id_token) = body.get("idToken") {
+        return id_token_sign_in(&req, &state, &body, provider_id, id_token).await;
     }
     let request = pb::StartSocialSignInRequest {
         provider_id,
@@ -157,6 +153,58 @@ async fn start(
     Ok(response.json(json!({"url": r.url, "redirect": !disable_redirect})))
 }
 
+/// `sign-in/social` with `idToken` (`{token, nonce?, accessToken?, refreshToken?, expiresAt?,
+/// user?}`): Better Auth's `{redirect: false, token, user}` and the session cookie.
+async fn id_token_sign_in(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+    provider_id: String,
+    id_token: &Value,
+) -> Result<HttpResponse, ApiError> {
+    let Value::Object(id_token) = id_token else {
+        return Err(invalid_type("idToken", "object", Some(id_token)));
+    };
+    let field = |name: &str, required: bool| {
+        string_field(id_token, name, required)
+            .map(Option::unwrap_or_default)
+            .map_err(|_| invalid_type(&format!("idToken.{name}"), "string", id_token.get(name)))
+    };
+    let request = pb::IdTokenSignInRequest {
+        provider_id,
+        token: field("token", true)?,
+        nonce: field("nonce", false)?,
+        access_token: field("accessToken", false)?,
+        refresh_token: field("refreshToken", false)?,
+        user: id_token
+            .get("user")
+            .filter(|u| u.is_object())
+            .map(Value::to_string)
+            .unwrap_or_default(),
+        request_sign_up: bool_field(body, "requestSignUp")?,
+        client: Some(client_info(req)),
+    };
+    let r = match state.auth().id_token_sign_in(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            let mut error = ApiError::from(status);
+            if error.code == ErrorCode::INVALID_ID_TOKEN {
+                // Better Auth's name for it, with 401 (its reset-token `INVALID_TOKEN` is 400).
+                error.code = ErrorCode {
+                    code: "INVALID_TOKEN",
+                    ..ErrorCode::INVALID_ID_TOKEN
+                };
+            }
+            return Err(error);
+        }
+    };
+    Ok(crate::routes::auth::opened_session(
+        req,
+        r,
+        json!({"redirect": false}),
+    ))
+}
+
 /// The callback's query (Better Auth's schema: every member an optional string).
 #[derive(Debug, Default, serde::Deserialize)]
 struct CallbackQuery {
@@ -165,6 +213,7 @@ struct CallbackQuery {
     error: Option<String>,
     error_description: Option<String>,
     iss: Option<String>,
+    user: Option<String>,
 }
 
 async fn callback(
@@ -243,6 +292,7 @@ async fn finish(
         state_cookie: state_cookie(&req),
         client: Some(client_info(&req)),
         oauth2_path,
+        user: query.user.unwrap_or_default(),
     };
     let r = state
         .auth()

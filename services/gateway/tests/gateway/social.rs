@@ -163,13 +163,8 @@ pub async fn start(
     )
     .await;
     let issuer = provider.ready["issuer"].as_str().unwrap().to_owned();
-    let config = edge_auth::social::ProviderConfig {
-        id: PROVIDER.into(),
-        client_id: CLIENT_ID.into(),
-        client_secret: CLIENT_SECRET.into(),
-        discovery_url: format!("{issuer}/.well-known/openid-configuration"),
-        scopes: vec!["openid".into(), "email".into(), "profile".into()],
-    };
+    let mut config = edge_auth::social::ProviderConfig::new(PROVIDER, CLIENT_ID, CLIENT_SECRET);
+    config.discovery_url = format!("{issuer}/.well-known/openid-configuration");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let stack = Stack::start_at(db, addr, |c| {
         c.account.base_url = site.clone();
@@ -546,4 +541,334 @@ async fn users_made_by_better_auth_and_by_the_gateway_sign_in_through_the_other(
     assert_eq!(strip(rows[0].clone()), strip(rows[1].clone()), "{rows:?}");
     assert_eq!(rows[0]["accountId"], "grace");
     assert_eq!(rows[1]["accountId"], "linus");
+}
+
+/// The value of query parameter `name` in `url`.
+fn param(url: &str, name: &str) -> Option<String> {
+    reqwest::Url::parse(url)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+#[tokio::test]
+async fn built_in_providers_sign_in_against_stand_in_endpoints() {
+    let standin = edge_testkit::node_server(
+        "oauth-standin.mjs",
+        &json!({"clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}),
+    )
+    .await;
+    let s = standin.ready["url"].as_str().unwrap().to_owned();
+    let port = edge_testkit::free_port();
+    let site_url = format!("http://127.0.0.1:{port}");
+    let provider =
+        |id: &str, auth: &str, token: &str, userinfo: Option<&str>, jwks: Option<&str>| {
+            let mut c = edge_auth::social::ProviderConfig::new(id, CLIENT_ID, CLIENT_SECRET);
+            c.endpoints.authorization = Some(format!("{s}{auth}"));
+            c.endpoints.token = Some(format!("{s}{token}"));
+            c.endpoints.userinfo = userinfo.map(|u| format!("{s}{u}"));
+            c.endpoints.jwks = jwks.map(|j| format!("{s}{j}"));
+            c
+        };
+    let providers = vec![
+        provider("github", "/gh/authorize", "/token", Some("/user"), None),
+        provider("google", "/google/auth", "/token", None, Some("/certs")),
+        provider(
+            "discord",
+            "/discord/authorize",
+            "/token",
+            Some("/users/@me"),
+            None,
+        ),
+        provider("apple", "/apple/authorize", "/token", None, Some("/certs")),
+    ];
+    let stack = Stack::start_at(
+        edge_testkit::test_database().await,
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        |c| {
+            c.account.base_url = site_url.clone();
+            c.social_providers = providers;
+        },
+    )
+    .await;
+    let site = stack.base.clone();
+
+    // (provider, login, accountId, name, image)
+    let cases = [
+        ("github", "gh", "4242", "gh", "https://avatars.example/gh"),
+        (
+            "google",
+            "gg",
+            "google-gg",
+            "gg (google)",
+            "https://example.com/gg.png",
+        ),
+        (
+            "discord",
+            "dc",
+            "80351110224678912",
+            "dc",
+            // Better Auth's default avatar for a new-style name: (id >> 22) % 6.
+            "https://cdn.discordapp.com/embed/avatars/5.png",
+        ),
+    ];
+    for (id, login, account_id, name, image) in cases {
+        let mut browser = Browser::default();
+        let r = browser
+            .send(
+                reqwest::Method::POST,
+                &format!("{site}/api/auth/sign-in/social"),
+                None,
+                Some(&json!({"provider": id, "callbackURL": "/done"})),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{id}");
+        let url = r.json::<Value>().await.unwrap()["url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(url.starts_with(&s), "{id}: {url}");
+        assert_eq!(
+            param(&url, "redirect_uri").unwrap(),
+            format!("{site_url}/api/auth/callback/{id}")
+        );
+        match id {
+            "github" => {
+                assert_eq!(param(&url, "scope").unwrap(), "read:user user:email");
+                assert_eq!(param(&url, "code_challenge_method").unwrap(), "S256");
+            }
+            "google" => {
+                assert_eq!(param(&url, "scope").unwrap(), "email profile openid");
+                assert_eq!(param(&url, "include_granted_scopes").unwrap(), "true");
+                assert!(param(&url, "code_challenge").is_some());
+            }
+            _ => {
+                assert_eq!(param(&url, "scope").unwrap(), "identify email");
+                assert_eq!(param(&url, "prompt").unwrap(), "none");
+                assert!(
+                    param(&url, "code_challenge").is_none(),
+                    "discord sends no PKCE"
+                );
+            }
+        }
+        let state = param(&url, "state").unwrap();
+        let r = browser
+            .send(
+                reqwest::Method::GET,
+                &format!("{site}/api/auth/callback/{id}?code={login}&state={state}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(r.status(), 302, "{id}");
+        assert_eq!(r.headers()["location"], "/done", "{id}");
+        let session = json_get(&mut browser, &format!("{site}/api/auth/get-session")).await;
+        assert_eq!(
+            session["user"]["email"],
+            format!("{login}@example.com"),
+            "{id}"
+        );
+        assert_eq!(session["user"]["emailVerified"], true, "{id}");
+        assert_eq!(session["user"]["name"], name, "{id}");
+        assert_eq!(session["user"]["image"], image, "{id}");
+        let account = rows(
+            &stack.db.url,
+            &format!(r#"SELECT * FROM "account" WHERE "providerId" = '{id}'"#),
+        )
+        .await;
+        assert_eq!(account[0]["accountId"], account_id, "{id}");
+        assert_eq!(account[0]["accessToken"], format!("at-{login}"));
+        assert_eq!(account[0]["refreshToken"], format!("rt-{login}"));
+        assert_eq!(account[0]["scope"], "read:user,user:email");
+    }
+    // Apple posts its answer (`response_mode=form_post`) with the user's name, once: Better
+    // Auth turns the post into the GET callback.
+    let mut browser = Browser::default();
+    let r = browser
+        .send(
+            reqwest::Method::POST,
+            &format!("{site}/api/auth/sign-in/social"),
+            None,
+            Some(&json!({"provider": "apple", "callbackURL": "/done"})),
+        )
+        .await;
+    let url = r.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(param(&url, "response_mode").unwrap(), "form_post");
+    assert_eq!(param(&url, "response_type").unwrap(), "code id_token");
+    assert_eq!(param(&url, "scope").unwrap(), "email name");
+    let state = param(&url, "state").unwrap();
+    let user = r#"{"name":{"firstName":"Ap","lastName":"Ple"},"email":"ap@example.com"}"#;
+    let posted =
+        serde_urlencoded::to_string([("code", "ap"), ("state", &state), ("user", user)]).unwrap();
+    let r = crate::http()
+        .post(format!("{site}/api/auth/callback/apple"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(posted)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let get = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        get.starts_with(&format!("{site}/api/auth/callback/apple?")),
+        "{get}"
+    );
+    let r = browser.send(reqwest::Method::GET, &get, None, None).await;
+    assert_eq!(r.headers()["location"], "/done");
+    let session = json_get(&mut browser, &format!("{site}/api/auth/get-session")).await;
+    assert_eq!(session["user"]["name"], "Ap Ple");
+    assert_eq!(session["user"]["email"], "ap@example.com");
+
+    // What the token endpoint was sent: PKCE verifiers for all but Discord.
+    let forms = reqwest::get(format!("{s}/requests"))
+        .await
+        .unwrap()
+        .json::<Vec<Value>>()
+        .await
+        .unwrap();
+    assert_eq!(forms.len(), 4);
+    assert_eq!(forms[0]["code_verifier"].as_str().unwrap().len(), 128);
+    assert!(forms[2].get("code_verifier").is_none());
+    assert_eq!(stack.counts().await, (4, 4, 4));
+
+    // A code GitHub refuses (200 with `error`) writes nothing.
+    let mut browser = Browser::default();
+    let r = browser
+        .send(
+            reqwest::Method::POST,
+            &format!("{site}/api/auth/sign-in/social"),
+            None,
+            Some(&json!({"provider": "github", "errorCallbackURL": "/oops"})),
+        )
+        .await;
+    let url = r.json::<Value>().await.unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let state = param(&url, "state").unwrap();
+    let r = browser
+        .send(
+            reqwest::Method::GET,
+            &format!("{site}/api/auth/callback/github?code=bad&state={state}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.headers()["location"], "/oops?error=invalid_code");
+    assert_eq!(stack.counts().await, (4, 4, 4));
+
+    // Sign-in with a Google ID token an app obtained itself.
+    let mint = |claims: Value| {
+        let s = s.clone();
+        async move {
+            crate::http()
+                .post(format!("{s}/mint"))
+                .json(&json!({"claims": claims}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let now = chrono::Utc::now().timestamp();
+    let claims = json!({"iss": "https://accounts.google.com", "aud": CLIENT_ID, "sub": "app-user",
+        "email": "App.User@example.com", "email_verified": true, "name": "App User",
+        "iat": now, "exp": now + 600, "nonce": "n-1"});
+    let sign_in = |token: String, nonce: Option<&str>| {
+        let site = site.clone();
+        let body = match nonce {
+            Some(n) => {
+                json!({"provider": "google", "idToken": {"token": token, "nonce": n, "accessToken": "app-at"}})
+            }
+            None => {
+                json!({"provider": "google", "idToken": {"token": token, "accessToken": "app-at"}})
+            }
+        };
+        async move {
+            crate::http()
+                .post(format!("{site}/api/auth/sign-in/social"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let refused = [
+        (
+            {
+                let mut c = claims.clone();
+                c["aud"] = json!("someone-else");
+                c
+            },
+            Some("n-1"),
+        ),
+        (
+            {
+                let mut c = claims.clone();
+                c["iss"] = json!("https://evil.example");
+                c
+            },
+            Some("n-1"),
+        ),
+        (
+            {
+                let mut c = claims.clone();
+                c["exp"] = json!(now - 120);
+                c
+            },
+            Some("n-1"),
+        ),
+        (
+            {
+                let mut c = claims.clone();
+                c["iat"] = json!(now - 7200);
+                c
+            },
+            Some("n-1"),
+        ),
+        (claims.clone(), Some("another-nonce")),
+    ];
+    for (claims, nonce) in refused {
+        let r = sign_in(mint(claims.clone()).await, nonce).await;
+        assert_eq!(r.status(), 401, "{claims}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "INVALID_TOKEN", "{claims}");
+    }
+    assert_eq!(stack.counts().await, (4, 4, 4));
+    let r = sign_in(mint(claims.clone()).await, Some("n-1")).await;
+    assert_eq!(r.status(), 200);
+    assert!(crate::cookie_of(&r).is_some());
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["redirect"], false);
+    assert_eq!(body["user"]["email"], "app.user@example.com");
+    assert!(body["token"].is_string());
+    let account = rows(
+        &stack.db.url,
+        r#"SELECT * FROM "account" WHERE "accountId" = 'app-user'"#,
+    )
+    .await;
+    assert_eq!(account[0]["accessToken"], "app-at");
+    assert!(account[0]["idToken"].is_string());
+    assert!(account[0]["refreshToken"].is_null() && account[0]["scope"].is_null());
+    // GitHub has no ID tokens.
+    let r = crate::http()
+        .post(format!("{site}/api/auth/sign-in/social"))
+        .json(&json!({"provider": "github", "idToken": {"token": "x.y.z"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "ID_TOKEN_NOT_SUPPORTED"
+    );
 }
