@@ -71,6 +71,8 @@ codes! {
     FAILED_TO_GET_USER_INFO = ("FAILED_TO_GET_USER_INFO", 401, Unauthenticated);
     USER_EMAIL_NOT_FOUND = ("USER_EMAIL_NOT_FOUND", 401, Unauthenticated);
     OAUTH_LINK_ERROR = ("OAUTH_LINK_ERROR", 401, Unauthenticated);
+    FAILED_TO_UNLINK_LAST_ACCOUNT = ("FAILED_TO_UNLINK_LAST_ACCOUNT", 400, FailedPrecondition);
+    ACCOUNT_NOT_FOUND = ("ACCOUNT_NOT_FOUND", 400, NotFound);
 }
 
 impl ErrorCode {

@@ -470,6 +470,7 @@ impl AuthService for GrpcApi {
             login_hint: bounded("loginHint", &r.login_hint)?.to_owned(),
             request_sign_up: r.request_sign_up,
             oauth2_path: r.oauth2_path,
+            link_cookie_value: r.link_cookie_value,
         };
         let started = self.core.social_start(&start, &client(r.client)).await?;
         Ok(Response::new(pb::StartSocialSignInResponse {
@@ -528,6 +529,18 @@ impl AuthService for GrpcApi {
             info,
             &self.core.config.secret,
         )))
+    }
+
+    async fn unlink_account(
+        &self,
+        request: Request<pb::UnlinkAccountRequest>,
+    ) -> Result<Response<pb::UnlinkAccountResponse>, Status> {
+        let r = request.into_inner();
+        let account_id = bounded("accountId", &r.account_id)?;
+        self.core
+            .unlink_account(&r.cookie_value, account_id)
+            .await?;
+        Ok(Response::new(pb::UnlinkAccountResponse {}))
     }
 
     type WatchRevocationsStream = RevocationStream;

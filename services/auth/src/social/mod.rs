@@ -78,6 +78,8 @@ struct StateData {
         skip_serializing_if = "Option::is_none"
     )]
     new_user_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    link: Option<LinkData>,
     expires_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     request_sign_up: Option<bool>,
@@ -85,6 +87,27 @@ struct StateData {
     id_token_nonce: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     oauth_state: Option<String>,
+}
+
+/// The state's `link` (link-social): the user the account goes to. Better Auth also puts an
+/// encrypted copy of the session token there (`encryptedSessionToken`, checked on the
+/// callback); convex-edge leaves it out, which Better Auth's schema allows, and does not
+/// read it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LinkData {
+    email: String,
+    #[serde(deserialize_with = "coerce_string")]
+    user_id: String,
+}
+
+/// zod's `z.coerce.string()`.
+fn coerce_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
 }
 
 fn state_identifier(state: &str) -> String {
@@ -104,6 +127,8 @@ pub struct SocialStart {
     pub request_sign_up: bool,
     /// Started through Better Auth 1.6's `sign-in/oauth2` (callback `oauth2/callback/:id`).
     pub oauth2_path: bool,
+    /// `link-social`: the cookie of the session whose user gets the account.
+    pub link_cookie_value: String,
 }
 
 /// Where to send the browser, and the signed `state` cookie to set.
@@ -240,6 +265,15 @@ impl AuthCore {
             self.config.sign_in_limit.address_rule(),
         )
         .await?;
+        let link = if start.link_cookie_value.is_empty() {
+            None
+        } else {
+            let info = self.session(&start.link_cookie_value).await?;
+            Some(LinkData {
+                email: info.user.email,
+                user_id: info.user.id,
+            })
+        };
         let provider = self.social.get(&start.provider_id).ok_or_else(|| {
             AuthError::invalid(ErrorCode::PROVIDER_NOT_FOUND, "Provider not found")
         })?;
@@ -260,6 +294,7 @@ impl AuthCore {
             code_verifier: code_verifier.clone(),
             error_url: non_empty(&start.error_callback_url),
             new_user_url: non_empty(&start.new_user_callback_url),
+            link,
             expires_at: now.timestamp_millis() + STATE_TTL_MS,
             request_sign_up: start.request_sign_up.then_some(true),
             id_token_nonce: nonce.clone(),
@@ -436,6 +471,33 @@ impl AuthCore {
                 return fail("unable_to_get_user_info");
             }
         };
+        let scope = Some(tokens.scopes.join(","));
+        let tokens_row = ProviderTokens {
+            access_token: tokens.access_token.clone(),
+            refresh_token: tokens.refresh_token.clone(),
+            id_token: tokens.id_token.clone(),
+            access_token_expires_at: tokens.access_token_expires_at,
+            refresh_token_expires_at: tokens.refresh_token_expires_at,
+        };
+        if let Some(link) = &data.link {
+            let account = OAuthAccount {
+                provider_id: provider.config.id.clone(),
+                account_id: user_info.account_id.clone(),
+                tokens: tokens_row,
+                scope,
+            };
+            return match self
+                .link_account(link, &account, &user_info, &tokens.scopes)
+                .await?
+            {
+                Ok(()) => Ok(SocialFinished {
+                    location: data.callback_url,
+                    session: None,
+                    clear_state_cookie: true,
+                }),
+                Err(code) => fail(code),
+            };
+        }
         let Some(email) = user_info.email.clone().filter(|e| !e.is_empty()) else {
             tracing::warn!(provider = %cb.provider_id, "provider did not return an email");
             return fail("email_not_found");
@@ -570,6 +632,75 @@ impl AuthCore {
                 ErrorCode::OAUTH_LINK_ERROR,
                 code.replace('_', " "),
             )),
+        }
+    }
+
+    /// Better Auth's `linkOAuthAccount`: the provider must be trusted or vouch for the address,
+    /// which must be the user's; an account of another user is refused, the user's own is
+    /// refreshed (scopes merged), else it is added. `Ok(Err(code))` is a refusal.
+    async fn link_account(
+        &self,
+        link: &LinkData,
+        account: &OAuthAccount,
+        user_info: &provider::ProviderUser,
+        scopes: &[String],
+    ) -> Result<Result<(), &'static str>, AuthError> {
+        if self.store.user_by_id(&link.user_id).await?.is_none() {
+            return Ok(Err("unable_to_link_account"));
+        }
+        if !self.social.is_trusted(&account.provider_id) && !user_info.email_verified {
+            tracing::warn!(provider = %account.provider_id, "unable to link account: untrusted provider");
+            return Ok(Err("unable_to_link_account"));
+        }
+        let same_email = user_info
+            .email
+            .as_deref()
+            .is_some_and(|e| e.to_lowercase() == link.email.to_lowercase());
+        if !same_email {
+            return Ok(Err("email_does_not_match"));
+        }
+        let now = now_ms();
+        match self
+            .store
+            .account_by_key(&account.provider_id, &account.account_id)
+            .await?
+        {
+            Some((_, owner, _)) if owner != link.user_id => {
+                Ok(Err("account_already_linked_to_different_user"))
+            }
+            Some((row_id, _, stored)) => {
+                // Better Auth's `mergeScopes`: the stored ones, then the new, without repeats.
+                let mut merged: Vec<String> = Vec::new();
+                for s in stored
+                    .as_deref()
+                    .unwrap_or_default()
+                    .split(',')
+                    .chain(scopes.iter().map(String::as_str))
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    if !merged.iter().any(|m| m == s) {
+                        merged.push(s.to_owned());
+                    }
+                }
+                let merged = merged.join(",");
+                self.store
+                    .relink_account(
+                        &row_id,
+                        &account.tokens,
+                        (!merged.is_empty()).then_some(merged.as_str()),
+                        now,
+                    )
+                    .await?;
+                Ok(Ok(()))
+            }
+            None => {
+                self.store
+                    .link_account(&account.row(&link.user_id, now))
+                    .await?;
+                tracing::info!(user_id = %link.user_id, provider = %account.provider_id, "account linked");
+                Ok(Ok(()))
+            }
         }
     }
 
@@ -722,6 +853,7 @@ mod tests {
             code_verifier: "v".into(),
             error_url: None,
             new_user_url: Some("/new".into()),
+            link: None,
             expires_at: 1,
             request_sign_up: None,
             id_token_nonce: Some("n".into()),

@@ -135,6 +135,43 @@ impl Store {
         })
     }
 
+    /// Deletes the user's account row `id`.
+    pub async fn delete_account(&self, id: &str, user_id: &str) -> Result<(), StoreError> {
+        const SQL: &str = r#"DELETE FROM "account" WHERE "id" = $1 AND "userId" = $2"#;
+        on_pool!(self, pool => sqlx::query(SQL).bind(id).bind(user_id).execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The account row (`providerId`, `accountId`): its id, user and scope.
+    pub async fn account_by_key(
+        &self,
+        provider_id: &str,
+        account_id: &str,
+    ) -> Result<Option<(String, String, Option<String>)>, StoreError> {
+        const SQL: &str = r#"SELECT "id", "userId", "scope" FROM "account" WHERE "providerId" = $1 AND "accountId" = $2 LIMIT 1"#;
+        Ok(
+            on_pool!(self, pool => sqlx::query_as(SQL).bind(provider_id).bind(account_id).fetch_optional(pool).await)?,
+        )
+    }
+
+    /// A re-link of an account the user already has: new tokens (those given) and the
+    /// merged scope.
+    pub async fn relink_account(
+        &self,
+        account_row_id: &str,
+        tokens: &ProviderTokens,
+        scope: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.update_account_tokens(account_row_id, tokens, now)
+            .await?;
+        if let Some(scope) = scope {
+            const SQL: &str = r#"UPDATE "account" SET "scope" = $2 WHERE "id" = $1"#;
+            on_pool!(self, pool => sqlx::query(SQL).bind(account_row_id).bind(scope).execute(pool).await.map(|_| ()))?;
+        }
+        Ok(())
+    }
+
     /// Marks the user's address verified (a provider vouched for it).
     pub async fn mark_email_verified(
         &self,

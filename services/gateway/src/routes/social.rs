@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::routes::auth::{client_info, invalid_type, string_field};
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{
-    client_view, dont_remember_cookie, expire_dont_remember, is_https, set_cookie,
+    client_view, dont_remember_cookie, expire_dont_remember, is_https, session_cookie, set_cookie,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -26,7 +26,53 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route(
             "/api/auth/oauth2/callback/{id}",
             web::get().to(callback_oauth2),
-        );
+        )
+        .route("/api/auth/link-social", web::post().to(link_social))
+        .route("/api/auth/unlink-account", web::post().to(unlink_account));
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized")
+}
+
+/// `link-social`: the redirect flow of [`start`] for the signed-in user; the callback links the
+/// provider's account to that user (`{url, redirect}` as sign-in). Linking with an ID token
+/// is not served yet (404 `ID_TOKEN_NOT_SUPPORTED`).
+async fn link_social(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state, Csrf::CookieBearing)?;
+    let cookie = session_cookie(&req).ok_or_else(unauthorized)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    if body.contains_key("idToken") {
+        return Err(ApiError::new(
+            ErrorCode::ID_TOKEN_NOT_SUPPORTED,
+            "id_token not supported",
+        ));
+    }
+    redirect_start(&req, &state, &body, "provider", false, cookie).await
+}
+
+/// `unlink-account` (`{accountId}`: the account row's id): `{"status": true}`.
+async fn unlink_account(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state, Csrf::CookieBearing)?;
+    let cookie_value = session_cookie(&req).ok_or_else(unauthorized)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let account_id = string_field(&body, "accountId", true)?.unwrap_or_default();
+    state
+        .auth()
+        .unlink_account(pb::UnlinkAccountRequest {
+            cookie_value,
+            account_id,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"status": true})))
 }
 
 /// Better Auth's `state` cookie name (`__Secure-` prefixed over https).
@@ -125,18 +171,40 @@ async fn start(
     if let Some(id_token) = body.get("idToken") {
         return id_token_sign_in(&req, &state, &body, provider_id, id_token).await;
     }
-    let request = pb::StartSocialSignInRequest {
-        provider_id,
-        callback_url: url_field(&req, &state, &body, "callbackURL")?,
-        error_callback_url: url_field(&req, &state, &body, "errorCallbackURL")?,
-        new_user_callback_url: url_field(&req, &state, &body, "newUserCallbackURL")?,
-        scopes: scopes(&body)?,
-        login_hint: string_field(&body, "loginHint", false)?.unwrap_or_default(),
-        request_sign_up: bool_field(&body, "requestSignUp")?,
-        client: Some(client_info(&req)),
+    redirect_start(
+        &req,
+        &state,
+        &body,
+        provider_field,
         oauth2_path,
+        String::new(),
+    )
+    .await
+}
+
+/// The redirect flow: auth stores the state and names the provider's URL; the answer sets
+/// the `state` cookie. `link_cookie` (link-social) names the session to link to.
+async fn redirect_start(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+    provider_field: &str,
+    oauth2_path: bool,
+    link_cookie: String,
+) -> Result<HttpResponse, ApiError> {
+    let request = pb::StartSocialSignInRequest {
+        provider_id: string_field(body, provider_field, true)?.unwrap_or_default(),
+        callback_url: url_field(req, state, body, "callbackURL")?,
+        error_callback_url: url_field(req, state, body, "errorCallbackURL")?,
+        new_user_callback_url: url_field(req, state, body, "newUserCallbackURL")?,
+        scopes: scopes(body)?,
+        login_hint: string_field(body, "loginHint", false)?.unwrap_or_default(),
+        request_sign_up: bool_field(body, "requestSignUp")?,
+        client: Some(client_info(req)),
+        oauth2_path,
+        link_cookie_value: link_cookie,
     };
-    let disable_redirect = bool_field(&body, "disableRedirect")?;
+    let disable_redirect = bool_field(body, "disableRedirect")?;
     let r = state
         .auth()
         .start_social_sign_in(request)
@@ -145,7 +213,7 @@ async fn start(
     let mut response = HttpResponse::Ok();
     response.append_header((
         header::SET_COOKIE,
-        state_cookie_header(&req, &r.state_cookie_value, r.state_cookie_max_age_seconds),
+        state_cookie_header(req, &r.state_cookie_value, r.state_cookie_max_age_seconds),
     ));
     if !disable_redirect {
         response.append_header((header::LOCATION, r.url.as_str()));

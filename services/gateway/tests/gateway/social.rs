@@ -71,7 +71,16 @@ impl Browser {
         form: Option<&[(String, String)]>,
         json_body: Option<&Value>,
     ) -> reqwest::Response {
+        let post = method == reqwest::Method::POST;
         let mut request = http().request(method, url);
+        if post {
+            // A browser names the page's origin on a POST; the tests' pages are same-origin.
+            let origin = reqwest::Url::parse(url)
+                .unwrap()
+                .origin()
+                .ascii_serialization();
+            request = request.header("origin", origin);
+        }
         if let Some(c) = self.cookie_header(url) {
             request = request.header("cookie", c);
         }
@@ -871,4 +880,144 @@ async fn built_in_providers_sign_in_against_stand_in_endpoints() {
         r.json::<Value>().await.unwrap()["code"],
         "ID_TOKEN_NOT_SUPPORTED"
     );
+}
+
+#[tokio::test]
+async fn a_signed_in_user_links_and_unlinks_a_provider() {
+    let social = start(edge_testkit::test_database().await, &[], |_| {}).await;
+    let site = social.stack.base.clone();
+    let (_, cookie) = crate::sign_up(&social.stack, "lin@example.com").await;
+    let mut browser = Browser::default();
+    browser
+        .jar
+        .entry(host_of(&site))
+        .or_default()
+        .insert("better-auth.session_token".into(), cookie.clone());
+    let user_id =
+        json_get(&mut browser, &format!("{site}/api/auth/get-session")).await["user"]["id"].clone();
+
+    // Without a session there is nothing to link to.
+    let r = crate::http()
+        .post(social.stack.url("/api/auth/link-social"))
+        .json(&json!({"provider": PROVIDER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The provider vouches for another address: refused, nothing linked.
+    let link = |browser: &mut Browser, login: &'static str| {
+        let site = site.clone();
+        let mut browser = std::mem::take(browser);
+        async move {
+            let r = browser
+                .send(
+                    reqwest::Method::POST,
+                    &format!("{site}/api/auth/link-social"),
+                    None,
+                    Some(&json!({"provider": PROVIDER, "callbackURL": "/settings"})),
+                )
+                .await;
+            assert_eq!(r.status(), 200);
+            let url = r.json::<Value>().await.unwrap()["url"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let callback = browser.through_provider(&url, &site, login).await;
+            let r = browser
+                .send(reqwest::Method::GET, &callback, None, None)
+                .await;
+            assert_eq!(r.status(), 302);
+            let location = r.headers()["location"].to_str().unwrap().to_owned();
+            (browser, location)
+        }
+    };
+    let (mut browser, location) = link(&mut browser, "someone-else").await;
+    assert_eq!(
+        location,
+        format!("{site}/api/auth/error?error=email_does_not_match")
+    );
+    assert_eq!(social.stack.counts().await, (1, 1, 1));
+
+    // The same address: linked, and the session cookie is left as it was.
+    let (mut browser, location) = {
+        // A new provider login (the provider remembers the last one).
+        browser.jar.retain(|host, _| *host == host_of(&site));
+        link(&mut browser, "lin").await
+    };
+    assert_eq!(location, "/settings");
+    assert_eq!(
+        browser.cookie(&site, "better-auth.session_token").unwrap(),
+        cookie
+    );
+    let accounts = json_get(&mut browser, &format!("{site}/api/auth/list-accounts")).await;
+    let providers: Vec<&str> = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["providerId"].as_str().unwrap())
+        .collect();
+    assert_eq!(providers, ["credential", PROVIDER]);
+    let linked = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["providerId"] == PROVIDER)
+        .unwrap()
+        .clone();
+    assert_eq!(linked["accountId"], "lin");
+    assert_eq!(linked["userId"], user_id);
+
+    // Signing in with the provider now reaches the same user.
+    let mut other = Browser::default();
+    let location = sign_in(
+        &mut other,
+        &site,
+        json!({"provider": PROVIDER, "callbackURL": "/home", "newUserCallbackURL": "/welcome"}),
+        "lin",
+    )
+    .await;
+    assert_eq!(location, "/home");
+    let session = json_get(&mut other, &format!("{site}/api/auth/get-session")).await;
+    assert_eq!(session["user"]["id"], user_id);
+    assert_eq!(social.stack.counts().await.0, 1);
+
+    // Unlink: an unknown account is refused; the password account goes; the last stays.
+    let unlink = |browser: &mut Browser, id: Value| {
+        let site = site.clone();
+        let mut browser = browser.clone();
+        async move {
+            browser
+                .send(
+                    reqwest::Method::POST,
+                    &format!("{site}/api/auth/unlink-account"),
+                    None,
+                    Some(&json!({"accountId": id})),
+                )
+                .await
+        }
+    };
+    let r = unlink(&mut browser, json!("no-such-account")).await;
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "ACCOUNT_NOT_FOUND"
+    );
+    let credential = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["providerId"] == "credential")
+        .unwrap()["id"]
+        .clone();
+    let r = unlink(&mut browser, credential).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), json!({"status": true}));
+    let r = unlink(&mut browser, linked["id"].clone()).await;
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "FAILED_TO_UNLINK_LAST_ACCOUNT");
+    assert_eq!(body["message"], "You can't unlink your last account");
+    let accounts = json_get(&mut browser, &format!("{site}/api/auth/list-accounts")).await;
+    assert_eq!(accounts.as_array().unwrap().len(), 1);
 }
