@@ -531,6 +531,23 @@ impl AuthService for GrpcApi {
         )))
     }
 
+    async fn link_id_token(
+        &self,
+        request: Request<pb::LinkIdTokenRequest>,
+    ) -> Result<Response<pb::LinkIdTokenResponse>, Status> {
+        let r = request.into_inner();
+        let t = r.id_token.unwrap_or_default();
+        let link = crate::social::IdTokenSignIn {
+            provider_id: required("provider", &t.provider_id)?.to_owned(),
+            token: required("idToken.token", &t.token)?.to_owned(),
+            nonce: bounded("idToken.nonce", &t.nonce)?.to_owned(),
+            access_token: bounded("idToken.accessToken", &t.access_token)?.to_owned(),
+            user: bounded("idToken.user", &t.user)?.to_owned(),
+        };
+        self.core.link_id_token(&r.cookie_value, &link).await?;
+        Ok(Response::new(pb::LinkIdTokenResponse {}))
+    }
+
     async fn unlink_account(
         &self,
         request: Request<pb::UnlinkAccountRequest>,

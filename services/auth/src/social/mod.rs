@@ -536,15 +536,12 @@ impl AuthCore {
         })
     }
 
-    /// `sign-in/social` with an ID token: verified as Better Auth's `verifyProviderIdToken`,
-    /// the user mapped as the provider maps it, then [`Self::oauth_user`]; the account keeps
-    /// the ID token and the access token the app sent (no refresh token, scope or expiry, as
-    /// Better Auth stores them).
-    pub async fn id_token_sign_in(
+    /// Better Auth's `verifyProviderIdToken` and the provider's mapping of the token's user
+    /// (`sign-in/social` and `link-social` with `idToken`).
+    async fn id_token_user(
         &self,
         r: &IdTokenSignIn,
-        client: &Client,
-    ) -> Result<SessionInfo, AuthError> {
+    ) -> Result<(Arc<Provider>, provider::ProviderUser), AuthError> {
         let provider = self.social.get(&r.provider_id).ok_or_else(|| {
             AuthError::invalid(ErrorCode::PROVIDER_NOT_FOUND, "Provider not found")
         })?;
@@ -603,6 +600,19 @@ impl AuthCore {
                 _ => return Err(no_info()),
             }
         };
+        Ok((provider, user_info))
+    }
+
+    /// `sign-in/social` with an ID token: verified as Better Auth's `verifyProviderIdToken`,
+    /// the user mapped as the provider maps it, then [`Self::oauth_user`]; the account keeps
+    /// the ID token and the access token the app sent (no refresh token, scope or expiry, as
+    /// Better Auth stores them).
+    pub async fn id_token_sign_in(
+        &self,
+        r: &IdTokenSignIn,
+        client: &Client,
+    ) -> Result<SessionInfo, AuthError> {
+        let (provider, user_info) = self.id_token_user(r).await?;
         let Some(email) = user_info.email.clone().filter(|e| !e.is_empty()) else {
             return Err(AuthError::invalid(
                 ErrorCode::USER_EMAIL_NOT_FOUND,
@@ -633,6 +643,79 @@ impl AuthCore {
                 code.replace('_', " "),
             )),
         }
+    }
+
+    /// `link-social` with an ID token (Better Auth's branch of `linkSocialAccount`): the
+    /// account is added to the cookie's user, or refreshed when it is already theirs.
+    pub async fn link_id_token(
+        &self,
+        cookie_value: &str,
+        r: &IdTokenSignIn,
+    ) -> Result<(), AuthError> {
+        let info = self.session(cookie_value).await?;
+        let (provider, user_info) = self.id_token_user(r).await?;
+        if user_info.email.as_deref().is_none_or(str::is_empty) {
+            return Err(AuthError::invalid(
+                ErrorCode::USER_EMAIL_NOT_FOUND,
+                "User email not found",
+            ));
+        }
+        let tokens = ProviderTokens {
+            access_token: (!r.access_token.is_empty()).then(|| r.access_token.clone()),
+            id_token: Some(r.token.clone()),
+            ..ProviderTokens::default()
+        };
+        let now = now_ms();
+        let existing = self
+            .store
+            .account_by_key(&provider.config.id, &user_info.account_id)
+            .await?;
+        match existing {
+            Some((row_id, owner, _)) if owner == info.user.id => {
+                self.store
+                    .update_account_tokens(&row_id, &tokens, now)
+                    .await?;
+                return Ok(());
+            }
+            Some(_) => {
+                return Err(AuthError::invalid(
+                    ErrorCode::SOCIAL_ACCOUNT_ALREADY_LINKED,
+                    "Social account already linked",
+                ));
+            }
+            None => {}
+        }
+        if !self.social.is_trusted(&provider.config.id) && !user_info.email_verified {
+            return Err(AuthError::invalid(
+                ErrorCode::LINKING_NOT_ALLOWED,
+                "Account not linked - linking not allowed",
+            ));
+        }
+        if user_info.email.as_deref().map(str::to_lowercase) != Some(info.user.email.to_lowercase())
+        {
+            return Err(AuthError::invalid(
+                ErrorCode::LINKING_DIFFERENT_EMAILS_NOT_ALLOWED,
+                "Account not linked - different emails not allowed",
+            ));
+        }
+        let account = OAuthAccount {
+            provider_id: provider.config.id.clone(),
+            account_id: user_info.account_id.clone(),
+            tokens,
+            scope: None,
+        };
+        self.store
+            .link_account(&account.row(&info.user.id, now))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "linking failed");
+                AuthError::invalid(
+                    ErrorCode::LINKING_FAILED,
+                    "Account not linked - unable to create account",
+                )
+            })?;
+        tracing::info!(user_id = %info.user.id, provider = %provider.config.id, "account linked with an id token");
+        Ok(())
     }
 
     /// Better Auth's `linkOAuthAccount`: the provider must be trusted or vouch for the address,

@@ -36,8 +36,8 @@ fn unauthorized() -> ApiError {
 }
 
 /// `link-social`: the redirect flow of [`start`] for the signed-in user; the callback links the
-/// provider's account to that user (`{url, redirect}` as sign-in). Linking with an ID token
-/// is not served yet (404 `ID_TOKEN_NOT_SUPPORTED`).
+/// provider's account to that user (`{url, redirect}` as sign-in); with `idToken` the account
+/// is linked at once (`{url: "", status: true, redirect: false}`).
 async fn link_social(
     req: HttpRequest,
     payload: web::Payload,
@@ -46,11 +46,18 @@ async fn link_social(
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let cookie = session_cookie(&req).ok_or_else(unauthorized)?;
     let body = request::body(&req, payload, state.config.max_body_bytes).await?;
-    if body.contains_key("idToken") {
-        return Err(ApiError::new(
-            ErrorCode::ID_TOKEN_NOT_SUPPORTED,
-            "id_token not supported",
-        ));
+    if let Some(id_token) = body.get("idToken") {
+        let provider_id = string_field(&body, "provider", true)?.unwrap_or_default();
+        let request = pb::LinkIdTokenRequest {
+            cookie_value: cookie,
+            id_token: Some(id_token_request(&req, &body, provider_id, id_token)?),
+        };
+        state
+            .auth()
+            .link_id_token(request)
+            .await
+            .map_err(id_token_error)?;
+        return Ok(HttpResponse::Ok().json(json!({"url": "", "status": true, "redirect": false})));
     }
     redirect_start(&req, &state, &body, "provider", false, cookie).await
 }
@@ -223,13 +230,14 @@ async fn redirect_start(
 
 /// `sign-in/social` with `idToken` (`{token, nonce?, accessToken?, refreshToken?, expiresAt?,
 /// user?}`): Better Auth's `{redirect: false, token, user}` and the session cookie.
-async fn id_token_sign_in(
+/// The `idToken` member (`{token, nonce?, accessToken?, refreshToken?, expiresAt?, user?}`)
+/// as auth takes it.
+fn id_token_request(
     req: &HttpRequest,
-    state: &State,
     body: &Map<String, Value>,
     provider_id: String,
     id_token: &Value,
-) -> Result<HttpResponse, ApiError> {
+) -> Result<pb::IdTokenSignInRequest, ApiError> {
     let Value::Object(id_token) = id_token else {
         return Err(invalid_type("idToken", "object", Some(id_token)));
     };
@@ -238,7 +246,7 @@ async fn id_token_sign_in(
             .map(Option::unwrap_or_default)
             .map_err(|_| invalid_type(&format!("idToken.{name}"), "string", id_token.get(name)))
     };
-    let request = pb::IdTokenSignInRequest {
+    Ok(pb::IdTokenSignInRequest {
         provider_id,
         token: field("token", true)?,
         nonce: field("nonce", false)?,
@@ -251,21 +259,38 @@ async fn id_token_sign_in(
             .unwrap_or_default(),
         request_sign_up: bool_field(body, "requestSignUp")?,
         client: Some(client_info(req)),
-    };
-    let r = match state.auth().id_token_sign_in(request).await {
-        Ok(r) => r.into_inner(),
-        Err(status) => {
-            let mut error = ApiError::from(status);
-            if error.code == ErrorCode::INVALID_ID_TOKEN {
-                // Better Auth's name for it, with 401 (its reset-token `INVALID_TOKEN` is 400).
-                error.code = ErrorCode {
-                    code: "INVALID_TOKEN",
-                    ..ErrorCode::INVALID_ID_TOKEN
-                };
-            }
-            return Err(error);
-        }
-    };
+    })
+}
+
+/// An error of an ID-token call, with Better Auth's name for a refused token (`INVALID_TOKEN`,
+/// 401; its reset-token `INVALID_TOKEN` is 400, so auth names this one apart).
+fn id_token_error(status: tonic::Status) -> ApiError {
+    let mut error = ApiError::from(status);
+    if error.code == ErrorCode::INVALID_ID_TOKEN {
+        error.code = ErrorCode {
+            code: "INVALID_TOKEN",
+            ..ErrorCode::INVALID_ID_TOKEN
+        };
+    }
+    error
+}
+
+/// `sign-in/social` with `idToken`: Better Auth's `{redirect: false, token, user}` and the
+/// session cookie.
+async fn id_token_sign_in(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+    provider_id: String,
+    id_token: &Value,
+) -> Result<HttpResponse, ApiError> {
+    let request = id_token_request(req, body, provider_id, id_token)?;
+    let r = state
+        .auth()
+        .id_token_sign_in(request)
+        .await
+        .map_err(id_token_error)?
+        .into_inner();
     Ok(crate::routes::auth::opened_session(
         req,
         r,

@@ -880,6 +880,65 @@ async fn built_in_providers_sign_in_against_stand_in_endpoints() {
         r.json::<Value>().await.unwrap()["code"],
         "ID_TOKEN_NOT_SUPPORTED"
     );
+
+    // link-social with a Google ID token, for a user who signed up with a password.
+    let (_, cookie) = crate::sign_up(&stack, "linker@example.com").await;
+    let link = |token: String| {
+        let (site, cookie) = (site.clone(), cookie.clone());
+        async move {
+            crate::http()
+                .post(format!("{site}/api/auth/link-social"))
+                .header("origin", site.clone())
+                .header("cookie", format!("better-auth.session_token={cookie}"))
+                .json(&json!({"provider": "google", "idToken": {"token": token}}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let for_linker = |sub: &str, email: &str| {
+        let mut c = claims.clone();
+        c["sub"] = json!(sub);
+        c["email"] = json!(email);
+        c.as_object_mut().unwrap().remove("nonce");
+        c
+    };
+    let r = link(mint(for_linker("linker-g", "someone@example.com")).await).await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "LINKING_DIFFERENT_EMAILS_NOT_ALLOWED"
+    );
+    let r = link(mint(for_linker("app-user", "linker@example.com")).await).await;
+    assert_eq!(r.status(), 409, "the account is another user's");
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "SOCIAL_ACCOUNT_ALREADY_LINKED"
+    );
+    let before = stack.counts().await;
+    let r = link(mint(for_linker("linker-g", "linker@example.com")).await).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"url": "", "status": true, "redirect": false})
+    );
+    assert_eq!(stack.counts().await.2, before.2 + 1);
+    let accounts: Value = crate::http()
+        .get(format!("{site}/api/auth/list-accounts"))
+        .header("cookie", format!("better-auth.session_token={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let providers: Vec<&str> = accounts
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["providerId"].as_str().unwrap())
+        .collect();
+    assert_eq!(providers, ["credential", "google"]);
 }
 
 #[tokio::test]
