@@ -191,6 +191,28 @@ impl Verifier {
         })
     }
 
+    /// From a third party's JWKS (an OpenID provider's `jwks_uri`): keys this crate cannot
+    /// verify with (encryption keys, other algorithms, no `kid`) are skipped instead of failing
+    /// the set, since providers publish them beside their signing keys.
+    pub fn from_foreign_jwks(value: &Value) -> Result<Verifier, KeyError> {
+        let keys = value
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| KeyError::InvalidJwks("expected {\"keys\": [...]}".into()))?;
+        let keys = keys
+            .iter()
+            .filter_map(Value::as_object)
+            .filter_map(|jwk| {
+                let kid = jwk.get("kid")?.as_str()?.to_owned();
+                Some((kid, VerifyKey::from_jwk(jwk).ok()?))
+            })
+            .collect();
+        Ok(Verifier {
+            keys,
+            ..Verifier::default()
+        })
+    }
+
     /// Requires `iss` to equal `issuer`.
     pub fn with_issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuer = Some(issuer.into());

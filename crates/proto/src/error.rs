@@ -63,6 +63,20 @@ codes! {
     CHANGE_EMAIL_DISABLED = ("CHANGE_EMAIL_DISABLED", 400, FailedPrecondition);
     INVALID_REDIRECT_URL = ("INVALID_REDIRECT_URL", 403, PermissionDenied);
     INVALID_USER = ("INVALID_USER", 400, InvalidArgument);
+    PROVIDER_NOT_FOUND = ("PROVIDER_NOT_FOUND", 404, NotFound);
+    ID_TOKEN_NOT_SUPPORTED = ("ID_TOKEN_NOT_SUPPORTED", 404, NotFound);
+    // Better Auth answers a refused ID token `INVALID_TOKEN` with 401 (a reset token: 400);
+    // the gateway renames this one.
+    INVALID_ID_TOKEN = ("INVALID_ID_TOKEN", 401, Unauthenticated);
+    FAILED_TO_GET_USER_INFO = ("FAILED_TO_GET_USER_INFO", 401, Unauthenticated);
+    USER_EMAIL_NOT_FOUND = ("USER_EMAIL_NOT_FOUND", 401, Unauthenticated);
+    OAUTH_LINK_ERROR = ("OAUTH_LINK_ERROR", 401, Unauthenticated);
+    FAILED_TO_UNLINK_LAST_ACCOUNT = ("FAILED_TO_UNLINK_LAST_ACCOUNT", 400, FailedPrecondition);
+    ACCOUNT_NOT_FOUND = ("ACCOUNT_NOT_FOUND", 400, NotFound);
+    SOCIAL_ACCOUNT_ALREADY_LINKED = ("SOCIAL_ACCOUNT_ALREADY_LINKED", 409, AlreadyExists);
+    LINKING_NOT_ALLOWED = ("LINKING_NOT_ALLOWED", 401, Unauthenticated);
+    LINKING_DIFFERENT_EMAILS_NOT_ALLOWED = ("LINKING_DIFFERENT_EMAILS_NOT_ALLOWED", 401, Unauthenticated);
+    LINKING_FAILED = ("LINKING_FAILED", 417, FailedPrecondition);
 }
 
 impl ErrorCode {

@@ -156,3 +156,46 @@ pub async fn node(script: &str, args: &[String]) -> serde_json::Value {
         )
     })
 }
+
+/// A long-running script of `tests/node` (a server: an OpenID provider, a Better Auth site),
+/// killed when dropped.
+pub struct NodeServer {
+    _child: tokio::process::Child,
+    /// The JSON line the script printed once it was ready.
+    pub ready: serde_json::Value,
+}
+
+/// Starts `script` with `arg` (one JSON argument) and waits, up to 30 s, for the first JSON
+/// line it prints (its readiness: the address it listens on).
+pub async fn node_server(script: &str, arg: &serde_json::Value) -> NodeServer {
+    use tokio::io::AsyncBufReadExt;
+    let dir = workspace_root().join("tests/node");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "npm packages missing: run `npm ci --prefix tests/node`"
+    );
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .arg(script)
+        .arg(arg.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("{script} printed nothing within 30 s"))
+        .expect("read node stdout")
+        .unwrap_or_else(|| panic!("{script} exited before it was ready"));
+    let ready = serde_json::from_str(&line)
+        .unwrap_or_else(|_| panic!("{script} printed {line:?}, not JSON"));
+    // Keep reading so the script never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    NodeServer {
+        _child: child,
+        ready,
+    }
+}

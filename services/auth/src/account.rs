@@ -97,6 +97,38 @@ impl AuthCore {
                 < Duration::from_std(fresh_age).unwrap_or(Duration::MAX)
     }
 
+    /// `unlink-account`: removes the user's account row `account_id` unless it is the last
+    /// (Better Auth's `allowUnlinkingAll` is off); the session must be fresh.
+    pub async fn unlink_account(
+        &self,
+        cookie_value: &str,
+        account_id: &str,
+    ) -> Result<(), AuthError> {
+        let info = self.session(cookie_value).await?;
+        if !self.is_fresh(&info.session) {
+            return Err(AuthError::invalid(
+                ErrorCode::SESSION_NOT_FRESH,
+                "Session is not fresh",
+            ));
+        }
+        let accounts = self.store.accounts_of_user(&info.user.id).await?;
+        if accounts.len() == 1 {
+            return Err(AuthError::invalid(
+                ErrorCode::FAILED_TO_UNLINK_LAST_ACCOUNT,
+                "You can't unlink your last account",
+            ));
+        }
+        if !accounts.iter().any(|a| a.id == account_id) {
+            return Err(AuthError::invalid(
+                ErrorCode::ACCOUNT_NOT_FOUND,
+                "Account not found",
+            ));
+        }
+        self.store.delete_account(account_id, &info.user.id).await?;
+        tracing::info!(user_id = %info.user.id, "account unlinked");
+        Ok(())
+    }
+
     /// The user's live sessions; refused past `freshAge` as Better Auth 1.7 does.
     pub async fn list_sessions(&self, cookies: Cookies<'_>) -> Result<Vec<Session>, AuthError> {
         let info = self.session_of(cookies).await?;

@@ -102,6 +102,12 @@ pub struct Config {
     pub account: AccountOptions,
     /// `SMTP_URL`, `EMAIL_FROM`, `AUTH_EMAIL_TEMPLATES_DIR`.
     pub mail: crate::mail::MailConfig,
+    /// `AUTH_SOCIAL_PROVIDERS` with each provider's `AUTH_<ID>_*` settings.
+    pub social_providers: Vec<crate::social::ProviderConfig>,
+    /// `AUTH_TRUSTED_PROVIDERS` (Better Auth's `accountLinking.trustedProviders`): providers
+    /// whose addresses link to an existing user even when they do not say the address is
+    /// verified.
+    pub trusted_providers: Vec<String>,
 }
 
 /// Better Auth's options for the account, session and email routes, with its defaults.
@@ -195,6 +201,8 @@ impl Config {
             ssl_cert_file: None,
             account: AccountOptions::defaults("http://localhost:8080"),
             mail: crate::mail::MailConfig::default(),
+            social_providers: Vec::new(),
+            trusted_providers: Vec::new(),
         }
     }
 
@@ -339,6 +347,8 @@ impl Config {
             config.password_hash_budget.wait = Duration::from_millis(ms);
         }
         account_from_env(&get, &mut config)?;
+        (config.social_providers, config.trusted_providers) =
+            crate::social::config::from_env(&get)?;
         Ok(config)
     }
 }

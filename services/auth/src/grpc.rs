@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 
 use crate::account::{CookieRenewal, Revoke};
 use crate::service::{AuthCore, Client, Cookies, SessionInfo, SignedUp, js_date};
+use crate::social::{SocialCallback, SocialStart};
 use crate::store::{AccountRow, RevocationRow, Session, User};
 
 const MAX_FIELD_LEN: usize = 4096;
@@ -478,6 +479,117 @@ impl AuthService for GrpcApi {
             user: changed.user.as_ref().map(user_pb),
             revocations: changed.revocations.iter().map(revocation_pb).collect(),
         }))
+    }
+
+    async fn start_social_sign_in(
+        &self,
+        request: Request<pb::StartSocialSignInRequest>,
+    ) -> Result<Response<pb::StartSocialSignInResponse>, Status> {
+        let r = request.into_inner();
+        if r.scopes.len() > 64 {
+            return Err(ErrorCode::VALIDATION_ERROR.to_status("[body.scopes] too many scopes"));
+        }
+        for scope in &r.scopes {
+            bounded("scopes", scope)?;
+        }
+        let start = SocialStart {
+            provider_id: required("provider", &r.provider_id)?.to_owned(),
+            callback_url: bounded("callbackURL", &r.callback_url)?.to_owned(),
+            error_callback_url: bounded("errorCallbackURL", &r.error_callback_url)?.to_owned(),
+            new_user_callback_url: bounded("newUserCallbackURL", &r.new_user_callback_url)?
+                .to_owned(),
+            scopes: r.scopes,
+            login_hint: bounded("loginHint", &r.login_hint)?.to_owned(),
+            request_sign_up: r.request_sign_up,
+            oauth2_path: r.oauth2_path,
+            link_cookie_value: r.link_cookie_value,
+        };
+        let started = self.core.social_start(&start, &client(r.client)).await?;
+        Ok(Response::new(pb::StartSocialSignInResponse {
+            url: started.url,
+            state_cookie_value: started.state_cookie,
+            state_cookie_max_age_seconds: crate::social::STATE_COOKIE_MAX_AGE,
+        }))
+    }
+
+    async fn finish_social_sign_in(
+        &self,
+        request: Request<pb::FinishSocialSignInRequest>,
+    ) -> Result<Response<pb::FinishSocialSignInResponse>, Status> {
+        let r = request.into_inner();
+        let callback = SocialCallback {
+            provider_id: bounded("id", &r.provider_id)?.to_owned(),
+            code: bounded("code", &r.code)?.to_owned(),
+            state: bounded("state", &r.state)?.to_owned(),
+            error: bounded("error", &r.error)?.to_owned(),
+            error_description: bounded("error_description", &r.error_description)?.to_owned(),
+            iss: bounded("iss", &r.iss)?.to_owned(),
+            state_cookie: bounded("state", &r.state_cookie)?.to_owned(),
+            oauth2_path: r.oauth2_path,
+            user: bounded("user", &r.user)?.to_owned(),
+        };
+        let finished = self
+            .core
+            .social_callback(&callback, &client(r.client))
+            .await?;
+        Ok(Response::new(pb::FinishSocialSignInResponse {
+            location: finished.location,
+            session: finished
+                .session
+                .map(|info| session_response(info, &self.core.config.secret)),
+            clear_state_cookie: finished.clear_state_cookie,
+        }))
+    }
+
+    async fn id_token_sign_in(
+        &self,
+        request: Request<pb::IdTokenSignInRequest>,
+    ) -> Result<Response<pb::SessionResponse>, Status> {
+        let r = request.into_inner();
+        let sign_in = crate::social::IdTokenSignIn {
+            provider_id: required("provider", &r.provider_id)?.to_owned(),
+            token: required("idToken.token", &r.token)?.to_owned(),
+            nonce: bounded("idToken.nonce", &r.nonce)?.to_owned(),
+            access_token: bounded("idToken.accessToken", &r.access_token)?.to_owned(),
+            user: bounded("idToken.user", &r.user)?.to_owned(),
+        };
+        let info = self
+            .core
+            .id_token_sign_in(&sign_in, &client(r.client))
+            .await?;
+        Ok(Response::new(session_response(
+            info,
+            &self.core.config.secret,
+        )))
+    }
+
+    async fn link_id_token(
+        &self,
+        request: Request<pb::LinkIdTokenRequest>,
+    ) -> Result<Response<pb::LinkIdTokenResponse>, Status> {
+        let r = request.into_inner();
+        let t = r.id_token.unwrap_or_default();
+        let link = crate::social::IdTokenSignIn {
+            provider_id: required("provider", &t.provider_id)?.to_owned(),
+            token: required("idToken.token", &t.token)?.to_owned(),
+            nonce: bounded("idToken.nonce", &t.nonce)?.to_owned(),
+            access_token: bounded("idToken.accessToken", &t.access_token)?.to_owned(),
+            user: bounded("idToken.user", &t.user)?.to_owned(),
+        };
+        self.core.link_id_token(&r.cookie_value, &link).await?;
+        Ok(Response::new(pb::LinkIdTokenResponse {}))
+    }
+
+    async fn unlink_account(
+        &self,
+        request: Request<pb::UnlinkAccountRequest>,
+    ) -> Result<Response<pb::UnlinkAccountResponse>, Status> {
+        let r = request.into_inner();
+        let account_id = bounded("accountId", &r.account_id)?;
+        self.core
+            .unlink_account(&r.cookie_value, account_id)
+            .await?;
+        Ok(Response::new(pb::UnlinkAccountResponse {}))
     }
 
     type WatchRevocationsStream = RevocationStream;

@@ -16,6 +16,7 @@ mod metrics;
 mod ratelimit;
 pub mod revocations;
 pub mod service;
+pub mod social;
 pub mod store;
 
 use std::future::Future;
@@ -80,7 +81,11 @@ impl Application {
         let grpc_addr = grpc.local_addr()?;
         let http_addr = http.local_addr()?;
         let mailer = mail::Mailer::new(&config.mail, &trust).context("invalid mail settings")?;
-        let core = Arc::new(AuthCore::new(config, store, Arc::new(keys), hub).with_mailer(mailer));
+        let core = Arc::new(
+            AuthCore::new(config, store, Arc::new(keys), hub)
+                .with_mailer(mailer)
+                .with_trust(&trust),
+        );
         Ok(Application {
             core,
             listener,

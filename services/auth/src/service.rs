@@ -99,6 +99,8 @@ pub struct AuthCore {
     /// go to another replica instead of holding this one open.
     pub(crate) stopping: tokio::sync::watch::Sender<bool>,
     pub(crate) mailer: crate::mail::Mailer,
+    /// The social providers of `AUTH_SOCIAL_PROVIDERS`, with their cached discovery and keys.
+    pub(crate) social: crate::social::Providers,
 }
 
 pub(crate) const MAX_NAME_LEN: usize = 256;
@@ -218,7 +220,27 @@ impl AuthCore {
                 &edge_tls::Trust::empty(),
             )
             .expect("the default mail settings are valid"),
+            social: crate::social::Providers::default(),
         }
+        .with_trust(&edge_tls::Trust::empty())
+    }
+
+    /// The same core reaching social providers through `trust` (the OS roots plus
+    /// `SSL_CERT_FILE`).
+    pub fn with_trust(mut self, trust: &edge_tls::Trust) -> Self {
+        let http = trust
+            .http_client()
+            // Better Auth refuses redirects from token endpoints; discovery and keys are
+            // fetched from the URLs the provider names.
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an http client with the service's trust store");
+        self.social = crate::social::Providers::new(
+            &self.config.social_providers,
+            &self.config.trusted_providers,
+            http,
+        );
+        self
     }
 
     /// The same core sending mail through `mailer`.

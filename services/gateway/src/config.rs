@@ -17,6 +17,9 @@ pub struct Config {
     /// Origins allowed to POST to `/api/auth/*` besides the gateway's own
     /// (`GATEWAY_TRUSTED_ORIGINS`, comma-separated), as Better Auth's `trustedOrigins`.
     pub trusted_origins: Vec<String>,
+    /// The social provider ids of `AUTH_SOCIAL_PROVIDERS` (auth's setting, read here for the
+    /// ids alone): template mode offers a "Sign in with …" button for each.
+    pub social_providers: Vec<String>,
     /// `GATEWAY_TRUSTED_PROXIES` (comma-separated CIDRs): peers whose `X-Forwarded-For`,
     /// `Forwarded` and `X-Forwarded-Proto`/`-Host` are believed; empty: nobody's.
     pub trusted_proxies: TrustedProxies,
@@ -83,6 +86,7 @@ impl Config {
             auth_grpc_url: "http://127.0.0.1:50051".into(),
             query_grpc_url: "http://127.0.0.1:50052".into(),
             trusted_origins: Vec::new(),
+            social_providers: Vec::new(),
             trusted_proxies: TrustedProxies::default(),
             max_body_bytes: 64 * 1024,
             auth_timeout: std::time::Duration::from_secs(5),
@@ -250,6 +254,14 @@ impl Config {
                 });
             }
             None => config.ssr = Ssr::Pages(pages_dir.map(PathBuf::from)),
+        }
+        if let Some(v) = get("AUTH_SOCIAL_PROVIDERS") {
+            config.social_providers = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(v) = get("GATEWAY_TRUSTED_ORIGINS") {
             config.trusted_origins = v

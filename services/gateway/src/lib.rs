@@ -332,6 +332,7 @@ impl Application {
                 })
                 .configure(routes::auth::configure)
                 .configure(routes::account::configure)
+                .configure(routes::social::configure)
                 .configure(routes::ops::configure)
                 .configure(|cfg| configure_pages(cfg, &state))
                 .default_service(web::to(fallback))

@@ -178,6 +178,8 @@ macro_rules! insert_session {
 
 mod account;
 pub use account::{AccountRow, EndScope};
+mod social;
+pub use social::{ProviderTokens, SocialAccount};
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())

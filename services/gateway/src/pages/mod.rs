@@ -419,6 +419,7 @@ pub async fn render(
         user => viewer.user,
         params => params,
         path => req.path(),
+        social_providers => social_buttons(&state.config.social_providers),
         convex_edge => minijinja::Value::from_safe_string(head),
     };
     let html = match pages
@@ -450,6 +451,24 @@ pub async fn client_js() -> HttpResponse {
         .content_type("text/javascript; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
         .body(CLIENT_JS)
+}
+
+/// `social_providers` in templates: `[{id, name}]`, with Better Auth's names for its built-in
+/// providers and the id itself for any other.
+fn social_buttons(ids: &[String]) -> Vec<Value> {
+    ids.iter()
+        .map(|id| {
+            let name = match id.as_str() {
+                "google" => "Google",
+                "github" => "GitHub",
+                "apple" => "Apple",
+                "microsoft" => "Microsoft",
+                "discord" => "Discord",
+                other => other,
+            };
+            json!({"id": id, "name": name})
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod ops;
 pub mod proxy;
 pub mod ratelimit;
 pub mod request;
+pub mod social;
 
 use actix_web::HttpRequest;
 use actix_web::http::header;

@@ -14,6 +14,7 @@ mod proxy;
 mod revocation;
 mod revocation_faults;
 mod routes;
+mod social;
 mod tls;
 
 use std::net::SocketAddr;
@@ -71,6 +72,16 @@ impl Stack {
         db: edge_testkit::TestDb,
         tweak: impl FnOnce(&mut edge_auth::Config),
     ) -> Stack {
+        Self::start_at(db, "127.0.0.1:0".parse().unwrap(), tweak).await
+    }
+
+    /// [`Stack::start_on`] with the gateway on `gateway_addr` (a site whose URL must be known
+    /// before it starts: OAuth redirect URIs).
+    pub async fn start_at(
+        db: edge_testkit::TestDb,
+        gateway_addr: SocketAddr,
+        tweak: impl FnOnce(&mut edge_auth::Config),
+    ) -> Stack {
         let mut config = auth_config(&db.url);
         tweak(&mut config);
         let auth = edge_auth::Application::build(config)
@@ -78,7 +89,7 @@ impl Stack {
             .expect("auth builds");
         let (auth_http, auth_grpc, core) = (auth.http_addr(), auth.grpc_addr(), auth.core());
         let mut gateway_config = edge_gateway::Config::local();
-        gateway_config.http_addr = "127.0.0.1:0".parse().unwrap();
+        gateway_config.http_addr = gateway_addr;
         gateway_config.auth_grpc_url = format!("http://{}", auth.grpc_addr());
         gateway_config.workers = 1;
         // These tests drive the read routes from one address far past Better Auth's default

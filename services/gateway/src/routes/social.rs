@@ -1,0 +1,411 @@
+//! Better Auth's social sign-in routes: `POST /api/auth/sign-in/social` (and Better Auth
+//! 1.6's genericOAuth `POST /api/auth/sign-in/oauth2`) answer `{url, redirect}` with the
+//! signed `state` cookie; `GET /api/auth/callback/:id` (and `/oauth2/callback/:providerId`)
+//! hand the provider's redirect to auth and answer its redirect with the session cookie.
+//! Each is one gRPC call to auth.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use edge_proto::auth::v1 as pb;
+use edge_proto::error::ErrorCode;
+use serde_json::{Map, Value, json};
+
+use crate::State;
+use crate::error::ApiError;
+use crate::routes::auth::{client_info, invalid_type, string_field};
+use crate::routes::request::{self, Csrf, check_origin};
+use crate::routes::{
+    client_view, dont_remember_cookie, expire_dont_remember, is_https, session_cookie, set_cookie,
+};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/auth/sign-in/social", web::post().to(sign_in_social))
+        .route("/api/auth/sign-in/oauth2", web::post().to(sign_in_oauth2))
+        .route("/api/auth/callback/{id}", web::get().to(callback))
+        .route("/api/auth/callback/{id}", web::post().to(callback_post))
+        .route(
+            "/api/auth/oauth2/callback/{id}",
+            web::get().to(callback_oauth2),
+        )
+        .route("/api/auth/link-social", web::post().to(link_social))
+        .route("/api/auth/unlink-account", web::post().to(unlink_account));
+}
+
+fn unauthorized() -> ApiError {
+    ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized")
+}
+
+/// `link-social`: the redirect flow of [`start`] for the signed-in user; the callback links the
+/// provider's account to that user (`{url, redirect}` as sign-in); with `idToken` the account
+/// is linked at once (`{url: "", status: true, redirect: false}`).
+async fn link_social(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state, Csrf::CookieBearing)?;
+    let cookie = session_cookie(&req).ok_or_else(unauthorized)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    if let Some(id_token) = body.get("idToken") {
+        let provider_id = string_field(&body, "provider", true)?.unwrap_or_default();
+        let request = pb::LinkIdTokenRequest {
+            cookie_value: cookie,
+            id_token: Some(id_token_request(&req, &body, provider_id, id_token)?),
+        };
+        state
+            .auth()
+            .link_id_token(request)
+            .await
+            .map_err(id_token_error)?;
+        return Ok(HttpResponse::Ok().json(json!({"url": "", "status": true, "redirect": false})));
+    }
+    redirect_start(&req, &state, &body, "provider", false, cookie).await
+}
+
+/// `unlink-account` (`{accountId}`: the account row's id): `{"status": true}`.
+async fn unlink_account(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state, Csrf::CookieBearing)?;
+    let cookie_value = session_cookie(&req).ok_or_else(unauthorized)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let account_id = string_field(&body, "accountId", true)?.unwrap_or_default();
+    state
+        .auth()
+        .unlink_account(pb::UnlinkAccountRequest {
+            cookie_value,
+            account_id,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"status": true})))
+}
+
+/// Better Auth's `state` cookie name (`__Secure-` prefixed over https).
+fn state_cookie_name(req: &HttpRequest) -> &'static str {
+    if is_https(req) {
+        "__Secure-better-auth.state"
+    } else {
+        "better-auth.state"
+    }
+}
+
+fn state_cookie_header(req: &HttpRequest, value: &str, max_age: i64) -> String {
+    let name = state_cookie_name(req);
+    let secure = if is_https(req) { " Secure;" } else { "" };
+    format!("{name}={value}; Max-Age={max_age}; Path=/; HttpOnly;{secure} SameSite=Lax")
+}
+
+fn state_cookie(req: &HttpRequest) -> String {
+    let name = state_cookie_name(req);
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| edge_keys::cookie::named_from_header(h, name))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A URL field of the body checked as Better Auth's origin check does (`callbackURL`,
+/// `errorCallbackURL`, `newUserCallbackURL`): a relative path or a trusted origin, else 403
+/// `INVALID_CALLBACK_URL` (its code names every one of them so).
+fn url_field(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+    name: &str,
+) -> Result<String, ApiError> {
+    let Some(value) = body.get(name) else {
+        return Ok(String::new());
+    };
+    if !value.is_string() {
+        return Err(invalid_type(name, "string", Some(value)));
+    }
+    let mut one = Map::new();
+    one.insert("callbackURL".into(), value.clone());
+    Ok(request::callback_url(req, state, &one)?.unwrap_or_default())
+}
+
+fn bool_field(body: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
+    match body.get(name) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        other => Err(invalid_type(name, "boolean", other)),
+    }
+}
+
+fn scopes(body: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
+    match body.get("scopes") {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(invalid_type("scopes", "string", Some(other))),
+            })
+            .collect(),
+        other => Err(invalid_type("scopes", "array", other)),
+    }
+}
+
+async fn sign_in_social(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    start(req, payload, state, "provider", false).await
+}
+
+async fn sign_in_oauth2(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    start(req, payload, state, "providerId", true).await
+}
+
+async fn start(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<State>,
+    provider_field: &str,
+    oauth2_path: bool,
+) -> Result<HttpResponse, ApiError> {
+    check_origin(&req, &state, Csrf::CookieBearing)?;
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let provider_id = string_field(&body, provider_field, true)?.unwrap_or_default();
+    if let Some(id_token) = body.get("idToken") {
+        return id_token_sign_in(&req, &state, &body, provider_id, id_token).await;
+    }
+    redirect_start(
+        &req,
+        &state,
+        &body,
+        provider_field,
+        oauth2_path,
+        String::new(),
+    )
+    .await
+}
+
+/// The redirect flow: auth stores the state and names the provider's URL; the answer sets
+/// the `state` cookie. `link_cookie` (link-social) names the session to link to.
+async fn redirect_start(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+    provider_field: &str,
+    oauth2_path: bool,
+    link_cookie: String,
+) -> Result<HttpResponse, ApiError> {
+    let request = pb::StartSocialSignInRequest {
+        provider_id: string_field(body, provider_field, true)?.unwrap_or_default(),
+        callback_url: url_field(req, state, body, "callbackURL")?,
+        error_callback_url: url_field(req, state, body, "errorCallbackURL")?,
+        new_user_callback_url: url_field(req, state, body, "newUserCallbackURL")?,
+        scopes: scopes(body)?,
+        login_hint: string_field(body, "loginHint", false)?.unwrap_or_default(),
+        request_sign_up: bool_field(body, "requestSignUp")?,
+        client: Some(client_info(req)),
+        oauth2_path,
+        link_cookie_value: link_cookie,
+    };
+    let disable_redirect = bool_field(body, "disableRedirect")?;
+    let r = state
+        .auth()
+        .start_social_sign_in(request)
+        .await?
+        .into_inner();
+    let mut response = HttpResponse::Ok();
+    response.append_header((
+        header::SET_COOKIE,
+        state_cookie_header(req, &r.state_cookie_value, r.state_cookie_max_age_seconds),
+    ));
+    if !disable_redirect {
+        response.append_header((header::LOCATION, r.url.as_str()));
+    }
+    Ok(response.json(json!({"url": r.url, "redirect": !disable_redirect})))
+}
+
+/// `sign-in/social` with `idToken` (`{token, nonce?, accessToken?, refreshToken?, expiresAt?,
+/// user?}`): Better Auth's `{redirect: false, token, user}` and the session cookie.
+/// The `idToken` member (`{token, nonce?, accessToken?, refreshToken?, expiresAt?, user?}`)
+/// as auth takes it.
+fn id_token_request(
+    req: &HttpRequest,
+    body: &Map<String, Value>,
+    provider_id: String,
+    id_token: &Value,
+) -> Result<pb::IdTokenSignInRequest, ApiError> {
+    let Value::Object(id_token) = id_token else {
+        return Err(invalid_type("idToken", "object", Some(id_token)));
+    };
+    let field = |name: &str, required: bool| {
+        string_field(id_token, name, required)
+            .map(Option::unwrap_or_default)
+            .map_err(|_| invalid_type(&format!("idToken.{name}"), "string", id_token.get(name)))
+    };
+    Ok(pb::IdTokenSignInRequest {
+        provider_id,
+        token: field("token", true)?,
+        nonce: field("nonce", false)?,
+        access_token: field("accessToken", false)?,
+        refresh_token: field("refreshToken", false)?,
+        user: id_token
+            .get("user")
+            .filter(|u| u.is_object())
+            .map(Value::to_string)
+            .unwrap_or_default(),
+        request_sign_up: bool_field(body, "requestSignUp")?,
+        client: Some(client_info(req)),
+    })
+}
+
+/// An error of an ID-token call, with Better Auth's name for a refused token (`INVALID_TOKEN`,
+/// 401; its reset-token `INVALID_TOKEN` is 400, so auth names this one apart).
+fn id_token_error(status: tonic::Status) -> ApiError {
+    let mut error = ApiError::from(status);
+    if error.code == ErrorCode::INVALID_ID_TOKEN {
+        error.code = ErrorCode {
+            code: "INVALID_TOKEN",
+            ..ErrorCode::INVALID_ID_TOKEN
+        };
+    }
+    error
+}
+
+/// `sign-in/social` with `idToken`: Better Auth's `{redirect: false, token, user}` and the
+/// session cookie.
+async fn id_token_sign_in(
+    req: &HttpRequest,
+    state: &State,
+    body: &Map<String, Value>,
+    provider_id: String,
+    id_token: &Value,
+) -> Result<HttpResponse, ApiError> {
+    let request = id_token_request(req, body, provider_id, id_token)?;
+    let r = state
+        .auth()
+        .id_token_sign_in(request)
+        .await
+        .map_err(id_token_error)?
+        .into_inner();
+    Ok(crate::routes::auth::opened_session(
+        req,
+        r,
+        json!({"redirect": false}),
+    ))
+}
+
+/// The callback's query (Better Auth's schema: every member an optional string).
+#[derive(Debug, Default, serde::Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    iss: Option<String>,
+    user: Option<String>,
+}
+
+async fn callback(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    finish(req, id.into_inner(), state, false).await
+}
+
+async fn callback_oauth2(
+    req: HttpRequest,
+    id: web::Path<String>,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    finish(req, id.into_inner(), state, true).await
+}
+
+/// A provider posting its answer (`response_mode=form_post`, Apple): Better Auth redirects it
+/// to the GET callback with the body's and query's members as the query.
+async fn callback_post(
+    req: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<State>,
+) -> Result<HttpResponse, ApiError> {
+    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let mut merged: Vec<(String, String)> = Vec::new();
+    for name in [
+        "code",
+        "error",
+        "device_id",
+        "error_description",
+        "state",
+        "user",
+        "iss",
+    ] {
+        let from_query = query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone());
+        let from_body = body.get(name).and_then(Value::as_str).map(str::to_owned);
+        if let Some(v) = from_query.or(from_body) {
+            merged.push((name.to_owned(), v));
+        }
+    }
+    let query = serde_urlencoded::to_string(&merged).unwrap_or_default();
+    // The site as the client reached it (the gateway holds no BETTER_AUTH_URL of its own).
+    let origin = client_view(&req).origin();
+    Ok(HttpResponse::Found()
+        .insert_header((
+            header::LOCATION,
+            format!("{origin}/api/auth/callback/{}?{query}", id.into_inner()),
+        ))
+        .finish())
+}
+
+async fn finish(
+    req: HttpRequest,
+    provider_id: String,
+    state: web::Data<State>,
+    oauth2_path: bool,
+) -> Result<HttpResponse, ApiError> {
+    let query = web::Query::<CallbackQuery>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .unwrap_or_default();
+    let request = pb::FinishSocialSignInRequest {
+        provider_id,
+        code: query.code.unwrap_or_default(),
+        state: query.state.unwrap_or_default(),
+        error: query.error.unwrap_or_default(),
+        error_description: query.error_description.unwrap_or_default(),
+        iss: query.iss.unwrap_or_default(),
+        state_cookie: state_cookie(&req),
+        client: Some(client_info(&req)),
+        oauth2_path,
+        user: query.user.unwrap_or_default(),
+    };
+    let r = state
+        .auth()
+        .finish_social_sign_in(request)
+        .await?
+        .into_inner();
+    let mut response = HttpResponse::Found();
+    if r.clear_state_cookie {
+        response.append_header((header::SET_COOKIE, state_cookie_header(&req, "", 0)));
+    }
+    if let Some(session) = &r.session {
+        response.append_header((
+            header::SET_COOKIE,
+            set_cookie(&req, &session.cookie_value, session.cookie_max_age_seconds),
+        ));
+        // Better Auth's `setSessionCookie`: a remembered session replaces a browser-session one.
+        if !dont_remember_cookie(&req).is_empty() {
+            response.append_header((header::SET_COOKIE, expire_dont_remember(&req)));
+        }
+    }
+    response.insert_header((header::LOCATION, r.location.as_str()));
+    Ok(response.finish())
+}
