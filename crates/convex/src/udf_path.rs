@@ -21,7 +21,7 @@ impl UdfPath {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         if !module.split('/').all(ident) || !ident(export) {
-            return Err(format!("invalid function path `{raw}`"));
+            return Err(format!("invalid function path `{}`", excerpt(raw)));
         }
         Ok(UdfPath(format!("{module}:{export}")))
     }
@@ -30,13 +30,28 @@ impl UdfPath {
     pub fn from_run_path(raw: &str) -> Result<UdfPath, String> {
         let (module, export) = raw
             .rsplit_once('/')
-            .ok_or_else(|| format!("invalid function path `{raw}`"))?;
+            .ok_or_else(|| format!("invalid function path `{}`", excerpt(raw)))?;
         UdfPath::parse(&format!("{module}:{export}"))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// At most the first 100 bytes of `raw` (cut at a character boundary, `…` after), for error
+/// messages: a socket keeps a failed query's message while the query is in its set, and a
+/// client decides how long the path it sends is.
+pub fn excerpt(raw: &str) -> std::borrow::Cow<'_, str> {
+    const MAX: usize = 100;
+    if raw.len() <= MAX {
+        return raw.into();
+    }
+    let mut end = MAX;
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &raw[..end]).into()
 }
 
 impl fmt::Display for UdfPath {

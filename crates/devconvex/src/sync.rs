@@ -139,7 +139,7 @@ impl SyncSession {
                     })
                 }
                 _ = ticker.tick() => {
-                    if self.last_sent.elapsed() >= ping_interval {
+                    if self.last_sent.elapsed() + ping_interval / 10 >= ping_interval {
                         self.send(&ServerMessage::Ping).await
                     } else {
                         Ok(())
@@ -241,7 +241,9 @@ impl SyncSession {
                 ..
             } => {
                 if let Some(client_ts) = client_ts {
-                    self.clock_skew = Some(client_ts as i64 - unix_now().as_millis() as i64);
+                    // Any number a client sends: saturating, never an overflow.
+                    self.clock_skew =
+                        Some((client_ts as i64).saturating_sub(unix_now().as_millis() as i64));
                 }
                 let latest = self.engine.ts();
                 match max_observed_timestamp {

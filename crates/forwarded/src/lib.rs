@@ -94,6 +94,35 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The client as Better Auth keys it (`@better-auth/core` `normalizeIP`, its default
+/// `ipv6Subnet` 64): an IPv6 address stands for its /64 network, since one host usually holds
+/// a whole /64 and could otherwise take a new address per request. Returns the network address
+/// (the rest of the bits zero); IPv4 (and IPv4-mapped IPv6) stays as it is.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// [`client_network`] written as Better Auth writes it, for the keys of its `rateLimit` table
+/// and the session's `ipAddress`: IPv4 dotted, IPv6 as eight groups of four lowercase hex
+/// digits (`2001:0db8:0001:08c1:0000:0000:0000:0000`).
+pub fn better_auth_ip(ip: IpAddr) -> String {
+    match client_network(ip) {
+        IpAddr::V6(v6) => v6
+            .segments()
+            .iter()
+            .map(|g| format!("{g:04x}"))
+            .collect::<Vec<_>>()
+            .join(":"),
+        v4 => v4.to_string(),
+    }
+}
+
 /// One hop of `X-Forwarded-For` (`1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`) or of
 /// `Forwarded`'s `for=` (the same, quoted); `None` for `unknown` and obfuscated names.
 pub fn parse_hop(hop: &str) -> Option<IpAddr> {
@@ -141,6 +170,24 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv6_clients_are_their_64_network_as_better_auth_keys_them() {
+        assert_eq!(
+            better_auth_ip(ip("2001:db8:1:8c1::6")),
+            "2001:0db8:0001:08c1:0000:0000:0000:0000"
+        );
+        assert_eq!(
+            client_network(ip("2001:db8:1:8c1:ffff::1")),
+            client_network(ip("2001:db8:1:8c1::2"))
+        );
+        assert_ne!(
+            client_network(ip("2001:db8:1:8c2::1")),
+            client_network(ip("2001:db8:1:8c1::1"))
+        );
+        assert_eq!(better_auth_ip(ip("::ffff:192.0.2.7")), "192.0.2.7");
+        assert_eq!(better_auth_ip(ip("192.0.2.7")), "192.0.2.7");
     }
 
     #[test]

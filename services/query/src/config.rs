@@ -55,6 +55,12 @@ pub struct Config {
     /// A client socket that was sent nothing for this long gets a sync-protocol `Ping`
     /// (Convex's heartbeat, 15 s): the official client reconnects after 60 s of silence.
     pub ping_interval: Duration,
+    /// An upstream connection that brought nothing from Convex for this long (Convex pings an
+    /// idle socket every 15 s) is taken for dead and made again, as convex-js does after 60 s
+    /// of server inactivity; a connect that takes longer fails the same way. Without it, a
+    /// half-open connection (a NAT or load balancer that dropped the flow) would freeze every
+    /// client of that identity on stale data.
+    pub upstream_inactivity: Duration,
     /// `SSL_CERT_FILE`: a CA bundle trusted besides the OS roots (Convex over `https://`,
     /// `https://` gRPC to auth).
     pub ssl_cert_file: Option<std::path::PathBuf>,
@@ -81,6 +87,7 @@ impl Config {
             upstream_idle: Duration::from_secs(5),
             read_linger: None,
             ping_interval: Duration::from_secs(15),
+            upstream_inactivity: Duration::from_secs(60),
             ssl_cert_file: None,
         }
     }

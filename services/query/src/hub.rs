@@ -18,6 +18,8 @@ pub struct Hub {
     ws_url: String,
     tls: edge_tls::Trust,
     idle: Duration,
+    /// [`crate::Config::upstream_inactivity`].
+    inactivity: Duration,
     /// Largest `ModifyQuerySet` sent upstream, in bytes.
     max_message_bytes: usize,
     pub stats: Arc<Stats>,
@@ -30,6 +32,7 @@ impl Hub {
         convex_url: &str,
         tls: edge_tls::Trust,
         idle: Duration,
+        inactivity: Duration,
         max_message_bytes: usize,
         stats: Arc<Stats>,
         revoked: Arc<Revoked>,
@@ -39,6 +42,7 @@ impl Hub {
             ws_url: upstream::ws_url(convex_url),
             tls,
             idle,
+            inactivity,
             max_message_bytes,
             stats,
             revoked,
@@ -69,6 +73,7 @@ impl Hub {
             ws_url: self.ws_url.clone(),
             tls: self.tls.clone(),
             idle: self.idle,
+            inactivity: self.inactivity,
             max_message_bytes: self.max_message_bytes,
             stats: self.stats.clone(),
             retire,

@@ -90,6 +90,7 @@ impl Application {
             &config.convex_url,
             trust.clone(),
             config.upstream_idle,
+            config.upstream_inactivity,
             config.upstream_message_bytes,
             stats,
             revoked.clone(),

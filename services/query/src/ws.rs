@@ -94,10 +94,12 @@ fn client_address(state: &AppState, req: &Request, peer: std::net::IpAddr) -> st
             .filter_map(|v| v.to_str().ok())
             .collect()
     };
-    state
-        .config
-        .trusted_proxies
-        .client(peer, lines("forwarded"), lines("x-forwarded-for"))
+    // An IPv6 client is its /64, as for the gateway's rate limits: one host holds a whole /64.
+    edge_forwarded::client_network(state.config.trusted_proxies.client(
+        peer,
+        lines("forwarded"),
+        lines("x-forwarded-for"),
+    ))
 }
 
 /// Checks the request is a WebSocket handshake of a sync route; returns the accept key.

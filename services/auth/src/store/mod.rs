@@ -216,7 +216,8 @@ impl Store {
     /// [`Store::connect`], verifying a Postgres server (`sslmode=verify-ca|verify-full`) against
     /// `trust` (the OS roots plus `SSL_CERT_FILE`) unless the URL names its own `sslrootcert`.
     /// `sslmode` means what it means to libpq: `disable`, `prefer` (the default: TLS when the
-    /// server offers it, unverified), `require` (TLS, unverified), `verify-ca`, `verify-full`.
+    /// server offers it, unverified), `require` (TLS, unverified; with `sslrootcert` in the URL,
+    /// verified as `verify-ca`), `verify-ca`, `verify-full`.
     pub async fn connect_with_trust(
         url: &str,
         trust: Option<&edge_tls::Trust>,
@@ -224,9 +225,13 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let mut options = sqlx::postgres::PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::Url(e.to_string()))?;
-            if let Some(trust) = trust
-                && !url_names_root_cert(url)
-            {
+            if url_names_root_cert(url) {
+                // libpq: with a root certificate named, `require` verifies the chain as
+                // `verify-ca` does.
+                if matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Require) {
+                    options = options.ssl_mode(sqlx::postgres::PgSslMode::VerifyCa);
+                }
+            } else if let Some(trust) = trust {
                 options = options.ssl_root_cert_from_pem(trust.pem_bundle());
             }
             let pool = PgPoolOptions::new()

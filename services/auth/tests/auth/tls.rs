@@ -98,3 +98,25 @@ async fn verify_full_checks_the_chain_and_the_name() {
     chain_only.ssl_cert_file = Some(ca);
     crate::spawn(chain_only).await;
 }
+
+/// libpq: `sslmode=require` with an `sslrootcert` in the URL verifies the chain, as
+/// `verify-ca` does; a root that did not sign the server's certificate is refused.
+#[tokio::test]
+async fn require_with_a_root_certificate_verifies_the_chain_as_libpq_does() {
+    let db = edge_testkit::test_database().await;
+    let right = server_certificate(&db.url).await;
+    let url = |root: &std::path::Path| {
+        format!("{}?sslmode=require&sslrootcert={}", db.url, root.display())
+    };
+    crate::spawn(crate::config(&url(&right))).await;
+
+    let other = edge_testkit::TestCa::new();
+    let refused = match edge_auth::Application::build(crate::config(&url(&other.ca_file))).await {
+        Ok(_) => panic!("require with sslrootcert refuses a chain that root did not sign"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.to_lowercase().contains("certificate"),
+        "the error says why: {refused}"
+    );
+}

@@ -81,9 +81,10 @@ fn remember_me(body: &Map<String, Value>) -> Result<bool, ApiError> {
 /// and the session row.
 pub(crate) fn client_info(req: &HttpRequest) -> pb::ClientInfo {
     pb::ClientInfo {
+        // Better Auth's form: an IPv6 client is its /64 (rate limits, the session row).
         ip_address: client_view(req)
             .ip
-            .map(|ip| ip.to_string())
+            .map(edge_forwarded::better_auth_ip)
             .unwrap_or_default(),
         user_agent: req
             .headers()

@@ -142,7 +142,8 @@ pub async fn run(
             Wake::Restart => Err(End::Restart),
             // Convex pings a socket it has sent nothing for a while; so does the proxy, for the
             // client's inactivity timer (sockets busy with transitions are never pinged).
-            Wake::Heartbeat if d.last_sent.elapsed() >= ping => {
+            // A tenth of slack: the tick right after a Ping comes a hair under `ping` later.
+            Wake::Heartbeat if d.last_sent.elapsed() + ping / 10 >= ping => {
                 Box::pin(d.send(Message::text(ServerMessage::Ping.to_text()))).await
             }
             Wake::Heartbeat => Ok(()),
@@ -170,7 +171,9 @@ impl Downstream {
             ..
         } = &message
         {
-            self.clock_skew = Some(*client_ts as i64 - unix_now().as_millis() as i64);
+            // Any number a client sends: saturating, never an overflow.
+            self.clock_skew =
+                Some((*client_ts as i64).saturating_sub(unix_now().as_millis() as i64));
         }
         let mut effects = Vec::new();
         let verify = self.session.on_client(message, &mut effects);

@@ -290,6 +290,8 @@ pub struct Settings {
     /// Roots for `wss://` (the OS roots plus `SSL_CERT_FILE`).
     pub tls: edge_tls::Trust,
     pub idle: Duration,
+    /// How long a connection may bring nothing (or take to open) before it is made again.
+    pub inactivity: Duration,
     /// Largest `ModifyQuerySet` sent to Convex, in bytes (`QUERY_UPSTREAM_MESSAGE_BYTES`).
     pub max_message_bytes: usize,
     pub stats: Arc<Stats>,

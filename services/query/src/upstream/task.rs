@@ -58,9 +58,13 @@ impl Task {
         loop {
             let tls = tokio_tungstenite::Connector::Rustls(self.settings.tls.client_config());
             let url = self.settings.ws_url.as_str();
-            match tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(tls))
+            let connect =
+                tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(tls));
+            // A connect whose traffic is swallowed would otherwise wait forever.
+            let connected = tokio::time::timeout(self.settings.inactivity, connect)
                 .await
-            {
+                .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()));
+            match connected {
                 Ok((socket, _)) => {
                     backoff = edge_telemetry::backoff::reconnect();
                     match self.serve(socket, &mut rx).await {
@@ -121,10 +125,22 @@ impl Task {
         let mut idle = tokio::time::interval(self.settings.idle);
         idle.tick().await;
         let mut chunks = edge_convex::sync::ChunkAssembler::default();
+        // Convex pings an idle socket: a connection silent for `inactivity` is dead even if
+        // TCP says nothing (a NAT or load balancer dropped the flow).
+        let mut heard = tokio::time::Instant::now();
         loop {
             let mut out = Outbox::default();
+            let silence = tokio::time::sleep_until(heard + self.settings.inactivity);
             tokio::select! {
-                message = stream.next() => match message {
+                _ = silence => {
+                    return Err(format!(
+                        "nothing from convex for {:.1} s",
+                        self.settings.inactivity.as_secs_f32()
+                    ));
+                }
+                message = stream.next() => {
+                    heard = tokio::time::Instant::now();
+                    match message {
                     Some(Ok(Message::Text(text))) => {
                         let message: ServerMessage = serde_json::from_str(&text)
                             .map_err(|e| format!("unreadable message from convex: {e}"))?;
@@ -136,7 +152,8 @@ impl Task {
                     Some(Ok(Message::Binary(_))) => return Err("binary frame from convex".into()),
                     Some(Ok(Message::Close(_))) | None => return Err("convex closed the connection".into()),
                     Some(Err(e)) => return Err(e.to_string()),
-                },
+                    }
+                }
                 command = rx.recv() => match command {
                     Some(c) => {
                         self.on_command(c, &mut out);

@@ -152,3 +152,42 @@ async fn clients_reconnect_after_the_proxy_restarts() {
         .until("config again", |v| v.values.contains_key(&0))
         .await;
 }
+
+/// A connection to Convex whose traffic is swallowed (a NAT or load balancer that dropped the
+/// flow: no FIN, no RST) is taken for dead after `upstream_inactivity` without a message
+/// (Convex pings an idle socket) and made again, so clients get what changed meanwhile
+/// instead of staying on stale data while the query service pings them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_upstream_connection_is_made_again() {
+    let stack = Stack::start_with(Options {
+        upstream_inactivity: Some(Duration::from_secs(2)),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("s@example.com").await;
+    let mut client = Client::connect(&stack.query_url()).await;
+    client.subscribe(0, "messages:list", json!({"channel": "general"}));
+    client
+        .until("the first value", |v| v.values.contains_key(&0))
+        .await;
+    let relay = stack.upstream_relay.as_ref().expect("a relay");
+    relay.partition();
+    // The change's transition is swallowed with everything else.
+    let r = reqwest::Client::new()
+        .post(format!("{}/api/mutation", stack.devconvex_url()))
+        .bearer_auth(&token)
+        .json(&json!({"path": "messages:send", "args": {"channel": "general", "body": "while silent"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The partition outlasts the inactivity limit, then heals.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    relay.heal();
+    let v = client
+        .until("the change made while the upstream was silent", |v| {
+            bodies(v.values.get(&0)) == ["while silent"]
+        })
+        .await;
+    assert!(v.fatal.is_none() && !v.closed, "{v:?}");
+}

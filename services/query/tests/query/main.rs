@@ -83,6 +83,9 @@ pub struct Stack {
     _gateways: Vec<Running>,
     _dir: edge_testkit::TempDir,
     _tls: Option<(edge_testkit::TestCa, edge_testkit::TlsRelay)>,
+    /// With `Options::upstream_inactivity`: a relay between the query service and devconvex
+    /// that a test can partition.
+    pub upstream_relay: Option<edge_testkit::Relay>,
 }
 
 /// A change to auth's configuration, applied before it starts.
@@ -105,6 +108,9 @@ pub struct Options {
     pub owner_limits: edge_query::owners::OwnerLimits,
     /// `QUERY_TRUSTED_PROXIES`.
     pub trusted_proxies: &'static str,
+    /// The query service's `upstream_inactivity`, with a relay in front of devconvex
+    /// (`Stack::upstream_relay`).
+    pub upstream_inactivity: Option<Duration>,
 }
 
 impl Default for Options {
@@ -116,6 +122,7 @@ impl Default for Options {
             slow_upstream: None,
             read_linger: None,
             ping_interval: Duration::from_secs(15),
+            upstream_inactivity: None,
             tls_upstream: None,
             auth: None,
             owner_limits: edge_query::owners::OwnerLimits::default(),
@@ -168,6 +175,11 @@ impl Stack {
             Some(delay) => relay(dc_addr, delay).await,
             None => dc_addr,
         };
+        let upstream_relay = match options.upstream_inactivity {
+            Some(_) => Some(edge_testkit::Relay::start(upstream).await),
+            None => None,
+        };
+        let upstream = upstream_relay.as_ref().map_or(upstream, |r| r.addr());
         let (scheme, upstream, tls) = match options.tls_upstream {
             Some(trusted) => {
                 let ca = edge_testkit::TestCa::new();
@@ -190,6 +202,9 @@ impl Stack {
         config.upstream_idle = Duration::from_millis(500);
         config.read_linger = options.read_linger;
         config.ping_interval = options.ping_interval;
+        if let Some(inactivity) = options.upstream_inactivity {
+            config.upstream_inactivity = inactivity;
+        }
         config.owner_limits = options.owner_limits;
         config.trusted_proxies = options.trusted_proxies.parse().unwrap();
         let query = start_query(config.clone()).await;
@@ -208,6 +223,7 @@ impl Stack {
             _gateways: Vec::new(),
             _dir: dir,
             _tls: tls.map(|(ca, relay, _)| (ca, relay)),
+            upstream_relay,
         }
     }
 

@@ -131,7 +131,7 @@ impl ClientSession {
                             return Err(format!(
                                 "query {} is too large: {size} bytes of arguments and journal, \
                                  the limit is {}",
-                                key.path.as_str(),
+                                edge_convex::udf_path::excerpt(key.path.as_str()),
                                 self.limits.max_query_bytes
                             ));
                         }
