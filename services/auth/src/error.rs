@@ -85,10 +85,15 @@ impl From<AuthError> for tonic::Status {
             tracing::error!(error = %e, "request failed");
         }
         let mut status = code.to_status(e.public_message());
-        if let AuthError::RateLimited { retry_after_secs } | AuthError::Busy { retry_after_secs } =
-            e
-            && let Ok(v) = retry_after_secs.to_string().parse()
-        {
+        let retry_after = match e {
+            AuthError::RateLimited { retry_after_secs } | AuthError::Busy { retry_after_secs } => {
+                Some(retry_after_secs)
+            }
+            // The database did not answer in time (a burst, an outage): worth a retry soon.
+            _ if code == ErrorCode::SERVICE_UNAVAILABLE => Some(1),
+            _ => None,
+        };
+        if let Some(Ok(v)) = retry_after.map(|secs| secs.to_string().parse()) {
             status.metadata_mut().insert("retry-after", v);
         }
         status

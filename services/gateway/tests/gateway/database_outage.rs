@@ -79,6 +79,8 @@ async fn a_silent_database_fails_fast_and_heals() {
             .await
             .expect("an answer, not a hang");
         assert_eq!(r.status(), 503);
+        // A retry is worth it soon: the standard header says when.
+        assert_eq!(r.headers()["retry-after"], "1");
         let r = client
             .get(stack.url("/api/auth/get-session"))
             .header("cookie", format!("better-auth.session_token={cookie}"))
