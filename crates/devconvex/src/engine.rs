@@ -65,6 +65,16 @@ fn args_object(args: &Value) -> Result<Map<String, Value>, FunctionError> {
     }
 }
 
+/// One query run by [`Engine::query`].
+#[derive(Debug)]
+pub struct QueryRun {
+    pub result: Result<Value, FunctionError>,
+    /// The snapshot it read.
+    pub ts: u64,
+    /// What it logged (`console.log` lines as Convex formats them).
+    pub log_lines: Vec<String>,
+}
+
 impl Engine {
     pub fn new(auth: Authenticator) -> Self {
         let db = Database::new();
@@ -144,20 +154,21 @@ impl Engine {
         (result, tx, logs)
     }
 
-    /// Runs a query at the current state, or at `at` when still retained.
+    /// Runs a query at the current state, or at `at` when still retained: its result, the
+    /// snapshot's `ts` and the lines it logged.
     pub fn query(
         &self,
         path: &str,
         args: &Value,
         identity: Option<&Identity>,
         at: Option<u64>,
-    ) -> Result<(Result<Value, FunctionError>, u64), String> {
+    ) -> Result<QueryRun, String> {
         let db = self.lock();
         let snapshot = match at {
             Some(ts) => db.snapshot_at(ts).ok_or("timestamp is too old")?,
             None => db.snapshot(),
         };
-        let (result, _, _) = self.run(
+        let (result, _, log_lines) = self.run(
             snapshot,
             path,
             Kind::Query,
@@ -165,7 +176,11 @@ impl Engine {
             identity,
             &mut Journal::default(),
         );
-        Ok((result, snapshot.ts))
+        Ok(QueryRun {
+            result,
+            ts: snapshot.ts,
+            log_lines,
+        })
     }
 
     /// Runs a mutation and commits its writes; returns the result and the commit's `ts`.

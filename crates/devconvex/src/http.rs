@@ -107,6 +107,15 @@ fn parse_call(body: &[u8]) -> Result<Call, HttpError> {
 }
 
 fn result_of(outcome: Result<Value, FunctionError>, format: Format) -> FunctionResult {
+    logged(outcome, format, Vec::new())
+}
+
+/// [`result_of`] with the lines the function logged (Convex's `logLines`).
+fn logged(
+    outcome: Result<Value, FunctionError>,
+    format: Format,
+    log_lines: Vec<String>,
+) -> FunctionResult {
     match outcome {
         Ok(value) => FunctionResult::Success {
             value: if format == Format::Json {
@@ -114,12 +123,12 @@ fn result_of(outcome: Result<Value, FunctionError>, format: Format) -> FunctionR
             } else {
                 value
             },
-            log_lines: vec![],
+            log_lines,
         },
         Err(e) => FunctionResult::Error {
             error_message: e.message,
             error_data: e.data,
-            log_lines: vec![],
+            log_lines,
         },
     }
 }
@@ -142,17 +151,17 @@ async fn execute(req: &HttpRequest, state: &AppState, call: Call, kind: Option<K
     let format = call.format.unwrap_or_default();
     let kind = kind.or_else(|| Engine::kind(&path)).unwrap_or(Kind::Query);
     let engine = &state.engine;
-    let outcome = match kind {
+    let result = match kind {
         Kind::Query => {
-            engine
+            let run = engine
                 .query(&path, &args, identity.as_ref(), None)
-                .map_err(bad_request)?
-                .0
+                .map_err(bad_request)?;
+            logged(run.result, format, run.log_lines)
         }
-        Kind::Mutation => engine.mutation(&path, &args, identity.as_ref()).0,
-        Kind::Action => engine.action(&path, &args, identity.as_ref()),
+        Kind::Mutation => result_of(engine.mutation(&path, &args, identity.as_ref()).0, format),
+        Kind::Action => result_of(engine.action(&path, &args, identity.as_ref()), format),
     };
-    Ok(respond(result_of(outcome, format)))
+    Ok(respond(result))
 }
 
 async fn query_post(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> Reply {
@@ -240,7 +249,7 @@ async fn query_batch(req: HttpRequest, body: web::Bytes, state: web::Data<AppSta
             let outcome = match (call.path, args_object(&call.args)) {
                 (Some(path), Ok(args)) => {
                     match state.engine.query(&path, &args, identity.as_ref(), None) {
-                        Ok((outcome, _)) => outcome,
+                        Ok(run) => return logged(run.result, format, run.log_lines),
                         Err(e) => fail(e),
                     }
                 }
@@ -271,9 +280,13 @@ async fn query_at_ts(req: HttpRequest, body: web::Bytes, state: web::Data<AppSta
         .as_deref()
         .ok_or_else(|| bad_request("missing `path`"))?;
     let args = args_object(&call.args).map_err(bad_request)?;
-    let (outcome, _) = state
+    let run = state
         .engine
         .query(path, &args, identity.as_ref(), Some(ts.0))
         .map_err(bad_request)?;
-    Ok(respond(result_of(outcome, call.format.unwrap_or_default())))
+    Ok(respond(logged(
+        run.result,
+        call.format.unwrap_or_default(),
+        run.log_lines,
+    )))
 }

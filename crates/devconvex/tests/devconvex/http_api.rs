@@ -38,6 +38,20 @@ async fn http_api_routes_formats_and_statuses() {
     .await;
     assert_eq!(body["value"][0]["body"], "one");
     assert_eq!(body["value"][0]["author"], "Test User");
+    // What a query logs comes back in `logLines`, as over the sync protocol.
+    let (_, body) = post(
+        url("/api/query"),
+        json!({"path": "demo:check", "args": {"body": "abc"}, "format": "json"}),
+        None,
+    )
+    .await;
+    let lines = body["logLines"].as_array().expect("logLines");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.as_str().unwrap_or_default().contains("checking 3 characters")),
+        "{body}"
+    );
     let r = reqwest::get(url(
         "/api/query?path=messages:list&args=%7B%22channel%22%3A%22g%22%7D&format=json",
     ))
