@@ -164,7 +164,11 @@ impl Authenticator {
                 .await
         }
         .await
-        .map_err(|e| format!("could not fetch the JWKS from {url}: {e}"))?;
+        .map_err(|e| {
+            let error = edge_tls::describe(&e);
+            tracing::warn!(%url, %error, "could not fetch the JWKS");
+            format!("could not fetch the JWKS from {url}: {error}")
+        })?;
         let verifier = Verifier::from_jwks(&text)
             .map_err(|e| e.to_string())?
             .with_issuer(provider.issuer.clone())

@@ -36,7 +36,8 @@ impl From<tonic::Status> for ApiError {
                 .get(edge_proto::error::ERROR_CODE_METADATA)
                 .is_none()
         {
-            tracing::warn!(grpc_code = ?status.code(), "auth service unavailable");
+            let error = edge_tls::describe(&status);
+            tracing::warn!(grpc_code = ?status.code(), %error, "auth service unavailable");
             "Auth service unavailable".to_owned()
         } else {
             status.message().to_owned()

@@ -67,7 +67,9 @@ pub async fn watch(
                 }
             }
             Err(status) => {
-                tracing::warn!(code = ?status.code(), "revocation stream unavailable; retrying")
+                // With its causes: a refused certificate says why (`UnknownIssuer`).
+                let error = edge_tls::describe(&status);
+                tracing::warn!(code = ?status.code(), %error, "revocation stream unavailable; retrying")
             }
         }
         trusted.store(false, Ordering::Release);

@@ -47,9 +47,10 @@ async fn http_api_routes_formats_and_statuses() {
     .await;
     let lines = body["logLines"].as_array().expect("logLines");
     assert!(
-        lines
-            .iter()
-            .any(|l| l.as_str().unwrap_or_default().contains("checking 3 characters")),
+        lines.iter().any(|l| l
+            .as_str()
+            .unwrap_or_default()
+            .contains("checking 3 characters")),
         "{body}"
     );
     let r = reqwest::get(url(
