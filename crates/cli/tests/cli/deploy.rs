@@ -156,8 +156,14 @@ async fn deployment_files_render_validate_and_line_up() {
     }
     assert_eq!(env("auth", "DATABASE_URL"), env("migrate", "DATABASE_URL"));
     assert_eq!(host_port(&env("auth", "DATABASE_URL")).0, "postgres");
-    // One issuer: what auth signs is what query verifies and what the demo deploy tells Convex.
-    assert_eq!(env("auth", "JWT_ISSUER"), env("query", "JWT_ISSUER"));
+    // One issuer: the query service learns what auth signs from auth itself (`GetJwks`), so
+    // the file gives it none to drift.
+    for var in ["JWT_ISSUER", "JWT_AUDIENCE"] {
+        assert!(
+            services["query"]["environment"].get(var).is_none(),
+            "compose query gets {var}"
+        );
+    }
     assert_eq!(
         env("auth", "JWT_ISSUER"),
         env("gateway", "GATEWAY_TRUSTED_ORIGINS")
