@@ -36,6 +36,8 @@ pub enum TlsError {
     Empty { path: PathBuf },
     #[error("no trusted root certificate: the OS store is empty and SSL_CERT_FILE is not set")]
     NoRoots,
+    #[error("SSL_CERT_FILE is set but empty: unset it, or name a PEM bundle of CA certificates")]
+    EmptyVariable,
     #[error("tls configuration: {0}")]
     Rustls(#[from] rustls::Error),
 }
@@ -75,6 +77,11 @@ impl Trust {
     /// A named file that cannot be read or holds no certificate is an error, not a silent skip.
     pub fn load(ca_file: Option<&Path>) -> Result<Trust, TlsError> {
         install_provider();
+        // The OS-roots loader reads the variable itself, and an empty one would only warn
+        // (and later make every TLS client fail to read a file named '').
+        if std::env::var_os(SSL_CERT_FILE).is_some_and(|v| v.is_empty()) {
+            return Err(TlsError::EmptyVariable);
+        }
         let mut certs = os_roots();
         let os = certs.len();
         if let Some(path) = ca_file {

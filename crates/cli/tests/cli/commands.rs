@@ -148,3 +148,44 @@ async fn migrate_is_idempotent_and_keys_export_into_a_static_jwks() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("JWKS"));
 }
+
+/// `SSL_CERT_FILE=""` (a template left unfilled) fails start-up with a clear line instead of a
+/// warning about a file named '' and TLS clients that fail later.
+#[test]
+fn an_empty_ssl_cert_file_is_refused_at_start_up() {
+    let dir = edge_testkit::TempDir::default();
+    let mut child = std::process::Command::new(crate::BIN)
+        .arg("auth")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BETTER_AUTH_SECRET", SECRET)
+        .env("SSL_CERT_FILE", "")
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("a.db").display()),
+        )
+        .env("AUTH_GRPC_ADDR", "127.0.0.1:0")
+        .env("AUTH_HTTP_ADDR", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("auth started with SSL_CERT_FILE empty");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("SSL_CERT_FILE is set but empty"),
+        "{stderr}"
+    );
+}
