@@ -169,6 +169,8 @@ pub struct ClientSession {
     upstream_ts: HashMap<Route, Timestamp>,
     /// The newest `ts` any upstream ever sent this socket: the held `ts` never passes it.
     newest_ts: Timestamp,
+    /// Answers to requests waiting for the transition that reaches the accepted versions.
+    held_responses: Vec<Effect>,
     /// Changes not sent yet because they belong to versions the client does not hold yet.
     deferred: Vec<Pending>,
     /// The query-set version each deferred `QueryRemoved` belongs to.
@@ -208,6 +210,7 @@ impl ClientSession {
             upstream_ts: HashMap::new(),
             newest_ts: Timestamp::default(),
             deferred: Vec::new(),
+            held_responses: Vec::new(),
             removed_in: HashMap::new(),
             gaps: Vec::new(),
             in_flight: 0,
@@ -408,6 +411,7 @@ impl ClientSession {
         let shared = shared.filter(|_| !waited && later.is_empty());
         self.deferred = later;
         if step.is_still() && now.is_empty() {
+            self.release_responses(out);
             return Ok(());
         }
         let make = || frames::transition(step.start, step.end, &now);
@@ -419,7 +423,21 @@ impl ClientSession {
         };
         self.version.sent(step);
         out.push(Effect::Transition(text));
+        self.release_responses(out);
         Ok(())
+    }
+
+    /// Whether the client holds the query-set and identity versions it asked for.
+    fn caught_up(&self) -> bool {
+        let held = self.version.held();
+        held.query_set == self.version.query_set() && held.identity == self.version.identity()
+    }
+
+    /// Sends the answers held for a transition, once the client caught up.
+    fn release_responses(&mut self, out: &mut Vec<Effect>) {
+        if self.caught_up() {
+            out.append(&mut self.held_responses);
+        }
     }
 
     /// The furthest versions a transition may reach from `held` towards `end` (the query-set

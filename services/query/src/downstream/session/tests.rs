@@ -566,3 +566,23 @@ fn a_query_removed_before_signing_in_never_shows_the_old_identitys_result() {
     h.settle();
     assert_eq!(h.model.held().identity, IdentityVersion(1));
 }
+
+#[test]
+fn an_answer_waits_for_the_transition_that_reaches_the_asked_versions() {
+    let mut h = Harness::new();
+    h.upstream_transition("");
+    h.add(PRIVATE, json!({}));
+    // The answer comes from the upstream before the new query's result: held for it.
+    h.subscribed.get_mut("").unwrap().clear();
+    h.mutate();
+    assert_eq!(
+        h.model.in_flight(),
+        1,
+        "answered before the query set was reached"
+    );
+    let key = QueryKey::new(PRIVATE, &json!({}), None).unwrap();
+    let ts = h.tick("");
+    h.deliver(vec![(Some(Route::Main), current(&key, "", ts))]);
+    assert_eq!(h.model.held().query_set, QuerySetVersion(1));
+    assert_eq!(h.model.in_flight(), 0);
+}
