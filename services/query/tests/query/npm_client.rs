@@ -316,8 +316,8 @@ async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_err
 
 /// convex-js rebuilds its results from scratch after a reconnect: the query service must
 /// reach the re-added query set (and identity) only with their results, as Convex does, or
-/// every query reads as loading for a moment. The client's TCP socket is dropped 3 times
-/// while a second client of the same user keeps the upstream's values.
+/// every query reads as loading for a moment. The signed-out client's TCP socket is dropped 3
+/// times while a second signed-out client keeps the upstream's values.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_npm_client_reconnecting_never_sees_a_loaded_query_as_loading() {
     let stack = crate::Stack::start().await;
