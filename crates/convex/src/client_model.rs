@@ -53,6 +53,16 @@ impl ClientModel {
         model
     }
 
+    /// The last query-set version the client sent (the base of its next `ModifyQuerySet`).
+    pub fn last_query_set(&self) -> QuerySetVersion {
+        self.last_query_set
+    }
+
+    /// `Authenticate` messages sent (the base of the next one).
+    pub fn authenticates_sent(&self) -> IdentityVersion {
+        IdentityVersion(self.authenticates_sent)
+    }
+
     /// The version the client holds.
     pub fn held(&self) -> StateVersion {
         self.held

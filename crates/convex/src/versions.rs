@@ -84,6 +84,11 @@ impl ClientVersion {
         self.held
     }
 
+    /// The query-set version of the last `ModifyQuerySet` accepted (0 before any).
+    pub fn query_set(&self) -> QuerySetVersion {
+        self.query_set
+    }
+
     /// The identity version of the last `Authenticate` accepted (0 before any).
     pub fn identity(&self) -> IdentityVersion {
         self.identity

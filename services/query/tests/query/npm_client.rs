@@ -313,3 +313,44 @@ async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_err
         "{result:#}"
     );
 }
+
+/// convex-js rebuilds its results from scratch after a reconnect: the query service must
+/// reach the re-added query set (and identity) only with their results, as Convex does, or
+/// every query reads as loading for a moment. The signed-out client's TCP socket is dropped 3
+/// times while a second signed-out client keeps the upstream's values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_npm_client_reconnecting_never_sees_a_loaded_query_as_loading() {
+    let stack = crate::Stack::start().await;
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    let arg = json!({
+        "url": stack.query_url(),
+        "site": format!("http://{}", stack.gateway.addr),
+        "drops": 3,
+    })
+    .to_string();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(180),
+        tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg("convex-reconnect.mjs")
+            .arg(arg)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("node finishes in time")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: serde_json::Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("no result line: {stdout}"));
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(result["reconnects"], 3, "{result}");
+    assert!(result["polls"].as_u64().unwrap() > 0, "{result}");
+    assert_eq!(
+        result["undefinedPolls"], 0,
+        "a query with a value read as loading after a reconnect: {result}"
+    );
+}

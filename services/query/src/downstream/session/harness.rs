@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use edge_convex::client_model::ClientModel;
 use edge_convex::sync::{QuerySetModification, RequestKind, TokenType};
-use edge_convex::{ClientMessage, QueryId, QuerySetVersion, RequestId, ServerMessage, Timestamp};
+use edge_convex::{
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, ServerMessage, Timestamp,
+};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
@@ -39,6 +41,8 @@ pub struct Harness {
     pub newest: u64,
     /// The client's queries: id → (path, args).
     pub queries: BTreeMap<QueryId, (String, Value)>,
+    /// The query-set version that added each query, and the one that removed it.
+    pub versions: BTreeMap<QueryId, (u32, Option<u32>)>,
     pub next_query_id: u32,
     pub next_request: u32,
     /// Whom the client is signed in as (after the last accepted `Authenticate`).
@@ -104,6 +108,7 @@ impl Harness {
             ts: BTreeMap::new(),
             newest: 0,
             queries: BTreeMap::new(),
+            versions: BTreeMap::new(),
             next_query_id: 0,
             next_request: 0,
             signed_in_as: String::new(),
@@ -163,6 +168,9 @@ impl Harness {
                     self.model
                         .receive(&message)
                         .unwrap_or_else(|e| panic!("client rule broken: {e}\n{text}"));
+                    if let ServerMessage::Transition { end_version, .. } = &message {
+                        self.check_complete(end_version.query_set.0, end_version.identity);
+                    }
                 }
                 Effect::AttachShared => {
                     assert!(!self.shared, "attached twice");
@@ -220,6 +228,34 @@ impl Harness {
             }
         }
         self.session.validate().unwrap();
+    }
+
+    /// Convex's rule: the client never holds a query-set version without the result of every
+    /// query in it, and once it holds the last identity it sent, every private result is that
+    /// identity's.
+    fn check_complete(&self, query_set: u32, identity: IdentityVersion) {
+        for (id, (added, removed)) in &self.versions {
+            let live = *added <= query_set && removed.is_none_or(|r| r > query_set);
+            if live {
+                assert!(
+                    self.model.result(*id).is_some(),
+                    "query-set version {query_set} reached without query {id}'s result"
+                );
+            }
+        }
+        if identity != self.model.authenticates_sent() {
+            return;
+        }
+        for (id, result) in self.model.results() {
+            let path = &self.queries[id].0;
+            if path == SHARED || result.get("who").is_none() {
+                continue;
+            }
+            assert_eq!(
+                result["who"], self.signed_in_as,
+                "identity version {identity} reached with another identity's result for {id}"
+            );
+        }
     }
 
     /// The oldest latest `ts` of the upstreams the socket's queries use, if all have one.
@@ -328,6 +364,7 @@ impl Harness {
         self.next_query_id += 1;
         self.queries.insert(id, (path.to_owned(), args.clone()));
         let base = self.last_query_set();
+        self.versions.insert(id, (base.0 + 1, None));
         self.client(ClientMessage::ModifyQuerySet {
             base_version: base,
             new_version: QuerySetVersion(base.0 + 1),
@@ -343,12 +380,15 @@ impl Harness {
     }
 
     pub fn last_query_set(&self) -> QuerySetVersion {
-        // The client sends from its own last version; with immediate transitions it is held.
-        self.model.held().query_set
+        // The client sends from its own last version, held or not.
+        self.model.last_query_set()
     }
 
     pub fn remove(&mut self, id: QueryId) {
         let base = self.last_query_set();
+        if let Some((_, removed)) = self.versions.get_mut(&id) {
+            removed.get_or_insert(base.0 + 1);
+        }
         self.client(ClientMessage::ModifyQuerySet {
             base_version: base,
             new_version: QuerySetVersion(base.0 + 1),
@@ -357,7 +397,7 @@ impl Harness {
     }
 
     pub fn sign_in(&mut self, who: &str) {
-        let base = self.model.held().identity;
+        let base = self.model.authenticates_sent();
         let (token_type, value) = if who.is_empty() {
             (TokenType::None, None)
         } else {

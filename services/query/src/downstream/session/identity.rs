@@ -3,9 +3,10 @@
 //! identity's upstream while shared ones stay on the anonymous one, and signing out makes the
 //! anonymous upstream already attached for shared queries the main route.
 
-use edge_convex::{IdentityVersion, QueryId};
+use edge_convex::{IdentityVersion, QueryId, QuerySetVersion};
 
 use super::{ClientSession, Effect, End, Route, Step, key_of};
+use crate::downstream::frames::Pending;
 use crate::identity::VerifiedUser;
 use crate::key::QueryKey;
 
@@ -37,14 +38,23 @@ impl ClientSession {
 
     /// Moves the main route's queries to the new identity's upstream; shared ones stay.
     pub(super) fn switch_identity(&mut self, user: Option<VerifiedUser>, out: &mut Vec<Effect>) {
-        let moving: Vec<(QueryId, QueryKey)> = self
+        let moving: Vec<(QueryId, QueryKey, QuerySetVersion)> = self
             .queries
             .iter()
             .filter(|(_, q)| q.route == Route::Main)
-            .filter_map(|(id, q)| q.key.clone().map(|k| (*id, k)))
+            .filter_map(|(id, q)| q.key.clone().map(|k| (*id, k, q.added_in)))
             .collect();
-        for (id, _) in &moving {
+        for (id, _, _) in &moving {
             self.unsubscribe(*id, out);
+            // The old identity's result, not sent yet, is no longer the query's.
+            self.deferred
+                .retain(|p| !matches!(p, Pending::Result(q, _) if q == id));
+        }
+        // Removed queries the client still holds would have moved too: their results are
+        // right only below this identity.
+        let moved_to = self.version.identity();
+        for gap in self.gaps.iter_mut().filter(|gap| gap.route == Route::Main) {
+            gap.held_below = gap.held_below.map(|below| below.min(moved_to));
         }
         // Signing out: the anonymous upstream, already attached for shared queries, is main.
         let reuse_shared = user.is_none() && self.shared_attached;
@@ -60,6 +70,9 @@ impl ClientSession {
             for q in self.queries.values_mut() {
                 q.route = Route::Main;
             }
+            for gap in &mut self.gaps {
+                gap.route = Route::Main;
+            }
             match self.upstream_ts.remove(&Route::Shared) {
                 Some(ts) => self.upstream_ts.insert(Route::Main, ts),
                 None => self.upstream_ts.remove(&Route::Main),
@@ -69,8 +82,11 @@ impl ClientSession {
             self.upstream_ts.remove(&Route::Main);
         }
         self.identity = user;
-        for (id, key) in moving {
-            self.subscribe(id, key, out);
+        // Their keys are new on this route, so nothing is known for them yet.
+        let mut known = Vec::new();
+        for (id, key, added_in) in moving {
+            self.subscribe(id, key, added_in, &mut known, out);
         }
+        self.deferred.extend(known);
     }
 }

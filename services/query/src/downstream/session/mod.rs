@@ -5,6 +5,12 @@
 //! the client model on every frame in the property tests):
 //! - versions follow [`ClientVersion`]: a transition starts at what the client holds, the query
 //!   set moves only with `ModifyQuerySet`, the identity by one per `Authenticate`;
+//! - as Convex's sync worker, the transition that reaches a query-set version carries the
+//!   result of every query that version added, and the one that moves the identity version
+//!   carries the new identity's results of the queries that moved upstream: a version is held
+//!   back until those results are known, and results of queries in a version the client does
+//!   not hold yet wait with it (convex-js rebuilds its results after a reconnect, and a
+//!   transition without them shows every query as loading);
 //! - `ts` is the minimum of the latest `ts` of the routes the socket uses (a consistent
 //!   frontier), never beyond what an upstream sent and never backwards;
 //! - a query of a function not in `QUERY_SHARED_FUNCTIONS` is only ever served by the
@@ -17,7 +23,9 @@ use std::sync::Arc;
 
 use edge_convex::sync::{RequestKind, TokenType};
 use edge_convex::versions::ClientVersion;
-use edge_convex::{ClientMessage, IdentityVersion, QueryId, RequestId, Timestamp};
+use edge_convex::{
+    ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, StateVersion, Timestamp,
+};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -123,6 +131,17 @@ pub fn key_bytes(key: &QueryKey) -> usize {
     key.path.as_str().len() + key.args.len() + key.journal.as_ref().map_or(0, String::len)
 }
 
+/// A query removed in a query-set version the client does not hold yet.
+#[derive(Debug)]
+struct Gap {
+    added: QuerySetVersion,
+    removed: QuerySetVersion,
+    route: Route,
+    /// The client holds a result of it that is right below this identity version (`None`:
+    /// no result the client may keep).
+    held_below: Option<IdentityVersion>,
+}
+
 /// One client query.
 #[derive(Debug)]
 struct ClientQuery {
@@ -130,6 +149,11 @@ struct ClientQuery {
     key: Option<QueryKey>,
     route: Route,
     last: Option<Arc<QueryResult>>,
+    /// The query-set version that added it: no transition reaches it before `last` is known.
+    added_in: QuerySetVersion,
+    /// The identity version it was (re)subscribed under: no transition moves the identity
+    /// there before `last` (from that identity's upstream) is known.
+    owed_identity: IdentityVersion,
 }
 
 #[derive(Debug)]
@@ -145,6 +169,16 @@ pub struct ClientSession {
     upstream_ts: HashMap<Route, Timestamp>,
     /// The newest `ts` any upstream ever sent this socket: the held `ts` never passes it.
     newest_ts: Timestamp,
+    /// Answers to requests waiting for the transition that reaches the accepted versions.
+    held_responses: Vec<Effect>,
+    /// Changes not sent yet because they belong to versions the client does not hold yet.
+    deferred: Vec<Pending>,
+    /// The query-set version each deferred `QueryRemoved` belongs to.
+    removed_in: HashMap<QueryId, QuerySetVersion>,
+    /// Queries removed in a version the client does not hold yet: a transition ends between
+    /// the versions that added and removed one only if the client holds a result of it that
+    /// is still right there.
+    gaps: Vec<Gap>,
     in_flight: usize,
     max_in_flight: usize,
     limits: QueryLimits,
@@ -175,6 +209,10 @@ impl ClientSession {
             by_key: HashMap::new(),
             upstream_ts: HashMap::new(),
             newest_ts: Timestamp::default(),
+            deferred: Vec::new(),
+            held_responses: Vec::new(),
+            removed_in: HashMap::new(),
+            gaps: Vec::new(),
             in_flight: 0,
             max_in_flight,
             limits,
@@ -302,11 +340,13 @@ impl ClientSession {
                         base_version: self.version.held().identity,
                     });
                 }
+                // The base of the last `Authenticate` accepted: the transition confirming it
+                // may still be held back for its results.
                 Event::AuthFailed { error, .. } => {
-                    let held = self.version.held().identity;
+                    let accepted = self.version.identity();
                     return Err(End::Auth {
                         error,
-                        base_version: IdentityVersion(held.0.saturating_sub(1)),
+                        base_version: IdentityVersion(accepted.0.saturating_sub(1)),
                     });
                 }
                 Event::Response {
@@ -337,7 +377,9 @@ impl ClientSession {
         Some(frontier)
     }
 
-    /// Sends the transition to the accepted versions at the frontier, if it moves anything.
+    /// Sends the transition to the accepted versions at the frontier, if it moves anything;
+    /// a version whose results are not all known yet is held back (see the module rules), and
+    /// changes belonging to it wait in `deferred`.
     fn transition(
         &mut self,
         pending: Vec<Pending>,
@@ -345,20 +387,118 @@ impl ClientSession {
         out: &mut Vec<Effect>,
     ) -> Step {
         let held = self.version.held();
-        let step = self.version.step(self.frontier().unwrap_or(held.ts));
-        if step.is_still() && pending.is_empty() {
+        let mut step = self.version.step(self.frontier().unwrap_or(held.ts));
+        step.end = self.reachable(held, step.end);
+        let waited = !self.deferred.is_empty();
+        let mut now = Vec::with_capacity(pending.len());
+        let mut later = Vec::new();
+        for p in std::mem::take(&mut self.deferred)
+            .into_iter()
+            .chain(pending)
+        {
+            match self.belongs_to(&p) {
+                None => {}
+                Some(needs) if needs.0 <= step.end.query_set && needs.1 <= step.end.identity => {
+                    if let Pending::Removed(id) = &p {
+                        self.removed_in.remove(id);
+                    }
+                    now.push(p);
+                }
+                Some(_) => later.push(p),
+            }
+        }
+        // A fan-out's text is shared only by sockets that send exactly its changes.
+        let shared = shared.filter(|_| !waited && later.is_empty());
+        self.deferred = later;
+        if step.is_still() && now.is_empty() {
+            self.release_responses(out);
             return Ok(());
         }
-        let make = || frames::transition(step.start, step.end, &pending);
+        let make = || frames::transition(step.start, step.end, &now);
         let text = match shared {
             Some(shared) => {
-                shared.get_or_make((step.start, step.end, frames::text_ids(&pending)), make)
+                shared.get_or_make((step.start, step.end, frames::text_ids(&now)), make)
             }
             None => Utf8Bytes::from(make()),
         };
         self.version.sent(step);
         out.push(Effect::Transition(text));
+        self.release_responses(out);
         Ok(())
+    }
+
+    /// Whether the client holds the query-set and identity versions it asked for.
+    fn caught_up(&self) -> bool {
+        let held = self.version.held();
+        held.query_set == self.version.query_set() && held.identity == self.version.identity()
+    }
+
+    /// Sends the answers held for a transition, once the client caught up.
+    fn release_responses(&mut self, out: &mut Vec<Effect>) {
+        if self.caught_up() {
+            out.append(&mut self.held_responses);
+        }
+    }
+
+    /// The furthest versions a transition may reach from `held` towards `end` (the query-set
+    /// version first, then the identity): every query in the set at the reached query-set
+    /// version has a result the client may hold there, either one known from the upstream
+    /// that serves it under the reached identity, or, below the identity it was resubscribed
+    /// under, the one the client already holds. Staying at `held` is always allowed.
+    fn reachable(&mut self, held: StateVersion, end: StateVersion) -> StateVersion {
+        self.gaps.retain(|gap| gap.removed > held.query_set);
+        // (added_in, owed_identity, result known) of the queries and of the gaps.
+        let owed: Vec<(QuerySetVersion, IdentityVersion, bool)> = self
+            .queries
+            .values()
+            .filter(|q| q.key.is_some())
+            .filter(|q| q.last.is_none() || q.owed_identity > held.identity)
+            .map(|q| (q.added_in, q.owed_identity, q.last.is_some()))
+            .collect();
+        let fits = |query_set: QuerySetVersion, identity: IdentityVersion| {
+            let queries_fit = owed.iter().all(|(added, owed_identity, known)| {
+                *added > query_set
+                    || if identity >= *owed_identity {
+                        *known
+                    } else {
+                        *added <= held.query_set
+                    }
+            });
+            let gaps_fit = self.gaps.iter().all(|gap| {
+                gap.added > query_set
+                    || gap.removed <= query_set
+                    || gap.held_below.is_some_and(|below| identity < below)
+            });
+            queries_fit && gaps_fit
+        };
+        for query_set in (held.query_set.0..=end.query_set.0).rev() {
+            for identity in (held.identity.0..=end.identity.0).rev() {
+                let (query_set, identity) = (QuerySetVersion(query_set), IdentityVersion(identity));
+                if fits(query_set, identity) {
+                    return StateVersion {
+                        query_set,
+                        identity,
+                        ts: end.ts,
+                    };
+                }
+            }
+        }
+        StateVersion { ts: end.ts, ..held }
+    }
+
+    /// The query-set and identity versions a change belongs to; `None` for the result of a
+    /// query no longer in the set (dropped).
+    fn belongs_to(&self, p: &Pending) -> Option<(QuerySetVersion, IdentityVersion)> {
+        match p {
+            Pending::Result(id, _) => self.queries.get(id).map(|q| (q.added_in, q.owed_identity)),
+            Pending::Removed(id) => Some((
+                self.removed_in
+                    .get(id)
+                    .copied()
+                    .unwrap_or(QuerySetVersion(0)),
+                IdentityVersion(0),
+            )),
+        }
     }
 }
 

@@ -91,7 +91,8 @@ proptest! {
                         n => PEOPLE[n as usize - 2].to_owned(),
                     };
                     let route = h.route_of(&who);
-                    let held = h.model.held().identity;
+                    // The base of the last Authenticate sent (its confirmation may be held back).
+                    let held = h.model.authenticates_sent();
                     let failed = Event::AuthFailed {
                         upstream: 0,
                         error: format!("{who}'s token refused"),

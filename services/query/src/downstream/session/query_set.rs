@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use edge_convex::sync::{QuerySetModification, one_argument};
-use edge_convex::{QueryId, QuerySetVersion};
+use edge_convex::{IdentityVersion, QueryId, QuerySetVersion};
 
 use super::{ClientQuery, ClientSession, Effect, End, Route, Step};
 use crate::downstream::frames::Pending;
@@ -41,7 +41,17 @@ impl ClientSession {
         }
     }
 
-    pub(super) fn subscribe(&mut self, query_id: QueryId, key: QueryKey, out: &mut Vec<Effect>) {
+    /// Routes a query and subscribes its key if it is the first on it. `added_in`: the
+    /// query-set version that added it. A query on a key another query of the socket already
+    /// has a result for gets that result into `pending` at once (no upstream sends it again).
+    pub(super) fn subscribe(
+        &mut self,
+        query_id: QueryId,
+        key: QueryKey,
+        added_in: QuerySetVersion,
+        pending: &mut Vec<Pending>,
+        out: &mut Vec<Effect>,
+    ) {
         let route = if self.identity.is_some() && self.is_shared(&key) {
             Route::Shared
         } else {
@@ -58,11 +68,19 @@ impl ClientSession {
             .entry(key.clone())
             .or_default();
         let first = ids.is_empty();
+        let known = ids
+            .iter()
+            .find_map(|id| self.queries.get(id).and_then(|q| q.last.clone()));
         ids.insert(query_id);
+        if let Some(result) = &known {
+            pending.push(Pending::Result(query_id, result.clone()));
+        }
         let query = ClientQuery {
             key: Some(key.clone()),
             route,
-            last: None,
+            last: known,
+            added_in,
+            owed_identity: self.version.identity(),
         };
         self.queries.insert(query_id, query);
         self.query_bytes += super::key_bytes(&key);
@@ -151,7 +169,7 @@ impl ClientSession {
                             self.budget
                                 .charge(super::key_bytes(&key))
                                 .map_err(End::Fatal)?;
-                            self.subscribe(query_id, key, out)
+                            self.subscribe(query_id, key, new, &mut pending, out)
                         }
                         Err(message) => {
                             let failed = Arc::new(QueryResult::Failed {
@@ -164,6 +182,8 @@ impl ClientSession {
                                 key: None,
                                 route: Route::Main,
                                 last: Some(failed.clone()),
+                                added_in: new,
+                                owed_identity: self.version.identity(),
                             };
                             self.queries.insert(query_id, query);
                             pending.push(Pending::Result(query_id, failed));
@@ -179,6 +199,26 @@ impl ClientSession {
                         .get(&query_id)
                         .and_then(|q| q.key.as_ref())
                         .map(super::key_bytes);
+                    // Its results are not sent any more: a transition may end where it is
+                    // still in the set only with the result the client holds.
+                    let held = self.version.held();
+                    if let Some(q) = self.queries.get(&query_id)
+                        && q.key.is_some()
+                    {
+                        let held_below = (q.added_in <= held.query_set).then(|| {
+                            if q.owed_identity > held.identity {
+                                q.owed_identity
+                            } else {
+                                IdentityVersion(u32::MAX)
+                            }
+                        });
+                        self.gaps.push(super::Gap {
+                            added: q.added_in,
+                            removed: new,
+                            route: q.route,
+                            held_below,
+                        });
+                    }
                     if let Some(bytes) = charged {
                         self.budget.release(bytes);
                     }
@@ -188,6 +228,9 @@ impl ClientSession {
                         )));
                     }
                     pending.retain(|p| p.query_id() != query_id);
+                    self.deferred
+                        .retain(|p| !matches!(p, Pending::Result(id, _) if *id == query_id));
+                    self.removed_in.insert(query_id, new);
                     pending.push(Pending::Removed(query_id));
                     self.stats
                         .downstream_subscriptions

@@ -1,6 +1,7 @@
 //! Mutations and actions: at most `max_pending_requests` in flight per socket (Convex's own
 //! cap), forwarded through the main route, answered in the order the upstream queued them
-//! (before the transition that reaches a mutation's `ts`, as Convex sends them).
+//! (before the transition that reaches a mutation's `ts`, as Convex sends them), and after the
+//! transition that reaches the versions the client asked for.
 
 use edge_convex::RequestId;
 use edge_convex::ServerMessage;
@@ -54,7 +55,14 @@ impl ClientSession {
     ) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.budget.release_request();
-        out.push(answer(request_id, kind, outcome));
+        // convex-js rebuilds its query results from the transitions of the socket at each
+        // response: while a version is held back (a reconnect's re-added queries), the answer
+        // waits for the transition that reaches it, or every query would read as loading.
+        if self.caught_up() {
+            out.push(answer(request_id, kind, outcome));
+        } else {
+            self.held_responses.push(answer(request_id, kind, outcome));
+        }
     }
 }
 

@@ -465,3 +465,124 @@ fn a_signed_out_address_past_its_requests_in_flight_gets_a_failed_answer_and_kee
     two.on_client(action(2), &mut effects).unwrap();
     assert_eq!(forwarded(&effects), 1);
 }
+
+fn current(key: &QueryKey, who: &str, ts: u64) -> Event {
+    Event::Current {
+        upstream: 0,
+        ts: Timestamp(ts),
+        key: key.clone(),
+        result: value(who, key, ts),
+    }
+}
+
+#[test]
+fn a_query_set_version_is_reached_only_with_the_results_it_added() {
+    let mut h = Harness::new();
+    h.upstream_transition("");
+    let q = h.add(PRIVATE, json!({}));
+    // No transition to version 1 without the query's result (convex-js shows it loading).
+    assert_eq!(h.model.held().query_set, QuerySetVersion(0));
+    let key = QueryKey::new(PRIVATE, &json!({}), None).unwrap();
+    let ts = h.tick("");
+    h.deliver(vec![(Some(Route::Main), current(&key, "", ts))]);
+    assert_eq!(h.model.held().query_set, QuerySetVersion(1));
+    assert_eq!(h.model.result(q).unwrap()["who"], "");
+}
+
+#[test]
+fn a_query_on_a_key_the_socket_already_has_gets_its_value_at_once() {
+    let mut h = Harness::new();
+    let first = h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    let second = h.add(PRIVATE, json!({}));
+    assert_eq!(h.model.held().query_set, QuerySetVersion(2));
+    assert_eq!(h.model.result(second), h.model.result(first));
+}
+
+#[test]
+fn results_of_a_later_version_wait_for_it() {
+    let mut h = Harness::new();
+    let waiting = h.add(PRIVATE, json!({"n": 1}));
+    h.upstream_transition("");
+    let other = h.add(PRIVATE, json!({"n": 2}));
+    h.subscribed
+        .get_mut("")
+        .unwrap()
+        .remove(&QueryKey::new(PRIVATE, &json!({"n": 2}), None).unwrap());
+    // Only the first key moves: version 2 waits, and so does nothing of version 1.
+    h.upstream_transition("");
+    assert_eq!(h.model.held().query_set, QuerySetVersion(1));
+    assert!(h.model.result(waiting).is_some());
+    assert!(h.model.result(other).is_none());
+    let key = QueryKey::new(PRIVATE, &json!({"n": 2}), None).unwrap();
+    let ts = h.tick("");
+    h.deliver(vec![(Some(Route::Main), current(&key, "", ts))]);
+    assert_eq!(h.model.held().query_set, QuerySetVersion(2));
+    assert!(h.model.result(other).is_some());
+}
+
+#[test]
+fn removing_a_query_before_its_result_moves_past_its_version() {
+    let mut h = Harness::new();
+    h.upstream_transition("");
+    let q = h.add(PRIVATE, json!({}));
+    h.remove(q);
+    assert_eq!(h.model.held().query_set, QuerySetVersion(2));
+    assert!(h.model.results().is_empty());
+}
+
+#[test]
+fn the_identity_version_moves_with_the_new_identitys_results() {
+    let mut h = Harness::new();
+    let q = h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.sign_in("ada");
+    // Until ada's result is known the client keeps the identity it holds, and its result.
+    assert_eq!(h.model.held().identity, IdentityVersion(0));
+    assert_eq!(h.model.result(q).unwrap()["who"], "");
+    h.upstream_transition("ada");
+    assert_eq!(h.model.held().identity, IdentityVersion(1));
+    assert_eq!(h.model.result(q).unwrap()["who"], "ada");
+}
+
+#[test]
+fn a_socket_without_private_queries_is_confirmed_at_once() {
+    let mut h = Harness::new();
+    h.upstream_transition("");
+    h.sign_in("ada");
+    assert_eq!(h.model.held().identity, IdentityVersion(1));
+}
+
+#[test]
+fn a_query_removed_before_signing_in_never_shows_the_old_identitys_result() {
+    let mut h = Harness::new();
+    let removed = h.add(PRIVATE, json!({"n": 0}));
+    h.add(PRIVATE, json!({"n": 0}));
+    h.mutate();
+    h.add(SHARED, json!({"n": 0}));
+    h.remove(removed);
+    h.sign_in("ada");
+    // The harness checks every transition: no version is reached with a stale result.
+    h.settle();
+    assert_eq!(h.model.held().identity, IdentityVersion(1));
+}
+
+#[test]
+fn an_answer_waits_for_the_transition_that_reaches_the_asked_versions() {
+    let mut h = Harness::new();
+    h.upstream_transition("");
+    h.add(PRIVATE, json!({}));
+    // The answer comes from the upstream before the new query's result: held for it.
+    h.subscribed.get_mut("").unwrap().clear();
+    h.mutate();
+    assert_eq!(
+        h.model.in_flight(),
+        1,
+        "answered before the query set was reached"
+    );
+    let key = QueryKey::new(PRIVATE, &json!({}), None).unwrap();
+    let ts = h.tick("");
+    h.deliver(vec![(Some(Route::Main), current(&key, "", ts))]);
+    assert_eq!(h.model.held().query_set, QuerySetVersion(1));
+    assert_eq!(h.model.in_flight(), 0);
+}
