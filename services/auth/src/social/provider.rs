@@ -375,10 +375,14 @@ impl Provider {
         let Some(iat) = claims.get("iat").and_then(Value::as_i64) else {
             return Err(bad("id token has no iat"));
         };
-        if let Some(max_age) = rules.max_age_seconds
-            && now - iat > max_age + ID_TOKEN_LEEWAY
-        {
-            return Err(bad("id token is too old"));
+        // jose's `maxTokenAge`: too old, or issued in the future (beyond the same leeway).
+        if let Some(max_age) = rules.max_age_seconds {
+            if now - iat > max_age + ID_TOKEN_LEEWAY {
+                return Err(bad("id token is too old"));
+            }
+            if iat > now + ID_TOKEN_LEEWAY {
+                return Err(bad("id token is issued in the future"));
+            }
         }
         if let Some(nonce) = nonce {
             let claim = claims.get("nonce").and_then(Value::as_str);

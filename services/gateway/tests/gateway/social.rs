@@ -844,6 +844,15 @@ async fn built_in_providers_sign_in_against_stand_in_endpoints() {
             },
             Some("n-1"),
         ),
+        // Issued in the future (jose's `maxTokenAge` check, beyond its 30 s tolerance).
+        (
+            {
+                let mut c = claims.clone();
+                c["iat"] = json!(now + 300);
+                c
+            },
+            Some("n-1"),
+        ),
         (claims.clone(), Some("another-nonce")),
     ];
     for (claims, nonce) in refused {
