@@ -359,21 +359,9 @@ pub async fn user_info(
             Ok(user(string(profile.get("id")), &raw))
         }
         Kind::Discord => {
-            let (Some(endpoint), Some(access)) = (&d.userinfo_endpoint, &tokens.access_token)
-            else {
+            let Some(profile) = p.fetch_userinfo(d, tokens).await? else {
                 return Ok(None);
             };
-            let response = p
-                .http
-                .get(endpoint)
-                .bearer_auth(access)
-                .timeout(HTTP_TIMEOUT)
-                .send()
-                .await?;
-            if !response.status().is_success() {
-                return Ok(None);
-            }
-            let profile: Map<String, Value> = response.json().await?;
             let id = string(profile.get("id")).unwrap_or_default();
             let image = match profile.get("avatar").and_then(Value::as_str) {
                 Some(avatar) => {

@@ -134,14 +134,18 @@ pub fn decode_claims(token: &str) -> Option<Map<String, Value>> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn header_alg(token: &str) -> Option<String> {
+/// The protected header of a compact JWS, unverified.
+fn jws_header(token: &str) -> Option<Map<String, Value>> {
     use base64::Engine;
     let header = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
         .ok()?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
-    string(header.get("alg"))
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn header_alg(token: &str) -> Option<String> {
+    string(jws_header(token)?.get("alg"))
 }
 
 /// Seconds of clock skew Better Auth tolerates on ID tokens.
@@ -398,6 +402,29 @@ impl Provider {
         Ok(claims)
     }
 
+    /// The userinfo endpoint's JSON object, asked with the access token; `None` without an
+    /// endpoint or a token, or when the provider does not answer 2xx.
+    pub(super) async fn fetch_userinfo(
+        &self,
+        d: &Discovered,
+        tokens: &Tokens,
+    ) -> Result<Option<Map<String, Value>>, ProviderError> {
+        let (Some(endpoint), Some(access)) = (&d.userinfo_endpoint, &tokens.access_token) else {
+            return Ok(None);
+        };
+        let response = self
+            .http
+            .get(endpoint)
+            .bearer_auth(access)
+            .timeout(HTTP_TIMEOUT)
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            return Ok(None);
+        }
+        Ok(Some(response.json().await?))
+    }
+
     /// genericOAuth's `getUserInfo` after a code exchange: the verified ID token's claims when
     /// they carry `sub` and `email`, else the userinfo endpoint (whose `sub` must be the ID
     /// token's). `None` when the provider vouches for no one.
@@ -432,21 +459,9 @@ impl Provider {
                 raw
             }
             _ => {
-                let (Some(endpoint), Some(access)) = (&d.userinfo_endpoint, &tokens.access_token)
-                else {
+                let Some(mut raw) = self.fetch_userinfo(d, tokens).await? else {
                     return Ok(None);
                 };
-                let response = self
-                    .http
-                    .get(endpoint)
-                    .bearer_auth(access)
-                    .timeout(HTTP_TIMEOUT)
-                    .send()
-                    .await?;
-                if !response.status().is_success() {
-                    return Ok(None);
-                }
-                let mut raw: Map<String, Value> = response.json().await?;
                 let verified_flag = string_bool(raw.get("email_verified")).unwrap_or(false);
                 raw.insert("emailVerified".into(), Value::Bool(verified_flag));
                 if let Some(p) = raw.get("picture").cloned() {
@@ -487,13 +502,7 @@ fn sha256_hex(value: &str) -> String {
 }
 
 fn token_kid(token: &str) -> Option<String> {
-    use base64::Engine;
-    let header = token.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()?;
-    let header: Map<String, Value> = serde_json::from_slice(&bytes).ok()?;
-    string(header.get("kid"))
+    string(jws_header(token)?.get("kid"))
 }
 
 /// PKCE S256: base64url(SHA-256(verifier)), unpadded.

@@ -11,6 +11,7 @@
 //! every route per process: a database write per cache hit would cost what the cache saves.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -74,7 +75,8 @@ fn counted(req: &ServiceRequest) -> Option<Counted> {
 pub struct ReadLimiter {
     max: u32,
     window: Duration,
-    counts: Mutex<HashMap<String, Count>>,
+    /// Per (client network, path): `None` is Better Auth's shared `no-trusted-ip` bucket.
+    counts: Mutex<HashMap<(Option<IpAddr>, &'static str), Count>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -95,12 +97,17 @@ impl ReadLimiter {
         }
     }
 
-    /// Counts one request of `ip` on `path` at `now`; `Err(seconds)` to wait (Better Auth's
-    /// `X-Retry-After`) when the window is full. An empty `ip` is Better Auth's shared
-    /// `no-trusted-ip` bucket.
-    pub fn consume(&self, ip: &str, path: &str, now: Instant) -> Result<(), u64> {
-        let ip = if ip.is_empty() { "no-trusted-ip" } else { ip };
-        let key = format!("{ip}|{path}");
+    /// Counts one request of `client` (its network: an IPv6 client is its /64, as Better Auth
+    /// keys it) on `path` at `now`; `Err(seconds)` to wait (Better Auth's `X-Retry-After`)
+    /// when the window is full. No address is Better Auth's shared `no-trusted-ip` bucket.
+    /// The key is two words: a cache hit pays for no allocation here.
+    pub fn consume(
+        &self,
+        client: Option<IpAddr>,
+        path: &'static str,
+        now: Instant,
+    ) -> Result<(), u64> {
+        let key = (client.map(edge_forwarded::client_network), path);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = counts.get_mut(&key) {
             if now.duration_since(entry.last_request) >= self.window {
@@ -122,7 +129,7 @@ impl ReadLimiter {
             counts.retain(|_, c| now.duration_since(c.last_request) < window);
             // Still full of live keys: drop a tenth, so the next inserts do not scan again.
             if counts.len() >= MAX_KEYS {
-                let drop: Vec<String> = counts.keys().take(MAX_KEYS / 10).cloned().collect();
+                let drop: Vec<_> = counts.keys().take(MAX_KEYS / 10).copied().collect();
                 for k in drop {
                     counts.remove(&k);
                 }
@@ -153,9 +160,9 @@ pub async fn limit(
     let refused = match counted {
         Counted::Local(path) => match &state.read_limiter {
             Some(limiter) => {
-                let client = client_info(req.request());
+                let client = crate::routes::client_view(req.request()).ip;
                 limiter
-                    .consume(&client.ip_address, path, Instant::now())
+                    .consume(client, path, Instant::now())
                     .err()
                     .map(|seconds| ApiError {
                         retry_after: Some(seconds.to_string()),
@@ -195,27 +202,40 @@ pub async fn limit(
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
     #[test]
     fn reads_are_counted_as_better_auths_memory_store_counts() {
         let limiter = ReadLimiter::new(3, Duration::from_secs(10));
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         for i in 0..3 {
-            assert_eq!(limiter.consume("10.0.0.1", "/token", at(i * 1000)), Ok(()));
+            assert_eq!(
+                limiter.consume(ip("10.0.0.1"), "/token", at(i * 1000)),
+                Ok(())
+            );
         }
         // Full: refused until 10 s after the last counted request (at 2 s), and a refusal
         // does not move it.
-        assert_eq!(limiter.consume("10.0.0.1", "/token", at(3_000)), Err(9));
-        assert_eq!(limiter.consume("10.0.0.1", "/token", at(11_500)), Err(1));
+        assert_eq!(limiter.consume(ip("10.0.0.1"), "/token", at(3_000)), Err(9));
+        assert_eq!(
+            limiter.consume(ip("10.0.0.1"), "/token", at(11_500)),
+            Err(1)
+        );
         // Another path, another address, the shared unknown-address bucket: their own counts.
         assert_eq!(
-            limiter.consume("10.0.0.1", "/get-session", at(3_000)),
+            limiter.consume(ip("10.0.0.1"), "/get-session", at(3_000)),
             Ok(())
         );
-        assert_eq!(limiter.consume("10.0.0.2", "/token", at(3_000)), Ok(()));
-        assert_eq!(limiter.consume("", "/token", at(3_000)), Ok(()));
+        assert_eq!(limiter.consume(ip("10.0.0.2"), "/token", at(3_000)), Ok(()));
+        assert_eq!(limiter.consume(None, "/token", at(3_000)), Ok(()));
         // A whole window after the last counted one, the count starts again.
-        assert_eq!(limiter.consume("10.0.0.1", "/token", at(12_000)), Ok(()));
+        assert_eq!(
+            limiter.consume(ip("10.0.0.1"), "/token", at(12_000)),
+            Ok(())
+        );
     }
 
     #[test]
@@ -223,8 +243,8 @@ mod tests {
         let limiter = ReadLimiter::new(100, Duration::from_secs(10));
         let now = Instant::now();
         for i in 0..(MAX_KEYS + 10) {
-            let ip = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
-            assert_eq!(limiter.consume(&ip, "/token", now), Ok(()));
+            let address = format!("10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+            assert_eq!(limiter.consume(ip(&address), "/token", now), Ok(()));
         }
         assert!(limiter.counts.lock().unwrap().len() <= MAX_KEYS);
     }
