@@ -3,11 +3,19 @@
 // APIs and a JWKS, with ID tokens signed by a key of this process (RS256, as Google's).
 // Usage: node oauth-standin.mjs '<json>' with {clientId, clientSecret}; prints {url} once it
 // listens, then serves until killed.
-//   POST /token              code = a login; answers tokens for `<login>@example.com`; the
-//                            code `bad` is refused the way GitHub refuses (200 with `error`)
+// Each login is its own user: `<login>@example.com`, with its own GitHub and Discord id (given
+// in the order logins are first seen, from 4242 and from Discord's documented example id).
+//   POST /token              code = a login; answers tokens for that login (a Google-shaped
+//                            ID token); the code `bad` is refused the way GitHub refuses (200
+//                            with `error`)
+//   POST /<tenant>/oauth2/v2.0/token
+//                            Microsoft Entra ID's token endpoint under the authority this
+//                            process is: a v2.0 ID token of issuer `<url>/<tenant>/v2.0`
+//                            with `tid`, `oid` and `verified_primary_email`
+//   GET  /<tenant>/discovery/v2.0/keys, /certs
+//                            the JWKS
 //   GET  /user, /user/emails GitHub's profile and addresses for the bearer token
 //   GET  /users/@me          Discord's profile
-//   GET  /certs              the JWKS
 //   POST /mint               {claims} -> {token}: an ID token signed with the JWKS key
 //   GET  /requests           every token request's form, in order
 import http from "node:http";
@@ -30,6 +38,16 @@ function login(req) {
   return auth.startsWith("Bearer at-") ? auth.slice("Bearer at-".length) : null;
 }
 
+// Numeric ids per login, stable for the life of the process.
+const seen = [];
+function ordinal(who) {
+  if (!seen.includes(who)) seen.push(who);
+  return BigInt(seen.indexOf(who));
+}
+const githubId = (who) => 4242 + Number(ordinal(who));
+// Discord snowflakes: the documented example id, then one a millisecond later per login.
+const discordId = (who) => String(80351110224678912n + (ordinal(who) << 22n));
+
 function body(req) {
   return new Promise((resolve) => {
     let data = "";
@@ -44,7 +62,8 @@ const server = http.createServer(async (req, res) => {
     res.end(JSON.stringify(value));
   };
   const url = new URL(req.url, base);
-  if (req.method === "POST" && url.pathname === "/token") {
+  const microsoft = url.pathname.match(/^\/([^/]+)\/(oauth2\/v2\.0\/token|discovery\/v2\.0\/keys)$/);
+  if (req.method === "POST" && (url.pathname === "/token" || microsoft?.[2].endsWith("token"))) {
     const form = Object.fromEntries(new URLSearchParams(await body(req)));
     requests.push(form);
     if (form.client_id !== args.clientId || form.client_secret !== args.clientSecret) {
@@ -52,11 +71,35 @@ const server = http.createServer(async (req, res) => {
     }
     if (form.code === "bad") return send(200, { error: "bad_verification_code" });
     const now = Math.floor(Date.now() / 1000);
-    return send(200, {
+    const tokens = {
       access_token: `at-${form.code}`,
       refresh_token: `rt-${form.code}`,
       token_type: "bearer",
       expires_in: 3600,
+    };
+    if (microsoft) {
+      const tid = microsoft[1];
+      const email = `${form.code}@example.com`;
+      return send(200, {
+        ...tokens,
+        scope: "openid profile email User.Read",
+        id_token: await mint({
+          iss: `${base}/${tid}/v2.0`,
+          aud: args.clientId,
+          tid,
+          oid: `oid-${form.code}`,
+          sub: `pairwise-${form.code}`,
+          email,
+          verified_primary_email: [email],
+          name: `${form.code} (microsoft)`,
+          iat: now,
+          nbf: now,
+          exp: now + 3600,
+        }),
+      });
+    }
+    return send(200, {
+      ...tokens,
       scope: "read:user user:email",
       id_token: await mint({
         iss: "https://accounts.google.com",
@@ -74,7 +117,7 @@ const server = http.createServer(async (req, res) => {
   if (req.method === "GET" && url.pathname === "/user") {
     const who = login(req);
     if (!who || req.headers["user-agent"] !== "better-auth") return send(401, {});
-    return send(200, { id: 4242, login: who, name: null, email: null, avatar_url: `https://avatars.example/${who}` });
+    return send(200, { id: githubId(who), login: who, name: null, email: null, avatar_url: `https://avatars.example/${who}` });
   }
   if (req.method === "GET" && url.pathname === "/user/emails") {
     const who = login(req);
@@ -88,7 +131,7 @@ const server = http.createServer(async (req, res) => {
     const who = login(req);
     if (!who) return send(401, {});
     return send(200, {
-      id: "80351110224678912",
+      id: discordId(who),
       username: who,
       global_name: null,
       avatar: null,
@@ -97,7 +140,9 @@ const server = http.createServer(async (req, res) => {
       verified: true,
     });
   }
-  if (req.method === "GET" && url.pathname === "/certs") return send(200, { keys: [jwk] });
+  if (req.method === "GET" && (url.pathname === "/certs" || microsoft?.[2].endsWith("keys"))) {
+    return send(200, { keys: [jwk] });
+  }
   if (req.method === "POST" && url.pathname === "/mint") {
     const { claims } = JSON.parse(await body(req));
     return send(200, { token: await mint(claims) });

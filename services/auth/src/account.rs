@@ -101,10 +101,10 @@ impl AuthCore {
     /// (Better Auth's `allowUnlinkingAll` is off); the session must be fresh.
     pub async fn unlink_account(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         account_id: &str,
     ) -> Result<(), AuthError> {
-        let info = self.session(cookie_value).await?;
+        let info = self.session_of(cookies).await?;
         if !self.is_fresh(&info.session) {
             return Err(AuthError::invalid(
                 ErrorCode::SESSION_NOT_FRESH,

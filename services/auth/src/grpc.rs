@@ -503,6 +503,7 @@ impl AuthService for GrpcApi {
             request_sign_up: r.request_sign_up,
             oauth2_path: r.oauth2_path,
             link_cookie_value: r.link_cookie_value,
+            link_dont_remember_cookie: r.link_dont_remember_cookie,
         };
         let started = self.core.social_start(&start, &client(r.client)).await?;
         Ok(Response::new(pb::StartSocialSignInResponse {
@@ -576,7 +577,9 @@ impl AuthService for GrpcApi {
             access_token: bounded("idToken.accessToken", &t.access_token)?.to_owned(),
             user: bounded("idToken.user", &t.user)?.to_owned(),
         };
-        self.core.link_id_token(&r.cookie_value, &link).await?;
+        self.core
+            .link_id_token(cookies(&r.cookie_value, &r.dont_remember_cookie), &link)
+            .await?;
         Ok(Response::new(pb::LinkIdTokenResponse {}))
     }
 
@@ -587,7 +590,10 @@ impl AuthService for GrpcApi {
         let r = request.into_inner();
         let account_id = bounded("accountId", &r.account_id)?;
         self.core
-            .unlink_account(&r.cookie_value, account_id)
+            .unlink_account(
+                cookies(&r.cookie_value, &r.dont_remember_cookie),
+                account_id,
+            )
             .await?;
         Ok(Response::new(pb::UnlinkAccountResponse {}))
     }

@@ -18,7 +18,7 @@ use edge_proto::error::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthError;
-use crate::service::{AuthCore, Client, SessionInfo, new_session};
+use crate::service::{AuthCore, Client, Cookies, SessionInfo, new_session};
 use crate::store::{ProviderTokens, SocialAccount, User, now_ms};
 
 pub use config::ProviderConfig;
@@ -89,17 +89,22 @@ struct StateData {
     oauth_state: Option<String>,
 }
 
-/// The state's `link` (link-social): the user the account goes to. Better Auth also puts an
-/// encrypted copy of the session token there (`encryptedSessionToken`, checked on the
-/// callback); convex-edge leaves it out, which Better Auth's schema allows, and does not
-/// read it.
+/// The state's `link` (link-social): the user the account goes to, and the token of the
+/// session that asked, encrypted as Better Auth encrypts it (`symmetricEncrypt` under
+/// `derivePurposeKey(secret, "oauth-link-session-token")`): the callback links only while
+/// that session lives (Better Auth's `isLinkSessionLive`; a state without it is not checked).
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct LinkData {
-    email: String,
     #[serde(deserialize_with = "coerce_string")]
     user_id: String,
+    email: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    encrypted_session_token: Option<String>,
 }
+
+/// The purpose Better Auth derives the link state's session-token key for.
+const LINK_SESSION_TOKEN_PURPOSE: &str = "oauth-link-session-token";
 
 /// zod's `z.coerce.string()`.
 fn coerce_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -129,6 +134,8 @@ pub struct SocialStart {
     pub oauth2_path: bool,
     /// `link-social`: the cookie of the session whose user gets the account.
     pub link_cookie_value: String,
+    /// `link-social`: the `dont_remember` cookie beside it, as sent (or empty).
+    pub link_dont_remember_cookie: String,
 }
 
 /// Where to send the browser, and the signed `state` cookie to set.
@@ -243,6 +250,28 @@ impl AuthCore {
         format!("{}/error", self.config.account.auth_base())
     }
 
+    /// The provider a sign-in names. `sign-in/social` takes every configured one (Better Auth
+    /// 1.7's genericOAuth serves its providers there beside the built-in ones): else 404
+    /// `PROVIDER_NOT_FOUND`. Better Auth 1.6's `sign-in/oauth2` (and its
+    /// `oauth2/callback/:providerId`) knows only genericOAuth's own providers: a built-in or
+    /// unknown id is its 400 `{"message": "PROVIDER_CONFIG_NOT_FOUND <id>"}` (its error code
+    /// object interpolated into the message).
+    fn start_provider(&self, id: &str, oauth2_path: bool) -> Result<Arc<Provider>, AuthError> {
+        let provider = self.social.get(id);
+        if oauth2_path {
+            return provider
+                .filter(|p| p.config.kind == config::Kind::Generic)
+                .ok_or_else(|| {
+                    AuthError::invalid(
+                        ErrorCode::BAD_REQUEST,
+                        format!("PROVIDER_CONFIG_NOT_FOUND {id}"),
+                    )
+                });
+        }
+        provider
+            .ok_or_else(|| AuthError::invalid(ErrorCode::PROVIDER_NOT_FOUND, "Provider not found"))
+    }
+
     /// `sign-in/social` without an ID token: stores the state and answers the provider's
     /// authorization URL. `NOT_FOUND` (`PROVIDER_NOT_FOUND`) for an unknown provider.
     pub async fn social_start(
@@ -268,15 +297,23 @@ impl AuthCore {
         let link = if start.link_cookie_value.is_empty() {
             None
         } else {
-            let info = self.session(&start.link_cookie_value).await?;
+            let info = self
+                .session_of(Cookies {
+                    session: &start.link_cookie_value,
+                    dont_remember: &start.link_dont_remember_cookie,
+                })
+                .await?;
+            let key = self.config.secret.purpose_key(LINK_SESSION_TOKEN_PURPOSE);
             Some(LinkData {
-                email: info.user.email,
                 user_id: info.user.id,
+                email: info.user.email,
+                encrypted_session_token: Some(edge_keys::encryption::encrypt(
+                    &key,
+                    &info.session.token,
+                )),
             })
         };
-        let provider = self.social.get(&start.provider_id).ok_or_else(|| {
-            AuthError::invalid(ErrorCode::PROVIDER_NOT_FOUND, "Provider not found")
-        })?;
+        let provider = self.start_provider(&start.provider_id, start.oauth2_path)?;
         let discovered = provider.discovered().await.map_err(|e| {
             tracing::error!(provider = %start.provider_id, error = %e, "provider discovery failed");
             AuthError::invalid(ErrorCode::SERVICE_UNAVAILABLE, "Provider is unavailable")
@@ -398,6 +435,11 @@ impl AuthCore {
         cb: &SocialCallback,
         client: &Client,
     ) -> Result<SocialFinished, AuthError> {
+        // Better Auth 1.6's `oauth2/callback/:providerId` sends a provider's error or a missing
+        // code to the error page first, then refuses a provider it does not know.
+        if cb.oauth2_path && cb.error.is_empty() && !cb.code.is_empty() {
+            self.start_provider(&cb.provider_id, true)?;
+        }
         if cb.state.is_empty() {
             return Ok(error_redirect(
                 &self.default_error_url(),
@@ -471,21 +513,19 @@ impl AuthCore {
                 return fail("unable_to_get_user_info");
             }
         };
-        let scope = Some(tokens.scopes.join(","));
-        let tokens_row = ProviderTokens {
-            access_token: tokens.access_token.clone(),
-            refresh_token: tokens.refresh_token.clone(),
-            id_token: tokens.id_token.clone(),
-            access_token_expires_at: tokens.access_token_expires_at,
-            refresh_token_expires_at: tokens.refresh_token_expires_at,
-        };
+        let account = OAuthAccount::new(
+            &provider,
+            &user_info,
+            ProviderTokens {
+                access_token: tokens.access_token.clone(),
+                refresh_token: tokens.refresh_token.clone(),
+                id_token: tokens.id_token.clone(),
+                access_token_expires_at: tokens.access_token_expires_at,
+                refresh_token_expires_at: tokens.refresh_token_expires_at,
+            },
+            Some(tokens.scopes.join(",")),
+        );
         if let Some(link) = &data.link {
-            let account = OAuthAccount {
-                provider_id: provider.config.id.clone(),
-                account_id: user_info.account_id.clone(),
-                tokens: tokens_row,
-                scope,
-            };
             return match self
                 .link_account(link, &account, &user_info, &tokens.scopes)
                 .await?
@@ -498,27 +538,9 @@ impl AuthCore {
                 Err(code) => fail(code),
             };
         }
-        let Some(email) = user_info.email.clone().filter(|e| !e.is_empty()) else {
+        let Some(profile) = Profile::of(&user_info) else {
             tracing::warn!(provider = %cb.provider_id, "provider did not return an email");
             return fail("email_not_found");
-        };
-        let account = OAuthAccount {
-            provider_id: provider.config.id.clone(),
-            account_id: user_info.account_id.clone(),
-            tokens: ProviderTokens {
-                access_token: tokens.access_token.clone(),
-                refresh_token: tokens.refresh_token.clone(),
-                id_token: tokens.id_token.clone(),
-                access_token_expires_at: tokens.access_token_expires_at,
-                refresh_token_expires_at: tokens.refresh_token_expires_at,
-            },
-            scope: Some(tokens.scopes.join(",")),
-        };
-        let profile = Profile {
-            email: email.to_lowercase(),
-            email_verified: user_info.email_verified,
-            name: user_info.name.clone(),
-            image: user_info.image.clone(),
         };
         let (info, is_register) = match self.oauth_user(&account, &profile, client).await? {
             Ok(done) => done,
@@ -613,28 +635,8 @@ impl AuthCore {
         client: &Client,
     ) -> Result<SessionInfo, AuthError> {
         let (provider, user_info) = self.id_token_user(r).await?;
-        let Some(email) = user_info.email.clone().filter(|e| !e.is_empty()) else {
-            return Err(AuthError::invalid(
-                ErrorCode::USER_EMAIL_NOT_FOUND,
-                "User email not found",
-            ));
-        };
-        let account = OAuthAccount {
-            provider_id: provider.config.id.clone(),
-            account_id: user_info.account_id.clone(),
-            tokens: ProviderTokens {
-                access_token: (!r.access_token.is_empty()).then(|| r.access_token.clone()),
-                id_token: Some(r.token.clone()),
-                ..ProviderTokens::default()
-            },
-            scope: None,
-        };
-        let profile = Profile {
-            email: email.to_lowercase(),
-            email_verified: user_info.email_verified,
-            name: user_info.name.clone(),
-            image: user_info.image.clone(),
-        };
+        let profile = Profile::of(&user_info).ok_or_else(email_not_found)?;
+        let account = OAuthAccount::new(&provider, &user_info, r.tokens(), None);
         match self.oauth_user(&account, &profile, client).await? {
             Ok((info, _)) => Ok(info),
             // Better Auth's message is its internal error with spaces (`account not linked`).
@@ -649,22 +651,13 @@ impl AuthCore {
     /// account is added to the cookie's user, or refreshed when it is already theirs.
     pub async fn link_id_token(
         &self,
-        cookie_value: &str,
+        cookies: Cookies<'_>,
         r: &IdTokenSignIn,
     ) -> Result<(), AuthError> {
-        let info = self.session(cookie_value).await?;
+        let info = self.session_of(cookies).await?;
         let (provider, user_info) = self.id_token_user(r).await?;
-        if user_info.email.as_deref().is_none_or(str::is_empty) {
-            return Err(AuthError::invalid(
-                ErrorCode::USER_EMAIL_NOT_FOUND,
-                "User email not found",
-            ));
-        }
-        let tokens = ProviderTokens {
-            access_token: (!r.access_token.is_empty()).then(|| r.access_token.clone()),
-            id_token: Some(r.token.clone()),
-            ..ProviderTokens::default()
-        };
+        let profile = Profile::of(&user_info).ok_or_else(email_not_found)?;
+        let account = OAuthAccount::new(&provider, &user_info, r.tokens(), None);
         let now = now_ms();
         let existing = self
             .store
@@ -673,7 +666,7 @@ impl AuthCore {
         match existing {
             Some((row_id, owner, _)) if owner == info.user.id => {
                 self.store
-                    .update_account_tokens(&row_id, &tokens, now)
+                    .update_account_tokens(&row_id, &account.tokens, now)
                     .await?;
                 return Ok(());
             }
@@ -691,19 +684,12 @@ impl AuthCore {
                 "Account not linked - linking not allowed",
             ));
         }
-        if user_info.email.as_deref().map(str::to_lowercase) != Some(info.user.email.to_lowercase())
-        {
+        if profile.email != info.user.email.to_lowercase() {
             return Err(AuthError::invalid(
                 ErrorCode::LINKING_DIFFERENT_EMAILS_NOT_ALLOWED,
                 "Account not linked - different emails not allowed",
             ));
         }
-        let account = OAuthAccount {
-            provider_id: provider.config.id.clone(),
-            account_id: user_info.account_id.clone(),
-            tokens,
-            scope: None,
-        };
         self.store
             .link_account(&account.row(&info.user.id, now))
             .await
@@ -728,6 +714,10 @@ impl AuthCore {
         user_info: &provider::ProviderUser,
         scopes: &[String],
     ) -> Result<Result<(), &'static str>, AuthError> {
+        if !self.link_session_live(link).await? {
+            tracing::warn!(user_id = %link.user_id, "unable to link account: the session that asked has ended");
+            return Ok(Err("unable_to_link_account"));
+        }
         if self.store.user_by_id(&link.user_id).await?.is_none() {
             return Ok(Err("unable_to_link_account"));
         }
@@ -785,6 +775,23 @@ impl AuthCore {
                 Ok(Ok(()))
             }
         }
+    }
+
+    /// Better Auth's `isLinkSessionLive`: the session whose token the link state carries still
+    /// exists, is the linking user's and has not expired. A state without the token (written
+    /// before Better Auth recorded it) is not checked; one that does not decrypt is refused.
+    async fn link_session_live(&self, link: &LinkData) -> Result<bool, AuthError> {
+        let Some(encrypted) = &link.encrypted_session_token else {
+            return Ok(true);
+        };
+        let key = self.config.secret.purpose_key(LINK_SESSION_TOKEN_PURPOSE);
+        let Ok(token) = edge_keys::encryption::decrypt(&key, encrypted) else {
+            return Ok(false);
+        };
+        Ok(match self.store.session_with_user(&token).await? {
+            Some((session, _)) => session.user_id == link.user_id && session.expires_at > now_ms(),
+            None => false,
+        })
     }
 
     /// Better Auth's `handleOAuthUserInfo`: the account's owner, else the user with this
@@ -888,6 +895,20 @@ struct OAuthAccount {
 }
 
 impl OAuthAccount {
+    fn new(
+        provider: &Provider,
+        user_info: &provider::ProviderUser,
+        tokens: ProviderTokens,
+        scope: Option<String>,
+    ) -> Self {
+        OAuthAccount {
+            provider_id: provider.config.id.clone(),
+            account_id: user_info.account_id.clone(),
+            tokens,
+            scope,
+        }
+    }
+
     fn row(&self, user_id: &str, now: DateTime<Utc>) -> SocialAccount {
         SocialAccount {
             id: edge_keys::generate_id(),
@@ -908,6 +929,36 @@ struct Profile {
     email_verified: bool,
     name: String,
     image: Option<String>,
+}
+
+impl Profile {
+    /// `None` when the provider names no address.
+    fn of(user_info: &provider::ProviderUser) -> Option<Profile> {
+        let email = user_info.email.as_deref().filter(|e| !e.is_empty())?;
+        Some(Profile {
+            email: email.to_lowercase(),
+            email_verified: user_info.email_verified,
+            name: user_info.name.clone(),
+            image: user_info.image.clone(),
+        })
+    }
+}
+
+/// Better Auth's 401 `USER_EMAIL_NOT_FOUND` of the ID-token routes.
+fn email_not_found() -> AuthError {
+    AuthError::invalid(ErrorCode::USER_EMAIL_NOT_FOUND, "User email not found")
+}
+
+impl IdTokenSignIn {
+    /// What the account keeps of an ID-token sign-in or link: the token and the access token
+    /// the app sent (no refresh token, scope or expiry, as Better Auth stores them).
+    fn tokens(&self) -> ProviderTokens {
+        ProviderTokens {
+            access_token: (!self.access_token.is_empty()).then(|| self.access_token.clone()),
+            id_token: Some(self.token.clone()),
+            ..ProviderTokens::default()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -946,5 +997,19 @@ mod tests {
             serde_json::to_string(&data).unwrap(),
             r#"{"callbackURL":"/","codeVerifier":"v","newUserURL":"/new","expiresAt":1,"idTokenNonce":"n","oauthState":"s"}"#
         );
+        // link-social's `link`, in Better Auth's order; its user id may come as a number.
+        let link = LinkData {
+            user_id: "u".into(),
+            email: "a@example.com".into(),
+            encrypted_session_token: Some("e".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&link).unwrap(),
+            r#"{"userId":"u","email":"a@example.com","encryptedSessionToken":"e"}"#
+        );
+        let read: LinkData =
+            serde_json::from_str(r#"{"userId":7,"email":"a@example.com"}"#).unwrap();
+        assert_eq!(read.user_id, "7");
+        assert!(read.encrypted_session_token.is_none());
     }
 }

@@ -162,6 +162,22 @@ impl Provider {
         }
     }
 
+    /// A provider document (discovery, JWKS): a 2xx JSON answer, else an error.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<T, ProviderError> {
+        Ok(self
+            .http
+            .get(url)
+            .timeout(HTTP_TIMEOUT)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
     /// The discovery document, fetched on first use and kept; a failed fetch is tried again
     /// on the next request (genericOAuth's retry of a provider whose start-up discovery failed).
     pub async fn discovered(&self) -> Result<Arc<Discovered>, ProviderError> {
@@ -174,15 +190,7 @@ impl Provider {
             *slot = Some(d.clone());
             return Ok(d);
         }
-        let doc: Map<String, Value> = self
-            .http
-            .get(&self.config.discovery_url)
-            .timeout(HTTP_TIMEOUT)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let doc: Map<String, Value> = self.get_json(&self.config.discovery_url).await?;
         let issuer = string(doc.get("issuer"));
         if let Some(issuer) = &issuer {
             url::Url::parse(issuer).map_err(|_| bad("discovery issuer is not a URL"))?;
@@ -320,15 +328,7 @@ impl Provider {
             return Ok(v.clone());
         }
         let uri = d.jwks_uri.as_deref().ok_or_else(|| bad("no jwks_uri"))?;
-        let jwks: Value = self
-            .http
-            .get(uri)
-            .timeout(HTTP_TIMEOUT)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let jwks: Value = self.get_json(uri).await?;
         // `iss` and `aud` are checked by `verify_id_token` (some providers have two issuers).
         let verifier = Verifier::from_foreign_jwks(&jwks)
             .map_err(|e| bad(format!("provider jwks: {e}")))?

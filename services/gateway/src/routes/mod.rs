@@ -36,6 +36,11 @@ pub(crate) fn dont_remember_cookie(req: &HttpRequest) -> String {
     } else {
         DONT_REMEMBER_NAME
     };
+    cookie_named(req, name)
+}
+
+/// The value of the cookie `name` as the browser sent it (in any `Cookie` header), or empty.
+pub(crate) fn cookie_named(req: &HttpRequest, name: &str) -> String {
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())

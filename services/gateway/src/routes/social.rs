@@ -15,7 +15,8 @@ use crate::error::ApiError;
 use crate::routes::auth::{client_info, invalid_type, string_field};
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{
-    client_view, dont_remember_cookie, expire_dont_remember, is_https, session_cookie, set_cookie,
+    client_view, cookie_named, dont_remember_cookie, expire_dont_remember, is_https,
+    session_cookie, set_cookie,
 };
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -51,6 +52,7 @@ async fn link_social(
         let request = pb::LinkIdTokenRequest {
             cookie_value: cookie,
             id_token: Some(id_token_request(&req, &body, provider_id, id_token)?),
+            dont_remember_cookie: dont_remember_cookie(&req),
         };
         state
             .auth()
@@ -77,6 +79,7 @@ async fn unlink_account(
         .unlink_account(pb::UnlinkAccountRequest {
             cookie_value,
             account_id,
+            dont_remember_cookie: dont_remember_cookie(&req),
         })
         .await?;
     Ok(HttpResponse::Ok().json(json!({"status": true})))
@@ -98,13 +101,7 @@ fn state_cookie_header(req: &HttpRequest, value: &str, max_age: i64) -> String {
 }
 
 fn state_cookie(req: &HttpRequest) -> String {
-    let name = state_cookie_name(req);
-    req.headers()
-        .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .find_map(|h| edge_keys::cookie::named_from_header(h, name))
-        .unwrap_or_default()
-        .to_owned()
+    cookie_named(req, state_cookie_name(req))
 }
 
 /// A URL field of the body checked as Better Auth's origin check does (`callbackURL`,
@@ -175,7 +172,8 @@ async fn start(
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let body = request::body(&req, payload, state.config.max_body_bytes).await?;
     let provider_id = string_field(&body, provider_field, true)?.unwrap_or_default();
-    if let Some(id_token) = body.get("idToken") {
+    // Better Auth 1.6's `sign-in/oauth2` has no `idToken` member (its schema drops it).
+    if let Some(id_token) = body.get("idToken").filter(|_| !oauth2_path) {
         return id_token_sign_in(&req, &state, &body, provider_id, id_token).await;
     }
     redirect_start(
@@ -209,6 +207,11 @@ async fn redirect_start(
         request_sign_up: bool_field(body, "requestSignUp")?,
         client: Some(client_info(req)),
         oauth2_path,
+        link_dont_remember_cookie: if link_cookie.is_empty() {
+            String::new()
+        } else {
+            dont_remember_cookie(req)
+        },
         link_cookie_value: link_cookie,
     };
     let disable_redirect = bool_field(body, "disableRedirect")?;
