@@ -118,13 +118,17 @@ fn leak(s: String) -> &'static str {
 pub fn from_env(
     get: &impl Fn(&str) -> Option<String>,
 ) -> Result<(Vec<ProviderConfig>, Vec<String>), ConfigError> {
-    let ids: Vec<String> = get("AUTH_SOCIAL_PROVIDERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
+    // A comma-separated list of ids.
+    let ids_of = |var: &str| -> Vec<String> {
+        get(var)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    let ids = ids_of("AUTH_SOCIAL_PROVIDERS");
     let mut providers = Vec::with_capacity(ids.len());
     for id in ids {
         let valid = id.len() <= 64
@@ -215,14 +219,7 @@ pub fn from_env(
             scopes,
         });
     }
-    let trusted = get("AUTH_TRUSTED_PROVIDERS")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    Ok((providers, trusted))
+    Ok((providers, ids_of("AUTH_TRUSTED_PROVIDERS")))
 }
 
 #[cfg(test)]

@@ -375,17 +375,13 @@ impl AuthCore {
     async fn take_state(&self, cb: &SocialCallback) -> Result<StateData, SocialFinished> {
         let default = self.default_error_url();
         let mismatch = |url: &str| error_redirect(url, "state_mismatch", None, false);
+        let internal = || error_redirect(&default, "internal_server_error", None, false);
         let identifier = state_identifier(&cb.state);
         let row = match self.store.find_verification(&identifier).await {
             Ok(row) => row,
             Err(e) => {
                 tracing::error!(error = %e, "state lookup failed");
-                return Err(error_redirect(
-                    &default,
-                    "internal_server_error",
-                    None,
-                    false,
-                ));
+                return Err(internal());
             }
         };
         let Some((value, _)) = row else {
@@ -393,12 +389,7 @@ impl AuthCore {
             return Err(mismatch(&default));
         };
         let Ok(data) = serde_json::from_str::<StateData>(&value) else {
-            return Err(error_redirect(
-                &default,
-                "internal_server_error",
-                None,
-                false,
-            ));
+            return Err(internal());
         };
         let error_url = data.error_url.clone().unwrap_or_else(|| default.clone());
         if data.oauth_state.as_deref().is_some_and(|s| s != cb.state) {
@@ -414,12 +405,7 @@ impl AuthCore {
             Ok(None) => return Err(mismatch(&error_url)),
             Err(e) => {
                 tracing::error!(error = %e, "state consume failed");
-                return Err(error_redirect(
-                    &default,
-                    "internal_server_error",
-                    None,
-                    false,
-                ));
+                return Err(internal());
             }
         }
         if data.expires_at < Utc::now().timestamp_millis() {

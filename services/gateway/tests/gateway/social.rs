@@ -526,27 +526,22 @@ impl Standin {
             .iter()
             .map(|id| {
                 let mut c = edge_auth::social::ProviderConfig::new(id, CLIENT_ID, CLIENT_SECRET);
-                let e = &mut c.endpoints;
-                match *id {
-                    "github" => {
-                        (e.authorization, e.token, e.userinfo) =
-                            (at("/gh/authorize"), at("/token"), at("/user"))
-                    }
-                    "google" => {
-                        (e.authorization, e.token, e.jwks) =
-                            (at("/google/auth"), at("/token"), at("/certs"))
-                    }
-                    "discord" => {
-                        (e.authorization, e.token, e.userinfo) =
-                            (at("/discord/authorize"), at("/token"), at("/users/@me"))
-                    }
-                    "apple" => {
-                        (e.authorization, e.token, e.jwks) =
-                            (at("/apple/authorize"), at("/token"), at("/certs"))
-                    }
-                    "microsoft" => (c.authority, c.tenant) = (s.clone(), TENANT.to_owned()),
-                    other => panic!("no stand-in for {other}"),
+                if *id == "microsoft" {
+                    (c.authority, c.tenant) = (s.clone(), TENANT.to_owned());
+                    return c;
                 }
+                // (authorization, userinfo, jwks); every token endpoint is `/token`.
+                let (authorization, userinfo, jwks) = match *id {
+                    "github" => ("/gh/authorize", Some("/user"), None),
+                    "google" => ("/google/auth", None, Some("/certs")),
+                    "discord" => ("/discord/authorize", Some("/users/@me"), None),
+                    "apple" => ("/apple/authorize", None, Some("/certs")),
+                    other => panic!("no stand-in for {other}"),
+                };
+                c.endpoints.authorization = at(authorization);
+                c.endpoints.token = at("/token");
+                c.endpoints.userinfo = userinfo.and_then(at);
+                c.endpoints.jwks = jwks.and_then(at);
                 c
             })
             .collect();
