@@ -184,6 +184,39 @@ impl Convex {
     }
 }
 
+/// Flushes a step, checks the state's invariants, hands its messages to Convex, and ticks off
+/// the answers listeners got: each request answered at most once, and Convex holding exactly
+/// the keys listeners hold while connected.
+fn check_step(
+    s: &mut UpstreamState,
+    convex: &mut Convex,
+    outstanding: &mut BTreeSet<(u64, RequestId)>,
+    mut out: Outbox,
+) -> Result<(), String> {
+    s.flush(&mut out);
+    s.validate()?;
+    convex.receive(&out.to_convex);
+    for (audience, event) in &out.events {
+        if let (Audience::One(l), Event::Response { request_id, .. }) = (audience, event)
+            && !outstanding.remove(&(*l, *request_id))
+        {
+            return Err(format!("request {request_id} of {l} answered twice"));
+        }
+    }
+    let held: BTreeSet<&QueryKey> = convex.queries.values().collect();
+    if held.len() != convex.queries.len() {
+        return Err("a key subscribed twice".into());
+    }
+    if s.is_connected() && held.len() != s.subscriptions() {
+        return Err(format!(
+            "convex holds {} keys, listeners {}",
+            held.len(),
+            s.subscriptions()
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Attach(u8),
@@ -233,26 +266,6 @@ proptest! {
         // Requests of attached listeners not answered yet: (listener, its request id).
         let mut outstanding = BTreeSet::new();
         let mut next_request = 0;
-        let mut apply = |s: &mut UpstreamState, convex: &mut Convex, outstanding: &mut BTreeSet<(u64, RequestId)>, mut out: Outbox| {
-            s.flush(&mut out);
-            s.validate()?;
-            convex.receive(&out.to_convex);
-            for (audience, event) in &out.events {
-                if let (Audience::One(l), Event::Response { request_id, .. }) = (audience, event) {
-                    if !outstanding.remove(&(*l, *request_id)) {
-                        return Err(format!("request {request_id} of {l} answered twice"));
-                    }
-                }
-            }
-            let held: BTreeSet<&QueryKey> = convex.queries.values().collect();
-            if held.len() != convex.queries.len() {
-                return Err("a key subscribed twice".into());
-            }
-            if s.is_connected() && held.len() != s.subscriptions() {
-                return Err(format!("convex holds {} keys, listeners {}", held.len(), s.subscriptions()));
-            }
-            Ok::<(), String>(())
-        };
         for op in ops {
             let mut out = Outbox::default();
             match op {
@@ -303,7 +316,7 @@ proptest! {
                     }
                 }
             }
-            if let Err(e) = apply(&mut s, &mut convex, &mut outstanding, out) {
+            if let Err(e) = check_step(&mut s, &mut convex, &mut outstanding, out) {
                 prop_assert!(false, "{e}");
             }
         }
@@ -312,14 +325,14 @@ proptest! {
         if !s.is_connected() {
             s.connected("session".into(), &mut out);
         }
-        if let Err(e) = apply(&mut s, &mut convex, &mut outstanding, out) {
+        if let Err(e) = check_step(&mut s, &mut convex, &mut outstanding, out) {
             prop_assert!(false, "{e}");
         }
         while let Some(answer) = convex.run(ts + 1) {
             ts += 1;
             let mut out = Outbox::default();
             s.on_server_message(answer, &mut out).unwrap();
-            if let Err(e) = apply(&mut s, &mut convex, &mut outstanding, out) {
+            if let Err(e) = check_step(&mut s, &mut convex, &mut outstanding, out) {
                 prop_assert!(false, "{e}");
             }
         }
