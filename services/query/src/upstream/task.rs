@@ -322,3 +322,25 @@ fn assemble(
         other => Ok(Some(other)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Convex parses `Connect.sessionId` as a UUID: hyphenated, version 4, RFC 4122 variant,
+    /// and a fresh one per upstream.
+    #[test]
+    fn session_ids_are_fresh_version_4_uuids() {
+        let (a, b) = (super::session_id(), super::session_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(groups[2].starts_with('4'), "{id}");
+            assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "{id}");
+        }
+    }
+}
