@@ -171,31 +171,79 @@ struct Inner {
 /// connection taken out of it, so concurrent calls pipeline on one socket instead of each
 /// checking a connection out (deadpool pings every connection it hands out: a second round
 /// trip per command).
+///
+/// Opening that connection (TCP, TLS, the pool's ping) runs in a task of its own, bounded by
+/// [`CONNECT_TIMEOUT`] rather than by a command's short timeout: a command that gives up waiting
+/// leaves it running, so the cause of a failure (a certificate the trust store refuses, a
+/// refused port) is still logged and kept for [`TokenCache::redis_error`] instead of being
+/// lost behind "timed out".
 struct L2 {
     pool: deadpool_redis::Pool,
-    shared: Mutex<Option<redis::aio::MultiplexedConnection>>,
+    shared: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    connecting: Mutex<Option<Connecting>>,
+    /// The last failure to connect or to run a command, described with its causes; `None`
+    /// once a command succeeds.
+    last_error: Arc<Mutex<Option<String>>>,
 }
+
+type Connecting = Shared<BoxFuture<'static, Result<redis::aio::MultiplexedConnection, String>>>;
+
+/// How long opening a Redis connection may take before it counts as failed.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl L2 {
     async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
-        if let Some(conn) = self
-            .shared
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(conn) = lock(&self.shared).clone() {
             return Ok(conn);
         }
-        let conn =
-            deadpool_redis::Connection::take(self.pool.get().await.map_err(|e| e.to_string())?);
-        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
-        Ok(conn)
+        let connecting = lock(&self.connecting)
+            .get_or_insert_with(|| self.connect())
+            .clone();
+        connecting.await
+    }
+
+    /// Starts opening a connection in a task of its own; every caller waits on the same one.
+    fn connect(&self) -> Connecting {
+        let (pool, shared, last_error) = (
+            self.pool.clone(),
+            self.shared.clone(),
+            self.last_error.clone(),
+        );
+        let task = tokio::spawn(async move {
+            let opened = match tokio::time::timeout(CONNECT_TIMEOUT, pool.get()).await {
+                Ok(Ok(conn)) => Ok(deadpool_redis::Connection::take(conn)),
+                Ok(Err(e)) => Err(edge_tls::describe(&e)),
+                Err(_) => Err(format!(
+                    "no connection within {} s",
+                    CONNECT_TIMEOUT.as_secs()
+                )),
+            };
+            match &opened {
+                Ok(conn) => *lock(&shared) = Some(conn.clone()),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot connect to redis");
+                    *lock(&last_error) = Some(format!("cannot connect: {error}"));
+                }
+            }
+            opened
+        });
+        async move { task.await.map_err(|e| e.to_string())? }
+            .boxed()
+            .shared()
     }
 
     /// After a failure: the next call opens a fresh connection.
     fn reset(&self) {
-        *self.shared.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *lock(&self.shared) = None;
+        let mut connecting = lock(&self.connecting);
+        if connecting.as_ref().is_some_and(|c| c.peek().is_some()) {
+            *connecting = None;
+        }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn now_unix() -> i64 {
@@ -325,6 +373,11 @@ impl Inner {
         self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         if let Some(l2) = &self.l2 {
             l2.reset();
+            let mut last = lock(&l2.last_error);
+            // A timeout says less than the connection failure behind it: keep that.
+            if last.is_none() || !error.to_string().starts_with("timed out") {
+                *last = Some(format!("{op}: {error}"));
+            }
         }
         *self.l2_skip_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + self.config.redis_backoff);
@@ -338,10 +391,13 @@ impl Inner {
             let mut conn = l2.connection().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| edge_tls::describe(&e))
         };
         match tokio::time::timeout(self.config.redis_timeout, call).await {
-            Ok(Ok(v)) => Some(v),
+            Ok(Ok(v)) => {
+                *lock(&l2.last_error) = None;
+                Some(v)
+            }
             Ok(Err(e)) => {
                 self.redis_failed(op, &e);
                 None
@@ -420,7 +476,9 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
         let l2 = match &config.redis_url {
             Some(url) => Some(L2 {
                 pool: redis_pool(url, trust).map_err(|e| format!("invalid REDIS_URL: {e}"))?,
-                shared: Mutex::new(None),
+                shared: Arc::new(Mutex::new(None)),
+                connecting: Mutex::new(None),
+                last_error: Arc::new(Mutex::new(None)),
             }),
             None => None,
         };
@@ -514,6 +572,12 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len()
+    }
+
+    /// Why Redis last failed (to connect, with the TLS or network cause, or to answer), until
+    /// a command succeeds again; `None` without Redis or while it works.
+    pub fn redis_error(&self) -> Option<String> {
+        lock(&self.inner.l2.as_ref()?.last_error).clone()
     }
 
     pub fn stats(&self) -> &CacheStats {

@@ -40,7 +40,7 @@ pub struct ClientModel {
     last_query_set: QuerySetVersion,
     authenticates_sent: u32,
     in_flight: BTreeMap<RequestId, RequestKind>,
-    /// Mutations answered with a `ts` no transition has reached yet.
+    /// Mutations answered with a `ts` no transition since has reached.
     awaiting_ts: BTreeMap<RequestId, Timestamp>,
     /// The latest result of each query, as the client would show it.
     results: BTreeMap<QueryId, Value>,
@@ -236,14 +236,17 @@ impl ClientModel {
                 ..
             } => {
                 self.finish_request(*request_id, RequestKind::Mutation)?;
+                // convex-js resolves a mutation that succeeded only on a `Transition` whose
+                // `ts` reaches its own (`RequestManager.removeCompleted`, called on each
+                // transition), even one the client already holds: the server owes one after.
                 match (success, ts) {
                     (true, None) => {
                         return Err(format!("mutation {request_id} succeeded without a ts"));
                     }
-                    (true, Some(ts)) if *ts > self.held.ts => {
+                    (true, Some(ts)) => {
                         self.awaiting_ts.insert(*request_id, *ts);
                     }
-                    _ => received.completed.push(*request_id),
+                    (false, _) => received.completed.push(*request_id),
                 }
             }
             ServerMessage::ActionResponse { request_id, .. } => {
@@ -417,6 +420,36 @@ mod tests {
         assert!(m.receive(&early).unwrap().completed.is_empty());
         let reach = transition(version(0, 0, 9), version(0, 0, 10), vec![]);
         assert_eq!(m.receive(&reach).unwrap().completed, vec![request_id]);
+    }
+
+    /// A mutation run before (sent again after a reconnect, Convex answering with the first
+    /// commit's `ts`) may be answered with a `ts` the client already holds: convex-js still
+    /// waits for the next transition.
+    #[test]
+    fn a_mutation_answered_below_the_held_ts_completes_with_the_next_transition() {
+        let mut m = ClientModel::new();
+        m.receive(&transition(version(0, 0, 0), version(0, 0, 20), vec![]))
+            .unwrap();
+        let request_id = RequestId(1);
+        m.send(&ClientMessage::Mutation {
+            request_id,
+            udf_path: "tasks:add".into(),
+            args: vec![json!({})],
+            component_path: None,
+        })
+        .unwrap();
+        let response = ServerMessage::MutationResponse {
+            request_id,
+            success: true,
+            result: Value::Null,
+            ts: Some(Timestamp(10)),
+            log_lines: vec![],
+            error_data: None,
+        };
+        assert!(m.receive(&response).unwrap().completed.is_empty());
+        assert_eq!(m.awaiting().count(), 1);
+        let still = transition(version(0, 0, 20), version(0, 0, 20), vec![]);
+        assert_eq!(m.receive(&still).unwrap().completed, vec![request_id]);
     }
 
     #[test]

@@ -30,7 +30,17 @@ pub struct Database {
     history: VecDeque<Snapshot>,
     /// (ts, tables written) per commit, oldest first.
     log: VecDeque<(u64, BTreeSet<String>)>,
+    /// Mutations run over the sync protocol, by `(sessionId, requestId)`: their result and
+    /// commit `ts` (Convex's `SessionRequestModel`), so one sent again after a reconnect is
+    /// answered with its first outcome rather than run twice. The newest
+    /// [`MAX_SESSION_REQUESTS`] are kept.
+    session_requests: HashMap<(String, u32), (Value, u64)>,
+    session_request_order: VecDeque<(String, u32)>,
 }
+
+/// How many mutation outcomes [`Database`] keeps for `(sessionId, requestId)` (Convex keeps
+/// them for a retention period; a dev server keeps the newest).
+pub const MAX_SESSION_REQUESTS: usize = 65_536;
 
 fn now_nanos() -> u64 {
     std::time::SystemTime::now()
@@ -48,6 +58,30 @@ impl Database {
 
     pub fn ts(&self) -> u64 {
         self.current.ts
+    }
+
+    /// The result and commit `ts` of the mutation `(session, request)` ran as, if it did.
+    pub fn session_request(&self, session: &str, request: u32) -> Option<(Value, u64)> {
+        self.session_requests
+            .get(&(session.to_owned(), request))
+            .cloned()
+    }
+
+    /// Records a committed mutation's outcome under `(session, request)`.
+    pub fn record_session_request(&mut self, session: &str, request: u32, result: Value, ts: u64) {
+        let key = (session.to_owned(), request);
+        if self
+            .session_requests
+            .insert(key.clone(), (result, ts))
+            .is_none()
+        {
+            self.session_request_order.push_back(key);
+        }
+        while self.session_request_order.len() > MAX_SESSION_REQUESTS {
+            if let Some(old) = self.session_request_order.pop_front() {
+                self.session_requests.remove(&old);
+            }
+        }
     }
 
     pub fn snapshot(&self) -> &Snapshot {

@@ -190,7 +190,25 @@ impl Engine {
         args: &Value,
         identity: Option<&Identity>,
     ) -> (Result<Value, FunctionError>, u64) {
+        self.mutation_once(None, path, args, identity)
+    }
+
+    /// [`Engine::mutation`] as the sync protocol runs it, with `once` its
+    /// `(sessionId, requestId)`: as Convex (`check_mutation_status`), a mutation that already
+    /// committed under it is not run again, and answers with its first result and commit `ts`.
+    pub fn mutation_once(
+        &self,
+        once: Option<(&str, u32)>,
+        path: &str,
+        args: &Value,
+        identity: Option<&Identity>,
+    ) -> (Result<Value, FunctionError>, u64) {
         let mut db = self.lock();
+        if let Some((session, request)) = once
+            && let Some((result, ts)) = db.session_request(session, request)
+        {
+            return (Ok(result), ts);
+        }
         let snapshot = db.snapshot().clone();
         let (result, tx, _) = self.run(
             &snapshot,
@@ -205,6 +223,9 @@ impl Engine {
             Ok(_) => db.commit(writes),
             Err(_) => db.ts(),
         };
+        if let (Some((session, request)), Ok(value)) = (once, &result) {
+            db.record_session_request(session, request, value.clone(), ts);
+        }
         drop(db);
         self.ts.send_if_modified(|current| {
             let moved = ts > *current;

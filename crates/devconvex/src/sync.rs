@@ -58,6 +58,8 @@ struct SyncSession {
     clock_skew: Option<i64>,
     /// Largest transition frame before it is chunked; `None`: the client cannot take chunks.
     chunk_bytes: Option<usize>,
+    /// `Connect.sessionId`: a mutation runs once per `(sessionId, requestId)`.
+    session_id: Option<String>,
 }
 
 /// The server's Unix time: milliseconds (for the clock skew) and nanoseconds (`serverTs`).
@@ -93,6 +95,7 @@ pub async fn handler(
             last_sent: Instant::now(),
             clock_skew: None,
             chunk_bytes,
+            session_id: None,
         };
         session.run(stream, ping_interval).await;
     });
@@ -236,10 +239,12 @@ impl SyncSession {
             .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
         match message {
             ClientMessage::Connect {
+                session_id,
                 client_ts,
                 max_observed_timestamp,
                 ..
             } => {
+                self.session_id = Some(session_id);
                 if let Some(client_ts) = client_ts {
                     // Any number a client sends: saturating, never an overflow.
                     self.clock_skew =
@@ -275,9 +280,10 @@ impl SyncSession {
                 ..
             } => {
                 let args = single_args(&args)?;
-                let (result, ts) = self
-                    .engine
-                    .mutation(&udf_path, &args, self.identity.as_ref());
+                let once = self.session_id.as_deref().map(|id| (id, request_id.0));
+                let (result, ts) =
+                    self.engine
+                        .mutation_once(once, &udf_path, &args, self.identity.as_ref());
                 let (success, result, error_data) = outcome(result);
                 let message = ServerMessage::MutationResponse {
                     request_id,
@@ -287,7 +293,23 @@ impl SyncSession {
                     log_lines: vec![],
                     error_data,
                 };
-                self.send(&message).await
+                self.send(&message).await?;
+                // Convex sends a transition after every mutation answer, and convex-js
+                // resolves a mutation only on one reaching its `ts`: one the client already
+                // holds (a mutation that ran before under this `(sessionId, requestId)`) gets
+                // a transition that moves nothing.
+                let held = self.version.held();
+                if success && ts <= held.ts.0 {
+                    let still = ServerMessage::Transition {
+                        start_version: held,
+                        end_version: held,
+                        modifications: vec![],
+                        client_clock_skew: self.clock_skew,
+                        server_ts: Some(unix_now().as_nanos() as u64),
+                    };
+                    self.send(&still).await?;
+                }
+                Ok(())
             }
             ClientMessage::Action {
                 request_id,

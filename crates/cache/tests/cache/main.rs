@@ -301,3 +301,48 @@ async fn tokens_older_than_the_max_age_are_never_stored_or_served() {
     assert_eq!(edge_cache::issued_at(&jwt), Some(1_700_000_000));
     assert_eq!(edge_cache::issued_at("not-a-jwt"), None);
 }
+
+/// A `rediss://` Redis whose certificate the trust store refuses: requests go on through L1
+/// and the issuer, and the failure names its cause (rustls's `invalid peer certificate: …`),
+/// not only that a command timed out. The command timeout here is far shorter than a TLS
+/// handshake, as 50 ms is against a Redis across a network.
+#[tokio::test]
+async fn an_untrusted_redis_certificate_is_reported_with_its_cause() {
+    edge_tls::install_provider();
+    let ca = edge_testkit::TestCa::new();
+    let redis = edge_testkit::spawn_redis_tls(&ca).expect("redis-server with TLS");
+    // The OS roots and another test CA: not the one that issued Redis's certificate.
+    let other = edge_testkit::TestCa::new();
+    let trust = edge_tls::Trust::load(Some(&other.ca_file)).unwrap();
+    let c: TokenCache<String> = TokenCache::with_trust(
+        CacheConfig {
+            redis_url: Some(redis.url.clone()),
+            redis_timeout: Duration::from_micros(1),
+            ..CacheConfig::default()
+        },
+        &trust,
+        || "revoked".to_owned(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        let (_, key) = cookie();
+        let (_, outcome) = c
+            .get_or_issue(&key, || async { Ok(token(900)) })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Miss);
+        if let Some(error) = c.redis_error().filter(|e| !e.ends_with("timed out")) {
+            break error;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no cause for the Redis failure: {:?}",
+            c.redis_error()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Another test CA of the same name: rustls finds the issuer and refuses its signature.
+    assert!(error.contains("invalid peer certificate"), "{error}");
+    assert!(c.stats().redis_errors.load(Ordering::Relaxed) >= 1);
+}

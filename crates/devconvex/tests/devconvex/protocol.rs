@@ -223,6 +223,62 @@ async fn bad_tokens_get_auth_error_then_close() {
     assert!(edge_convex::Timestamp::decode(t["endVersion"]["ts"].as_str().unwrap()).unwrap() >= ts);
 }
 
+/// As Convex (`check_mutation_status`): a mutation runs once per `(sessionId, requestId)`. A
+/// client that reconnects under its session and sends a mutation again (convex-js's
+/// `RequestManager.restart`) gets the first run's result and `ts`, and a transition after it.
+#[tokio::test]
+async fn a_mutation_sent_again_under_its_session_runs_once() {
+    let auth = crate::Auth::start().await;
+    let running = crate::spawn(Some(auth.convex_auth_config())).await;
+    let token = auth.token_for("once@example.com").await;
+    let authenticate =
+        json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token});
+    let mutation = json!({"type": "Mutation", "requestId": 3, "udfPath": "messages:send", "args": [{"channel": "once", "body": "b"}]});
+    let mut ws = connect(&running).await;
+    send(&mut ws, authenticate.clone()).await;
+    recv(&mut ws).await;
+    send(&mut ws, mutation.clone()).await;
+    let first = recv(&mut ws).await;
+    assert_eq!(first["success"], true, "{first}");
+    recv(&mut ws).await;
+    drop(ws);
+
+    let mut ws = connect(&running).await;
+    send(&mut ws, authenticate).await;
+    recv(&mut ws).await;
+    send(
+        &mut ws,
+        add(0, 0, "messages:list", json!({"channel": "once"})),
+    )
+    .await;
+    let t = recv(&mut ws).await;
+    send(&mut ws, mutation).await;
+    let again = recv(&mut ws).await;
+    assert_eq!(
+        (
+            &again["type"],
+            &again["success"],
+            &again["ts"],
+            &again["result"]
+        ),
+        (
+            &first["type"],
+            &first["success"],
+            &first["ts"],
+            &first["result"]
+        )
+    );
+    let still = recv(&mut ws).await;
+    assert_eq!(still["type"], "Transition", "{still}");
+    assert_eq!(still["startVersion"], t["endVersion"]);
+    assert_eq!(still["endVersion"], t["endVersion"]);
+    assert_eq!(
+        t["modifications"][0]["value"].as_array().unwrap().len(),
+        1,
+        "written once: {t}"
+    );
+}
+
 #[tokio::test]
 async fn queries_rerun_only_when_their_tables_are_written_and_idle_sockets_get_pings() {
     let auth = crate::Auth::start().await;

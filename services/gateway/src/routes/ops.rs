@@ -21,17 +21,23 @@ async fn healthz() -> HttpResponse {
 }
 
 /// Ready when auth answers and, with a token cache, once the session log's backlog has been
-/// read (a later break of the stream only bypasses the cache).
+/// read (a later break of the stream only bypasses the cache). Redis never decides readiness
+/// (it is a cache): while it fails, `redis` says why (e.g. a certificate the trust store
+/// refuses), with the cause the log has.
 async fn readyz(state: web::Data<State>) -> HttpResponse {
+    let redis = state.cache().and_then(|c| c.redis_error());
+    let body = |status: &str| match &redis {
+        Some(error) => json!({"status": status, "redis": error}),
+        None => json!({"status": status}),
+    };
     if state.cache().is_some() && !state.log_caught_up.load(Ordering::Acquire) {
-        return HttpResponse::ServiceUnavailable()
-            .json(json!({"status": "reading the session log"}));
+        return HttpResponse::ServiceUnavailable().json(body("reading the session log"));
     }
     let mut auth = state.auth();
     let probe = tokio::time::timeout(Duration::from_secs(2), auth.get_jwks(pb::GetJwksRequest {}));
     match probe.await {
-        Ok(Ok(_)) => HttpResponse::Ok().json(json!({"status": "ready"})),
-        _ => HttpResponse::ServiceUnavailable().json(json!({"status": "auth unreachable"})),
+        Ok(Ok(_)) => HttpResponse::Ok().json(body("ready")),
+        _ => HttpResponse::ServiceUnavailable().json(body("auth unreachable")),
     }
 }
 

@@ -26,6 +26,10 @@ struct Mailbox {
 
 struct Task {
     settings: Settings,
+    /// Convex's `Connect.sessionId`, the same on every connection of this upstream: Convex runs
+    /// a mutation once per `(sessionId, requestId)`, so one sent again after a reconnect is
+    /// answered with its first outcome rather than run twice.
+    session_id: String,
     state: UpstreamState,
     mailboxes: HashMap<ListenerId, Mailbox>,
 }
@@ -41,6 +45,7 @@ pub fn spawn(settings: Settings) -> Upstream {
         state: UpstreamState::new(id, stats.clone(), values.clone())
             .with_max_message_bytes(settings.max_message_bytes),
         settings,
+        session_id: session_id(),
         mailboxes: HashMap::new(),
     };
     tokio::spawn(async move {
@@ -119,8 +124,7 @@ impl Task {
     ) -> Result<(), String> {
         let (mut sink, mut stream) = socket.split();
         let mut out = Outbox::default();
-        let session_id = format!("edge-query-{}", self.state.id());
-        self.state.connected(session_id, &mut out);
+        self.state.connected(self.session_id.clone(), &mut out);
         self.send(&mut sink, out).await?;
         let mut idle = tokio::time::interval(self.settings.idle);
         idle.tick().await;
@@ -277,6 +281,25 @@ impl Task {
     }
 }
 
+/// A random (version 4) UUID in hyphenated form: Convex parses `Connect.sessionId` as a UUID
+/// (`SessionId` in `crates/convex/sync_types`), and keys mutation idempotency on it, so it must
+/// be unique across upstreams, processes and replicas (convex-js uses `crypto.randomUUID`).
+fn session_id() -> String {
+    let mut b = [0u8; 16];
+    edge_keys::random_bytes(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
 /// Joins Convex's `TransitionChunk`s into the transition they carry (`None` until the last
 /// part); other messages pass through, and must not arrive between two parts.
 fn assemble(
@@ -297,5 +320,27 @@ fn assemble(
         },
         _ if chunks.in_progress() => Err("a message between two TransitionChunks".into()),
         other => Ok(Some(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Convex parses `Connect.sessionId` as a UUID: hyphenated, version 4, RFC 4122 variant,
+    /// and a fresh one per upstream.
+    #[test]
+    fn session_ids_are_fresh_version_4_uuids() {
+        let (a, b) = (super::session_id(), super::session_id());
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let groups: Vec<&str> = id.split('-').collect();
+            let lengths: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+            assert_eq!(lengths, [8, 4, 4, 4, 12], "{id}");
+            assert!(
+                id.chars().all(|c| c == '-' || c.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(groups[2].starts_with('4'), "{id}");
+            assert!(groups[3].starts_with(['8', '9', 'a', 'b']), "{id}");
+        }
     }
 }

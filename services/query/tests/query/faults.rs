@@ -191,3 +191,87 @@ async fn a_silent_upstream_connection_is_made_again() {
         .await;
     assert!(v.fatal.is_none() && !v.closed, "{v:?}");
 }
+
+/// The official `convex` client's requests while the query service's connection to Convex is
+/// lost, as convex-js itself carries them over a reconnect of its own socket
+/// (`RequestManager.restart`): the client's socket to the query service stays up, so the query
+/// service does it for it. An action in flight when the connection drops fails with convex-js's
+/// "Connection lost while action was in flight"; a mutation sent while it is down waits, goes
+/// once the connection is back, and resolves with its write in the client's list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_client_requests_cross_an_upstream_reconnect_as_convex_js_carries_them() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let stack = Stack::start_with(Options {
+        upstream_inactivity: Some(Duration::from_secs(3)),
+        ..Options::default()
+    })
+    .await;
+    let dir = edge_testkit::workspace_root().join("tests/node");
+    let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
+        .to_string();
+    let mut child = tokio::process::Command::new("node")
+        .current_dir(&dir)
+        .arg("convex-requests-reconnect.mjs")
+        .arg(arg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut next_phase = async || -> serde_json::Value {
+        let phase = async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("node is still running");
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v.get("phase").is_some()
+                {
+                    return v;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), phase)
+            .await
+            .expect("node answers in time")
+    };
+    let relay = stack.upstream_relay.as_ref().expect("a relay");
+
+    let ready = next_phase().await;
+    assert_eq!(ready["phase"], "ready", "{ready:#}");
+    // The upstream was heard from a moment ago: it is taken for dead only `upstream_inactivity`
+    // from now, long after the action below is forwarded into the partition.
+    relay.partition();
+    stdin.write_all(b"partitioned\n").await.unwrap();
+    let action = next_phase().await;
+    assert_eq!(action["phase"], "action", "{action:#}");
+    // Word for word what convex-js rejects with when its own socket drops under an action.
+    assert_eq!(
+        action["rejected"],
+        "[CONVEX A(demo:echo)] Connection lost while action was in flight\n  Called by client",
+        "{action:#}"
+    );
+
+    // The connection is down (that is what failed the action) and stays down until healed.
+    let sent = next_phase().await;
+    assert_eq!(sent["phase"], "mutation-sent", "{sent:#}");
+    let body = "sent while the upstream was down";
+    relay.heal();
+    stdin.write_all(b"healed\n").await.unwrap();
+    let done = next_phase().await;
+    assert_eq!(done["phase"], "done", "{done:#}");
+    assert_eq!(done["resolved"], true, "{done:#}");
+    assert_eq!(
+        done["seenAtResolve"], true,
+        "await mutation() resolved only once the list showed it: {done:#}"
+    );
+    // Written once.
+    let list = done["list"].as_array().unwrap();
+    assert_eq!(list.iter().filter(|b| *b == body).count(), 1, "{done:#}");
+}

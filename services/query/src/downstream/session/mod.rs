@@ -170,7 +170,7 @@ pub struct ClientSession {
     /// The newest `ts` any upstream ever sent this socket: the held `ts` never passes it.
     newest_ts: Timestamp,
     /// Answers to requests waiting for the transition that reaches the accepted versions.
-    held_responses: Vec<Effect>,
+    held_responses: Vec<(Effect, Option<Timestamp>)>,
     /// Changes not sent yet because they belong to versions the client does not hold yet.
     deferred: Vec<Pending>,
     /// The query-set version each deferred `QueryRemoved` belongs to.
@@ -435,8 +435,29 @@ impl ClientSession {
 
     /// Sends the answers held for a transition, once the client caught up.
     fn release_responses(&mut self, out: &mut Vec<Effect>) {
-        if self.caught_up() {
-            out.append(&mut self.held_responses);
+        if !self.caught_up() || self.held_responses.is_empty() {
+            return;
+        }
+        let mut reached = None;
+        for (answer, ts) in std::mem::take(&mut self.held_responses) {
+            out.push(answer);
+            reached = reached.max(ts);
+        }
+        self.owe_transition(reached, out);
+    }
+
+    /// convex-js resolves a mutation only on a transition reaching its `ts`, and Convex sends
+    /// one after every mutation answer: one answered with a `ts` the client already holds (a
+    /// mutation sent again after a reconnect of its upstream, answered with its first commit's
+    /// `ts`) gets a transition that moves nothing, as Convex's would.
+    fn owe_transition(&mut self, mutation_ts: Option<Timestamp>, out: &mut Vec<Effect>) {
+        let held = self.version.held();
+        if mutation_ts.is_some_and(|ts| ts <= held.ts) {
+            out.push(Effect::Transition(Utf8Bytes::from(frames::transition(
+                held,
+                held,
+                &[],
+            ))));
         }
     }
 

@@ -1,7 +1,9 @@
 //! Mutations and actions: at most `max_pending_requests` in flight per socket (Convex's own
 //! cap), forwarded through the main route, answered in the order the upstream queued them
 //! (before the transition that reaches a mutation's `ts`, as Convex sends them), and after the
-//! transition that reaches the versions the client asked for.
+//! transition that reaches the versions the client asked for. A mutation answered with a `ts`
+//! the client already holds is followed by a transition that moves nothing (convex-js
+//! resolves it only on a transition).
 
 use edge_convex::RequestId;
 use edge_convex::ServerMessage;
@@ -58,10 +60,16 @@ impl ClientSession {
         // convex-js rebuilds its query results from the transitions of the socket at each
         // response: while a version is held back (a reconnect's re-added queries), the answer
         // waits for the transition that reaches it, or every query would read as loading.
+        let mutation_ts = match &outcome {
+            Ok(o) if o.success && kind == RequestKind::Mutation => o.ts,
+            _ => None,
+        };
         if self.caught_up() {
             out.push(answer(request_id, kind, outcome));
+            self.owe_transition(mutation_ts, out);
         } else {
-            self.held_responses.push(answer(request_id, kind, outcome));
+            self.held_responses
+                .push((answer(request_id, kind, outcome), mutation_ts));
         }
     }
 }

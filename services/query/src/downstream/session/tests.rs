@@ -586,3 +586,47 @@ fn an_answer_waits_for_the_transition_that_reaches_the_asked_versions() {
     assert_eq!(h.model.held().query_set, QuerySetVersion(1));
     assert_eq!(h.model.in_flight(), 0);
 }
+
+/// A mutation its upstream sent again after a reconnect is answered with its first commit's
+/// `ts`, which the client may already hold: the answer is followed by a transition that moves
+/// nothing, on which convex-js resolves it (as Convex sends a transition after every answer).
+#[test]
+fn a_mutation_answered_with_a_ts_the_client_holds_still_completes() {
+    use crate::upstream::RequestOutcome;
+    use edge_convex::sync::RequestKind;
+
+    let mut h = Harness::new();
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.upstream_transition("");
+    let held = h.model.held().ts;
+    let request_id = RequestId(70);
+    let mutation = ClientMessage::Mutation {
+        request_id,
+        udf_path: "tasks:add".into(),
+        args: vec![json!({})],
+        component_path: None,
+    };
+    h.model.send(&mutation).unwrap();
+    let mut effects = vec![];
+    h.session.on_client(mutation, &mut effects).unwrap();
+    assert!(
+        matches!(effects[..], [Effect::Request { .. }]),
+        "{effects:?}"
+    );
+    let answer = Event::Response {
+        request_id,
+        kind: RequestKind::Mutation,
+        outcome: Box::new(Ok(RequestOutcome {
+            success: true,
+            result: json!(null),
+            ts: Some(Timestamp(held.0 - 1)),
+            log_lines: vec![],
+            error_data: None,
+        })),
+    };
+    h.deliver(vec![(None, answer)]);
+    assert_eq!(h.model.in_flight(), 0);
+    assert_eq!(h.model.awaiting().count(), 0, "the mutation never resolved");
+    assert_eq!(h.model.held().ts, held, "ts moved");
+}

@@ -135,7 +135,9 @@ impl UpstreamState {
         outcome: RequestOutcome,
         out: &mut Outbox,
     ) {
-        if let Some(r) = self.requests.remove(&upstream_id) {
+        if let Some(r) = self.requests.remove(&upstream_id)
+            && !r.orphaned
+        {
             let event = Event::Response {
                 request_id: r.request_id,
                 kind: r.kind,

@@ -1,6 +1,8 @@
 //! The upstream state's invariants, checked after every step by the unit and property tests
 //! and, in debug builds, by the driver: refcounts equal what listeners hold, every key has
-//! its query id on the current connection, and only live keys have a published value.
+//! its query id on the current connection, only live keys have a published value, and a
+//! request is sent exactly while connected, and one whose listener left is orphaned (and
+//! already sent: a waiting one leaves with its listener).
 
 use std::collections::HashMap;
 
@@ -47,6 +49,26 @@ impl UpstreamState {
         }
         if self.by_query_id.len() != self.subs.len() && self.is_connected() {
             return Err("query ids left for keys no longer subscribed".into());
+        }
+        for r in self.requests.values() {
+            if r.sent != self.is_connected() {
+                return Err(format!(
+                    "request {} of listener {} sent: {} (connected: {})",
+                    r.request_id,
+                    r.listener,
+                    r.sent,
+                    self.is_connected()
+                ));
+            }
+            if !r.orphaned && !self.listeners.contains_key(&r.listener) {
+                return Err(format!(
+                    "request {} belongs to listener {}, which left",
+                    r.request_id, r.listener
+                ));
+            }
+            if r.orphaned && !r.sent {
+                return Err(format!("request {} waits with no listener", r.request_id));
+            }
         }
         let values = lock(&self.values);
         for key in values.keys() {

@@ -52,13 +52,50 @@ struct Sub {
     result: Option<Arc<QueryResult>>,
 }
 
-/// A mutation or action forwarded to Convex under our own request id.
-#[derive(Debug, Clone, Copy)]
+/// A mutation or action forwarded to Convex under our own request id, kept until Convex
+/// answers it: a mutation is sent again on the next connection if the one it went on is lost
+/// (as convex-js's `RequestManager.restart` does; Convex runs a `(sessionId, requestId)` once).
+#[derive(Debug)]
 struct InFlight {
     listener: ListenerId,
     request_id: RequestId,
     kind: RequestKind,
+    udf_path: String,
+    args: Value,
+    /// Sent on the current connection; `false` while it waits for one.
+    sent: bool,
+    /// Its listener left after it was sent: kept (counted against Convex's cap) until Convex
+    /// answers or the connection drops, and the answer goes nowhere.
+    orphaned: bool,
+    /// The order requests were made in, the order they are sent again.
+    seq: u64,
 }
+
+impl InFlight {
+    fn message(&self, upstream_id: RequestId) -> ClientMessage {
+        let (request_id, udf_path, args) =
+            (upstream_id, self.udf_path.clone(), vec![self.args.clone()]);
+        match self.kind {
+            RequestKind::Mutation => ClientMessage::Mutation {
+                request_id,
+                udf_path,
+                args,
+                component_path: None,
+            },
+            RequestKind::Action => ClientMessage::Action {
+                request_id,
+                udf_path,
+                args,
+                component_path: None,
+            },
+        }
+    }
+}
+
+/// What an action in flight when the connection to Convex is lost fails with: convex-js's own
+/// words (`RequestManager.restart` in `src/browser/sync/request_manager.ts`). An action is not
+/// idempotent, so it is never sent again; it may or may not have run.
+pub const ACTION_LOST: &str = "Connection lost while action was in flight";
 
 /// The token the connection authenticates with.
 #[derive(Debug)]
@@ -98,6 +135,7 @@ pub struct UpstreamState {
     max_observed: edge_convex::Timestamp,
     next_query_id: u32,
     next_request_id: u32,
+    next_request_seq: u64,
     requests: HashMap<RequestId, InFlight>,
     /// Query-set changes not sent yet.
     pending: Vec<QuerySetModification>,
@@ -138,6 +176,7 @@ impl UpstreamState {
             max_observed: edge_convex::Timestamp::default(),
             next_query_id: 0,
             next_request_id: 0,
+            next_request_seq: 0,
             requests: HashMap::new(),
             pending: Vec::new(),
             sent: None,
@@ -175,11 +214,19 @@ impl UpstreamState {
         self.listeners.entry(listener).or_default();
     }
 
-    /// Removes a listener and releases everything it subscribed.
+    /// Removes a listener, releases everything it subscribed and drops its requests not sent
+    /// yet (those Convex has stay counted until answered; the answer goes nowhere).
     pub fn detach(&mut self, listener: ListenerId) {
         if let Some(keys) = self.listeners.remove(&listener) {
             for (key, n) in keys {
                 self.release(&key, n);
+            }
+        }
+        self.requests
+            .retain(|_, r| r.listener != listener || r.sent);
+        for r in self.requests.values_mut() {
+            if r.listener == listener {
+                r.orphaned = true;
             }
         }
     }
@@ -273,8 +320,11 @@ impl UpstreamState {
         out.events.push((Audience::All, event));
     }
 
-    /// Forwards a listener's mutation or action under an upstream request id; refused at once
-    /// while disconnected, and when [`MAX_REQUESTS_IN_FLIGHT`] of its kind are unanswered.
+    /// Forwards a listener's mutation or action under an upstream request id. While
+    /// disconnected it waits and goes on the next connection, as convex-js holds a request made
+    /// while its socket is down. Refused at once when [`MAX_REQUESTS_IN_FLIGHT`] of its kind
+    /// (sent or waiting) are unanswered; ignored from a listener not attached (its answer would
+    /// go nowhere).
     pub fn request(
         &mut self,
         listener: ListenerId,
@@ -284,14 +334,7 @@ impl UpstreamState {
         args: Value,
         out: &mut Outbox,
     ) {
-        if !self.is_connected() {
-            let outcome = Box::new(Err("not connected to Convex; try again".into()));
-            let event = Event::Response {
-                request_id,
-                kind,
-                outcome,
-            };
-            out.events.push((Audience::One(listener), event));
+        if !self.listeners.contains_key(&listener) {
             return;
         }
         let in_flight = self.requests.values().filter(|r| r.kind == kind).count();
@@ -315,31 +358,23 @@ impl UpstreamState {
         }
         let upstream_id = RequestId(self.next_request_id);
         self.next_request_id = self.next_request_id.wrapping_add(1);
-        self.requests.insert(
-            upstream_id,
-            InFlight {
-                listener,
-                request_id,
-                kind,
-            },
-        );
-        // What the listener did before (a token, a subscription) reaches Convex first.
-        self.flush(out);
-        let args = vec![args];
-        out.to_convex.push(match kind {
-            RequestKind::Mutation => ClientMessage::Mutation {
-                request_id: upstream_id,
-                udf_path,
-                args,
-                component_path: None,
-            },
-            RequestKind::Action => ClientMessage::Action {
-                request_id: upstream_id,
-                udf_path,
-                args,
-                component_path: None,
-            },
-        });
+        let request = InFlight {
+            listener,
+            request_id,
+            kind,
+            udf_path,
+            args,
+            sent: self.is_connected(),
+            orphaned: false,
+            seq: self.next_request_seq,
+        };
+        self.next_request_seq += 1;
+        if request.sent {
+            // What the listener did before (a token, a subscription) reaches Convex first.
+            self.flush(out);
+            out.to_convex.push(request.message(upstream_id));
+        }
+        self.requests.insert(upstream_id, request);
     }
 
     /// A new connection: `Connect`, the token, every live key under a fresh query id.
@@ -376,9 +411,24 @@ impl UpstreamState {
             self.pending.push(add(query_id, &key, journal));
         }
         self.flush(out);
+        // Then every request Convex has not answered, in the order they were made: those made
+        // while disconnected, and the mutations the lost connection carried (Convex runs a
+        // `(sessionId, requestId)` once and answers a repeat with the first outcome).
+        let mut waiting: Vec<(u64, RequestId)> =
+            self.requests.iter().map(|(id, r)| (r.seq, *id)).collect();
+        waiting.sort_unstable();
+        for (_, id) in waiting {
+            if let Some(r) = self.requests.get_mut(&id) {
+                r.sent = true;
+                out.to_convex.push(r.message(id));
+            }
+        }
     }
 
-    /// The connection is gone: in-flight requests fail (they may or may not have run).
+    /// The connection is gone. As convex-js's `RequestManager.restart`: mutations it carried
+    /// wait to be sent again on the next connection, actions it carried fail with
+    /// [`ACTION_LOST`] (they may or may not have run), and requests not sent keep waiting. A
+    /// sent request whose listener has left is dropped.
     pub fn disconnected(&mut self, out: &mut Outbox) {
         self.sent = None;
         self.version = StateVersion::default();
@@ -387,16 +437,29 @@ impl UpstreamState {
         for sub in self.subs.values_mut() {
             sub.query_id = None;
         }
-        let mut lost: Vec<InFlight> = self.requests.drain().map(|(_, r)| r).collect();
-        lost.sort_by_key(|r| (r.listener, r.request_id));
-        for r in lost {
-            let error = "the connection to Convex was lost; the request may not have run";
+        let mut lost = Vec::new();
+        self.requests.retain(|_, r| {
+            if !r.sent {
+                return true;
+            }
+            r.sent = false;
+            if r.orphaned {
+                return false;
+            }
+            if r.kind == RequestKind::Action {
+                lost.push((r.listener, r.request_id, r.kind));
+                return false;
+            }
+            true
+        });
+        lost.sort_unstable_by_key(|(listener, request_id, _)| (*listener, *request_id));
+        for (listener, request_id, kind) in lost {
             let event = Event::Response {
-                request_id: r.request_id,
-                kind: r.kind,
-                outcome: Box::new(Err(error.into())),
+                request_id,
+                kind,
+                outcome: Box::new(Err(ACTION_LOST.into())),
             };
-            out.events.push((Audience::One(r.listener), event));
+            out.events.push((Audience::One(listener), event));
         }
     }
 

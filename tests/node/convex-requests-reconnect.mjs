@@ -1,0 +1,83 @@
+// The official `convex` client's mutations and actions while the query service's connection to
+// Convex is lost and made again (the client's own socket to the query service stays up). Usage:
+//   node convex-requests-reconnect.mjs '{"url": <query service>, "site": <gateway>}'
+// Prints one JSON line per phase and reads the test's steps on stdin:
+//   "ready"         its list shows a first message (the upstream was just heard from);
+//   on "partitioned" it calls an action, which the query service forwards into the partition:
+//   "action"        the action settled (convex-js fails one in flight on a lost connection);
+//                   then it sends a mutation while the upstream is down;
+//   "mutation-sent" the mutation went out on the client's socket;
+//   on "healed":
+//   "done"          the mutation resolved, and whether the list showed its write by then.
+import { createInterface } from "node:readline";
+import { ConvexClient } from "convex/browser";
+import { anyApi as api } from "convex/server";
+import WebSocket from "ws";
+import { until } from "./until.mjs";
+
+const { url, site } = JSON.parse(process.argv[2]);
+
+async function signUp(email) {
+  const response = await fetch(`${site}/api/auth/sign-up/email`, {
+    method: "POST",
+    headers: { "content-type": "application/json", origin: site },
+    body: JSON.stringify({ name: "Requests User", email, password: "correct horse battery staple" }),
+  });
+  if (!response.ok) throw new Error(`sign-up ${response.status}`);
+  return response.headers.get("set-cookie").split(";")[0];
+}
+
+const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+async function step(expected) {
+  const { value } = await lines.next();
+  if (value?.trim() !== expected) throw new Error(`expected "${expected}" on stdin, got ${value}`);
+}
+const phase = (name, fields) => console.log(JSON.stringify({ phase: name, ...fields }));
+const withTimeout = (promise, what, ms = 60_000) =>
+  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms))]);
+
+const cookie = await signUp("requests@example.com");
+async function fetchToken() {
+  const response = await fetch(`${site}/api/auth/convex/token`, { headers: { cookie } });
+  return (await response.json()).token;
+}
+
+const channel = "requests";
+const client = new ConvexClient(url, { webSocketConstructor: WebSocket });
+let mine = [];
+try {
+  client.setAuth(fetchToken);
+  client.onUpdate(api.messages.list, { channel }, (m) => (mine = m.map((x) => x.body)));
+  await withTimeout(client.mutation(api.messages.send, { channel, body: "first" }), "the first mutation");
+  await until(() => mine.includes("first"), "the first message");
+  phase("ready", { ok: true });
+
+  await step("partitioned");
+  const action = await withTimeout(
+    client.action(api.demo.echo, { n: 1 }).then(
+      (value) => ({ resolved: value }),
+      (error) => ({ rejected: String(error?.message ?? error) }),
+    ),
+    "the action to settle",
+  );
+  phase("action", action);
+
+  const body = "sent while the upstream was down";
+  let seenAtResolve = null;
+  const mutation = client.mutation(api.messages.send, { channel, body }).then(
+    () => {
+      seenAtResolve = mine.includes(body);
+      return { resolved: true };
+    },
+    (error) => ({ rejected: String(error?.message ?? error) }),
+  );
+  phase("mutation-sent", {});
+
+  await step("healed");
+  const settled = await withTimeout(mutation, "the mutation to settle");
+  phase("done", { ...settled, seenAtResolve, list: mine });
+} catch (error) {
+  phase("failed", { ok: false, error: String(error?.stack ?? error) });
+}
+await client.close();
+process.exit(0);
