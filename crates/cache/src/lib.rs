@@ -173,14 +173,16 @@ struct Inner {
 /// trip per command).
 ///
 /// Opening that connection (TCP, TLS, the pool's ping) runs in a task of its own, bounded by
-/// [`CONNECT_TIMEOUT`] rather than by a command's short timeout: a command that gives up waiting
-/// leaves it running, so the cause of a failure (a certificate the trust store refuses, a
-/// refused port) is still logged and kept for [`TokenCache::redis_error`] instead of being
-/// lost behind "timed out".
+/// [`CONNECT_TIMEOUT`] rather than by a command's short timeout, and starts as the cache is
+/// made. Commands wait for an attempt only during its first command timeout; after that they go
+/// without Redis (no failure counted: a cold TLS handshake may take longer than a command) while
+/// it goes on, so the cause of a failure (a certificate the trust store refuses, a refused port)
+/// is what is logged and kept for [`TokenCache::redis_error`], not "timed out".
 struct L2 {
     pool: deadpool_redis::Pool,
     shared: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>>,
-    connecting: Mutex<Option<Connecting>>,
+    /// The attempt under way (or just ended) and when it started.
+    connecting: Mutex<Option<(Instant, Connecting)>>,
     /// The last failure to connect or to run a command, described with its causes; `None`
     /// once a command succeeds.
     last_error: Arc<Mutex<Option<String>>>,
@@ -192,14 +194,28 @@ type Connecting = Shared<BoxFuture<'static, Result<redis::aio::MultiplexedConnec
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl L2 {
-    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+    /// The open connection, waiting for an attempt under way until `wait` after it started.
+    /// `Ok(None)`: still opening; `Err`: the attempt failed, with its cause.
+    async fn connection(
+        &self,
+        wait: Duration,
+    ) -> Result<Option<redis::aio::MultiplexedConnection>, String> {
         if let Some(conn) = lock(&self.shared).clone() {
-            return Ok(conn);
+            return Ok(Some(conn));
         }
-        let connecting = lock(&self.connecting)
-            .get_or_insert_with(|| self.connect())
-            .clone();
-        connecting.await
+        let (started, connecting) = self.attempt();
+        // A finished attempt answers even past the deadline: `timeout_at` polls it first.
+        match tokio::time::timeout_at((started + wait).into(), connecting).await {
+            Ok(opened) => opened.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// The connection attempt under way, started now if there is none.
+    fn attempt(&self) -> (Instant, Connecting) {
+        lock(&self.connecting)
+            .get_or_insert_with(|| (Instant::now(), self.connect()))
+            .clone()
     }
 
     /// Starts opening a connection in a task of its own; every caller waits on the same one.
@@ -236,7 +252,7 @@ impl L2 {
     fn reset(&self) {
         *lock(&self.shared) = None;
         let mut connecting = lock(&self.connecting);
-        if connecting.as_ref().is_some_and(|c| c.peek().is_some()) {
+        if connecting.as_ref().is_some_and(|(_, c)| c.peek().is_some()) {
             *connecting = None;
         }
     }
@@ -387,8 +403,16 @@ impl Inner {
     /// Runs one Redis command within the timeout; failures open the breaker.
     async fn redis_call<T: redis::FromRedisValue>(&self, op: &str, cmd: redis::Cmd) -> Option<T> {
         let l2 = self.redis()?;
+        let mut conn = match l2.connection(self.config.redis_timeout).await {
+            Ok(Some(conn)) => conn,
+            // Still opening: this call goes without Redis, and nothing has failed yet.
+            Ok(None) => return None,
+            Err(e) => {
+                self.redis_failed(op, &e);
+                return None;
+            }
+        };
         let call = async {
-            let mut conn = l2.connection().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
                 .map_err(|e| edge_tls::describe(&e))
@@ -482,6 +506,12 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
             }),
             None => None,
         };
+        // The first requests need not wait for a cold TCP and TLS handshake.
+        if let Some(l2) = &l2
+            && tokio::runtime::Handle::try_current().is_ok()
+        {
+            l2.attempt();
+        }
         let l1 = moka::future::Cache::builder()
             .max_capacity(config.l1_capacity)
             .time_to_live(config.ttl)

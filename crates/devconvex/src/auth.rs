@@ -167,7 +167,9 @@ impl Authenticator {
         .map_err(|e| {
             let error = edge_tls::describe(&e);
             tracing::warn!(%url, %error, "could not fetch the JWKS");
-            format!("could not fetch the JWKS from {url}: {error}")
+            // The URL and the cause are the deployment's, for its log; Convex tells the client
+            // only that the key set could not be had.
+            "could not fetch the JWKS of this token's issuer".to_owned()
         })?;
         let verifier = Verifier::from_jwks(&text)
             .map_err(|e| e.to_string())?

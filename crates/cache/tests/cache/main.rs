@@ -332,7 +332,9 @@ async fn an_untrusted_redis_certificate_is_reported_with_its_cause() {
             .await
             .unwrap();
         assert_eq!(outcome, Outcome::Miss);
-        if let Some(error) = c.redis_error().filter(|e| !e.ends_with("timed out")) {
+        if let Some(error) = c.redis_error().filter(|e| !e.ends_with("timed out"))
+            && c.stats().redis_errors.load(Ordering::Relaxed) >= 1
+        {
             break error;
         }
         assert!(
@@ -345,4 +347,63 @@ async fn an_untrusted_redis_certificate_is_reported_with_its_cause() {
     // Another test CA of the same name: rustls finds the issuer and refuses its signature.
     assert!(error.contains("invalid peer certificate"), "{error}");
     assert!(c.stats().redis_errors.load(Ordering::Relaxed) >= 1);
+}
+
+/// A `rediss://` Redis the trust store accepts, whose first TLS handshake stalls (a network
+/// that swallows it, as a slow or lossy link does): requests meanwhile go without Redis and
+/// wait at most one command timeout, nothing counts as a failure while the connection is still
+/// opening (a handshake may take longer than a 50 ms command), and once it is opened the caches
+/// share tokens through Redis. Only an attempt that fails (here, after `CONNECT_TIMEOUT`) is
+/// one.
+#[tokio::test]
+async fn a_slow_tls_handshake_is_not_a_redis_failure() {
+    edge_tls::install_provider();
+    let ca = edge_testkit::TestCa::new();
+    let redis = edge_testkit::spawn_redis_tls(&ca).expect("redis-server with TLS");
+    let relay = edge_testkit::Relay::start(([127, 0, 0, 1], redis.port).into()).await;
+    relay.partition();
+    let trust = edge_tls::Trust::load(Some(&ca.ca_file)).unwrap();
+    let url = format!("rediss://127.0.0.1:{}", relay.addr().port());
+    let make = || -> TokenCache<String> {
+        let config = CacheConfig {
+            redis_url: Some(url.clone()),
+            ..CacheConfig::default()
+        };
+        TokenCache::with_trust(config, &trust, || "revoked".to_owned()).unwrap()
+    };
+    let c = make();
+    for _ in 0..20 {
+        let (_, key) = cookie();
+        let (_, outcome) = c
+            .get_or_issue(&key, || async { Ok(token(900)) })
+            .await
+            .unwrap();
+        assert_eq!(outcome, Outcome::Miss);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(c.stats().redis_errors.load(Ordering::Relaxed), 0);
+    assert_eq!(c.redis_error(), None);
+    // The link heals; the stalled attempt fails at its own limit and the next one opens.
+    relay.heal();
+    let other = make();
+    let deadline = std::time::Instant::now() + edge_cache::CONNECT_TIMEOUT * 3;
+    loop {
+        let (_, key) = cookie();
+        c.get_or_issue(&key, || async { Ok(token(900)) })
+            .await
+            .unwrap();
+        if let Ok((_, Outcome::L2Hit)) = other
+            .get_or_issue(&key, || async { Err("no".to_owned()) })
+            .await
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the caches never shared a token through Redis: {:?}",
+            c.redis_error()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(other.stats().redis_errors.load(Ordering::Relaxed), 0);
 }

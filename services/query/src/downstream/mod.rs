@@ -136,6 +136,9 @@ pub async fn run(
             Wake::Client(Some(Ok(Message::Binary(_)))) => Err(End::Fatal(
                 "binary frames are not part of the sync protocol".into(),
             )),
+            // A client that drops its connection (no close handshake, a reset) has gone; only
+            // what it sent that breaks the WebSocket protocol is a violation.
+            Wake::Client(Some(Err(e))) if client_left(&e) => Err(End::Gone),
             Wake::Client(Some(Err(e))) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
             Wake::Events(batch) => Box::pin(d.on_events(batch)).await,
             Wake::Evicted => Err(End::TooSlow),
@@ -461,4 +464,18 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&whole).unwrap();
         assert!(v.get("clientClockSkew").is_none());
     }
+}
+
+/// Whether a read error means the client's connection ended (reset, closed without the close
+/// handshake, an I/O error) rather than a frame that breaks the WebSocket protocol.
+fn client_left(error: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    matches!(
+        error,
+        Error::ConnectionClosed
+            | Error::AlreadyClosed
+            | Error::Io(_)
+            | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+    )
 }
