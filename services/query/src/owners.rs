@@ -66,9 +66,9 @@ pub struct OwnerLimits {
 
 /// Default of [`OwnerLimits::max_total_bytes`]: 256 MiB, a quarter of the query Deployment's
 /// 1 GiB memory limit (`deploy/k8s/base/query.yaml`). With the keys shared across sockets and
-/// upstreams, resident memory grows by about 1.3 bytes per byte of queries held (README,
-/// "Limits under abuse (query)"), so a full budget stays near 350 MiB and leaves the rest for
-/// results, send queues and sockets.
+/// upstreams, resident memory grows by about 1.4 bytes per byte of queries held
+/// (`edge-bench query-memory`, README "Limits under abuse (query)"), so a full budget stays
+/// near 400 MiB and leaves the rest for results, send queues and sockets.
 pub const DEFAULT_MAX_TOTAL_QUERY_BYTES: usize = 256 * 1024 * 1024;
 
 impl Default for OwnerLimits {
