@@ -13,6 +13,10 @@
 //!   updates, resident memory per idle client (a fresh process per row); and HTTP query
 //!   overhead. Options: `--clients 1000,10000 --changes N --http N --users N` (`--users 0`:
 //!   anonymous rows only).
+//! - `edge-bench query-memory`: the query service's resident memory grown by the queries of a
+//!   handful of client addresses (signed-out sockets, each within its limits), against the
+//!   query bytes the limits count. Options: `--addresses N --sockets N --queries N
+//!   --query-bytes N`.
 //! - `edge-bench revocation`: sign-outs through one gateway seen by another under load
 //!   (latency p50/p99), and gateway start-up with a large session log. Options: `--sessions N
 //!   --concurrency N --connections N --log N`.
@@ -24,6 +28,7 @@
 //! read, stops the run with its name instead of reading as 0.
 
 mod cache;
+mod query_memory;
 mod revocation;
 mod sync;
 
@@ -586,7 +591,10 @@ fn main() -> anyhow::Result<()> {
         "sync" => rt.block_on(sync::run(&bin, sync::Args::parse(argv)?)),
         "cache" => rt.block_on(cache::run(&bin, cache::Args::parse(argv)?)),
         "revocation" => rt.block_on(revocation::run(&bin, revocation::Args::parse(argv)?)),
-        _ => bail!("usage: edge-bench tokens|sync|cache|revocation [options] (see the crate docs)"),
+        "query-memory" => rt.block_on(query_memory::run(&bin, query_memory::Args::parse(argv)?)),
+        _ => bail!(
+            "usage: edge-bench tokens|sync|cache|revocation|query-memory [options] (see the crate              docs)"
+        ),
     }
 }
 

@@ -61,13 +61,19 @@ impl Args {
 }
 
 /// Resident memory of a process, in KiB; an unreadable figure aborts the run.
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` figure (`VmRSS:`, `VmHWM:`), in KiB; an unreadable one aborts the
+/// run.
+pub(crate) fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("cannot read /proc/{pid}/status for the memory figure"))?;
     let line = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .with_context(|| format!("/proc/{pid}/status has no VmRSS line"))?;
+        .find_map(|l| l.strip_prefix(field))
+        .with_context(|| format!("/proc/{pid}/status has no {field} line"))?;
     line.trim()
         .trim_end_matches("kB")
         .trim()
@@ -203,12 +209,12 @@ async fn client(
 }
 
 /// auth, gateway, devconvex and the query service as fresh release processes.
-struct Stack {
+pub(crate) struct Stack {
     devconvex: String,
-    query: String,
+    pub(crate) query: String,
     gateway: String,
     devconvex_pid: u32,
-    query_pid: u32,
+    pub(crate) query_pid: u32,
     _children: Vec<tokio::process::Child>,
     _dir: TempDir,
 }
@@ -222,6 +228,11 @@ impl Drop for TempDir {
 }
 
 async fn start(bin: &Path) -> anyhow::Result<Stack> {
+    start_with(bin, &[]).await
+}
+
+/// [`start`] with more environment for every process (`extra` wins).
+pub(crate) async fn start_with(bin: &Path, extra: &[(&str, String)]) -> anyhow::Result<Stack> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static STACKS: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!(
@@ -274,7 +285,7 @@ async fn start(bin: &Path) -> anyhow::Result<Stack> {
     ] {
         let mut cmd = Command::new(bin);
         cmd.arg(service);
-        for (k, v) in &env {
+        for (k, v) in env.iter().chain(extra) {
             cmd.env(k, v);
         }
         children.push(spawn_quiet(cmd)?);
@@ -338,7 +349,7 @@ async fn tokens(stack: &Stack, n: usize) -> anyhow::Result<Vec<String>> {
         .collect()
 }
 
-async fn metrics(url: &str) -> anyhow::Result<String> {
+pub(crate) async fn metrics(url: &str) -> anyhow::Result<String> {
     Ok(reqwest::get(format!("{url}/metrics")).await?.text().await?)
 }
 

@@ -9,8 +9,11 @@
 //! 60 s; every other path 100 per 10 s ([`rule_for`]). Refused requests get 429 with
 //! `X-Retry-After` (seconds until the window ends). Sign-in and sign-up are counted by their
 //! own operations; the gateway asks for every other route (`ConsumeRateLimit`) before it runs
-//! it. Beside that, convex-edge counts sign-in attempts per account (whatever the address), so
-//! a botnet cannot guess one password from many addresses.
+//! it. Beside that, convex-edge counts failed sign-ins per account (whatever the address), so
+//! a botnet cannot guess one password from many addresses, without letting anyone who knows an
+//! email lock its owner out: a sign-in whose password is right is given back
+//! ([`refund`]), and an address the account already has a session from (its `session` rows'
+//! `ipAddress`) is not held to the account rule at all (the address rule still applies).
 
 use std::time::Duration;
 
@@ -36,7 +39,8 @@ pub enum Subject<'a> {
 }
 
 impl Subject<'_> {
-    fn key(&self) -> String {
+    /// The `rateLimit` row's key.
+    pub fn key(&self) -> String {
         match self {
             Subject::Address { ip, path } => {
                 let ip = if ip.is_empty() { "no-trusted-ip" } else { ip };
@@ -92,6 +96,12 @@ pub async fn consume(store: &Store, subject: Subject<'_>, rule: Rule) -> Result<
             })
         }
     }
+}
+
+/// Takes back one request of `subject` that [`consume`] counted (a sign-in that succeeded).
+pub async fn refund(store: &Store, subject: Subject<'_>) -> Result<(), AuthError> {
+    store.refund_rate_limit(&subject.key()).await?;
+    Ok(())
 }
 
 /// Deletes rows no rule can still count (older than the longest window).

@@ -375,11 +375,20 @@ impl AuthCore {
                 "Password too long",
             ));
         }
+        // Per account, only failed password checks count (a right one is given back below),
+        // and not from an address the account already signed in from: a guesser spread over
+        // many addresses is stopped, and cannot lock the owner out of the places it uses.
         let account = Subject::Account {
             email: &email,
             path,
         };
-        ratelimit::consume(&self.store, account, limit.account_rule()).await?;
+        let known_address = self
+            .store
+            .signed_in_from(&email, &client.ip_address)
+            .await?;
+        if !known_address {
+            ratelimit::consume(&self.store, account.clone(), limit.account_rule()).await?;
+        }
         let user = self.store.user_by_email(&email).await?;
         let stored = match &user {
             Some(u) => self.store.credential_password(&u.id).await?,
@@ -400,6 +409,9 @@ impl AuthCore {
         let (true, Some(user)) = (ok, user) else {
             return Err(AuthError::InvalidCredentials);
         };
+        if !known_address {
+            ratelimit::refund(&self.store, account).await?;
+        }
         if self.config.account.require_email_verification && !user.email_verified {
             if self.config.account.send_verification_on_sign_in && self.can_mail() {
                 self.send_verification_for(&user, callback_url).await?;

@@ -9,6 +9,15 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub retry_after: Option<String>,
+    /// Whether the body names the code. Better Auth leaves it out of its rate limiter's 429 and
+    /// of its bare `APIError.fromStatus("BAD_REQUEST", {message})`, and names it everywhere
+    /// else (better-call's own `BAD_REQUEST` for JSON that does not parse included).
+    pub code_in_body: bool,
+}
+
+/// Codes Better Auth answers with a message alone, unless [`ApiError::coded`] says otherwise.
+fn bare(code: ErrorCode) -> bool {
+    code == ErrorCode::TOO_MANY_REQUESTS || code == ErrorCode::BAD_REQUEST
 }
 
 impl ApiError {
@@ -17,7 +26,14 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            code_in_body: !bare(code),
         }
+    }
+
+    /// The same error with its code in the body whatever it is.
+    pub fn coded(mut self) -> Self {
+        self.code_in_body = true;
+        self
     }
 }
 
@@ -51,6 +67,7 @@ impl From<tonic::Status> for ApiError {
             code,
             message,
             retry_after,
+            code_in_body: !bare(code),
         }
     }
 }
@@ -71,7 +88,7 @@ impl ResponseError for ApiError {
             };
             response.insert_header((name, retry.as_str()));
         }
-        if self.code == ErrorCode::TOO_MANY_REQUESTS || self.code == ErrorCode::BAD_REQUEST {
+        if !self.code_in_body {
             // Better Auth's rate limiter answers before any route, and its bare
             // `APIError.fromStatus("BAD_REQUEST", {message})` ("No fields to update", "Email is
             // the same"): a message, no code.

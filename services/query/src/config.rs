@@ -36,7 +36,8 @@ pub struct Config {
     pub query_limits: crate::downstream::session::QueryLimits,
     /// `QUERY_MAX_QUERIES_PER_IDENTITY`, `QUERY_MAX_IDENTITY_QUERY_BYTES`,
     /// `QUERY_MAX_REQUESTS_PER_ADDRESS`: what one identity
-    /// (signed out: one client address) may hold over all its sockets.
+    /// (signed out: one client address) may hold over all its sockets;
+    /// `QUERY_MAX_TOTAL_QUERY_BYTES`: what every identity together may hold.
     pub owner_limits: crate::owners::OwnerLimits,
     /// `QUERY_TRUSTED_PROXIES`: the peers whose `X-Forwarded-For`/`Forwarded` name the client
     /// address (the owner of a signed-out socket's queries); empty: the peer is the client.
@@ -165,6 +166,10 @@ impl Config {
                 "QUERY_MAX_REQUESTS_PER_ADDRESS",
                 &mut config.owner_limits.max_address_requests,
             ),
+            (
+                "QUERY_MAX_TOTAL_QUERY_BYTES",
+                &mut config.owner_limits.max_total_bytes,
+            ),
         ] {
             if let Some(v) = get(var) {
                 *slot = v.parse().ok().filter(|n: &usize| *n > 0).ok_or_else(|| {
@@ -183,6 +188,10 @@ impl Config {
                 ),
             ));
         }
+        config
+            .owner_limits
+            .check()
+            .map_err(|e| ConfigError::new("QUERY_MAX_TOTAL_QUERY_BYTES", e))?;
         if let Some(v) = get("QUERY_TRUSTED_PROXIES") {
             config.trusted_proxies = v
                 .parse()
@@ -229,9 +238,11 @@ mod tests {
             ("QUERY_MAX_QUERIES_PER_IDENTITY", "30"),
             ("QUERY_MAX_IDENTITY_QUERY_BYTES", "9000"),
             ("QUERY_MAX_REQUESTS_PER_ADDRESS", "12"),
+            ("QUERY_MAX_TOTAL_QUERY_BYTES", "18000"),
             ("QUERY_TRUSTED_PROXIES", "10.0.0.0/8"),
         ])
         .unwrap();
+        assert_eq!(c.owner_limits.max_total_bytes, 18000);
         assert_eq!(c.owner_limits.max_address_requests, 12);
         assert_eq!(c.owner_limits.max_queries, 30);
         assert_eq!(c.owner_limits.max_bytes, 9000);
@@ -251,6 +262,9 @@ mod tests {
             ("QUERY_UPSTREAM_MESSAGE_BYTES", "1048576"),
             ("QUERY_MAX_QUERIES_PER_IDENTITY", "-1"),
             ("QUERY_MAX_IDENTITY_QUERY_BYTES", "0"),
+            ("QUERY_MAX_TOTAL_QUERY_BYTES", "0"),
+            // Less than twice one identity's 32 MiB: one identity could hold all of it.
+            ("QUERY_MAX_TOTAL_QUERY_BYTES", "50000000"),
             ("QUERY_TRUSTED_PROXIES", "10.0.0.0/40"),
         ] {
             let error = with(&[(var, value)]).unwrap_err().to_string();

@@ -1,10 +1,25 @@
 //! The key of a shared subscription: canonical path, arguments with sorted keys, journal.
+//!
+//! A key is made once, from the client's `Add` (or a page's call), and every structure that
+//! names the query after that shares it: the socket's query set and its index by key, the
+//! `Subscribe` to the upstream, the upstream's reference-counted subscriptions, its query ids
+//! and its published results. A clone is a reference count, so what a query costs the
+//! service is its bytes once ([`QueryKey::bytes`], what the query limits count), not once
+//! per structure.
+
+use std::ops::Deref;
+use std::sync::Arc;
 
 use edge_convex::UdfPath;
 use serde_json::Value;
 
+/// A query's identity across sockets and upstreams; cheap to clone (shared, immutable).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct QueryKey {
+pub struct QueryKey(Arc<KeyParts>);
+
+/// What a [`QueryKey`] names.
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyParts {
     pub path: UdfPath,
     /// Canonical JSON of the arguments object.
     pub args: String,
@@ -12,15 +27,36 @@ pub struct QueryKey {
     pub journal: Option<String>,
 }
 
+impl Deref for QueryKey {
+    type Target = KeyParts;
+
+    fn deref(&self) -> &KeyParts {
+        &self.0
+    }
+}
+
 impl QueryKey {
     /// # Errors
     /// When `udf_path` is not a valid function path (the message names it).
     pub fn new(udf_path: &str, args: &Value, journal: Option<String>) -> Result<QueryKey, String> {
-        Ok(QueryKey {
+        let mut args = edge_convex::value::canonical_string(args);
+        // Serialising grows the buffer by doubling: without this a key could hold up to
+        // twice the bytes it is charged for.
+        args.shrink_to_fit();
+        let journal = journal.map(|mut j| {
+            j.shrink_to_fit();
+            j
+        });
+        Ok(QueryKey(Arc::new(KeyParts {
             path: UdfPath::parse(udf_path)?,
-            args: edge_convex::value::canonical_string(args),
+            args,
             journal,
-        })
+        })))
+    }
+
+    /// Path, canonical arguments and journal, in bytes: what the query limits count.
+    pub fn bytes(&self) -> usize {
+        self.path.as_str().len() + self.args.len() + self.journal.as_ref().map_or(0, String::len)
     }
 
     /// The arguments object as the sync protocol sends it.

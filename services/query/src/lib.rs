@@ -151,6 +151,12 @@ impl Application {
         self.state.hub.stats.clone()
     }
 
+    /// What each identity (signed out: each client address) holds, and every one's bytes
+    /// together (tests read them).
+    pub fn owners(&self) -> Arc<owners::Owners> {
+        self.state.owners.clone()
+    }
+
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,

@@ -1,7 +1,7 @@
 //! What one identity holds across all its client sockets, so that opening more sockets does
 //! not multiply what it can make the query service and its upstream hold.
 //!
-//! Every client socket charges its queries (count and [`key_bytes`]) to its *owner*: the
+//! Every client socket charges its queries (count and [`QueryKey::bytes`]) to its *owner*: the
 //! identity it is signed in as (the same key as its upstream's), or, signed out, the client's
 //! address (the anonymous identity is shared by everyone, so a budget on it would let one
 //! client use up everyone's; an address is one client, or one network behind a NAT). An `Add`
@@ -9,13 +9,20 @@
 //! moves the socket's whole charge to the new owner, or ends the socket if it does not fit.
 //! Charges are given back when queries are removed and when the socket closes.
 //!
+//! Every owner's query bytes together are bounded too (`max_total_bytes`,
+//! `QUERY_MAX_TOTAL_QUERY_BYTES`), so that many owners, each within its own limits (a handful
+//! of client addresses, or of accounts), cannot take the service past its memory: the `Add`
+//! that would go past it ends its socket with `FatalError` as an owner's limit does, whoever
+//! the owner, and what the others hold is untouched. One owner's share of it is its own
+//! `max_bytes`, a fraction of the total (see [`OwnerLimits::check`]).
+//!
 //! Mutations and actions in flight are charged the same way, and limited for a signed-out
 //! owner (a client address) only: every signed-out client shares the anonymous upstream and
 //! its 1,000 slots per kind (Convex's cap per WebSocket), so one address may hold at most
 //! `max_address_requests` of them; the request beyond it fails alone (`try again`), as the
 //! upstream's own cap answers. A signed-in identity has its own upstream and its whole cap.
 //!
-//! [`key_bytes`]: crate::downstream::session::key_bytes
+//! [`QueryKey::bytes`]: crate::key::QueryKey::bytes
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,17 +59,47 @@ pub struct OwnerLimits {
     /// Mutations and actions a signed-out client address may have in flight, every socket's
     /// together (`QUERY_MAX_REQUESTS_PER_ADDRESS`).
     pub max_address_requests: usize,
+    /// Bytes of every owner's queries together, the whole service's
+    /// (`QUERY_MAX_TOTAL_QUERY_BYTES`).
+    pub max_total_bytes: usize,
 }
+
+/// Default of [`OwnerLimits::max_total_bytes`]: 256 MiB, a quarter of the query Deployment's
+/// 1 GiB memory limit (`deploy/k8s/base/query.yaml`). With the keys shared across sockets and
+/// upstreams, resident memory grows by about 1.4 bytes per byte of queries held
+/// (`edge-bench query-memory`, README "Limits under abuse (query)"), so a full budget stays
+/// near 400 MiB and leaves the rest for results, send queues and sockets.
+pub const DEFAULT_MAX_TOTAL_QUERY_BYTES: usize = 256 * 1024 * 1024;
 
 impl Default for OwnerLimits {
     /// Four sockets at their own limits (`QUERY_MAX_QUERIES_PER_SOCKET` 4,096 and
-    /// `QUERY_MAX_SOCKET_QUERY_BYTES` 8 MiB).
+    /// `QUERY_MAX_SOCKET_QUERY_BYTES` 8 MiB); one owner at most an eighth of the total.
     fn default() -> Self {
         OwnerLimits {
             max_queries: 16 * 1024,
             max_bytes: 32 * 1024 * 1024,
             max_address_requests: 100,
+            max_total_bytes: DEFAULT_MAX_TOTAL_QUERY_BYTES,
         }
+    }
+}
+
+impl OwnerLimits {
+    /// The limits hold together: one owner's bytes are at most half the service's, so no
+    /// single identity or address can hold the whole total and shut everyone else out.
+    ///
+    /// # Errors
+    /// A message naming both settings.
+    pub fn check(&self) -> Result<(), String> {
+        if self.max_bytes > self.max_total_bytes / 2 {
+            return Err(format!(
+                "QUERY_MAX_IDENTITY_QUERY_BYTES ({}) must be at most half of \
+                 QUERY_MAX_TOTAL_QUERY_BYTES ({}): one identity must not be able to hold the \
+                 whole service's budget",
+                self.max_bytes, self.max_total_bytes
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -81,18 +118,39 @@ impl Usage {
 }
 
 /// Every owner's usage; an owner with nothing charged is not kept.
+#[derive(Debug, Default)]
+struct Ledger {
+    owners: HashMap<Owner, Usage>,
+    /// Every owner's bytes, summed.
+    total_bytes: usize,
+}
+
+/// Every owner's usage, and their bytes together.
 #[derive(Debug)]
 pub struct Owners {
     limits: OwnerLimits,
-    usage: Mutex<HashMap<Owner, Usage>>,
+    ledger: Mutex<Ledger>,
+}
+
+/// Whether a charge brings new queries to the service or moves queries it already counts from
+/// one owner to another (a socket signing in or out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    New,
+    Moved,
 }
 
 impl Owners {
     pub fn new(limits: OwnerLimits) -> Arc<Owners> {
         Arc::new(Owners {
             limits,
-            usage: Mutex::new(HashMap::new()),
+            ledger: Mutex::new(Ledger::default()),
         })
+    }
+
+    /// Bytes of every owner's queries together now (tests and metrics).
+    pub fn total_bytes(&self) -> usize {
+        self.lock().total_bytes
     }
 
     /// A new socket's budget, charged to `address` until it signs in.
@@ -107,26 +165,27 @@ impl Owners {
 
     /// Queries charged to `owner` now (tests and metrics).
     pub fn queries_of(&self, owner: &Owner) -> usize {
-        self.lock().get(owner).map_or(0, |u| u.queries)
+        self.lock().owners.get(owner).map_or(0, |u| u.queries)
     }
 
     /// Owners with anything charged.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().owners.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Owner, Usage>> {
-        self.usage.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `add` to `owner` if it stays within the limits.
-    fn try_add(&self, owner: &Owner, add: Usage) -> Result<(), String> {
-        let mut map = self.lock();
-        let usage = map.get(owner).copied().unwrap_or_default();
+    /// Adds `add` to `owner` if it stays within the limits; a [`Charge::New`] one also within
+    /// the service's total.
+    fn try_add(&self, owner: &Owner, add: Usage, charge: Charge) -> Result<(), String> {
+        let mut ledger = self.lock();
+        let usage = ledger.owners.get(owner).copied().unwrap_or_default();
         let queries = usage.queries + add.queries;
         let bytes = usage.bytes + add.bytes;
         let requests = usage.requests + add.requests;
@@ -155,7 +214,18 @@ impl Owners {
                 self.limits.max_bytes
             ));
         }
-        map.insert(
+        let total_bytes = match charge {
+            Charge::New => ledger.total_bytes + add.bytes,
+            Charge::Moved => ledger.total_bytes,
+        };
+        if charge == Charge::New && add.bytes > 0 && total_bytes > self.limits.max_total_bytes {
+            return Err(format!(
+                "the query service holds too many queries: {total_bytes} bytes across all \
+                 clients, the limit is {}; try again later",
+                self.limits.max_total_bytes
+            ));
+        }
+        ledger.owners.insert(
             owner.clone(),
             Usage {
                 queries,
@@ -163,25 +233,36 @@ impl Owners {
                 requests,
             },
         );
+        ledger.total_bytes = total_bytes;
         Ok(())
     }
 
     /// Adds `requests` in flight to `owner` whatever its limit.
     fn add_requests(&self, owner: &Owner, requests: usize) {
         if requests > 0 {
-            self.lock().entry(owner.clone()).or_default().requests += requests;
+            self.lock()
+                .owners
+                .entry(owner.clone())
+                .or_default()
+                .requests += requests;
         }
     }
 
-    fn remove(&self, owner: &Owner, sub: Usage) {
-        let mut map = self.lock();
-        if let Some(usage) = map.get_mut(owner) {
-            usage.queries = usage.queries.saturating_sub(sub.queries);
-            usage.bytes = usage.bytes.saturating_sub(sub.bytes);
-            usage.requests = usage.requests.saturating_sub(sub.requests);
-            if usage.is_empty() {
-                map.remove(owner);
-            }
+    /// Takes `sub` off `owner`; with [`Charge::New`] its bytes leave the service's total too.
+    fn remove(&self, owner: &Owner, sub: Usage, charge: Charge) {
+        let mut ledger = self.lock();
+        let Some(usage) = ledger.owners.get_mut(owner) else {
+            return;
+        };
+        let bytes = sub.bytes.min(usage.bytes);
+        usage.queries = usage.queries.saturating_sub(sub.queries);
+        usage.bytes -= bytes;
+        usage.requests = usage.requests.saturating_sub(sub.requests);
+        if usage.is_empty() {
+            ledger.owners.remove(owner);
+        }
+        if charge == Charge::New {
+            ledger.total_bytes = ledger.total_bytes.saturating_sub(bytes);
         }
     }
 }
@@ -205,7 +286,7 @@ impl Budget {
             bytes,
             requests: 0,
         };
-        self.owners.try_add(&self.owner, add)?;
+        self.owners.try_add(&self.owner, add, Charge::New)?;
         self.charged.queries += 1;
         self.charged.bytes += bytes;
         Ok(())
@@ -218,7 +299,7 @@ impl Budget {
             bytes,
             requests: 0,
         };
-        self.owners.remove(&self.owner, sub);
+        self.owners.remove(&self.owner, sub, Charge::New);
         self.charged.queries = self.charged.queries.saturating_sub(1);
         self.charged.bytes = self.charged.bytes.saturating_sub(bytes);
     }
@@ -230,7 +311,7 @@ impl Budget {
             requests: 1,
             ..Usage::default()
         };
-        self.owners.try_add(&self.owner, add)?;
+        self.owners.try_add(&self.owner, add, Charge::New)?;
         self.charged.requests += 1;
         Ok(())
     }
@@ -244,7 +325,7 @@ impl Budget {
             requests: 1,
             ..Usage::default()
         };
-        self.owners.remove(&self.owner, sub);
+        self.owners.remove(&self.owner, sub, Charge::New);
         self.charged.requests -= 1;
     }
 
@@ -261,9 +342,9 @@ impl Budget {
             requests: 0,
             ..self.charged
         };
-        self.owners.try_add(&owner, queries)?;
+        self.owners.try_add(&owner, queries, Charge::Moved)?;
         self.owners.add_requests(&owner, self.charged.requests);
-        self.owners.remove(&self.owner, self.charged);
+        self.owners.remove(&self.owner, self.charged, Charge::Moved);
         self.owner = owner;
         Ok(())
     }
@@ -271,7 +352,7 @@ impl Budget {
 
 impl Drop for Budget {
     fn drop(&mut self) {
-        self.owners.remove(&self.owner, self.charged);
+        self.owners.remove(&self.owner, self.charged, Charge::New);
     }
 }
 
@@ -284,6 +365,7 @@ mod tests {
             max_queries,
             max_bytes,
             max_address_requests: 2,
+            max_total_bytes: usize::MAX,
         })
     }
 
@@ -372,5 +454,47 @@ mod tests {
         b.move_to(None).unwrap();
         assert_eq!(owners.queries_of(&Owner::Address(A)), 1);
         assert_eq!(owners.queries_of(&Owner::Identity(user)), 2);
+    }
+
+    #[test]
+    fn every_owner_together_stays_within_the_total_and_moves_do_not_count_twice() {
+        let owners = Owners::new(OwnerLimits {
+            max_queries: 100,
+            max_bytes: 50,
+            max_address_requests: 2,
+            max_total_bytes: 100,
+        });
+        let user = IdentityKey::User("{\"sub\":\"u\"}".into());
+        let (mut a, mut b) = (owners.budget(A), owners.budget(B));
+        a.charge(50).unwrap();
+        b.charge(40).unwrap();
+        let mut c = owners.budget(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 3)));
+        let error = c.charge(20).unwrap_err();
+        assert!(
+            error.contains("the query service holds too many queries"),
+            "{error}"
+        );
+        assert_eq!(owners.total_bytes(), 90);
+        c.charge(10).unwrap();
+        // Signing in moves bytes the service already holds: the full total does not refuse it.
+        b.move_to(Some(user.clone())).unwrap();
+        assert_eq!(owners.total_bytes(), 100);
+        // Requests are not bytes: a full total does not refuse them.
+        c.charge_request().unwrap();
+        a.release(50);
+        assert_eq!(owners.total_bytes(), 50);
+        c.charge(20).unwrap();
+        drop((a, b, c));
+        assert_eq!(owners.total_bytes(), 0);
+        assert!(owners.is_empty());
+    }
+
+    #[test]
+    fn one_owner_may_hold_at_most_half_the_total() {
+        let mut limits = OwnerLimits::default();
+        limits.check().unwrap();
+        limits.max_total_bytes = limits.max_bytes * 2 - 1;
+        let error = limits.check().unwrap_err();
+        assert!(error.contains("at most half"), "{error}");
     }
 }

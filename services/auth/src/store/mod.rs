@@ -474,6 +474,27 @@ RETURNING "count", "lastRequest""#;
         Ok((count > max).then_some(last))
     }
 
+    /// Takes back one request counted under `key` (a sign-in whose password was right: only
+    /// failed checks count against the account).
+    pub async fn refund_rate_limit(&self, key: &str) -> Result<(), StoreError> {
+        const SQL: &str =
+            r#"UPDATE "rateLimit" SET "count" = "count" - 1 WHERE "key" = $1 AND "count" > 0"#;
+        on_pool!(self, pool => sqlx::query(SQL).bind(key).execute(pool).await.map(|_| ()))?;
+        Ok(())
+    }
+
+    /// Whether the user with `email` has a session row (current or expired, not yet deleted)
+    /// opened from `ip_address`, in the form sessions store it (Better Auth's, IPv6 as its
+    /// /64). One query whether or not the email exists, so its cost tells nothing.
+    pub async fn signed_in_from(&self, email: &str, ip_address: &str) -> Result<bool, StoreError> {
+        const SQL: &str = r#"SELECT 1 FROM "session" s JOIN "user" u ON u."id" = s."userId" WHERE u."email" = $1 AND s."ipAddress" = $2 LIMIT 1"#;
+        if ip_address.is_empty() {
+            return Ok(false);
+        }
+        let row: Option<(i32,)> = on_pool!(self, pool => sqlx::query_as(SQL).bind(email).bind(ip_address).fetch_optional(pool).await)?;
+        Ok(row.is_some())
+    }
+
     /// Deletes rate-limit rows whose last request is older than `before_ms`.
     pub async fn prune_rate_limits(&self, before_ms: i64) -> Result<u64, StoreError> {
         const SQL: &str = r#"DELETE FROM "rateLimit" WHERE "lastRequest" < $1"#;

@@ -105,20 +105,34 @@ async fn sign_in_is_rate_limited_per_account() {
     let running = crate::spawn(config).await;
     let mut c = running.client().await;
     crate::sign_up(&mut c, "limited@example.com").await;
-    let attempt = || pb::SignInRequest {
+    let attempt = |password: &str, ip: &str| pb::SignInRequest {
         callback_url: String::new(),
         email: "limited@example.com".into(),
-        password: "correct horse battery staple".into(),
+        password: password.into(),
         client: Some(pb::ClientInfo {
-            ip_address: "10.0.0.1".into(),
+            ip_address: ip.into(),
             user_agent: String::new(),
         }),
         ..Default::default()
     };
-    for _ in 0..3 {
-        c.sign_in(attempt()).await.unwrap();
+    let right = "correct horse battery staple";
+    // Right passwords do not count (and their addresses become the account's own).
+    for i in 0..4 {
+        c.sign_in(attempt(right, &format!("10.0.1.{i}")))
+            .await
+            .unwrap();
     }
-    let err = c.sign_in(attempt()).await.unwrap_err();
+    // Failed ones do, from any address: past three, even the right password is refused from
+    // an address the account never signed in from.
+    for i in 0..3 {
+        let err = c
+            .sign_in(attempt("wrong password", &format!("10.0.2.{i}")))
+            .await
+            .unwrap_err();
+        assert_ne!(err.code(), Code::ResourceExhausted);
+    }
+    let err = c.sign_in(attempt(right, "10.0.3.1")).await.unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err.metadata().get("retry-after").is_some());
+    c.sign_in(attempt(right, "10.0.1.0")).await.unwrap();
 }

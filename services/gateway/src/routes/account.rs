@@ -185,7 +185,13 @@ async fn revoke_session(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let token = string_field(&body, "token", true)?.unwrap_or_default();
     revoke(
         &req,
@@ -220,7 +226,14 @@ async fn update_user(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body_as(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+        request::Schema::Record,
+    )
+    .await?;
     let cookie_value = required_cookie(&req)?;
     if body.get("email").is_some_and(|e| !e.is_null()) {
         return Err(ApiError::new(
@@ -264,7 +277,13 @@ async fn change_password(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let cookie_value = required_cookie(&req)?;
     let request = pb::ChangePasswordRequest {
         cookie_value,
@@ -291,7 +310,13 @@ async fn change_email(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let cookie_value = required_cookie(&req)?;
     let callback_url = string_field(&body, "callbackURL", false)?.unwrap_or_default();
     check_callback(&req, &state, &callback_url, ErrorCode::INVALID_CALLBACK_URL)?;
@@ -315,7 +340,13 @@ async fn delete_user(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let cookie_value = required_cookie(&req)?;
     if string_field(&body, "token", false)?.is_some() {
         // Deletion by mailed link (`sendDeleteAccountVerification`) is not served.
@@ -371,7 +402,13 @@ async fn request_password_reset(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let redirect_to = string_field(&body, "redirectTo", false)?.unwrap_or_default();
     check_callback(&req, &state, &redirect_to, ErrorCode::INVALID_REDIRECT_URL)?;
     state
@@ -457,7 +494,13 @@ async fn reset_password(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let token = string_field(&body, "token", false)?
         .filter(|t| !t.is_empty())
         .or_else(|| query.token.clone())
@@ -480,7 +523,13 @@ async fn send_verification_email(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let callback_url = string_field(&body, "callbackURL", false)?.unwrap_or_default();
     check_callback(&req, &state, &callback_url, ErrorCode::INVALID_CALLBACK_URL)?;
     state

@@ -117,7 +117,14 @@ async fn sign_up(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::FirstLogin)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body_as(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::JsonOrForm,
+        request::Schema::ObjectAndRecord,
+    )
+    .await?;
     let callback = request::callback_url(&req, &state, &body)?;
     // Better Auth's schema (`z.string().nonempty()`) refuses it before any other check.
     if body.get("password").and_then(Value::as_str) == Some("") {
@@ -184,7 +191,13 @@ async fn sign_in(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::FirstLogin)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::JsonOrForm,
+    )
+    .await?;
     let callback = request::callback_url(&req, &state, &body)?;
     let request = pb::SignInRequest {
         email: string_field(&body, "email", true)?.unwrap_or_default(),

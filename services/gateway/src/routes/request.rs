@@ -149,39 +149,112 @@ pub fn callback_url(
     ))
 }
 
-/// A body's media type as Better Auth (better-call) reads it.
+/// The media types a route takes: Better Auth's `allowedMediaTypes` (the router's
+/// `["application/json"]`, and form-encoded bodies too on sign-in, sign-up and the OAuth
+/// callback).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepts {
+    Json,
+    JsonOrForm,
+}
+
+impl Accepts {
+    /// The list as Better Auth's 415 message names it.
+    fn listed(self) -> &'static str {
+        match self {
+            Accepts::Json => "application/json",
+            Accepts::JsonOrForm => "application/x-www-form-urlencoded, application/json",
+        }
+    }
+}
+
+/// A body's media type as better-call reads it: the type before any `;`, case-insensitive,
+/// exactly one of the route's [`Accepts`] (no `+json` suffixes, which its list does not name).
 enum Media {
     Json,
     Form,
 }
 
-fn media(req: &HttpRequest) -> Option<Media> {
-    let value = header_str(req, header::CONTENT_TYPE.as_str())?.to_ascii_lowercase();
-    let essence = value.split(';').next().unwrap_or_default().trim();
-    let subtype = essence.strip_prefix("application/")?;
-    if subtype == "json" || subtype.ends_with("+json") {
-        Some(Media::Json)
-    } else if subtype == "x-www-form-urlencoded" {
-        Some(Media::Form)
-    } else {
-        None
+fn media(content_type: &str, accepts: Accepts) -> Option<Media> {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/json" => Some(Media::Json),
+        "application/x-www-form-urlencoded" if accepts == Accepts::JsonOrForm => Some(Media::Form),
+        _ => None,
     }
 }
 
-/// The request body as an object of at most `limit` bytes: JSON (`application/json`,
-/// `application/*+json`) or form-encoded (`application/x-www-form-urlencoded`, every value a
-/// string, the last of a repeated name winning, as better-call reads it).
+/// What the route's body schema is, as zod names it when the body is not one: most routes'
+/// `z.object`, update-user's `z.record`, sign-up's object intersected with a record (zod names
+/// both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    Object,
+    Record,
+    ObjectAndRecord,
+}
+
+impl Schema {
+    /// zod's message for a body of `kind`.
+    fn refusal(self, kind: &str) -> String {
+        let one =
+            |expected: &str| format!("[body] Invalid input: expected {expected}, received {kind}");
+        match self {
+            Schema::Object => one("object"),
+            Schema::Record => one("record"),
+            Schema::ObjectAndRecord => format!("{}; {}", one("object"), one("record")),
+        }
+    }
+}
+
+/// What a JSON value is, in zod's words (`received array`).
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The request body as an object of at most `limit` bytes (413 `PAYLOAD_TOO_LARGE` past it),
+/// answered as Better Auth 1.7 (better-call's `getBody`, then the route's schema) answers:
+/// - a `Content-Type` the route does not accept: 415 `UNSUPPORTED_MEDIA_TYPE`, `Content-Type
+///   "<as sent>" is not allowed. Allowed types: …` (`Content-Type is required. …` with a body
+///   and none);
+/// - JSON (`application/json`) that does not parse: 400 `BAD_REQUEST`, `Invalid JSON in request
+///   body`; JSON that is not an object, or no body at all: 400 `VALIDATION_ERROR`, `[body]
+///   Invalid input: expected object, received array` (`… undefined` without a body);
+/// - form-encoded (`application/x-www-form-urlencoded`, where `accepts` allows it): every value
+///   a string, the last of a repeated name winning.
 pub async fn body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+    accepts: Accepts,
+) -> Result<Map<String, Value>, ApiError> {
+    body_as(req, payload, limit, accepts, Schema::Object).await
+}
+
+/// [`body`] for a route whose schema is not a plain object ([`Schema`]).
+pub async fn body_as(
     req: &HttpRequest,
     mut payload: web::Payload,
     limit: usize,
+    accepts: Accepts,
+    schema: Schema,
 ) -> Result<Map<String, Value>, ApiError> {
-    let Some(media) = media(req) else {
-        return Err(ApiError::new(
-            ErrorCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/json or application/x-www-form-urlencoded",
-        ));
-    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let mut bytes = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
         let chunk = chunk
@@ -194,17 +267,37 @@ pub async fn body(
         }
         bytes.extend_from_slice(&chunk);
     }
+    let expected =
+        |received: &str| ApiError::new(ErrorCode::VALIDATION_ERROR, schema.refusal(received));
+    let Some(content_type) = content_type.filter(|v| !v.is_empty()) else {
+        if bytes.is_empty() {
+            return Err(expected("undefined"));
+        }
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type is required. Allowed types: {}",
+                accepts.listed()
+            ),
+        ));
+    };
+    let Some(media) = media(&content_type, accepts) else {
+        return Err(ApiError::new(
+            ErrorCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "Content-Type \"{content_type}\" is not allowed. Allowed types: {}",
+                accepts.listed()
+            ),
+        ));
+    };
     match media {
         Media::Json => match serde_json::from_slice::<Value>(&bytes) {
             Ok(Value::Object(map)) => Ok(map),
-            Ok(_) => Err(ApiError::new(
-                ErrorCode::VALIDATION_ERROR,
-                "Request body must be a JSON object",
-            )),
-            Err(e) => Err(ApiError::new(
-                ErrorCode::VALIDATION_ERROR,
-                format!("Malformed JSON: {e}"),
-            )),
+            Ok(other) => Err(expected(json_kind(&other))),
+            // better-call's own answer, which names its code.
+            Err(_) => {
+                Err(ApiError::new(ErrorCode::BAD_REQUEST, "Invalid JSON in request body").coded())
+            }
         },
         Media::Form => {
             let pairs: Vec<(String, String)> =

@@ -46,7 +46,13 @@ async fn link_social(
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let cookie = session_cookie(&req).ok_or_else(unauthorized)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     if let Some(id_token) = body.get("idToken") {
         let provider_id = string_field(&body, "provider", true)?.unwrap_or_default();
         let request = pb::LinkIdTokenRequest {
@@ -72,7 +78,13 @@ async fn unlink_account(
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let cookie_value = session_cookie(&req).ok_or_else(unauthorized)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let account_id = string_field(&body, "accountId", true)?.unwrap_or_default();
     state
         .auth()
@@ -170,7 +182,13 @@ async fn start(
     oauth2_path: bool,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::Json,
+    )
+    .await?;
     let provider_id = string_field(&body, provider_field, true)?.unwrap_or_default();
     // Better Auth 1.6's `sign-in/oauth2` has no `idToken` member (its schema drops it).
     if let Some(id_token) = body.get("idToken").filter(|_| !oauth2_path) {
@@ -336,7 +354,13 @@ async fn callback_post(
     payload: web::Payload,
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = request::body(&req, payload, state.config.max_body_bytes).await?;
+    let body = request::body(
+        &req,
+        payload,
+        state.config.max_body_bytes,
+        request::Accepts::JsonOrForm,
+    )
+    .await?;
     let query: Vec<(String, String)> =
         serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
     let mut merged: Vec<(String, String)> = Vec::new();

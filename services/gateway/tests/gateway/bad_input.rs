@@ -27,7 +27,7 @@ async fn malformed_bodies_change_nothing() {
         expect_error(
             post(path, "{not json").send().await.unwrap(),
             400,
-            "VALIDATION_ERROR",
+            "BAD_REQUEST",
         )
         .await;
         expect_error(

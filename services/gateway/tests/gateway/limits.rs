@@ -187,6 +187,61 @@ async fn limits_hold_across_auth_replicas() {
     drop(stop);
 }
 
+/// The per-account rule (10 failed sign-ins per 60 s, from any address) stops a guesser spread
+/// over many addresses without letting it lock the owner out: a right password does not count,
+/// and an address the account already has a session from is not held to the account rule (the
+/// address rule still is).
+#[tokio::test]
+async fn the_account_rule_counts_failures_and_cannot_lock_the_owner_out() {
+    let mut stack = default_limits().await;
+    let gateway = stack
+        .gateway_with(|c| c.trusted_proxies = "127.0.0.0/8".parse().unwrap())
+        .await;
+    let sign_in = |from: String, password: &'static str| {
+        let gateway = gateway.clone();
+        async move {
+            post_as(
+                &gateway,
+                "/api/auth/sign-in/email",
+                Some(&from),
+                json!({"email": "owner@example.com", "password": password}),
+            )
+            .await
+        }
+    };
+    // The owner signs up from home: a session from 198.51.100.50.
+    let r = post_as(
+        &gateway,
+        "/api/auth/sign-up/email",
+        Some("198.51.100.50"),
+        json!({"name": "Owner", "email": "owner@example.com", "password": PASSWORD}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    // Right passwords from twelve fresh addresses, past the rule's 10: none of them counts.
+    for i in 0..12 {
+        let r = sign_in(format!("203.0.113.{i}"), PASSWORD).await;
+        assert_eq!(r.status(), 200, "right password from 203.0.113.{i}");
+    }
+    // A guesser on ten fresh addresses fills the rule ...
+    for i in 0..10 {
+        let r = wrong_sign_in(&gateway, Some(&format!("192.0.2.{i}")), "owner@example.com").await;
+        assert_eq!(r.status(), 401);
+    }
+    // ... after which a fresh address is refused even with the right password.
+    let r = sign_in("192.0.2.200".into(), PASSWORD).await;
+    assert_429_within(r, 60).await;
+    // The owner, from where it signed up, still signs in.
+    let r = sign_in("198.51.100.50".into(), PASSWORD).await;
+    assert_eq!(r.status(), 200);
+    // That address is still held to the address rule: 3 sign-ins per 10 s.
+    for _ in 0..2 {
+        let r = sign_in("198.51.100.50".into(), "not the password").await;
+        assert_eq!(r.status(), 401);
+    }
+    assert_better_auth_429(sign_in("198.51.100.50".into(), PASSWORD).await).await;
+}
+
 /// POSTs a JSON body to `path` as the client `forwarded_for` says, `n` times; the statuses.
 async fn statuses(base: &str, path: &str, forwarded_for: Option<&str>, n: usize) -> Vec<u16> {
     let mut out = Vec::new();

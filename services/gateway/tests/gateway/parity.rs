@@ -512,6 +512,79 @@ async fn bodies_and_answers_match_better_auth() {
     assert_eq!(ours[15].body, json!({"success": true}));
 }
 
+/// Bodies that are not what a route takes, answered as better-call and the route's schema
+/// answer them: JSON that does not parse (400 `BAD_REQUEST`, `Invalid JSON in request body`,
+/// an empty body too), JSON that is not an object (400 `VALIDATION_ERROR`, `[body] Invalid
+/// input: expected object, received array`), and a media type the route does not take (415
+/// `UNSUPPORTED_MEDIA_TYPE` naming the type as sent and the route's list: form-encoded only on
+/// sign-in and sign-up, no `+json` types). Messages are compared as well as codes.
+#[tokio::test]
+async fn malformed_bodies_and_media_types_match_better_auth() {
+    let raw = |path: &'static str, content_type: &'static str, body: &str| Req {
+        method: "POST",
+        path,
+        headers: vec![("content-type", content_type)],
+        body: Some(body.to_owned()),
+    };
+    let sign_in = "/api/auth/sign-in/email";
+    let credentials = r#"{"email":"nobody@example.com","password":"wrong password"}"#;
+    let reqs = vec![
+        raw(sign_in, "application/json", "{not json"),
+        raw("/api/auth/sign-up/email", "application/json", ""),
+        raw(
+            sign_in,
+            "application/json",
+            r#"{"email":"a@b.co"} trailing"#,
+        ),
+        raw(sign_in, "application/json", "[1,2]"),
+        raw(sign_in, "application/json", r#""a string""#),
+        raw(sign_in, "application/json", "null"),
+        raw(sign_in, "application/json", "5"),
+        raw("/api/auth/sign-up/email", "application/json", "true"),
+        raw(sign_in, "text/plain", credentials),
+        raw(sign_in, "Text/Plain; charset=utf-8", credentials),
+        raw(sign_in, "application/vnd.api+json", credentials),
+        raw(sign_in, "multipart/form-data; boundary=x", "--x--"),
+        // The media type's case and parameters do not matter: a wrong password, 401.
+        raw(sign_in, "APPLICATION/JSON; charset=utf-8", credentials),
+        // Other routes take JSON only.
+        raw(
+            "/api/auth/request-password-reset",
+            "application/x-www-form-urlencoded",
+            "email=a%40b.co",
+        ),
+        raw("/api/auth/update-user", "text/plain", "name=x"),
+        // zod names the route's schema: a record here, an object and a record on sign-up.
+        raw("/api/auth/update-user", "application/json", "[1]"),
+        raw("/api/auth/reset-password", "application/json", "{bad"),
+    ];
+    let theirs = better_auth(&reqs, "http://localhost:8080", &[]).await;
+    let stack = Stack::start().await;
+    let ours = gateway(&stack.db.url, &stack.base, &reqs, &[]).await;
+    side_by_side(&ours, &theirs, &reqs);
+    assert_eq!(
+        ours[0].body,
+        json!({"code": "BAD_REQUEST", "message": "Invalid JSON in request body"})
+    );
+    assert_eq!(
+        ours[3].body["message"],
+        "[body] Invalid input: expected object, received array"
+    );
+    assert_eq!(ours[8].status, 415);
+    assert_eq!(
+        ours[8].body["message"],
+        "Content-Type \"text/plain\" is not allowed. Allowed types: \
+         application/x-www-form-urlencoded, application/json"
+    );
+    assert_eq!(ours[12].status, 401);
+    assert_eq!(
+        ours[13].body["message"],
+        "Content-Type \"application/x-www-form-urlencoded\" is not allowed. Allowed types: \
+         application/json"
+    );
+    assert_eq!(stack.counts().await.0, 0, "nothing was written");
+}
+
 /// The session cookie alone, as most requests send it.
 const SESSION: &str = "better-auth.session_token=$VALUE";
 

@@ -504,3 +504,107 @@ async fn one_signed_out_address_cannot_take_the_anonymous_upstreams_request_slot
         .await;
     assert!(v.responses[&again].0 && !v.closed, "{v:?}");
 }
+
+/// Subscribes `count` queries of about `QUERY_BYTES` each (path, canonical arguments) on
+/// channels named after `tag`, one `ModifyQuerySet` each, with query ids from `first`.
+fn subscribe_large(client: &mut Client, tag: &str, first: u32, count: u32) {
+    for i in first..first + count {
+        let channel = large_channel(tag, i);
+        client.subscribe(i, "messages:list", json!({ "channel": channel }));
+    }
+}
+
+/// The channel of query `i` of [`subscribe_large`]: with its path and the arguments' JSON, a
+/// little under [`QUERY_BYTES`] (for tags of up to 20 characters).
+fn large_channel(tag: &str, i: u32) -> String {
+    format!("{tag}-{i}-{}", "x".repeat(QUERY_BYTES - 60))
+}
+
+/// About the size of each query of [`subscribe_large`].
+const QUERY_BYTES: usize = 10_000;
+
+/// A handful of client addresses, each within its own budget, cannot together take the query
+/// service past its total (`QUERY_MAX_TOTAL_QUERY_BYTES`): once they fill it, the next `Add`
+/// from a further client, signed out or signed in, ends that socket with `FatalError` naming
+/// the service's limit, as an owner's own limit does; the clients within it keep their queries
+/// and get every update, and a query removed frees room for the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_addresses_within_their_budgets_cannot_take_the_service_past_its_total() {
+    // An owner may hold four queries, the service ten.
+    let stack = Stack::start_with(Options {
+        owner_limits: edge_query::owners::OwnerLimits {
+            max_bytes: 4 * QUERY_BYTES,
+            max_total_bytes: 10 * QUERY_BYTES,
+            ..Default::default()
+        },
+        trusted_proxies: "127.0.0.1",
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("late@example.com").await;
+    let url = stack.query_url();
+    // Two addresses at their own limit (4 each, a fifth would be refused as theirs), one
+    // with two: 10 queries of a little under 10 KB, just under the total.
+    let mut holders = Vec::new();
+    for (address, count) in [
+        ("198.51.100.1", 4),
+        ("198.51.100.2", 4),
+        ("198.51.100.3", 2),
+    ] {
+        let mut c = Client::connect_as(&url, address).await;
+        subscribe_large(&mut c, address, 0, count);
+        until_values(&mut c, 0, count).await;
+        holders.push(c);
+    }
+    let held = stack.owners.total_bytes();
+    assert!(held > 9 * QUERY_BYTES && held <= 10 * QUERY_BYTES, "{held}");
+
+    // A further address, and a signed-in user, each with one query: over the total.
+    let mut late = Client::connect_as(&url, "198.51.100.4").await;
+    subscribe_large(&mut late, "late", 0, 1);
+    let mut user = Client::connect_as(&url, "198.51.100.5").await;
+    user.authenticate(&token);
+    subscribe_large(&mut user, "user", 0, 1);
+    for c in [&mut late, &mut user] {
+        let v = c.until("the FatalError and close", |v| v.closed).await;
+        let fatal = v.fatal.expect("a FatalError before the close");
+        assert!(
+            fatal.contains("the query service holds too many queries")
+                && fatal.contains(&format!("the limit is {}", 10 * QUERY_BYTES)),
+            "{fatal}"
+        );
+    }
+    assert_eq!(stack.owners.total_bytes(), held);
+
+    // One query removed: the next client fits.
+    holders[0].unsubscribe(0);
+    holders[0]
+        .until("the query removed", |v| !v.values.contains_key(&0))
+        .await;
+    let mut next = Client::connect_as(&url, "198.51.100.6").await;
+    subscribe_large(&mut next, "next", 0, 1);
+    until_values(&mut next, 0, 1).await;
+
+    // Everyone within the total is served: an update reaches a holder and the newcomer.
+    let http = reqwest::Client::new();
+    for channel in [large_channel("198.51.100.3", 1), large_channel("next", 0)] {
+        let r = http
+            .post(format!("{}/api/mutation", stack.devconvex_url()))
+            .bearer_auth(&token)
+            .json(&json!({"path": "messages:send", "args": {"channel": channel, "body": "still live"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let live = |id: u64| move |v: &crate::client::View| bodies(v.values.get(&id)) == ["still live"];
+    holders[2].until("the new message", live(1)).await;
+    next.until("the new message", live(0)).await;
+    for c in holders.iter().chain([&next]) {
+        let v = c.view();
+        assert!(
+            v.fatal.is_none() && !v.closed && v.violations.is_empty(),
+            "{v:?}"
+        );
+    }
+}

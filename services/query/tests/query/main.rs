@@ -76,6 +76,8 @@ pub struct Stack {
     pub devconvex_engine: Arc<edge_devconvex::Engine>,
     pub query: Running,
     pub stats: Arc<Stats>,
+    /// The running query service's query budgets.
+    pub owners: Arc<edge_query::owners::Owners>,
     pub query_config: edge_query::Config,
     pub query_grpc: SocketAddr,
     _auth: Running,
@@ -216,6 +218,7 @@ impl Stack {
             devconvex,
             devconvex_engine: engine,
             stats: query.1,
+            owners: query.3,
             query: query.0,
             query_grpc: query.2,
             query_config: config,
@@ -346,9 +349,10 @@ impl Stack {
         let mut config = self.query_config.clone();
         config.http_addr = addr;
         config.grpc_addr = self.query_grpc;
-        let (running, stats, grpc) = start_query(config).await;
+        let (running, stats, grpc, owners) = start_query(config).await;
         self.query = running;
         self.stats = stats;
+        self.owners = owners;
         self.query_grpc = grpc;
     }
 }
@@ -366,7 +370,14 @@ pub fn devconvex_config(auth_http: SocketAddr, addr: SocketAddr) -> edge_devconv
     c
 }
 
-async fn start_query(config: edge_query::Config) -> (Running, Arc<Stats>, SocketAddr) {
+async fn start_query(
+    config: edge_query::Config,
+) -> (
+    Running,
+    Arc<Stats>,
+    SocketAddr,
+    Arc<edge_query::owners::Owners>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let app = loop {
         match edge_query::Application::build(config.clone()).await {
@@ -378,8 +389,8 @@ async fn start_query(config: edge_query::Config) -> (Running, Arc<Stats>, Socket
             Err(e) => panic!("query builds: {e:#}"),
         }
     };
-    let (addr, stats, grpc) = (app.http_addr(), app.stats(), app.grpc_addr());
-    (run(addr, |s| app.run_until(s)), stats, grpc)
+    let (addr, stats, grpc, owners) = (app.http_addr(), app.stats(), app.grpc_addr(), app.owners());
+    (run(addr, |s| app.run_until(s)), stats, grpc, owners)
 }
 
 /// A TCP relay to `target` that holds each upstream→client chunk for `delay` (a slow network).

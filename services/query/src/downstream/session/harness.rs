@@ -88,6 +88,7 @@ fn unlimited() -> crate::owners::Budget {
         max_queries: usize::MAX,
         max_bytes: usize::MAX,
         max_address_requests: usize::MAX,
+        max_total_bytes: usize::MAX,
     })
     .budget(std::net::Ipv4Addr::LOCALHOST.into())
 }

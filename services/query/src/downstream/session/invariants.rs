@@ -13,7 +13,7 @@ impl ClientSession {
             .queries
             .values()
             .filter_map(|q| q.key.as_ref())
-            .map(super::key_bytes)
+            .map(crate::key::QueryKey::bytes)
             .sum();
         if bytes != self.query_bytes {
             return Err(format!(

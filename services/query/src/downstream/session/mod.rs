@@ -126,11 +126,6 @@ impl Default for QueryLimits {
     }
 }
 
-/// A query's size against [`QueryLimits`]: path, canonical arguments and journal, in bytes.
-pub fn key_bytes(key: &QueryKey) -> usize {
-    key.path.as_str().len() + key.args.len() + key.journal.as_ref().map_or(0, String::len)
-}
-
 /// A query removed in a query-set version the client does not hold yet.
 #[derive(Debug)]
 struct Gap {
@@ -182,7 +177,7 @@ pub struct ClientSession {
     in_flight: usize,
     max_in_flight: usize,
     limits: QueryLimits,
-    /// [`key_bytes`] of every query with a key, summed.
+    /// [`QueryKey::bytes`] of every query with a key, summed.
     query_bytes: usize,
     /// The same queries charged to the socket's identity (or, signed out, its address)
     /// across all its sockets.

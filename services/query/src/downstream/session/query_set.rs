@@ -83,7 +83,7 @@ impl ClientSession {
             owed_identity: self.version.identity(),
         };
         self.queries.insert(query_id, query);
-        self.query_bytes += super::key_bytes(&key);
+        self.query_bytes += key.bytes();
         if first {
             out.push(Effect::Subscribe(route, key));
         }
@@ -95,7 +95,7 @@ impl ClientSession {
             return false;
         };
         let Some(key) = q.key else { return true };
-        self.query_bytes = self.query_bytes.saturating_sub(super::key_bytes(&key));
+        self.query_bytes = self.query_bytes.saturating_sub(key.bytes());
         let keys = self.by_key.entry(q.route).or_default();
         let now_empty = keys.get_mut(&key).is_some_and(|ids| {
             ids.remove(&query_id);
@@ -144,7 +144,7 @@ impl ClientSession {
                     }
                     let args = one_argument(args).map_err(End::Fatal)?;
                     let key = QueryKey::new(&udf_path, &args, journal).and_then(|key| {
-                        let size = super::key_bytes(&key);
+                        let size = key.bytes();
                         if size > self.limits.max_query_bytes {
                             return Err(format!(
                                 "query {} is too large: {size} bytes of arguments and journal, \
@@ -157,7 +157,7 @@ impl ClientSession {
                     });
                     match key {
                         Ok(key) => {
-                            let total = self.query_bytes + super::key_bytes(&key);
+                            let total = self.query_bytes + key.bytes();
                             if total > self.limits.max_socket_bytes {
                                 return Err(End::Fatal(format!(
                                     "the queries on this connection are too large: {total} \
@@ -166,9 +166,7 @@ impl ClientSession {
                                 )));
                             }
                             // The identity's (or address's) sockets together.
-                            self.budget
-                                .charge(super::key_bytes(&key))
-                                .map_err(End::Fatal)?;
+                            self.budget.charge(key.bytes()).map_err(End::Fatal)?;
                             self.subscribe(query_id, key, new, &mut pending, out)
                         }
                         Err(message) => {
@@ -198,7 +196,7 @@ impl ClientSession {
                         .queries
                         .get(&query_id)
                         .and_then(|q| q.key.as_ref())
-                        .map(super::key_bytes);
+                        .map(QueryKey::bytes);
                     // Its results are not sent any more: a transition may end where it is
                     // still in the set only with the result the client holds.
                     let held = self.version.held();
