@@ -216,23 +216,62 @@ impl Store {
     /// [`Store::connect`], verifying a Postgres server (`sslmode=verify-ca|verify-full`) against
     /// `trust` (the OS roots plus `SSL_CERT_FILE`) unless the URL names its own `sslrootcert`.
     /// `sslmode` means what it means to libpq: `disable`, `prefer` (the default: TLS when the
-    /// server offers it, unverified), `require` (TLS, unverified; with `sslrootcert` in the URL,
-    /// verified as `verify-ca`), `verify-ca`, `verify-full`.
+    /// server offers it, unverified), `require` (TLS, unverified; with a root certificate
+    /// named, verified as `verify-ca`), `verify-ca`, `verify-full`. The root certificate is the
+    /// URL's `sslrootcert`, else `PGSSLROOTCERT`, as libpq reads them; `system` (libpq 16) is
+    /// the system's roots (`trust`) and makes `verify-full` the default and the only mode
+    /// allowed.
+    ///
+    /// Errors: [`StoreError::Url`] for a URL libpq would refuse (a weak `sslmode` with
+    /// `sslrootcert=system`), [`StoreError::Database`] when no connection opens.
     pub async fn connect_with_trust(
         url: &str,
         trust: Option<&edge_tls::Trust>,
     ) -> Result<Store, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            use sqlx::postgres::PgSslMode;
             let mut options = sqlx::postgres::PgConnectOptions::from_str(url)
                 .map_err(|e| StoreError::Url(e.to_string()))?;
-            if url_names_root_cert(url) {
-                // libpq: with a root certificate named, `require` verifies the chain as
-                // `verify-ca` does.
-                if matches!(options.get_ssl_mode(), sqlx::postgres::PgSslMode::Require) {
-                    options = options.ssl_mode(sqlx::postgres::PgSslMode::VerifyCa);
+            let root = url_param(url, "sslrootcert").or_else(|| {
+                std::env::var("PGSSLROOTCERT")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            });
+            match root.as_deref() {
+                Some("system") => {
+                    // libpq 16: the system's roots, and no weaker check than `verify-full`.
+                    let mode = url_param(url, "sslmode")
+                        .or_else(|| std::env::var("PGSSLMODE").ok().filter(|v| !v.is_empty()));
+                    match mode.as_deref() {
+                        None => options = options.ssl_mode(PgSslMode::VerifyFull),
+                        Some("verify-full") => {}
+                        Some(weak) => {
+                            return Err(StoreError::Url(format!(
+                                "weak sslmode \"{weak}\" may not be used with \
+                                 sslrootcert=system (use \"verify-full\")"
+                            )));
+                        }
+                    }
+                    let system = match trust {
+                        Some(trust) => trust.pem_bundle(),
+                        None => edge_tls::Trust::load(None)
+                            .map_err(|e| StoreError::Url(e.to_string()))?
+                            .pem_bundle(),
+                    };
+                    options = options.ssl_root_cert_from_pem(system);
                 }
-            } else if let Some(trust) = trust {
-                options = options.ssl_root_cert_from_pem(trust.pem_bundle());
+                Some(_) => {
+                    // libpq: with a root certificate named, `require` verifies the chain as
+                    // `verify-ca` does.
+                    if matches!(options.get_ssl_mode(), PgSslMode::Require) {
+                        options = options.ssl_mode(PgSslMode::VerifyCa);
+                    }
+                }
+                None => {
+                    if let Some(trust) = trust {
+                        options = options.ssl_root_cert_from_pem(trust.pem_bundle());
+                    }
+                }
             }
             let pool = PgPoolOptions::new()
                 .max_connections(16)
@@ -617,11 +656,12 @@ impl SessionUserRow {
     }
 }
 
-/// Whether a Postgres URL carries its own `sslrootcert` (which then wins over `SSL_CERT_FILE`).
-fn url_names_root_cert(url: &str) -> bool {
-    url.split_once('?').is_some_and(|(_, query)| {
-        query
-            .split('&')
-            .any(|pair| pair.split('=').next() == Some("sslrootcert"))
+/// The value of the query parameter `name` in a Postgres URL (as written, not decoded: the
+/// values looked at here, `sslmode` and `sslrootcert=system`, need no decoding).
+fn url_param(url: &str, name: &str) -> Option<String> {
+    let (_, query) = url.split_once('?')?;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (key == name).then(|| value.to_owned())
     })
 }

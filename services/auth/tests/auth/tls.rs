@@ -120,3 +120,37 @@ async fn require_with_a_root_certificate_verifies_the_chain_as_libpq_does() {
         "the error says why: {refused}"
     );
 }
+
+/// libpq 16's `sslrootcert=system`: the system's roots (here with the server's certificate
+/// through `SSL_CERT_FILE`), `verify-full` by default (a name the certificate does not hold is
+/// refused), and a weaker `sslmode` beside it refused before anything connects.
+#[tokio::test]
+async fn sslrootcert_system_is_the_system_roots_with_verify_full() {
+    let db = edge_testkit::test_database().await;
+    let ca = server_certificate(&db.url).await;
+    let by_name = db.url.replacen("@127.0.0.1:", "@localhost:", 1);
+    let mut system = crate::config(&format!("{by_name}?sslrootcert=system"));
+    system.ssl_cert_file = Some(ca.clone());
+    let auth = crate::spawn(system).await;
+    let mut client = auth.client().await;
+    crate::sign_up(&mut client, "system-roots@example.com").await;
+
+    let mut by_address = crate::config(&format!("{}?sslrootcert=system", db.url));
+    by_address.ssl_cert_file = Some(ca.clone());
+    let refused = match edge_auth::Application::build(by_address).await {
+        Ok(_) => panic!("sslrootcert=system checks the host name"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(refused.contains("not valid for name"), "{refused}");
+
+    let mut weak = crate::config(&format!("{by_name}?sslmode=require&sslrootcert=system"));
+    weak.ssl_cert_file = Some(ca);
+    let refused = match edge_auth::Application::build(weak).await {
+        Ok(_) => panic!("libpq refuses a weak sslmode with sslrootcert=system"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        refused.contains("weak sslmode \"require\" may not be used with sslrootcert=system"),
+        "{refused}"
+    );
+}
