@@ -76,7 +76,10 @@ struct Clients {
 pub struct AuthDeadline(std::time::Duration);
 
 impl tonic::service::Interceptor for AuthDeadline {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if !request.metadata().contains_key("grpc-timeout") {
             request.set_timeout(self.0);
         }

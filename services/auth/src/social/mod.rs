@@ -565,7 +565,9 @@ impl AuthCore {
         })?;
         let deadline = tokio::time::Instant::now() + PROVIDER_BUDGET;
         let discovered = tokio::time::timeout_at(deadline, provider.discovered());
-        let discovered = discovered.await.unwrap_or_else(|_| Err(provider::bad("timed out")));
+        let discovered = discovered
+            .await
+            .unwrap_or_else(|_| Err(provider::bad("timed out")));
         let discovered = discovered.map_err(|e| {
             tracing::error!(provider = %r.provider_id, error = %e, "provider discovery failed");
             AuthError::invalid(ErrorCode::SERVICE_UNAVAILABLE, "Provider is unavailable")

@@ -824,7 +824,11 @@ mod tests {
         };
         backdate(&provider);
         storm(provider.clone()).await;
-        assert_eq!(fetches.load(SeqCst), 2, "concurrent misses did not share one fetch");
+        assert_eq!(
+            fetches.load(SeqCst),
+            2,
+            "concurrent misses did not share one fetch"
+        );
 
         // The provider rotates to k2: refused while cooling down, accepted after it.
         *jwks.lock().unwrap() = json!({"keys": [jwk2]});

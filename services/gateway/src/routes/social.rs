@@ -52,7 +52,13 @@ pub fn sanitize(input: &str) -> String {
         };
         let n = digits
             .chars()
-            .take_while(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() })
+            .take_while(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
             .count();
         n > 0 && digits[n..].starts_with(';')
     }

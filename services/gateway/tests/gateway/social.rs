@@ -1539,7 +1539,9 @@ async fn a_refused_sign_in_ends_on_a_page_showing_the_error() {
         ))
         .await;
     assert_eq!(r.headers()["location"], "/sign-in?error=access_denied");
-    let page = browser.get(&format!("{site}/sign-in?error=access_denied")).await;
+    let page = browser
+        .get(&format!("{site}/sign-in?error=access_denied"))
+        .await;
     assert_eq!(page.status(), 200);
 }
 
@@ -1569,11 +1571,11 @@ async fn a_slow_or_stalled_provider_ends_in_a_redirect() {
         r.headers()["location"],
         format!("{site}/api/auth/error?error=invalid_code").as_str()
     );
-    let cleared = r
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .any(|c| c.to_str().unwrap().starts_with("better-auth.state=; Max-Age=0"));
+    let cleared = r.headers().get_all("set-cookie").iter().any(|c| {
+        c.to_str()
+            .unwrap()
+            .starts_with("better-auth.state=; Max-Age=0")
+    });
     assert!(cleared, "the state cookie is cleared");
     assert!(stalled.cookie(&site, "better-auth.session_token").is_none());
     let users = rows(&standin.stack.db.url, "SELECT email FROM \"user\"").await;
