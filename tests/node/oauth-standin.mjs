@@ -7,7 +7,9 @@
 // in the order logins are first seen, from 4242 and from Discord's documented example id).
 //   POST /token              code = a login; answers tokens for that login (a Google-shaped
 //                            ID token); the code `bad` is refused the way GitHub refuses (200
-//                            with `error`)
+//                            with `error`); the code `stall` is never answered, and a code
+//                            `slow-<login>` is answered after 6 s (a slow provider: longer
+//                            than the gateway's own deadline, within auth's)
 //   POST /<tenant>/oauth2/v2.0/token
 //                            Microsoft Entra ID's token endpoint under the authority this
 //                            process is: a v2.0 ID token of issuer `<url>/<tenant>/v2.0`
@@ -70,6 +72,8 @@ const server = http.createServer(async (req, res) => {
       return send(401, { error: "invalid_client" });
     }
     if (form.code === "bad") return send(200, { error: "bad_verification_code" });
+    if (form.code === "stall") return;
+    if (form.code.startsWith("slow-")) await new Promise((r) => setTimeout(r, 6000));
     const now = Math.floor(Date.now() / 1000);
     const tokens = {
       access_token: `at-${form.code}`,

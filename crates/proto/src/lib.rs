@@ -3,6 +3,11 @@
 pub mod endpoint;
 pub mod error;
 
+/// The longest auth waits on a social provider within one call (discovery, code exchange,
+/// JWKS and userinfo together): 10 s. Calls to auth that wait on a provider (a social
+/// callback, an ID-token sign-in or link) need a deadline this much longer than the usual one.
+pub const SOCIAL_PROVIDER_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `edge.auth.v1`: sessions, tokens, keys and revocations.
 pub mod auth {
     pub mod v1 {

@@ -26,6 +26,7 @@ use edge_keys::CacheKey;
 use edge_proto::auth::v1 as pb;
 use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
 use edge_proto::error::ErrorCode;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 pub use config::{Config, ConfigError, ProxyConfig, Ssr};
@@ -63,10 +64,33 @@ struct Clients {
     /// Tells this gateway's clients apart from another's in the same process (tests).
     id: u64,
     auth: Endpoint,
+    /// `GATEWAY_AUTH_TIMEOUT_MS`, the deadline of auth calls that name none of their own.
+    auth_timeout: std::time::Duration,
     query: Endpoint,
 }
 
-type ClientPair = (AuthServiceClient<Channel>, QueryServiceClient<Channel>);
+/// Gives a call to auth the gateway's deadline (`GATEWAY_AUTH_TIMEOUT_MS`, sent as
+/// `grpc-timeout` and enforced by the channel) unless the call set its own with
+/// [`tonic::Request::set_timeout`] (the social calls that wait on a provider).
+#[derive(Debug, Clone, Copy)]
+pub struct AuthDeadline(std::time::Duration);
+
+impl tonic::service::Interceptor for AuthDeadline {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if !request.metadata().contains_key("grpc-timeout") {
+            request.set_timeout(self.0);
+        }
+        Ok(request)
+    }
+}
+
+/// A client of auth whose calls carry a deadline ([`AuthDeadline`]).
+pub type AuthClient = AuthServiceClient<InterceptedService<Channel, AuthDeadline>>;
+
+type ClientPair = (AuthClient, QueryServiceClient<Channel>);
 
 thread_local! {
     static CLIENTS: std::cell::RefCell<Vec<(u64, ClientPair)>> =
@@ -74,11 +98,12 @@ thread_local! {
 }
 
 impl Clients {
-    fn new(auth: Endpoint, query: Endpoint) -> Self {
+    fn new(auth: Endpoint, auth_timeout: std::time::Duration, query: Endpoint) -> Self {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Clients {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             auth,
+            auth_timeout,
             query,
         }
     }
@@ -90,7 +115,10 @@ impl Clients {
                 return pair.clone();
             }
             let pair = (
-                AuthServiceClient::new(self.auth.connect_lazy()),
+                AuthServiceClient::with_interceptor(
+                    self.auth.connect_lazy(),
+                    AuthDeadline(self.auth_timeout),
+                ),
                 QueryServiceClient::new(self.query.connect_lazy()),
             );
             clients.push((self.id, pair.clone()));
@@ -101,7 +129,7 @@ impl Clients {
 
 impl State {
     /// A client of auth (cheap: clones share this thread's connection).
-    pub fn auth(&self) -> AuthServiceClient<Channel> {
+    pub fn auth(&self) -> AuthClient {
         self.clients.get().0
     }
 
@@ -226,9 +254,9 @@ impl Application {
         let endpoint = edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
             .context("invalid AUTH_GRPC_URL")?
             .connect_timeout(std::time::Duration::from_secs(2))
-            // Keepalive pings break a connection whose traffic is swallowed; this bounds a
-            // call on a connection that stays up while auth does not answer it.
-            .timeout(config.auth_timeout)
+            // Keepalive pings break a connection whose traffic is swallowed; a call's deadline
+            // (`AuthDeadline`: `GATEWAY_AUTH_TIMEOUT_MS` unless the call names a longer one)
+            // bounds it on a connection that stays up while auth does not answer it.
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         let query = edge_proto::endpoint::endpoint(&config.query_grpc_url, &trust)
@@ -268,11 +296,12 @@ impl Application {
         let read_limiter = config
             .read_rate_limit
             .map(|rule| routes::ratelimit::ReadLimiter::new(rule.max, rule.window));
+        let clients = Clients::new(endpoint, config.auth_timeout, query);
         let state = State {
             read_limiter,
             config,
             live,
-            clients: Clients::new(endpoint, query),
+            clients,
             cache,
             cache_trusted: Arc::new(AtomicBool::new(false)),
             log_caught_up: Arc::new(AtomicBool::new(false)),

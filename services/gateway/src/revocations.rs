@@ -14,8 +14,6 @@ use std::time::{Duration, Instant};
 use edge_cache::TokenCache;
 use edge_keys::CacheKey;
 use edge_proto::auth::v1 as pb;
-use edge_proto::auth::v1::auth_service_client::AuthServiceClient;
-use tonic::transport::Channel;
 
 use crate::metrics;
 
@@ -23,7 +21,7 @@ use crate::metrics;
 const DEFAULT_RETENTION: Duration = Duration::from_secs(1200);
 
 pub async fn watch(
-    mut auth: AuthServiceClient<Channel>,
+    mut auth: crate::AuthClient,
     cache: Arc<TokenCache<tonic::Status>>,
     trusted: Arc<AtomicBool>,
     caught_up: Arc<AtomicBool>,

@@ -426,3 +426,60 @@ async fn the_demo_signs_in_with_an_openid_provider_in_a_real_browser() {
     assert_eq!(out["accounts"][0]["accountId"], "ada");
     assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000);
 }
+
+/// A social sign-in the user cancels at the provider (`access_denied`) ends on the demo's
+/// sign-in page (its `errorCallbackURL`) showing the error, signed out; it was a JSON 404 at
+/// `/api/auth/error`.
+#[tokio::test]
+async fn the_demo_shows_a_cancelled_social_sign_in_in_a_real_browser() {
+    let port = edge_testkit::free_port();
+    let site = format!("http://127.0.0.1:{port}");
+    let (client_id, client_secret) = ("demo-site", "demo-site-client-secret-0123456789");
+    let provider = edge_testkit::node_server(
+        "oidc-provider.mjs",
+        &json!({"clientId": client_id, "clientSecret": client_secret,
+            "redirectUris": [format!("{site}/api/auth/callback/acme")]}),
+    )
+    .await;
+    let issuer = provider.ready["issuer"].as_str().unwrap().to_owned();
+    let dev = dev(&[
+        ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{port}")),
+        ("BETTER_AUTH_URL", site.clone()),
+        ("AUTH_SOCIAL_PROVIDERS", "acme".into()),
+        ("AUTH_ACME_CLIENT_ID", client_id.into()),
+        ("AUTH_ACME_CLIENT_SECRET", client_secret.into()),
+        (
+            "AUTH_ACME_DISCOVERY_URL",
+            format!("{issuer}/.well-known/openid-configuration"),
+        ),
+    ]);
+    assert_eq!(dev.site, site);
+    let artifacts = edge_testkit::workspace_root().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("browser-social-cancelled.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let out = edge_testkit::node(
+        "social-browser.mjs",
+        &[
+            site.clone(),
+            "acme".into(),
+            "ada".into(),
+            screenshot.display().to_string(),
+            "cancel".into(),
+        ],
+    )
+    .await;
+    assert_eq!(out["ok"], true, "{out}");
+    assert_eq!(
+        out["url"],
+        format!(
+            "{site}/sign-in?error=access_denied&error_description=End-User+aborted+interaction"
+        )
+    );
+    assert_eq!(
+        out["shown"],
+        "Sign-in failed: access_denied (End-User aborted interaction)"
+    );
+    assert_eq!(out["session"], Value::Null, "nobody is signed in");
+    assert!(std::fs::metadata(&screenshot).unwrap().len() > 1000);
+}

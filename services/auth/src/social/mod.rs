@@ -24,6 +24,11 @@ use crate::store::{ProviderTokens, SocialAccount, User, now_ms};
 pub use config::ProviderConfig;
 pub use provider::Provider;
 
+/// The longest one call to auth waits on its provider in all (discovery, code exchange, JWKS,
+/// userinfo together): 10 s. Past it the callback redirects to `errorCallbackURL` with the
+/// step's `?error=` and an ID-token call is refused; a caller's deadline must exceed it.
+pub const PROVIDER_BUDGET: std::time::Duration = edge_proto::SOCIAL_PROVIDER_BUDGET;
+
 /// How long a state lives in its `verification` row and its JSON (`expiresAt`): 10 minutes.
 const STATE_TTL_MS: i64 = 600_000;
 /// `Max-Age` of the signed `state` cookie (Better Auth: 300 s).
@@ -457,7 +462,10 @@ impl AuthCore {
         let Some(provider) = self.social.get(&cb.provider_id) else {
             return fail("oauth_provider_not_found");
         };
-        let Ok(discovered) = provider.discovered().await else {
+        // One budget for every provider step, so the callback always answers its redirect.
+        let deadline = tokio::time::Instant::now() + PROVIDER_BUDGET;
+        let Ok(Ok(discovered)) = tokio::time::timeout_at(deadline, provider.discovered()).await
+        else {
             return fail("invalid_code");
         };
         if !cb.iss.is_empty()
@@ -473,9 +481,10 @@ impl AuthCore {
             return fail("nonce_binding_missing");
         }
         let redirect_uri = self.social_redirect_uri(&provider.config.id, cb.oauth2_path);
-        let tokens = match provider
-            .exchange(&discovered, &cb.code, &data.code_verifier, &redirect_uri)
+        let exchange = provider.exchange(&discovered, &cb.code, &data.code_verifier, &redirect_uri);
+        let tokens = match tokio::time::timeout_at(deadline, exchange)
             .await
+            .unwrap_or_else(|_| Err(provider::bad("token endpoint timed out")))
         {
             Ok(mut tokens) => {
                 // Apple posts the user's name once, beside the code (Better Auth's
@@ -488,9 +497,10 @@ impl AuthCore {
                 return fail("invalid_code");
             }
         };
-        let user_info = match provider
-            .user_info(&discovered, &tokens, data.id_token_nonce.as_deref())
+        let user_info = provider.user_info(&discovered, &tokens, data.id_token_nonce.as_deref());
+        let user_info = match tokio::time::timeout_at(deadline, user_info)
             .await
+            .unwrap_or_else(|_| Err(provider::bad("provider timed out")))
         {
             Ok(Some(info)) => info,
             Ok(None) => return fail("unable_to_get_user_info"),
@@ -553,7 +563,12 @@ impl AuthCore {
         let provider = self.social.get(&r.provider_id).ok_or_else(|| {
             AuthError::invalid(ErrorCode::PROVIDER_NOT_FOUND, "Provider not found")
         })?;
-        let discovered = provider.discovered().await.map_err(|e| {
+        let deadline = tokio::time::Instant::now() + PROVIDER_BUDGET;
+        let discovered = tokio::time::timeout_at(deadline, provider.discovered());
+        let discovered = discovered
+            .await
+            .unwrap_or_else(|_| Err(provider::bad("timed out")));
+        let discovered = discovered.map_err(|e| {
             tracing::error!(provider = %r.provider_id, error = %e, "provider discovery failed");
             AuthError::invalid(ErrorCode::SERVICE_UNAVAILABLE, "Provider is unavailable")
         })?;
@@ -564,7 +579,11 @@ impl AuthCore {
             ));
         }
         let nonce = (!r.nonce.is_empty()).then_some(r.nonce.as_str());
-        let claims = match provider.verify_id_token(&discovered, &r.token, nonce).await {
+        let claims = provider.verify_id_token(&discovered, &r.token, nonce);
+        let claims = tokio::time::timeout_at(deadline, claims)
+            .await
+            .unwrap_or_else(|_| Err(provider::bad("provider timed out")));
+        let claims = match claims {
             Ok(claims) => claims,
             Err(e) => {
                 tracing::warn!(provider = %r.provider_id, error = %e, "id token refused");
@@ -603,8 +622,9 @@ impl AuthCore {
                 user: serde_json::from_str(&r.user).ok(),
                 ..provider::Tokens::default()
             };
-            match builtin::user_info(&provider, &discovered, &tokens, None).await {
-                Ok(Some(info)) => info,
+            let info = builtin::user_info(&provider, &discovered, &tokens, None);
+            match tokio::time::timeout_at(deadline, info).await {
+                Ok(Ok(Some(info))) => info,
                 _ => return Err(no_info()),
             }
         };

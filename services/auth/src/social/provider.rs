@@ -11,6 +11,30 @@ use edge_keys::Verifier;
 use serde_json::{Map, Value};
 use tokio::sync::Mutex;
 
+/// jose's `createRemoteJWKSet` `cooldownDuration`: after a JWKS fetch, a token naming an
+/// unknown `kid` does not fetch the set again for this long (30 s).
+pub(super) const JWKS_COOLDOWN: Duration = Duration::from_secs(30);
+
+/// The provider's keys as last fetched, and when.
+#[derive(Default)]
+struct Keys {
+    verifier: Option<Arc<Verifier>>,
+    fetched_at: Option<std::time::Instant>,
+}
+
+impl Keys {
+    /// The cached verifier when it serves `kid` (or no `kid` is named), or when a fetch was
+    /// made within [`JWKS_COOLDOWN`] (then the token is refused with the keys at hand).
+    fn usable(&self, kid: Option<&str>) -> Option<Arc<Verifier>> {
+        let v = self.verifier.as_ref()?;
+        let knows = kid.is_none_or(|kid| v.has_kid(kid));
+        let cooling = self
+            .fetched_at
+            .is_some_and(|at| at.elapsed() < JWKS_COOLDOWN);
+        (knows || cooling).then(|| v.clone())
+    }
+}
+
 use super::builtin;
 use super::config::{Kind, ProviderConfig};
 
@@ -95,7 +119,10 @@ pub struct Provider {
     pub config: ProviderConfig,
     pub(super) http: reqwest::Client,
     discovered: Mutex<Option<Arc<Discovered>>>,
-    keys: Mutex<Option<Arc<Verifier>>>,
+    /// Short critical sections only; never held across a fetch.
+    keys: std::sync::Mutex<Keys>,
+    /// Held by the one JWKS fetch in flight; concurrent misses wait on it and share its result.
+    jwks_fetch: Mutex<()>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -158,7 +185,8 @@ impl Provider {
             config,
             http,
             discovered: Mutex::new(None),
-            keys: Mutex::new(None),
+            keys: std::sync::Mutex::new(Keys::default()),
+            jwks_fetch: Mutex::new(()),
         }
     }
 
@@ -318,14 +346,29 @@ impl Provider {
         Ok(tokens_from(&data, Utc::now()))
     }
 
+    fn cached_keys(&self, kid: Option<&str>) -> Option<Arc<Verifier>> {
+        self.keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .usable(kid)
+    }
+
+    /// The provider's keys for a token naming `kid`, as jose's remote JWK set gives them: the
+    /// cached set when it has the key; else one fetch, at most once per [`JWKS_COOLDOWN`],
+    /// shared by every concurrent miss. The keys lock is not held across the fetch, so tokens
+    /// with known keys are checked meanwhile. A failed fetch is tried again on the next miss.
     async fn verifier(
         &self,
         d: &Discovered,
-        refresh: bool,
+        kid: Option<&str>,
     ) -> Result<Arc<Verifier>, ProviderError> {
-        let mut slot = self.keys.lock().await;
-        if !refresh && let Some(v) = slot.as_ref() {
-            return Ok(v.clone());
+        if let Some(v) = self.cached_keys(kid) {
+            return Ok(v);
+        }
+        let _fetching = self.jwks_fetch.lock().await;
+        // A fetch that finished while this one waited counts (and starts the cooldown).
+        if let Some(v) = self.cached_keys(kid) {
+            return Ok(v);
         }
         let uri = d.jwks_uri.as_deref().ok_or_else(|| bad("no jwks_uri"))?;
         let jwks: Value = self.get_json(uri).await?;
@@ -334,12 +377,18 @@ impl Provider {
             .map_err(|e| bad(format!("provider jwks: {e}")))?
             .with_leeway(ID_TOKEN_LEEWAY);
         let verifier = Arc::new(verifier);
-        *slot = Some(verifier.clone());
+        let mut keys = self
+            .keys
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        keys.verifier = Some(verifier.clone());
+        keys.fetched_at = Some(std::time::Instant::now());
         Ok(verifier)
     }
 
-    /// Better Auth's `verifyIdToken`: signature against the provider's JWKS (fetched again once
-    /// for an unknown `kid`, as jose's remote key set does), an algorithm discovery lists,
+    /// Better Auth's `verifyIdToken`: signature against the provider's JWKS (fetched again for
+    /// an unknown `kid` at most once per [`JWKS_COOLDOWN`], as jose's remote key set does), an
+    /// algorithm discovery lists,
     /// `iss`, `aud`, `exp` (30 s leeway), `iat` and `sub` present, and the nonce when one
     /// was sent. Returns the claims.
     pub async fn verify_id_token(
@@ -354,12 +403,7 @@ impl Provider {
             return Err(bad(format!("id token algorithm {alg} is not accepted")));
         }
         let now = Utc::now().timestamp();
-        let mut verifier = self.verifier(d, false).await?;
-        if let Some(kid) = token_kid(token)
-            && !verifier.has_kid(&kid)
-        {
-            verifier = self.verifier(d, true).await?;
-        }
+        let verifier = self.verifier(d, token_kid(token).as_deref()).await?;
         let verified = verifier
             .verify(token, now)
             .map_err(|e| bad(format!("id token refused: {e}")))?;
@@ -591,7 +635,7 @@ mod tests {
         let verifier = Verifier::from_foreign_jwks(&jwks)
             .unwrap()
             .with_leeway(ID_TOKEN_LEEWAY);
-        *provider.keys.lock().await = Some(Arc::new(verifier));
+        provider.keys.lock().unwrap().verifier = Some(Arc::new(verifier));
         *provider.discovered.lock().await = Some(discovered.clone());
         let sign = move |claims: Value| {
             let header = b64(br#"{"alg":"EdDSA","kid":"k1"}"#);
@@ -666,6 +710,138 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    /// An Ed25519 key named `kid`: its public JWK and a signer of ID tokens.
+    fn key(kid: &'static str) -> (Value, impl Fn(Value) -> String) {
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = json!({"kty": "OKP", "crv": "Ed25519", "kid": kid,
+            "x": b64(pair.public_key().as_ref())});
+        let sign = move |claims: Value| {
+            let header = b64(json!({"alg": "EdDSA", "kid": kid}).to_string().as_bytes());
+            let input = format!("{header}.{}", b64(claims.to_string().as_bytes()));
+            format!("{input}.{}", b64(pair.sign(input.as_bytes()).as_ref()))
+        };
+        (jwk, sign)
+    }
+
+    /// A provider's JWKS endpoint on a real socket (HTTP/1.1, one request a connection): it
+    /// serves the set in `jwks` and counts the requests it answers.
+    async fn jwks_endpoint(
+        jwks: Arc<std::sync::Mutex<Value>>,
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let (jwks, counter) = (jwks.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match socket.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = jwks.lock().unwrap().to_string();
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        (url, count)
+    }
+
+    #[tokio::test]
+    async fn unknown_kids_refetch_the_jwks_once_per_cooldown_as_jose_does() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (jwk1, sign1) = key("k1");
+        let (jwk2, sign2) = key("k2");
+        let jwks = Arc::new(std::sync::Mutex::new(json!({"keys": [jwk1]})));
+        let (jwks_uri, fetches) = jwks_endpoint(jwks.clone()).await;
+        let (provider, _, _) = provider_with_key().await;
+        *provider.keys.lock().unwrap() = Keys::default();
+        let provider = Arc::new(provider);
+        let d = Arc::new(Discovered {
+            issuer: Some("https://idp.example".into()),
+            authorization_endpoint: "https://idp.example/auth".into(),
+            token_endpoint: "https://idp.example/token".into(),
+            userinfo_endpoint: None,
+            jwks_uri: Some(jwks_uri),
+            signing_algs: vec!["EdDSA".into()],
+        });
+        let now = Utc::now().timestamp();
+        let claims = json!({"iss": "https://idp.example", "aud": "client", "sub": "u1",
+            "iat": now, "exp": now + 300});
+        provider
+            .verify_id_token(&d, &sign1(claims.clone()), None)
+            .await
+            .unwrap();
+        assert_eq!(fetches.load(SeqCst), 1);
+
+        // 50 tokens naming forged kids, at once: within the cooldown none fetches.
+        let forged = |i: usize| {
+            let header = b64(json!({"alg": "EdDSA", "kid": format!("forged-{i}")})
+                .to_string()
+                .as_bytes());
+            let token = sign1(claims.clone());
+            let mut parts: Vec<&str> = token.split('.').collect();
+            parts[0] = &header;
+            parts.join(".")
+        };
+        let storm = |provider: Arc<Provider>| {
+            let tasks: Vec<_> = (0..50)
+                .map(|i| {
+                    let (provider, d, token) = (provider.clone(), d.clone(), forged(i));
+                    tokio::spawn(async move { provider.verify_id_token(&d, &token, None).await })
+                })
+                .collect();
+            async move {
+                for task in tasks {
+                    assert!(task.await.unwrap().is_err(), "a forged kid was accepted");
+                }
+            }
+        };
+        storm(provider.clone()).await;
+        assert_eq!(fetches.load(SeqCst), 1, "forged kids fetched the JWKS");
+
+        // After the cooldown, 50 concurrent misses share one fetch.
+        let backdate = |provider: &Provider| {
+            provider.keys.lock().unwrap().fetched_at =
+                Some(std::time::Instant::now() - JWKS_COOLDOWN);
+        };
+        backdate(&provider);
+        storm(provider.clone()).await;
+        assert_eq!(
+            fetches.load(SeqCst),
+            2,
+            "concurrent misses did not share one fetch"
+        );
+
+        // The provider rotates to k2: refused while cooling down, accepted after it.
+        *jwks.lock().unwrap() = json!({"keys": [jwk2]});
+        let rotated = sign2(claims.clone());
+        assert!(provider.verify_id_token(&d, &rotated, None).await.is_err());
+        assert_eq!(fetches.load(SeqCst), 2);
+        backdate(&provider);
+        let verified = provider.verify_id_token(&d, &rotated, None).await.unwrap();
+        assert_eq!(verified["sub"], "u1");
+        assert_eq!(fetches.load(SeqCst), 3);
+        // A token with a known kid uses the cached set.
+        provider.verify_id_token(&d, &rotated, None).await.unwrap();
+        assert_eq!(fetches.load(SeqCst), 3);
     }
 
     #[test]

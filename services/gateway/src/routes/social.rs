@@ -29,7 +29,137 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(callback_oauth2),
         )
         .route("/api/auth/link-social", web::post().to(link_social))
-        .route("/api/auth/unlink-account", web::post().to(unlink_account));
+        .route("/api/auth/unlink-account", web::post().to(unlink_account))
+        .route("/api/auth/error", web::get().to(error_page));
+}
+
+/// Better Auth's `sanitize` of text put in its error page: `<`, `>`, `"`, `'` escaped, and `&`
+/// unless it starts an entity (`&amp;`, `&lt;`, `&gt;`, `&quot;`, `&#39;`, `&#x…;`, `&#…;`).
+pub fn sanitize(input: &str) -> String {
+    fn starts_entity(rest: &str) -> bool {
+        if ["amp;", "lt;", "gt;", "quot;", "#39;"]
+            .iter()
+            .any(|e| rest.starts_with(e))
+        {
+            return true;
+        }
+        let (digits, hex) = match rest.strip_prefix("#x") {
+            Some(r) => (r, true),
+            None => match rest.strip_prefix('#') {
+                Some(r) => (r, false),
+                None => return false,
+            },
+        };
+        let n = digits
+            .chars()
+            .take_while(|c| {
+                if hex {
+                    c.is_ascii_hexdigit()
+                } else {
+                    c.is_ascii_digit()
+                }
+            })
+            .count();
+        n > 0 && digits[n..].starts_with(';')
+    }
+    let mut out = String::with_capacity(input.len());
+    for (i, c) in input.char_indices() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '&' if !starts_entity(&input[i + 1..]) => out.push_str("&amp;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The `?error=` code as Better Auth's error page shows it: `^['A-Za-z0-9_-]+$`, else
+/// `UNKNOWN` (also when absent or empty).
+fn error_code(raw: Option<&str>) -> &str {
+    match raw {
+        Some(code)
+            if !code.is_empty()
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"'_-".contains(&b)) =>
+        {
+            code
+        }
+        _ => "UNKNOWN",
+    }
+}
+
+/// `GET /api/auth/error`, Better Auth's error page and the default `errorCallbackURL`: 200
+/// `text/html` naming the `?error=` code (Better Auth's shape only, else `UNKNOWN`) and the
+/// `?error_description=` [`sanitize`]d, or else a link to Better Auth's page about the code.
+/// Nothing from the query reaches the page unescaped. (Better Auth in production without
+/// `onAPIError.errorURL` redirects to `/?error=` instead; the gateway always shows the page.)
+async fn error_page(req: HttpRequest) -> HttpResponse {
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(req.query_string()).unwrap_or_default();
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let code = error_code(get("error"));
+    // The code's characters are all safe in HTML and in a URL path (`'` inside a
+    // double-quoted attribute).
+    let description = match get("error_description").filter(|d| !d.is_empty()) {
+        Some(d) => sanitize(d),
+        None => format!(
+            "We encountered an unexpected error. Please try again or return to the home page. \
+             If you're a developer, you can find <a href=\"https://better-auth.com/docs/reference/errors/{code}\" \
+             target=\"_blank\" rel=\"noopener noreferrer\">more information about the error</a>."
+        ),
+    };
+    let page = format!(
+        r#"<!DOCTYPE html>
+<html lang="en">
+  <head>
+    <meta charset="UTF-8" />
+    <meta name="viewport" content="width=device-width, initial-scale=1.0" />
+    <title>Error</title>
+    <style>
+      body {{ font-family: -apple-system, BlinkMacSystemFont, 'Segoe UI', Roboto, sans-serif;
+        margin: 0; min-height: 100vh; display: flex; align-items: center;
+        justify-content: center; }}
+      main {{ border: 2px solid #ddd; padding: 1.5rem; max-width: 42rem; text-align: center; }}
+      code {{ word-break: break-all; }}
+    </style>
+  </head>
+  <body>
+    <main>
+      <h1>ERROR</h1>
+      <h2>Something went wrong</h2>
+      <p>CODE: <code id="error-code">{code}</code></p>
+      <p id="error-description">{description}</p>
+      <p><a href="/">Go Home</a></p>
+    </main>
+  </body>
+</html>
+"#
+    );
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/html"))
+        .body(page)
+}
+
+/// A call to auth that waits on the social provider: the gateway's deadline
+/// (`GATEWAY_AUTH_TIMEOUT_MS`) plus the most auth waits on a provider
+/// ([`edge_proto::SOCIAL_PROVIDER_BUDGET`], 10 s), so auth's own answer to a slow provider
+/// (the error redirect, or the refused ID token) reaches the browser.
+///
+/// The start (a generic provider's discovery on first use), the callback, and ID-token
+/// sign-in and link.
+fn waits_on_provider<T>(state: &State, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(state.config.auth_timeout + edge_proto::SOCIAL_PROVIDER_BUDGET);
+    request
 }
 
 fn unauthorized() -> ApiError {
@@ -62,7 +192,7 @@ async fn link_social(
         };
         state
             .auth()
-            .link_id_token(request)
+            .link_id_token(waits_on_provider(&state, request))
             .await
             .map_err(id_token_error)?;
         return Ok(HttpResponse::Ok().json(json!({"url": "", "status": true, "redirect": false})));
@@ -235,7 +365,7 @@ async fn redirect_start(
     let disable_redirect = bool_field(body, "disableRedirect")?;
     let r = state
         .auth()
-        .start_social_sign_in(request)
+        .start_social_sign_in(waits_on_provider(state, request))
         .await?
         .into_inner();
     let mut response = HttpResponse::Ok();
@@ -308,7 +438,7 @@ async fn id_token_sign_in(
     let request = id_token_request(req, body, provider_id, id_token)?;
     let r = state
         .auth()
-        .id_token_sign_in(request)
+        .id_token_sign_in(waits_on_provider(state, request))
         .await
         .map_err(id_token_error)?
         .into_inner();
@@ -416,7 +546,7 @@ async fn finish(
     };
     let r = state
         .auth()
-        .finish_social_sign_in(request)
+        .finish_social_sign_in(waits_on_provider(&state, request))
         .await?
         .into_inner();
     let mut response = HttpResponse::Found();

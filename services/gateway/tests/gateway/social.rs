@@ -1420,3 +1420,164 @@ async fn microsoft_signs_in_against_stand_in_endpoints() {
     .await;
     assert_eq!(account, [json!({"accountId": "oid-app"})]);
 }
+
+/// The first word of a page's text after `marker`, tags skipped (what a reader sees there).
+fn shown_after(page: &str, marker: &str) -> String {
+    let rest = &page[page.find(marker).unwrap_or_else(|| panic!("no {marker}")) + marker.len()..];
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in rest.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+        if !in_tag && c.is_whitespace() && !text.trim().is_empty() {
+            break;
+        }
+    }
+    text.trim().to_owned()
+}
+
+/// `GET /api/auth/error`, the default `errorCallbackURL`, beside the real better-auth's: 200
+/// `text/html`, the `?error=` code shown only in Better Auth's shape (else `UNKNOWN`), and a
+/// hostile `error_description` escaped the same way on both (no markup of the query's).
+#[tokio::test]
+async fn the_error_page_is_better_auths_and_escapes_the_query() {
+    let (social, _peer, peer) = start_with_peer(|_| {}).await;
+    let site = social.stack.base.clone();
+    let hostile = "<img src=x onerror=alert(1)> & \"quoted\" 'single' &amp; &#x41; &#65;";
+    let escaped = "&lt;img src=x onerror=alert(1)&gt; &amp; &quot;quoted&quot; &#39;single&#39; \
+                   &amp; &#x41; &#65;";
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[("error", "access_denied")], "access_denied"),
+        (&[("error", "account_not_linked")], "account_not_linked"),
+        (
+            &[
+                ("error", "<script>alert(1)</script>"),
+                ("error_description", hostile),
+            ],
+            "UNKNOWN",
+        ),
+        (&[("error", "a\"b")], "UNKNOWN"),
+        (&[], "UNKNOWN"),
+    ];
+    for (query, code) in cases {
+        let query = serde_urlencoded::to_string(query).unwrap();
+        for base in [&site, &peer] {
+            let url = format!("{base}/api/auth/error?{query}");
+            let r = http().get(&url).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{url}");
+            assert_eq!(r.headers()["content-type"], "text/html", "{url}");
+            let page = r.text().await.unwrap();
+            assert_eq!(shown_after(&page, "CODE:"), code, "{url}");
+            for raw in ["<script", "<img", "\"quoted\"", "a\"b"] {
+                assert!(!page.contains(raw), "{url} shows {raw} unescaped");
+            }
+            if query.contains("error_description") {
+                assert!(page.contains(escaped), "{url}: {page}");
+            } else {
+                // Without a description: a link to Better Auth's page about the code.
+                assert!(
+                    page.contains(&format!("better-auth.com/docs/reference/errors/{code}")),
+                    "{url}"
+                );
+            }
+        }
+    }
+}
+
+/// A provider's refusal without an `errorCallbackURL` ends on the gateway's error page naming
+/// it (it was a JSON 404), and with the demo sign-in page's `errorCallbackURL` (the page
+/// itself) back on that page with the code.
+#[tokio::test]
+async fn a_refused_sign_in_ends_on_a_page_showing_the_error() {
+    let standin = Standin::start(&["github"]).await;
+    let site = standin.stack.base.clone();
+    let mut browser = Browser::default();
+    let url = standin.begin(&mut browser, "github").await;
+    let state = param(&url, "state").unwrap();
+    let r = browser
+        .get(&format!(
+            "{site}/api/auth/callback/github?error=access_denied&error_description=The+user+said+no&state={state}"
+        ))
+        .await;
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(
+        location,
+        format!("{site}/api/auth/error?error=access_denied&error_description=The+user+said+no")
+    );
+    let r = browser.get(&location).await;
+    assert_eq!(r.status(), 200, "{location}");
+    assert_eq!(r.headers()["content-type"], "text/html");
+    let page = r.text().await.unwrap();
+    assert_eq!(shown_after(&page, "CODE:"), "access_denied");
+    assert!(page.contains("The user said no"), "{page}");
+
+    // The demo's sign-in page posts itself as `errorCallbackURL`.
+    let demo = browser.get(&format!("{site}/sign-in")).await;
+    assert_eq!(demo.status(), 200);
+    assert!(
+        demo.text()
+            .await
+            .unwrap()
+            .contains("errorCallbackURL: window.location.pathname")
+    );
+    let body = json!({"provider": "github", "callbackURL": "/", "errorCallbackURL": "/sign-in"});
+    let url = started(
+        &mut browser,
+        &format!("{site}/api/auth/sign-in/social"),
+        &body,
+    )
+    .await;
+    let state = param(&url, "state").unwrap();
+    let r = browser
+        .get(&format!(
+            "{site}/api/auth/callback/github?error=access_denied&state={state}"
+        ))
+        .await;
+    assert_eq!(r.headers()["location"], "/sign-in?error=access_denied");
+    let page = browser
+        .get(&format!("{site}/sign-in?error=access_denied"))
+        .await;
+    assert_eq!(page.status(), 200);
+}
+
+/// A provider slower than the gateway's own deadline (5 s) but within auth's provider budget
+/// (10 s) signs the user in; one that never answers ends, after auth's budget, in Better
+/// Auth's error redirect with the state cookie cleared and nothing written (was: 503 with no
+/// `Location`, the state cookie left and the state consumed).
+#[tokio::test]
+async fn a_slow_or_stalled_provider_ends_in_a_redirect() {
+    let standin = Standin::start(&["github"]).await;
+    let site = standin.stack.base.clone();
+    let mut browser = Browser::default();
+    let location = standin.sign_in(&mut browser, "github", "slow-ada").await;
+    assert_eq!(location, "/done");
+    assert!(browser.cookie(&site, "better-auth.session_token").is_some());
+
+    let mut stalled = Browser::default();
+    let url = standin.begin(&mut stalled, "github").await;
+    let state = param(&url, "state").unwrap();
+    let r = stalled
+        .get(&format!(
+            "{site}/api/auth/callback/github?code=stall&state={state}"
+        ))
+        .await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+        r.headers()["location"],
+        format!("{site}/api/auth/error?error=invalid_code").as_str()
+    );
+    let cleared = r.headers().get_all("set-cookie").iter().any(|c| {
+        c.to_str()
+            .unwrap()
+            .starts_with("better-auth.state=; Max-Age=0")
+    });
+    assert!(cleared, "the state cookie is cleared");
+    assert!(stalled.cookie(&site, "better-auth.session_token").is_none());
+    let users = rows(&standin.stack.db.url, "SELECT email FROM \"user\"").await;
+    assert_eq!(users, [json!({"email": "slow-ada@example.com"})]);
+}
