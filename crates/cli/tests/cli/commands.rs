@@ -189,3 +189,49 @@ fn an_empty_ssl_cert_file_is_refused_at_start_up() {
         "{stderr}"
     );
 }
+
+/// libpq's `PGSSLROOTCERT`: with no `sslrootcert` in the URL, the root certificate the
+/// environment names is the one a verifying `sslmode` checks against, in place of the OS roots
+/// and `SSL_CERT_FILE`.
+#[tokio::test]
+async fn pgsslrootcert_names_the_root_as_libpq_reads_it() {
+    let db = edge_testkit::test_database().await;
+    let show = |setting: &str| {
+        let out = std::process::Command::new("psql")
+            .args([db.url.as_str(), "-Atqc", &format!("SHOW {setting}")])
+            .output()
+            .expect("psql runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(
+        show("ssl"),
+        "on",
+        "scripts/test.sh turns TLS on in Postgres"
+    );
+    let server_cert = std::path::Path::new(&show("data_directory")).join(show("ssl_cert_file"));
+    let url = format!("{}?sslmode=verify-ca", db.url);
+    let migrate = |root: &std::path::Path| {
+        let root = root.to_string_lossy();
+        run(
+            &["migrate"],
+            &[("DATABASE_URL", url.as_str()), ("PGSSLROOTCERT", &root)],
+        )
+    };
+    let out = migrate(&server_cert);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = edge_testkit::TestCa::new();
+    let out = migrate(&other.ca_file);
+    assert!(
+        !out.status.success(),
+        "a root that did not sign the server's certificate"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_lowercase();
+    assert!(
+        stderr.contains("certificate"),
+        "the error says why: {stderr}"
+    );
+}
