@@ -398,7 +398,7 @@ impl Downstream {
             shared.detach().await;
         }
         // The socket is gone: answers still owed have no one to go to.
-        for (_, owing) in owing {
+        for owing in owing.into_values() {
             owing.detach().await;
         }
         // Its charge to its identity (or address) goes back now, not after the close frame.

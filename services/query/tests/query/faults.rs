@@ -278,9 +278,10 @@ async fn npm_client_requests_cross_an_upstream_reconnect_as_convex_js_carries_th
 
 /// On Convex, the requests a socket sent before an `Authenticate` still run and are answered
 /// on that socket. Here the upstream they went on belongs to the identity the socket leaves:
-/// a mutation made signed in as one user, then one made as another, both still in flight (the
-/// connection to Convex partitioned) when the socket changes user and then signs out, are
-/// both answered once the connection is back, and each resolves with its write in the list.
+/// a mutation made as ada, still in flight (the connection to Convex partitioned) when the
+/// socket signs out (onto the anonymous upstream its shared query uses) and then signs in as
+/// bob, and one made as bob, still in flight when it signs in as cy, are both answered once
+/// the connection is back, and each resolves with its write in the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_before_an_identity_change_are_answered_on_the_socket() {
     let stack = Stack::start_with(Options {
@@ -290,8 +291,10 @@ async fn requests_sent_before_an_identity_change_are_answered_on_the_socket() {
     .await;
     let ada = stack.token_for("ada-switch@example.com").await;
     let bob = stack.token_for("bob-switch@example.com").await;
+    let cy = stack.token_for("cy-switch@example.com").await;
     let mut c = Client::connect(&stack.query_url()).await;
     c.authenticate(&ada);
+    // A shared function: on the anonymous upstream, which becomes main at the sign-out.
     c.subscribe(0, "messages:list", json!({"channel": "switch"}));
     c.until("the list", |v| v.values.contains_key(&0)).await;
     let relay = stack.upstream_relay.as_ref().expect("a relay");
@@ -300,12 +303,18 @@ async fn requests_sent_before_an_identity_change_are_answered_on_the_socket() {
         "messages:send",
         json!({"channel": "switch", "body": "sent as ada"}),
     );
+    c.sign_out();
     c.authenticate(&bob);
     let as_bob = c.mutation(
         "messages:send",
         json!({"channel": "switch", "body": "sent as bob"}),
     );
-    c.sign_out();
+    c.authenticate(&cy);
+    // cy's upstream (the fourth) exists once the proxy took every message above.
+    eventually("the switch to cy", || {
+        stack.stats.upstream_connections.load(Ordering::Relaxed) >= 4
+    })
+    .await;
     relay.heal();
     let v = c
         .until("both mutations resolved", |v| {
@@ -322,12 +331,16 @@ async fn requests_sent_before_an_identity_change_are_answered_on_the_socket() {
             "{id} resolved before its write showed: {list:?}"
         );
     }
-    assert!(v.fatal.is_none() && !v.closed && v.violations.is_empty(), "{v:?}");
+    assert!(
+        v.fatal.is_none() && !v.closed && v.violations.is_empty(),
+        "{v:?}"
+    );
 }
 
 /// A signed-out client address holds at most `QUERY_MAX_REQUESTS_PER_ADDRESS` requests in
-/// flight; requests in flight across identity changes give their charge back when answered,
-/// so a socket that switched many times with requests in flight can still make requests.
+/// flight (a socket's charge follows it across identity changes); requests in flight across
+/// identity changes give their charge back when answered, so a socket that switched many times
+/// with requests in flight can still make as many requests.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_changes_with_requests_in_flight_leak_no_request_slot() {
     let stack = Stack::start_with(Options {
@@ -340,22 +353,25 @@ async fn identity_changes_with_requests_in_flight_leak_no_request_slot() {
     })
     .await;
     let ada = stack.token_for("ada-leak@example.com").await;
+    let bob = stack.token_for("bob-leak@example.com").await;
     let mut c = Client::connect(&stack.query_url()).await;
     c.subscribe(0, "messages:list", json!({"channel": "leak"}));
     c.until("the list", |v| v.values.contains_key(&0)).await;
     let relay = stack.upstream_relay.as_ref().expect("a relay");
     relay.partition();
     let mut ids = Vec::new();
-    // Each signed-out action is charged to the address until answered.
+    // Each signed-out action is charged to the address until answered; four identity changes
+    // with it in flight, three times.
     for n in 0..3 {
         ids.push(c.action("demo:echo", json!({"n": n})));
         c.authenticate(&ada);
-        ids.push(c.mutation(
-            "messages:send",
-            json!({"channel": "leak", "body": format!("round {n}")}),
-        ));
+        c.sign_out();
+        c.authenticate(&bob);
         c.sign_out();
     }
+    // The actions reached the proxy before the identity changes that follow them, and the
+    // proxy forwards each one at once into the partition: in flight across those changes.
+    eventually("the proxy to take every change", || c.view().version.1 >= 8).await;
     relay.heal();
     let v = c
         .until("every answer", |v| {

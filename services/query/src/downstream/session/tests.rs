@@ -737,7 +737,9 @@ fn a_repeated_answer_changes_nothing() {
         })),
     };
     let mut effects = vec![];
-    h.session.on_events(vec![(None, again)], &mut effects).unwrap();
+    h.session
+        .on_events(vec![(None, again)], &mut effects)
+        .unwrap();
     assert!(effects.is_empty(), "{effects:?}");
     for _ in 0..4 {
         h.mutate();
