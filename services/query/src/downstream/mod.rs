@@ -8,6 +8,7 @@
 pub mod frames;
 pub mod session;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +47,12 @@ struct Downstream {
     main: Attachment,
     /// The anonymous upstream, attached once a shared function is used by a signed-in socket.
     shared: Option<Attachment>,
+    /// Upstreams of identities the socket left that still owe answers to its requests
+    /// ([`Effect::SwitchMain`]'s `keep_previous`), until [`Effect::Release`]: their queries
+    /// are released and their events other than answers go nowhere (no route serves them).
+    owing: HashMap<IdentityKey, Attachment>,
+    /// The identity of the main route's upstream.
+    main_key: IdentityKey,
     /// When the client was last sent anything (for the heartbeat `Ping`).
     last_sent: tokio::time::Instant,
     /// `Connect.clientTs` minus the service's Unix ms when it arrived (`clientClockSkew`).
@@ -100,6 +107,8 @@ pub async fn run(
         session,
         main,
         shared: None,
+        owing: HashMap::new(),
+        main_key: IdentityKey::Anonymous,
         last_sent: tokio::time::Instant::now(),
         clock_skew: None,
         chunks,
@@ -250,28 +259,58 @@ impl Downstream {
                 Effect::Send(text) => self.send(Message::Text(text)).await?,
                 Effect::Transition(text) => self.send_transition(text).await?,
                 Effect::AttachShared => {
-                    let hub = &self.state.hub;
-                    let shared = hub.attach(&IdentityKey::Anonymous, None, &self.inbox).await;
+                    // Still attached while it owes answers: that attachment serves the route.
+                    let shared = match self.owing.remove(&IdentityKey::Anonymous) {
+                        Some(owing) => owing,
+                        None => {
+                            let hub = &self.state.hub;
+                            hub.attach(&IdentityKey::Anonymous, None, &self.inbox).await
+                        }
+                    };
                     self.shared = Some(shared);
                 }
-                Effect::SwitchMain { user, reuse_shared } => {
+                Effect::SwitchMain {
+                    user,
+                    reuse_shared,
+                    keep_previous,
+                } => {
+                    let previous_key = self.main_key.clone();
+                    let key = user
+                        .as_ref()
+                        .map_or(IdentityKey::Anonymous, |u| u.key.clone());
                     let next = match (reuse_shared, self.shared.take()) {
                         (true, Some(shared)) => shared,
                         (_, shared) => {
                             self.shared = shared;
-                            let key = user
-                                .as_ref()
-                                .map_or(IdentityKey::Anonymous, |u| u.key.clone());
-                            self.state
-                                .hub
-                                .attach(&key, user.as_ref(), &self.inbox)
-                                .await
+                            match self.owing.remove(&key) {
+                                // Back to an upstream that still owes answers: the listener
+                                // is attached there already (a second attach of the same
+                                // listener would be detached with the first). Its token is
+                                // sent after this effect.
+                                Some(owing) => owing,
+                                None => {
+                                    self.state
+                                        .hub
+                                        .attach(&key, user.as_ref(), &self.inbox)
+                                        .await
+                                }
+                            }
                         }
                     };
+                    self.main_key = key;
                     let previous = std::mem::replace(&mut self.main, next);
-                    // Awaited: the shared route may attach this listener to the old main's
-                    // upstream next, and must come after this detach.
-                    previous.detach().await;
+                    if keep_previous {
+                        self.owing.insert(previous_key, previous);
+                    } else {
+                        // Awaited: the shared route may attach this listener to the old
+                        // main's upstream next, and must come after this detach.
+                        previous.detach().await;
+                    }
+                }
+                Effect::Release(key) => {
+                    if let Some(owing) = self.owing.remove(&key) {
+                        owing.detach().await;
+                    }
                 }
                 Effect::Subscribe(route, key) => self.route(route).subscribe(key).await,
                 Effect::Unsubscribe(route, key) => self.route(route).unsubscribe(key).await,
@@ -347,6 +386,7 @@ impl Downstream {
             session,
             main,
             shared,
+            owing,
             ..
         } = self;
         state
@@ -359,6 +399,10 @@ impl Downstream {
         main.detach().await;
         if let Some(shared) = shared {
             shared.detach().await;
+        }
+        // The socket is gone: answers still owed have no one to go to.
+        for owing in owing.into_values() {
+            owing.detach().await;
         }
         // Its charge to its identity (or address) goes back now, not after the close frame.
         drop(session);

@@ -225,6 +225,14 @@ impl Client {
         self.send(json!({"type": "Authenticate", "baseVersion": base, "tokenType": "User", "value": token}));
     }
 
+    /// Signs out: `Authenticate` with no token (`tokenType: "None"`), as convex-js's
+    /// `clearAuth` sends it.
+    pub fn sign_out(&mut self) {
+        let base = self.identity;
+        self.identity += 1;
+        self.send(json!({"type": "Authenticate", "baseVersion": base, "tokenType": "None"}));
+    }
+
     /// Sends a mutation; returns its request id.
     pub fn mutation(&mut self, path: &str, args: Value) -> u64 {
         let id = self.next_request;

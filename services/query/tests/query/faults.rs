@@ -275,3 +275,127 @@ async fn npm_client_requests_cross_an_upstream_reconnect_as_convex_js_carries_th
     let list = done["list"].as_array().unwrap();
     assert_eq!(list.iter().filter(|b| *b == body).count(), 1, "{done:#}");
 }
+
+/// On Convex, the requests a socket sent before an `Authenticate` still run and are answered
+/// on that socket. Here the upstream they went on belongs to the identity the socket leaves:
+/// a mutation made as ada, still in flight (the connection to Convex partitioned) when the
+/// socket signs out (onto the anonymous upstream its shared query uses) and then signs in as
+/// bob, and one made as bob, still in flight when it signs in as cy, are both answered once
+/// the connection is back, and each resolves with its write in the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_before_an_identity_change_are_answered_on_the_socket() {
+    let stack = Stack::start_with(Options {
+        upstream_inactivity: Some(Duration::from_secs(3)),
+        ..Options::default()
+    })
+    .await;
+    let ada = stack.token_for("ada-switch@example.com").await;
+    let bob = stack.token_for("bob-switch@example.com").await;
+    let cy = stack.token_for("cy-switch@example.com").await;
+    let mut c = Client::connect(&stack.query_url()).await;
+    c.authenticate(&ada);
+    // A shared function: on the anonymous upstream, which becomes main at the sign-out.
+    c.subscribe(0, "messages:list", json!({"channel": "switch"}));
+    c.until("the list", |v| v.values.contains_key(&0)).await;
+    let relay = stack.upstream_relay.as_ref().expect("a relay");
+    relay.partition();
+    let as_ada = c.mutation(
+        "messages:send",
+        json!({"channel": "switch", "body": "sent as ada"}),
+    );
+    c.sign_out();
+    c.authenticate(&bob);
+    let as_bob = c.mutation(
+        "messages:send",
+        json!({"channel": "switch", "body": "sent as bob"}),
+    );
+    c.authenticate(&cy);
+    // cy's upstream (the fourth) exists once the proxy took every message above.
+    eventually("the switch to cy", || {
+        stack.stats.upstream_connections.load(Ordering::Relaxed) >= 4
+    })
+    .await;
+    relay.heal();
+    let v = c
+        .until("both mutations resolved", |v| {
+            [as_ada, as_bob]
+                .iter()
+                .all(|id| v.at_completion.contains_key(id))
+        })
+        .await;
+    for (id, body) in [(as_ada, "sent as ada"), (as_bob, "sent as bob")] {
+        assert!(v.responses[&id].0, "{id}: {:?}", v.responses[&id]);
+        let list = bodies(v.at_completion[&id].get(&0));
+        assert!(
+            list.iter().any(|b| b == body),
+            "{id} resolved before its write showed: {list:?}"
+        );
+    }
+    assert!(
+        v.fatal.is_none() && !v.closed && v.violations.is_empty(),
+        "{v:?}"
+    );
+}
+
+/// A signed-out client address holds at most `QUERY_MAX_REQUESTS_PER_ADDRESS` requests in
+/// flight (a socket's charge follows it across identity changes); requests in flight across
+/// identity changes give their charge back when answered, so a socket that switched many times
+/// with requests in flight can still make as many requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_changes_with_requests_in_flight_leak_no_request_slot() {
+    let stack = Stack::start_with(Options {
+        upstream_inactivity: Some(Duration::from_secs(3)),
+        owner_limits: edge_query::owners::OwnerLimits {
+            max_address_requests: 3,
+            ..Default::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let ada = stack.token_for("ada-leak@example.com").await;
+    let bob = stack.token_for("bob-leak@example.com").await;
+    let mut c = Client::connect(&stack.query_url()).await;
+    c.subscribe(0, "messages:list", json!({"channel": "leak"}));
+    c.until("the list", |v| v.values.contains_key(&0)).await;
+    let relay = stack.upstream_relay.as_ref().expect("a relay");
+    relay.partition();
+    let mut ids = Vec::new();
+    // Each signed-out action is charged to the address until answered; four identity changes
+    // with it in flight, three times.
+    for n in 0..3 {
+        ids.push(c.action("demo:echo", json!({"n": n})));
+        c.authenticate(&ada);
+        c.sign_out();
+        c.authenticate(&bob);
+        c.sign_out();
+    }
+    // The actions reached the proxy before the identity changes that follow them, and the
+    // proxy forwards each one at once into the partition: in flight across those changes.
+    eventually("the proxy to take every change", || c.view().version.1 >= 8).await;
+    relay.heal();
+    let v = c
+        .until("every answer", |v| {
+            ids.iter().all(|id| v.responses.contains_key(id))
+        })
+        .await;
+    for id in &ids {
+        let message = v.responses[id].1.as_str().unwrap_or_default().to_owned();
+        assert!(
+            !message.contains("in flight from this client address"),
+            "{id}: {message}"
+        );
+    }
+    // Signed out again, with all three answered: the address's slots are free.
+    let again: Vec<u64> = (0..3)
+        .map(|n| c.action("demo:echo", json!({"n": format!("again {n}")})))
+        .collect();
+    let v = c
+        .until("the answers", |v| {
+            again.iter().all(|id| v.responses.contains_key(id))
+        })
+        .await;
+    for id in &again {
+        assert!(v.responses[id].0, "{id}: {:?}", v.responses[id]);
+    }
+    assert!(v.fatal.is_none() && !v.closed, "{v:?}");
+}

@@ -49,6 +49,12 @@ pub struct Harness {
     pub signed_in_as: Who,
     /// Why the session ended, once it has.
     pub ended: Option<End>,
+    /// Requests are answered only by [`Harness::answer`] (else at once, by the main route).
+    pub hold_requests: bool,
+    /// Requests the upstreams have not answered yet, with the upstream that carries each.
+    pub unanswered: Vec<(Who, RequestId)>,
+    /// Upstreams the socket left but stays attached to, for the answers they owe.
+    pub owing: BTreeSet<Who>,
 }
 
 pub fn user(who: &str) -> VerifiedUser {
@@ -114,6 +120,9 @@ impl Harness {
             next_request: 0,
             signed_in_as: String::new(),
             ended: None,
+            hold_requests: false,
+            unanswered: Vec::new(),
+            owing: BTreeSet::new(),
         }
     }
 
@@ -176,9 +185,26 @@ impl Harness {
                 Effect::AttachShared => {
                     assert!(!self.shared, "attached twice");
                     self.shared = true;
+                    // The attachment kept for answers it owes serves the route.
+                    self.owing.remove("");
                 }
-                Effect::SwitchMain { user, reuse_shared } => {
+                Effect::SwitchMain {
+                    user,
+                    reuse_shared,
+                    keep_previous,
+                } => {
                     let who = user.as_ref().map_or(String::new(), |u| who_of(&u.key));
+                    let previous = self.main.clone();
+                    let owes = self.unanswered.iter().any(|(w, _)| *w == previous);
+                    assert_eq!(
+                        keep_previous, owes,
+                        "the previous upstream kept iff it owes answers"
+                    );
+                    if keep_previous {
+                        self.owing.insert(previous);
+                    }
+                    // Back to an upstream that owes answers: the same attachment.
+                    self.owing.remove(&who);
                     if reuse_shared {
                         assert!(self.shared && who.is_empty());
                         self.shared = false;
@@ -206,6 +232,17 @@ impl Harness {
                     }
                 }
                 Effect::Token(u) => assert_eq!(who_of(&u.key), self.main),
+                Effect::Release(key) => {
+                    let who = who_of(&key);
+                    assert!(self.owing.remove(&who), "released {who:?}, not kept");
+                    assert!(
+                        self.unanswered.iter().all(|(w, _)| *w != who),
+                        "released {who:?} while it owes answers"
+                    );
+                }
+                Effect::Request { request_id, .. } if self.hold_requests => {
+                    self.unanswered.push((self.main.clone(), request_id));
+                }
                 Effect::Request { request_id, .. } => {
                     // Convex commits it on the main upstream, answers, then sends the
                     // transition that reaches its ts.
@@ -425,8 +462,42 @@ impl Harness {
         });
     }
 
+    /// The upstream carrying the `i`th unanswered request (modulo their number) commits it,
+    /// answers it, then sends the transition that reaches its `ts`, as Convex does. The
+    /// upstream must still have the socket attached, else the answer would be lost.
+    pub fn answer(&mut self, i: usize) {
+        if self.unanswered.is_empty() {
+            return;
+        }
+        let (who, request_id) = self.unanswered.remove(i % self.unanswered.len());
+        let attached =
+            who == self.main || (who.is_empty() && self.shared) || self.owing.contains(&who);
+        assert!(
+            attached,
+            "request {request_id:?} answered by {who:?}, which the socket detached"
+        );
+        let ts = self.tick(&who);
+        let outcome = RequestOutcome {
+            success: true,
+            result: Value::Null,
+            ts: Some(Timestamp(ts)),
+            log_lines: vec![],
+            error_data: None,
+        };
+        let response = Event::Response {
+            request_id,
+            kind: RequestKind::Mutation,
+            outcome: Box::new(Ok(outcome)),
+        };
+        self.deliver(vec![(None, response)]);
+        self.upstream_transition(&who);
+    }
+
     /// Every upstream the socket uses catches up past everything; then nothing is owed.
     pub fn settle(&mut self) {
+        while !self.unanswered.is_empty() && self.is_open() {
+            self.answer(0);
+        }
         let main = self.main.clone();
         self.upstream_transition(&main);
         if self.shared {
@@ -440,6 +511,7 @@ impl Harness {
                 "mutations never completed"
             );
             assert_eq!(self.model.in_flight(), 0, "requests never answered");
+            assert!(self.owing.is_empty(), "upstreams kept after their answers");
         }
     }
 }

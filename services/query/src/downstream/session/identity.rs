@@ -58,9 +58,11 @@ impl ClientSession {
         }
         // Signing out: the anonymous upstream, already attached for shared queries, is main.
         let reuse_shared = user.is_none() && self.shared_attached;
+        let keep_previous = self.owes_answers(&key_of(self.identity.as_ref()));
         out.push(Effect::SwitchMain {
             user: user.clone(),
             reuse_shared,
+            keep_previous,
         });
         if reuse_shared {
             self.shared_attached = false;

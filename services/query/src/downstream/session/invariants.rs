@@ -72,8 +72,8 @@ impl ClientSession {
                 self.newest_ts
             ));
         }
-        if self.in_flight > self.max_in_flight {
-            return Err(format!("{} requests in flight", self.in_flight));
+        if self.requests.len() > self.max_in_flight {
+            return Err(format!("{} requests in flight", self.requests.len()));
         }
         Ok(())
     }

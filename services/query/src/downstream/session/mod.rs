@@ -56,10 +56,18 @@ pub enum Effect {
     AttachShared,
     /// The identity changed: the main route becomes the upstream of `user` (anonymous when
     /// `None`); with `reuse_shared`, the shared route's upstream (already anonymous) is it.
+    ///
+    /// With `keep_previous`, the previous main upstream still owes answers to requests of this
+    /// socket: its attachment stays (its queries already released, its other events ignored)
+    /// until [`Effect::Release`] names its identity, or the socket switches back to it.
     SwitchMain {
         user: Option<VerifiedUser>,
         reuse_shared: bool,
+        keep_previous: bool,
     },
+    /// The upstream of this identity, kept by a [`Effect::SwitchMain`] with `keep_previous`,
+    /// answered the socket's last request on it: detach from it now.
+    Release(IdentityKey),
     Subscribe(Route, QueryKey),
     Unsubscribe(Route, QueryKey),
     /// A fresher token for the main route's identity.
@@ -174,7 +182,9 @@ pub struct ClientSession {
     /// the versions that added and removed one only if the client holds a result of it that
     /// is still right there.
     gaps: Vec<Gap>,
-    in_flight: usize,
+    /// The socket's requests not answered yet, each with the identity whose upstream carries
+    /// it (the main route's when it was made): every one is answered exactly once.
+    requests: HashMap<RequestId, IdentityKey>,
     max_in_flight: usize,
     limits: QueryLimits,
     /// [`QueryKey::bytes`] of every query with a key, summed.
@@ -208,7 +218,7 @@ impl ClientSession {
             held_responses: Vec::new(),
             removed_in: HashMap::new(),
             gaps: Vec::new(),
-            in_flight: 0,
+            requests: HashMap::new(),
             max_in_flight,
             limits,
             query_bytes: 0,

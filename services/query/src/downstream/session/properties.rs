@@ -1,7 +1,9 @@
 //! Property tests: random interleavings of client messages, upstream transitions, identity
-//! changes, stale events from upstreams the socket left and upstream auth failures, each step
-//! checked by the harness (the client model, isolation, the frontier) and, at the end, every
-//! mutation completed. An auth failure from the socket's own upstreams ends it with
+//! changes, stale events from upstreams the socket left, upstream auth failures and requests
+//! answered late (after identity changes, by upstreams the socket left), each step checked by
+//! the harness (the client model, isolation, the frontier, no answer from an upstream the socket
+//! detached) and, at the end, every request answered exactly once and every mutation
+//! completed. An auth failure from the socket's own upstreams ends it with
 //! `AuthError` for the identity version it holds; one from an upstream it left changes
 //! nothing.
 
@@ -23,6 +25,8 @@ enum Op {
     SignIn(u8),
     SignOut,
     Mutate,
+    /// An upstream answers one of the requests it carries (perhaps after the socket left it).
+    Answer(u8),
     Upstream(u8),
     Stale(u8),
     /// An upstream refuses its token: the anonymous one, the main one, or one of the people's.
@@ -36,6 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..3u8).prop_map(Op::SignIn),
         1 => Just(Op::SignOut),
         2 => Just(Op::Mutate),
+        2 => any::<u8>().prop_map(Op::Answer),
         4 => (0..4u8).prop_map(Op::Upstream),
         1 => (0..3u8).prop_map(Op::Stale),
         1 => (0..5u8).prop_map(Op::AuthFailed),
@@ -52,6 +57,7 @@ proptest! {
     #[test]
     fn every_interleaving_keeps_the_rules(ops in proptest::collection::vec(op(), 1..60)) {
         let mut h = Harness::new();
+        h.hold_requests = true;
         for op in ops {
             match op {
                 Op::Add { shared, arg } => {
@@ -71,6 +77,7 @@ proptest! {
                         h.mutate();
                     }
                 }
+                Op::Answer(i) => h.answer(i as usize),
                 Op::Upstream(n) => {
                     let who = match n {
                         0 => String::new(),

@@ -4,6 +4,12 @@
 //! transition that reaches the versions the client asked for. A mutation answered with a `ts`
 //! the client already holds is followed by a transition that moves nothing (convex-js
 //! resolves it only on a transition).
+//!
+//! Every request is answered exactly once, on this socket, whatever happens in between: each
+//! is kept with the identity whose upstream carries it, an identity change keeps the previous
+//! upstream attached while it owes answers (as Convex runs and answers on the socket the
+//! requests sent before an `Authenticate`), and it is released after its last one. An answer
+//! to no request of this socket (a repeat) changes nothing.
 
 use edge_convex::RequestId;
 use edge_convex::ServerMessage;
@@ -12,6 +18,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::{ClientSession, Effect, End, Step};
+use crate::identity::IdentityKey;
 use crate::upstream::RequestOutcome;
 
 impl ClientSession {
@@ -23,10 +30,16 @@ impl ClientSession {
         args: Vec<Value>,
         out: &mut Vec<Effect>,
     ) -> Step {
-        if self.in_flight >= self.max_in_flight {
+        if self.requests.len() >= self.max_in_flight {
             return Err(End::Fatal(format!(
                 "more than {} requests in flight",
                 self.max_in_flight
+            )));
+        }
+        if self.requests.contains_key(&request_id) {
+            return Err(End::Fatal(format!(
+                "request {} is already in flight",
+                request_id.0
             )));
         }
         let args = one_argument(args).map_err(End::Fatal)?;
@@ -36,7 +49,8 @@ impl ClientSession {
             out.push(answer(request_id, kind, Err(error)));
             return Ok(());
         }
-        self.in_flight += 1;
+        self.requests
+            .insert(request_id, super::key_of(self.identity.as_ref()));
         out.push(Effect::Request {
             request_id,
             kind,
@@ -55,8 +69,11 @@ impl ClientSession {
         outcome: Result<RequestOutcome, String>,
         out: &mut Vec<Effect>,
     ) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(carrier) = self.requests.remove(&request_id) else {
+            return;
+        };
         self.budget.release_request();
+        self.release_if_done(&carrier, out);
         // convex-js rebuilds its query results from the transitions of the socket at each
         // response: while a version is held back (a reconnect's re-added queries), the answer
         // waits for the transition that reaches it, or every query would read as loading.
@@ -70,6 +87,22 @@ impl ClientSession {
         } else {
             self.held_responses
                 .push((answer(request_id, kind, outcome), mutation_ts));
+        }
+    }
+}
+
+impl ClientSession {
+    /// Whether a request of this socket still waits for an answer from `identity`'s upstream.
+    pub(super) fn owes_answers(&self, identity: &IdentityKey) -> bool {
+        self.requests.values().any(|k| k == identity)
+    }
+
+    /// Releases the upstream of `identity` once it owes no answer and no route uses it.
+    fn release_if_done(&self, identity: &IdentityKey, out: &mut Vec<Effect>) {
+        let main = super::key_of(self.identity.as_ref());
+        let shared = self.shared_attached && *identity == IdentityKey::Anonymous;
+        if *identity != main && !shared && !self.owes_answers(identity) {
+            out.push(Effect::Release(identity.clone()));
         }
     }
 }

@@ -630,3 +630,150 @@ fn a_mutation_answered_with_a_ts_the_client_holds_still_completes() {
     assert_eq!(h.model.awaiting().count(), 0, "the mutation never resolved");
     assert_eq!(h.model.held().ts, held, "ts moved");
 }
+
+/// Convex runs and answers on the socket the requests sent before an `Authenticate`: the
+/// upstream they went on stays attached (its queries released) until it answered them, then
+/// is released.
+#[test]
+fn a_request_made_before_signing_in_is_answered_by_the_upstream_it_went_on() {
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.mutate();
+    h.sign_in("ada");
+    assert!(h.owing.contains(""), "the anonymous upstream was detached");
+    assert!(h.subscribed[""].is_empty(), "its queries were not released");
+    h.upstream_transition("ada");
+    h.answer(0);
+    assert!(h.owing.is_empty(), "kept after its last answer");
+    assert_eq!(h.model.in_flight(), 0);
+    h.settle();
+}
+
+/// Signing out onto the anonymous upstream the shared route already uses: the user's upstream
+/// still answers.
+#[test]
+fn a_request_made_before_signing_out_is_answered() {
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    h.sign_in("ada");
+    h.add(SHARED, json!({}));
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.upstream_transition("ada");
+    h.mutate();
+    h.sign_in("");
+    assert_eq!(h.main, "");
+    assert!(h.owing.contains("ada"));
+    h.answer(0);
+    assert!(h.owing.is_empty());
+    h.settle();
+}
+
+/// Back to an identity whose upstream still owes answers: that attachment is the main route
+/// again, and one left with answers owed is kept as well.
+#[test]
+fn switching_back_to_an_upstream_that_owes_answers_reuses_it() {
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    h.sign_in("ada");
+    h.mutate();
+    h.sign_in("bob");
+    h.mutate();
+    h.sign_in("ada");
+    assert_eq!(h.owing, ["bob".to_owned()].into());
+    h.mutate();
+    h.sign_in("");
+    assert_eq!(h.owing, ["ada".to_owned(), "bob".to_owned()].into());
+    h.settle();
+}
+
+/// Many identity changes with requests in flight leave nothing charged: the socket can still
+/// make as many requests as at first.
+#[test]
+fn identity_changes_with_requests_in_flight_leak_nothing() {
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    for round in 0..20 {
+        h.mutate();
+        h.mutate();
+        h.sign_in(if round % 2 == 0 { "ada" } else { "" });
+        h.answer(round);
+        h.answer(round);
+        assert!(h.is_open(), "{:?}", h.ended);
+    }
+    h.settle();
+    // The harness's session allows 4 in flight.
+    for _ in 0..4 {
+        h.mutate();
+    }
+    assert!(h.is_open(), "{:?}", h.ended);
+    assert_eq!(h.unanswered.len(), 4);
+    h.settle();
+}
+
+/// An answer to no request of this socket (a repeat) gives nothing back twice.
+#[test]
+fn a_repeated_answer_changes_nothing() {
+    use crate::upstream::RequestOutcome;
+    use edge_convex::sync::RequestKind;
+
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    h.upstream_transition("");
+    h.mutate();
+    let (_, request_id) = h.unanswered[0].clone();
+    h.answer(0);
+    let again = Event::Response {
+        request_id,
+        kind: RequestKind::Mutation,
+        outcome: Box::new(Ok(RequestOutcome {
+            success: true,
+            result: json!(null),
+            ts: Some(Timestamp(h.newest)),
+            log_lines: vec![],
+            error_data: None,
+        })),
+    };
+    let mut effects = vec![];
+    h.session
+        .on_events(vec![(None, again)], &mut effects)
+        .unwrap();
+    assert!(effects.is_empty(), "{effects:?}");
+    for _ in 0..4 {
+        h.mutate();
+    }
+    let mut effects = vec![];
+    let fifth = ClientMessage::Mutation {
+        request_id: RequestId(99),
+        udf_path: "tasks:add".into(),
+        args: vec![json!({})],
+        component_path: None,
+    };
+    assert!(
+        matches!(h.session.on_client(fifth, &mut effects), Err(End::Fatal(_))),
+        "a repeated answer freed a slot"
+    );
+}
+
+/// A request id already in flight on the socket is a protocol error.
+#[test]
+fn a_request_id_already_in_flight_is_fatal() {
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    h.mutate();
+    let (_, request_id) = h.unanswered[0].clone();
+    let again = ClientMessage::Mutation {
+        request_id,
+        udf_path: "tasks:add".into(),
+        args: vec![json!({})],
+        component_path: None,
+    };
+    let mut effects = vec![];
+    assert!(matches!(
+        h.session.on_client(again, &mut effects),
+        Err(End::Fatal(_))
+    ));
+    assert!(effects.is_empty());
+}
