@@ -218,6 +218,11 @@ impl L2 {
             .clone()
     }
 
+    /// Starts a connection attempt (its task runs on its own) unless one is under way.
+    fn start_connecting(&self) {
+        lock(&self.connecting).get_or_insert_with(|| (Instant::now(), self.connect()));
+    }
+
     /// Starts opening a connection in a task of its own; every caller waits on the same one.
     fn connect(&self) -> Connecting {
         let (pool, shared, last_error) = (
@@ -510,7 +515,7 @@ impl<E: Clone + Send + Sync + 'static> TokenCache<E> {
         if let Some(l2) = &l2
             && tokio::runtime::Handle::try_current().is_ok()
         {
-            l2.attempt();
+            l2.start_connecting();
         }
         let l1 = moka::future::Cache::builder()
             .max_capacity(config.l1_capacity)

@@ -489,6 +489,20 @@ async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Whether a read error means the client's connection ended (reset, closed without the close
+/// handshake, an I/O error) rather than a frame that breaks the WebSocket protocol.
+fn client_left(error: &tokio_tungstenite::tungstenite::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
+    matches!(
+        error,
+        Error::ConnectionClosed
+            | Error::AlreadyClosed
+            | Error::Io(_)
+            | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -508,18 +522,4 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&whole).unwrap();
         assert!(v.get("clientClockSkew").is_none());
     }
-}
-
-/// Whether a read error means the client's connection ended (reset, closed without the close
-/// handshake, an I/O error) rather than a frame that breaks the WebSocket protocol.
-fn client_left(error: &tokio_tungstenite::tungstenite::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    use tokio_tungstenite::tungstenite::error::ProtocolError;
-    matches!(
-        error,
-        Error::ConnectionClosed
-            | Error::AlreadyClosed
-            | Error::Io(_)
-            | Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
-    )
 }
