@@ -210,6 +210,12 @@ async fn deployment_files_render_validate_and_line_up() {
     let nginx = std::fs::read_to_string(root.join("deploy/docker/nginx.conf")).unwrap();
     let gateway_port = host_port(&env("gateway", "GATEWAY_HTTP_ADDR")).1;
     assert!(nginx.contains(&format!("server gateway:{gateway_port}")));
+    // The gateway trusts the private ranges to find nginx, so nginx, the edge, replaces a
+    // client's own X-Forwarded-For instead of extending it: a client inside those ranges
+    // cannot name another address.
+    assert!(env("gateway", "GATEWAY_TRUSTED_PROXIES").contains("192.168.0.0/16"));
+    assert!(nginx.contains("proxy_set_header X-Forwarded-For $remote_addr;"));
+    assert!(!nginx.contains("$proxy_add_x_forwarded_for"));
     let query_port = host_port(&env("query", "QUERY_HTTP_ADDR")).1;
     assert_eq!(
         env("gateway", "QUERY_PUBLIC_URL"),

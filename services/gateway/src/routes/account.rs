@@ -185,13 +185,7 @@ async fn revoke_session(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let token = string_field(&body, "token", true)?.unwrap_or_default();
     revoke(
         &req,
@@ -277,13 +271,7 @@ async fn change_password(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let cookie_value = required_cookie(&req)?;
     let request = pb::ChangePasswordRequest {
         cookie_value,
@@ -310,13 +298,7 @@ async fn change_email(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let cookie_value = required_cookie(&req)?;
     let callback_url = string_field(&body, "callbackURL", false)?.unwrap_or_default();
     check_callback(&req, &state, &callback_url, ErrorCode::INVALID_CALLBACK_URL)?;
@@ -340,13 +322,7 @@ async fn delete_user(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let cookie_value = required_cookie(&req)?;
     if string_field(&body, "token", false)?.is_some() {
         // Deletion by mailed link (`sendDeleteAccountVerification`) is not served.
@@ -402,13 +378,7 @@ async fn request_password_reset(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let redirect_to = string_field(&body, "redirectTo", false)?.unwrap_or_default();
     check_callback(&req, &state, &redirect_to, ErrorCode::INVALID_REDIRECT_URL)?;
     state
@@ -494,13 +464,7 @@ async fn reset_password(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let token = string_field(&body, "token", false)?
         .filter(|t| !t.is_empty())
         .or_else(|| query.token.clone())
@@ -523,13 +487,7 @@ async fn send_verification_email(
     state: web::Data<State>,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let callback_url = string_field(&body, "callbackURL", false)?.unwrap_or_default();
     check_callback(&req, &state, &callback_url, ErrorCode::INVALID_CALLBACK_URL)?;
     state

@@ -41,20 +41,30 @@ fn forwardable(name: &str, connection: &[String]) -> bool {
     !HOP_BY_HOP.contains(&name) && !connection.iter().any(|c| c == name)
 }
 
-/// Whether two header names are one header to an app that reads `_` as `-` (CGI and its heirs).
+/// Whether two header names are one header to an app that reads `_` or `.` as `-` (CGI and
+/// its heirs turn all three into `_`).
 fn same_header(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes().zip(b.bytes()).all(|(x, y)| {
-            let fold = |c: u8| {
-                if c == b'_' {
-                    b'-'
-                } else {
-                    c.to_ascii_lowercase()
-                }
+            let fold = |c: u8| match c {
+                b'_' | b'.' => b'-',
+                c => c.to_ascii_lowercase(),
             };
             fold(x) == fold(y)
         })
 }
+
+/// Headers in which apps and frameworks look for the client's address besides
+/// `X-Forwarded-For`/`Forwarded`: passed on only from a trusted proxy; `X-Real-IP` is then set
+/// to the client address the gateway found.
+const CLIENT_ADDRESS_HEADERS: [&str; 6] = [
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+];
 
 fn text(status: StatusCode, body: &'static str) -> HttpResponse {
     HttpResponse::build(status)
@@ -161,13 +171,16 @@ fn upstream_request(
             .get_all(header::CONNECTION)
             .map(|v| v.as_bytes()),
     );
+    let view = crate::routes::client_view(req);
     for (name, value) in req.headers() {
         // The client's own token header never reaches the app, in any spelling the app's
         // framework may read as it (`x_convex_token` is `HTTP_X_CONVEX_TOKEN` under CGI/WSGI/
-        // Rack, as `x-convex-token` is).
+        // Rack, as `x-convex-token` is); nor does an address it names for itself.
+        let names_client = |h: &&str| same_header(name.as_str(), h);
         if !forwardable(name.as_str(), &connection)
             || name == header::HOST
             || same_header(name.as_str(), &proxy.token_header)
+            || (!view.via_trusted_proxy && CLIENT_ADDRESS_HEADERS.iter().any(names_client))
         {
             continue;
         }
@@ -178,7 +191,6 @@ fn upstream_request(
             headers.append(name, value);
         }
     }
-    let view = crate::routes::client_view(req);
     let peer = req
         .peer_addr()
         .map(|a| a.ip().to_string())
@@ -196,7 +208,9 @@ fn upstream_request(
         None => peer,
     };
     headers.remove("forwarded");
+    let client = view.ip.map(|ip| ip.to_string()).unwrap_or_default();
     for (name, value) in [
+        ("x-real-ip", client.as_str()),
         ("x-forwarded-for", forwarded_for.as_str()),
         ("x-forwarded-host", view.host.as_str()),
         ("x-forwarded-proto", view.scheme.as_str()),

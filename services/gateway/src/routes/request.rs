@@ -243,6 +243,16 @@ pub async fn body(
     body_as(req, payload, limit, accepts, Schema::Object).await
 }
 
+/// [`body`] for the routes that take JSON only (all but sign-in, sign-up and the OAuth
+/// callback), within the gateway's `max_body_bytes`.
+pub async fn json_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &State,
+) -> Result<Map<String, Value>, ApiError> {
+    body(req, payload, state.config.max_body_bytes, Accepts::Json).await
+}
+
 /// [`body`] for a route whose schema is not a plain object ([`Schema`]).
 pub async fn body_as(
     req: &HttpRequest,

@@ -176,13 +176,7 @@ async fn link_social(
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let cookie = session_cookie(&req).ok_or_else(unauthorized)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     if let Some(id_token) = body.get("idToken") {
         let provider_id = string_field(&body, "provider", true)?.unwrap_or_default();
         let request = pb::LinkIdTokenRequest {
@@ -208,13 +202,7 @@ async fn unlink_account(
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
     let cookie_value = session_cookie(&req).ok_or_else(unauthorized)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let account_id = string_field(&body, "accountId", true)?.unwrap_or_default();
     state
         .auth()
@@ -312,13 +300,7 @@ async fn start(
     oauth2_path: bool,
 ) -> Result<HttpResponse, ApiError> {
     check_origin(&req, &state, Csrf::CookieBearing)?;
-    let body = request::body(
-        &req,
-        payload,
-        state.config.max_body_bytes,
-        request::Accepts::Json,
-    )
-    .await?;
+    let body = request::json_body(&req, payload, &state).await?;
     let provider_id = string_field(&body, provider_field, true)?.unwrap_or_default();
     // Better Auth 1.6's `sign-in/oauth2` has no `idToken` member (its schema drops it).
     if let Some(id_token) = body.get("idToken").filter(|_| !oauth2_path) {

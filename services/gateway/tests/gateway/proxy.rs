@@ -213,6 +213,11 @@ async fn spoofed_token_spellings_and_forwarding_headers_stop_at_the_gateway() {
             .header("x-forwarded-proto", "https")
             .header("x-forwarded-host", "evil.example")
             .header("forwarded", "for=6.6.6.6;proto=https")
+            .header("x.convex.token", "forged3")
+            .header("x-real-ip", "6.6.6.6")
+            .header("X_Real_IP", "6.6.6.6")
+            .header("true-client-ip", "6.6.6.6")
+            .header("cf-connecting-ip", "6.6.6.6")
             .send()
             .await
             .unwrap();
@@ -222,8 +227,17 @@ async fn spoofed_token_spellings_and_forwarding_headers_stop_at_the_gateway() {
     let seen = send(untrusted.clone()).await;
     let headers = seen["headers"].as_object().unwrap();
     for name in headers.keys() {
-        assert_ne!(name.replace('_', "-"), "x-convex-token", "{headers:?}");
+        let folded = name.replace(['_', '.'], "-");
+        assert_ne!(folded, "x-convex-token", "{headers:?}");
+        // Addresses the client named for itself stop here too: only the gateway's own
+        // `x-real-ip` arrives.
+        let names_client = ["x-real-ip", "true-client-ip", "cf-connecting-ip"];
+        assert!(
+            !names_client.contains(&folded.as_str()) || name == "x-real-ip",
+            "{headers:?}"
+        );
     }
+    assert_eq!(seen["headers"]["x-real-ip"], "127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-proto"], "http");
     assert_eq!(
@@ -237,4 +251,6 @@ async fn spoofed_token_spellings_and_forwarding_headers_stop_at_the_gateway() {
     let seen = send(trusted).await;
     assert_eq!(seen["headers"]["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
     assert_eq!(seen["headers"]["x-forwarded-proto"], "https");
+    // The client address the gateway found, from the trusted chain.
+    assert_eq!(seen["headers"]["x-real-ip"], "6.6.6.6");
 }
