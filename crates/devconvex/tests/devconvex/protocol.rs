@@ -255,7 +255,10 @@ async fn an_empty_modify_query_set_is_answered_with_a_transition_at_the_latest_t
     assert_eq!(t["type"], "Transition", "{t}");
     assert_eq!(t["startVersion"], after["endVersion"]);
     assert_eq!(t["endVersion"]["querySet"], 1);
-    assert_eq!(t["endVersion"]["ts"], answer["ts"], "at the mutation's commit");
+    assert_eq!(
+        t["endVersion"]["ts"], answer["ts"],
+        "at the mutation's commit"
+    );
     assert_eq!(t["modifications"], json!([]));
 }
 

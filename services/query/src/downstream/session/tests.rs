@@ -119,7 +119,11 @@ fn a_mutation_beyond_an_idle_shared_route_advances_it() {
     h.add(PRIVATE, json!({}));
     h.upstream_transition("");
     h.mutate();
-    assert_eq!(h.advanced, vec![String::new()], "the shared route asked to advance");
+    assert_eq!(
+        h.advanced,
+        vec![String::new()],
+        "the shared route asked to advance"
+    );
     assert_eq!(h.model.awaiting().count(), 0);
 }
 

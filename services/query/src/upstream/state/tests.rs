@@ -603,7 +603,10 @@ fn advancing_sends_one_empty_modify_query_set_until_convex_answers_it() {
     let out = step(&mut s, |s, out| s.advance(out));
     assert_eq!(empty_modify_query_sets(&out), vec![(0, 1)]);
     let out = step(&mut s, |s, out| s.advance(out));
-    assert!(out.to_convex.is_empty(), "a second one while the first is unanswered");
+    assert!(
+        out.to_convex.is_empty(),
+        "a second one while the first is unanswered"
+    );
     // Convex answers with a transition at a fresh ts, passed on to every listener.
     let t = transition(version(0, 0, 0), version(1, 0, 9), &[]);
     let out = step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
@@ -626,7 +629,10 @@ fn advancing_sends_nothing_while_a_query_set_change_is_unanswered_or_disconnecte
     let (mut s, _) = connected();
     step(&mut s, |s, out| s.subscribe(A, key("x"), out));
     let out = step(&mut s, |s, out| s.advance(out));
-    assert!(out.to_convex.is_empty(), "the subscription's transition serves");
+    assert!(
+        out.to_convex.is_empty(),
+        "the subscription's transition serves"
+    );
     step(&mut s, |s, out| s.disconnected(out));
     let out = step(&mut s, |s, out| s.advance(out));
     assert!(out.to_convex.is_empty(), "sent while disconnected");
