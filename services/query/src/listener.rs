@@ -220,6 +220,11 @@ impl Attachment {
         self.send(Command::Unsubscribe { listener, key }).await;
     }
 
+    /// Asks the upstream for a transition at a fresh `ts` (a mutation answer beyond its latest).
+    pub async fn advance(&self) {
+        self.send(Command::Advance).await;
+    }
+
     /// A fresher token for the upstream's identity.
     pub async fn token(&self, user: &VerifiedUser) {
         let command = Command::Token {

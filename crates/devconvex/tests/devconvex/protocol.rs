@@ -226,6 +226,42 @@ async fn bad_tokens_get_auth_error_then_close() {
 /// As Convex (`check_mutation_status`): a mutation runs once per `(sessionId, requestId)`. A
 /// client that reconnects under its session and sends a mutation again (convex-js's
 /// `RequestManager.restart`) gets the first run's result and `ts`, and a transition after it.
+/// The query service asks an idle upstream for a fresh `ts` with an empty `ModifyQuerySet`:
+/// accepted, and answered, as Convex does, with a transition at the latest commit's `ts`.
+#[tokio::test]
+async fn an_empty_modify_query_set_is_answered_with_a_transition_at_the_latest_ts() {
+    let auth = crate::Auth::start().await;
+    let running = crate::spawn(Some(auth.convex_auth_config())).await;
+    let token = auth.token_for("advance@example.com").await;
+    let mut ws = connect(&running).await;
+    send(
+        &mut ws,
+        json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token}),
+    )
+    .await;
+    recv(&mut ws).await;
+    send(&mut ws, json!({"type": "Mutation", "requestId": 0, "udfPath": "messages:send", "args": [{"channel": "advance", "body": "b"}]})).await;
+    let answer = recv(&mut ws).await;
+    assert_eq!(answer["success"], true, "{answer}");
+    let after = recv(&mut ws).await;
+    assert_eq!(after["type"], "Transition", "{after}");
+
+    send(
+        &mut ws,
+        json!({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": []}),
+    )
+    .await;
+    let t = recv(&mut ws).await;
+    assert_eq!(t["type"], "Transition", "{t}");
+    assert_eq!(t["startVersion"], after["endVersion"]);
+    assert_eq!(t["endVersion"]["querySet"], 1);
+    assert_eq!(
+        t["endVersion"]["ts"], answer["ts"],
+        "at the mutation's commit"
+    );
+    assert_eq!(t["modifications"], json!([]));
+}
+
 #[tokio::test]
 async fn a_mutation_sent_again_under_its_session_runs_once() {
     let auth = crate::Auth::start().await;

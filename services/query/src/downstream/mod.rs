@@ -314,6 +314,7 @@ impl Downstream {
                 }
                 Effect::Subscribe(route, key) => self.route(route).subscribe(key).await,
                 Effect::Unsubscribe(route, key) => self.route(route).unsubscribe(key).await,
+                Effect::Advance(route) => self.route(route).advance().await,
                 Effect::Token(user) => self.main.token(&user).await,
                 Effect::Request {
                     request_id,

@@ -237,6 +237,9 @@ pub enum Command {
         revocation: Revocation,
         reason: String,
     },
+    /// A listener holds a mutation answer at a `ts` beyond this upstream's latest: ask Convex
+    /// for a transition at a fresh `ts` (see [`state::UpstreamState::advance`]).
+    Advance,
     /// A listener's mutation or action; the answer comes back as [`Event::Response`].
     Request {
         listener: ListenerId,

@@ -203,6 +203,7 @@ impl Task {
                 issued_at,
             } => self.state.token(token, expires_at, issued_at),
             Command::Revoke { revocation, reason } => self.state.revoke(&revocation, &reason, out),
+            Command::Advance => self.state.advance(out),
             Command::Request {
                 listener,
                 request_id,

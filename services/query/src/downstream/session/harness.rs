@@ -55,6 +55,11 @@ pub struct Harness {
     pub unanswered: Vec<(Who, RequestId)>,
     /// Upstreams the socket left but stays attached to, for the answers they owe.
     pub owing: BTreeSet<Who>,
+    /// Upstreams asked to advance ([`Effect::Advance`]) during the current step: each then
+    /// sends a transition at a fresh `ts`, as Convex answers an empty `ModifyQuerySet`.
+    pub advancing: Vec<Who>,
+    /// Every upstream ever asked to advance, in order.
+    pub advanced: Vec<Who>,
 }
 
 pub fn user(who: &str) -> VerifiedUser {
@@ -123,6 +128,8 @@ impl Harness {
             hold_requests: false,
             unanswered: Vec::new(),
             owing: BTreeSet::new(),
+            advancing: Vec::new(),
+            advanced: Vec::new(),
         }
     }
 
@@ -230,6 +237,11 @@ impl Harness {
                     if *n == 0 {
                         keys.remove(&key);
                     }
+                }
+                Effect::Advance(route) => {
+                    let who = self.route_who(route);
+                    self.advanced.push(who.clone());
+                    self.advancing.push(who);
                 }
                 Effect::Token(u) => assert_eq!(who_of(&u.key), self.main),
                 Effect::Release(key) => {
@@ -346,6 +358,10 @@ impl Harness {
         self.effects(effects);
         if let Err(end) = step {
             self.ended = Some(end);
+        }
+        // After the step's frames: the advanced upstreams answer (a round trip to Convex).
+        for who in std::mem::take(&mut self.advancing) {
+            self.upstream_transition(&who);
         }
     }
 

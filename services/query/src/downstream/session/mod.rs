@@ -70,6 +70,10 @@ pub enum Effect {
     Release(IdentityKey),
     Subscribe(Route, QueryKey),
     Unsubscribe(Route, QueryKey),
+    /// A mutation answer's `ts` is beyond this route's latest: its upstream asks Convex for a
+    /// transition at a fresh `ts`, so the frontier reaches the mutation's (Convex sends
+    /// transitions only when a connection's query set, identity or results change).
+    Advance(Route),
     /// A fresher token for the main route's identity.
     Token(VerifiedUser),
     /// A mutation or action through the main route.
@@ -372,14 +376,42 @@ impl ClientSession {
         self.shared_functions.contains(key.path.as_str())
     }
 
+    /// The routes whose latest `ts` the frontier takes: the main route, and the shared one
+    /// while a query uses it.
+    fn routes_in_use(&self) -> impl Iterator<Item = Route> + '_ {
+        let shared_in_use = self.queries.values().any(|q| q.route == Route::Shared);
+        [Route::Main, Route::Shared]
+            .into_iter()
+            .filter(move |r| *r == Route::Main || shared_in_use)
+    }
+
     /// The consistent `ts`: the oldest latest-`ts` among the routes in use.
     fn frontier(&self) -> Option<Timestamp> {
-        let shared_in_use = self.queries.values().any(|q| q.route == Route::Shared);
-        let mut frontier = *self.upstream_ts.get(&Route::Main)?;
-        if shared_in_use {
-            frontier = frontier.min(*self.upstream_ts.get(&Route::Shared)?);
+        self.routes_in_use()
+            .map(|r| self.upstream_ts.get(&r).copied())
+            .min()
+            .flatten()
+    }
+
+    /// A mutation answered at `ts` beyond the held `ts` by the upstream of `carrier`: each
+    /// other route in use whose latest `ts` is below it (or not known yet) is asked to
+    /// advance, or an idle upstream would hold the frontier below the mutation's `ts` and
+    /// convex-js would never resolve it. The carrier's own route needs no asking: Convex sends
+    /// the socket that ran a mutation a transition after it.
+    fn advance_lagging(&self, ts: Timestamp, carrier: &IdentityKey, out: &mut Vec<Effect>) {
+        if ts <= self.version.held().ts {
+            return;
         }
-        Some(frontier)
+        let main = key_of(self.identity.as_ref());
+        let lagging: Vec<Route> = self
+            .routes_in_use()
+            .filter(|r| match r {
+                Route::Main => main != *carrier,
+                Route::Shared => *carrier != IdentityKey::Anonymous,
+            })
+            .filter(|r| self.upstream_ts.get(r).is_none_or(|known| *known < ts))
+            .collect();
+        out.extend(lagging.into_iter().map(Effect::Advance));
     }
 
     /// Sends the transition to the accepted versions at the frontier, if it moves anything;

@@ -81,6 +81,9 @@ impl ClientSession {
             Ok(o) if o.success && kind == RequestKind::Mutation => o.ts,
             _ => None,
         };
+        if let Some(ts) = mutation_ts {
+            self.advance_lagging(ts, &carrier, out);
+        }
         if self.caught_up() {
             out.push(answer(request_id, kind, outcome));
             self.owe_transition(mutation_ts, out);

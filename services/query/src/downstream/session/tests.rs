@@ -109,8 +109,10 @@ fn the_ts_is_the_frontier_of_the_routes_in_use() {
     );
 }
 
+/// Real Convex sends an idle upstream no transition when another commits: the shared route's
+/// upstream is asked to advance, and its transition completes the mutation.
 #[test]
-fn a_mutation_completes_only_when_every_route_caught_up() {
+fn a_mutation_beyond_an_idle_shared_route_advances_it() {
     let mut h = Harness::new();
     h.sign_in("ada");
     h.add(SHARED, json!({}));
@@ -118,11 +120,63 @@ fn a_mutation_completes_only_when_every_route_caught_up() {
     h.upstream_transition("");
     h.mutate();
     assert_eq!(
-        h.model.awaiting().count(),
-        1,
-        "the shared route is behind the commit"
+        h.advanced,
+        vec![String::new()],
+        "the shared route asked to advance"
     );
+    assert_eq!(h.model.awaiting().count(), 0);
+}
+
+/// A mutation answered by the upstream the socket left (it signed in meanwhile) at a `ts`
+/// beyond the new main route's: the main route is asked to advance.
+#[test]
+fn a_mutation_answered_by_the_previous_upstream_advances_the_main_route() {
+    let mut h = Harness::new();
+    h.hold_requests = true;
+    h.add(PRIVATE, json!({}));
     h.upstream_transition("");
+    h.mutate();
+    h.sign_in("ada");
+    h.upstream_transition("ada");
+    h.answer(0);
+    assert_eq!(h.advanced, vec!["ada".to_owned()]);
+    assert_eq!(h.model.awaiting().count(), 0, "the mutation completed");
+    h.settle();
+}
+
+/// No route is asked to advance for a mutation answered by its own route, nor for one whose
+/// `ts` the frontier already reached.
+#[test]
+fn no_route_advances_when_the_frontier_reaches_the_mutation() {
+    let mut h = Harness::new();
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.mutate();
+    assert!(h.advanced.is_empty(), "the carrier's own transition serves");
+    assert_eq!(h.model.awaiting().count(), 0);
+
+    h.sign_in("ada");
+    h.add(SHARED, json!({}));
+    h.upstream_transition("ada");
+    h.upstream_transition("");
+    h.upstream_transition("ada");
+    h.hold_requests = true;
+    h.mutate();
+    let (_, request_id) = h.unanswered.remove(0);
+    let held = h.model.held().ts;
+    let answer = Event::Response {
+        request_id,
+        kind: edge_convex::sync::RequestKind::Mutation,
+        outcome: Box::new(Ok(crate::upstream::RequestOutcome {
+            success: true,
+            result: serde_json::Value::Null,
+            ts: Some(held),
+            log_lines: vec![],
+            error_data: None,
+        })),
+    };
+    h.deliver(vec![(None, answer)]);
+    assert!(h.advanced.is_empty(), "asked to advance: {:?}", h.advanced);
     assert_eq!(h.model.awaiting().count(), 0);
 }
 

@@ -470,6 +470,30 @@ impl UpstreamState {
         attached
     }
 
+    /// A listener holds a mutation answer at a `ts` beyond this upstream's latest, and Convex
+    /// sends transitions only when something of this connection changes: an empty
+    /// `ModifyQuerySet` (one version on, no modifications) makes Convex answer with a
+    /// `Transition` at a fresh `ts`, at or after every commit. Nothing is sent while a
+    /// `ModifyQuerySet` is unanswered or pending (its transition serves), nor while
+    /// disconnected (the reconnect's first transition serves).
+    pub fn advance(&mut self, out: &mut Outbox) {
+        let Some(sent) = self.sent.as_mut() else {
+            return;
+        };
+        if sent.query_set != self.version.query_set || !self.pending.is_empty() {
+            return;
+        }
+        let Some(next) = sent.query_set.next() else {
+            return;
+        };
+        out.to_convex.push(ClientMessage::ModifyQuerySet {
+            base_version: sent.query_set,
+            new_version: next,
+            modifications: Vec::new(),
+        });
+        sent.query_set = next;
+    }
+
     /// Turns pending changes into messages: the token first, then one `ModifyQuerySet`.
     pub fn flush(&mut self, out: &mut Outbox) {
         let Some(sent) = self.sent.as_mut() else {

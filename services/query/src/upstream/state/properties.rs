@@ -231,6 +231,8 @@ enum Op {
     RunThenDrop,
     Disconnect,
     Connect,
+    /// A listener asks for a transition at a fresh `ts` (an empty `ModifyQuerySet`).
+    Advance,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -246,6 +248,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::RunThenDrop),
         1 => Just(Op::Disconnect),
         1 => Just(Op::Connect),
+        1 => Just(Op::Advance),
     ]
 }
 
@@ -310,6 +313,7 @@ proptest! {
                     }
                 }
                 Op::Disconnect => s.disconnected(&mut out),
+                Op::Advance => s.advance(&mut out),
                 Op::Connect => {
                     if !s.is_connected() {
                         s.connected("session".into(), &mut out);

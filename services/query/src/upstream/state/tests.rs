@@ -581,3 +581,59 @@ fn a_resubscribe_sends_the_journal_of_the_latest_result() {
         ]
     );
 }
+
+/// The empty `ModifyQuerySet`s in `out`, as (base, new) query-set versions.
+fn empty_modify_query_sets(out: &Outbox) -> Vec<(u32, u32)> {
+    out.to_convex
+        .iter()
+        .filter_map(|m| match m {
+            ClientMessage::ModifyQuerySet {
+                base_version,
+                new_version,
+                modifications,
+            } if modifications.is_empty() => Some((base_version.0, new_version.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn advancing_sends_one_empty_modify_query_set_until_convex_answers_it() {
+    let (mut s, _) = connected();
+    let out = step(&mut s, |s, out| s.advance(out));
+    assert_eq!(empty_modify_query_sets(&out), vec![(0, 1)]);
+    let out = step(&mut s, |s, out| s.advance(out));
+    assert!(
+        out.to_convex.is_empty(),
+        "a second one while the first is unanswered"
+    );
+    // Convex answers with a transition at a fresh ts, passed on to every listener.
+    let t = transition(version(0, 0, 0), version(1, 0, 9), &[]);
+    let out = step(&mut s, |s, out| s.on_server_message(t, out).unwrap());
+    assert!(matches!(
+        out.events[..],
+        [(
+            Audience::All,
+            Event::Transition {
+                ts: Timestamp(9),
+                ..
+            }
+        )]
+    ));
+    let out = step(&mut s, |s, out| s.advance(out));
+    assert_eq!(empty_modify_query_sets(&out), vec![(1, 2)]);
+}
+
+#[test]
+fn advancing_sends_nothing_while_a_query_set_change_is_unanswered_or_disconnected() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.subscribe(A, key("x"), out));
+    let out = step(&mut s, |s, out| s.advance(out));
+    assert!(
+        out.to_convex.is_empty(),
+        "the subscription's transition serves"
+    );
+    step(&mut s, |s, out| s.disconnected(out));
+    let out = step(&mut s, |s, out| s.advance(out));
+    assert!(out.to_convex.is_empty(), "sent while disconnected");
+}
