@@ -200,56 +200,23 @@ async fn a_silent_upstream_connection_is_made_again() {
 /// once the connection is back, and resolves with its write in the client's list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_client_requests_cross_an_upstream_reconnect_as_convex_js_carries_them() {
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-
     let stack = Stack::start_with(Options {
         upstream_inactivity: Some(Duration::from_secs(3)),
         ..Options::default()
     })
     .await;
-    let dir = edge_testkit::workspace_root().join("tests/node");
     let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
         .to_string();
-    let mut child = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .arg("convex-requests-reconnect.mjs")
-        .arg(arg)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut next_phase = async || -> serde_json::Value {
-        let phase = async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("node is still running");
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v.get("phase").is_some()
-                {
-                    return v;
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(120), phase)
-            .await
-            .expect("node answers in time")
-    };
+    let mut node = crate::NodeScript::start("convex-requests-reconnect.mjs", &arg);
     let relay = stack.upstream_relay.as_ref().expect("a relay");
 
-    let ready = next_phase().await;
+    let ready = node.next_phase().await;
     assert_eq!(ready["phase"], "ready", "{ready:#}");
     // The upstream was heard from a moment ago: it is taken for dead only `upstream_inactivity`
     // from now, long after the action below is forwarded into the partition.
     relay.partition();
-    stdin.write_all(b"partitioned\n").await.unwrap();
-    let action = next_phase().await;
+    node.say("partitioned").await;
+    let action = node.next_phase().await;
     assert_eq!(action["phase"], "action", "{action:#}");
     // Word for word what convex-js rejects with when its own socket drops under an action.
     assert_eq!(
@@ -259,12 +226,12 @@ async fn npm_client_requests_cross_an_upstream_reconnect_as_convex_js_carries_th
     );
 
     // The connection is down (that is what failed the action) and stays down until healed.
-    let sent = next_phase().await;
+    let sent = node.next_phase().await;
     assert_eq!(sent["phase"], "mutation-sent", "{sent:#}");
     let body = "sent while the upstream was down";
     relay.heal();
-    stdin.write_all(b"healed\n").await.unwrap();
-    let done = next_phase().await;
+    node.say("healed").await;
+    let done = node.next_phase().await;
     assert_eq!(done["phase"], "done", "{done:#}");
     assert_eq!(done["resolved"], true, "{done:#}");
     assert_eq!(

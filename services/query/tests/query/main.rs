@@ -437,3 +437,71 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A `tests/node` script driven in phases: it prints JSON lines with a `"phase"` (and logs
+/// whatever else it likes to stdout), and reads a line on stdin to go on. Killed on drop.
+pub struct NodeScript {
+    _child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    stdin: tokio::process::ChildStdin,
+}
+
+impl NodeScript {
+    /// Runs `node <script> <arg>` in `tests/node` (its npm packages installed).
+    pub fn start(script: &str, arg: &str) -> NodeScript {
+        use tokio::io::AsyncBufReadExt;
+        let dir = edge_testkit::workspace_root().join("tests/node");
+        assert!(
+            dir.join("node_modules/convex").is_dir(),
+            "npm packages missing: run `npm ci --prefix tests/node`"
+        );
+        let mut child = tokio::process::Command::new("node")
+            .current_dir(&dir)
+            .arg(script)
+            .arg(arg)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let stdin = child.stdin.take().unwrap();
+        NodeScript {
+            _child: child,
+            lines,
+            stdin,
+        }
+    }
+
+    /// The next phase line, within 120 s however much the script logs meanwhile.
+    pub async fn next_phase(&mut self) -> serde_json::Value {
+        let lines = &mut self.lines;
+        let phase = async {
+            loop {
+                let line = lines
+                    .next_line()
+                    .await
+                    .unwrap()
+                    .expect("node is still running");
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v.get("phase").is_some()
+                {
+                    return v;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(120), phase)
+            .await
+            .expect("node answers in time")
+    }
+
+    /// Tells the script to go on past its current phase.
+    pub async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+}

@@ -10,48 +10,11 @@ async fn convex_npm_client_through_the_proxy() {
         ..crate::Options::default()
     })
     .await;
-    let dir = edge_testkit::workspace_root().join("tests/node");
-    assert!(
-        dir.join("node_modules/convex").is_dir(),
-        "npm packages missing: run `npm ci --prefix tests/node`"
-    );
     let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
         .to_string();
-    let mut child = tokio::process::Command::new("node")
-        .current_dir(&dir)
-        .arg("convex-proxy.mjs")
-        .arg(arg)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stdin = child.stdin.take().unwrap();
     // The client logs to stdout too; phases are the JSON lines with a "phase".
-    // Each phase within 120 s, however much the client logs meanwhile.
-    let mut next_phase = async || -> serde_json::Value {
-        let phase = async {
-            loop {
-                let line = lines
-                    .next_line()
-                    .await
-                    .unwrap()
-                    .expect("node is still running");
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
-                    && v.get("phase").is_some()
-                {
-                    return v;
-                }
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(120), phase)
-            .await
-            .expect("node answers in time")
-    };
-    let first = next_phase().await;
+    let mut node = crate::NodeScript::start("convex-proxy.mjs", &arg);
+    let first = node.next_phase().await;
     assert_eq!(first["phase"], "before-restart", "{first:#}");
     assert_eq!(first["ok"], true, "{first:#}");
     assert_eq!(first["me"], "npm@example.com");
@@ -68,8 +31,8 @@ async fn convex_npm_client_through_the_proxy() {
     assert_eq!(first["meAfterRefresh"], "npm@example.com");
 
     stack.restart_query().await;
-    stdin.write_all(b"restarted\n").await.unwrap();
-    let second = next_phase().await;
+    node.say("restarted").await;
+    let second = node.next_phase().await;
     assert_eq!(second["phase"], "after-restart", "{second:#}");
     assert_eq!(second["ok"], true, "{second:#}");
     assert_eq!(second["seenAfterRestart"], true);
