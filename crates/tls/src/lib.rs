@@ -179,9 +179,14 @@ impl Trust {
     }
 }
 
+/// Where Linux distributions keep their CAs one per file (hashed names for OpenSSL's
+/// `-CApath`): a CA an administrator installed only there is not in the bundle file.
+const OS_CERT_DIRS: &[&str] = &["/etc/ssl/certs", "/etc/pki/tls/certs"];
+
 /// The OS store. `rustls-native-certs` reads `SSL_CERT_FILE`/`SSL_CERT_DIR` from the process
 /// environment instead of the OS store when they are set; the bundle is meant to add to the OS
-/// roots, so then the distribution's bundle file is read as well.
+/// roots, so then the distribution's bundle file and certificate directory are read as well,
+/// as that crate reads them when the variables are unset.
 fn os_roots() -> Vec<CertificateDer<'static>> {
     let native = rustls_native_certs::load_native_certs();
     for error in &native.errors {
@@ -190,10 +195,32 @@ fn os_roots() -> Vec<CertificateDer<'static>> {
     let mut certs = native.certs;
     let env_overrides =
         std::env::var_os(SSL_CERT_FILE).is_some() || std::env::var_os("SSL_CERT_DIR").is_some();
-    if env_overrides && let Some(bundle) = OS_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
-        certs.extend(rustls_native_certs::load_certs_from_paths(Some(bundle), None).certs);
+    if env_overrides {
+        let bundle = OS_BUNDLES.iter().map(Path::new).find(|p| p.is_file());
+        let dir = OS_CERT_DIRS.iter().map(Path::new).find(|p| p.is_dir());
+        certs.extend(distribution_roots(bundle, dir));
     }
+    dedup(certs)
+}
+
+/// Every certificate of the distribution's `bundle` file and `dir` (each file once, however
+/// many links name it). Files that are not PEM certificates are skipped: the directory holds
+/// other things too.
+fn distribution_roots(bundle: Option<&Path>, dir: Option<&Path>) -> Vec<CertificateDer<'static>> {
+    let found = rustls_native_certs::load_certs_from_paths(bundle, dir);
+    for error in &found.errors {
+        tracing::debug!(%error, "skipped a file of the OS certificate store");
+    }
+    found.certs
+}
+
+/// `certs` in order, each once (the bundle file and the directory hold the same public CAs).
+fn dedup(certs: Vec<CertificateDer<'static>>) -> Vec<CertificateDer<'static>> {
+    let mut seen = std::collections::HashSet::new();
     certs
+        .into_iter()
+        .filter(|c| seen.insert(c.as_ref().to_vec()))
+        .collect()
 }
 
 /// An error with its sources (`a: b: c`): client libraries put the TLS reason (an unknown
@@ -235,5 +262,34 @@ mod tests {
             .unwrap();
         assert_eq!(back.len(), trust.certs.len());
         assert!(back.iter().zip(trust.certs.iter()).all(|(a, b)| a == b));
+    }
+
+    /// A CA installed only as a hashed file in the certificate directory (as Debian's
+    /// `update-ca-certificates` or an administrator's `openssl rehash` leaves it) is trusted
+    /// like one in the bundle, and each certificate is kept once.
+    #[test]
+    fn the_distribution_directory_adds_its_hashed_files_once() {
+        let dir = std::env::temp_dir().join(format!("edge-tls-certs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = Trust::load(None).unwrap().pem_bundle();
+        let first: Vec<_> = CertificateDer::pem_slice_iter(&bundle)
+            .take(2)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let pem = |c: &CertificateDer<'_>| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(c.as_ref());
+            format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
+        };
+        std::fs::write(dir.join("0a1b2c3d.0"), pem(&first[0])).unwrap();
+        std::fs::write(dir.join("bundle.crt"), pem(&first[0]) + &pem(&first[1])).unwrap();
+        std::fs::write(dir.join("README"), "not a certificate").unwrap();
+        std::fs::create_dir_all(dir.join("java")).unwrap();
+
+        let only_dir = distribution_roots(None, Some(&dir));
+        assert!(only_dir.contains(&first[0]), "the hashed file is read");
+        assert!(only_dir.contains(&first[1]));
+        let both = dedup(distribution_roots(Some(&dir.join("bundle.crt")), Some(&dir)));
+        assert_eq!(both, first, "each certificate once, in order");
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

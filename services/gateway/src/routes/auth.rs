@@ -10,7 +10,8 @@ use serde_json::{Map, Value, json};
 use crate::error::ApiError;
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{
-    clear_cookies, client_view, dont_remember_cookie, expire_dont_remember, session_cookie,
+    clear_cookies, client_view, dont_remember_cookie, expire_dont_remember, holds_convex_jwt,
+    session_cookie, set_convex_jwt,
     set_browser_session_cookies, set_cookie,
 };
 use crate::{Freshness, State};
@@ -310,9 +311,18 @@ fn request_no_cache(req: &HttpRequest) -> bool {
 async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse, ApiError> {
     let cookie_value = session_cookie(&req)
         .ok_or_else(|| ApiError::new(ErrorCode::UNAUTHORIZED, "Unauthorized"))?;
-    // `Cache-Control: no-cache` (RFC 9111: do not answer from a store without the origin) is
-    // how a client forcing a refresh asks for a token other than the cached one it holds.
-    let freshness = if request_no_cache(&req) {
+    let convex_route = req.path().ends_with("/convex/token");
+    // A client holding a token asks for another only when it wants a new one (the Convex
+    // client's `forceRefreshToken`, right after the server confirms a token and before each
+    // expiry), and if it got the very string it holds it would stop refreshing
+    // (convex-js `refetchToken`: `isNewAuth` false → `notRefetching`, then `AuthError` at
+    // `exp`). Two signs say it holds one: `Cache-Control: no-cache` (RFC 9111: do not answer
+    // from a store without the origin), which a `fetchToken` may send for
+    // `forceRefreshToken`, and the Convex JWT cookie this route sets, which every client that
+    // keeps cookies (a browser) sends back whatever its `fetchToken` does. Either gets a newly
+    // issued token; callers that keep no cookies (server-side renders, scripts) share the
+    // cached one.
+    let freshness = if request_no_cache(&req) || (convex_route && holds_convex_jwt(&req)) {
         Freshness::Fresh
     } else {
         Freshness::Cached
@@ -320,9 +330,20 @@ async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse
     let token = state
         .token_with(cookie_value, dont_remember_cookie(&req), freshness)
         .await?;
-    Ok(HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .json(json!({"token": &*token.jwt})))
+    let mut response = HttpResponse::Ok();
+    response.insert_header((header::CACHE_CONTROL, "no-store"));
+    if convex_route {
+        let left = token.expires_at - now_unix();
+        response.insert_header((header::SET_COOKIE, set_convex_jwt(&req, &token.jwt, left.max(0))));
+    }
+    Ok(response.json(json!({"token": &*token.jwt})))
+}
+
+/// Unix seconds now.
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 async fn jwks(state: web::Data<State>) -> Result<HttpResponse, ApiError> {

@@ -111,8 +111,37 @@ pub(crate) fn clear_cookie(req: &HttpRequest) -> String {
     set_cookie(req, "", 0)
 }
 
+/// The Convex JWT cookie of `@convex-dev/better-auth`'s `convex` plugin (`JWT_COOKIE_NAME`,
+/// `src/plugins/convex/index.ts`): the token `GET /api/auth/convex/token` last answered, HttpOnly,
+/// for the app's server-side rendering; cleared with the session.
+pub(crate) const CONVEX_JWT_NAME: &str = "better-auth.convex_jwt";
+
+/// Whether the request carries the Convex JWT cookie (the `__Secure-` name over https): the
+/// client keeps the tokens it is given, so it already holds one and is asking for another.
+pub(crate) fn holds_convex_jwt(req: &HttpRequest) -> bool {
+    let name = if is_https(req) {
+        format!("__Secure-{CONVEX_JWT_NAME}")
+    } else {
+        CONVEX_JWT_NAME.to_owned()
+    };
+    !cookie_named(req, &name).is_empty()
+}
+
+/// `Set-Cookie` of the Convex JWT cookie holding `jwt` for `max_age` seconds (the token's
+/// remaining lifetime), with the session cookie's attributes, as the `convex` plugin sets it.
+pub(crate) fn set_convex_jwt(req: &HttpRequest, jwt: &str, max_age: i64) -> String {
+    if is_https(req) {
+        format!(
+            "__Secure-{CONVEX_JWT_NAME}={jwt}; Max-Age={max_age}; Path=/; HttpOnly; Secure; SameSite=Lax"
+        )
+    } else {
+        format!("{CONVEX_JWT_NAME}={jwt}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Lax")
+    }
+}
+
 /// What Better Auth's `deleteSessionCookie` sends on sign-out: the session token, the session
-/// data cache and the `dont_remember` cookie, each expired.
+/// data cache and the `dont_remember` cookie, each expired, and the `convex` plugin's JWT
+/// cookie (which that plugin clears on sign-out and user deletion).
 pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
     let secure = is_https(req);
     let prefix = if secure { "__Secure-" } else { "" };
@@ -121,7 +150,7 @@ pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
     } else {
         "Max-Age=0; Path=/; HttpOnly; SameSite=Lax"
     };
-    ["session_token", "session_data", "dont_remember"]
+    ["session_token", "session_data", "dont_remember", "convex_jwt"]
         .iter()
         .map(|name| format!("{prefix}better-auth.{name}=; {flags}"))
         .collect()

@@ -200,3 +200,109 @@ async fn a_forced_refresh_gets_a_new_token_that_replaces_the_cached_one() {
     }
     assert_eq!(token(&other, &cookie, true).await, (401, None));
 }
+
+/// The token route's answer for `cookie` with `convex_jwt` as the Convex JWT cookie the
+/// client sends back (none when `None`): the JWT, and the cookie the answer sets.
+async fn token_with_jar(
+    base: &str,
+    path: &str,
+    cookie: &str,
+    convex_jwt: Option<&str>,
+) -> (String, Option<String>) {
+    let mut header = format!("better-auth.session_token={cookie}");
+    if let Some(jwt) = convex_jwt {
+        header.push_str(&format!("; better-auth.convex_jwt={jwt}"));
+    }
+    let response = reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .header("cookie", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let set = response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|c| c.starts_with("better-auth.convex_jwt="));
+    let body: serde_json::Value = response.json().await.unwrap();
+    (body["token"].as_str().unwrap().to_owned(), set)
+}
+
+/// The Convex client fetches a token, and as soon as the server confirms it fetches another
+/// with `forceRefreshToken`; a `fetchToken` that sends nothing for it must still get a new
+/// string, or the client stops refreshing. A browser keeps the `convex_jwt` cookie the route
+/// sets (as `@convex-dev/better-auth`'s `convex` plugin sets it) and sends it back: a request
+/// that carries it is answered with a newly issued token, which then replaces the cached one.
+/// Callers without it (server-side renders) keep getting the cached token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_keeps_cookies_gets_a_new_token_each_time_it_asks() {
+    let mut stack = Stack::start().await;
+    let base = stack
+        .gateway_with(|config| {
+            config.cache.as_mut().unwrap().max_token_age = Duration::from_secs(3600);
+        })
+        .await;
+    let (_, cookie) = sign_up(&stack, "jar@example.com").await;
+    until_cached(&stack, &base, &cookie).await;
+    let reads = || stack.auth.store().reads().session.load(Ordering::Relaxed);
+
+    // The first fetch, with no token held: the cached one, and the cookie that now holds it.
+    let before = reads();
+    let (cached, set) = token_with_jar(&base, "/api/auth/convex/token", &cookie, None).await;
+    assert_eq!(reads(), before, "a cache hit");
+    let set = set.expect("the route sets the Convex JWT cookie");
+    assert!(set.starts_with(&format!("better-auth.convex_jwt={cached};")), "{set}");
+    assert!(set.contains("HttpOnly") && set.contains("Path=/") && set.contains("SameSite=Lax"));
+    let max_age: i64 = set
+        .split("; ")
+        .find_map(|a| a.strip_prefix("Max-Age="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=900).contains(&max_age),
+        "the token's remaining lifetime: {set}"
+    );
+
+    // The forced refetch right after, sending back what the browser kept: a new token.
+    let (second, set) =
+        token_with_jar(&base, "/api/auth/convex/token", &cookie, Some(&cached)).await;
+    assert_ne!(second, cached, "the client must not get the string it holds");
+    assert_ne!(jti(&second), jti(&cached));
+    assert_eq!(reads(), before + 1, "issued by auth");
+    assert!(set.unwrap().starts_with(&format!("better-auth.convex_jwt={second};")));
+    let (third, _) = token_with_jar(&base, "/api/auth/convex/token", &cookie, Some(&second)).await;
+    assert_ne!(third, second);
+
+    // The newest is what a caller without the cookie now shares, at cache speed.
+    let before = reads();
+    let (shared, _) = token_with_jar(&base, "/api/auth/convex/token", &cookie, None).await;
+    assert_eq!(shared, third);
+    assert_eq!(reads(), before);
+    // The jwt plugin's `/api/auth/token` sets no such cookie, as in Better Auth.
+    let (_, set) = token_with_jar(&base, "/api/auth/token", &cookie, None).await;
+    assert_eq!(set, None);
+
+    // Signing out clears it with the session's cookies.
+    let r = reqwest::Client::new()
+        .post(format!("{base}/api/auth/sign-out"))
+        .header("origin", &base)
+        .header(
+            "cookie",
+            format!("better-auth.session_token={cookie}; better-auth.convex_jwt={third}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|v| v.to_str().unwrap().starts_with("better-auth.convex_jwt=; Max-Age=0")),
+        "{:?}",
+        r.headers()
+    );
+}

@@ -230,7 +230,8 @@ async fn paginated_query_pages_keep_their_bounds_through_the_proxy() {
 /// official client, taking its tokens from `/api/auth/convex/token` through the Better Auth
 /// client as an app does, stays signed in through the query service for 3 minutes: it sends a
 /// new token before each one expires, every token is a new string (`jti`), it never gets an
-/// `AuthError` and never loses its identity or its socket.
+/// `AuthError` and never loses its identity or its socket. Whether or not its `fetchToken`
+/// passes `forceRefreshToken` on (two tabs sharing one cookie jar, one of each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_errors() {
     let stack = crate::Stack::start_with(crate::Options {
@@ -240,41 +241,46 @@ async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_err
     .await;
     let result = long_run(&stack, "refresh", 180).await;
     assert_eq!(result["ok"], true, "{result:#}");
-    assert_eq!(result["me"], "long@example.com");
-    assert_eq!(result["meAtEnd"], "long@example.com", "{result:#}");
-    assert_eq!(result["meLost"], 0, "{result:#}");
-    assert_eq!(result["authErrors"], json!([]), "{result:#}");
-    assert_eq!(result["sockets"], 1, "never reconnected: {result:#}");
-    let sent = result["authenticates"].as_array().unwrap();
-    // One token at the start, then one at least every 60 s for 180 s.
-    assert!(sent.len() >= 4, "{result:#}");
-    let jtis: std::collections::BTreeSet<_> =
-        sent.iter().map(|a| a["jti"].as_str().unwrap()).collect();
-    assert_eq!(jtis.len(), sent.len(), "every token is new: {result:#}");
-    for pair in sent.windows(2) {
-        let (held, next) = (&pair[0], &pair[1]);
-        assert_eq!(
-            held["exp"].as_i64().unwrap() - held["iat"].as_i64().unwrap(),
-            60
+    // Two tabs of one browser: one whose `fetchToken` sends `Cache-Control: no-cache` for
+    // `forceRefreshToken`, one whose `fetchToken` ignores it (the browser's cookies carry it).
+    for name in ["flagged", "plain"] {
+        let tab = &result["tabs"][name];
+        assert_eq!(tab["me"], "long@example.com", "{name}: {result:#}");
+        assert_eq!(tab["meAtEnd"], "long@example.com", "{name}: {result:#}");
+        assert_eq!(tab["meLost"], 0, "{name}: {result:#}");
+        assert_eq!(tab["authErrors"], json!([]), "{name}: {result:#}");
+        assert_eq!(tab["sockets"], 1, "{name} never reconnected: {result:#}");
+        let sent = tab["authenticates"].as_array().unwrap();
+        // One token at the start, then one at least every 60 s for 180 s.
+        assert!(sent.len() >= 4, "{name}: {result:#}");
+        let jtis: std::collections::BTreeSet<_> =
+            sent.iter().map(|a| a["jti"].as_str().unwrap()).collect();
+        assert_eq!(jtis.len(), sent.len(), "{name}: every token is new: {result:#}");
+        for pair in sent.windows(2) {
+            let (held, next) = (&pair[0], &pair[1]);
+            assert_eq!(
+                held["exp"].as_i64().unwrap() - held["iat"].as_i64().unwrap(),
+                60
+            );
+            assert!(
+                next["at"].as_i64().unwrap() < held["exp"].as_i64().unwrap() * 1000,
+                "{name}: a new token went out before the held one expired: {result:#}"
+            );
+        }
+        let last = sent.last().unwrap();
+        assert!(
+            last["exp"].as_i64().unwrap() * 1000 > tab["end"].as_i64().unwrap(),
+            "{name}: the token held at the end is still valid: {result:#}"
         );
         assert!(
-            next["at"].as_i64().unwrap() < held["exp"].as_i64().unwrap() * 1000,
-            "a new token went out before the held one expired: {result:#}"
+            tab["fetches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["forced"] == true),
+            "{name}: {result:#}"
         );
     }
-    let last = sent.last().unwrap();
-    assert!(
-        last["exp"].as_i64().unwrap() * 1000 > result["end"].as_i64().unwrap(),
-        "the token held at the end is still valid: {result:#}"
-    );
-    assert!(
-        result["fetches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|f| f["forced"] == true),
-        "{result:#}"
-    );
 }
 
 /// convex-js rebuilds its results from scratch after a reconnect: the query service must
