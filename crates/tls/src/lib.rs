@@ -288,7 +288,10 @@ mod tests {
         let only_dir = distribution_roots(None, Some(&dir));
         assert!(only_dir.contains(&first[0]), "the hashed file is read");
         assert!(only_dir.contains(&first[1]));
-        let both = dedup(distribution_roots(Some(&dir.join("bundle.crt")), Some(&dir)));
+        let both = dedup(distribution_roots(
+            Some(&dir.join("bundle.crt")),
+            Some(&dir),
+        ));
         assert_eq!(both, first, "each certificate once, in order");
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -11,8 +11,7 @@ use crate::error::ApiError;
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{
     clear_cookies, client_view, dont_remember_cookie, expire_dont_remember, holds_convex_jwt,
-    session_cookie, set_convex_jwt,
-    set_browser_session_cookies, set_cookie,
+    session_cookie, set_browser_session_cookies, set_convex_jwt, set_cookie,
 };
 use crate::{Freshness, State};
 use edge_keys::CacheKey;
@@ -334,7 +333,10 @@ async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse
     response.insert_header((header::CACHE_CONTROL, "no-store"));
     if convex_route {
         let left = token.expires_at - now_unix();
-        response.insert_header((header::SET_COOKIE, set_convex_jwt(&req, &token.jwt, left.max(0))));
+        response.insert_header((
+            header::SET_COOKIE,
+            set_convex_jwt(&req, &token.jwt, left.max(0)),
+        ));
     }
     Ok(response.json(json!({"token": &*token.jwt})))
 }

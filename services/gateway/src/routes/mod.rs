@@ -150,8 +150,13 @@ pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
     } else {
         "Max-Age=0; Path=/; HttpOnly; SameSite=Lax"
     };
-    ["session_token", "session_data", "dont_remember", "convex_jwt"]
-        .iter()
-        .map(|name| format!("{prefix}better-auth.{name}=; {flags}"))
-        .collect()
+    [
+        "session_token",
+        "session_data",
+        "dont_remember",
+        "convex_jwt",
+    ]
+    .iter()
+    .map(|name| format!("{prefix}better-auth.{name}=; {flags}"))
+    .collect()
 }

@@ -253,7 +253,10 @@ async fn a_client_that_keeps_cookies_gets_a_new_token_each_time_it_asks() {
     let (cached, set) = token_with_jar(&base, "/api/auth/convex/token", &cookie, None).await;
     assert_eq!(reads(), before, "a cache hit");
     let set = set.expect("the route sets the Convex JWT cookie");
-    assert!(set.starts_with(&format!("better-auth.convex_jwt={cached};")), "{set}");
+    assert!(
+        set.starts_with(&format!("better-auth.convex_jwt={cached};")),
+        "{set}"
+    );
     assert!(set.contains("HttpOnly") && set.contains("Path=/") && set.contains("SameSite=Lax"));
     let max_age: i64 = set
         .split("; ")
@@ -269,10 +272,16 @@ async fn a_client_that_keeps_cookies_gets_a_new_token_each_time_it_asks() {
     // The forced refetch right after, sending back what the browser kept: a new token.
     let (second, set) =
         token_with_jar(&base, "/api/auth/convex/token", &cookie, Some(&cached)).await;
-    assert_ne!(second, cached, "the client must not get the string it holds");
+    assert_ne!(
+        second, cached,
+        "the client must not get the string it holds"
+    );
     assert_ne!(jti(&second), jti(&cached));
     assert_eq!(reads(), before + 1, "issued by auth");
-    assert!(set.unwrap().starts_with(&format!("better-auth.convex_jwt={second};")));
+    assert!(
+        set.unwrap()
+            .starts_with(&format!("better-auth.convex_jwt={second};"))
+    );
     let (third, _) = token_with_jar(&base, "/api/auth/convex/token", &cookie, Some(&second)).await;
     assert_ne!(third, second);
 
@@ -298,10 +307,10 @@ async fn a_client_that_keeps_cookies_gets_a_new_token_each_time_it_asks() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(
-        r.headers()
-            .get_all("set-cookie")
-            .iter()
-            .any(|v| v.to_str().unwrap().starts_with("better-auth.convex_jwt=; Max-Age=0")),
+        r.headers().get_all("set-cookie").iter().any(|v| v
+            .to_str()
+            .unwrap()
+            .starts_with("better-auth.convex_jwt=; Max-Age=0")),
         "{:?}",
         r.headers()
     );

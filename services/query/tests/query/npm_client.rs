@@ -255,7 +255,11 @@ async fn an_npm_client_refreshes_60_second_tokens_for_3_minutes_without_auth_err
         assert!(sent.len() >= 4, "{name}: {result:#}");
         let jtis: std::collections::BTreeSet<_> =
             sent.iter().map(|a| a["jti"].as_str().unwrap()).collect();
-        assert_eq!(jtis.len(), sent.len(), "{name}: every token is new: {result:#}");
+        assert_eq!(
+            jtis.len(),
+            sent.len(),
+            "{name}: every token is new: {result:#}"
+        );
         for pair in sent.windows(2) {
             let (held, next) = (&pair[0], &pair[1]);
             assert_eq!(
