@@ -45,6 +45,9 @@ codes! {
     NOT_FOUND = ("NOT_FOUND", 404, NotFound);
     TOO_MANY_REQUESTS = ("TOO_MANY_REQUESTS", 429, ResourceExhausted);
     SERVICE_UNAVAILABLE = ("SERVICE_UNAVAILABLE", 503, Unavailable);
+    // The query service could not check a token (auth's JWKS unreachable): not the token's
+    // fault, so not UNAUTHORIZED; the gateway answers the page 503, not as signed out.
+    AUTH_UNAVAILABLE = ("AUTH_UNAVAILABLE", 503, Unavailable);
     INTERNAL_SERVER_ERROR = ("INTERNAL_SERVER_ERROR", 500, Internal);
     BAD_REQUEST = ("BAD_REQUEST", 400, InvalidArgument);
     INVALID_TOKEN = ("INVALID_TOKEN", 400, InvalidArgument);

@@ -109,6 +109,7 @@ fn result(r: Result<Reply, ProxyError>) -> Result<pb::FunctionResult, Status> {
             from_subscription: reply.from_subscription,
         }),
         Err(ProxyError::Unauthorized(m)) => Err(ErrorCode::UNAUTHORIZED.to_status(m)),
+        Err(ProxyError::AuthUnavailable(m)) => Err(ErrorCode::AUTH_UNAVAILABLE.to_status(m)),
         Err(e @ ProxyError::Upstream(_)) => {
             Err(ErrorCode::SERVICE_UNAVAILABLE.to_status(e.to_string()))
         }

@@ -60,7 +60,12 @@ impl actix_web::ResponseError for HttpError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status).json(json!({"code": self.code, "message": self.message}))
+        let mut response = HttpResponse::build(self.status);
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            // auth's JWKS is asked for again at most every 2 s.
+            response.insert_header((header::RETRY_AFTER, "2"));
+        }
+        response.json(json!({"code": self.code, "message": self.message}))
     }
 }
 
@@ -83,6 +88,11 @@ fn reply(result: Result<Reply, ProxyError>) -> HttpResult {
         .body(r.body.to_vec())),
         Err(ProxyError::Unauthorized(m)) => {
             Err(error(StatusCode::UNAUTHORIZED, "Unauthenticated", m))
+        }
+        // Not the token's fault: a 401 would make the client drop it (sign the user out).
+        Err(ProxyError::AuthUnavailable(m)) => {
+            tracing::warn!(error = %m, "token not checked: auth unavailable");
+            Err(error(StatusCode::SERVICE_UNAVAILABLE, "AuthUnavailable", m))
         }
         Err(e @ ProxyError::Upstream(_)) => {
             tracing::warn!(error = %e, "upstream call failed");

@@ -1,6 +1,13 @@
 //! Who a token belongs to, decided locally: JWTs are verified against the JWKS from auth
 //! (`GetJwks`, cached; one refresh when a `kid` is unknown). The identity key is the verified
 //! claims without `iat`, `exp`, `nbf`, `jti`, so every token of one session shares an upstream.
+//!
+//! A token is refused ([`IdentityError::Unauthenticated`]) only when it is known to be bad.
+//! When the JWKS it needs cannot be had (auth unreachable before the first JWKS, or a `kid`
+//! the cached JWKS lacks while auth is unreachable), the answer is
+//! [`IdentityError::AuthUnavailable`] (HTTP 503, gRPC `UNAVAILABLE`, a socket closed for the
+//! client to reconnect), unless the claims alone already condemn the token (expired, another
+//! issuer or audience, malformed).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,6 +20,26 @@ use serde_json::Value;
 use tonic::transport::Channel;
 
 use crate::revocations::Revoked;
+
+/// Why a token was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    /// The token is bad (malformed, bad signature, expired, another issuer or audience,
+    /// revoked): Convex's `Unauthenticated`; the client must get another token.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token cannot be checked now: the JWKS it needs could not be learnt from auth. Not
+    /// the token's fault: the client keeps it and retries.
+    #[error("{0}")]
+    AuthUnavailable(String),
+}
+
+/// The outcome of the last `GetJwks`, shared by every caller within [`REFRESH_INTERVAL`].
+struct Attempt {
+    at: Instant,
+    /// Why it failed (`None`: the JWKS was learnt).
+    failure: Option<String>,
+}
 
 /// The identity a token stands for. `Anonymous` is one identity.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -83,7 +110,8 @@ pub struct Identities {
     /// What the verifier checks now (empty until the first JWKS).
     expected: RwLock<Expected>,
     verifier: RwLock<Option<Verifier>>,
-    last_refresh: std::sync::Mutex<Option<Instant>>,
+    /// The last `GetJwks`; held across the call, so concurrent refreshes make one call.
+    last_refresh: tokio::sync::Mutex<Option<Attempt>>,
     /// Tokens already verified, until they expire or the JWKS changes: the gateway sends the
     /// same token with every page a session renders, and a signature check is most of a
     /// cached read's work here.
@@ -104,8 +132,12 @@ impl std::fmt::Debug for Identities {
     }
 }
 
-/// Unknown kids trigger at most one JWKS fetch per this interval.
+/// Unknown kids trigger at most one JWKS fetch per this interval (a failed one too: its
+/// failure is every caller's answer until then).
 const REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long one `GetJwks` may take: a partition that swallows traffic must not hold requests.
+const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Identities {
     pub fn new(
@@ -120,38 +152,39 @@ impl Identities {
             audience,
             expected: RwLock::new(Expected::default()),
             verifier: RwLock::new(None),
-            last_refresh: std::sync::Mutex::new(None),
+            last_refresh: tokio::sync::Mutex::new(None),
             verified: std::sync::Mutex::new(HashMap::new()),
             revoked,
         }
     }
 
+    /// Learns the JWKS from auth, at most once per [`REFRESH_INTERVAL`]; concurrent callers
+    /// share one call and its outcome. The error says why the JWKS could not be had.
     async fn refresh(&self) -> Result<(), String> {
+        let mut last = self.last_refresh.lock().await;
+        if let Some(attempt) = last.as_ref()
+            && attempt.at.elapsed() < REFRESH_INTERVAL
         {
-            let mut last = self.last_refresh.lock().unwrap_or_else(|e| e.into_inner());
-            if last.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL)
-                && self
-                    .verifier
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_some()
-            {
-                return Ok(());
-            }
-            *last = Some(Instant::now());
+            return attempt.failure.clone().map_or(Ok(()), Err);
         }
-        let answer = self
-            .auth
-            .clone()
-            .get_jwks(pb::GetJwksRequest {})
-            .await
-            .map_err(|e| {
-                format!(
-                    "the auth service did not answer for the JWKS: {}",
-                    e.message()
-                )
-            })?
-            .into_inner();
+        let outcome = self.fetch_jwks().await;
+        *last = Some(Attempt {
+            at: Instant::now(),
+            failure: outcome.as_ref().err().cloned(),
+        });
+        outcome
+    }
+
+    async fn fetch_jwks(&self) -> Result<(), String> {
+        let unanswered = |why: &str| format!("the auth service did not answer for the JWKS: {why}");
+        let answer = tokio::time::timeout(
+            JWKS_TIMEOUT,
+            self.auth.clone().get_jwks(pb::GetJwksRequest {}),
+        )
+        .await
+        .map_err(|_| unanswered(&format!("no answer within {JWKS_TIMEOUT:?}")))?
+        .map_err(|e| unanswered(e.message()))?
+        .into_inner();
         let expected = self.expected_from(&answer)?;
         let verifier = Verifier::from_jwks(&answer.jwks_json)
             .map_err(|e| e.to_string())?
@@ -213,13 +246,32 @@ impl Identities {
             .clone())
     }
 
+    /// A verifier without keys that checks what tokens must carry, as far as it is known:
+    /// `JWT_ISSUER`/`JWT_AUDIENCE` of this service, else what auth said last, else only the
+    /// claims every token needs (`exp`, `nbf`, `sub`, `iss`).
+    fn claims_checker(&self) -> Verifier {
+        let expected = self.expected.read().unwrap_or_else(|e| e.into_inner());
+        let known = |mine: &Option<String>, learnt: &str| {
+            mine.clone()
+                .or_else(|| (!learnt.is_empty()).then(|| learnt.to_owned()))
+        };
+        let mut checker = Verifier::default();
+        if let Some(issuer) = known(&self.issuer, &expected.issuer) {
+            checker = checker.with_issuer(issuer);
+        }
+        if let Some(audience) = known(&self.audience, &expected.audience) {
+            checker = checker.with_audience(audience);
+        }
+        checker
+    }
+
     fn verified_tokens(&self) -> std::sync::MutexGuard<'_, HashMap<String, VerifiedUser>> {
         self.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Verifies `token`, and that auth's session log has not revoked it; the error is what
-    /// the client is told.
-    pub async fn verify(&self, token: &str) -> Result<VerifiedUser, String> {
+    /// Verifies `token`, and that auth's session log has not revoked it; the error's message
+    /// is what the client is told.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedUser, IdentityError> {
         let user = self.verify_signature_cached(token).await?;
         let refused = self.revoked.refuses(
             user.session_id.as_deref(),
@@ -227,12 +279,12 @@ impl Identities {
             user.issued_at,
         );
         match refused {
-            Some(reason) => Err(reason.to_owned()),
+            Some(reason) => Err(IdentityError::Unauthenticated(reason.to_owned())),
             None => Ok(user),
         }
     }
 
-    async fn verify_signature_cached(&self, token: &str) -> Result<VerifiedUser, String> {
+    async fn verify_signature_cached(&self, token: &str) -> Result<VerifiedUser, IdentityError> {
         let now = unix_now();
         if let Some(user) = self.verified_tokens().get(token)
             && user.expires_at > now
@@ -251,28 +303,40 @@ impl Identities {
         Ok(user)
     }
 
-    async fn verify_signature(&self, token: &str, now: i64) -> Result<VerifiedUser, String> {
-        let kid = kid_of(token).ok_or("Could not parse JWT")?;
-        let known = self
-            .verifier
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .is_some_and(|v| v.has_kid(&kid));
-        if !known {
-            self.refresh().await?;
-        }
-        let verified = {
-            let guard = self.verifier.read().unwrap_or_else(|e| e.into_inner());
-            let verifier = guard.as_ref().ok_or("no JWKS")?;
-            verifier.verify(token, now).map_err(|e| match e {
+    async fn verify_signature(&self, token: &str, now: i64) -> Result<VerifiedUser, IdentityError> {
+        let refused = |e: edge_keys::VerifyError| {
+            IdentityError::Unauthenticated(match e {
                 // Name what was expected, so a mismatch between services is diagnosable.
                 edge_keys::VerifyError::WrongIssuer | edge_keys::VerifyError::WrongAudience => {
                     let expected = self.expected.read().unwrap_or_else(|e| e.into_inner());
                     format!("Could not verify token: {e} (expected {expected})")
                 }
                 e => format!("Could not verify token: {e}"),
-            })?
+            })
+        };
+        let kid = kid_of(token)
+            .ok_or_else(|| IdentityError::Unauthenticated("Could not parse JWT".into()))?;
+        let known = self
+            .verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|v| v.has_kid(&kid));
+        if !known && let Err(why) = self.refresh().await {
+            // Whether the signature holds cannot be known; what the claims say can.
+            self.claims_checker()
+                .check_unverified_claims(token, now)
+                .map_err(refused)?;
+            return Err(IdentityError::AuthUnavailable(format!(
+                "Could not verify token now, retry: {why}"
+            )));
+        }
+        let verified = {
+            let guard = self.verifier.read().unwrap_or_else(|e| e.into_inner());
+            let verifier = guard.as_ref().ok_or_else(|| {
+                IdentityError::AuthUnavailable("Could not verify token now, retry: no JWKS".into())
+            })?;
+            verifier.verify(token, now).map_err(refused)?
         };
         let mut claims = verified.claims;
         let expires_at = claims.get("exp").and_then(Value::as_i64).unwrap_or(0);

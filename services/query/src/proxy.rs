@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 use crate::hub::Hub;
-use crate::identity::{Identities, IdentityKey, VerifiedUser};
+use crate::identity::{Identities, IdentityError, IdentityKey, VerifiedUser};
 use crate::key::QueryKey;
 use crate::listener::Inbox;
 use crate::metrics::CallKind;
@@ -31,10 +31,24 @@ pub struct Reply {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The token is bad (HTTP 401, gRPC `UNAUTHENTICATED`).
     #[error("{0}")]
     Unauthorized(String),
+    /// The token could not be checked: auth's JWKS could not be had (HTTP 503, gRPC
+    /// `UNAVAILABLE`); the client keeps its token and retries.
+    #[error("{0}")]
+    AuthUnavailable(String),
     #[error("Convex unreachable: {0}")]
     Upstream(String),
+}
+
+impl From<IdentityError> for ProxyError {
+    fn from(e: IdentityError) -> Self {
+        match e {
+            IdentityError::Unauthenticated(m) => ProxyError::Unauthorized(m),
+            IdentityError::AuthUnavailable(m) => ProxyError::AuthUnavailable(m),
+        }
+    }
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Reply, String>>>;
@@ -184,12 +198,7 @@ impl Proxy {
     pub async fn identity(&self, token: Option<&str>) -> Result<IdentityKey, ProxyError> {
         match token {
             None => Ok(IdentityKey::Anonymous),
-            Some(t) => self
-                .identities
-                .verify(t)
-                .await
-                .map(|u| u.key)
-                .map_err(ProxyError::Unauthorized),
+            Some(t) => Ok(self.identities.verify(t).await?.key),
         }
     }
 
@@ -350,10 +359,7 @@ impl Proxy {
         token: Option<&str>,
     ) -> Result<Reply, ProxyError> {
         if let Some(t) = token {
-            self.identities
-                .verify(t)
-                .await
-                .map_err(ProxyError::Unauthorized)?;
+            self.identities.verify(t).await?;
         }
         self.call(kind, route, body, token.map(str::to_owned))
             .await

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tonic::Status;
 
 use crate::grpc::Parsed;
-use crate::identity::IdentityKey;
+use crate::identity::{IdentityError, IdentityKey};
 use crate::key::QueryKey;
 use crate::listener::{Attachment, Inbox};
 use crate::proxy::{self, Proxy};
@@ -54,13 +54,10 @@ pub async fn start(
         keys.push(key);
     }
     let user = match &token {
-        Some(t) => Some(
-            proxy
-                .identities
-                .verify(t)
-                .await
-                .map_err(|m| ErrorCode::UNAUTHORIZED.to_status(m))?,
-        ),
+        Some(t) => Some(proxy.identities.verify(t).await.map_err(|e| match e {
+            IdentityError::Unauthenticated(m) => ErrorCode::UNAUTHORIZED.to_status(m),
+            IdentityError::AuthUnavailable(m) => ErrorCode::AUTH_UNAVAILABLE.to_status(m),
+        })?),
         None => None,
     };
     let identity = user

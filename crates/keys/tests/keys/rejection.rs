@@ -228,3 +228,38 @@ fn expired_wrong_issuer_and_audience_are_refused() {
         VerifyError::BadSignature
     );
 }
+
+/// Without a key (the JWKS cannot be had), the claims still condemn an expired token or one
+/// for another issuer or audience; a token whose claims hold is left to its signature.
+#[test]
+fn claims_are_checked_without_a_key() {
+    let (keys, _) = setup();
+    let checker = Verifier::default()
+        .with_issuer("https://issuer")
+        .with_audience("convex");
+    let now = Utc::now().timestamp();
+    let sign = |c: &Claims| keys.sign(Alg::RS256, c, Utc::now()).unwrap().jwt;
+    let mut expired = claims(now - 2000);
+    expired.exp = now - 1;
+    let mut wrong_iss = claims(now);
+    wrong_iss.iss = "https://evil".into();
+    let mut wrong_aud = claims(now);
+    wrong_aud.aud = "other".into();
+    for (token, error) in [
+        (sign(&expired), VerifyError::Expired),
+        (sign(&wrong_iss), VerifyError::WrongIssuer),
+        (sign(&wrong_aud), VerifyError::WrongAudience),
+        ("not-a-jwt".to_owned(), VerifyError::Malformed),
+    ] {
+        assert_eq!(checker.check_unverified_claims(&token, now), Err(error));
+    }
+    // Good claims, whatever the signature: only a key can decide.
+    let good = sign(&claims(now));
+    let (head, _) = good.rsplit_once('.').unwrap();
+    assert_eq!(
+        checker.check_unverified_claims(&format!("{head}.AAAA"), now),
+        Ok(())
+    );
+    // No key set checks no key: an unknown kid is not a refusal here.
+    assert_eq!(checker.check_unverified_claims(&good, now), Ok(()));
+}

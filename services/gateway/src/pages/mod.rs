@@ -239,7 +239,7 @@ async fn run_queries<'a>(
     page: &Page,
     calls: &'a [(String, String)],
     identity: &Identity,
-) -> HashMap<&'a (String, String), Outcome> {
+) -> Result<HashMap<&'a (String, String), Outcome>, AuthUnavailable> {
     let mut watched: Vec<&(String, String)> = Vec::new();
     let mut fetched: Vec<&(String, String)> = Vec::new();
     for (q, call) in page.queries.iter().zip(calls) {
@@ -262,7 +262,7 @@ async fn run_queries<'a>(
         }
     };
     let (live, fetched) = futures_util::join!(live, fetch(state, &fetched, jwt));
-    let mut out: HashMap<_, _> = fetched.into_iter().collect();
+    let mut out: HashMap<_, _> = fetched?.into_iter().collect();
     match live {
         Some(results) => {
             metrics::PAGE_QUERIES
@@ -278,19 +278,25 @@ async fn run_queries<'a>(
                 out.insert(call, outcome);
             }
         }
-        None => out.extend(fetch(state, &watched, jwt).await),
+        None => out.extend(fetch(state, &watched, jwt).await?),
     }
-    out
+    Ok(out)
 }
+
+/// The query service could not check the viewer's token (`AUTH_UNAVAILABLE`: auth's JWKS
+/// unreachable): the page is answered 503, as when the gateway cannot reach auth, never
+/// rendered as signed out or with the viewer's queries failed.
+#[derive(Debug)]
+struct AuthUnavailable;
 
 /// Runs `calls` in one `QueryBatch`.
 async fn fetch<'a>(
     state: &State,
     calls: &[&'a (String, String)],
     jwt: Option<&str>,
-) -> Vec<(&'a (String, String), Outcome)> {
+) -> Result<Vec<(&'a (String, String), Outcome)>, AuthUnavailable> {
     if calls.is_empty() {
-        return Vec::new();
+        return Ok(Vec::new());
     }
     metrics::PAGE_QUERIES
         .with_label_values(&["fetch"])
@@ -305,6 +311,13 @@ async fn fetch<'a>(
             .zip(r.into_inner().results)
             .map(|(call, result)| (call, Outcome::of(&result.result_json)))
             .collect(),
+        Err(status) if ErrorCode::from_status(&status) == ErrorCode::AUTH_UNAVAILABLE => {
+            tracing::warn!(
+                message = status.message(),
+                "page not rendered: the query service could not check the token"
+            );
+            return Err(AuthUnavailable);
+        }
         Err(status) => {
             tracing::warn!(grpc_code = ?status.code(), "page queries failed");
             calls
@@ -320,7 +333,7 @@ async fn fetch<'a>(
     metrics::PAGE_QUERY_ERRORS
         .with_label_values(&["fetch"])
         .inc_by(failed as u64);
-    outcomes
+    Ok(outcomes)
 }
 
 /// JSON that is safe inside `<script>`: no `<`, `>`, `&` or line separators left raw.
@@ -378,7 +391,12 @@ pub async fn render(
         .zip(&args)
         .map(|(q, a)| (q.path.to_string(), Value::Object(a.clone()).to_string()))
         .collect();
-    let outcomes = run_queries(&state, page, &calls, &viewer.identity).await;
+    let Ok(outcomes) = run_queries(&state, page, &calls, &viewer.identity).await else {
+        return HttpResponse::ServiceUnavailable()
+            .insert_header((header::RETRY_AFTER, "2"))
+            .content_type("text/plain; charset=utf-8")
+            .body("auth service unavailable");
+    };
 
     let mut values = Map::new();
     let mut errors = Map::new();

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::AppState;
-use crate::identity::IdentityKey;
+use crate::identity::{IdentityError, IdentityKey};
 use crate::listener::{Attachment, Inbox};
 use crate::upstream::{Event, UpstreamId};
 use session::{ClientSession, Effect, End, Route};
@@ -194,15 +194,18 @@ impl Downstream {
             return Ok(());
         };
         // Refused locally: Convex never sees the token.
-        let user = self
-            .state
-            .identities
-            .verify(&pending.token)
-            .await
-            .map_err(|error| End::Auth {
-                error,
-                base_version: pending.base,
-            })?;
+        let user =
+            self.state
+                .identities
+                .verify(&pending.token)
+                .await
+                .map_err(|error| match error {
+                    IdentityError::Unauthenticated(error) => End::Auth {
+                        error,
+                        base_version: pending.base,
+                    },
+                    IdentityError::AuthUnavailable(error) => End::AuthUnavailable(error),
+                })?;
         let mut effects = Vec::new();
         let step = self
             .session
@@ -408,6 +411,11 @@ impl Downstream {
         // Its charge to its identity (or address) goes back now, not after the close frame.
         drop(session);
         let too_slow = matches!(end, End::TooSlow);
+        // convex-js logs a close reason, and backs off from 1 s for one it does not know.
+        let reason = match end {
+            End::AuthUnavailable(_) => "AuthUnavailable: the token could not be checked, retry",
+            _ => "",
+        };
         let (message, code) = match end {
             End::Gone => (None, CloseCode::Normal),
             End::Restart => (None, CloseCode::Restart),
@@ -427,6 +435,16 @@ impl Downstream {
                 }),
                 CloseCode::Normal,
             ),
+            // Convex answers a JWKS it cannot fetch with `AuthError` (its `fetch_jwks` errors
+            // are `Unauthenticated`), and convex-js signs out after a fresh token fails twice
+            // (`MAX_TOKEN_CONFIRMATION_ATTEMPTS`), or at once when the fresh token is the one
+            // it held. An outage of auth must not sign anyone out: the socket closes with
+            // 1013 (try again later) and no message, and convex-js reconnects with backoff
+            // and sends the same token again, keeping its auth state until it is checked.
+            End::AuthUnavailable(error) => {
+                tracing::warn!(%error, "client socket closed: its token could not be checked");
+                (None, CloseCode::Again)
+            }
             End::Expired { base_version } => (
                 Some(ServerMessage::AuthError {
                     error: "TokenExpired: Convex token identity expired".into(),
@@ -449,7 +467,7 @@ impl Downstream {
         }
         let close = Message::Close(Some(CloseFrame {
             code,
-            reason: "".into(),
+            reason: reason.into(),
         }));
         let _ = tokio::time::timeout(wait, ws.send(close)).await;
         // The closing handshake: read (and drop) what the client still sends until its own

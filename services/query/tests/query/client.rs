@@ -27,6 +27,8 @@ pub struct View {
     /// reached its ts.
     pub at_completion: BTreeMap<u64, BTreeMap<u64, Value>>,
     pub closed: bool,
+    /// The code and reason of the server's Close frame.
+    pub close_frame: Option<(u16, String)>,
     pub transitions: usize,
     /// Sync-protocol `Ping`s received.
     pub pings: usize,
@@ -97,6 +99,10 @@ impl Client {
         tokio::spawn(async move {
             let mut waiting: BTreeMap<u64, u64> = BTreeMap::new();
             while let Some(Ok(m)) = stream.next().await {
+                if let Message::Close(Some(frame)) = &m {
+                    let frame = (u16::from(frame.code), frame.reason.to_string());
+                    view_tx.send_modify(|view| view.close_frame = Some(frame));
+                }
                 let Message::Text(t) = m else { continue };
                 let v: Value = serde_json::from_str(&t).unwrap();
                 view_tx.send_modify(|view| match v["type"].as_str() {

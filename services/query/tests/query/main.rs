@@ -1,5 +1,6 @@
 //! The query service between real clients and devconvex: dedup, fan-out, consistency, faults.
 
+mod auth_outage;
 mod client;
 mod dedup;
 mod errors;
@@ -88,6 +89,9 @@ pub struct Stack {
     /// With `Options::upstream_inactivity`: a relay between the query service and devconvex
     /// that a test can partition.
     pub upstream_relay: Option<edge_testkit::Relay>,
+    /// With `Options::auth_partitioned`: the relay the query service reaches auth's gRPC
+    /// through, swallowing traffic from the start until healed.
+    pub auth_relay: Option<edge_testkit::Relay>,
 }
 
 /// A change to auth's configuration, applied before it starts.
@@ -113,6 +117,9 @@ pub struct Options {
     /// The query service's `upstream_inactivity`, with a relay in front of devconvex
     /// (`Stack::upstream_relay`).
     pub upstream_inactivity: Option<Duration>,
+    /// The query service reaches auth's gRPC through a relay (`Stack::auth_relay`) that is
+    /// partitioned before the query service starts: it has never learnt the JWKS.
+    pub auth_partitioned: bool,
 }
 
 impl Default for Options {
@@ -129,6 +136,7 @@ impl Default for Options {
             auth: None,
             owner_limits: edge_query::owners::OwnerLimits::default(),
             trusted_proxies: "",
+            auth_partitioned: false,
         }
     }
 }
@@ -196,7 +204,16 @@ impl Stack {
         config.ssl_cert_file = tls.as_ref().and_then(|t| t.2.clone());
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-        config.auth_grpc_url = format!("http://{auth_grpc}");
+        let auth_relay = match options.auth_partitioned {
+            true => {
+                let relay = edge_testkit::Relay::start(auth_grpc).await;
+                relay.partition();
+                Some(relay)
+            }
+            false => None,
+        };
+        let auth_for_query = auth_relay.as_ref().map_or(auth_grpc, |r| r.addr());
+        config.auth_grpc_url = format!("http://{auth_for_query}");
         config.shared_functions =
             edge_query::config::parse_shared("messages:list,config:get").unwrap();
         config.socket_queue = options.socket_queue;
@@ -227,6 +244,7 @@ impl Stack {
             _dir: dir,
             _tls: tls.map(|(ca, relay, _)| (ca, relay)),
             upstream_relay,
+            auth_relay,
         }
     }
 

@@ -104,6 +104,9 @@ pub enum End {
     Expired { base_version: IdentityVersion },
     /// The client did not read fast enough.
     TooSlow,
+    /// A token that could not be checked (auth's JWKS unreachable): the socket closes with no
+    /// `AuthError`, so the client keeps its token and sends it again when it reconnects.
+    AuthUnavailable(String),
 }
 
 /// An `Authenticate` whose token the driver must verify before [`ClientSession::authenticated`].
