@@ -325,8 +325,7 @@ impl SyncSession {
                 // convex-js resolves a mutation only on a transition reaching its `ts`: the
                 // one after every answer reaches it, or moves nothing when the client holds it
                 // already (a mutation that ran before under this `(sessionId, requestId)`).
-                self.transition(Vec::new(), |_| false, Cause::Request)
-                    .await
+                self.transition(Vec::new(), |_| false, Cause::Request).await
             }
             ClientMessage::Action {
                 request_id,
@@ -345,8 +344,7 @@ impl SyncSession {
                     error_data,
                 })
                 .await?;
-                self.transition(Vec::new(), |_| false, Cause::Request)
-                    .await
+                self.transition(Vec::new(), |_| false, Cause::Request).await
             }
         }
     }

@@ -206,7 +206,11 @@ fn an_idle_main_route_that_replaces_the_carrier_before_its_transition_is_asked()
     // Ada's transition after the mutation reaches an upstream the socket left.
     h.upstream_transition("ada");
     assert!(!h.advanced.is_empty(), "bob's upstream asked");
-    assert!(h.advanced.iter().all(|who| who == "bob"), "{:?}", h.advanced);
+    assert!(
+        h.advanced.iter().all(|who| who == "bob"),
+        "{:?}",
+        h.advanced
+    );
     assert_eq!(h.model.awaiting().count(), 0, "the mutation completed");
     h.settle();
 }
