@@ -256,20 +256,20 @@ impl Engine {
         .0
     }
 
-    /// Re-evaluates `subs` on the current snapshot: those `forced`, and those whose tables were
-    /// written after `since`. Returns the snapshot's `ts` and a modification for every result
-    /// that changed.
+    /// Re-evaluates `subs` on the current snapshot: those `forced`, and those invalidated,
+    /// whose tables were written after `since`.
     pub fn refresh<'s>(
         &self,
         subs: impl Iterator<Item = &'s mut Subscription>,
         since: u64,
         identity: Option<&Identity>,
         forced: impl Fn(&Subscription) -> bool,
-    ) -> (u64, Vec<StateModification>) {
+    ) -> Refresh {
         let db = self.lock();
         let written = db.written_since(since);
         let snapshot = db.snapshot();
         let mut mods = Vec::new();
+        let mut invalidated = false;
         for sub in subs {
             let stale = match &written {
                 Some(tables) => sub.reads.iter().any(|t| tables.contains(t)),
@@ -278,6 +278,7 @@ impl Engine {
             if !(stale || forced(sub) || sub.last.is_none()) {
                 continue;
             }
+            invalidated |= stale;
             let (result, reads, logs, journal) = match Journal::from_client(sub.journal.as_deref())
             {
                 Ok(mut journal) => {
@@ -324,8 +325,24 @@ impl Engine {
                 },
             });
         }
-        (snapshot.ts, mods)
+        Refresh {
+            ts: snapshot.ts,
+            modifications: mods,
+            invalidated,
+        }
     }
+}
+
+/// What [`Engine::refresh`] found.
+#[derive(Debug)]
+pub struct Refresh {
+    /// The snapshot every query ran on.
+    pub ts: u64,
+    /// One for every result that changed.
+    pub modifications: Vec<StateModification>,
+    /// Whether a commit after `since` wrote a table a subscription had read (its result may
+    /// still be the same): Convex's invalidation, at table granularity.
+    pub invalidated: bool,
 }
 
 fn title(kind: Kind) -> &'static str {

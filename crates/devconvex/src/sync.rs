@@ -7,6 +7,16 @@
 //! `AuthError` and the socket is closed, and so does a token that reaches its `exp` before the
 //! client replaced it (`authUpdateAttempted: false`, Convex's `TokenExpired`).
 //!
+//! Transitions go out when Convex's sync worker sends them (`crates/sync/src/worker.rs`,
+//! `SyncWorker::go_inner`: an update is scheduled by a `ModifyQuerySet`, an `Authenticate`,
+//! each mutation or action answer, and a commit that invalidates one of the socket's
+//! subscriptions; each update ends in one `Transition` at the latest `ts`, even with no
+//! modification): after each of the client's messages that moves its versions, after every
+//! mutation and action answer (convex-js resolves a mutation only at a transition reaching its
+//! `ts`), and after a commit that wrote a table one of its queries read (devconvex tracks reads
+//! by table, Convex by index range, so devconvex may send a few more). A commit that touches
+//! none of its queries sends a socket nothing.
+//!
 //! Transitions carry `clientClockSkew` (from the socket's `Connect.clientTs`) and `serverTs`;
 //! one whose text is over the chunk size goes as `TransitionChunk`s to clients whose version
 //! (the `/api/{version}/sync` path) supports them; a `Connect` whose `maxObservedTimestamp` is
@@ -28,6 +38,17 @@ use serde_json::Value;
 use crate::auth::Identity;
 use crate::engine::{Engine, Subscription};
 use crate::{AppState, functions::FunctionError};
+
+/// What a transition answers, which decides whether one that moves nothing but `ts` goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    /// A commit moved the latest `ts`: a transition only if it invalidated a subscription.
+    Commit,
+    /// A mutation or action answer: always a transition, even one that moves nothing.
+    Request,
+    /// A `ModifyQuerySet` or `Authenticate`: the versions it moves.
+    Client,
+}
 
 /// Why a session ends.
 enum End {
@@ -131,7 +152,7 @@ impl SyncSession {
                     Some(Err(e)) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
                 },
                 changed = ts_changes.changed() => match changed {
-                    Ok(()) => self.transition(Vec::new(), |_| false).await,
+                    Ok(()) => self.transition(Vec::new(), |_| false, Cause::Commit).await,
                     Err(_) => Err(End::Gone),
                 },
                 _ = tokio::time::sleep_until(expiry.unwrap_or_else(far_future)), if expiry.is_some() => {
@@ -197,22 +218,29 @@ impl SyncSession {
     }
 
     /// Sends the transition from the client's version to the accepted versions at the current
-    /// snapshot, re-running the queries `forced` picks and those whose tables changed.
+    /// snapshot, re-running the queries `forced` picks and those whose tables changed, if
+    /// `cause` calls for one (see the module docs).
     async fn transition(
         &mut self,
         mut modifications: Vec<StateModification>,
         forced: impl Fn(&Subscription) -> bool,
+        cause: Cause,
     ) -> Result<(), End> {
         let since = self.version.held().ts.0;
-        let (ts, refreshed) = self.engine.refresh(
+        let refresh = self.engine.refresh(
             self.subs.values_mut(),
             since,
             self.identity.as_ref(),
             forced,
         );
-        modifications.extend(refreshed);
-        let step = self.version.step(Timestamp(ts));
-        if step.is_still() && modifications.is_empty() {
+        modifications.extend(refresh.modifications);
+        let step = self.version.step(Timestamp(refresh.ts));
+        let due = match cause {
+            Cause::Commit => refresh.invalidated || !modifications.is_empty(),
+            Cause::Request => true,
+            Cause::Client => !step.is_still() || !modifications.is_empty(),
+        };
+        if !due {
             return Ok(());
         }
         let message = ServerMessage::Transition {
@@ -294,22 +322,10 @@ impl SyncSession {
                     error_data,
                 };
                 self.send(&message).await?;
-                // Convex sends a transition after every mutation answer, and convex-js
-                // resolves a mutation only on one reaching its `ts`: one the client already
-                // holds (a mutation that ran before under this `(sessionId, requestId)`) gets
-                // a transition that moves nothing.
-                let held = self.version.held();
-                if success && ts <= held.ts.0 {
-                    let still = ServerMessage::Transition {
-                        start_version: held,
-                        end_version: held,
-                        modifications: vec![],
-                        client_clock_skew: self.clock_skew,
-                        server_ts: Some(unix_now().as_nanos() as u64),
-                    };
-                    self.send(&still).await?;
-                }
-                Ok(())
+                // convex-js resolves a mutation only on a transition reaching its `ts`: the
+                // one after every answer reaches it, or moves nothing when the client holds it
+                // already (a mutation that ran before under this `(sessionId, requestId)`).
+                self.transition(Vec::new(), |_| false, Cause::Request).await
             }
             ClientMessage::Action {
                 request_id,
@@ -327,7 +343,8 @@ impl SyncSession {
                     log_lines: vec![],
                     error_data,
                 })
-                .await
+                .await?;
+                self.transition(Vec::new(), |_| false, Cause::Request).await
             }
         }
     }
@@ -378,7 +395,7 @@ impl SyncSession {
         self.engine
             .stats
             .add_subscriptions(added.len() as i64 - removed.len() as i64);
-        self.transition(removed, |s| added.contains(&s.query_id))
+        self.transition(removed, |s| added.contains(&s.query_id), Cause::Client)
             .await
     }
 
@@ -420,7 +437,7 @@ impl SyncSession {
         };
         self.version = accepted;
         // Every query re-runs under the new identity.
-        self.transition(Vec::new(), |_| true).await
+        self.transition(Vec::new(), |_| true, Cause::Client).await
     }
 }
 

@@ -114,6 +114,12 @@ async fn transitions_follow_the_version_rules() {
     let r = recv(&mut ws).await;
     assert_eq!(r["type"], "MutationResponse");
     assert_eq!(r["success"], false);
+    // Convex's sync worker follows every mutation answer, a failure too, with a transition
+    // (`worker.rs` `go_inner` schedules an update for each): here one that moves nothing.
+    let still = recv(&mut ws).await;
+    assert_eq!(still["type"], "Transition", "{still}");
+    assert_eq!(still["startVersion"], t3["endVersion"]);
+    assert_eq!(still["endVersion"], t3["endVersion"]);
 
     // Removing a query.
     send(&mut ws, json!({"type": "ModifyQuerySet", "baseVersion": 2, "newVersion": 3, "modifications": [{"type": "Remove", "queryId": 1}]})).await;
@@ -382,4 +388,53 @@ async fn queries_rerun_only_when_their_tables_are_written_and_idle_sockets_get_p
     tokio::time::timeout(Duration::from_secs(5), ping)
         .await
         .expect("a ping");
+}
+
+/// As Convex's sync worker, a commit sends a transition only to sockets with a query it
+/// invalidated: a socket whose queries read none of the written tables gets nothing, so the
+/// next transition it sees is the one answering its own `ModifyQuerySet`.
+#[tokio::test]
+async fn a_commit_sends_a_transition_only_to_sockets_whose_queries_it_invalidated() {
+    let auth = crate::Auth::start().await;
+    let running = crate::spawn(Some(auth.convex_auth_config())).await;
+    let token = auth.token_for("commit@example.com").await;
+    let mut idle = connect(&running).await;
+    send(&mut idle, add(0, 0, "config:get", json!({}))).await;
+    let held = recv(&mut idle).await;
+    let mut reader = connect(&running).await;
+    send(
+        &mut reader,
+        add(0, 0, "messages:list", json!({"channel": "general"})),
+    )
+    .await;
+    recv(&mut reader).await;
+
+    let mut writer = connect(&running).await;
+    send(
+        &mut writer,
+        json!({"type": "Authenticate", "baseVersion": 0, "tokenType": "User", "value": token}),
+    )
+    .await;
+    recv(&mut writer).await;
+    send(&mut writer, json!({"type": "Mutation", "requestId": 0, "udfPath": "messages:send", "args": [{"channel": "general", "body": "hi"}]})).await;
+    let answer = recv(&mut writer).await;
+    assert_eq!(answer["success"], true, "{answer}");
+
+    let update = recv(&mut reader).await;
+    assert_eq!(update["type"], "Transition", "{update}");
+    assert_eq!(update["endVersion"]["ts"], answer["ts"]);
+    assert_eq!(update["modifications"][0]["value"][0]["body"], "hi");
+
+    send(
+        &mut idle,
+        json!({"type": "ModifyQuerySet", "baseVersion": 1, "newVersion": 2, "modifications": []}),
+    )
+    .await;
+    let next = recv(&mut idle).await;
+    assert_eq!(
+        next["startVersion"], held["endVersion"],
+        "no transition for the commit: {next}"
+    );
+    assert_eq!(next["endVersion"]["querySet"], 2);
+    assert_eq!(next["endVersion"]["ts"], answer["ts"]);
 }

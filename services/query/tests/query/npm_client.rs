@@ -327,3 +327,30 @@ async fn an_npm_client_reconnecting_never_sees_a_loaded_query_as_loading() {
         "a query with a value read as loading after a reconnect: {result}"
     );
 }
+
+/// Convex sends a connection a transition only when its query set, identity or results change,
+/// or after its own request (devconvex does the same), and convex-js resolves a mutation only
+/// once a transition reaches its `ts`. A route the socket uses that no commit touches (the
+/// shared route of a signed-in client, or the upstream of the identity the client moved to
+/// while its mutation was in flight) is asked for a fresh `ts`, so each mutation resolves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_mutations_resolve_when_a_route_of_the_socket_is_idle() {
+    let stack = crate::Stack::start_with(crate::Options {
+        // Convex's answer to a mutation reaches the proxy after the client's identity changed.
+        slow_upstream: Some(std::time::Duration::from_millis(300)),
+        ..crate::Options::default()
+    })
+    .await;
+    let arg = json!({"url": stack.query_url(), "site": stack.gateway_url()}).to_string();
+    let mut node = crate::NodeScript::start("convex-advance.mjs", &arg);
+    let result = node.next_phase().await;
+    assert_eq!(result["ok"], true, "{result:#}");
+    assert_eq!(
+        result["idleShared"], true,
+        "beyond the idle shared route: {result}"
+    );
+    assert_eq!(
+        result["switchUser"], true,
+        "in flight while the user changed: {result}"
+    );
+}

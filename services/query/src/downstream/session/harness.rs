@@ -60,6 +60,9 @@ pub struct Harness {
     pub advancing: Vec<Who>,
     /// Every upstream ever asked to advance, in order.
     pub advanced: Vec<Who>,
+    /// Upstreams asked to advance send nothing for it (a `ModifyQuerySet` of theirs is
+    /// unanswered, so `UpstreamState::advance` waits for its transition instead).
+    pub advances_wait: bool,
 }
 
 pub fn user(who: &str) -> VerifiedUser {
@@ -130,6 +133,7 @@ impl Harness {
             owing: BTreeSet::new(),
             advancing: Vec::new(),
             advanced: Vec::new(),
+            advances_wait: false,
         }
     }
 
@@ -361,13 +365,22 @@ impl Harness {
         }
         // After the step's frames: the advanced upstreams answer (a round trip to Convex).
         for who in std::mem::take(&mut self.advancing) {
-            self.upstream_transition(&who);
+            if !self.advances_wait {
+                self.upstream_transition(&who);
+            }
         }
     }
 
     /// The upstream of `who` moves to a new `ts` with new values for every key it holds.
     pub fn upstream_transition(&mut self, who: &str) {
         let ts = self.tick(who);
+        self.upstream_transition_at(who, ts);
+    }
+
+    /// The upstream of `who` sends a transition to `ts`, its latest (from [`Harness::tick`]),
+    /// with new values for every key it holds.
+    pub fn upstream_transition_at(&mut self, who: &str, ts: u64) {
+        assert_eq!(self.ts.get(who), Some(&ts), "{who:?}'s latest ts");
         let updates = self
             .subscribed
             .get(who)

@@ -33,7 +33,9 @@ impl ClientSession {
             out.push(Effect::Token(u.clone()));
         }
         self.identity = user;
-        self.transition(Vec::new(), None, out)
+        self.transition(Vec::new(), None, out)?;
+        self.advance_lagging(out);
+        Ok(())
     }
 
     /// Moves the main route's queries to the new identity's upstream; shared ones stay.
@@ -79,9 +81,14 @@ impl ClientSession {
                 Some(ts) => self.upstream_ts.insert(Route::Main, ts),
                 None => self.upstream_ts.remove(&Route::Main),
             };
+            self.asked.remove(&Route::Main);
+            if self.asked.remove(&Route::Shared) {
+                self.asked.insert(Route::Main);
+            }
         } else {
             // A new upstream: its `ts` is unknown until it sends.
             self.upstream_ts.remove(&Route::Main);
+            self.asked.remove(&Route::Main);
         }
         self.identity = user;
         // Their keys are new on this route, so nothing is known for them yet.

@@ -70,9 +70,10 @@ pub enum Effect {
     Release(IdentityKey),
     Subscribe(Route, QueryKey),
     Unsubscribe(Route, QueryKey),
-    /// A mutation answer's `ts` is beyond this route's latest: its upstream asks Convex for a
-    /// transition at a fresh `ts`, so the frontier reaches the mutation's (Convex sends
-    /// transitions only when a connection's query set, identity or results change).
+    /// A mutation answer the client does not hold yet has a `ts` beyond this route's latest:
+    /// its upstream asks Convex for a transition at a fresh `ts`, so the frontier reaches the
+    /// mutation's (Convex sends a connection transitions only when its query set, identity or
+    /// results change, or after its own requests).
     Advance(Route),
     /// A fresher token for the main route's identity.
     Token(VerifiedUser),
@@ -179,6 +180,12 @@ pub struct ClientSession {
     upstream_ts: HashMap<Route, Timestamp>,
     /// The newest `ts` any upstream ever sent this socket: the held `ts` never passes it.
     newest_ts: Timestamp,
+    /// The newest `ts` of a mutation answered to this socket that the client does not hold
+    /// yet: convex-js resolves the mutation only once a transition reaches it.
+    owed_ts: Option<Timestamp>,
+    /// Routes with a transition on its way (asked to advance, or the route of an upstream that
+    /// answered a mutation, which Convex follows with a transition), until they send one.
+    asked: BTreeSet<Route>,
     /// Answers to requests waiting for the transition that reaches the accepted versions.
     held_responses: Vec<(Effect, Option<Timestamp>)>,
     /// Changes not sent yet because they belong to versions the client does not hold yet.
@@ -221,6 +228,8 @@ impl ClientSession {
             by_key: HashMap::new(),
             upstream_ts: HashMap::new(),
             newest_ts: Timestamp::default(),
+            owed_ts: None,
+            asked: BTreeSet::new(),
             deferred: Vec::new(),
             held_responses: Vec::new(),
             removed_in: HashMap::new(),
@@ -329,6 +338,7 @@ impl ClientSession {
                 Event::Transition { ts, updates, .. } => {
                     let Some(route) = route else { continue };
                     self.upstream_ts.insert(route, ts);
+                    self.asked.remove(&route);
                     self.newest_ts = self.newest_ts.max(ts);
                     for (key, result) in updates.iter() {
                         self.apply(route, key, result, &mut pending);
@@ -372,7 +382,9 @@ impl ClientSession {
                 }
             }
         }
-        self.transition(pending, shared.as_deref(), out)
+        self.transition(pending, shared.as_deref(), out)?;
+        self.advance_lagging(out);
+        Ok(())
     }
 
     fn is_shared(&self, key: &QueryKey) -> bool {
@@ -396,25 +408,42 @@ impl ClientSession {
             .flatten()
     }
 
-    /// A mutation answered at `ts` beyond the held `ts` by the upstream of `carrier`: each
-    /// other route in use whose latest `ts` is below it (or not known yet) is asked to
-    /// advance, or an idle upstream would hold the frontier below the mutation's `ts` and
-    /// convex-js would never resolve it. The carrier's own route needs no asking: Convex sends
-    /// the socket that ran a mutation a transition after it.
-    fn advance_lagging(&self, ts: Timestamp, carrier: &IdentityKey, out: &mut Vec<Effect>) {
+    /// A mutation answered at `ts` by the upstream of `carrier`: owed until the client holds
+    /// `ts`. The carrier's route, if the socket still uses it, has a transition on its way:
+    /// Convex sends the connection that ran a mutation one after it, at or beyond its `ts`.
+    fn owe_mutation(&mut self, ts: Timestamp, carrier: &IdentityKey) {
         if ts <= self.version.held().ts {
             return;
         }
-        let main = key_of(self.identity.as_ref());
+        self.owed_ts = self.owed_ts.max(Some(ts));
+        if *carrier == key_of(self.identity.as_ref()) {
+            self.asked.insert(Route::Main);
+        } else if *carrier == IdentityKey::Anonymous && self.shared_attached {
+            self.asked.insert(Route::Shared);
+        }
+    }
+
+    /// Asks each route in use whose latest `ts` is below the owed mutation `ts` (or not known
+    /// yet), and has no transition on its way, to advance: an idle upstream would hold the
+    /// frontier below the mutation's `ts` and convex-js would never resolve it. Run after every
+    /// step that can leave a route behind: an answer, a transition still below it (the answer
+    /// to a `ModifyQuerySet` Convex handled before the commit, which the upstream waited for
+    /// instead of asking), an identity change (a new main route).
+    fn advance_lagging(&mut self, out: &mut Vec<Effect>) {
+        let Some(owed) = self.owed_ts else { return };
+        if owed <= self.version.held().ts {
+            self.owed_ts = None;
+            return;
+        }
         let lagging: Vec<Route> = self
             .routes_in_use()
-            .filter(|r| match r {
-                Route::Main => main != *carrier,
-                Route::Shared => *carrier != IdentityKey::Anonymous,
-            })
-            .filter(|r| self.upstream_ts.get(r).is_none_or(|known| *known < ts))
+            .filter(|r| !self.asked.contains(r))
+            .filter(|r| self.upstream_ts.get(r).is_none_or(|known| *known < owed))
             .collect();
-        out.extend(lagging.into_iter().map(Effect::Advance));
+        for route in lagging {
+            self.asked.insert(route);
+            out.push(Effect::Advance(route));
+        }
     }
 
     /// Sends the transition to the accepted versions at the frontier, if it moves anything;

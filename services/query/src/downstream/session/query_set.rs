@@ -59,6 +59,7 @@ impl ClientSession {
         };
         if route == Route::Shared && !self.shared_attached {
             self.shared_attached = true;
+            self.asked.remove(&Route::Shared);
             out.push(Effect::AttachShared);
         }
         let ids = self

@@ -82,7 +82,7 @@ impl ClientSession {
             _ => None,
         };
         if let Some(ts) = mutation_ts {
-            self.advance_lagging(ts, &carrier, out);
+            self.owe_mutation(ts, &carrier);
         }
         if self.caught_up() {
             out.push(answer(request_id, kind, outcome));

@@ -144,6 +144,77 @@ fn a_mutation_answered_by_the_previous_upstream_advances_the_main_route() {
     h.settle();
 }
 
+/// An advanced upstream whose next transition is still below the mutation's `ts` (the answer
+/// to a `ModifyQuerySet` Convex handled before the commit, which `UpstreamState::advance`
+/// waited for instead of asking) is asked again, or the mutation would never complete.
+#[test]
+fn a_lagging_route_still_below_the_mutation_after_its_transition_is_asked_again() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.add(SHARED, json!({}));
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.hold_requests = true;
+    h.mutate();
+    // The shared upstream's transition is computed before the mutation commits.
+    let before_commit = h.tick("");
+    h.advances_wait = true;
+    h.answer(0);
+    assert_eq!(h.advanced, vec![String::new()]);
+    assert_eq!(h.model.awaiting().count(), 1);
+    h.advances_wait = false;
+    h.upstream_transition_at("", before_commit);
+    assert_eq!(
+        h.advanced,
+        vec![String::new(), String::new()],
+        "asked again"
+    );
+    assert_eq!(h.model.awaiting().count(), 0, "the mutation completed");
+    h.settle();
+}
+
+/// A mutation answered by the main route itself needs no asking (Convex's transition after it
+/// reaches its `ts`), but when the identity changes before that transition arrives, the new
+/// main route, an idle upstream behind the mutation, is asked.
+#[test]
+fn an_idle_main_route_that_replaces_the_carrier_before_its_transition_is_asked() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("ada");
+    // Bob's upstream sits idle at an older ts than the mutation's.
+    let bob_ts = h.tick("bob");
+    h.hold_requests = true;
+    h.mutate();
+    let (_, request_id) = h.unanswered.remove(0);
+    let ts = h.tick("ada");
+    let answer = Event::Response {
+        request_id,
+        kind: edge_convex::sync::RequestKind::Mutation,
+        outcome: Box::new(Ok(crate::upstream::RequestOutcome {
+            success: true,
+            result: serde_json::Value::Null,
+            ts: Some(Timestamp(ts)),
+            log_lines: vec![],
+            error_data: None,
+        })),
+    };
+    h.deliver(vec![(None, answer)]);
+    assert!(h.advanced.is_empty(), "the carrier's own transition serves");
+    h.sign_in("bob");
+    h.upstream_transition_at("bob", bob_ts);
+    // Ada's transition after the mutation reaches an upstream the socket left.
+    h.upstream_transition("ada");
+    assert!(!h.advanced.is_empty(), "bob's upstream asked");
+    assert!(
+        h.advanced.iter().all(|who| who == "bob"),
+        "{:?}",
+        h.advanced
+    );
+    assert_eq!(h.model.awaiting().count(), 0, "the mutation completed");
+    h.settle();
+}
+
 /// No route is asked to advance for a mutation answered by its own route, nor for one whose
 /// `ts` the frontier already reached.
 #[test]
