@@ -141,7 +141,8 @@ pub(crate) fn set_convex_jwt(req: &HttpRequest, jwt: &str, max_age: i64) -> Stri
 
 /// What Better Auth's `deleteSessionCookie` sends on sign-out: the session token, the session
 /// data cache and the `dont_remember` cookie, each expired, and the `convex` plugin's JWT
-/// cookie (which that plugin clears on sign-out and user deletion).
+/// cookie when the browser holds one (that plugin clears it on sign-out and user deletion;
+/// a browser that never asked for a Convex token gets what Better Auth alone sends).
 pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
     let secure = is_https(req);
     let prefix = if secure { "__Secure-" } else { "" };
@@ -150,13 +151,10 @@ pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
     } else {
         "Max-Age=0; Path=/; HttpOnly; SameSite=Lax"
     };
-    [
-        "session_token",
-        "session_data",
-        "dont_remember",
-        "convex_jwt",
-    ]
-    .iter()
-    .map(|name| format!("{prefix}better-auth.{name}=; {flags}"))
-    .collect()
+    let convex_jwt = holds_convex_jwt(req).then_some("convex_jwt");
+    ["session_token", "session_data", "dont_remember"]
+        .into_iter()
+        .chain(convex_jwt)
+        .map(|name| format!("{prefix}better-auth.{name}=; {flags}"))
+        .collect()
 }

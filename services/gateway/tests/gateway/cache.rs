@@ -294,7 +294,8 @@ async fn a_client_that_keeps_cookies_gets_a_new_token_each_time_it_asks() {
     let (_, set) = token_with_jar(&base, "/api/auth/token", &cookie, None).await;
     assert_eq!(set, None);
 
-    // Signing out clears it with the session's cookies.
+    // Signing out clears it with the session's cookies (a browser without it gets what Better
+    // Auth alone sends, as `parity::` checks).
     let r = reqwest::Client::new()
         .post(format!("{base}/api/auth/sign-out"))
         .header("origin", &base)
