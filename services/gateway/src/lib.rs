@@ -116,10 +116,10 @@ impl Clients {
             }
             let pair = (
                 AuthServiceClient::with_interceptor(
-                    self.auth.connect_lazy(),
+                    edge_proto::endpoint::lazy_channel(&self.auth),
                     AuthDeadline(self.auth_timeout),
                 ),
-                QueryServiceClient::new(self.query.connect_lazy()),
+                QueryServiceClient::new(edge_proto::endpoint::lazy_channel(&self.query)),
             );
             clients.push((self.id, pair.clone()));
             pair
@@ -253,7 +253,6 @@ impl Application {
             .context("invalid SSL_CERT_FILE")?;
         let endpoint = edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
             .context("invalid AUTH_GRPC_URL")?
-            .connect_timeout(std::time::Duration::from_secs(2))
             // Keepalive pings break a connection whose traffic is swallowed; a call's deadline
             // (`AuthDeadline`: `GATEWAY_AUTH_TIMEOUT_MS` unless the call names a longer one)
             // bounds it on a connection that stays up while auth does not answer it.
@@ -261,7 +260,6 @@ impl Application {
             .http2_adaptive_window(true);
         let query = edge_proto::endpoint::endpoint(&config.query_grpc_url, &trust)
             .context("invalid QUERY_GRPC_URL")?
-            .connect_timeout(std::time::Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_adaptive_window(true);
         let pages = match &config.ssr {

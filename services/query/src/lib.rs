@@ -73,11 +73,10 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Application> {
         let trust = edge_tls::Trust::load(config.ssl_cert_file.as_deref())
             .context("invalid SSL_CERT_FILE")?;
-        let auth = AuthServiceClient::new(
-            edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
-                .context("invalid AUTH_GRPC_URL")?
-                .connect_lazy(),
-        );
+        let auth = AuthServiceClient::new(edge_proto::endpoint::lazy_channel(
+            &edge_proto::endpoint::endpoint(&config.auth_grpc_url, &trust)
+                .context("invalid AUTH_GRPC_URL")?,
+        ));
         let revoked = Arc::new(revocations::Revoked::default());
         let identities = Arc::new(identity::Identities::new(
             auth.clone(),

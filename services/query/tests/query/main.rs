@@ -92,6 +92,7 @@ pub struct Stack {
     /// With `Options::auth_partitioned`: the relay the query service reaches auth's gRPC
     /// through, swallowing traffic from the start until healed.
     pub auth_relay: Option<edge_testkit::Relay>,
+    _auth_tls: Option<(edge_testkit::TestCa, edge_testkit::TlsRelay)>,
 }
 
 /// A change to auth's configuration, applied before it starts.
@@ -204,16 +205,24 @@ impl Stack {
         config.ssl_cert_file = tls.as_ref().and_then(|t| t.2.clone());
         config.http_addr = "127.0.0.1:0".parse().unwrap();
         config.grpc_addr = "127.0.0.1:0".parse().unwrap();
-        let auth_relay = match options.auth_partitioned {
+        // A partitioned link to auth is TLS, as in production: the partition swallows the
+        // handshake itself, which only a bounded dial gets past once it heals.
+        let (auth_relay, auth_tls) = match options.auth_partitioned {
             true => {
-                let relay = edge_testkit::Relay::start(auth_grpc).await;
+                let ca = edge_testkit::TestCa::new();
+                let cert = ca.issue("auth", &["localhost"]);
+                let tls = edge_testkit::TlsRelay::start(&cert, auth_grpc, &["h2"]).await;
+                let relay = edge_testkit::Relay::start(tls.addr).await;
                 relay.partition();
-                Some(relay)
+                config.ssl_cert_file.get_or_insert(ca.ca_file.clone());
+                config.auth_grpc_url = format!("https://localhost:{}", relay.addr().port());
+                (Some(relay), Some((ca, tls)))
             }
-            false => None,
+            false => {
+                config.auth_grpc_url = format!("http://{auth_grpc}");
+                (None, None)
+            }
         };
-        let auth_for_query = auth_relay.as_ref().map_or(auth_grpc, |r| r.addr());
-        config.auth_grpc_url = format!("http://{auth_for_query}");
         config.shared_functions =
             edge_query::config::parse_shared("messages:list,config:get").unwrap();
         config.socket_queue = options.socket_queue;
@@ -245,6 +254,7 @@ impl Stack {
             _tls: tls.map(|(ca, relay, _)| (ca, relay)),
             upstream_relay,
             auth_relay,
+            _auth_tls: auth_tls,
         }
     }
 
