@@ -332,20 +332,13 @@ async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse
     let mut response = HttpResponse::Ok();
     response.insert_header((header::CACHE_CONTROL, "no-store"));
     if convex_route {
-        let left = token.expires_at - now_unix();
+        let left = token.expires_at - crate::pages::unix_now();
         response.insert_header((
             header::SET_COOKIE,
             set_convex_jwt(&req, &token.jwt, left.max(0)),
         ));
     }
     Ok(response.json(json!({"token": &*token.jwt})))
-}
-
-/// Unix seconds now.
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 async fn jwks(state: web::Data<State>) -> Result<HttpResponse, ApiError> {

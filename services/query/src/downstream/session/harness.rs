@@ -263,21 +263,7 @@ impl Harness {
                     // Convex commits it on the main upstream, answers, then sends the
                     // transition that reaches its ts.
                     let who = self.main.clone();
-                    let ts = self.tick(&who);
-                    let outcome = RequestOutcome {
-                        success: true,
-                        result: Value::Null,
-                        ts: Some(Timestamp(ts)),
-                        log_lines: vec![],
-                        error_data: None,
-                    };
-                    let response = Event::Response {
-                        request_id,
-                        kind: RequestKind::Mutation,
-                        outcome: Box::new(Ok(outcome)),
-                    };
-                    self.deliver(vec![(None, response)]);
-                    self.upstream_transition(&who);
+                    self.commit_and_answer(&who, request_id);
                 }
             }
         }
@@ -505,21 +491,15 @@ impl Harness {
             attached,
             "request {request_id:?} answered by {who:?}, which the socket detached"
         );
-        let ts = self.tick(&who);
-        let outcome = RequestOutcome {
-            success: true,
-            result: Value::Null,
-            ts: Some(Timestamp(ts)),
-            log_lines: vec![],
-            error_data: None,
-        };
-        let response = Event::Response {
-            request_id,
-            kind: RequestKind::Mutation,
-            outcome: Box::new(Ok(outcome)),
-        };
-        self.deliver(vec![(None, response)]);
-        self.upstream_transition(&who);
+        self.commit_and_answer(&who, request_id);
+    }
+
+    /// `who`'s upstream commits the mutation `request_id`, answers it, then sends the
+    /// transition that reaches its `ts`, as Convex does.
+    fn commit_and_answer(&mut self, who: &str, request_id: RequestId) {
+        let ts = self.tick(who);
+        self.deliver(vec![(None, mutation_answer(request_id, Timestamp(ts)))]);
+        self.upstream_transition(who);
     }
 
     /// Every upstream the socket uses catches up past everything; then nothing is owed.
@@ -542,5 +522,20 @@ impl Harness {
             assert_eq!(self.model.in_flight(), 0, "requests never answered");
             assert!(self.owing.is_empty(), "upstreams kept after their answers");
         }
+    }
+}
+
+/// A successful mutation's answer at `ts`, as an upstream delivers it.
+pub fn mutation_answer(request_id: RequestId, ts: Timestamp) -> Event {
+    Event::Response {
+        request_id,
+        kind: RequestKind::Mutation,
+        outcome: Box::new(Ok(RequestOutcome {
+            success: true,
+            result: Value::Null,
+            ts: Some(ts),
+            log_lines: vec![],
+            error_data: None,
+        })),
     }
 }

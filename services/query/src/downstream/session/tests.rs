@@ -6,7 +6,7 @@ use edge_convex::sync::{QuerySetModification, TokenType};
 use edge_convex::{ClientMessage, IdentityVersion, QueryId, QuerySetVersion, RequestId, Timestamp};
 use serde_json::json;
 
-use super::harness::{Harness, PRIVATE, SHARED, value};
+use super::harness::{Harness, PRIVATE, SHARED, mutation_answer, value};
 use super::{Effect, End, Route};
 use crate::key::QueryKey;
 use crate::upstream::{Event, SharedText};
@@ -188,17 +188,7 @@ fn an_idle_main_route_that_replaces_the_carrier_before_its_transition_is_asked()
     h.mutate();
     let (_, request_id) = h.unanswered.remove(0);
     let ts = h.tick("ada");
-    let answer = Event::Response {
-        request_id,
-        kind: edge_convex::sync::RequestKind::Mutation,
-        outcome: Box::new(Ok(crate::upstream::RequestOutcome {
-            success: true,
-            result: serde_json::Value::Null,
-            ts: Some(Timestamp(ts)),
-            log_lines: vec![],
-            error_data: None,
-        })),
-    };
+    let answer = mutation_answer(request_id, Timestamp(ts));
     h.deliver(vec![(None, answer)]);
     assert!(h.advanced.is_empty(), "the carrier's own transition serves");
     h.sign_in("bob");
@@ -235,17 +225,7 @@ fn no_route_advances_when_the_frontier_reaches_the_mutation() {
     h.mutate();
     let (_, request_id) = h.unanswered.remove(0);
     let held = h.model.held().ts;
-    let answer = Event::Response {
-        request_id,
-        kind: edge_convex::sync::RequestKind::Mutation,
-        outcome: Box::new(Ok(crate::upstream::RequestOutcome {
-            success: true,
-            result: serde_json::Value::Null,
-            ts: Some(held),
-            log_lines: vec![],
-            error_data: None,
-        })),
-    };
+    let answer = mutation_answer(request_id, held);
     h.deliver(vec![(None, answer)]);
     assert!(h.advanced.is_empty(), "asked to advance: {:?}", h.advanced);
     assert_eq!(h.model.awaiting().count(), 0);
@@ -717,9 +697,6 @@ fn an_answer_waits_for_the_transition_that_reaches_the_asked_versions() {
 /// nothing, on which convex-js resolves it (as Convex sends a transition after every answer).
 #[test]
 fn a_mutation_answered_with_a_ts_the_client_holds_still_completes() {
-    use crate::upstream::RequestOutcome;
-    use edge_convex::sync::RequestKind;
-
     let mut h = Harness::new();
     h.add(PRIVATE, json!({}));
     h.upstream_transition("");
@@ -739,17 +716,7 @@ fn a_mutation_answered_with_a_ts_the_client_holds_still_completes() {
         matches!(effects[..], [Effect::Request { .. }]),
         "{effects:?}"
     );
-    let answer = Event::Response {
-        request_id,
-        kind: RequestKind::Mutation,
-        outcome: Box::new(Ok(RequestOutcome {
-            success: true,
-            result: json!(null),
-            ts: Some(Timestamp(held.0 - 1)),
-            log_lines: vec![],
-            error_data: None,
-        })),
-    };
+    let answer = mutation_answer(request_id, Timestamp(held.0 - 1));
     h.deliver(vec![(None, answer)]);
     assert_eq!(h.model.in_flight(), 0);
     assert_eq!(h.model.awaiting().count(), 0, "the mutation never resolved");
