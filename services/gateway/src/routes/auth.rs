@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::routes::request::{self, Csrf, check_origin};
 use crate::routes::{
     clear_cookies, client_view, dont_remember_cookie, expire_dont_remember, holds_convex_jwt,
-    session_cookie, set_browser_session_cookies, set_convex_jwt, set_cookie,
+    is_https, session_cookie, set_browser_session_cookies, set_convex_jwt, set_cookie,
 };
 use crate::{Freshness, State};
 use edge_keys::CacheKey;
@@ -321,7 +321,8 @@ async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse
     // keeps cookies (a browser) sends back whatever its `fetchToken` does. Either gets a newly
     // issued token; callers that keep no cookies (server-side renders, scripts) share the
     // cached one.
-    let freshness = if request_no_cache(&req) || (convex_route && holds_convex_jwt(&req)) {
+    let secure = convex_route && is_https(&req);
+    let freshness = if request_no_cache(&req) || (convex_route && holds_convex_jwt(&req, secure)) {
         Freshness::Fresh
     } else {
         Freshness::Cached
@@ -335,7 +336,7 @@ async fn token(req: HttpRequest, state: web::Data<State>) -> Result<HttpResponse
         let left = token.expires_at - crate::pages::unix_now();
         response.insert_header((
             header::SET_COOKIE,
-            set_convex_jwt(&req, &token.jwt, left.max(0)),
+            set_convex_jwt(secure, &token.jwt, left.max(0)),
         ));
     }
     Ok(response.json(json!({"token": &*token.jwt})))

@@ -116,10 +116,11 @@ pub(crate) fn clear_cookie(req: &HttpRequest) -> String {
 /// for the app's server-side rendering; cleared with the session.
 pub(crate) const CONVEX_JWT_NAME: &str = "better-auth.convex_jwt";
 
-/// Whether the request carries the Convex JWT cookie (the `__Secure-` name over https): the
-/// client keeps the tokens it is given, so it already holds one and is asking for another.
-pub(crate) fn holds_convex_jwt(req: &HttpRequest) -> bool {
-    let name = if is_https(req) {
+/// Whether the request carries the Convex JWT cookie (the `__Secure-` name when `secure`, the
+/// request came over https): the client keeps the tokens it is given, so it already holds one
+/// and is asking for another.
+pub(crate) fn holds_convex_jwt(req: &HttpRequest, secure: bool) -> bool {
+    let name = if secure {
         format!("__Secure-{CONVEX_JWT_NAME}")
     } else {
         CONVEX_JWT_NAME.to_owned()
@@ -128,9 +129,10 @@ pub(crate) fn holds_convex_jwt(req: &HttpRequest) -> bool {
 }
 
 /// `Set-Cookie` of the Convex JWT cookie holding `jwt` for `max_age` seconds (the token's
-/// remaining lifetime), with the session cookie's attributes, as the `convex` plugin sets it.
-pub(crate) fn set_convex_jwt(req: &HttpRequest, jwt: &str, max_age: i64) -> String {
-    if is_https(req) {
+/// remaining lifetime), with the session cookie's attributes (`secure`: the request came over
+/// https), as the `convex` plugin sets it.
+pub(crate) fn set_convex_jwt(secure: bool, jwt: &str, max_age: i64) -> String {
+    if secure {
         format!(
             "__Secure-{CONVEX_JWT_NAME}={jwt}; Max-Age={max_age}; Path=/; HttpOnly; Secure; SameSite=Lax"
         )
@@ -151,7 +153,7 @@ pub(crate) fn clear_cookies(req: &HttpRequest) -> Vec<String> {
     } else {
         "Max-Age=0; Path=/; HttpOnly; SameSite=Lax"
     };
-    let convex_jwt = holds_convex_jwt(req).then_some("convex_jwt");
+    let convex_jwt = holds_convex_jwt(req, secure).then_some("convex_jwt");
     ["session_token", "session_data", "dont_remember"]
         .into_iter()
         .chain(convex_jwt)
