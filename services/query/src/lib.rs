@@ -16,6 +16,7 @@ mod grpc;
 mod http;
 pub mod hub;
 pub mod identity;
+pub mod journal;
 pub mod key;
 pub mod listener;
 pub mod metrics;
@@ -55,6 +56,8 @@ pub struct AppState {
     pub shared_functions: Arc<std::collections::BTreeSet<String>>,
     /// What each identity (signed out: each client address) holds over all its sockets.
     pub owners: Arc<owners::Owners>,
+    /// Client mutations by `(sessionId, requestId)`: each runs once however often it is sent.
+    pub journal: Arc<journal::Journal>,
 }
 
 pub struct Application {
@@ -124,6 +127,7 @@ impl Application {
             identities,
             proxy,
             shared_functions,
+            journal: Arc::new(journal::Journal::default()),
         });
         Ok(Application {
             auth,

@@ -161,6 +161,22 @@ impl Inbox {
         self.listener
     }
 
+    /// Delivers an event from outside any upstream (the mutation journal's answers), as an
+    /// upstream does: a listener whose queue is full is evicted; a closed one takes nothing.
+    pub fn offer(&self, event: Event) {
+        let bytes = event.bytes();
+        if !self.queue.admit(bytes) {
+            self.evicted.notify_one();
+            return;
+        }
+        if let Err(error) = self.tx.try_send(event) {
+            self.queue.release(bytes);
+            if matches!(error, TrySendError::Full(_)) {
+                self.evicted.notify_one();
+            }
+        }
+    }
+
     pub(crate) fn attach_command(&self) -> Command {
         Command::Attach {
             listener: self.listener,
@@ -241,6 +257,7 @@ impl Attachment {
         kind: RequestKind,
         udf_path: String,
         args: Value,
+        ticket: Option<crate::journal::Ticket>,
     ) {
         let command = Command::Request {
             listener: self.listener,
@@ -248,6 +265,7 @@ impl Attachment {
             kind,
             udf_path,
             args,
+            ticket,
         };
         self.send(command).await;
     }

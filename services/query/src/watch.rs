@@ -238,7 +238,7 @@ impl Watch {
                 }
             }
             Event::AuthFailed { error, .. } => Applied::Refused(error),
-            Event::Response { .. } => Applied::Nothing,
+            Event::Response { .. } | Event::Rerun { .. } => Applied::Nothing,
         }
     }
 

@@ -14,8 +14,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::web;
-use edge_convex::{ClientMessage, ServerMessage};
+use edge_convex::sync::RequestKind;
+use edge_convex::{ClientMessage, RequestId, ServerMessage};
 use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -25,6 +27,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 
 use crate::AppState;
 use crate::identity::{IdentityError, IdentityKey};
+use crate::journal::{Claim, JournalKey, Waiter};
 use crate::listener::{Attachment, Inbox};
 use crate::upstream::{Event, UpstreamId};
 use session::{ClientSession, Effect, End, Route};
@@ -59,6 +62,11 @@ struct Downstream {
     clock_skew: Option<i64>,
     /// Whether the client assembles `TransitionChunk`s (its sync path's version).
     chunks: bool,
+    /// The client's `Connect.sessionId`: its mutations go through the journal under it.
+    session_id: Option<Arc<str>>,
+    /// Mutations the client sent again that wait for their first send's answer, kept to be
+    /// run here if that one fails or never reaches Convex ([`Event::Rerun`]).
+    waiting: HashMap<RequestId, (String, Value)>,
 }
 
 /// What woke a socket's task.
@@ -112,6 +120,8 @@ pub async fn run(
         last_sent: tokio::time::Instant::now(),
         clock_skew: None,
         chunks,
+        session_id: None,
+        waiting: HashMap::new(),
     };
     let evicted = mailbox.evicted.clone();
     let ping = d.state.config.ping_interval;
@@ -179,13 +189,20 @@ impl Downstream {
         let message: ClientMessage = serde_json::from_str(text)
             .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
         if let ClientMessage::Connect {
-            client_ts: Some(client_ts),
+            client_ts,
+            session_id,
             ..
         } = &message
         {
             // Any number a client sends: saturating, never an overflow.
-            self.clock_skew =
-                Some((*client_ts as i64).saturating_sub(unix_now().as_millis() as i64));
+            if let Some(client_ts) = client_ts {
+                self.clock_skew =
+                    Some((*client_ts as i64).saturating_sub(unix_now().as_millis() as i64));
+            }
+            if self.session_id.is_none() && session_id.len() <= crate::journal::MAX_SESSION_ID_BYTES
+            {
+                self.session_id = Some(Arc::from(session_id.as_str()));
+            }
         }
         let mut effects = Vec::new();
         let verify = self.session.on_client(message, &mut effects);
@@ -215,7 +232,13 @@ impl Downstream {
     }
 
     async fn on_events(&mut self, events: Vec<Event>) -> Result<(), End> {
-        let routed = events.into_iter().map(|e| (self.route_of(&e), e)).collect();
+        let mut routed = Vec::with_capacity(events.len());
+        for event in events {
+            match event {
+                Event::Rerun { request_id } => self.rerun(request_id).await,
+                event => routed.push((self.route_of(&event), event)),
+            }
+        }
         let mut effects = Vec::new();
         let step = self.session.on_events(routed, &mut effects);
         self.run(effects).await?;
@@ -228,7 +251,7 @@ impl Downstream {
             Event::Transition { upstream, .. }
             | Event::Current { upstream, .. }
             | Event::AuthFailed { upstream, .. } => *upstream,
-            Event::Response { .. } => return None,
+            Event::Response { .. } | Event::Rerun { .. } => return None,
         };
         if upstream == self.main.upstream_id() {
             Some(Route::Main)
@@ -324,10 +347,54 @@ impl Downstream {
                     kind,
                     udf_path,
                     args,
-                } => self.main.request(request_id, kind, udf_path, args).await,
+                } => self.forward(request_id, kind, udf_path, args).await,
             }
         }
         Ok(())
+    }
+
+    /// Sends a request through the main route; a mutation first through the journal, which
+    /// answers one the client sent before (on an earlier socket) instead of running it again.
+    async fn forward(
+        &mut self,
+        request_id: RequestId,
+        kind: RequestKind,
+        udf_path: String,
+        args: Value,
+    ) {
+        let ticket = match (&self.session_id, kind) {
+            (Some(session_id), RequestKind::Mutation) => {
+                let key = JournalKey {
+                    session_id: session_id.clone(),
+                    request_id,
+                };
+                let waiter = Waiter {
+                    inbox: self.inbox.clone(),
+                    request_id,
+                };
+                match self.state.journal.claim(key, waiter) {
+                    Claim::Run(ticket) => Some(ticket),
+                    Claim::Replayed => return,
+                    Claim::Wait => {
+                        self.waiting.insert(request_id, (udf_path, args));
+                        return;
+                    }
+                }
+            }
+            _ => None,
+        };
+        self.main
+            .request(request_id, kind, udf_path, args, ticket)
+            .await;
+    }
+
+    /// The first send of a mutation this socket sent again failed or never reached Convex:
+    /// it runs now, from here (or waits again for another socket's send of it).
+    async fn rerun(&mut self, request_id: RequestId) {
+        if let Some((udf_path, args)) = self.waiting.remove(&request_id) {
+            self.forward(request_id, RequestKind::Mutation, udf_path, args)
+                .await;
+        }
     }
 
     /// Sends one message. A write blocked by a client that does not read ends when the

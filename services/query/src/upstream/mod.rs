@@ -165,7 +165,13 @@ pub enum Event {
         request_id: RequestId,
         kind: RequestKind,
         outcome: Box<Result<RequestOutcome, String>>,
+        /// From the mutation journal ([`crate::journal`]), for a mutation the client sent
+        /// again: no upstream of the socket follows it with a transition.
+        replayed: bool,
     },
+    /// A mutation this listener sent again was waiting for its first send, which failed or
+    /// never reached Convex ([`crate::journal`]): the listener runs it now.
+    Rerun { request_id: RequestId },
 }
 
 impl Event {
@@ -183,6 +189,7 @@ impl Event {
             }
             Event::Current { result, .. } => EVENT + result.bytes(),
             Event::AuthFailed { error, .. } => EVENT + error.len(),
+            Event::Rerun { .. } => EVENT,
             Event::Response { outcome, .. } => {
                 EVENT
                     + match outcome.as_ref() {
@@ -247,6 +254,8 @@ pub enum Command {
         kind: RequestKind,
         udf_path: String,
         args: Value,
+        /// A mutation of the journal: settled with Convex's answer.
+        ticket: Option<crate::journal::Ticket>,
     },
 }
 

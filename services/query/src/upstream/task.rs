@@ -108,9 +108,10 @@ impl Task {
         }
     }
 
-    /// Ends the upstream if nobody uses it and no command is waiting.
+    /// Ends the upstream if nobody uses it, it owes the journal no answer, and no command is
+    /// waiting.
     fn try_retire(&self, rx: &mut mpsc::Receiver<Command>) -> bool {
-        if !self.state.is_idle() {
+        if !self.state.is_idle() || self.state.owes_journal() {
             return false;
         }
         (self.settings.retire)(self.state.id(), &mut || rx.is_empty())
@@ -210,9 +211,10 @@ impl Task {
                 kind,
                 udf_path,
                 args,
+                ticket,
             } => self
                 .state
-                .request(listener, request_id, kind, udf_path, args, out),
+                .request(listener, request_id, kind, udf_path, args, ticket, out),
         }
     }
 
@@ -223,6 +225,7 @@ impl Task {
         if let Err(broken) = self.state.validate() {
             panic!("upstream state invariant broken: {broken}");
         }
+        let settled = out.settled;
         for (audience, event) in out.events {
             // Counted once per event, not per listener.
             let bytes = event.bytes();
@@ -235,6 +238,10 @@ impl Task {
                     }
                 }
             }
+        }
+        // After the sender's own answer, so a repeat never gets it before the sender.
+        for (ticket, outcome) in settled {
+            ticket.settle(&outcome);
         }
     }
 

@@ -366,3 +366,78 @@ async fn identity_changes_with_requests_in_flight_leak_no_request_slot() {
     }
     assert!(v.fatal.is_none() && !v.closed, "{v:?}");
 }
+
+/// convex-js sends again, on each new socket, every mutation still in flight (and every one
+/// answered whose transition it has not seen); Convex runs each once per the client's
+/// `(sessionId, requestId)`. Through the proxy, which sends them upstream under its own
+/// sessions, the mutation journal keeps that promise:
+/// - 20 mutations in flight as ada when the client switches to a token the proxy refuses
+///   (the socket ends with `AuthError`, the client goes on signed out and sends them again)
+///   each run once, as ada, and each promise resolves with that run's result;
+/// - a mutation whose answer is swallowed by a partition between the query service and
+///   Convex, while the client's own socket is torn down and the client sends it again on a new
+///   one, runs once: the upstream sends it again under its first request id when its
+///   connection is made again, and that answer reaches the client's new socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_mutations_sent_again_on_a_new_socket_run_once() {
+    let stack = Stack::start_with(Options {
+        // Convex's answers come back 300 ms after it ran each mutation.
+        slow_upstream: Some(Duration::from_millis(300)),
+        upstream_inactivity: Some(Duration::from_secs(3)),
+        ..Options::default()
+    })
+    .await;
+    let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
+        .to_string();
+    let mut node = crate::NodeScript::start("convex-resend.mjs", &arg);
+    let relay = stack.upstream_relay.as_ref().expect("a relay");
+    // What devconvex ran (a repeat it answers from its session requests is not a run).
+    let runs = || stack.devconvex_engine.stats.executions("messages:send");
+
+    let switched = node.next_phase().await;
+    assert_eq!(switched["phase"], "switched", "{switched:#}");
+    let outcomes = switched["outcomes"].as_array().unwrap();
+    assert!(
+        outcomes.iter().all(|o| o["resolved"].is_string()),
+        "every mutation resolved with its first run's result: {switched:#}"
+    );
+    let channel = switched["channel"].as_array().unwrap();
+    for i in 0..20 {
+        let body = format!("m{i}");
+        let runs: Vec<&serde_json::Value> = channel.iter().filter(|m| m["body"] == body).collect();
+        assert_eq!(
+            runs.len(),
+            1,
+            "{body} ran {} times: {switched:#}",
+            runs.len()
+        );
+        assert_eq!(runs[0]["author"], "ada", "{switched:#}");
+    }
+    assert_eq!(runs(), 20, "{switched:#}");
+
+    let ready = node.next_phase().await;
+    assert_eq!(ready["phase"], "ready", "{ready:#}");
+    let before = runs();
+    node.say("go").await;
+    let sent = node.next_phase().await;
+    assert_eq!(sent["phase"], "sent", "{sent:#}");
+    // Convex ran it; its answer is still in the 300 ms relay when this swallows it.
+    eventually("devconvex to run the mutation", || runs() > before).await;
+    relay.partition();
+    node.say("cut").await;
+    let dropped = node.next_phase().await;
+    assert_eq!(dropped["phase"], "dropped", "{dropped:#}");
+    assert_eq!(dropped["answeredBeforeDrop"], false, "{dropped:#}");
+    // Healed only once the upstream took its connection for dead (3 s without a word), so the
+    // lost answer is not waited for on the old one.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.heal();
+    node.say("healed").await;
+    let done = node.next_phase().await;
+    assert_eq!(done["phase"], "done", "{done:#}");
+    assert!(done["outcome"]["resolved"].is_string(), "{done:#}");
+    let channel = done["channel"].as_array().unwrap();
+    let written = channel.iter().filter(|m| m["body"] == "once").count();
+    assert_eq!(written, 1, "written {written} times: {done:#}");
+    assert_eq!(runs(), before + 1, "{done:#}");
+}

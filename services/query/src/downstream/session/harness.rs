@@ -537,5 +537,6 @@ pub fn mutation_answer(request_id: RequestId, ts: Timestamp) -> Event {
             log_lines: vec![],
             error_data: None,
         })),
+        replayed: false,
     }
 }

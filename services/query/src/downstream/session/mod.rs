@@ -375,11 +375,14 @@ impl ClientSession {
                     request_id,
                     kind,
                     outcome,
+                    replayed,
                 } => {
                     // What came before the response goes first, then the response itself.
                     self.transition(std::mem::take(&mut pending), None, out)?;
-                    self.respond(request_id, kind, *outcome, out);
+                    self.respond(request_id, kind, *outcome, replayed, out);
                 }
+                // The driver's (it holds the request to run).
+                Event::Rerun { .. } => {}
             }
         }
         self.transition(pending, shared.as_deref(), out)?;
@@ -408,14 +411,16 @@ impl ClientSession {
             .flatten()
     }
 
-    /// A mutation answered at `ts` by the upstream of `carrier`: owed until the client holds
-    /// `ts`. The carrier's route, if the socket still uses it, has a transition on its way:
-    /// Convex sends the connection that ran a mutation one after it, at or beyond its `ts`.
-    fn owe_mutation(&mut self, ts: Timestamp, carrier: &IdentityKey) {
+    /// A mutation answered at `ts` by the upstream of `carrier` (`None`: by the journal, for
+    /// a mutation sent again): owed until the client holds `ts`. The carrier's route, if the
+    /// socket still uses it, has a transition on its way: Convex sends the connection that ran
+    /// a mutation one after it, at or beyond its `ts`. An answer from the journal has none.
+    fn owe_mutation(&mut self, ts: Timestamp, carrier: Option<&IdentityKey>) {
         if ts <= self.version.held().ts {
             return;
         }
         self.owed_ts = self.owed_ts.max(Some(ts));
+        let Some(carrier) = carrier else { return };
         if *carrier == key_of(self.identity.as_ref()) {
             self.asked.insert(Route::Main);
         } else if *carrier == IdentityKey::Anonymous && self.shared_attached {

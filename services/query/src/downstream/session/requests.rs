@@ -61,12 +61,15 @@ impl ClientSession {
     }
 
     /// A mutation's or action's answer. The upstream queued it before any transition that
-    /// reaches its `ts`, so the client sees them in Convex's order.
+    /// reaches its `ts`, so the client sees them in Convex's order; one `replayed` from the
+    /// journal (a mutation sent again) comes with no transition, and every route below its
+    /// `ts` is asked to advance.
     pub(super) fn respond(
         &mut self,
         request_id: RequestId,
         kind: RequestKind,
         outcome: Result<RequestOutcome, String>,
+        replayed: bool,
         out: &mut Vec<Effect>,
     ) {
         let Some(carrier) = self.requests.remove(&request_id) else {
@@ -82,7 +85,7 @@ impl ClientSession {
             _ => None,
         };
         if let Some(ts) = mutation_ts {
-            self.owe_mutation(ts, &carrier);
+            self.owe_mutation(ts, (!replayed).then_some(&carrier));
         }
         if self.caught_up() {
             out.push(answer(request_id, kind, outcome));

@@ -563,6 +563,7 @@ fn a_signed_out_address_past_its_requests_in_flight_gets_a_failed_answer_and_kee
             log_lines: vec![],
             error_data: None,
         })),
+        replayed: false,
     };
     one.on_events(vec![(Some(Route::Main), done)], &mut vec![])
         .unwrap();
@@ -827,6 +828,7 @@ fn a_repeated_answer_changes_nothing() {
             log_lines: vec![],
             error_data: None,
         })),
+        replayed: false,
     };
     let mut effects = vec![];
     h.session
@@ -868,4 +870,32 @@ fn a_request_id_already_in_flight_is_fatal() {
         Err(End::Fatal(_))
     ));
     assert!(effects.is_empty());
+}
+
+/// A mutation the client sent again on a new socket, answered from the journal: no upstream
+/// follows that answer with a transition, so every route in use below its `ts` is asked to
+/// advance, the main route too although it carries the request.
+#[test]
+fn an_answer_from_the_journal_asks_every_route_below_it_to_advance() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.add(SHARED, json!({}));
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("");
+    h.upstream_transition("ada");
+    h.hold_requests = true;
+    h.mutate();
+    let (_, request_id) = h.unanswered.remove(0);
+    // Committed by the first send, on an earlier socket.
+    let ts = h.tick("ada");
+    let mut replay = mutation_answer(request_id, Timestamp(ts));
+    if let Event::Response { replayed, .. } = &mut replay {
+        *replayed = true;
+    }
+    h.deliver(vec![(None, replay)]);
+    let mut asked = h.advanced.clone();
+    asked.sort();
+    assert_eq!(asked, ["", "ada"]);
+    assert_eq!(h.model.awaiting().count(), 0, "the mutation completed");
+    h.settle();
 }

@@ -73,6 +73,7 @@ impl UpstreamState {
                 };
                 out.events.push((Audience::All, event));
                 self.token = None;
+                self.token_lost = true;
             }
             ServerMessage::FatalError { error } => {
                 return Err(format!("convex fatal error: {error}"));
@@ -135,13 +136,18 @@ impl UpstreamState {
         outcome: RequestOutcome,
         out: &mut Outbox,
     ) {
-        if let Some(r) = self.requests.remove(&upstream_id)
-            && !r.orphaned
-        {
+        let Some(mut r) = self.requests.remove(&upstream_id) else {
+            return;
+        };
+        if let Some(ticket) = r.ticket.take() {
+            out.settled.push((ticket, outcome.clone()));
+        }
+        if !r.orphaned {
             let event = Event::Response {
                 request_id: r.request_id,
                 kind: r.kind,
                 outcome: Box::new(Ok(outcome)),
+                replayed: false,
             };
             out.events.push((Audience::One(r.listener), event));
         }

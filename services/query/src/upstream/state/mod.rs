@@ -24,7 +24,8 @@ use edge_convex::{
 };
 use serde_json::Value;
 
-use super::{Event, ListenerId, QueryResult, UpstreamId, Values, lock};
+use super::{Event, ListenerId, QueryResult, RequestOutcome, UpstreamId, Values, lock};
+use crate::journal::Ticket;
 use crate::key::QueryKey;
 use crate::metrics::Stats;
 use crate::revocations::Revocation;
@@ -41,6 +42,8 @@ pub enum Audience {
 pub struct Outbox {
     pub to_convex: Vec<ClientMessage>,
     pub events: Vec<(Audience, Event)>,
+    /// Convex's answers to journaled mutations, for [`crate::journal`] (after the events).
+    pub settled: Vec<(Ticket, RequestOutcome)>,
 }
 
 /// One key subscribed upstream.
@@ -64,11 +67,17 @@ struct InFlight {
     args: Value,
     /// Sent on the current connection; `false` while it waits for one.
     sent: bool,
+    /// Sent on some connection: Convex may have run it.
+    went: bool,
     /// Its listener left after it was sent: kept (counted against Convex's cap) until Convex
-    /// answers or the connection drops, and the answer goes nowhere.
+    /// answers or the connection drops, and the answer goes only to the journal.
     orphaned: bool,
     /// The order requests were made in, the order they are sent again.
     seq: u64,
+    /// A client mutation the journal follows ([`crate::journal`]): Convex's answer settles
+    /// it, and it is sent again after a lost connection even when its listener left, so the
+    /// client's own repeat (waiting on the journal) gets the outcome of the one run.
+    ticket: Option<Ticket>,
 }
 
 impl InFlight {
@@ -127,6 +136,9 @@ pub struct UpstreamState {
     /// The freshest token.
     token: Option<Token>,
     token_dirty: bool,
+    /// Convex refused the token or auth revoked it, and no token came since: a mutation sent
+    /// again now would run under no identity.
+    token_lost: bool,
     /// What Convex last said this connection holds.
     version: StateVersion,
     /// The newest `ts` Convex ever sent this upstream, on any connection: a reconnect's
@@ -172,6 +184,7 @@ impl UpstreamState {
             listeners: HashMap::new(),
             token: None,
             token_dirty: false,
+            token_lost: false,
             version: StateVersion::default(),
             max_observed: edge_convex::Timestamp::default(),
             next_query_id: 0,
@@ -205,6 +218,12 @@ impl UpstreamState {
         self.listeners.is_empty()
     }
 
+    /// A journaled mutation is still unanswered: the upstream stays until Convex answers it
+    /// (a client's repeat waits for that answer).
+    pub fn owes_journal(&self) -> bool {
+        self.requests.values().any(|r| r.ticket.is_some())
+    }
+
     /// Keys subscribed upstream.
     pub fn subscriptions(&self) -> usize {
         self.subs.len()
@@ -222,8 +241,9 @@ impl UpstreamState {
                 self.release(&key, n);
             }
         }
+        // A journaled mutation sent on an earlier connection may have run: it stays.
         self.requests
-            .retain(|_, r| r.listener != listener || r.sent);
+            .retain(|_, r| r.listener != listener || r.sent || (r.went && r.ticket.is_some()));
         for r in self.requests.values_mut() {
             if r.listener == listener {
                 r.orphaned = true;
@@ -294,6 +314,7 @@ impl UpstreamState {
                 issued_at,
             });
             self.token_dirty = true;
+            self.token_lost = false;
         }
     }
 
@@ -312,6 +333,7 @@ impl UpstreamState {
         }
         tracing::info!(upstream = self.id, reason, "session log revoked the token");
         self.token = None;
+        self.token_lost = true;
         let event = Event::AuthFailed {
             upstream: self.id,
             error: format!("the token was revoked ({reason})"),
@@ -324,7 +346,9 @@ impl UpstreamState {
     /// disconnected it waits and goes on the next connection, as convex-js holds a request made
     /// while its socket is down. Refused at once when [`MAX_REQUESTS_IN_FLIGHT`] of its kind
     /// (sent or waiting) are unanswered; ignored from a listener not attached (its answer would
-    /// go nowhere).
+    /// go nowhere). A `ticket` dropped with a request that never reached Convex tells the
+    /// journal so ([`Ticket`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn request(
         &mut self,
         listener: ListenerId,
@@ -332,6 +356,7 @@ impl UpstreamState {
         kind: RequestKind,
         udf_path: String,
         args: Value,
+        ticket: Option<Ticket>,
         out: &mut Outbox,
     ) {
         if !self.listeners.contains_key(&listener) {
@@ -352,6 +377,7 @@ impl UpstreamState {
                 request_id,
                 kind,
                 outcome,
+                replayed: false,
             };
             out.events.push((Audience::One(listener), event));
             return;
@@ -365,8 +391,10 @@ impl UpstreamState {
             udf_path,
             args,
             sent: self.is_connected(),
+            went: self.is_connected(),
             orphaned: false,
             seq: self.next_request_seq,
+            ticket,
         };
         self.next_request_seq += 1;
         if request.sent {
@@ -411,6 +439,11 @@ impl UpstreamState {
             self.pending.push(add(query_id, &key, journal));
         }
         self.flush(out);
+        if self.token_lost {
+            // Left by its socket while the token was lost: sent now it would run under no
+            // identity (the journal lets the client's repeat run it).
+            self.requests.retain(|_, r| !r.orphaned);
+        }
         // Then every request Convex has not answered, in the order they were made: those made
         // while disconnected, and the mutations the lost connection carried (Convex runs a
         // `(sessionId, requestId)` once and answers a repeat with the first outcome).
@@ -420,6 +453,7 @@ impl UpstreamState {
         for (_, id) in waiting {
             if let Some(r) = self.requests.get_mut(&id) {
                 r.sent = true;
+                r.went = true;
                 out.to_convex.push(r.message(id));
             }
         }
@@ -428,7 +462,10 @@ impl UpstreamState {
     /// The connection is gone. As convex-js's `RequestManager.restart`: mutations it carried
     /// wait to be sent again on the next connection, actions it carried fail with
     /// [`ACTION_LOST`] (they may or may not have run), and requests not sent keep waiting. A
-    /// sent request whose listener has left is dropped.
+    /// sent request whose listener has left is dropped, but for a journaled mutation: Convex
+    /// may have run it, and only a send under the same upstream request id gets that run's
+    /// answer for the client's repeat. One whose token was lost is dropped too (it would run
+    /// under no identity); the journal then lets the repeat run it.
     pub fn disconnected(&mut self, out: &mut Outbox) {
         self.sent = None;
         self.version = StateVersion::default();
@@ -444,7 +481,7 @@ impl UpstreamState {
             }
             r.sent = false;
             if r.orphaned {
-                return false;
+                return r.ticket.is_some() && !self.token_lost;
             }
             if r.kind == RequestKind::Action {
                 lost.push((r.listener, r.request_id, r.kind));
@@ -458,6 +495,7 @@ impl UpstreamState {
                 request_id,
                 kind,
                 outcome: Box::new(Err(ACTION_LOST.into())),
+                replayed: false,
             };
             out.events.push((Audience::One(listener), event));
         }

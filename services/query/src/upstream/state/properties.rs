@@ -288,7 +288,7 @@ proptest! {
                         outstanding.insert((listener, request_id));
                     }
                     let kind = if action { RequestKind::Action } else { RequestKind::Mutation };
-                    s.request(listener, request_id, kind, "m:m".into(), json!({}), &mut out);
+                    s.request(listener, request_id, kind, "m:m".into(), json!({}), None, &mut out);
                 }
                 Op::Transition => {
                     if s.is_connected() {

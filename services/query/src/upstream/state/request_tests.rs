@@ -17,6 +17,7 @@ fn request(s: &mut UpstreamState, listener: u64, id: u32, kind: RequestKind) -> 
             kind,
             "tasks:add".into(),
             json!({}),
+            None,
             out,
         )
     })
@@ -58,6 +59,7 @@ fn requests_get_upstream_ids_and_answers_go_back_to_their_listener() {
                     request_id,
                     kind,
                     outcome,
+                    ..
                 },
             ),
         ] => {
@@ -79,6 +81,7 @@ fn a_request_goes_after_the_subscriptions_made_before_it() {
             RequestKind::Mutation,
             "m:m".into(),
             json!({}),
+            None,
             out,
         );
     });
@@ -161,6 +164,7 @@ fn a_reconnect_sends_unanswered_mutations_again_and_fails_actions() {
                     request_id: RequestId(2),
                     kind: RequestKind::Action,
                     outcome,
+                    ..
                 },
             ),
         ] => assert_eq!(outcome.as_ref().as_ref().unwrap_err(), super::ACTION_LOST),
@@ -272,4 +276,189 @@ fn an_upstream_never_has_more_requests_in_flight_than_convex_allows() {
         [(Audience::One(A), Event::Response { outcome, .. })]
             if outcome.as_ref().as_ref().is_err_and(|e| e.contains("too many"))
     ));
+}
+
+/// A journaled mutation of `listener` (client request `id`), and the socket of a repeat of it
+/// that waits on the journal.
+fn journaled(s: &mut UpstreamState, listener: u64, id: u32) -> (Outbox, crate::listener::Mailbox) {
+    use crate::journal::{Claim, Journal, JournalKey, Waiter};
+    let journal = std::sync::Arc::new(Journal::default());
+    let key = JournalKey {
+        session_id: "client-session".into(),
+        request_id: RequestId(id),
+    };
+    let (first, _) = crate::listener::Inbox::new(8);
+    let Claim::Run(ticket) = journal.claim(
+        key.clone(),
+        Waiter {
+            inbox: first,
+            request_id: RequestId(id),
+        },
+    ) else {
+        panic!("a first send runs");
+    };
+    let (repeat, mailbox) = crate::listener::Inbox::new(8);
+    let waiter = Waiter {
+        inbox: repeat,
+        request_id: RequestId(id),
+    };
+    assert!(matches!(journal.claim(key, waiter), Claim::Wait));
+    let out = step(s, |s, out| {
+        s.request(
+            listener,
+            RequestId(id),
+            RequestKind::Mutation,
+            "tasks:add".into(),
+            json!({}),
+            Some(ticket),
+            out,
+        )
+    });
+    (out, mailbox)
+}
+
+/// What the waiting repeat got: `replayed <ts>` or `rerun`.
+fn repeat_got(mailbox: &mut crate::listener::Mailbox) -> Option<String> {
+    match mailbox.try_recv()? {
+        Event::Response {
+            outcome, replayed, ..
+        } => Some(format!(
+            "replayed={replayed} ts={:?}",
+            outcome.as_ref().as_ref().unwrap().ts.map(|t| t.0)
+        )),
+        Event::Rerun { .. } => Some("rerun".into()),
+        other => Some(format!("{other:?}")),
+    }
+}
+
+/// Convex may have run a mutation whose socket left before the connection carrying it was
+/// lost: it goes again on the next connection under the same upstream request id (Convex
+/// answers that with the first run's outcome), and its answer settles the journal for the
+/// client's repeat. Until then the upstream owes the journal and does not retire.
+#[test]
+fn a_journaled_mutation_whose_socket_left_goes_again_and_its_answer_reaches_the_repeat() {
+    let (mut s, _) = connected();
+    let (out, mut repeat) = journaled(&mut s, A, 4);
+    assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
+    step(&mut s, |s, _| {
+        s.detach(A);
+        s.detach(B);
+    });
+    assert!(s.is_idle() && s.owes_journal());
+    step(&mut s, |s, out| s.disconnected(out));
+    let out = step(&mut s, |s, out| s.connected("session".into(), out));
+    assert_eq!(
+        requests_sent(&out),
+        [(RequestKind::Mutation, RequestId(0))],
+        "sent again under its first upstream id"
+    );
+    let out = step(&mut s, |s, out| {
+        s.on_server_message(mutation_answer(0, 9), out).unwrap()
+    });
+    assert!(out.events.is_empty(), "its socket left: {out:?}");
+    assert!(!s.owes_journal());
+    for (ticket, outcome) in out.settled {
+        ticket.settle(&outcome);
+    }
+    assert_eq!(
+        repeat_got(&mut repeat).as_deref(),
+        Some("replayed=true ts=Some(9)")
+    );
+}
+
+/// The same when the socket leaves while the connection is down: the mutation went out on the
+/// lost one, so it goes again on the next.
+#[test]
+fn a_journaled_mutation_sent_before_a_disconnect_stays_when_its_socket_leaves_meanwhile() {
+    let (mut s, _) = connected();
+    let (_, mut repeat) = journaled(&mut s, A, 4);
+    step(&mut s, |s, out| s.disconnected(out));
+    step(&mut s, |s, _| s.detach(A));
+    assert!(s.owes_journal());
+    assert_eq!(repeat_got(&mut repeat), None);
+    let out = step(&mut s, |s, out| s.connected("session".into(), out));
+    assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
+    let out = step(&mut s, |s, out| {
+        s.on_server_message(mutation_answer(0, 9), out).unwrap()
+    });
+    for (ticket, outcome) in out.settled {
+        ticket.settle(&outcome);
+    }
+    assert_eq!(
+        repeat_got(&mut repeat).as_deref(),
+        Some("replayed=true ts=Some(9)")
+    );
+}
+
+/// A journaled mutation that never reached Convex (dropped unsent with its listener, or
+/// refused by the upstream's cap) tells the journal so: the client's repeat runs it.
+#[test]
+fn a_journaled_mutation_that_never_reached_convex_lets_the_repeat_run_it() {
+    let (mut s, _) = connected();
+    step(&mut s, |s, out| s.disconnected(out));
+    let (out, mut repeat) = journaled(&mut s, A, 1);
+    assert!(out.to_convex.is_empty());
+    assert_eq!(repeat_got(&mut repeat), None);
+    step(&mut s, |s, _| s.detach(A));
+    assert_eq!(repeat_got(&mut repeat).as_deref(), Some("rerun"));
+    assert!(!s.owes_journal());
+
+    let (mut s, _) = connected();
+    for id in 0..super::MAX_REQUESTS_IN_FLIGHT as u32 {
+        request(&mut s, B, id, RequestKind::Mutation);
+    }
+    let (out, mut repeat) = journaled(&mut s, A, 5000);
+    assert!(out.to_convex.is_empty(), "refused at the cap");
+    assert_eq!(repeat_got(&mut repeat).as_deref(), Some("rerun"));
+}
+
+/// After Convex refused the token, a mutation whose socket left would go again under no
+/// identity: it is dropped, and the client's repeat runs it under the identity it has now.
+#[test]
+fn a_journaled_mutation_is_not_sent_again_under_a_lost_token() {
+    let (mut s, _) = connected();
+    let (_, mut repeat) = journaled(&mut s, A, 2);
+    step(&mut s, |s, _| s.detach(A));
+    let refused = ServerMessage::AuthError {
+        error: "bad token".into(),
+        base_version: None,
+        auth_update_attempted: Some(true),
+    };
+    step(&mut s, |s, out| s.on_server_message(refused, out).unwrap());
+    step(&mut s, |s, out| s.disconnected(out));
+    assert_eq!(repeat_got(&mut repeat).as_deref(), Some("rerun"));
+    let out = step(&mut s, |s, out| s.connected("session".into(), out));
+    assert!(requests_sent(&out).is_empty(), "{out:?}");
+}
+
+/// A journaled mutation's answer goes to its socket first, then to the journal (a failure
+/// too, so its repeats run again, as Convex records only successes).
+#[test]
+fn a_journaled_mutation_answers_its_socket_and_the_journal() {
+    let (mut s, _) = connected();
+    let (_, mut repeat) = journaled(&mut s, A, 3);
+    let failed = ServerMessage::MutationResponse {
+        request_id: RequestId(0),
+        success: false,
+        result: json!("Uncaught Error: no"),
+        ts: None,
+        log_lines: vec![],
+        error_data: None,
+    };
+    let out = step(&mut s, |s, out| s.on_server_message(failed, out).unwrap());
+    assert!(matches!(
+        out.events[..],
+        [(
+            Audience::One(A),
+            Event::Response {
+                replayed: false,
+                ..
+            }
+        )]
+    ));
+    assert_eq!(out.settled.len(), 1);
+    for (ticket, outcome) in out.settled {
+        ticket.settle(&outcome);
+    }
+    assert_eq!(repeat_got(&mut repeat).as_deref(), Some("rerun"));
 }
