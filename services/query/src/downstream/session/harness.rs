@@ -494,6 +494,22 @@ impl Harness {
         self.commit_and_answer(&who, request_id);
     }
 
+    /// The journal answers the `i`th unanswered request (modulo their number) with the outcome
+    /// of an earlier socket's send of it, committed on `who`'s upstream: no transition of any
+    /// upstream follows it.
+    pub fn replay(&mut self, i: usize, who: &str) {
+        if self.unanswered.is_empty() {
+            return;
+        }
+        let (_, request_id) = self.unanswered.remove(i % self.unanswered.len());
+        let ts = self.tick(who);
+        let mut answer = mutation_answer(request_id, Timestamp(ts));
+        if let Event::Response { replayed, .. } = &mut answer {
+            *replayed = true;
+        }
+        self.deliver(vec![(None, answer)]);
+    }
+
     /// `who`'s upstream commits the mutation `request_id`, answers it, then sends the
     /// transition that reaches its `ts`, as Convex does.
     fn commit_and_answer(&mut self, who: &str, request_id: RequestId) {

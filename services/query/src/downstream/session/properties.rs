@@ -2,7 +2,7 @@
 //! changes, stale events from upstreams the socket left, upstream auth failures and requests
 //! answered late (after identity changes, by upstreams the socket left), each step checked by
 //! the harness (the client model, isolation, the frontier, no answer from an upstream the socket
-//! detached) and, at the end, every request answered exactly once and every mutation
+//! detached), answers from the mutation journal (no transition follows them) and, at the end, every request answered exactly once and every mutation
 //! completed. An auth failure from the socket's own upstreams ends it with
 //! `AuthError` for the identity version it holds; one from an upstream it left changes
 //! nothing.
@@ -27,6 +27,9 @@ enum Op {
     Mutate,
     /// An upstream answers one of the requests it carries (perhaps after the socket left it).
     Answer(u8),
+    /// The journal answers one with the outcome of an earlier socket's send of it, committed
+    /// on the anonymous upstream or one of the people's.
+    Replay(u8, u8),
     Upstream(u8),
     Stale(u8),
     /// An upstream refuses its token: the anonymous one, the main one, or one of the people's.
@@ -41,6 +44,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::SignOut),
         2 => Just(Op::Mutate),
         2 => any::<u8>().prop_map(Op::Answer),
+        1 => (any::<u8>(), 0..4u8).prop_map(|(i, who)| Op::Replay(i, who)),
         4 => (0..4u8).prop_map(Op::Upstream),
         1 => (0..3u8).prop_map(Op::Stale),
         1 => (0..5u8).prop_map(Op::AuthFailed),
@@ -78,6 +82,13 @@ proptest! {
                     }
                 }
                 Op::Answer(i) => h.answer(i as usize),
+                Op::Replay(i, who) => {
+                    let who = match who {
+                        0 => "",
+                        n => PEOPLE[n as usize - 1],
+                    };
+                    h.replay(i as usize, who);
+                }
                 Op::Upstream(n) => {
                     let who = match n {
                         0 => String::new(),

@@ -885,14 +885,8 @@ fn an_answer_from_the_journal_asks_every_route_below_it_to_advance() {
     h.upstream_transition("ada");
     h.hold_requests = true;
     h.mutate();
-    let (_, request_id) = h.unanswered.remove(0);
     // Committed by the first send, on an earlier socket.
-    let ts = h.tick("ada");
-    let mut replay = mutation_answer(request_id, Timestamp(ts));
-    if let Event::Response { replayed, .. } = &mut replay {
-        *replayed = true;
-    }
-    h.deliver(vec![(None, replay)]);
+    h.replay(0, "ada");
     let mut asked = h.advanced.clone();
     asked.sort();
     assert_eq!(asked, ["", "ada"]);
