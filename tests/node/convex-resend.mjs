@@ -13,6 +13,14 @@
 //   "dropped"    the client's own socket was torn down (no close handshake), and the client
 //                reconnects and sends the mutation again;
 //   on "healed":
+//   "done"       the mutation settled, and the channel;
+//   "ready"      a third client, signed in as bea;
+//   on "go":
+//   "sent"       a mutation went out;
+//   on "cut":
+//   "signed-out" bea signed out (auth revokes her session; the client's socket gets
+//                `AuthError`, it goes on signed out and sends the mutation again);
+//   on "healed":
 //   "done"       the mutation settled, and the channel.
 import { createInterface } from "node:readline";
 import { ConvexClient } from "convex/browser";
@@ -35,13 +43,23 @@ const settle = (promise) =>
     (error) => ({ rejected: String(error?.message ?? error) }),
   );
 
-async function signUp(email) {
+async function signUp(email, name = "ada") {
   const response = await fetch(`${site}/api/auth/sign-up/email`, {
     method: "POST",
     headers: { "content-type": "application/json", origin: site },
-    body: JSON.stringify({ name: "ada", email, password: "correct horse battery staple" }),
+    body: JSON.stringify({ name, email, password: "correct horse battery staple" }),
   });
   if (!response.ok) throw new Error(`sign-up ${response.status}`);
+  return response.headers.get("set-cookie").split(";")[0];
+}
+
+async function signIn2(email) {
+  const response = await fetch(`${site}/api/auth/sign-in/email`, {
+    method: "POST",
+    headers: { "content-type": "application/json", origin: site },
+    body: JSON.stringify({ email, password: "correct horse battery staple" }),
+  });
+  if (!response.ok) throw new Error(`sign-in ${response.status}`);
   return response.headers.get("set-cookie").split(";")[0];
 }
 
@@ -61,9 +79,11 @@ class TrackedWebSocket extends WebSocket {
   }
 }
 
-// Resolves once the client's auth is confirmed by the server.
-function signIn(client, fetchToken) {
-  return new Promise((resolve) => client.setAuth(fetchToken, (signedIn) => signedIn && resolve()));
+// Resolves once the client's auth is confirmed by the server; `signedOut` once it is dropped.
+function signIn(client, fetchToken, signedOut = () => {}) {
+  return new Promise((resolve) =>
+    client.setAuth(fetchToken, (signedIn) => (signedIn ? resolve() : signedOut())),
+  );
 }
 
 async function channelOf(channel, fetchToken) {
@@ -118,6 +138,36 @@ try {
   await step("healed");
   const outcome = await withTimeout(once, "the mutation to settle");
   phase("done", { outcome, channel: await channelOf(dropChannel, ada) });
+
+  // 3. In flight while its user signs out (auth revokes the token the upstream holds).
+  const beaCookie = await signUp("bea.resend@example.com", "bea");
+  const bea = tokens(beaCookie);
+  const third = new ConvexClient(url, { webSocketConstructor: WebSocket });
+  clients.push(third);
+  let signedOut = false;
+  await withTimeout(
+    signIn(third, bea, () => (signedOut = true)),
+    "signing in",
+  );
+  const revokeChannel = "resend-revoke";
+  await withTimeout(third.mutation(api.messages.send, { channel: revokeChannel, body: "first" }), "the first mutation");
+  phase("ready", {});
+  await step("go");
+  const beforeSignOut = settle(third.mutation(api.messages.send, { channel: revokeChannel, body: "once" }));
+  phase("sent", {});
+  await step("cut");
+  const response = await fetch(`${site}/api/auth/sign-out`, {
+    method: "POST",
+    headers: { cookie: beaCookie, origin: site, "content-type": "application/json" },
+    body: "{}",
+  });
+  if (!response.ok) throw new Error(`sign-out ${response.status}`);
+  await until(() => signedOut, "the client to drop its auth");
+  phase("signed-out", {});
+  await step("healed");
+  const revoked = await withTimeout(beforeSignOut, "the mutation to settle");
+  const beaAgain = tokens(await signIn2("bea.resend@example.com"));
+  phase("done", { outcome: revoked, channel: await channelOf(revokeChannel, beaAgain) });
 } catch (error) {
   phase("failed", { error: String(error?.stack ?? error) });
 }

@@ -377,7 +377,9 @@ async fn identity_changes_with_requests_in_flight_leak_no_request_slot() {
 /// - a mutation whose answer is swallowed by a partition between the query service and
 ///   Convex, while the client's own socket is torn down and the client sends it again on a new
 ///   one, runs once: the upstream sends it again under its first request id when its
-///   connection is made again, and that answer reaches the client's new socket.
+///   connection is made again, and that answer reaches the client's new socket;
+/// - the same when the user signs out meanwhile (auth revokes the token the upstream holds):
+///   the upstream sends it again with no token, and Convex answers from its record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn npm_mutations_sent_again_on_a_new_socket_run_once() {
     let stack = Stack::start_with(Options {
@@ -439,5 +441,31 @@ async fn npm_mutations_sent_again_on_a_new_socket_run_once() {
     let channel = done["channel"].as_array().unwrap();
     let written = channel.iter().filter(|m| m["body"] == "once").count();
     assert_eq!(written, 1, "written {written} times: {done:#}");
+    assert_eq!(runs(), before + 1, "{done:#}");
+
+    // The same lost answer while the user signs out: auth revokes the token the upstream
+    // holds, the client goes on signed out and sends the mutation again. It ran as bea before
+    // she signed out, and that run's answer is the one the client gets.
+    let ready = node.next_phase().await;
+    assert_eq!(ready["phase"], "ready", "{ready:#}");
+    let before = runs();
+    node.say("go").await;
+    let sent = node.next_phase().await;
+    assert_eq!(sent["phase"], "sent", "{sent:#}");
+    eventually("devconvex to run the mutation", || runs() > before).await;
+    relay.partition();
+    node.say("cut").await;
+    let signed_out = node.next_phase().await;
+    assert_eq!(signed_out["phase"], "signed-out", "{signed_out:#}");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    relay.heal();
+    node.say("healed").await;
+    let done = node.next_phase().await;
+    assert_eq!(done["phase"], "done", "{done:#}");
+    assert!(done["outcome"]["resolved"].is_string(), "{done:#}");
+    let channel = done["channel"].as_array().unwrap();
+    let written: Vec<&serde_json::Value> = channel.iter().filter(|m| m["body"] == "once").collect();
+    assert_eq!(written.len(), 1, "{done:#}");
+    assert_eq!(written[0]["author"], "bea", "{done:#}");
     assert_eq!(runs(), before + 1, "{done:#}");
 }

@@ -73,7 +73,6 @@ impl UpstreamState {
                 };
                 out.events.push((Audience::All, event));
                 self.token = None;
-                self.token_lost = true;
             }
             ServerMessage::FatalError { error } => {
                 return Err(format!("convex fatal error: {error}"));

@@ -136,9 +136,6 @@ pub struct UpstreamState {
     /// The freshest token.
     token: Option<Token>,
     token_dirty: bool,
-    /// Convex refused the token or auth revoked it, and no token came since: a mutation sent
-    /// again now would run under no identity.
-    token_lost: bool,
     /// What Convex last said this connection holds.
     version: StateVersion,
     /// The newest `ts` Convex ever sent this upstream, on any connection: a reconnect's
@@ -184,7 +181,6 @@ impl UpstreamState {
             listeners: HashMap::new(),
             token: None,
             token_dirty: false,
-            token_lost: false,
             version: StateVersion::default(),
             max_observed: edge_convex::Timestamp::default(),
             next_query_id: 0,
@@ -314,7 +310,6 @@ impl UpstreamState {
                 issued_at,
             });
             self.token_dirty = true;
-            self.token_lost = false;
         }
     }
 
@@ -333,7 +328,6 @@ impl UpstreamState {
         }
         tracing::info!(upstream = self.id, reason, "session log revoked the token");
         self.token = None;
-        self.token_lost = true;
         let event = Event::AuthFailed {
             upstream: self.id,
             error: format!("the token was revoked ({reason})"),
@@ -439,11 +433,6 @@ impl UpstreamState {
             self.pending.push(add(query_id, &key, journal));
         }
         self.flush(out);
-        if self.token_lost {
-            // Left by its socket while the token was lost: sent now it would run under no
-            // identity (the journal lets the client's repeat run it).
-            self.requests.retain(|_, r| !r.orphaned);
-        }
         // Then every request Convex has not answered, in the order they were made: those made
         // while disconnected, and the mutations the lost connection carried (Convex runs a
         // `(sessionId, requestId)` once and answers a repeat with the first outcome).
@@ -464,8 +453,9 @@ impl UpstreamState {
     /// [`ACTION_LOST`] (they may or may not have run), and requests not sent keep waiting. A
     /// sent request whose listener has left is dropped, but for a journaled mutation: Convex
     /// may have run it, and only a send under the same upstream request id gets that run's
-    /// answer for the client's repeat. One whose token was lost is dropped too (it would run
-    /// under no identity); the journal then lets the repeat run it.
+    /// answer for the client's repeat. That holds whatever token the next connection has, or
+    /// none (its token revoked or refused meanwhile): Convex answers a repeated
+    /// `(sessionId, requestId)` from its record without comparing identities.
     pub fn disconnected(&mut self, out: &mut Outbox) {
         self.sent = None;
         self.version = StateVersion::default();
@@ -481,7 +471,7 @@ impl UpstreamState {
             }
             r.sent = false;
             if r.orphaned {
-                return r.ticket.is_some() && !self.token_lost;
+                return r.ticket.is_some();
             }
             if r.kind == RequestKind::Action {
                 lost.push((r.listener, r.request_id, r.kind));

@@ -412,11 +412,14 @@ fn a_journaled_mutation_that_never_reached_convex_lets_the_repeat_run_it() {
     assert_eq!(repeat_got(&mut repeat).as_deref(), Some("rerun"));
 }
 
-/// After Convex refused the token, a mutation whose socket left would go again under no
-/// identity: it is dropped, and the client's repeat runs it under the identity it has now.
+/// After Convex refused the token (or auth revoked it), a mutation whose socket left still
+/// goes again on the next connection, with no token: Convex answers a repeated
+/// `(sessionId, requestId)` with its first outcome whatever the identity, and the client's
+/// repeat gets it.
 #[test]
-fn a_journaled_mutation_is_not_sent_again_under_a_lost_token() {
+fn a_journaled_mutation_goes_again_after_its_token_was_lost() {
     let (mut s, _) = connected();
+    step(&mut s, |s, _| s.token("ada-token".into(), i64::MAX, 0));
     let (_, mut repeat) = journaled(&mut s, A, 2);
     step(&mut s, |s, _| s.detach(A));
     let refused = ServerMessage::AuthError {
@@ -426,9 +429,25 @@ fn a_journaled_mutation_is_not_sent_again_under_a_lost_token() {
     };
     step(&mut s, |s, out| s.on_server_message(refused, out).unwrap());
     step(&mut s, |s, out| s.disconnected(out));
-    assert_eq!(repeat_got(&mut repeat).as_deref(), Some("rerun"));
+    assert_eq!(repeat_got(&mut repeat), None);
     let out = step(&mut s, |s, out| s.connected("session".into(), out));
-    assert!(requests_sent(&out).is_empty(), "{out:?}");
+    assert!(
+        !out.to_convex
+            .iter()
+            .any(|m| matches!(m, ClientMessage::Authenticate { .. })),
+        "{out:?}"
+    );
+    assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
+    let out = step(&mut s, |s, out| {
+        s.on_server_message(mutation_answer(0, 9), out).unwrap()
+    });
+    for (ticket, outcome) in out.settled {
+        ticket.settle(&outcome);
+    }
+    assert_eq!(
+        repeat_got(&mut repeat).as_deref(),
+        Some("replayed=true ts=Some(9)")
+    );
 }
 
 /// A journaled mutation's answer goes to its socket first, then to the journal (a failure
