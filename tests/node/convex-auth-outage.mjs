@@ -6,10 +6,10 @@
 //           calls so far and what users:me showed;
 //   on "healed":
 //   "done"  users:me shows the user (or a timeout), with the auth callback's calls.
-import { createInterface } from "node:readline";
 import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
+import { phase, step } from "./phases.mjs";
 import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
@@ -28,12 +28,6 @@ async function fetchToken() {
   return (await response.json()).token;
 }
 
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function step(expected) {
-  const { value } = await lines.next();
-  if (value?.trim() !== expected) throw new Error(`expected "${expected}" on stdin, got ${value}`);
-}
-const phase = (name, fields) => console.log(JSON.stringify({ phase: name, ...fields }));
 
 const client = new ConvexClient(url, { webSocketConstructor: WebSocket });
 const authChanges = [];

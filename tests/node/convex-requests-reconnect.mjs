@@ -9,10 +9,10 @@
 //   "mutation-sent" the mutation went out on the client's socket;
 //   on "healed":
 //   "done"          the mutation resolved, and whether the list showed its write by then.
-import { createInterface } from "node:readline";
 import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
+import { phase, step, withTimeout } from "./phases.mjs";
 import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
@@ -27,14 +27,6 @@ async function signUp(email) {
   return response.headers.get("set-cookie").split(";")[0];
 }
 
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function step(expected) {
-  const { value } = await lines.next();
-  if (value?.trim() !== expected) throw new Error(`expected "${expected}" on stdin, got ${value}`);
-}
-const phase = (name, fields) => console.log(JSON.stringify({ phase: name, ...fields }));
-const withTimeout = (promise, what, ms = 60_000) =>
-  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms))]);
 
 const cookie = await signUp("requests@example.com");
 async function fetchToken() {

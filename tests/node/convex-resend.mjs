@@ -22,21 +22,13 @@
 //                `AuthError`, it goes on signed out and sends the mutation again);
 //   on "healed":
 //   "done"       the mutation settled, and the channel.
-import { createInterface } from "node:readline";
 import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
+import { phase, step, withTimeout } from "./phases.mjs";
 import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
-const lines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
-async function step(expected) {
-  const { value } = await lines.next();
-  if (value?.trim() !== expected) throw new Error(`expected "${expected}" on stdin, got ${value}`);
-}
-const phase = (name, fields) => console.log(JSON.stringify({ phase: name, ...fields }));
-const withTimeout = (promise, what, ms = 60_000) =>
-  Promise.race([promise, new Promise((_, reject) => setTimeout(() => reject(new Error(`timed out: ${what}`)), ms))]);
 const settle = (promise) =>
   promise.then(
     (value) => ({ resolved: value }),

@@ -44,9 +44,18 @@ use crate::upstream::{Event, RequestOutcome};
 pub const RETENTION: Duration = Duration::from_secs(10 * 60);
 /// The bytes of outcomes kept (results, log lines, keys); past it the oldest are dropped.
 pub const MAX_BYTES: usize = 64 * 1024 * 1024;
-/// The longest `Connect.sessionId` journaled (convex-js sends a 36-character UUID); a socket
-/// with a longer one is served without the journal.
-pub const MAX_SESSION_ID_BYTES: usize = 64;
+/// Whether a `Connect.sessionId` is a hyphenated UUID, as Convex parses it (`SessionId(Uuid)`
+/// in `crates/sync_types`) and every official client makes it (`crypto.randomUUID`). A socket
+/// with another one is served without the journal: clients sharing an empty or fixed id would
+/// otherwise be answered with each other's mutations.
+pub fn is_uuid(session_id: &str) -> bool {
+    let bytes = session_id.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
+}
 
 /// A client's mutation: its socket's `Connect.sessionId` and its `requestId`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -334,6 +343,24 @@ mod tests {
         match claim {
             Claim::Run(ticket) => ticket,
             other => panic!("expected to run it, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_uuid_session_ids_are_journaled() {
+        assert!(is_uuid("0f8fad5b-d9cb-469f-a165-70867728950e"));
+        assert!(is_uuid("0F8FAD5B-D9CB-469F-A165-70867728950E"));
+        for other in [
+            "",
+            "s",
+            "not-a-uuid",
+            "0f8fad5bd9cb469fa16570867728950e",
+            "0f8fad5b-d9cb-469f-a165-70867728950",
+            "0f8fad5b-d9cb-469f-a165-70867728950e0",
+            "0f8fad5b_d9cb_469f_a165_70867728950e",
+            "zf8fad5b-d9cb-469f-a165-70867728950e",
+        ] {
+            assert!(!is_uuid(other), "{other:?}");
         }
     }
 

@@ -36,6 +36,11 @@ use session::{ClientSession, Effect, End, Route};
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's Close (reading what it still sends).
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
+/// How long a socket with requests outstanding stays open once the service shuts down, for
+/// their answers and the transitions past them (the service waits 5 s for its sockets): the
+/// mutation journal lives in this process, and convex-js sends every unconfirmed mutation
+/// again on its next socket, which a restarted service would run a second time.
+const RESTART_DRAIN: Duration = Duration::from_secs(4);
 
 /// A client's socket, after the handshake (see [`crate::ws`]).
 pub type ClientSocket = WebSocketStream<TcpStream>;
@@ -67,6 +72,9 @@ struct Downstream {
     /// Mutations the client sent again that wait for their first send's answer, kept to be
     /// run here if that one fails or never reaches Convex ([`Event::Rerun`]).
     waiting: HashMap<RequestId, (String, Value)>,
+    /// The service is shutting down: the socket closes once its requests are settled, or at
+    /// this deadline ([`RESTART_DRAIN`]); requests it receives meanwhile are not run here.
+    draining: Option<tokio::time::Instant>,
 }
 
 /// What woke a socket's task.
@@ -75,6 +83,8 @@ enum Wake {
     Events(Vec<Event>),
     Evicted,
     Restart,
+    /// The shutdown's drain deadline passed.
+    Drained,
     /// The heartbeat timer ticked.
     Heartbeat,
     /// The socket's token reached its `exp`.
@@ -122,6 +132,7 @@ pub async fn run(
         chunks,
         session_id: None,
         waiting: HashMap::new(),
+        draining: None,
     };
     let evicted = mailbox.evicted.clone();
     let ping = d.state.config.ping_interval;
@@ -139,7 +150,8 @@ pub async fn run(
                 Wake::Events(batch)
             }
             _ = evicted.notified() => Wake::Evicted,
-            _ = shutting_down.wait_for(|s| *s) => Wake::Restart,
+            _ = shutting_down.wait_for(|s| *s), if d.draining.is_none() => Wake::Restart,
+            _ = sleep_until_some(d.draining) => Wake::Drained,
             _ = heartbeat.tick() => Wake::Heartbeat,
             _ = sleep_until_some(expiry) => Wake::Expired,
         };
@@ -161,7 +173,14 @@ pub async fn run(
             Wake::Client(Some(Err(e))) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
             Wake::Events(batch) => Box::pin(d.on_events(batch)).await,
             Wake::Evicted => Err(End::TooSlow),
-            Wake::Restart => Err(End::Restart),
+            // A client whose requests are all settled reconnects at once; one with requests
+            // outstanding keeps its socket until they are (see `RESTART_DRAIN`).
+            Wake::Restart if d.session.settled() => Err(End::Restart),
+            Wake::Restart => {
+                d.draining = Some(tokio::time::Instant::now() + RESTART_DRAIN);
+                Ok(())
+            }
+            Wake::Drained => Err(End::Restart),
             // Convex pings a socket it has sent nothing for a while; so does the proxy, for the
             // client's inactivity timer (sockets busy with transitions are never pinged).
             // A tenth of slack: the tick right after a Ping comes a hair under `ping` later.
@@ -178,6 +197,9 @@ pub async fn run(
         if let Err(end) = step {
             break end;
         }
+        if d.draining.is_some() && d.session.settled() {
+            break End::Restart;
+        }
     };
     Box::pin(d.close(end)).await;
     mailbox.discard();
@@ -188,6 +210,17 @@ impl Downstream {
     async fn on_text(&mut self, text: &str) -> Result<(), End> {
         let message: ClientMessage = serde_json::from_str(text)
             .map_err(|e| End::Fatal(format!("malformed client message: {e}")))?;
+        if self.draining.is_some()
+            && matches!(
+                message,
+                ClientMessage::Mutation { .. } | ClientMessage::Action { .. }
+            )
+        {
+            // Not run here: the client sends an unanswered mutation again on its next socket
+            // (to the restarted service, which runs it once), and fails an action with
+            // "Connection lost while action was in flight", as on any lost socket.
+            return Ok(());
+        }
         if let ClientMessage::Connect {
             client_ts,
             session_id,
@@ -199,8 +232,7 @@ impl Downstream {
                 self.clock_skew =
                     Some((*client_ts as i64).saturating_sub(unix_now().as_millis() as i64));
             }
-            if self.session_id.is_none() && session_id.len() <= crate::journal::MAX_SESSION_ID_BYTES
-            {
+            if self.session_id.is_none() && crate::journal::is_uuid(session_id) {
                 self.session_id = Some(Arc::from(session_id.as_str()));
             }
         }

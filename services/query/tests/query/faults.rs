@@ -417,6 +417,30 @@ async fn npm_mutations_sent_again_on_a_new_socket_run_once() {
     }
     assert_eq!(runs(), 20, "{switched:#}");
 
+    // The client's own socket torn down while the answer is lost.
+    let (dropped, done) = lose_the_answer_of_the_next_mutation(&mut node, relay, &runs).await;
+    assert_eq!(dropped["phase"], "dropped", "{dropped:#}");
+    assert_eq!(dropped["answeredBeforeDrop"], false, "{dropped:#}");
+    assert_eq!(written_once(&done)["author"], "ada", "{done:#}");
+
+    // The same lost answer while the user signs out: auth revokes the token the upstream
+    // holds, the client goes on signed out and sends the mutation again. It ran as bea before
+    // she signed out, and that run's answer is the one the client gets.
+    let (signed_out, done) = lose_the_answer_of_the_next_mutation(&mut node, relay, &runs).await;
+    assert_eq!(signed_out["phase"], "signed-out", "{signed_out:#}");
+    assert_eq!(written_once(&done)["author"], "bea", "{done:#}");
+}
+
+/// One round of `convex-resend.mjs` after "ready": its mutation runs on devconvex, its answer
+/// is swallowed on the way back, the script does what it does on "cut" (the phase it answers
+/// is returned), and the partition heals once the upstream took its connection for dead (3 s
+/// without a word, so the lost answer is not waited for on the old one). Checks that the
+/// mutation resolved and ran once; returns the "cut" phase and the "done" one.
+async fn lose_the_answer_of_the_next_mutation(
+    node: &mut crate::NodeScript,
+    relay: &edge_testkit::Relay,
+    runs: &impl Fn() -> u64,
+) -> (serde_json::Value, serde_json::Value) {
     let ready = node.next_phase().await;
     assert_eq!(ready["phase"], "ready", "{ready:#}");
     let before = runs();
@@ -427,45 +451,64 @@ async fn npm_mutations_sent_again_on_a_new_socket_run_once() {
     eventually("devconvex to run the mutation", || runs() > before).await;
     relay.partition();
     node.say("cut").await;
-    let dropped = node.next_phase().await;
-    assert_eq!(dropped["phase"], "dropped", "{dropped:#}");
-    assert_eq!(dropped["answeredBeforeDrop"], false, "{dropped:#}");
-    // Healed only once the upstream took its connection for dead (3 s without a word), so the
-    // lost answer is not waited for on the old one.
+    let cut = node.next_phase().await;
     tokio::time::sleep(Duration::from_secs(4)).await;
     relay.heal();
     node.say("healed").await;
     let done = node.next_phase().await;
     assert_eq!(done["phase"], "done", "{done:#}");
     assert!(done["outcome"]["resolved"].is_string(), "{done:#}");
-    let channel = done["channel"].as_array().unwrap();
-    let written = channel.iter().filter(|m| m["body"] == "once").count();
-    assert_eq!(written, 1, "written {written} times: {done:#}");
     assert_eq!(runs(), before + 1, "{done:#}");
+    (cut, done)
+}
 
-    // The same lost answer while the user signs out: auth revokes the token the upstream
-    // holds, the client goes on signed out and sends the mutation again. It ran as bea before
-    // she signed out, and that run's answer is the one the client gets.
-    let ready = node.next_phase().await;
-    assert_eq!(ready["phase"], "ready", "{ready:#}");
-    let before = runs();
-    node.say("go").await;
-    let sent = node.next_phase().await;
-    assert_eq!(sent["phase"], "sent", "{sent:#}");
-    eventually("devconvex to run the mutation", || runs() > before).await;
-    relay.partition();
-    node.say("cut").await;
-    let signed_out = node.next_phase().await;
-    assert_eq!(signed_out["phase"], "signed-out", "{signed_out:#}");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    relay.heal();
-    node.say("healed").await;
-    let done = node.next_phase().await;
-    assert_eq!(done["phase"], "done", "{done:#}");
-    assert!(done["outcome"]["resolved"].is_string(), "{done:#}");
+/// The one message `once` in a "done" phase's channel.
+fn written_once(done: &serde_json::Value) -> &serde_json::Value {
     let channel = done["channel"].as_array().unwrap();
     let written: Vec<&serde_json::Value> = channel.iter().filter(|m| m["body"] == "once").collect();
     assert_eq!(written.len(), 1, "{done:#}");
-    assert_eq!(written[0]["author"], "bea", "{done:#}");
-    assert_eq!(runs(), before + 1, "{done:#}");
+    written[0]
+}
+
+/// A rolling deploy: the query service restarts while the official client's mutations are in
+/// flight (Convex's answers come back 300 ms after it ran them). The mutation journal lives in
+/// the old process and convex-js sends every mutation it has no transition past again on its
+/// next socket, so the old process keeps the socket until those are settled, and runs none it
+/// receives meanwhile (the client sends them again to the new process). Each runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn npm_mutations_in_flight_across_a_query_service_restart_run_once() {
+    let mut stack = Stack::start_with(Options {
+        slow_upstream: Some(Duration::from_millis(300)),
+        ..Options::default()
+    })
+    .await;
+    let arg = json!({"url": stack.query_url(), "site": format!("http://{}", stack.gateway.addr)})
+        .to_string();
+    let mut node = crate::NodeScript::start("convex-resend-restart.mjs", &arg);
+    let engine = stack.devconvex_engine.clone();
+    let runs = move || engine.stats.executions("messages:send");
+
+    let sent = node.next_phase().await;
+    assert_eq!(sent["phase"], "sent", "{sent:#}");
+    eventually("devconvex to run the 20", || runs() == 20).await;
+    // Their answers are still on their way when the shutdown starts.
+    let more = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        node.say("more").await;
+    };
+    tokio::join!(stack.restart_query(), more);
+    let done = node.next_phase().await;
+    assert_eq!(done["phase"], "done", "{done:#}");
+    let outcomes = done["outcomes"].as_array().unwrap();
+    assert!(
+        outcomes.iter().all(|o| o["resolved"].is_string()),
+        "{done:#}"
+    );
+    let channel = done["channel"].as_array().unwrap();
+    for i in 0..30 {
+        let body = format!("m{i}");
+        let written = channel.iter().filter(|b| **b == body).count();
+        assert_eq!(written, 1, "{body} written {written} times: {done:#}");
+    }
+    assert_eq!(runs(), 30, "{done:#}");
 }

@@ -253,6 +253,14 @@ impl ClientSession {
         self.version.held().identity
     }
 
+    /// Every request of the socket is answered, and the client holds a transition at or past
+    /// every mutation answered: convex-js would send none of them again on a new socket.
+    pub fn settled(&self) -> bool {
+        self.requests.is_empty()
+            && self.held_responses.is_empty()
+            && self.owed_ts.is_none_or(|ts| ts <= self.version.held().ts)
+    }
+
     /// Queries in the client's set.
     pub fn query_count(&self) -> usize {
         self.queries.len()

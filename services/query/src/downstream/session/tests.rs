@@ -893,3 +893,28 @@ fn an_answer_from_the_journal_asks_every_route_below_it_to_advance() {
     assert_eq!(h.model.awaiting().count(), 0, "the mutation completed");
     h.settle();
 }
+
+/// On shutdown a socket is closed once settled: every request answered, and the client holding
+/// a transition past every mutation answered (convex-js sends any other one again on its next
+/// socket, which a restarted service would run a second time).
+#[test]
+fn a_socket_is_settled_once_its_mutations_are_answered_and_reached() {
+    let mut h = Harness::new();
+    h.sign_in("ada");
+    h.add(PRIVATE, json!({}));
+    h.upstream_transition("ada");
+    assert!(h.session.settled());
+    h.hold_requests = true;
+    h.mutate();
+    assert!(!h.session.settled(), "unanswered");
+    let (who, request_id) = h.unanswered.remove(0);
+    let ts = h.tick(&who);
+    h.deliver(vec![(None, mutation_answer(request_id, Timestamp(ts)))]);
+    assert!(
+        !h.session.settled(),
+        "answered, but no transition reaches it"
+    );
+    h.upstream_transition_at(&who, ts);
+    assert!(h.session.settled());
+    h.settle();
+}

@@ -317,6 +317,18 @@ fn journaled(s: &mut UpstreamState, listener: u64, id: u32) -> (Outbox, crate::l
     (out, mailbox)
 }
 
+/// Convex answers upstream request 0 with a success at `ts` 9; the journal is settled with it.
+/// The events for listeners.
+fn convex_answers_at_9(s: &mut UpstreamState) -> Vec<(Audience, Event)> {
+    let out = step(s, |s, out| {
+        s.on_server_message(mutation_answer(0, 9), out).unwrap()
+    });
+    for (ticket, outcome) in out.settled {
+        ticket.settle(&outcome);
+    }
+    out.events
+}
+
 /// What the waiting repeat got: `replayed <ts>` or `rerun`.
 fn repeat_got(mailbox: &mut crate::listener::Mailbox) -> Option<String> {
     match mailbox.try_recv()? {
@@ -352,14 +364,9 @@ fn a_journaled_mutation_whose_socket_left_goes_again_and_its_answer_reaches_the_
         [(RequestKind::Mutation, RequestId(0))],
         "sent again under its first upstream id"
     );
-    let out = step(&mut s, |s, out| {
-        s.on_server_message(mutation_answer(0, 9), out).unwrap()
-    });
-    assert!(out.events.is_empty(), "its socket left: {out:?}");
+    let events = convex_answers_at_9(&mut s);
+    assert!(events.is_empty(), "its socket left: {events:?}");
     assert!(!s.owes_journal());
-    for (ticket, outcome) in out.settled {
-        ticket.settle(&outcome);
-    }
     assert_eq!(
         repeat_got(&mut repeat).as_deref(),
         Some("replayed=true ts=Some(9)")
@@ -378,12 +385,7 @@ fn a_journaled_mutation_sent_before_a_disconnect_stays_when_its_socket_leaves_me
     assert_eq!(repeat_got(&mut repeat), None);
     let out = step(&mut s, |s, out| s.connected("session".into(), out));
     assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
-    let out = step(&mut s, |s, out| {
-        s.on_server_message(mutation_answer(0, 9), out).unwrap()
-    });
-    for (ticket, outcome) in out.settled {
-        ticket.settle(&outcome);
-    }
+    convex_answers_at_9(&mut s);
     assert_eq!(
         repeat_got(&mut repeat).as_deref(),
         Some("replayed=true ts=Some(9)")
@@ -438,12 +440,7 @@ fn a_journaled_mutation_goes_again_after_its_token_was_lost() {
         "{out:?}"
     );
     assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
-    let out = step(&mut s, |s, out| {
-        s.on_server_message(mutation_answer(0, 9), out).unwrap()
-    });
-    for (ticket, outcome) in out.settled {
-        ticket.settle(&outcome);
-    }
+    convex_answers_at_9(&mut s);
     assert_eq!(
         repeat_got(&mut repeat).as_deref(),
         Some("replayed=true ts=Some(9)")
