@@ -147,6 +147,33 @@ pub const CALL_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How long a call waits for a pooled connection (connecting included).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long start-up waits for a Postgres that takes longer than [`ACQUIRE_TIMEOUT`] to give
+/// the first connection (a server starting, or a machine under load).
+pub const STARTUP_WAIT: Duration = Duration::from_secs(10);
+
+/// The pool, with its first connection open. A first connection that does not open within
+/// [`ACQUIRE_TIMEOUT`] is tried again, with the service's backoff, for [`STARTUP_WAIT`];
+/// another error (a refused password, a certificate) is returned at once.
+async fn connect_postgres(
+    options: sqlx::postgres::PgConnectOptions,
+) -> Result<PgPool, sqlx::Error> {
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    let mut backoff = edge_telemetry::backoff::reconnect();
+    loop {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await;
+        match pool {
+            Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!("the database gave no connection in time; retrying");
+                tokio::time::sleep(backoff.next().unwrap_or_default()).await;
+            }
+            other => return other,
+        }
+    }
+}
 
 /// Runs one store call within [`CALL_TIMEOUT`]; a call cut off reads as the pool timing out.
 pub(crate) async fn bounded<T>(
@@ -273,12 +300,7 @@ impl Store {
                     }
                 }
             }
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_with(options)
-                .await?;
-            Ok(Store::new(Pool::Postgres(pool)))
+            Ok(Store::new(Pool::Postgres(connect_postgres(options).await?)))
         } else if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)
                 .map_err(|e| StoreError::Url(e.to_string()))?

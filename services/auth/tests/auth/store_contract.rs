@@ -188,3 +188,29 @@ async fn sqlite_contract() {
     let (_dir, url) = crate::sqlite_url();
     contract(Store::connect(&url).await.unwrap()).await;
 }
+
+/// A Postgres slow to give the first connection (a server still starting, a machine under
+/// load): start-up waits for it (`STARTUP_WAIT`) instead of failing after one
+/// `ACQUIRE_TIMEOUT`. The first 1.5 s of every connection are swallowed here.
+#[tokio::test]
+async fn start_up_waits_for_a_database_slow_to_give_a_connection() {
+    let db = edge_testkit::test_database().await;
+    let rest = db.url.split_once('@').expect("a user in the URL").1;
+    let (server, name) = rest.split_once('/').expect("a database in the URL");
+    let relay = edge_testkit::Relay::start(server.parse().expect("host:port")).await;
+    relay.partition();
+    let url = format!("postgres://postgres@{}/{name}", relay.addr());
+    let heal = async {
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        relay.heal();
+    };
+    let (store, ()) = tokio::join!(Store::open(&url), heal);
+    let store = store.expect("the store opens once the database answers");
+    assert!(
+        store
+            .user_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
