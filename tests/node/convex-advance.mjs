@@ -12,27 +12,11 @@
 import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
+import { signUp, tokens } from "./site.mjs";
 import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
 const out = { phase: "done" };
-
-async function signUp(email) {
-  const response = await fetch(`${site}/api/auth/sign-up/email`, {
-    method: "POST",
-    headers: { "content-type": "application/json", origin: site },
-    body: JSON.stringify({ name: "Advance", email, password: "correct horse battery staple" }),
-  });
-  if (!response.ok) throw new Error(`sign-up ${response.status}`);
-  return response.headers.get("set-cookie").split(";")[0];
-}
-
-function tokens(cookie) {
-  return async () => {
-    const response = await fetch(`${site}/api/auth/convex/token`, { headers: { cookie } });
-    return response.ok ? (await response.json()).token : null;
-  };
-}
 
 // Whether `promise` resolves within `ms` (a deadline so a hang is reported, not a speed check).
 function settles(promise, ms = 15_000) {
@@ -50,14 +34,14 @@ function open() {
 }
 
 try {
-  const ada = await signUp("ada.advance@example.com");
-  const bob = await signUp("bob.advance@example.com");
+  const ada = await signUp(site, "ada.advance@example.com", "Advance");
+  const bob = await signUp(site, "bob.advance@example.com", "Advance");
 
   // Bob's upstream and the anonymous one hold `users:me` already, so the client's moves to
   // them need no new subscription (and bring no fresh transition): they stay idle.
   // One token for bob's sockets: a fresher one would make his upstream authenticate again,
   // and Convex answers that with a transition at the latest `ts`.
-  const bobToken = await tokens(bob)();
+  const bobToken = await tokens(site, bob)();
   const bobClient = open();
   bobClient.setAuth(async () => bobToken);
   let bobMe;
@@ -70,7 +54,7 @@ try {
 
   // Signed in, with a shared query on the idle anonymous upstream.
   const shared = open();
-  shared.setAuth(tokens(ada));
+  shared.setAuth(tokens(site, ada));
   let sharedMe;
   let config;
   shared.onUpdate(api.users.me, {}, (v) => (sharedMe = v?.email));
@@ -81,7 +65,7 @@ try {
   // The test delays every upstream frame, so the identity changes before Convex's answer
   // reaches the proxy: the upstream the socket left answers.
   const switching = open();
-  switching.setAuth(tokens(ada));
+  switching.setAuth(tokens(site, ada));
   let me;
   switching.onUpdate(api.users.me, {}, (v) => (me = v?.email ?? null));
   await until(() => me === "ada.advance@example.com", "users:me as ada");

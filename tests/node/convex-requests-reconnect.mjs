@@ -13,26 +13,12 @@ import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
 import { phase, step, withTimeout } from "./phases.mjs";
+import { signUp, tokens } from "./site.mjs";
 import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
 
-async function signUp(email) {
-  const response = await fetch(`${site}/api/auth/sign-up/email`, {
-    method: "POST",
-    headers: { "content-type": "application/json", origin: site },
-    body: JSON.stringify({ name: "Requests User", email, password: "correct horse battery staple" }),
-  });
-  if (!response.ok) throw new Error(`sign-up ${response.status}`);
-  return response.headers.get("set-cookie").split(";")[0];
-}
-
-
-const cookie = await signUp("requests@example.com");
-async function fetchToken() {
-  const response = await fetch(`${site}/api/auth/convex/token`, { headers: { cookie } });
-  return (await response.json()).token;
-}
+const fetchToken = tokens(site, await signUp(site, "requests@example.com", "Requests User"));
 
 const channel = "requests";
 const client = new ConvexClient(url, { webSocketConstructor: WebSocket });

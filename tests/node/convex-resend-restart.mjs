@@ -11,6 +11,7 @@ import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
 import { phase, step, withTimeout } from "./phases.mjs";
+import { signUp, tokens } from "./site.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
 const settle = (promise) =>
@@ -19,21 +20,7 @@ const settle = (promise) =>
     (error) => ({ rejected: String(error?.message ?? error) }),
   );
 
-async function signUp(email) {
-  const response = await fetch(`${site}/api/auth/sign-up/email`, {
-    method: "POST",
-    headers: { "content-type": "application/json", origin: site },
-    body: JSON.stringify({ name: "ada", email, password: "correct horse battery staple" }),
-  });
-  if (!response.ok) throw new Error(`sign-up ${response.status}`);
-  return response.headers.get("set-cookie").split(";")[0];
-}
-
-const cookie = await signUp("ada.restart@example.com");
-async function fetchToken() {
-  const response = await fetch(`${site}/api/auth/convex/token`, { headers: { cookie } });
-  return response.ok ? (await response.json()).token : null;
-}
+const fetchToken = tokens(site, await signUp(site, "ada.restart@example.com", "ada"));
 
 const client = new ConvexClient(url, { webSocketConstructor: WebSocket });
 try {

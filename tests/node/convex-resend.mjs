@@ -26,6 +26,7 @@ import { ConvexClient } from "convex/browser";
 import { anyApi as api } from "convex/server";
 import WebSocket from "ws";
 import { phase, step, withTimeout } from "./phases.mjs";
+import { signIn as signInAgain, signUp, tokens } from "./site.mjs";
 import { until } from "./until.mjs";
 
 const { url, site } = JSON.parse(process.argv[2]);
@@ -34,33 +35,6 @@ const settle = (promise) =>
     (value) => ({ resolved: value }),
     (error) => ({ rejected: String(error?.message ?? error) }),
   );
-
-async function signUp(email, name = "ada") {
-  const response = await fetch(`${site}/api/auth/sign-up/email`, {
-    method: "POST",
-    headers: { "content-type": "application/json", origin: site },
-    body: JSON.stringify({ name, email, password: "correct horse battery staple" }),
-  });
-  if (!response.ok) throw new Error(`sign-up ${response.status}`);
-  return response.headers.get("set-cookie").split(";")[0];
-}
-
-async function signIn2(email) {
-  const response = await fetch(`${site}/api/auth/sign-in/email`, {
-    method: "POST",
-    headers: { "content-type": "application/json", origin: site },
-    body: JSON.stringify({ email, password: "correct horse battery staple" }),
-  });
-  if (!response.ok) throw new Error(`sign-in ${response.status}`);
-  return response.headers.get("set-cookie").split(";")[0];
-}
-
-function tokens(cookie) {
-  return async () => {
-    const response = await fetch(`${site}/api/auth/convex/token`, { headers: { cookie } });
-    return response.ok ? (await response.json()).token : null;
-  };
-}
 
 // Every socket the client opens, so the test can tear the current one down.
 const sockets = [];
@@ -88,7 +62,7 @@ async function channelOf(channel, fetchToken) {
 
 const clients = [];
 try {
-  const ada = tokens(await signUp("ada.resend@example.com"));
+  const ada = tokens(site, await signUp(site, "ada.resend@example.com", "ada"));
 
   // 1. In flight while the socket's token is replaced by one the proxy refuses.
   const first = new ConvexClient(url, { webSocketConstructor: WebSocket });
@@ -132,8 +106,8 @@ try {
   phase("done", { outcome, channel: await channelOf(dropChannel, ada) });
 
   // 3. In flight while its user signs out (auth revokes the token the upstream holds).
-  const beaCookie = await signUp("bea.resend@example.com", "bea");
-  const bea = tokens(beaCookie);
+  const beaCookie = await signUp(site, "bea.resend@example.com", "bea");
+  const bea = tokens(site, beaCookie);
   const third = new ConvexClient(url, { webSocketConstructor: WebSocket });
   clients.push(third);
   let signedOut = false;
@@ -158,7 +132,7 @@ try {
   phase("signed-out", {});
   await step("healed");
   const revoked = await withTimeout(beforeSignOut, "the mutation to settle");
-  const beaAgain = tokens(await signIn2("bea.resend@example.com"));
+  const beaAgain = tokens(site, await signInAgain(site, "bea.resend@example.com"));
   phase("done", { outcome: revoked, channel: await channelOf(revokeChannel, beaAgain) });
 } catch (error) {
   phase("failed", { error: String(error?.stack ?? error) });

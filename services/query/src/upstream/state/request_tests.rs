@@ -317,15 +317,22 @@ fn journaled(s: &mut UpstreamState, listener: u64, id: u32) -> (Outbox, crate::l
     (out, mailbox)
 }
 
-/// Convex answers upstream request 0 with a success at `ts` 9; the journal is settled with it.
-/// The events for listeners.
-fn convex_answers_at_9(s: &mut UpstreamState) -> Vec<(Audience, Event)> {
+/// Convex answers upstream request 0 with a success at `ts` 9, the journal is settled with it,
+/// and the waiting `repeat` gets that answer. The events for listeners.
+fn convex_answers_at_9(
+    s: &mut UpstreamState,
+    repeat: &mut crate::listener::Mailbox,
+) -> Vec<(Audience, Event)> {
     let out = step(s, |s, out| {
         s.on_server_message(mutation_answer(0, 9), out).unwrap()
     });
     for (ticket, outcome) in out.settled {
         ticket.settle(&outcome);
     }
+    assert_eq!(
+        repeat_got(repeat).as_deref(),
+        Some("replayed=true ts=Some(9)")
+    );
     out.events
 }
 
@@ -364,13 +371,9 @@ fn a_journaled_mutation_whose_socket_left_goes_again_and_its_answer_reaches_the_
         [(RequestKind::Mutation, RequestId(0))],
         "sent again under its first upstream id"
     );
-    let events = convex_answers_at_9(&mut s);
+    let events = convex_answers_at_9(&mut s, &mut repeat);
     assert!(events.is_empty(), "its socket left: {events:?}");
     assert!(!s.owes_journal());
-    assert_eq!(
-        repeat_got(&mut repeat).as_deref(),
-        Some("replayed=true ts=Some(9)")
-    );
 }
 
 /// The same when the socket leaves while the connection is down: the mutation went out on the
@@ -385,11 +388,7 @@ fn a_journaled_mutation_sent_before_a_disconnect_stays_when_its_socket_leaves_me
     assert_eq!(repeat_got(&mut repeat), None);
     let out = step(&mut s, |s, out| s.connected("session".into(), out));
     assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
-    convex_answers_at_9(&mut s);
-    assert_eq!(
-        repeat_got(&mut repeat).as_deref(),
-        Some("replayed=true ts=Some(9)")
-    );
+    convex_answers_at_9(&mut s, &mut repeat);
 }
 
 /// A journaled mutation that never reached Convex (dropped unsent with its listener, or
@@ -440,11 +439,7 @@ fn a_journaled_mutation_goes_again_after_its_token_was_lost() {
         "{out:?}"
     );
     assert_eq!(requests_sent(&out), [(RequestKind::Mutation, RequestId(0))]);
-    convex_answers_at_9(&mut s);
-    assert_eq!(
-        repeat_got(&mut repeat).as_deref(),
-        Some("replayed=true ts=Some(9)")
-    );
+    convex_answers_at_9(&mut s, &mut repeat);
 }
 
 /// A journaled mutation's answer goes to its socket first, then to the journal (a failure
