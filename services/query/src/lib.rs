@@ -237,7 +237,10 @@ impl Application {
             // Sockets first (with a reconnect hint); their tasks run on the HTTP workers, so the
             // workers stop only once the sockets are closed (or after a grace period).
             let _ = close_sockets.send(true);
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            // A socket with requests outstanding stays for their answers (`RESTART_DRAIN`).
+            let deadline = tokio::time::Instant::now()
+                + downstream::RESTART_DRAIN
+                + std::time::Duration::from_secs(1);
             while stats
                 .downstream_connections
                 .load(std::sync::atomic::Ordering::Relaxed)

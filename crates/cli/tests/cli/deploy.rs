@@ -298,8 +298,9 @@ fn containers(doc: &Value) -> Vec<&Value> {
 fn service_timings(name: &str) -> Option<(u64, u64)> {
     match name {
         "gateway" => Some((2, 10)), // auth GetJwks within 2 s; shutdown_timeout(10)
-        "query" => Some((2, 5)),    // Convex query_ts within 2 s; shutdown_timeout(5)
-        "auth" => Some((5, 5)),     // pool acquire_timeout(5); shutdown_timeout(5)
+        // Convex query_ts within 2 s; sockets drain 11 s (RESTART_DRAIN), then shutdown_timeout(5)
+        "query" => Some((2, 16)),
+        "auth" => Some((5, 5)), // pool acquire_timeout(5); shutdown_timeout(5)
         _ => None,
     }
 }

@@ -37,10 +37,11 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a closing socket waits for the client's Close (reading what it still sends).
 const CLOSE_DRAIN: Duration = Duration::from_secs(2);
 /// How long a socket with requests outstanding stays open once the service shuts down, for
-/// their answers and the transitions past them (the service waits 5 s for its sockets): the
-/// mutation journal lives in this process, and convex-js sends every unconfirmed mutation
-/// again on its next socket, which a restarted service would run a second time.
-const RESTART_DRAIN: Duration = Duration::from_secs(4);
+/// their answers and the transitions past them: the mutation journal lives in this process,
+/// and convex-js sends every unconfirmed mutation again on its next socket, which a restarted
+/// service would run a second time. The deploy files' grace periods cover it (compose's
+/// `stop_grace_period`, Kubernetes' `terminationGracePeriodSeconds` after the `preStop`).
+pub(crate) const RESTART_DRAIN: Duration = Duration::from_secs(10);
 
 /// A client's socket, after the handshake (see [`crate::ws`]).
 pub type ClientSocket = WebSocketStream<TcpStream>;
@@ -415,6 +416,18 @@ impl Downstream {
             }
             _ => None,
         };
+        if let Err(error) = self.session.charge(request_id) {
+            // Its owner at its most: it fails alone and the socket goes on (the ticket dropped
+            // here lets a repeat waiting on it run it).
+            drop(ticket);
+            self.inbox.offer(Event::Response {
+                request_id,
+                kind,
+                outcome: Box::new(Err(error)),
+                replayed: false,
+            });
+            return;
+        }
         self.main
             .request(request_id, kind, udf_path, args, ticket)
             .await;

@@ -257,9 +257,11 @@ impl Harness {
                     );
                 }
                 Effect::Request { request_id, .. } if self.hold_requests => {
+                    self.session.charge(request_id).unwrap();
                     self.unanswered.push((self.main.clone(), request_id));
                 }
                 Effect::Request { request_id, .. } => {
+                    self.session.charge(request_id).unwrap();
                     // Convex commits it on the main upstream, answers, then sends the
                     // transition that reaches its ts.
                     let who = self.main.clone();

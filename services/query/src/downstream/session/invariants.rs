@@ -75,6 +75,13 @@ impl ClientSession {
         if self.requests.len() > self.max_in_flight {
             return Err(format!("{} requests in flight", self.requests.len()));
         }
+        if let Some(id) = self
+            .charged
+            .iter()
+            .find(|id| !self.requests.contains_key(id))
+        {
+            return Err(format!("request {} still charged after its answer", id.0));
+        }
         Ok(())
     }
 }

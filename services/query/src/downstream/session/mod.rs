@@ -199,6 +199,8 @@ pub struct ClientSession {
     /// The socket's requests not answered yet, each with the identity whose upstream carries
     /// it (the main route's when it was made): every one is answered exactly once.
     requests: HashMap<RequestId, IdentityKey>,
+    /// The requests run upstream, each charged to the budget until answered.
+    charged: BTreeSet<RequestId>,
     max_in_flight: usize,
     limits: QueryLimits,
     /// [`QueryKey::bytes`] of every query with a key, summed.
@@ -235,6 +237,7 @@ impl ClientSession {
             removed_in: HashMap::new(),
             gaps: Vec::new(),
             requests: HashMap::new(),
+            charged: BTreeSet::new(),
             max_in_flight,
             limits,
             query_bytes: 0,

@@ -43,12 +43,6 @@ impl ClientSession {
             )));
         }
         let args = one_argument(args).map_err(End::Fatal)?;
-        if let Err(error) = self.budget.charge_request() {
-            // A signed-out client address at its most: this request fails alone, as the
-            // upstream's own cap answers, and the socket goes on.
-            out.push(answer(request_id, kind, Err(error)));
-            return Ok(());
-        }
         self.requests
             .insert(request_id, super::key_of(self.identity.as_ref()));
         out.push(Effect::Request {
@@ -57,6 +51,20 @@ impl ClientSession {
             udf_path,
             args,
         });
+        Ok(())
+    }
+
+    /// Charges a request the driver is about to run upstream to the socket's identity (signed
+    /// out: its address), after the mutation journal found no earlier send of it (a repeat
+    /// answered from the journal costs the upstream nothing). An error when the owner is at
+    /// its most: the driver answers the request with it, as the upstream's own cap answers,
+    /// and the socket goes on.
+    pub fn charge(&mut self, request_id: RequestId) -> Result<(), String> {
+        if !self.requests.contains_key(&request_id) || self.charged.contains(&request_id) {
+            return Ok(());
+        }
+        self.budget.charge_request()?;
+        self.charged.insert(request_id);
         Ok(())
     }
 
@@ -75,7 +83,9 @@ impl ClientSession {
         let Some(carrier) = self.requests.remove(&request_id) else {
             return;
         };
-        self.budget.release_request();
+        if self.charged.remove(&request_id) {
+            self.budget.release_request();
+        }
         self.release_if_done(&carrier, out);
         // convex-js rebuilds its query results from the transitions of the socket at each
         // response: while a version is held back (a reconnect's re-added queries), the answer

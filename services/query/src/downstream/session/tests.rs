@@ -534,10 +534,22 @@ fn a_signed_out_address_past_its_requests_in_flight_gets_a_failed_answer_and_kee
     one.on_client(action(0), &mut effects).unwrap();
     two.on_client(action(0), &mut effects).unwrap();
     assert_eq!(forwarded(&effects), 2);
+    // The driver charges each request it runs upstream.
+    one.charge(RequestId(0)).unwrap();
+    two.charge(RequestId(0)).unwrap();
 
+    let mut effects = vec![];
+    two.on_client(action(1), &mut effects).unwrap();
+    let error = two.charge(RequestId(1)).unwrap_err();
+    // Not run: the driver answers it with the error.
+    let failed = Event::Response {
+        request_id: RequestId(1),
+        kind: RequestKind::Action,
+        outcome: Box::new(Err(error)),
+        replayed: false,
+    };
     let mut refused = vec![];
-    two.on_client(action(1), &mut refused).unwrap();
-    assert_eq!(forwarded(&refused), 0);
+    two.on_events(vec![(None, failed)], &mut refused).unwrap();
     let [Effect::Send(text)] = refused.as_slice() else {
         panic!("one answer: {refused:?}")
     };
@@ -570,6 +582,8 @@ fn a_signed_out_address_past_its_requests_in_flight_gets_a_failed_answer_and_kee
     let mut effects = vec![];
     two.on_client(action(2), &mut effects).unwrap();
     assert_eq!(forwarded(&effects), 1);
+    two.charge(RequestId(2))
+        .expect("room again once one was answered");
 }
 
 fn current(key: &QueryKey, who: &str, ts: u64) -> Event {
