@@ -301,6 +301,11 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when Convex answers HTTP.
 async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    // Draining its sockets (a shutdown): a load balancer sends new clients elsewhere.
+    if *state.shutting_down.borrow() {
+        return HttpResponse::ServiceUnavailable()
+            .json(serde_json::json!({"status": "shutting down"}));
+    }
     let url = format!("{}/api/query_ts", state.config.convex_url);
     let probe = state
         .proxy

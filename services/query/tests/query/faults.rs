@@ -518,3 +518,43 @@ async fn npm_mutations_in_flight_across_a_query_service_restart_run_once() {
     }
     assert_eq!(runs(), 30, "{done:#}");
 }
+
+/// While the query service drains a socket's unanswered mutation on shutdown, `/readyz` says
+/// so at once (503 `shutting down`), so a load balancer sends new clients elsewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_query_service_is_not_ready() {
+    let mut stack = Stack::start_with(Options {
+        upstream_inactivity: Some(Duration::from_secs(30)),
+        ..Options::default()
+    })
+    .await;
+    let token = stack.token_for("drain@example.com").await;
+    let mut client = Client::connect(&stack.query_url()).await;
+    client.authenticate(&token);
+    client.subscribe(0, "messages:list", json!({"channel": "drain"}));
+    client
+        .until("the list", |v| v.values.contains_key(&0))
+        .await;
+    // Its answer never comes while the connection to Convex swallows traffic.
+    stack.upstream_relay.as_ref().expect("a relay").partition();
+    client.mutation("messages:send", json!({"channel": "drain", "body": "held"}));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stack.query.begin_stop();
+    let readyz = format!("{}/readyz", stack.query_url());
+    let http = reqwest::Client::new();
+    let mut answer = None;
+    for _ in 0..50 {
+        if let Ok(r) = http.get(&readyz).send().await {
+            let status = r.status();
+            answer = Some((status, r.text().await.unwrap_or_default()));
+            if status == 503 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = answer.expect("the draining service answers");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    assert!(!client.view().closed, "the socket still drains");
+}

@@ -30,6 +30,13 @@ pub struct Running {
 }
 
 impl Running {
+    /// Starts the service's shutdown and returns at once.
+    pub fn begin_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
     /// Stops the service and waits until its port is free.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
