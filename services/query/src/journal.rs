@@ -151,25 +151,20 @@ impl Journal {
         }
     }
 
-    /// Mutations held (running or recorded), for tests and the metrics.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
-    }
-
+    /// Whether no mutation is held, running or recorded.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().entries.is_empty()
     }
 
     fn settle(&self, key: JournalKey, outcome: Option<&RequestOutcome>) {
         let mut records = self.lock();
+        if matches!(records.entries.get(&key), Some(Entry::Done { .. })) {
+            // Settled already: nothing waits on it.
+            return;
+        }
         let waiters = match records.entries.remove(&key) {
             Some(Entry::Running(waiters)) => waiters,
-            // Settled already, or dropped: nothing waits on it.
-            Some(done @ Entry::Done { .. }) => {
-                records.entries.insert(key, done);
-                return;
-            }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         match outcome {
             Some(outcome) if outcome.success => {
@@ -211,13 +206,14 @@ impl Journal {
 impl Records {
     /// Drops records older than `retention`, then the oldest until within `max_bytes`.
     fn expire(&mut self, now: Instant, retention: Duration, max_bytes: usize) {
-        while let Some((at, key)) = self.done.front() {
-            let old = now.saturating_duration_since(*at) >= retention;
+        while let Some((oldest, _)) = self.done.front() {
+            let old = now.saturating_duration_since(*oldest) >= retention;
             if !old && self.bytes <= max_bytes {
                 break;
             }
-            let (at, key) = (*at, key.clone());
-            self.done.pop_front();
+            let Some((at, key)) = self.done.pop_front() else {
+                break;
+            };
             if let Some(Entry::Done { at: recorded, .. }) = self.entries.get(&key)
                 && *recorded == at
                 && let Some(Entry::Done { bytes, .. }) = self.entries.remove(&key)

@@ -161,29 +161,31 @@ impl Inbox {
         self.listener
     }
 
-    /// Delivers an event from outside any upstream (the mutation journal's answers), as an
-    /// upstream does: a listener whose queue is full is evicted; a closed one takes nothing.
-    pub fn offer(&self, event: Event) {
-        let bytes = event.bytes();
+    /// Queues `event`, whose [`Event::bytes`] are `bytes` (counted once for a fan-out). A
+    /// listener whose queue is full, in events or in bytes, or closed, is told it is evicted
+    /// and `false` returned: its sender stops delivering to it.
+    pub fn deliver(&self, event: Event, bytes: usize) -> bool {
         if !self.queue.admit(bytes) {
             self.evicted.notify_one();
-            return;
+            return false;
         }
-        if let Err(error) = self.tx.try_send(event) {
+        if self.tx.try_send(event).is_err() {
             self.queue.release(bytes);
-            if matches!(error, TrySendError::Full(_)) {
-                self.evicted.notify_one();
-            }
+            self.evicted.notify_one();
+            return false;
         }
+        true
+    }
+
+    /// Delivers an event from outside any upstream (the mutation journal's answers) as an
+    /// upstream does ([`Inbox::deliver`]).
+    pub fn offer(&self, event: Event) {
+        let bytes = event.bytes();
+        self.deliver(event, bytes);
     }
 
     pub(crate) fn attach_command(&self) -> Command {
-        Command::Attach {
-            listener: self.listener,
-            tx: self.tx.clone(),
-            evicted: self.evicted.clone(),
-            queue: self.queue.clone(),
-        }
+        Command::Attach(self.clone())
     }
 }
 

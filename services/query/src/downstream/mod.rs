@@ -174,9 +174,8 @@ pub async fn run(
             Wake::Client(Some(Err(e))) => Err(End::Fatal(format!("invalid WebSocket frame: {e}"))),
             Wake::Events(batch) => Box::pin(d.on_events(batch)).await,
             Wake::Evicted => Err(End::TooSlow),
-            // A client whose requests are all settled reconnects at once; one with requests
-            // outstanding keeps its socket until they are (see `RESTART_DRAIN`).
-            Wake::Restart if d.session.settled() => Err(End::Restart),
+            // The socket closes once its requests are settled (at once when none are
+            // outstanding), or at the deadline (see `RESTART_DRAIN`).
             Wake::Restart => {
                 d.draining = Some(tokio::time::Instant::now() + RESTART_DRAIN);
                 Ok(())

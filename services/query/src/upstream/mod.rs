@@ -21,7 +21,7 @@ use edge_convex::sync::{RequestKind, StateVersion};
 use edge_convex::{RequestId, Timestamp};
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::key::QueryKey;
@@ -214,12 +214,8 @@ pub struct RequestOutcome {
 /// What listeners ask of an upstream. Listeners use it through
 /// [`crate::listener::Attachment`], which detaches on drop.
 pub enum Command {
-    Attach {
-        listener: ListenerId,
-        tx: mpsc::Sender<Event>,
-        evicted: Arc<Notify>,
-        queue: Arc<crate::listener::QueueBytes>,
-    },
+    /// A listener and the inbox its events go to.
+    Attach(crate::listener::Inbox),
     Detach {
         listener: ListenerId,
     },
@@ -415,7 +411,7 @@ mod detach_order_tests {
             let mut order = Vec::new();
             for _ in 0..3 {
                 match rx.recv().await.unwrap() {
-                    Command::Attach { .. } => order.push("attach"),
+                    Command::Attach(_) => order.push("attach"),
                     Command::Detach { listener: l } if l == listener => order.push("detach"),
                     _ => {}
                 }

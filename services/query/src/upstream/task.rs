@@ -3,26 +3,20 @@
 //! then sends what it returns to Convex and delivers its events.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+
 use std::sync::atomic::Ordering;
 
 use edge_convex::ServerMessage;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::state::{Audience, Outbox, UpstreamState};
 use super::{Command, Event, ListenerId, Settings, Upstream, Values, next_id};
+use crate::listener::Inbox;
 
 type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Where a listener's events go.
-struct Mailbox {
-    tx: mpsc::Sender<Event>,
-    evicted: Arc<Notify>,
-    queue: Arc<crate::listener::QueueBytes>,
-}
 
 struct Task {
     settings: Settings,
@@ -31,7 +25,8 @@ struct Task {
     /// answered with its first outcome rather than run twice.
     session_id: String,
     state: UpstreamState,
-    mailboxes: HashMap<ListenerId, Mailbox>,
+    /// Where each listener's events go.
+    mailboxes: HashMap<ListenerId, Inbox>,
 }
 
 /// Starts an upstream task; it ends when idle (see [`super::Retire`]) or when every handle is
@@ -182,14 +177,9 @@ impl Task {
 
     fn on_command(&mut self, command: Command, out: &mut Outbox) {
         match command {
-            Command::Attach {
-                listener,
-                tx,
-                evicted,
-                queue,
-            } => {
-                self.mailboxes
-                    .insert(listener, Mailbox { tx, evicted, queue });
+            Command::Attach(inbox) => {
+                let listener = inbox.listener();
+                self.mailboxes.insert(listener, inbox);
                 self.state.attach(listener);
             }
             Command::Detach { listener } => {
@@ -247,24 +237,17 @@ impl Task {
 
     /// A listener whose queue is full, in events or in bytes, is evicted.
     fn deliver_to(&mut self, listener: ListenerId, event: Event, bytes: usize) {
-        let full = match self.mailboxes.get(&listener) {
-            Some(m) if !m.queue.admit(bytes) => true,
-            Some(m) => match m.tx.try_send(event) {
-                Ok(()) => false,
-                Err(_) => {
-                    m.queue.release(bytes);
-                    true
-                }
-            },
-            None => false,
-        };
-        if full && let Some(mailbox) = self.mailboxes.remove(&listener) {
+        let full = self
+            .mailboxes
+            .get(&listener)
+            .is_some_and(|inbox| !inbox.deliver(event, bytes));
+        if full {
             tracing::warn!(
                 listener,
                 upstream = self.state.id(),
                 "downstream socket too slow; disconnecting it"
             );
-            mailbox.evicted.notify_one();
+            self.mailboxes.remove(&listener);
             self.state.evict(listener);
         }
     }
