@@ -364,6 +364,21 @@ pub fn one_argument(args: Vec<Value>) -> Result<Value, String> {
     Ok(one)
 }
 
+/// Checks that a call names the root component (`componentPath` absent or `""`): Convex serves
+/// a client only the root component's functions and ends the socket of one that names another
+/// (`parse_admin_component_path` in `crates/sync/src/worker.rs`; only admins may).
+///
+/// # Errors
+/// Convex's own words, for the `FatalError` the session ends with.
+pub fn root_component(component_path: Option<&str>) -> Result<(), String> {
+    match component_path {
+        None | Some("") => Ok(()),
+        Some(_) => Err(
+            "Only admin or system users can call functions on non-root components directly".into(),
+        ),
+    }
+}
+
 impl ServerMessage {
     pub fn to_text(&self) -> String {
         serde_json::to_string(self).expect("server messages serialise")

@@ -305,8 +305,9 @@ impl SyncSession {
                 request_id,
                 udf_path,
                 args,
-                ..
+                component_path,
             } => {
+                root_component(component_path.as_deref())?;
                 let args = single_args(&args)?;
                 let once = self.session_id.as_deref().map(|id| (id, request_id.0));
                 let (result, ts) =
@@ -331,8 +332,9 @@ impl SyncSession {
                 request_id,
                 udf_path,
                 args,
-                ..
+                component_path,
             } => {
+                root_component(component_path.as_deref())?;
                 let args = single_args(&args)?;
                 let (success, result, error_data) =
                     outcome(self.engine.action(&udf_path, &args, self.identity.as_ref()));
@@ -367,8 +369,9 @@ impl SyncSession {
                     udf_path,
                     args,
                     journal,
-                    ..
+                    component_path,
                 } => {
+                    root_component(component_path.as_deref())?;
                     if self.subs.contains_key(&query_id) {
                         return Err(End::Fatal(format!(
                             "query id {query_id} is already in the query set"
@@ -446,6 +449,11 @@ fn far_future() -> tokio::time::Instant {
 }
 
 /// The sync protocol carries arguments as a one-element array.
+/// Only the root component's functions, as Convex serves a client.
+fn root_component(component_path: Option<&str>) -> Result<(), End> {
+    edge_convex::sync::root_component(component_path).map_err(End::Fatal)
+}
+
 fn single_args(args: &[Value]) -> Result<Value, End> {
     edge_convex::sync::one_argument(args.to_vec()).map_err(End::Fatal)
 }

@@ -316,3 +316,27 @@ async fn the_issuer_comes_from_auth_unless_set_and_a_mismatch_says_so() {
         "{error}"
     );
 }
+
+/// Convex serves a client only the root component's functions, and ends the socket of one that
+/// calls another's (only admins may). devconvex and the query service (which calls every
+/// function as the root's) end it the same way, instead of running the root's function of that
+/// name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_of_a_non_root_component_ends_the_socket_as_convex_ends_it() {
+    let stack = crate::Stack::start().await;
+    for base in [stack.query_url(), stack.devconvex_url()] {
+        let mut client = Client::connect(&base).await;
+        client.send(
+            json!({"type": "Action", "requestId": 0, "udfPath": "demo:echo",
+                           "args": [{"n": 1}], "componentPath": "someComponent"}),
+        );
+        let v = client
+            .until("the socket to end", |v| v.fatal.is_some())
+            .await;
+        assert_eq!(
+            v.fatal.as_deref(),
+            Some("Only admin or system users can call functions on non-root components directly"),
+            "{base}"
+        );
+    }
+}

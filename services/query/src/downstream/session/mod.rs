@@ -318,14 +318,20 @@ impl ClientSession {
                 request_id,
                 udf_path,
                 args,
-                ..
-            } => self.request(RequestKind::Mutation, request_id, udf_path, args, out)?,
+                component_path,
+            } => {
+                root_component(component_path.as_deref())?;
+                self.request(RequestKind::Mutation, request_id, udf_path, args, out)?
+            }
             ClientMessage::Action {
                 request_id,
                 udf_path,
                 args,
-                ..
-            } => self.request(RequestKind::Action, request_id, udf_path, args, out)?,
+                component_path,
+            } => {
+                root_component(component_path.as_deref())?;
+                self.request(RequestKind::Action, request_id, udf_path, args, out)?
+            }
         }
         Ok(None)
     }
@@ -606,6 +612,13 @@ impl ClientSession {
             )),
         }
     }
+}
+
+/// The proxy calls every function as the root component's: one of another component ends the
+/// socket as Convex ends it ([`edge_convex::sync::root_component`]), rather than run the root's
+/// function of that name.
+fn root_component(component_path: Option<&str>) -> Result<(), End> {
+    edge_convex::sync::root_component(component_path).map_err(End::Fatal)
 }
 
 fn key_of(user: Option<&VerifiedUser>) -> IdentityKey {

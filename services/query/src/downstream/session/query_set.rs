@@ -130,8 +130,9 @@ impl ClientSession {
                     udf_path,
                     args,
                     journal,
-                    ..
+                    component_path,
                 } => {
+                    super::root_component(component_path.as_deref())?;
                     if self.queries.contains_key(&query_id) {
                         return Err(End::Fatal(format!(
                             "query id {query_id} is already in the query set"

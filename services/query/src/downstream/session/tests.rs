@@ -932,3 +932,46 @@ fn a_socket_is_settled_once_its_mutations_are_answered_and_reached() {
     assert!(h.session.settled());
     h.settle();
 }
+
+/// Convex ends the socket of a client that calls a function of a non-root component (only
+/// admins may); the proxy, which calls every function as the root's, does the same rather
+/// than run the root's function of that name. The root named as `""` is the root.
+#[test]
+fn a_function_of_a_non_root_component_ends_the_socket() {
+    let refused = Some(End::Fatal(
+        "Only admin or system users can call functions on non-root components directly".into(),
+    ));
+    let mutation = |component: &str| ClientMessage::Mutation {
+        request_id: RequestId(0),
+        udf_path: "tasks:add".into(),
+        args: vec![json!({})],
+        component_path: Some(component.into()),
+    };
+    let mut h = Harness::new();
+    h.client(mutation(""));
+    assert!(h.is_open(), "{:?}", h.ended);
+    let mut h = Harness::new();
+    h.client(mutation("someComponent"));
+    assert_eq!(h.ended, refused);
+    let mut h = Harness::new();
+    h.client(ClientMessage::Action {
+        request_id: RequestId(0),
+        udf_path: "demo:echo".into(),
+        args: vec![json!({})],
+        component_path: Some("someComponent".into()),
+    });
+    assert_eq!(h.ended, refused);
+    let mut h = Harness::new();
+    h.client(ClientMessage::ModifyQuerySet {
+        base_version: QuerySetVersion(0),
+        new_version: QuerySetVersion(1),
+        modifications: vec![QuerySetModification::Add {
+            query_id: QueryId(0),
+            udf_path: PRIVATE.into(),
+            args: vec![json!({})],
+            journal: None,
+            component_path: Some("someComponent".into()),
+        }],
+    });
+    assert_eq!(h.ended, refused);
+}
